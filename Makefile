@@ -1,0 +1,37 @@
+# Two commands set everything up: `make run` serves the app, `make test` runs every test.
+# The environment lives in .venv/, built by uv from uv.lock; uv itself is installed from the
+# package index into .tools/ (nothing global).
+PYTHON ?= python3.11
+UV_VERSION := 0.13.8
+UV := .tools/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: run test lint schema bench clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+run: .venv/.synced
+	.venv/bin/datagraph serve $(ARGS)
+
+test: .venv/.synced
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: .venv/.synced
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+schema: .venv/.synced
+	.venv/bin/datagraph schema > schema.graphql
+
+bench: .venv/.synced
+	.venv/bin/python bench/describe.py
+
+clean:
+	rm -rf .venv .tools

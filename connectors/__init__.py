@@ -1,0 +1,5 @@
+"""Where data comes from: uploaded files (and, later, databases and API plugins)."""
+
+from connectors._files import FORMATS, NA_TOKENS, IngestLimits, IngestResult, ingest, sniff
+
+__all__ = ["FORMATS", "NA_TOKENS", "IngestLimits", "IngestResult", "ingest", "sniff"]

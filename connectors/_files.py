@@ -1,0 +1,329 @@
+"""Uploaded files: recognise the format by content, check the limits, parse into a Parquet file.
+
+`sniff` runs in the server on a staged file and reads only its first bytes (and, for .xlsx, the
+zip central directory). `ingest` is the heavy part: it reads the whole file with Polars (Excel
+through calamine), types every column from all of its values, turns pandas' missing-value tokens
+into nulls, recognises ISO dates, and writes Parquet. It takes and returns plain data so that it
+can run in a worker.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from datagraph.errors import BadInput, TooLarge, UnsupportedFormat
+from storage import ColumnInfo, column_infos
+
+__all__ = ["FORMATS", "IngestLimits", "IngestResult", "ingest", "sniff"]
+
+FORMATS = ("csv", "xlsx", "xls")
+
+# pandas.read_csv's default missing-value tokens (pandas 2.x/3.x), so files read as pandas reads them.
+NA_TOKENS = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+]  # fmt: skip
+
+_OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_ZIP = b"PK\x03\x04"
+_OTHER_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF": "a PDF document",
+    b"\x1f\x8b": "a gzip archive",
+    b"PAR1": "a Parquet file",
+    b"SQLite format 3": "a SQLite database",
+}
+_SEPARATORS = (",", ";", "\t", "|")
+# ISO-8601 shapes recognised as dates; anything else stays text (day/month order is ambiguous).
+_DATE_FORMATS: tuple[tuple[str, str, str], ...] = (
+    (r"^\d{4}-\d{2}-\d{2}$", "%Y-%m-%d", "date"),
+    (r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$", "%Y-%m-%d{T}%H:%M:%S", "datetime"),
+    (r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}$", "%Y-%m-%d{T}%H:%M", "datetime"),
+    (r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}\.\d+$", "%Y-%m-%d{T}%H:%M:%S%.f", "datetime"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    max_columns: int
+    max_rows: int
+    xlsx_max_uncompressed: int
+    xlsx_max_ratio: int
+    xlsx_max_entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    row_count: int
+    columns: list[ColumnInfo]
+
+
+def _extension(filename: str) -> str:
+    return filename.rsplit(".", 1)[-1].lower() if "." in filename else ""
+
+
+def sniff(path: Path, filename: str, limits: IngestLimits) -> str:
+    """Return "csv", "xlsx" or "xls" from the file's content; refuse what is not one of them."""
+    ext = _extension(filename)
+    if ext not in FORMATS:
+        shown = f'".{ext}"' if ext else "no extension"
+        raise UnsupportedFormat(f"Files with {shown} are not supported; upload a .csv, .xlsx or .xls file.")
+    with open(path, "rb") as fh:
+        head = fh.read(8192)
+    if not head:
+        raise BadInput("The file is empty.")
+    if head.startswith(_OLE2):
+        found = "xls"
+    elif head.startswith(_ZIP):
+        _check_xlsx(path, limits)
+        found = "xlsx"
+    else:
+        for magic, what in _OTHER_MAGIC.items():
+            if head.startswith(magic):
+                raise UnsupportedFormat(f"The file is {what}, not a CSV or Excel file.")
+        if b"\x00" in head:
+            raise UnsupportedFormat("The file holds binary data, not CSV text or an Excel workbook.")
+        found = "csv"
+    if found != ext:
+        raise UnsupportedFormat(
+            f"The file is named .{ext} but its content is {_describe(found)}; rename it to .{found} or export it again."
+        )
+    return found
+
+
+def _describe(fmt: str) -> str:
+    return {"csv": "text (CSV)", "xlsx": "an .xlsx workbook", "xls": "an old-style .xls workbook"}[fmt]
+
+
+def _check_xlsx(path: Path, limits: IngestLimits) -> None:
+    """Refuse zip bombs before any XML is parsed: entry count, total size, compression ratio."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise BadInput("The file looks like an .xlsx workbook but its zip structure is damaged.") from exc
+    names = {i.filename for i in infos}
+    if "xl/workbook.xml" not in names and "xl/workbook.bin" not in names:
+        raise UnsupportedFormat("The file is a zip archive but not an Excel workbook.")
+    if len(infos) > limits.xlsx_max_entries:
+        raise TooLarge(f"The workbook has {len(infos)} parts; the limit is {limits.xlsx_max_entries}.")
+    total = sum(i.file_size for i in infos)
+    if total > limits.xlsx_max_uncompressed:
+        mib = limits.xlsx_max_uncompressed // (1024 * 1024)
+        raise TooLarge(f"The workbook expands to {total // (1024 * 1024)} MiB; the limit is {mib} MiB.")
+    for i in infos:
+        if i.file_size > 65536 and i.file_size > limits.xlsx_max_ratio * max(i.compress_size, 1):
+            raise TooLarge(
+                f"The workbook part {i.filename!r} is compressed more than {limits.xlsx_max_ratio}:1;"
+                " it looks like a zip bomb."
+            )
+
+
+def ingest(src: Path, fmt: str, out: Path, limits: IngestLimits) -> IngestResult:
+    """Parse `src` (already sniffed as `fmt`) and write it to `out` as Parquet."""
+    frame = _read_csv(src, limits) if fmt == "csv" else _read_excel(src, limits)
+    if frame.width > limits.max_columns:
+        raise TooLarge(f"The file has {frame.width} columns; the limit is {limits.max_columns}.")
+    if frame.height > limits.max_rows:
+        raise TooLarge(f"The file has more than {limits.max_rows:,} rows, the limit.")
+    if frame.height == 0:
+        raise BadInput("The file has a header row but no data rows.")
+    frame = _parse_dates(frame)
+    frame.write_parquet(out, statistics=True)
+    return IngestResult(row_count=frame.height, columns=column_infos(frame))
+
+
+# CSV
+
+
+def _read_csv(src: Path, limits: IngestLimits) -> pl.DataFrame:
+    header, separator = _scan_header(src, limits)
+    names = _column_names(header)
+    _check_utf8(src)
+    source: Path | bytes = src
+    if _has_lone_cr(src):
+        # Old Mac line endings (CR alone), which Polars does not split on.
+        source = src.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    try:
+        frame = pl.read_csv(
+            source,
+            separator=separator,
+            null_values=NA_TOKENS,
+            infer_schema_length=None,
+            n_rows=limits.max_rows + 1,
+            raise_if_empty=True,
+            new_columns=names,
+        )
+    except pl.exceptions.NoDataError as exc:
+        raise BadInput("The file is empty.") from exc
+    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
+        raise _explain_csv_error(source, separator, len(names)) from exc
+    return frame
+
+
+def _scan_header(src: Path, limits: IngestLimits) -> tuple[list[str], str]:
+    """Read and split the header line without reading the whole file (a 1M-column header is 14 MB)."""
+    budget = limits.max_columns * 1024 + 4096
+    with open(src, "rb") as fh:
+        raw = fh.read(budget)
+    raw = raw.removeprefix(codecs.BOM_UTF8)
+    end = _header_end(raw)
+    if end is None:
+        if len(raw) >= budget:
+            raise TooLarge(f"The header row is too long; files may have at most {limits.max_columns} columns.")
+        end = len(raw)
+    line = raw[:end].decode("utf-8", errors="replace").rstrip("\r")
+    if not line.strip():
+        raise BadInput("The first line of the file is empty; it should hold the column names.")
+    separator = max(_SEPARATORS, key=lambda s: line.count(s))
+    if line.count(separator) == 0:
+        separator = ","
+    header = next(csv.reader([line], delimiter=separator))
+    if len(header) > limits.max_columns:
+        raise TooLarge(f"The file has {len(header)} columns; the limit is {limits.max_columns}.")
+    return header, separator
+
+
+def _header_end(raw: bytes) -> int | None:
+    """Offset of the newline that ends the header, honouring quoted names that contain newlines."""
+    quoted = False
+    for i, byte in enumerate(raw):
+        if byte == 0x22:
+            quoted = not quoted
+        elif byte in (0x0A, 0x0D) and not quoted:
+            return i
+    return None
+
+
+def _column_names(header: list[str]) -> list[str]:
+    names = [h.strip() or f"column_{i + 1}" for i, h in enumerate(header)]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise BadInput(
+                f'The column name "{n}" appears twice in the header (columns {seen[n] + 1} and {i + 1});'
+                " rename one of them and upload again."
+            )
+        seen[n] = i
+    return names
+
+
+def _check_utf8(src: Path) -> None:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with open(src, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                line += chunk.count(b"\n", 0, exc.start)
+                raise BadInput(
+                    f"The file is not UTF-8 text: line {line} has the byte 0x{chunk[exc.start]:02X}, which UTF-8 does"
+                    " not allow. Save the file as UTF-8 (in Excel: 'CSV UTF-8') and upload it again."
+                ) from None
+            line += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise BadInput("The file is not UTF-8 text: it ends in the middle of a character.") from None
+
+
+_LONE_CR = re.compile(rb"\r(?!\n)")
+
+
+def _has_lone_cr(src: Path) -> bool:
+    with open(src, "rb") as fh:
+        previous = b""
+        while chunk := fh.read(1 << 20):
+            # A chunk may end on the \r of a \r\n; look one byte back across the boundary.
+            window = previous[-1:] + chunk
+            if _LONE_CR.search(window[:-1] if window.endswith(b"\r") else window):
+                return True
+            previous = chunk
+    return previous.endswith(b"\r") and not previous.endswith(b"\r\n")
+
+
+def _explain_csv_error(source: Path | bytes, separator: str, width: int) -> BadInput:
+    """Find the first line with too many fields, for a message a person can act on."""
+    text = source.decode("utf-8") if isinstance(source, bytes) else source.read_text("utf-8-sig")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    for fields in reader:
+        if len(fields) > width:
+            return BadInput(
+                f"Line {reader.line_num} has {len(fields)} fields but the header has {width} columns;"
+                " fix that row (a missing quote or an extra separator) and upload again."
+            )
+    return BadInput("The file could not be read as CSV; check that it is delimited text with one header row.")
+
+
+# Excel
+
+
+def _read_excel(src: Path, limits: IngestLimits) -> pl.DataFrame:
+    try:
+        frame = pl.read_excel(src, sheet_id=1, engine="calamine", infer_schema_length=None)
+    except pl.exceptions.NoDataError as exc:
+        raise BadInput("The first sheet of the workbook is empty.") from exc
+    except Exception as exc:  # calamine/fastexcel raise their own classes for damaged or protected files
+        if type(exc).__module__.startswith(("fastexcel", "_fastexcel", "polars")):
+            raise BadInput(
+                "The workbook could not be read; it may be damaged or password-protected. Open it in a"
+                " spreadsheet program, save it again, and upload the new file."
+            ) from exc
+        raise
+    if frame.width > limits.max_columns:
+        raise TooLarge(f"The first sheet has {frame.width} columns; the limit is {limits.max_columns}.")
+    _column_names([str(c) for c in frame.columns])
+    return _normalise_text_columns(frame)
+
+
+def _normalise_text_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """Excel text cells: missing-value tokens become null, and all-numeric text becomes numbers."""
+    out = []
+    for name, dtype in frame.schema.items():
+        col = frame.get_column(name)
+        if dtype == pl.String:
+            col = col.str.strip_chars().replace(NA_TOKENS, None)
+            for target in (pl.Int64, pl.Float64):
+                cast = col.cast(target, strict=False)
+                if cast.null_count() == col.null_count():
+                    col = cast
+                    break
+        out.append(col)
+    return pl.DataFrame(out)
+
+
+# Dates
+
+
+def _parse_dates(frame: pl.DataFrame) -> pl.DataFrame:
+    """Turn text columns whose every value is an ISO date or timestamp into Date / Datetime."""
+    changes = []
+    for name, dtype in frame.schema.items():
+        if dtype != pl.String:
+            continue
+        col = frame.get_column(name)
+        values = col.drop_nulls()
+        if values.is_empty():
+            continue
+        sample = values.head(1000)
+        for pattern, fmt, kind in _DATE_FORMATS:
+            if not sample.str.contains(pattern).all():
+                continue
+            sep = "T" if sample[0][10] == "T" else " " if kind == "datetime" else ""
+            fmt = fmt.replace("{T}", sep)
+            parsed = col.str.to_date(fmt, strict=False) if kind == "date" else col.str.to_datetime(fmt, strict=False)
+            if parsed.null_count() == col.null_count():
+                changes.append(parsed)
+            break
+    return frame.with_columns(changes) if changes else frame

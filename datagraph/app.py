@@ -1,0 +1,234 @@
+"""The Starlette application: routes, the GraphQL view, body limits, and the lifespan that owns resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import gc
+import logging
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from cross_web import HTTPException
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.http.async_base_view import AsyncHTTPRequestAdapter
+from strawberry.http import GraphQLRequestData
+
+from datagraph import jsonutil
+from datagraph.context import Context, Resources
+from datagraph.settings import Settings
+from engine import Executor
+from gql.schema import build_schema
+from storage import DataDir, MetadataStore
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("datagraph")
+STATIC = Path(__file__).resolve().parent.parent / "static"
+_EXPORT_TYPES = {
+    "CSV": "text/csv; charset=utf-8",
+    "PARQUET": "application/vnd.apache.parquet",
+    "XLSX": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "JSON": "application/json",
+}
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+# A header a browser cannot send cross-site without a CORS preflight (CVE-2024-47082).
+_PREFLIGHT_HEADERS = (b"apollo-require-preflight", b"x-api-key", b"authorization")
+
+
+def _error_body(message: str, code: str) -> bytes:
+    return jsonutil.dumps({"errors": [{"message": message, "extensions": {"code": code}}]})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class GuardRequests:
+    """Bound request bodies while they stream (413 with a message naming the limit), and refuse
+    multipart requests that a browser could send cross-site."""
+
+    def __init__(self, app: ASGIApp, *, json_limit: int, multipart_limit: int, settings: Settings) -> None:
+        self.app = app
+        self.json_limit = json_limit
+        self.multipart_limit = multipart_limit
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        if multipart and not any(h in headers for h in _PREFLIGHT_HEADERS):
+            message = "Uploads must carry an 'Apollo-Require-Preflight: true' (or API key) header."
+            await self._reply(send, 400, message, "BAD_INPUT")
+            return
+        limit = self.multipart_limit if multipart else self.json_limit
+        what = (
+            f"{self.settings.max_upload_mb:g} MiB upload limit (setting max_upload_mb)"
+            if multipart
+            else f"{self.settings.max_request_kb} KiB request limit (setting max_request_kb)"
+        )
+        message = f"The request is larger than the {what}."
+        try:
+            declared = int(headers.get(b"content-length", b"0") or 0)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            await self._reply(send, 413, message, "TOO_LARGE")
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await self._reply(send, 413, message, "TOO_LARGE")
+
+    @staticmethod
+    async def _reply(send: Send, status: int, message: str, code: str) -> None:
+        body = _error_body(message, code)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class GraphQLView(GraphQL[Context, None]):
+    """Strawberry's ASGI view with orjson, a local GraphiQL page and a query-length limit."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            build_schema(settings),
+            graphql_ide="graphiql" if settings.graphiql else None,
+            multipart_uploads_enabled=True,
+        )
+        self.settings = settings
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        return Context(resources=request.app.state.resources, base_url=str(request.base_url).rstrip("/"))
+
+    def encode_json(self, data: object) -> bytes:
+        return jsonutil.dumps(data)
+
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:  # type: ignore[override]
+        return HTMLResponse((STATIC / "graphiql.html").read_text("utf-8"))
+
+    async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
+        data = await super().parse_http_body(request)
+        for item in data if isinstance(data, list) else [data]:
+            if item.query and len(item.query) > self.settings.max_query_chars:
+                raise HTTPException(
+                    413, f"The query is longer than {self.settings.max_query_chars:,} characters (setting max_query_chars)."
+                )
+        return data
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def download_export(request: Request) -> Response:
+    res: Resources = request.app.state.resources
+    token = request.path_params["token"]
+    record = res.metadata.get_export(token) if _TOKEN.match(token) else None
+    if record is None or record.expires_at < dt.datetime.now(dt.UTC):
+        body = {"error": {"code": "NOT_FOUND", "message": "This export link is unknown or has expired; export again."}}
+        return JSONResponse(body, status_code=404)
+    path = res.files.export_file(record.token, record.filename.rsplit(".", 1)[-1])
+    if not path.exists():
+        return JSONResponse({"error": {"code": "NOT_FOUND", "message": "This export's file is gone; export again."}}, 404)
+    return FileResponse(path, media_type=_EXPORT_TYPES.get(record.format), filename=record.filename)
+
+
+def _sweep_exports(res: Resources) -> None:
+    for record in res.metadata.expired_exports():
+        res.files.export_file(record.token, record.filename.rsplit(".", 1)[-1]).unlink(missing_ok=True)
+        res.metadata.delete_export(record.token)
+
+
+async def _sweep_forever(res: Resources, every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await asyncio.to_thread(_sweep_exports, res)
+        except Exception:  # a failed sweep is retried next time; it must not stop the server
+            log.exception("export sweep failed")
+
+
+def open_resources(settings: Settings) -> Resources:
+    """Create the data directory, metadata store and executor; clear what a crash left behind."""
+    files = DataDir(settings.data_dir)
+    metadata = MetadataStore(settings.resolved_metadata_url)
+    metadata.sweep_pending()
+    files.sweep({r.id for r in metadata.list_datasets()})
+    res = Resources(settings=settings, metadata=metadata, files=files, executor=Executor(settings.workers))
+    _sweep_exports(res)
+    return res
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """The ASGI application; resources are created when its lifespan starts."""
+    settings = settings or Settings()
+    view = GraphQLView(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        res = open_resources(settings)
+        app.state.resources = res
+        sweeper = asyncio.create_task(_sweep_forever(res, 60))
+        gc.collect()
+        gc.freeze()  # long-lived start-up objects out of the collector's way (p99 spikes, PERFORMANCE.md)
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            res.close()
+
+    routes = [
+        Route("/", lambda request: RedirectResponse("/graphql")),
+        Route("/graphql", view, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", view),
+        Route("/healthz", healthz),
+        Route("/exports/{token}", download_export),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(
+        GuardRequests,
+        json_limit=settings.max_request_kb * 1024,
+        multipart_limit=settings.max_upload_bytes + 64 * 1024,
+        settings=settings,
+    )
+    return app

@@ -1,0 +1,49 @@
+"""The typed context every resolver receives: the server's resources plus the request's own facts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from connectors import IngestLimits
+from datagraph.settings import Settings
+from engine import Executor
+from storage import DataDir, MetadataStore
+
+__all__ = ["Context", "Resources"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What the lifespan creates once and closes on shutdown."""
+
+    settings: Settings
+    metadata: MetadataStore
+    files: DataDir
+    executor: Executor
+
+    @property
+    def ingest_limits(self) -> IngestLimits:
+        s = self.settings
+        return IngestLimits(
+            max_columns=s.max_columns,
+            max_rows=s.max_rows,
+            xlsx_max_uncompressed=s.xlsx_max_uncompressed_mb * 1024 * 1024,
+            xlsx_max_ratio=s.xlsx_max_ratio,
+            xlsx_max_entries=s.xlsx_max_entries,
+        )
+
+    def close(self) -> None:
+        self.executor.close()
+        self.metadata.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Per request: the shared resources and the URL the client reached us at (for links)."""
+
+    resources: Resources
+    base_url: str = ""
+
+    @property
+    def settings(self) -> Settings:
+        return self.resources.settings

@@ -1,0 +1,40 @@
+"""JSON encoding for responses and cache keys: orjson, NaN/inf as null, dates as ISO text."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import hashlib
+from typing import Any
+
+import orjson
+
+__all__ = ["canonical_hash", "dumps", "loads"]
+
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else None
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def dumps(value: Any) -> bytes:
+    """Encode to JSON bytes; orjson writes NaN and infinities as null."""
+    return orjson.dumps(value, default=_default, option=_OPTIONS)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)
+
+
+def canonical_hash(value: Any) -> str:
+    """sha256 of the value's canonical JSON (sorted keys), as hex."""
+    return hashlib.sha256(orjson.dumps(value, default=_default, option=_OPTIONS | orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,63 @@
+"""Every limit and knob of the server, with its default and one line of help.
+
+Each setting can be given as a command-line option (`--max-upload-mb 50`) or an environment
+variable (`DATAGRAPH_MAX_UPLOAD_MB=50`); the command line wins. `datagraph settings` prints the
+table the README carries, and a test keeps the two the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "settings_table"]
+
+
+class Settings(BaseSettings):
+    """The server's settings; frozen once built."""
+
+    model_config = SettingsConfigDict(env_prefix="DATAGRAPH_", frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    data_dir: Path = Field(Path("var"), description="Where datasets, uploads, exports and the metadata database live.")
+    metadata_url: str = Field(
+        "", description="SQLAlchemy URL of the metadata database; empty means a SQLite file in the data directory."
+    )
+    max_upload_mb: float = Field(20, gt=0, description="Largest file an upload may carry, in MiB.")
+    max_request_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB.")
+    max_query_chars: int = Field(20_000, gt=0, description="Longest GraphQL query text, in characters.")
+    max_columns: int = Field(2_000, gt=0, description="Most columns an uploaded file may have.")
+    max_rows: int = Field(5_000_000, gt=0, description="Most rows an uploaded file may have.")
+    xlsx_max_uncompressed_mb: int = Field(200, gt=0, description="Largest total uncompressed size of an .xlsx, in MiB.")
+    xlsx_max_ratio: int = Field(100, gt=0, description="Highest compression ratio of any entry in an .xlsx.")
+    xlsx_max_entries: int = Field(1_000, gt=0, description="Most entries (files) inside an .xlsx.")
+    rows_max: int = Field(10_000, gt=0, description="Most rows a single result may return.")
+    export_ttl_s: int = Field(3_600, gt=0, description="How long an export's download link stays valid, in seconds.")
+    workers: int = Field(2, ge=1, description="Threads that parse uploads and run analysis.")
+    graphql_max_depth: int = Field(8, gt=0, description="Deepest GraphQL query accepted.")
+    graphql_max_aliases: int = Field(15, gt=0, description="Most aliases in one GraphQL query.")
+    graphql_max_tokens: int = Field(2_000, gt=0, description="Most tokens in one GraphQL query.")
+    graphiql: bool = Field(True, description="Serve the GraphiQL explorer on GET /graphql.")
+    log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def resolved_metadata_url(self) -> str:
+        return self.metadata_url or f"sqlite:///{(self.data_dir / 'datagraph.sqlite3').resolve()}"
+
+
+def settings_table() -> str:
+    """The settings as a Markdown table: name, environment variable, default, help."""
+    lines = ["| setting | environment variable | default | what it does |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        default: Any = field.default
+        shown = "(empty)" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
+        lines.append(f"| `--{name.replace('_', '-')}` | `DATAGRAPH_{name.upper()}` | `{shown}` | {field.description} |")
+    return "\n".join(lines)

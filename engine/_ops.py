@@ -1,0 +1,145 @@
+"""Result operations: each takes a `Plan`, builds its LazyFrame, collects once, returns plain data.
+
+These are the only places a LazyFrame is collected. They take and return plain values so that
+the executor can run them wherever it runs work.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from datagraph.errors import BadInput
+from engine._plan import Plan, build
+from storage import ColumnInfo, column_infos, dtype_name
+
+__all__ = ["EXPORT_FORMATS", "Rows", "count", "describe", "export", "rows"]
+
+EXPORT_FORMATS = {"CSV": "csv", "PARQUET": "parquet", "XLSX": "xlsx", "JSON": "json"}
+# Cells a spreadsheet would run as a formula (OWASP CSV injection): prefixed with ' on CSV export.
+_FORMULA_START = r"^[=+\-@\t\r]"
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    records: list[dict[str, Any]]
+    columns: list[ColumnInfo]
+    truncated: bool
+
+
+def rows(plan: Plan, *, limit: int, offset: int) -> Rows:
+    """Up to `limit` rows after `offset`; `truncated` when more follow."""
+    frame, _ = build(plan)
+    page = frame.slice(offset, limit + 1).collect()
+    truncated = page.height > limit
+    page = page.head(limit)
+    return Rows(records=page.to_dicts(), columns=column_infos(page), truncated=truncated)
+
+
+def count(plan: Plan) -> int:
+    frame, _ = build(plan)
+    return int(frame.select(pl.len()).collect().item())
+
+
+def _is_temporal(dtype: pl.DataType) -> bool:
+    return dtype == pl.Date or isinstance(dtype, pl.Datetime)
+
+
+def _is_numeric(dtype: pl.DataType) -> bool:
+    return dtype.is_numeric() and dtype != pl.Boolean
+
+
+def describe(plan: Plan, *, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    """pandas `describe(include="all")` per column, from one lazy select.
+
+    Numbers: count, mean, std (sample), min, quartiles (linear interpolation), max. Dates and
+    timestamps: the same but std. Text and booleans: count, unique, top (ties go to the value
+    seen first, as pandas does), freq.
+    """
+    frame, schema = build(plan)
+    wanted = list(schema) if columns is None else columns
+    for c in wanted:
+        if c not in schema:
+            raise BadInput(f'describe: there is no column "{c}". Columns: {", ".join(list(schema)[:25])}.')
+    exprs: list[pl.Expr] = []
+    for i, name in enumerate(wanted):
+        col, dtype = pl.col(name), schema[name]
+        tag = f"{i}\x1f"
+        exprs += [col.count().alias(tag + "count"), col.null_count().alias(tag + "nullCount")]
+        if _is_numeric(dtype) or _is_temporal(dtype):
+            base = col.cast(pl.Float64) if _is_numeric(dtype) else col
+            exprs += [
+                base.mean().alias(tag + "mean"),
+                base.min().alias(tag + "min"),
+                base.quantile(0.25, "linear").alias(tag + "p25"),
+                base.quantile(0.5, "linear").alias(tag + "p50"),
+                base.quantile(0.75, "linear").alias(tag + "p75"),
+                base.max().alias(tag + "max"),
+            ]
+            if _is_numeric(dtype):
+                exprs.append(base.std(ddof=1).alias(tag + "std"))
+        else:
+            present = col.drop_nulls()
+            top = present.filter(present.is_in(present.mode().implode())).first()
+            exprs += [
+                present.n_unique().alias(tag + "unique"),
+                top.alias(tag + "top"),
+                (col == top).sum().alias(tag + "freq"),
+            ]
+    if not exprs:
+        return []
+    stats = frame.select(exprs).collect().row(0, named=True)
+    out: list[dict[str, Any]] = []
+    for i, name in enumerate(wanted):
+        dtype = schema[name]
+        record: dict[str, Any] = {"column": name, "dtype": dtype_name(dtype)}
+        keys = (
+            ("count", "nullCount", "mean", "std", "min", "p25", "p50", "p75", "max")
+            if _is_numeric(dtype)
+            else ("count", "nullCount", "mean", "min", "p25", "p50", "p75", "max")
+            if _is_temporal(dtype)
+            else ("count", "nullCount", "unique", "top", "freq")
+        )
+        for key in keys:
+            record[key] = _plain(stats[f"{i}\x1f{key}"])
+        if not (_is_numeric(dtype) or _is_temporal(dtype)) and record["count"] == 0:
+            record["unique"], record["top"], record["freq"] = 0, None, None
+        out.append(record)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
+
+
+def export(plan: Plan, *, fmt: str, out: Path) -> tuple[int, int]:
+    """Write the plan's result to `out` (via a temporary name); return (rows, bytes)."""
+    frame, schema = build(plan)
+    if fmt == "CSV":
+        text = [n for n, d in schema.items() if d == pl.String]
+        frame = frame.with_columns(
+            pl.when(pl.col(n).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(n)).otherwise(pl.col(n)).alias(n)
+            for n in text
+        )
+    data = frame.collect()
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        if fmt == "CSV":
+            data.write_csv(tmp)
+        elif fmt == "PARQUET":
+            data.write_parquet(tmp)
+        elif fmt == "XLSX":
+            data.write_excel(tmp, autofit=False)
+        else:
+            data.write_json(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return data.height, out.stat().st_size

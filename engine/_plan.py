@@ -1,0 +1,232 @@
+"""Plans: a dataset and a list of steps, kept as plain data, turned into one Polars LazyFrame.
+
+A `Plan` is what a GraphQL frame chain (or a `pipeline(steps:)` variable) means. It is hashable
+data, so it can key the cache, travel to a worker process and be saved. `build` checks every step
+against the schema as it goes, so a wrong column, operator or value is a `BadInput` that names it,
+before any data is read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from datagraph.errors import BadInput
+from storage import dtype_name
+
+__all__ = ["OPS", "Condition", "Filter", "Plan", "Select", "Slice", "Sort", "SortKey", "Source", "Step", "build"]
+
+OPS = (
+    "EQ", "NE", "GT", "GE", "LT", "LE", "IN", "NOT_IN", "BETWEEN",
+    "CONTAINS", "STARTS_WITH", "ENDS_WITH", "IS_NULL", "NOT_NULL",
+)  # fmt: skip
+_COMPARE = {"EQ": "eq", "NE": "ne", "GT": "gt", "GE": "ge", "LT": "lt", "LE": "le"}
+_TEXT_OPS = {"CONTAINS": "contains", "STARTS_WITH": "starts_with", "ENDS_WITH": "ends_with"}
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One stored dataset version a plan reads."""
+
+    dataset_id: str
+    version: int
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    column: str
+    op: str
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    column: str
+    descending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    conditions: tuple[Condition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Select:
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Sort:
+    keys: tuple[SortKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    offset: int
+    limit: int
+
+
+Step = Filter | Select | Sort | Slice
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A dataset version and the steps applied to it, in order."""
+
+    source: Source
+    steps: tuple[Step, ...] = ()
+
+    def then(self, step: Step) -> Plan:
+        return Plan(self.source, (*self.steps, step))
+
+    def key(self) -> dict[str, Any]:
+        """Canonical plain-data form: what the result cache hashes."""
+        return {
+            "datasets": {self.source.dataset_id: self.source.version},
+            "steps": [_step_key(s) for s in self.steps],
+        }
+
+
+def _step_key(step: Step) -> dict[str, Any]:
+    if isinstance(step, Filter):
+        return {"filter": [[c.column, c.op, c.value] for c in step.conditions]}
+    if isinstance(step, Select):
+        return {"select": list(step.columns)}
+    if isinstance(step, Sort):
+        return {"sort": [[k.column, k.descending] for k in step.keys]}
+    return {"slice": [step.offset, step.limit]}
+
+
+def build(plan: Plan) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
+    """The plan as one LazyFrame, and its output schema; raise `BadInput` on the first wrong step."""
+    frame = pl.scan_parquet(plan.source.path)
+    schema: dict[str, pl.DataType] = dict(frame.collect_schema())
+    for step in plan.steps:
+        if isinstance(step, Filter):
+            frame = frame.filter(*[_condition(c, schema) for c in step.conditions]) if step.conditions else frame
+        elif isinstance(step, Select):
+            _check_columns(step.columns, schema, "select")
+            if len(set(step.columns)) != len(step.columns):
+                raise BadInput("select names a column more than once.")
+            if not step.columns:
+                raise BadInput("select needs at least one column.")
+            frame = frame.select(step.columns)
+            schema = {c: schema[c] for c in step.columns}
+        elif isinstance(step, Sort):
+            if not step.keys:
+                raise BadInput("sort needs at least one key.")
+            _check_columns([k.column for k in step.keys], schema, "sort")
+            frame = frame.sort(
+                [k.column for k in step.keys],
+                descending=[k.descending for k in step.keys],
+                nulls_last=True,
+                maintain_order=True,
+            )
+        else:
+            if step.offset < 0 or step.limit < 0:
+                raise BadInput("slice needs an offset and a limit of 0 or more.")
+            frame = frame.slice(step.offset, step.limit)
+    return frame, schema
+
+
+def _check_columns(columns: Any, schema: Mapping[str, pl.DataType], where: str) -> None:
+    for column in columns:
+        if column not in schema:
+            raise BadInput(f'{where}: there is no column "{column}". Columns: {_listing(schema)}.')
+
+
+def _listing(schema: Mapping[str, pl.DataType]) -> str:
+    names = list(schema)
+    shown = ", ".join(names[:25])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 25 else "")
+
+
+def _kind(dtype: pl.DataType) -> str:
+    if dtype.is_numeric():
+        return "number"
+    if dtype == pl.Boolean:
+        return "boolean"
+    if dtype == pl.Date:
+        return "date"
+    if isinstance(dtype, pl.Datetime):
+        return "datetime"
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
+        return "text"
+    return "other"
+
+
+def _literal(value: Any, kind: str, cond: Condition, dtype: pl.DataType) -> Any:
+    """Check one filter value against the column's type and convert it to a Polars literal."""
+    expected = {"number": "a number", "boolean": "true or false", "text": "text",
+                "date": 'a date like "2024-01-31"', "datetime": 'a timestamp like "2024-01-31T12:00:00"'}  # fmt: skip
+    ok: Any = None
+    if kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = value
+    elif kind == "boolean" and isinstance(value, bool):
+        ok = value
+    elif kind == "text" and isinstance(value, str):
+        ok = value
+    elif kind in ("date", "datetime") and isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is not None:
+            ok = parsed.date() if kind == "date" else parsed.replace(tzinfo=None)
+    if ok is None:
+        raise BadInput(
+            f'filter on "{cond.column}" ({dtype_name(dtype)}) with {cond.op} needs'
+            f" {expected.get(kind, 'a value of the column type')}, got {_show(value)}."
+        )
+    return ok
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else f'"{value}"'
+    text = {"None": "null", "True": "true", "False": "false"}.get(text, text)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
+    _check_columns([cond.column], schema, "filter")
+    if cond.op not in OPS:
+        raise BadInput(f'filter: unknown operator "{cond.op}"; use one of {", ".join(OPS)}.')
+    dtype = schema[cond.column]
+    kind = _kind(dtype)
+    col = pl.col(cond.column)
+    op, value = cond.op, cond.value
+    if op in ("IS_NULL", "NOT_NULL"):
+        if value is not None:
+            raise BadInput(f"filter: {op} takes no value (got {_show(value)} for \"{cond.column}\").")
+        return col.is_null() if op == "IS_NULL" else col.is_not_null()
+    if value is None:
+        raise BadInput(f'filter on "{cond.column}" with {op} needs a value; use IS_NULL or NOT_NULL for missing values.')
+    if kind == "other":
+        raise BadInput(f'filter: column "{cond.column}" ({dtype_name(dtype)}) cannot be compared.')
+    if op in _COMPARE:
+        if kind == "boolean" and op not in ("EQ", "NE"):
+            raise BadInput(f'filter: {op} does not apply to the true/false column "{cond.column}"; use EQ or NE.')
+        return getattr(col, _COMPARE[op])(_literal(value, kind, cond, dtype))
+    if op in ("IN", "NOT_IN"):
+        if not isinstance(value, list) or not value:
+            raise BadInput(f'filter on "{cond.column}" with {op} needs a non-empty list of values, got {_show(value)}.')
+        values = pl.Series([_literal(v, kind, cond, dtype) for v in value])
+        member = col.is_in(values.cast(dtype, strict=False) if kind == "number" else values)
+        return member if op == "IN" else ~member
+    if op == "BETWEEN":
+        if not isinstance(value, list) or len(value) != 2:
+            raise BadInput(f'filter on "{cond.column}" with BETWEEN needs [low, high], got {_show(value)}.')
+        low, high = (_literal(v, kind, cond, dtype) for v in value)
+        return col.is_between(low, high, closed="both")
+    if kind != "text":
+        raise BadInput(f'filter: {op} works on text columns; "{cond.column}" is {dtype_name(dtype)}.')
+    text = _literal(value, kind, cond, dtype)
+    if op == "CONTAINS":
+        return col.str.contains(text, literal=True)
+    return getattr(col.str, _TEXT_OPS[op])(text)

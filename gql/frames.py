@@ -1,0 +1,158 @@
+"""`Frame`: a lazy view that transforms chain on and result fields answer from.
+
+Each transform returns a new `View` holding a longer `Plan`; nothing runs until a result field
+(`rows`, `count`, `describe`, `export`) is selected. The nested form and `pipeline(steps:)` build
+the same plan.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import strawberry
+from strawberry.scalars import JSON
+
+import engine
+from datagraph.context import Context
+from engine import Plan
+from gql.results import Result, result
+from resolvers import frames
+
+__all__ = ["ConditionInput", "ExportFormat", "Frame", "Op", "SliceInput", "SortKeyInput", "StepInput", "View", "to_steps"]
+
+
+@strawberry.enum(description="Filter operators; conditions in one filter are ANDed.")
+class Op(Enum):
+    EQ = "EQ"
+    NE = "NE"
+    GT = "GT"
+    GE = "GE"
+    LT = "LT"
+    LE = "LE"
+    IN = "IN"
+    NOT_IN = "NOT_IN"
+    BETWEEN = "BETWEEN"
+    CONTAINS = "CONTAINS"
+    STARTS_WITH = "STARTS_WITH"
+    ENDS_WITH = "ENDS_WITH"
+    IS_NULL = "IS_NULL"
+    NOT_NULL = "NOT_NULL"
+
+
+@strawberry.enum(description="File formats an export can be written in.")
+class ExportFormat(Enum):
+    CSV = "CSV"
+    PARQUET = "PARQUET"
+    XLSX = "XLSX"
+    JSON = "JSON"
+
+
+@strawberry.input(name="Condition", description="column op value; IN/NOT_IN take a list, BETWEEN [low, high].")
+class ConditionInput:
+    column: str
+    op: Op
+    value: JSON | None = None
+
+
+@strawberry.input(name="SortKey")
+class SortKeyInput:
+    column: str
+    descending: bool | None = False
+
+
+@strawberry.input(name="SliceInput")
+class SliceInput:
+    offset: int | None = 0
+    limit: int
+
+
+@strawberry.input(name="Step", one_of=True, description="One transform, as data; a list of steps is a pipeline.")
+class StepInput:
+    filter: list[ConditionInput] | None = strawberry.UNSET
+    select: list[str] | None = strawberry.UNSET
+    sort: list[SortKeyInput] | None = strawberry.UNSET
+    slice: SliceInput | None = strawberry.UNSET
+
+
+def _filter(where: list[ConditionInput]) -> engine.Filter:
+    return engine.Filter(tuple(engine.Condition(c.column, c.op.value, c.value) for c in where))
+
+
+def _sort(by: list[SortKeyInput]) -> engine.Sort:
+    return engine.Sort(tuple(engine.SortKey(k.column, bool(k.descending)) for k in by))
+
+
+def _slice(offset: int | None, limit: int) -> engine.Slice:
+    return engine.Slice(offset or 0, limit)
+
+
+def to_steps(steps: list[StepInput]) -> list[engine.Step]:
+    out: list[engine.Step] = []
+    for s in steps:  # @oneOf: exactly one field of each step is set
+        if _given(s.filter):
+            out.append(_filter(s.filter))
+        elif _given(s.select):
+            out.append(engine.Select(tuple(s.select)))
+        elif _given(s.sort):
+            out.append(_sort(s.sort))
+        elif _given(s.slice):
+            out.append(_slice(s.slice.offset, s.slice.limit))
+    return out
+
+
+def _given(value: object) -> bool:
+    return value is not None and value is not strawberry.UNSET
+
+
+@strawberry.interface(description="A lazy table: transform it, then ask for a result. Nothing runs until a result field is selected.")
+class Frame:
+    plan: strawberry.Private[Plan]
+    label: strawberry.Private[str]
+
+    def _then(self, *steps: engine.Step) -> View:
+        plan = self.plan
+        for step in steps:
+            plan = plan.then(step)
+        return View(plan=plan, label=self.label)
+
+    @strawberry.field(description="Keep the rows matching every condition.")
+    def filter(self, where: list[ConditionInput]) -> Frame:
+        return self._then(_filter(where))
+
+    @strawberry.field(description="Keep these columns, in this order.")
+    def select(self, columns: list[str]) -> Frame:
+        return self._then(engine.Select(tuple(columns)))
+
+    @strawberry.field(description="Order rows by these keys; nulls last; ties keep their order.")
+    def sort(self, by: list[SortKeyInput]) -> Frame:
+        return self._then(_sort(by))
+
+    @strawberry.field(description="Rows offset .. offset+limit.")
+    def slice(self, offset: int | None = 0, *, limit: int) -> Frame:
+        return self._then(_slice(offset, limit))
+
+    @strawberry.field(description="The same transforms as data, applied in order.")
+    def pipeline(self, steps: list[StepInput]) -> Frame:
+        return self._then(*to_steps(steps))
+
+    @strawberry.field(description="Records {column: value}; meta.truncated when more rows follow.")
+    async def rows(self, info: strawberry.Info[Context, None], limit: int | None = 100, offset: int | None = 0) -> Result:
+        return result(await frames.rows(info.context, plan=self.plan, limit=limit, offset=offset))
+
+    @strawberry.field(description="data: {count: N}.")
+    async def count(self, info: strawberry.Info[Context, None]) -> Result:
+        return result(await frames.count(info.context, plan=self.plan))
+
+    @strawberry.field(description="Per-column statistics, the same numbers pandas' describe(include='all') gives.")
+    async def describe(self, info: strawberry.Info[Context, None], columns: list[str] | None = None) -> Result:
+        return result(await frames.describe(info.context, plan=self.plan, columns=columns))
+
+    @strawberry.field(description="Write the frame to a file; data: {url, format, rows, bytes, expiresAt}.")
+    async def export(self, info: strawberry.Info[Context, None], format: ExportFormat | None = ExportFormat.CSV) -> Result:
+        fmt = (format or ExportFormat.CSV).value
+        return result(await frames.export(info.context, plan=self.plan, fmt=fmt, name=self.label))
+
+
+@strawberry.type(description="A frame derived from a dataset by transforms.")
+class View(Frame):
+    pass

@@ -1,0 +1,143 @@
+"""Datasets and the upload source: list, look up, upload (stream, sniff, parse, commit), delete."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from connectors import ingest, sniff
+from datagraph.context import Context
+from datagraph.errors import NotFound, TooLarge
+from engine import Plan, Source
+from storage import DatasetRecord, storage_guard
+
+__all__ = [
+    "UPLOADS",
+    "SourceInfo",
+    "dataset_plan",
+    "delete_dataset",
+    "display_name",
+    "get_dataset",
+    "list_datasets",
+    "list_sources",
+    "require_dataset",
+    "upload_dataset",
+]
+
+UPLOADS = "uploads"
+_CHUNK = 1 << 20
+
+
+class AsyncReadable(Protocol):
+    async def read(self, size: int = -1) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    id: str
+    name: str
+    kind: str
+    status: str
+
+
+def list_sources(ctx: Context) -> list[SourceInfo]:
+    return [SourceInfo(id=UPLOADS, name="Uploaded files", kind="FILE", status="OK")]
+
+
+def list_datasets(ctx: Context, *, source_id: str | None = None) -> list[DatasetRecord]:
+    records = ctx.resources.metadata.list_datasets()
+    return [r for r in records if source_id is None or r.source_id == source_id]
+
+
+def get_dataset(ctx: Context, dataset_id: str) -> DatasetRecord | None:
+    return ctx.resources.metadata.get_dataset(dataset_id)
+
+
+def require_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
+    record = get_dataset(ctx, dataset_id)
+    if record is None:
+        raise NotFound(f'There is no dataset "{_clip(dataset_id)}".')
+    return record
+
+
+def dataset_plan(ctx: Context, record: DatasetRecord) -> Plan:
+    path = ctx.resources.files.dataset_file(record.id, record.version)
+    return Plan(Source(record.id, record.version, path))
+
+
+def _clip(text: str, n: int = 80) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+# Control, format (bidi overrides, zero-width) and separator characters never reach a name.
+def display_name(raw: str, *, fallback: str = "dataset") -> str:
+    """A safe display name: no path, no control or bidi characters, at most 100 characters."""
+    base = re.split(r"[\\/]", raw)[-1]
+    clean = "".join(ch for ch in base if unicodedata.category(ch)[0] not in ("C", "Z") or ch == " ")
+    clean = " ".join(clean.split())[:100].strip(" .")
+    return clean or fallback
+
+
+def _slug(name: str) -> str:
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9_]+", "-", ascii_name.lower()).strip("-_")[:60].strip("-_")
+    return slug or "dataset"
+
+
+async def _stage(ctx: Context, stream: AsyncReadable, dest: Path) -> int:
+    """Copy the upload to a staging file, stopping at the byte limit."""
+    limit = ctx.settings.max_upload_bytes
+    written = 0
+    with storage_guard(), open(dest, "wb") as out:
+        while chunk := await stream.read(_CHUNK):
+            written += len(chunk)
+            if written > limit:
+                raise TooLarge(
+                    f"The file is larger than the upload limit of {ctx.settings.max_upload_mb:g} MiB"
+                    " (setting max_upload_mb)."
+                )
+            out.write(chunk)
+    return written
+
+
+async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, name: str | None) -> DatasetRecord:
+    """Stage, sniff, parse and commit an uploaded file; nothing is visible unless all of it worked."""
+    res = ctx.resources
+    safe_filename = display_name(filename.replace("\x00", ""), fallback="upload")
+    title = display_name(name) if name else display_name(safe_filename.rsplit(".", 1)[0])
+    staged = res.files.staging_path(".upload")
+    parquet = res.files.staging_path(".parquet")
+    dataset_id: str | None = None
+    committed = False
+    try:
+        size = await _stage(ctx, stream, staged)
+        fmt = await res.executor.run(sniff, staged, safe_filename, res.ingest_limits)
+        dataset_id = res.metadata.reserve_dataset(
+            wanted_id=_slug(title),
+            name=title,
+            source_id=UPLOADS,
+            origin={"format": fmt, "filename": safe_filename, "bytes": size},
+        )
+        with storage_guard():
+            result = await res.executor.run(ingest, staged, fmt, parquet, res.ingest_limits)
+            res.files.commit(parquet, res.files.dataset_file(dataset_id, 1))
+            res.files.keep_upload(staged, fmt)
+        record = res.metadata.mark_ready(dataset_id, version=1, row_count=result.row_count, columns=result.columns)
+        committed = True
+        return record
+    finally:
+        staged.unlink(missing_ok=True)
+        parquet.unlink(missing_ok=True)
+        if dataset_id is not None and not committed:
+            res.metadata.discard_pending(dataset_id)
+            res.files.remove_dataset(dataset_id)
+
+
+def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
+    record = require_dataset(ctx, dataset_id)
+    ctx.resources.metadata.delete_dataset(record.id)
+    ctx.resources.files.remove_dataset(record.id)
+    return record

@@ -1,0 +1,97 @@
+"""The data directory: staged uploads, kept raw files, dataset Parquet files and exports.
+
+    <data>/staging/    files being received or written; never read by queries; emptied at start-up
+    <data>/uploads/    raw uploads, kept under generated names (<uuid>.<ext>)
+    <data>/datasets/<id>/v<n>.parquet    one file per dataset version
+    <data>/exports/    export files, named by their unguessable token
+
+Commit is write-to-staging, fsync, `os.replace` into place, fsync the directory; only then does
+the caller mark the metadata row ready, so a crash leaves no half dataset visible.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from datagraph.errors import StorageFull
+
+__all__ = ["DataDir", "storage_guard"]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+class storage_guard:  # noqa: N801 - used as a context manager, reads like a statement
+    """Turn a full disk into a clear `StorageFull` problem."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull("The server's disk is full; the data was not saved. Free some space and try again.") from exc
+
+
+class DataDir:
+    """Paths and atomic moves inside the data directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.staging = self.root / "staging"
+        self.uploads = self.root / "uploads"
+        self.datasets = self.root / "datasets"
+        self.exports = self.root / "exports"
+        for d in (self.staging, self.uploads, self.datasets, self.exports):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def staging_path(self, suffix: str = "") -> Path:
+        return self.staging / f"{uuid.uuid4().hex}{suffix}"
+
+    def dataset_file(self, dataset_id: str, version: int) -> Path:
+        return self.datasets / dataset_id / f"v{version}.parquet"
+
+    def export_file(self, token: str, ext: str) -> Path:
+        return self.exports / f"{token}.{ext}"
+
+    def commit(self, staged: Path, final: Path) -> Path:
+        """Durably move a fully written staging file to its final place."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with storage_guard():
+            _fsync_file(staged)
+            os.replace(staged, final)
+            _fsync_dir(final.parent)
+        return final
+
+    def keep_upload(self, staged: Path, ext: str) -> str:
+        """Move a raw upload under `uploads/` with a generated name; return that name."""
+        name = f"{uuid.uuid4().hex}.{ext}"
+        os.replace(staged, self.uploads / name)
+        return name
+
+    def remove_dataset(self, dataset_id: str) -> None:
+        shutil.rmtree(self.datasets / dataset_id, ignore_errors=True)
+
+    def sweep(self, ready_ids: set[str]) -> None:
+        """Remove what a crash may have left: staging files and dataset folders no ready row names."""
+        for entry in self.staging.iterdir():
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        for entry in self.datasets.iterdir():
+            if entry.name not in ready_ids:
+                shutil.rmtree(entry, ignore_errors=True)

@@ -1,0 +1,247 @@
+"""The metadata store: datasets, their versions and exports, in SQLAlchemy Core tables.
+
+SQLite by default (WAL, busy timeout), any SQLAlchemy URL otherwise. A dataset row is written
+`pending` before its file exists and marked `ready` in one transaction after the file is in
+place, so a crash in between leaves a pending row that the start-up sweep removes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+
+from datagraph import jsonutil
+
+__all__ = ["ColumnInfo", "DatasetRecord", "ExportRecord", "MetadataStore"]
+
+_meta = sa.MetaData()
+
+datasets = sa.Table(
+    "datasets",
+    _meta,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("source_id", sa.String(80), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | ready
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("row_count", sa.BigInteger, nullable=False, default=0),
+    sa.Column("columns", sa.Text, nullable=False, default="[]"),
+    sa.Column("origin", sa.Text, nullable=False, default="{}"),  # format, original file name, ...
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+exports = sa.Table(
+    "exports",
+    _meta,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("dataset_id", sa.String(80), nullable=False),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    name: str
+    dtype: str
+    null_count: int
+    missing_rate: float
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRecord:
+    id: str
+    name: str
+    source_id: str
+    status: str
+    version: int
+    row_count: int
+    columns: tuple[ColumnInfo, ...]
+    origin: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRecord:
+    token: str
+    dataset_id: str
+    filename: str
+    format: str
+    rows: int
+    bytes: int
+    created_at: dt.datetime
+    expires_at: dt.datetime
+
+
+def _dataset(row: Any) -> DatasetRecord:
+    cols = tuple(ColumnInfo(**c) for c in jsonutil.loads(row.columns))
+    return DatasetRecord(
+        id=row.id,
+        name=row.name,
+        source_id=row.source_id,
+        status=row.status,
+        version=row.version,
+        row_count=row.row_count,
+        columns=cols,
+        origin=jsonutil.loads(row.origin),
+        created_at=_aware(row.created_at),
+        updated_at=_aware(row.updated_at),
+    )
+
+
+def _export(row: Any) -> ExportRecord:
+    return ExportRecord(
+        token=row.token,
+        dataset_id=row.dataset_id,
+        filename=row.filename,
+        format=row.format,
+        rows=row.rows,
+        bytes=row.bytes,
+        created_at=_aware(row.created_at),
+        expires_at=_aware(row.expires_at),
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class MetadataStore:
+    """Datasets and exports, kept in a SQL database through SQLAlchemy Core."""
+
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = sa.create_engine(url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        _meta.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # datasets
+
+    def reserve_dataset(self, *, wanted_id: str, name: str, source_id: str, origin: dict[str, Any]) -> str:
+        """Insert a pending dataset row under `wanted_id`, or `wanted_id-2`, `-3`, ... if taken."""
+        now = _now()
+        for n in range(1, 10_000):
+            candidate = wanted_id if n == 1 else f"{wanted_id}-{n}"
+            try:
+                with self._tx() as conn:
+                    conn.execute(
+                        datasets.insert().values(
+                            id=candidate,
+                            name=name,
+                            source_id=source_id,
+                            status="pending",
+                            version=0,
+                            row_count=0,
+                            columns="[]",
+                            origin=jsonutil.dumps(origin).decode(),
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                return candidate
+            except sa.exc.IntegrityError:
+                continue
+        raise RuntimeError("no free dataset id")  # pragma: no cover - 10,000 datasets of one name
+
+    def mark_ready(self, dataset_id: str, *, version: int, row_count: int, columns: list[ColumnInfo]) -> DatasetRecord:
+        with self._tx() as conn:
+            conn.execute(
+                datasets.update()
+                .where(datasets.c.id == dataset_id)
+                .values(
+                    status="ready",
+                    version=version,
+                    row_count=row_count,
+                    columns=jsonutil.dumps([asdict(c) for c in columns]).decode(),
+                    updated_at=_now(),
+                )
+            )
+            row = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).one()
+        return _dataset(row)
+
+    def discard_pending(self, dataset_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(datasets.delete().where(datasets.c.id == dataset_id, datasets.c.status == "pending"))
+
+    def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                datasets.select().where(datasets.c.id == dataset_id, datasets.c.status == "ready")
+            ).one_or_none()
+        return _dataset(row) if row else None
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                datasets.select().where(datasets.c.status == "ready").order_by(datasets.c.created_at, datasets.c.id)
+            ).all()
+        return [_dataset(r) for r in rows]
+
+    def delete_dataset(self, dataset_id: str) -> bool:
+        with self._tx() as conn:
+            done = conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
+            conn.execute(exports.delete().where(exports.c.dataset_id == dataset_id))
+        return bool(done.rowcount)
+
+    def sweep_pending(self) -> list[str]:
+        """Remove the rows of uploads that never finished (a crash mid-commit); return their ids."""
+        with self._tx() as conn:
+            ids = [r.id for r in conn.execute(sa.select(datasets.c.id).where(datasets.c.status == "pending"))]
+            conn.execute(datasets.delete().where(datasets.c.status == "pending"))
+        return ids
+
+    # exports
+
+    def add_export(self, record: ExportRecord) -> None:
+        with self._tx() as conn:
+            conn.execute(exports.insert().values(**asdict(record)))
+
+    def get_export(self, token: str) -> ExportRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(exports.select().where(exports.c.token == token)).one_or_none()
+        return _export(row) if row else None
+
+    def expired_exports(self, now: dt.datetime | None = None) -> list[ExportRecord]:
+        now = now or _now()
+        with self.engine.connect() as conn:
+            rows = conn.execute(exports.select().where(exports.c.expires_at < now)).all()
+        return [_export(r) for r in rows]
+
+    def delete_export(self, token: str) -> None:
+        with self._tx() as conn:
+            conn.execute(exports.delete().where(exports.c.token == token))
+

@@ -320,8 +320,8 @@ def _parse_dates(frame: pl.DataFrame) -> pl.DataFrame:
         for pattern, fmt, kind in _DATE_FORMATS:
             if not sample.str.contains(pattern).all():
                 continue
-            sep = "T" if sample[0][10] == "T" else " " if kind == "datetime" else ""
-            fmt = fmt.replace("{T}", sep)
+            if kind == "datetime":
+                fmt = fmt.replace("{T}", sample[0][10])  # "T" or " ", as the file writes it
             parsed = col.str.to_date(fmt, strict=False) if kind == "date" else col.str.to_datetime(fmt, strict=False)
             if parsed.null_count() == col.null_count():
                 changes.append(parsed)

@@ -161,9 +161,12 @@ class Mutation:
         self, info: strawberry.Info[Context, None], file: Upload, name: str | None = None
     ) -> DatasetPayload:
         filename = getattr(file, "filename", None) or "upload"
-        return await _mutate(
-            info.context, "uploadDataset", ds.upload_dataset(info.context, stream=file, filename=filename, name=name)
-        )
+        try:
+            return await _mutate(
+                info.context, "uploadDataset", ds.upload_dataset(info.context, stream=file, filename=filename, name=name)
+            )
+        finally:
+            await file.close()  # the multipart parser's spooled temp file
 
     @strawberry.mutation(description="Delete a dataset and its files; the payload names what was deleted.")
     async def delete_dataset(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> DatasetPayload:

@@ -73,11 +73,11 @@ def _clip(text: str, n: int = 80) -> str:
 
 
 # Control, format (bidi overrides, zero-width) and separator characters never reach a name.
-def display_name(raw: str, *, fallback: str = "dataset") -> str:
-    """A safe display name: no path, no control or bidi characters, at most 100 characters."""
+def display_name(raw: str, *, fallback: str = "dataset", limit: int = 100) -> str:
+    """A safe display name: no path, no control or bidi characters, at most `limit` characters."""
     base = re.split(r"[\\/]", raw)[-1]
     clean = "".join(ch for ch in base if unicodedata.category(ch)[0] not in ("C", "Z") or ch == " ")
-    clean = " ".join(clean.split())[:100].strip(" .")
+    clean = " ".join(clean.split())[:limit].strip(" .")
     return clean or fallback
 
 
@@ -106,7 +106,8 @@ async def _stage(ctx: Context, stream: AsyncReadable, dest: Path) -> int:
 async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, name: str | None) -> DatasetRecord:
     """Stage, sniff, parse and commit an uploaded file; nothing is visible unless all of it worked."""
     res = ctx.resources
-    safe_filename = display_name(filename.replace("\x00", ""), fallback="upload")
+    stem, dot, ext = display_name(filename.replace("\x00", ""), fallback="upload", limit=10_000).rpartition(".")
+    safe_filename = f"{display_name(stem, fallback='upload')}.{ext[:10]}" if dot else display_name(ext[:100])
     title = display_name(name) if name else display_name(safe_filename.rsplit(".", 1)[0])
     staged = res.files.staging_path(".upload")
     parquet = res.files.staging_path(".parquet")

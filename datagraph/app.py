@@ -145,6 +145,14 @@ class GraphQLView(GraphQL[Context, None]):
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:  # type: ignore[override]
         return HTMLResponse((STATIC / "graphiql.html").read_text("utf-8"))
 
+    async def run(self, request: Request | WebSocket, context: Any = None, root_value: Any = None) -> Any:  # type: ignore[override]
+        # Strawberry answers its HTTP refusals as plain text; clients parse JSON errors everywhere.
+        try:
+            return await super().run(request)
+        except HTTPException as exc:
+            code = "TOO_LARGE" if exc.status_code == 413 else "BAD_INPUT"
+            return Response(_error_body(exc.reason, code), status_code=exc.status_code, media_type="application/json")
+
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
         data = await super().parse_http_body(request)
         for item in data if isinstance(data, list) else [data]:

@@ -139,7 +139,7 @@ def ingest(src: Path, fmt: str, out: Path, limits: IngestLimits) -> IngestResult
     if frame.height == 0:
         raise BadInput("The file has a header row but no data rows.")
     frame = _parse_dates(frame)
-    frame.write_parquet(out, statistics=True)
+    frame.write_parquet(out, compression="lz4", statistics=True)
     return IngestResult(row_count=frame.height, columns=column_infos(frame))
 
 
@@ -155,11 +155,13 @@ def _read_csv(src: Path, limits: IngestLimits) -> pl.DataFrame:
         # Old Mac line endings (CR alone), which Polars does not split on.
         source = src.read_bytes().replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     try:
+        # Read every column as text, then type each from all of its values (`_type_columns`):
+        # Polars' own whole-file inference (infer_schema_length=None) took 3.3 s on 1M rows, this 0.8 s.
         frame = pl.read_csv(
             source,
             separator=separator,
             null_values=NA_TOKENS,
-            infer_schema_length=None,
+            infer_schema=False,
             n_rows=limits.max_rows + 1,
             raise_if_empty=True,
             new_columns=names,
@@ -168,6 +170,7 @@ def _read_csv(src: Path, limits: IngestLimits) -> pl.DataFrame:
         raise BadInput("The file is empty.") from exc
     except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as exc:
         raise _explain_csv_error(source, separator, len(names)) from exc
+    return _type_columns(frame)
     return frame
 
 
@@ -284,46 +287,79 @@ def _read_excel(src: Path, limits: IngestLimits) -> pl.DataFrame:
     if frame.width > limits.max_columns:
         raise TooLarge(f"The first sheet has {frame.width} columns; the limit is {limits.max_columns}.")
     _column_names([str(c) for c in frame.columns])
-    return _normalise_text_columns(frame)
+    # Text cells holding pandas' missing-value tokens are missing, as in a CSV.
+    text = [n for n, d in frame.schema.items() if d == pl.String]
+    frame = frame.with_columns(pl.col(n).str.strip_chars().replace(NA_TOKENS, None) for n in text)
+    return _type_columns(frame)
 
 
-def _normalise_text_columns(frame: pl.DataFrame) -> pl.DataFrame:
-    """Excel text cells: missing-value tokens become null, and all-numeric text becomes numbers."""
-    out = []
+# Typing: every text column gets the narrowest type that all of its values fit, as pandas does.
+_BOOLEAN_TEXT = ["True", "TRUE", "true", "False", "FALSE", "false"]
+_LADDER: dict[pl.DataType, pl.DataType | None] = {pl.Int64(): pl.Float64(), pl.Float64(): None, pl.Boolean(): None}
+
+
+def _cast(name: str, target: pl.DataType) -> pl.Expr:
+    if target == pl.Boolean:
+        col = pl.col(name)
+        return pl.when(col.is_in(_BOOLEAN_TEXT)).then(col.str.to_lowercase() == "true").alias(name)
+    return pl.col(name).cast(target, strict=False)
+
+
+def _first_fit(sample: pl.Series) -> pl.DataType | None:
+    for target in (pl.Int64(), pl.Float64()):
+        if sample.cast(target, strict=False).null_count() == 0:
+            return target
+    return pl.Boolean() if sample.is_in(_BOOLEAN_TEXT).all() else None
+
+
+def _type_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """Cast text columns to Int64, Float64 or Boolean when every value converts.
+
+    A 1,000-value sample picks each column's candidate type; one parallel select then casts the
+    candidates in full and checks that no value was lost, stepping Int64 -> Float64 -> text.
+    """
+    nulls = dict(zip(frame.columns, frame.null_count().row(0), strict=True))
+    pending: dict[str, pl.DataType] = {}
     for name, dtype in frame.schema.items():
-        col = frame.get_column(name)
-        if dtype == pl.String:
-            col = col.str.strip_chars().replace(NA_TOKENS, None)
-            for target in (pl.Int64, pl.Float64):
-                cast = col.cast(target, strict=False)
-                if cast.null_count() == col.null_count():
-                    col = cast
-                    break
-        out.append(col)
-    return pl.DataFrame(out)
+        if dtype == pl.String and nulls[name] < frame.height:
+            target = _first_fit(frame.get_column(name).drop_nulls().head(1000))
+            if target is not None:
+                pending[name] = target
+    while pending:
+        cast = frame.select(_cast(n, t) for n, t in pending.items())
+        cast_nulls = dict(zip(cast.columns, cast.null_count().row(0), strict=True))
+        fits = [n for n in pending if cast_nulls[n] == nulls[n]]
+        frame = frame.with_columns(cast.get_column(n) for n in fits)
+        pending = {n: nxt for n, t in pending.items() if n not in fits and (nxt := _LADDER[t]) is not None}
+    return frame
 
 
 # Dates
 
 
 def _parse_dates(frame: pl.DataFrame) -> pl.DataFrame:
-    """Turn text columns whose every value is an ISO date or timestamp into Date / Datetime."""
-    changes = []
+    """Turn text columns whose every value is an ISO date or timestamp into Date / Datetime.
+
+    A sample picks the format (explicit formats are cheap; `try_parse_dates` doubled read time);
+    one parallel select parses the candidates, and a column is kept as text if any value fails.
+    """
+    parsers: dict[str, pl.Expr] = {}
     for name, dtype in frame.schema.items():
         if dtype != pl.String:
             continue
-        col = frame.get_column(name)
-        values = col.drop_nulls()
-        if values.is_empty():
+        sample = frame.get_column(name).drop_nulls().head(1000)
+        if sample.is_empty():
             continue
-        sample = values.head(1000)
         for pattern, fmt, kind in _DATE_FORMATS:
-            if not sample.str.contains(pattern).all():
-                continue
-            if kind == "datetime":
-                fmt = fmt.replace("{T}", sample[0][10])  # "T" or " ", as the file writes it
-            parsed = col.str.to_date(fmt, strict=False) if kind == "date" else col.str.to_datetime(fmt, strict=False)
-            if parsed.null_count() == col.null_count():
-                changes.append(parsed)
-            break
-    return frame.with_columns(changes) if changes else frame
+            if sample.str.contains(pattern).all():
+                col = pl.col(name).str
+                if kind == "date":
+                    parsers[name] = col.to_date(fmt, strict=False)
+                else:
+                    parsers[name] = col.to_datetime(fmt.replace("{T}", sample[0][10]), strict=False)  # "T" or " "
+                break
+    if not parsers:
+        return frame
+    parsed = frame.select(parsers.values())
+    kept = [parsed.get_column(n) for n in parsers if parsed.get_column(n).null_count() == frame.get_column(n).null_count()]
+    return frame.with_columns(kept) if kept else frame

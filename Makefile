@@ -19,7 +19,7 @@ $(UV):
 run: .venv/.synced
 	.venv/bin/datagraph serve $(ARGS)
 
-test: .venv/.synced
+test: lint
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: .venv/.synced

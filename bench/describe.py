@@ -113,7 +113,13 @@ def run_server(client: httpx.Client, csv: Path) -> dict[str, float]:
     d = client.post("/graphql", json={"query": DESCRIBE, "variables": {"id": payload["dataset"]["id"]}}).json()
     assert d["data"]["dataset"]["describe"]["success"], d
     t2 = time.perf_counter()
-    client.post("/graphql", json={"query": 'mutation($id: ID!) { deleteDataset(id: $id) { success } }', "variables": {"id": payload["dataset"]["id"]}})  # noqa: E501
+    client.post(
+        "/graphql",
+        json={
+            "query": "mutation($id: ID!) { deleteDataset(id: $id) { success } }",
+            "variables": {"id": payload["dataset"]["id"]},
+        },
+    )
     return {"load": t1 - t0, "describe": t2 - t1, "total": t2 - t0}
 
 
@@ -147,7 +153,9 @@ def main() -> None:
         client.close()
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(10)
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("load", "describe", "total")} for k, v in results.items()}
+    med = {
+        k: {m: statistics.median(r[m] for r in v) for m in ("load", "describe", "total")} for k, v in results.items()
+    }
     size_mb = csv.stat().st_size / 1e6
     lines = [
         f"# describe benchmark, {dt.date.today().isoformat()}",

@@ -361,5 +361,7 @@ def _parse_dates(frame: pl.DataFrame) -> pl.DataFrame:
     if not parsers:
         return frame
     parsed = frame.select(parsers.values())
-    kept = [parsed.get_column(n) for n in parsers if parsed.get_column(n).null_count() == frame.get_column(n).null_count()]
+    kept = [
+        parsed.get_column(n) for n in parsers if parsed.get_column(n).null_count() == frame.get_column(n).null_count()
+    ]
     return frame.with_columns(kept) if kept else frame

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from cross_web import HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -21,7 +21,6 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.http.async_base_view import AsyncHTTPRequestAdapter
 from strawberry.http import GraphQLRequestData
 
 from datagraph import jsonutil
@@ -142,13 +141,14 @@ class GraphQLView(GraphQL[Context, None]):
     def encode_json(self, data: object) -> bytes:
         return jsonutil.dumps(data)
 
-    async def render_graphql_ide(self, request: Request) -> HTMLResponse:  # type: ignore[override]
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse((STATIC / "graphiql.html").read_text("utf-8"))
 
-    async def run(self, request: Request | WebSocket, context: Any = None, root_value: Any = None) -> Any:  # type: ignore[override]
+    # One override for both overloads (HTTP and websocket requests) of the base class's `run`.
+    async def run(self, request: Request | WebSocket, **kwargs: Any) -> Any:  # type: ignore[override]
         # Strawberry answers its HTTP refusals as plain text; clients parse JSON errors everywhere.
         try:
-            return await super().run(request)
+            return await super().run(request, **kwargs)
         except HTTPException as exc:
             code = "TOO_LARGE" if exc.status_code == 413 else "BAD_INPUT"
             return Response(_error_body(exc.reason, code), status_code=exc.status_code, media_type="application/json")
@@ -158,7 +158,8 @@ class GraphQLView(GraphQL[Context, None]):
         for item in data if isinstance(data, list) else [data]:
             if item.query and len(item.query) > self.settings.max_query_chars:
                 raise HTTPException(
-                    413, f"The query is longer than {self.settings.max_query_chars:,} characters (setting max_query_chars)."
+                    413,
+                    f"The query is longer than {self.settings.max_query_chars:,} characters (setting max_query_chars).",
                 )
         return data
 
@@ -176,7 +177,9 @@ async def download_export(request: Request) -> Response:
         return JSONResponse(body, status_code=404)
     path = res.files.export_file(record.token, record.filename.rsplit(".", 1)[-1])
     if not path.exists():
-        return JSONResponse({"error": {"code": "NOT_FOUND", "message": "This export's file is gone; export again."}}, 404)
+        return JSONResponse(
+            {"error": {"code": "NOT_FOUND", "message": "This export's file is gone; export again."}}, 404
+        )
     return FileResponse(path, media_type=_EXPORT_TYPES.get(record.format), filename=record.filename)
 
 

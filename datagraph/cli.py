@@ -18,7 +18,9 @@ def _add_setting_options(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=field.description
+            )
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=field.description)
 
@@ -50,9 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         print(schema.as_str())
     else:
         settings = load_settings(args)
-        logging.basicConfig(
-            level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         import uvicorn
 
         from datagraph.app import create_app

@@ -166,11 +166,8 @@ def _literal(value: Any, kind: str, cond: Condition, dtype: pl.DataType) -> Any:
     expected = {"number": "a number", "boolean": "true or false", "text": "text",
                 "date": 'a date like "2024-01-31"', "datetime": 'a timestamp like "2024-01-31T12:00:00"'}  # fmt: skip
     ok: Any = None
-    if kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        ok = value
-    elif kind == "boolean" and isinstance(value, bool):
-        ok = value
-    elif kind == "text" and isinstance(value, str):
+    plain_types = {"number": (int, float), "boolean": (bool,), "text": (str,)}
+    if kind in plain_types and isinstance(value, plain_types[kind]) and (kind == "boolean") == isinstance(value, bool):
         ok = value
     elif kind in ("date", "datetime") and isinstance(value, str):
         try:
@@ -203,16 +200,19 @@ def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
     op, value = cond.op, cond.value
     if op in ("IS_NULL", "NOT_NULL"):
         if value is not None:
-            raise BadInput(f"filter: {op} takes no value (got {_show(value)} for \"{cond.column}\").")
+            raise BadInput(f'filter: {op} takes no value (got {_show(value)} for "{cond.column}").')
         return col.is_null() if op == "IS_NULL" else col.is_not_null()
     if value is None:
-        raise BadInput(f'filter on "{cond.column}" with {op} needs a value; use IS_NULL or NOT_NULL for missing values.')
+        raise BadInput(
+            f'filter on "{cond.column}" with {op} needs a value; use IS_NULL or NOT_NULL for missing values.'
+        )
     if kind == "other":
         raise BadInput(f'filter: column "{cond.column}" ({dtype_name(dtype)}) cannot be compared.')
     if op in _COMPARE:
         if kind == "boolean" and op not in ("EQ", "NE"):
             raise BadInput(f'filter: {op} does not apply to the true/false column "{cond.column}"; use EQ or NE.')
-        return getattr(col, _COMPARE[op])(_literal(value, kind, cond, dtype))
+        compared: pl.Expr = getattr(col, _COMPARE[op])(_literal(value, kind, cond, dtype))
+        return compared
     if op in ("IN", "NOT_IN"):
         if not isinstance(value, list) or not value:
             raise BadInput(f'filter on "{cond.column}" with {op} needs a non-empty list of values, got {_show(value)}.')
@@ -229,4 +229,5 @@ def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
     text = _literal(value, kind, cond, dtype)
     if op == "CONTAINS":
         return col.str.contains(text, literal=True)
-    return getattr(col.str, _TEXT_OPS[op])(text)
+    matched: pl.Expr = getattr(col.str, _TEXT_OPS[op])(text)
+    return matched

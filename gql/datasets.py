@@ -6,17 +6,19 @@ import datetime as dt
 import time
 from collections.abc import Awaitable
 from enum import Enum
+from typing import cast
 
 import strawberry
+from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 
 from datagraph.context import Context
 from datagraph.errors import DatagraphError
 from gql.frames import Frame
 from gql.results import Column, Meta, Problem, Result, column, problem, result
-from resolvers import Outcome, Problem as PlainProblem, internal_problem
+from resolvers import Outcome, frames, internal_problem
+from resolvers import Problem as PlainProblem
 from resolvers import datasets as ds
-from resolvers import frames
 from storage import DatasetRecord
 
 __all__ = ["Dataset", "DatasetPayload", "Mutation", "Query", "Source"]
@@ -53,7 +55,9 @@ class Source:
 
 
 def _source(info: ds.SourceInfo) -> Source:
-    return Source(id=strawberry.ID(info.id), name=info.name, kind=SourceKind(info.kind), status=SourceStatus(info.status))
+    return Source(
+        id=strawberry.ID(info.id), name=info.name, kind=SourceKind(info.kind), status=SourceStatus(info.status)
+    )
 
 
 @strawberry.type(description="A stored table; every Frame field works on it.")
@@ -160,13 +164,12 @@ class Mutation:
     async def upload_dataset(
         self, info: strawberry.Info[Context, None], file: Upload, name: str | None = None
     ) -> DatasetPayload:
-        filename = getattr(file, "filename", None) or "upload"
+        upload = cast(UploadFile, file)  # under Starlette, an Upload is Starlette's UploadFile
         try:
-            return await _mutate(
-                info.context, "uploadDataset", ds.upload_dataset(info.context, stream=file, filename=filename, name=name)
-            )
+            work = ds.upload_dataset(info.context, stream=upload, filename=upload.filename or "upload", name=name)
+            return await _mutate(info.context, "uploadDataset", work)
         finally:
-            await file.close()  # the multipart parser's spooled temp file
+            await upload.close()  # the multipart parser's spooled temp file
 
     @strawberry.mutation(description="Delete a dataset and its files; the payload names what was deleted.")
     async def delete_dataset(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> DatasetPayload:

@@ -18,7 +18,17 @@ from engine import Plan
 from gql.results import Result, result
 from resolvers import frames
 
-__all__ = ["ConditionInput", "ExportFormat", "Frame", "Op", "SliceInput", "SortKeyInput", "StepInput", "View", "to_steps"]
+__all__ = [
+    "ConditionInput",
+    "ExportFormat",
+    "Frame",
+    "Op",
+    "SliceInput",
+    "SortKeyInput",
+    "StepInput",
+    "View",
+    "to_steps",
+]
 
 
 @strawberry.enum(description="Filter operators; conditions in one filter are ANDed.")
@@ -88,23 +98,21 @@ def _slice(offset: int | None, limit: int) -> engine.Slice:
 
 def to_steps(steps: list[StepInput]) -> list[engine.Step]:
     out: list[engine.Step] = []
-    for s in steps:  # @oneOf: exactly one field of each step is set
-        if _given(s.filter):
+    for s in steps:  # @oneOf: exactly one field of each step is set; the others are UNSET
+        if isinstance(s.filter, list):
             out.append(_filter(s.filter))
-        elif _given(s.select):
+        elif isinstance(s.select, list):
             out.append(engine.Select(tuple(s.select)))
-        elif _given(s.sort):
+        elif isinstance(s.sort, list):
             out.append(_sort(s.sort))
-        elif _given(s.slice):
+        elif isinstance(s.slice, SliceInput):
             out.append(_slice(s.slice.offset, s.slice.limit))
     return out
 
 
-def _given(value: object) -> bool:
-    return value is not None and value is not strawberry.UNSET
-
-
-@strawberry.interface(description="A lazy table: transform it, then ask for a result. Nothing runs until a result field is selected.")
+@strawberry.interface(
+    description="A lazy table: transform it, then ask for a result. Nothing runs until a result field is selected."
+)
 class Frame:
     plan: strawberry.Private[Plan]
     label: strawberry.Private[str]
@@ -136,7 +144,9 @@ class Frame:
         return self._then(*to_steps(steps))
 
     @strawberry.field(description="Records {column: value}; meta.truncated when more rows follow.")
-    async def rows(self, info: strawberry.Info[Context, None], limit: int | None = 100, offset: int | None = 0) -> Result:
+    async def rows(
+        self, info: strawberry.Info[Context, None], limit: int | None = 100, offset: int | None = 0
+    ) -> Result:
         return result(await frames.rows(info.context, plan=self.plan, limit=limit, offset=offset))
 
     @strawberry.field(description="data: {count: N}.")
@@ -148,7 +158,9 @@ class Frame:
         return result(await frames.describe(info.context, plan=self.plan, columns=columns))
 
     @strawberry.field(description="Write the frame to a file; data: {url, format, rows, bytes, expiresAt}.")
-    async def export(self, info: strawberry.Info[Context, None], format: ExportFormat | None = ExportFormat.CSV) -> Result:
+    async def export(
+        self, info: strawberry.Info[Context, None], format: ExportFormat | None = ExportFormat.CSV
+    ) -> Result:
         fmt = (format or ExportFormat.CSV).value
         return result(await frames.export(info.context, plan=self.plan, fmt=fmt, name=self.label))
 

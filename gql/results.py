@@ -7,7 +7,8 @@ from enum import Enum
 import strawberry
 from strawberry.scalars import JSON
 
-from resolvers import Outcome, Problem as PlainProblem
+from resolvers import Outcome
+from resolvers import Problem as PlainProblem
 from storage import ColumnInfo
 
 __all__ = ["Column", "Meta", "Problem", "ProblemCode", "Result", "column", "problem", "result"]

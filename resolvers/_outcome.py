@@ -51,9 +51,7 @@ class Outcome:
 
 
 def cache_key(operation: str, arguments: dict[str, Any], plan_key: dict[str, Any]) -> str:
-    return jsonutil.canonical_hash(
-        {"op": operation, "args": arguments, "plan": plan_key, "engine": ENGINE_VERSION}
-    )
+    return jsonutil.canonical_hash({"op": operation, "args": arguments, "plan": plan_key, "engine": ENGINE_VERSION})
 
 
 def internal_problem(exc: BaseException, where: str) -> Problem:

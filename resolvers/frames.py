@@ -23,7 +23,9 @@ def _check_limit(ctx: Context, limit: int | None, offset: int | None, default: i
     if limit < 0 or offset < 0:
         raise BadInput("rows: limit and offset must be 0 or more.")
     if limit > cap:
-        raise BadInput(f"rows: limit {limit:,} is over the server's cap of {cap:,} rows (setting rows_max); page with offset.")
+        raise BadInput(
+            f"rows: limit {limit:,} is over the server's cap of {cap:,} rows (setting rows_max); page with offset."
+        )
     return limit, offset
 
 

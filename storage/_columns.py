@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import polars as pl
 
 from storage._metadata import ColumnInfo
@@ -16,7 +18,7 @@ def dtype_name(dtype: pl.DataType) -> str:
     if isinstance(dtype, pl.Duration):
         return "Duration"
     if isinstance(dtype, (pl.List, pl.Array)):
-        return f"List({dtype_name(dtype.inner)})"
+        return f"List({dtype_name(cast(pl.DataType, dtype.inner))})"
     if isinstance(dtype, pl.Struct):
         return "Struct"
     if isinstance(dtype, (pl.Categorical, pl.Enum)):

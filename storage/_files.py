@@ -43,7 +43,9 @@ class storage_guard:  # noqa: N801 - used as a context manager, reads like a sta
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StorageFull("The server's disk is full; the data was not saved. Free some space and try again.") from exc
+            raise StorageFull(
+                "The server's disk is full; the data was not saved. Free some space and try again."
+            ) from exc
 
 
 class DataDir:

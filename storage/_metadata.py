@@ -244,4 +244,3 @@ class MetadataStore:
     def delete_export(self, token: str) -> None:
         with self._tx() as conn:
             conn.execute(exports.delete().where(exports.c.token == token))
-

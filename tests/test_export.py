@@ -51,7 +51,7 @@ def test_export_downloads_the_filtered_rows(api: Api, fmt: str) -> None:
 def test_csv_export_escapes_formula_cells(api: Api) -> None:
     csv = b'name,amount,note\n=cmd|calc,-5,+1\n@SUM(A1),3,"\ttab"\nplain,4,-x\n'
     dataset_id = api.upload_ok(csv, "risky.csv")
-    q = 'query($id: ID!) { dataset(id: $id) { export(format: CSV) { data } } }'
+    q = "query($id: ID!) { dataset(id: $id) { export(format: CSV) { data } } }"
     url = api.data(q, {"id": dataset_id})["dataset"]["export"]["data"]["url"]
     text = api.client.get(url).text
     back = pd.read_csv(io.StringIO(text), keep_default_na=False)

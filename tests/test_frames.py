@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import DATA, Api
 
-COUNT = "query($id: ID!, $w: [Condition!]!) { dataset(id: $id) { filter(where: $w) { count { success error { code message } data } } } }"  # noqa: E501
+COUNT = "query($id: ID!, $w: [Condition!]!) { dataset(id: $id) { filter(where: $w) { count { success error { code message } data } } } }"
 
 
 @pytest.fixture
@@ -32,18 +32,26 @@ FILTERS = [
     ({"column": "class", "op": "IN", "value": ["First", "Second"]}, T["class"].isin(["First", "Second"])),
     ({"column": "pclass", "op": "NOT_IN", "value": [1, 2]}, ~T["pclass"].isin([1, 2])),
     ({"column": "age", "op": "BETWEEN", "value": [20, 30]}, T["age"].between(20, 30)),
-    ({"column": "embark_town", "op": "CONTAINS", "value": "amp"}, T["embark_town"].str.contains("amp", regex=False) == True),  # noqa: E712
+    (
+        {"column": "embark_town", "op": "CONTAINS", "value": "amp"},
+        T["embark_town"].str.contains("amp", regex=False) == True,
+    ),
     ({"column": "who", "op": "STARTS_WITH", "value": "wo"}, T["who"].str.startswith("wo")),
-    ({"column": "embark_town", "op": "ENDS_WITH", "value": "town"}, T["embark_town"].str.endswith("town") == True),  # noqa: E712
+    ({"column": "embark_town", "op": "ENDS_WITH", "value": "town"}, T["embark_town"].str.endswith("town") == True),
     ({"column": "deck", "op": "IS_NULL"}, T["deck"].isna()),
     ({"column": "deck", "op": "NOT_NULL"}, T["deck"].notna()),
     ({"column": "alone", "op": "EQ", "value": True}, T["alone"]),
-    ({"column": "embark_town", "op": "CONTAINS", "value": "(.*)"}, T["embark_town"].str.contains("(.*)", regex=False) == True),  # noqa: E712
+    (
+        {"column": "embark_town", "op": "CONTAINS", "value": "(.*)"},
+        T["embark_town"].str.contains("(.*)", regex=False) == True,
+    ),
 ]
 
 
 @pytest.mark.parametrize(("condition", "mask"), FILTERS, ids=[f"{f[0]['op']}-{f[0]['column']}" for f in FILTERS])
-def test_each_operator_counts_what_pandas_counts(api: Api, titanic: str, condition: dict[str, Any], mask: pd.Series) -> None:
+def test_each_operator_counts_what_pandas_counts(
+    api: Api, titanic: str, condition: dict[str, Any], mask: pd.Series
+) -> None:
     answer = _count(api, titanic, [condition])
     assert answer["success"], answer["error"]
     expected = int(mask.sum())
@@ -98,7 +106,7 @@ def test_pipeline_steps_build_the_same_plan_as_nested_fields(api: Api, titanic: 
 
 
 def test_rows_truncated_when_more_follow_and_the_cap_is_a_clear_problem(api: Api, titanic: str) -> None:
-    q = "query($id: ID!, $l: Int, $o: Int) { dataset(id: $id) { rows(limit: $l, offset: $o) { success error { code message } data meta { rowCount truncated } } } }"  # noqa: E501
+    q = "query($id: ID!, $l: Int, $o: Int) { dataset(id: $id) { rows(limit: $l, offset: $o) { success error { code message } data meta { rowCount truncated } } } }"
     page = api.data(q, {"id": titanic, "l": 100, "o": 0})["dataset"]["rows"]
     assert page["meta"] == {"rowCount": 100, "truncated": True}
     last = api.data(q, {"id": titanic, "l": 100, "o": 800})["dataset"]["rows"]
@@ -156,5 +164,5 @@ def test_dates_filter_with_iso_text(api: Api) -> None:
 
 def test_nan_and_infinity_serialise_as_null(api: Api) -> None:
     dataset_id = api.upload_ok(b"x,y\n1,inf\n2,-inf\n3,1.5\n", "weird.csv")
-    rows = api.data('query($id: ID!) { dataset(id: $id) { rows { data } } }', {"id": dataset_id})
+    rows = api.data("query($id: ID!) { dataset(id: $id) { rows { data } } }", {"id": dataset_id})
     assert rows["dataset"]["rows"]["data"] == [{"x": 1, "y": None}, {"x": 2, "y": None}, {"x": 3, "y": 1.5}]

@@ -23,7 +23,7 @@ def _still_serving(api: Api) -> None:
 def test_depth_bomb_is_refused(api: Api) -> None:
     inner = "count { data }"
     for _ in range(10):
-        inner = f'filter(where: []) {{ {inner} }}'
+        inner = f"filter(where: []) {{ {inner} }}"
     body = api.query(f'{{ dataset(id: "x") {{ {inner} }} }}')
     assert body.get("data") is None and "exceeds maximum operation depth" in body["errors"][0]["message"]
     _still_serving(api)
@@ -94,7 +94,9 @@ def test_a_vanished_dataset_file_is_an_internal_problem_with_an_error_id(api: Ap
     dataset_id = api.upload_ok(DATA / "tips.csv")
     for path in (api.settings.data_dir / "datasets" / dataset_id).iterdir():
         path.unlink()
-    answer = api.data('query($id: ID!) { dataset(id: $id) { describe { success error { code message } } } }', {"id": dataset_id})
+    answer = api.data(
+        "query($id: ID!) { dataset(id: $id) { describe { success error { code message } } } }", {"id": dataset_id}
+    )
     problem = answer["dataset"]["describe"]["error"]
     assert problem["code"] == "INTERNAL" and re.search(r"error id [0-9a-f]{12}", problem["message"])
     assert not LEAKS.search(problem["message"])

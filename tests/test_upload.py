@@ -88,7 +88,9 @@ def test_xlsx_upload_infers_types_from_the_whole_column(api: Api) -> None:
     assert columns["label"]["nullCount"] == 1
     assert columns["when"]["dtype"] == "Date"
     q = 'query { dataset(id: "measure") { filter(where: [{column: "x", op: BETWEEN, value: [46.5, 46.7]}]) { rows { data } } } }'
-    assert api.data(q)["dataset"]["filter"]["rows"]["data"] == [{"n": 150, "x": 46.6, "label": None, "when": "2024-02-03"}]
+    assert api.data(q)["dataset"]["filter"]["rows"]["data"] == [
+        {"n": 150, "x": 46.6, "label": None, "when": "2024-02-03"}
+    ]
 
 
 def test_xls_upload_keeps_fractions(api: Api) -> None:
@@ -184,7 +186,13 @@ def test_too_many_columns_is_refused_from_the_header(tmp_path: Path) -> None:
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         header = ",".join(f"c{i}" for i in range(51))
-        _assert_clean(api, api.upload((header + "\n" + ",".join("1" * 51) + "\n").encode(), "wide.csv"), "TOO_LARGE", "51 columns", "50")
+        _assert_clean(
+            api,
+            api.upload((header + "\n" + ",".join("1" * 51) + "\n").encode(), "wide.csv"),
+            "TOO_LARGE",
+            "51 columns",
+            "50",
+        )
         wide = ",".join(f"c{i}" for i in range(1_000_000))  # a 7 MB header line
         _assert_clean(api, api.upload(wide.encode() + b"\n", "huge.csv"), "TOO_LARGE", "at most 50 columns")
 
@@ -254,7 +262,7 @@ def test_multipart_without_preflight_header_is_refused(api: Api) -> None:
 )
 def test_awkward_but_valid_csv_reads(api: Api, content: bytes, expected: list[dict]) -> None:
     dataset_id = api.upload_ok(content, "awkward.csv")
-    rows = api.data('query($id: ID!) { dataset(id: $id) { rows { data } } }', {"id": dataset_id})
+    rows = api.data("query($id: ID!) { dataset(id: $id) { rows { data } } }", {"id": dataset_id})
     assert rows["dataset"]["rows"]["data"] == expected
 
 

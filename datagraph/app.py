@@ -203,7 +203,7 @@ def open_resources(settings: Settings) -> Resources:
     files = DataDir(settings.data_dir)
     metadata = MetadataStore(settings.resolved_metadata_url)
     metadata.sweep_pending()
-    files.sweep({r.id for r in metadata.list_datasets()})
+    files.sweep({r.id for r in metadata.list_datasets()}, metadata.export_tokens())
     res = Resources(settings=settings, metadata=metadata, files=files, executor=Executor(settings.workers))
     _sweep_exports(res)
     return res

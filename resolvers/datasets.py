@@ -124,8 +124,9 @@ async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, 
         )
         with storage_guard():
             result = await res.executor.run(ingest, staged, fmt, parquet, res.ingest_limits)
-            res.files.commit(parquet, res.files.dataset_file(dataset_id, 1))
-            res.files.keep_upload(staged, fmt)
+            # fsync and rename off the event loop: a large file's fsync takes a while.
+            await res.executor.run(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
+            await res.executor.run(res.files.keep_upload, staged, fmt)
         record = res.metadata.mark_ready(dataset_id, version=1, row_count=result.row_count, columns=result.columns)
         committed = True
         return record

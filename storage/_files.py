@@ -87,8 +87,12 @@ class DataDir:
     def remove_dataset(self, dataset_id: str) -> None:
         shutil.rmtree(self.datasets / dataset_id, ignore_errors=True)
 
-    def sweep(self, ready_ids: set[str]) -> None:
-        """Remove what a crash may have left: staging files and dataset folders no ready row names."""
+    def sweep(self, ready_ids: set[str], export_tokens: set[str]) -> None:
+        """Remove what a crash may have left: staging files, and dataset folders or export files
+        that no metadata row names."""
+        for entry in self.exports.iterdir():
+            if entry.name.split(".", 1)[0] not in export_tokens or entry.name.endswith(".tmp"):
+                entry.unlink(missing_ok=True)
         for entry in self.staging.iterdir():
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)

@@ -241,6 +241,10 @@ class MetadataStore:
             rows = conn.execute(exports.select().where(exports.c.expires_at < now)).all()
         return [_export(r) for r in rows]
 
+    def export_tokens(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return {r.token for r in conn.execute(sa.select(exports.c.token))}
+
     def delete_export(self, token: str) -> None:
         with self._tx() as conn:
             conn.execute(exports.delete().where(exports.c.token == token))

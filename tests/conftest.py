@@ -83,10 +83,3 @@ def settings(tmp_path: Path) -> Settings:
 def api(settings: Settings) -> Iterator[Api]:
     with TestClient(create_app(settings)) as client:
         yield Api(client, settings)
-
-
-def leftovers(settings: Settings) -> list[str]:
-    """Files a failed upload must not leave: anything in staging, any dataset folder without a dataset."""
-    root = settings.data_dir
-    staged = [p.name for p in (root / "staging").iterdir()]
-    return staged

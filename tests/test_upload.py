@@ -274,6 +274,8 @@ def test_datasets_survive_a_restart_and_crash_leftovers_are_swept(tmp_path: Path
     (root / "staging" / "half-written.parquet.tmp").write_bytes(b"PAR1")
     (root / "datasets" / "orphan").mkdir()
     (root / "datasets" / "orphan" / "v1.parquet").write_bytes(b"PAR1")
+    (root / "exports" / "unknowntoken.csv").write_bytes(b"a\n")
+    (root / "exports" / "unknowntoken.csv.tmp").write_bytes(b"a\n")
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         assert [d["id"] for d in api.data(LIST)["datasets"]] == ["tips"]
@@ -281,6 +283,7 @@ def test_datasets_survive_a_restart_and_crash_leftovers_are_swept(tmp_path: Path
         assert count == {"count": 244}
     assert list((root / "staging").iterdir()) == []
     assert sorted(p.name for p in (root / "datasets").iterdir()) == ["tips"]
+    assert list((root / "exports").iterdir()) == []
 
 
 def test_delete_dataset_removes_it_and_unknown_id_is_not_found(api: Api) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from datagraph.errors import BadInput
 from engine._plan import Plan, build
 from storage import ColumnInfo, column_infos, dtype_name
 
-__all__ = ["EXPORT_FORMATS", "Rows", "count", "describe", "export", "rows"]
+__all__ = ["EXPORT_FORMATS", "Rows", "count", "describe", "explain", "export", "rows", "value_counts"]
 
 EXPORT_FORMATS = {"CSV": "csv", "PARQUET": "parquet", "XLSX": "xlsx", "JSON": "json"}
 # Cells a spreadsheet would run as a formula (OWASP CSV injection): prefixed with ' on CSV export.
@@ -143,3 +144,29 @@ def export(plan: Plan, *, fmt: str, out: Path) -> tuple[int, int]:
     finally:
         tmp.unlink(missing_ok=True)
     return data.height, out.stat().st_size
+
+
+def value_counts(plan: Plan, *, column: str, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """The most frequent values of `column` (missing values left out, as pandas does), most
+    frequent first, ties by value; and how many distinct values there are in all."""
+    frame, schema = build(plan)
+    if column not in schema:
+        raise BadInput(f'valueCounts: there is no column "{column}". Columns: {", ".join(list(schema)[:25])}.')
+    counts = frame.select(pl.col(column)).drop_nulls().group_by(column).agg(pl.len().alias("count"))
+    total = frame.select(pl.col(column).count()).collect().item()
+    top = counts.sort(["count", column], descending=[True, False]).collect()
+    records = [
+        {"value": _plain(v), "count": int(n), "share": (int(n) / total) if total else 0.0}
+        for v, n in top.head(limit).iter_rows()
+    ]
+    return records, top.height
+
+
+def explain(plan: Plan) -> dict[str, Any]:
+    """The optimised plan as text and the output columns, without reading any data."""
+    frame, schema = build(plan)
+    text = frame.explain()
+    # The plan names the Parquet file; show the dataset instead of a server path.
+    text = text.replace(str(plan.source.path), f"dataset {plan.source.dataset_id} v{plan.source.version}")
+    text = re.sub(r"(?<![\w.])/[^\s\]\)\"',]+", "<path>", text)
+    return {"plan": text, "columns": [{"name": n, "dtype": dtype_name(d)} for n, d in schema.items()]}

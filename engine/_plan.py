@@ -19,12 +19,29 @@ import polars as pl
 from datagraph.errors import BadInput
 from storage import dtype_name
 
-__all__ = ["OPS", "Condition", "Filter", "Plan", "Select", "Slice", "Sort", "SortKey", "Source", "Step", "build"]
+__all__ = [
+    "AGG_FNS",
+    "OPS",
+    "Aggregation",
+    "Condition",
+    "Filter",
+    "GroupBy",
+    "Plan",
+    "Select",
+    "Slice",
+    "Sort",
+    "SortKey",
+    "Source",
+    "Step",
+    "build",
+]
 
 OPS = (
     "EQ", "NE", "GT", "GE", "LT", "LE", "IN", "NOT_IN", "BETWEEN",
     "CONTAINS", "STARTS_WITH", "ENDS_WITH", "IS_NULL", "NOT_NULL",
 )  # fmt: skip
+AGG_FNS = ("COUNT", "SUM", "MEAN", "MEDIAN", "MIN", "MAX", "STD", "VAR", "N_UNIQUE", "FIRST", "LAST")
+_NUMERIC_FNS = {"SUM", "MEAN", "MEDIAN", "STD", "VAR"}
 _COMPARE = {"EQ": "eq", "NE": "ne", "GT": "gt", "GE": "ge", "LT": "lt", "LE": "le"}
 _TEXT_OPS = {"CONTAINS": "contains", "STARTS_WITH": "starts_with", "ENDS_WITH": "ends_with"}
 
@@ -72,7 +89,24 @@ class Slice:
     limit: int
 
 
-Step = Filter | Select | Sort | Slice
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    column: str
+    fn: str
+    alias: str | None = None
+
+    @property
+    def output(self) -> str:
+        return self.alias or f"{self.column}_{self.fn.lower()}"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupBy:
+    keys: tuple[str, ...]
+    aggregations: tuple[Aggregation, ...]
+
+
+Step = Filter | Select | Sort | Slice | GroupBy
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +134,8 @@ def _step_key(step: Step) -> dict[str, Any]:
         return {"select": list(step.columns)}
     if isinstance(step, Sort):
         return {"sort": [[k.column, k.descending] for k in step.keys]}
+    if isinstance(step, GroupBy):
+        return {"groupBy": [list(step.keys), [[a.column, a.fn, a.output] for a in step.aggregations]]}
     return {"slice": [step.offset, step.limit]}
 
 
@@ -128,6 +164,8 @@ def build(plan: Plan) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
                 nulls_last=True,
                 maintain_order=True,
             )
+        elif isinstance(step, GroupBy):
+            frame, schema = _group_by(frame, schema, step)
         else:
             if step.offset < 0 or step.limit < 0:
                 raise BadInput("slice needs an offset and a limit of 0 or more.")
@@ -231,3 +269,49 @@ def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
         return col.str.contains(text, literal=True)
     matched: pl.Expr = getattr(col.str, _TEXT_OPS[op])(text)
     return matched
+
+
+def _aggregate(agg: Aggregation, dtype: pl.DataType) -> pl.Expr:
+    col = pl.col(agg.column)
+    numeric = dtype.is_numeric() and dtype != pl.Boolean
+    if agg.fn not in AGG_FNS:
+        raise BadInput(f'groupBy: unknown aggregation "{agg.fn}"; use one of {", ".join(AGG_FNS)}.')
+    if agg.fn in _NUMERIC_FNS and not numeric:
+        raise BadInput(f'groupBy: {agg.fn} needs a numeric column; "{agg.column}" is {dtype_name(dtype)}.')
+    exprs = {
+        "COUNT": col.count(),  # non-missing values, as pandas' count
+        "SUM": col.sum(),
+        "MEAN": col.mean(),
+        "MEDIAN": col.median(),
+        "MIN": col.min(),
+        "MAX": col.max(),
+        "STD": col.std(ddof=1),
+        "VAR": col.var(ddof=1),
+        "N_UNIQUE": col.drop_nulls().n_unique(),
+        "FIRST": col.drop_nulls().first(),  # the first non-missing value, as pandas' first
+        "LAST": col.drop_nulls().last(),
+    }
+    return exprs[agg.fn].alias(agg.output)
+
+
+def _group_by(
+    frame: pl.LazyFrame, schema: dict[str, pl.DataType], step: GroupBy
+) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
+    """Group by the keys (missing keys form a group), aggregate, and sort by the keys, nulls last."""
+    if not step.keys:
+        raise BadInput("groupBy needs at least one key column.")
+    if not step.aggregations:
+        raise BadInput("groupBy needs at least one aggregation.")
+    _check_columns(step.keys, schema, "groupBy")
+    _check_columns([a.column for a in step.aggregations], schema, "groupBy")
+    names = [*step.keys, *(a.output for a in step.aggregations)]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise BadInput(f'groupBy: the output column "{clash[0]}" would appear twice; give one an alias.')
+    ordered = any(a.fn in ("FIRST", "LAST") for a in step.aggregations)  # first/last in file order
+    grouped = (
+        frame.group_by(list(step.keys), maintain_order=ordered)
+        .agg(_aggregate(a, schema[a.column]) for a in step.aggregations)
+        .sort(list(step.keys), nulls_last=True, maintain_order=True)
+    )
+    return grouped, dict(grouped.collect_schema())

@@ -49,6 +49,21 @@ class Op(Enum):
     NOT_NULL = "NOT_NULL"
 
 
+@strawberry.enum(description="Aggregations for groupBy; SUM, MEAN, MEDIAN, STD and VAR need numbers.")
+class AggFn(Enum):
+    COUNT = "COUNT"
+    SUM = "SUM"
+    MEAN = "MEAN"
+    MEDIAN = "MEDIAN"
+    MIN = "MIN"
+    MAX = "MAX"
+    STD = "STD"
+    VAR = "VAR"
+    N_UNIQUE = "N_UNIQUE"
+    FIRST = "FIRST"
+    LAST = "LAST"
+
+
 @strawberry.enum(description="File formats an export can be written in.")
 class ExportFormat(Enum):
     CSV = "CSV"
@@ -76,12 +91,26 @@ class SliceInput:
     limit: int
 
 
+@strawberry.input(name="Aggregation", description="The output column is alias, else <column>_<fn> in lower case.")
+class AggregationInput:
+    column: str
+    fn: AggFn
+    alias: str | None = None
+
+
+@strawberry.input(name="GroupByInput")
+class GroupByInput:
+    by: list[str]
+    aggregations: list[AggregationInput]
+
+
 @strawberry.input(name="Step", one_of=True, description="One transform, as data; a list of steps is a pipeline.")
 class StepInput:
     filter: list[ConditionInput] | None = strawberry.UNSET
     select: list[str] | None = strawberry.UNSET
     sort: list[SortKeyInput] | None = strawberry.UNSET
     slice: SliceInput | None = strawberry.UNSET
+    group_by: GroupByInput | None = strawberry.UNSET
 
 
 def _filter(where: list[ConditionInput]) -> engine.Filter:
@@ -96,6 +125,11 @@ def _slice(offset: int | None, limit: int) -> engine.Slice:
     return engine.Slice(offset or 0, limit)
 
 
+def _group_by(by: list[str], aggregations: list[AggregationInput]) -> engine.GroupBy:
+    aggs = tuple(engine.Aggregation(a.column, a.fn.value, a.alias) for a in aggregations)
+    return engine.GroupBy(tuple(by), aggs)
+
+
 def to_steps(steps: list[StepInput]) -> list[engine.Step]:
     out: list[engine.Step] = []
     for s in steps:  # @oneOf: exactly one field of each step is set; the others are UNSET
@@ -107,6 +141,8 @@ def to_steps(steps: list[StepInput]) -> list[engine.Step]:
             out.append(_sort(s.sort))
         elif isinstance(s.slice, SliceInput):
             out.append(_slice(s.slice.offset, s.slice.limit))
+        elif isinstance(s.group_by, GroupByInput):
+            out.append(_group_by(s.group_by.by, s.group_by.aggregations))
     return out
 
 
@@ -139,6 +175,10 @@ class Frame:
     def slice(self, offset: int | None = 0, *, limit: int) -> Frame:
         return self._then(_slice(offset, limit))
 
+    @strawberry.field(description="One row per distinct key; sorted by the keys, missing keys last.")
+    def group_by(self, by: list[str], aggregations: list[AggregationInput]) -> Frame:
+        return self._then(_group_by(by, aggregations))
+
     @strawberry.field(description="The same transforms as data, applied in order.")
     def pipeline(self, steps: list[StepInput]) -> Frame:
         return self._then(*to_steps(steps))
@@ -156,6 +196,14 @@ class Frame:
     @strawberry.field(description="Per-column statistics, the same numbers pandas' describe(include='all') gives.")
     async def describe(self, info: strawberry.Info[Context, None], columns: list[str] | None = None) -> Result:
         return result(await frames.describe(info.context, plan=self.plan, columns=columns))
+
+    @strawberry.field(description="The most frequent values: [{value, count, share}], missing values left out.")
+    async def value_counts(self, info: strawberry.Info[Context, None], column: str, limit: int | None = 20) -> Result:
+        return result(await frames.value_counts(info.context, plan=self.plan, column=column, limit=limit))
+
+    @strawberry.field(description="data: {plan, columns}: the optimised plan and output columns, without running it.")
+    async def explain(self, info: strawberry.Info[Context, None]) -> Result:
+        return result(await frames.explain(info.context, plan=self.plan))
 
     @strawberry.field(description="Write the frame to a file; data: {url, format, rows, bytes, expiresAt}.")
     async def export(

@@ -13,7 +13,7 @@ from engine import Plan
 from resolvers._outcome import Outcome, answer, cache_key
 from storage import ExportRecord
 
-__all__ = ["count", "describe", "export", "rows"]
+__all__ = ["count", "describe", "explain", "export", "rows", "value_counts"]
 
 
 def _check_limit(ctx: Context, limit: int | None, offset: int | None, default: int) -> tuple[int, int]:
@@ -89,3 +89,22 @@ async def export(ctx: Context, *, plan: Plan, fmt: str, name: str) -> Outcome:
         return Outcome(data=data, row_count=n_rows)
 
     return await answer(cache_key("export", {"format": fmt}, plan.key()), work, where="export")
+
+
+async def value_counts(ctx: Context, *, plan: Plan, column: str, limit: int | None) -> Outcome:
+    async def work() -> Outcome:
+        lim = 20 if limit is None else limit
+        if not 0 < lim <= ctx.settings.rows_max:
+            raise BadInput(f"valueCounts: limit must be between 1 and {ctx.settings.rows_max:,} (setting rows_max).")
+        records, distinct = await ctx.resources.executor.run(engine.value_counts, plan, column=column, limit=lim)
+        return Outcome(data=records, row_count=len(records), truncated=distinct > len(records))
+
+    args = {"column": column, "limit": limit}
+    return await answer(cache_key("valueCounts", args, plan.key()), work, where="valueCounts")
+
+
+async def explain(ctx: Context, *, plan: Plan) -> Outcome:
+    async def work() -> Outcome:
+        return Outcome(data=await ctx.resources.executor.run(engine.explain, plan))
+
+    return await answer(cache_key("explain", {}, plan.key()), work, where="explain")

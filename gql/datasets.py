@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Awaitable
 from enum import Enum
 from typing import cast
@@ -13,11 +12,9 @@ from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 
 from datagraph.context import Context
-from datagraph.errors import DatagraphError
 from gql.frames import Frame
 from gql.results import Column, Meta, Problem, Result, column, problem, result
-from resolvers import Outcome, frames, internal_problem
-from resolvers import Problem as PlainProblem
+from resolvers import Outcome, answer, frames
 from resolvers import datasets as ds
 from storage import DatasetRecord
 
@@ -120,21 +117,15 @@ def _payload(outcome: Outcome, dataset: Dataset | None) -> DatasetPayload:
 
 
 async def _mutate(ctx: Context, where: str, work: Awaitable[DatasetRecord]) -> DatasetPayload:
-    """Run a dataset mutation; expected failures become the payload's problem."""
-    started = time.perf_counter()
-    try:
-        record = await work
-    except DatagraphError as exc:
-        outcome = Outcome(problem=PlainProblem(exc.code, exc.message))
-        dataset = None
-    except Exception as exc:
-        outcome = Outcome(problem=internal_problem(exc, where))
-        dataset = None
-    else:
-        outcome = Outcome(row_count=record.row_count, columns=list(record.columns))
-        dataset = Dataset.of(ctx, record)
-    outcome.elapsed_ms = (time.perf_counter() - started) * 1000
-    return _payload(outcome, dataset)
+    """Run a dataset mutation through `answer`; expected failures become the payload's problem."""
+    done: list[DatasetRecord] = []
+
+    async def run() -> Outcome:
+        done.append(await work)
+        return Outcome(row_count=done[0].row_count, columns=list(done[0].columns))
+
+    outcome = await answer("", run, where=where)
+    return _payload(outcome, Dataset.of(ctx, done[0]) if outcome.success else None)
 
 
 @strawberry.type

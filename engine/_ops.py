@@ -15,8 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from datagraph.errors import BadInput
-from engine._plan import Plan, build
+from engine._plan import Plan, build, check_columns
 from storage import ColumnInfo, column_infos, dtype_name
 
 __all__ = ["EXPORT_FORMATS", "Rows", "count", "describe", "explain", "export", "rows", "value_counts"]
@@ -64,9 +63,7 @@ def describe(plan: Plan, *, columns: list[str] | None = None) -> list[dict[str, 
     """
     frame, schema = build(plan)
     wanted = list(schema) if columns is None else columns
-    for c in wanted:
-        if c not in schema:
-            raise BadInput(f'describe: there is no column "{c}". Columns: {", ".join(list(schema)[:25])}.')
+    check_columns(wanted, schema, "describe")
     exprs: list[pl.Expr] = []
     for i, name in enumerate(wanted):
         col, dtype = pl.col(name), schema[name]
@@ -150,8 +147,7 @@ def value_counts(plan: Plan, *, column: str, limit: int) -> tuple[list[dict[str,
     """The most frequent values of `column` (missing values left out, as pandas does), most
     frequent first, ties by value; and how many distinct values there are in all."""
     frame, schema = build(plan)
-    if column not in schema:
-        raise BadInput(f'valueCounts: there is no column "{column}". Columns: {", ".join(list(schema)[:25])}.')
+    check_columns([column], schema, "valueCounts")
     counts = frame.select(pl.col(column)).drop_nulls().group_by(column).agg(pl.len().alias("count"))
     total = frame.select(pl.col(column).count()).collect().item()
     top = counts.sort(["count", column], descending=[True, False]).collect()

@@ -9,7 +9,7 @@ before any data is read.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "Source",
     "Step",
     "build",
+    "check_columns",
 ]
 
 OPS = (
@@ -147,7 +148,7 @@ def build(plan: Plan) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
         if isinstance(step, Filter):
             frame = frame.filter(*[_condition(c, schema) for c in step.conditions]) if step.conditions else frame
         elif isinstance(step, Select):
-            _check_columns(step.columns, schema, "select")
+            check_columns(step.columns, schema, "select")
             if len(set(step.columns)) != len(step.columns):
                 raise BadInput("select names a column more than once.")
             if not step.columns:
@@ -157,7 +158,7 @@ def build(plan: Plan) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
         elif isinstance(step, Sort):
             if not step.keys:
                 raise BadInput("sort needs at least one key.")
-            _check_columns([k.column for k in step.keys], schema, "sort")
+            check_columns([k.column for k in step.keys], schema, "sort")
             frame = frame.sort(
                 [k.column for k in step.keys],
                 descending=[k.descending for k in step.keys],
@@ -173,7 +174,8 @@ def build(plan: Plan) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
     return frame, schema
 
 
-def _check_columns(columns: Any, schema: Mapping[str, pl.DataType], where: str) -> None:
+def check_columns(columns: Iterable[str], schema: Mapping[str, pl.DataType], where: str) -> None:
+    """Raise `BadInput` naming the first column not in `schema`, and listing the ones that are."""
     for column in columns:
         if column not in schema:
             raise BadInput(f'{where}: there is no column "{column}". Columns: {_listing(schema)}.')
@@ -229,7 +231,7 @@ def _show(value: Any) -> str:
 
 
 def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
-    _check_columns([cond.column], schema, "filter")
+    check_columns([cond.column], schema, "filter")
     if cond.op not in OPS:
         raise BadInput(f'filter: unknown operator "{cond.op}"; use one of {", ".join(OPS)}.')
     dtype = schema[cond.column]
@@ -302,8 +304,8 @@ def _group_by(
         raise BadInput("groupBy needs at least one key column.")
     if not step.aggregations:
         raise BadInput("groupBy needs at least one aggregation.")
-    _check_columns(step.keys, schema, "groupBy")
-    _check_columns([a.column for a in step.aggregations], schema, "groupBy")
+    check_columns(step.keys, schema, "groupBy")
+    check_columns([a.column for a in step.aggregations], schema, "groupBy")
     names = [*step.keys, *(a.output for a in step.aggregations)]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:

@@ -16,15 +16,16 @@ from storage import ExportRecord
 __all__ = ["count", "describe", "explain", "export", "rows", "value_counts"]
 
 
-def _check_limit(ctx: Context, limit: int | None, offset: int | None, default: int) -> tuple[int, int]:
+def _check_limit(ctx: Context, where: str, limit: int | None, offset: int | None, default: int) -> tuple[int, int]:
+    """The limit and offset to use (`default` for an explicit null), within the server's row cap."""
     limit = default if limit is None else limit
     offset = 0 if offset is None else offset
     cap = ctx.settings.rows_max
     if limit < 0 or offset < 0:
-        raise BadInput("rows: limit and offset must be 0 or more.")
+        raise BadInput(f"{where}: limit and offset must be 0 or more.")
     if limit > cap:
         raise BadInput(
-            f"rows: limit {limit:,} is over the server's cap of {cap:,} rows (setting rows_max); page with offset."
+            f"{where}: limit {limit:,} is over the server's cap of {cap:,} rows (setting rows_max); page with offset."
         )
     return limit, offset
 
@@ -34,7 +35,7 @@ async def rows(ctx: Context, *, plan: Plan, limit: int | None, offset: int | Non
     args = {"limit": limit, "offset": offset}
 
     async def work() -> Outcome:
-        lim, off = _check_limit(ctx, limit, offset, default)
+        lim, off = _check_limit(ctx, "rows", limit, offset, default)
         page = await ctx.resources.executor.run(engine.rows, plan, limit=lim, offset=off)
         return Outcome(data=page.records, row_count=len(page.records), columns=page.columns, truncated=page.truncated)
 
@@ -93,9 +94,7 @@ async def export(ctx: Context, *, plan: Plan, fmt: str, name: str) -> Outcome:
 
 async def value_counts(ctx: Context, *, plan: Plan, column: str, limit: int | None) -> Outcome:
     async def work() -> Outcome:
-        lim = 20 if limit is None else limit
-        if not 0 < lim <= ctx.settings.rows_max:
-            raise BadInput(f"valueCounts: limit must be between 1 and {ctx.settings.rows_max:,} (setting rows_max).")
+        lim, _ = _check_limit(ctx, "valueCounts", limit, 0, 20)
         records, distinct = await ctx.resources.executor.run(engine.value_counts, plan, column=column, limit=lim)
         return Outcome(data=records, row_count=len(records), truncated=distinct > len(records))
 

@@ -125,6 +125,12 @@ def test_value_counts_match_pandas(api: Api) -> None:
         {"id": dataset_id},
     )
     assert bad["dataset"]["valueCounts"]["error"]["code"] == "BAD_INPUT"
+    over = api.data(
+        'query($id: ID!) { dataset(id: $id) { valueCounts(column: "sex", limit: 20000) { success error { code message } } } }',
+        {"id": dataset_id},
+    )
+    message = over["dataset"]["valueCounts"]["error"]["message"]
+    assert "valueCounts" in message and "10,000" in message and "rows_max" in message
 
 
 def test_explain_shows_plan_and_columns_without_server_paths(api: Api) -> None:

@@ -116,18 +116,20 @@ async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, 
     try:
         size = await _stage(ctx, stream, staged)
         fmt = await res.executor.run(sniff, staged, safe_filename, res.ingest_limits)
-        dataset_id = res.metadata.reserve_dataset(
-            wanted_id=_slug(title),
-            name=title,
-            source_id=UPLOADS,
-            origin={"format": fmt, "filename": safe_filename, "bytes": size},
-        )
+        origin = {"format": fmt, "filename": safe_filename, "bytes": size}
+        dataset_id = res.metadata.reserve_dataset(wanted_id=_slug(title), name=title, source_id=UPLOADS, origin=origin)
         with storage_guard():
             result = await res.executor.run(ingest, staged, fmt, parquet, res.ingest_limits)
             # fsync and rename off the event loop: a large file's fsync takes a while.
             await res.executor.run(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
-            await res.executor.run(res.files.keep_upload, staged, fmt)
-        record = res.metadata.mark_ready(dataset_id, version=1, row_count=result.row_count, columns=result.columns)
+            kept = await res.executor.run(res.files.keep_upload, staged, fmt)
+        record = res.metadata.mark_ready(
+            dataset_id,
+            version=1,
+            row_count=result.row_count,
+            columns=result.columns,
+            origin={**origin, "stored_as": kept},
+        )
         committed = True
         return record
     finally:
@@ -139,7 +141,12 @@ async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, 
 
 
 def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
+    """Delete the dataset's rows first, then its files: its Parquet versions, the raw upload and its
+    exports. A crash in between leaves only files no row names, which the start-up sweep removes."""
+    res = ctx.resources
     record = require_dataset(ctx, dataset_id)
-    ctx.resources.metadata.delete_dataset(record.id)
-    ctx.resources.files.remove_dataset(record.id)
+    for export in res.metadata.delete_dataset(record.id):
+        res.files.export_file(export.token, export.filename.rsplit(".", 1)[-1]).unlink(missing_ok=True)
+    res.files.remove_dataset(record.id)
+    res.files.remove_upload(str(record.origin.get("stored_as", "")))
     return record

@@ -87,6 +87,11 @@ class DataDir:
     def remove_dataset(self, dataset_id: str) -> None:
         shutil.rmtree(self.datasets / dataset_id, ignore_errors=True)
 
+    def remove_upload(self, stored_as: str) -> None:
+        """Remove a kept raw upload by the generated name `keep_upload` gave it."""
+        if stored_as and "/" not in stored_as and stored_as not in (".", ".."):
+            (self.uploads / stored_as).unlink(missing_ok=True)
+
     def sweep(self, ready_ids: set[str], export_tokens: set[str]) -> None:
         """Remove what a crash may have left: staging files, and dataset folders or export files
         that no metadata row names."""

@@ -177,7 +177,10 @@ class MetadataStore:
                 continue
         raise RuntimeError("no free dataset id")  # pragma: no cover - 10,000 datasets of one name
 
-    def mark_ready(self, dataset_id: str, *, version: int, row_count: int, columns: list[ColumnInfo]) -> DatasetRecord:
+    def mark_ready(
+        self, dataset_id: str, *, version: int, row_count: int, columns: list[ColumnInfo], origin: dict[str, Any]
+    ) -> DatasetRecord:
+        """Make a pending dataset visible, with its final shape and where it came from."""
         with self._tx() as conn:
             conn.execute(
                 datasets.update()
@@ -187,6 +190,7 @@ class MetadataStore:
                     version=version,
                     row_count=row_count,
                     columns=jsonutil.dumps([asdict(c) for c in columns]).decode(),
+                    origin=jsonutil.dumps(origin).decode(),
                     updated_at=_now(),
                 )
             )
@@ -211,11 +215,13 @@ class MetadataStore:
             ).all()
         return [_dataset(r) for r in rows]
 
-    def delete_dataset(self, dataset_id: str) -> bool:
+    def delete_dataset(self, dataset_id: str) -> list[ExportRecord]:
+        """Remove a dataset's row and its exports' rows in one transaction; return those exports."""
         with self._tx() as conn:
-            done = conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
+            rows = conn.execute(exports.select().where(exports.c.dataset_id == dataset_id)).all()
+            conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
             conn.execute(exports.delete().where(exports.c.dataset_id == dataset_id))
-        return bool(done.rowcount)
+        return [_export(r) for r in rows]
 
     def sweep_pending(self) -> list[str]:
         """Remove the rows of uploads that never finished (a crash mid-commit); return their ids."""

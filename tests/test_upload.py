@@ -286,13 +286,26 @@ def test_datasets_survive_a_restart_and_crash_leftovers_are_swept(tmp_path: Path
     assert list((root / "exports").iterdir()) == []
 
 
-def test_delete_dataset_removes_it_and_unknown_id_is_not_found(api: Api) -> None:
-    dataset_id = api.upload_ok(DATA / "tips.csv")
+def test_delete_dataset_removes_its_files_only_and_unknown_id_is_not_found(api: Api) -> None:
+    api.upload_ok(DATA / "tips.csv")
+    api.upload_ok(DATA / "penguins.csv")
+    url = api.data('{ dataset(id: "tips") { export { data } } }')["dataset"]["export"]["data"]["url"]
+    assert api.client.get(url).status_code == 200
+    root = api.settings.data_dir
+
+    def files() -> list[int]:
+        return [len(list((root / d).iterdir())) for d in ("datasets", "uploads", "exports")]
+
+    assert files() == [2, 2, 1]
     q = "mutation($id: ID!) { deleteDataset(id: $id) { success error { code message } dataset { id name } } }"
-    done = api.data(q, {"id": dataset_id})["deleteDataset"]
+    done = api.data(q, {"id": "tips"})["deleteDataset"]
     assert done["success"] and done["dataset"] == {"id": "tips", "name": "tips"}
-    assert api.data(LIST)["datasets"] == []
-    assert not (api.settings.data_dir / "datasets" / "tips").exists()
-    again = api.data(q, {"id": dataset_id})["deleteDataset"]
+    assert api.data(LIST)["datasets"] == [{"id": "penguins", "name": "penguins"}]
+    assert files() == [1, 1, 0]  # the raw upload and the export went with it; penguins' files stay
+    assert api.client.get(url).status_code == 404
+    assert api.data('{ dataset(id: "penguins") { count { data } } }')["dataset"]["count"]["data"] == {"count": 344}
+    assert api.data(q, {"id": "penguins"})["deleteDataset"]["success"]
+    assert files() == [0, 0, 0]
+    again = api.data(q, {"id": "tips"})["deleteDataset"]
     assert again["success"] is False and again["error"]["code"] == "NOT_FOUND" and '"tips"' in again["error"]["message"]
     assert api.data('{ dataset(id: "tips") { id } }')["dataset"] is None

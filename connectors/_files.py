@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from datagraph.errors import BadInput, TooLarge, UnsupportedFormat
-from storage import ColumnInfo, column_infos
+from engine import ColumnInfo, column_infos
 
 __all__ = ["FORMATS", "IngestLimits", "IngestResult", "ingest", "sniff"]
 

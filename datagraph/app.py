@@ -26,7 +26,7 @@ from strawberry.http import GraphQLRequestData
 from datagraph import jsonutil
 from datagraph.context import Context, Resources
 from datagraph.settings import Settings
-from engine import Executor
+from engine.runtime import Executor, ResultCache
 from gql.schema import build_schema
 from storage import DataDir, MetadataStore
 
@@ -124,6 +124,61 @@ class GuardRequests:
         await send({"type": "http.response.body", "body": body})
 
 
+class CancelOnDisconnect:
+    """Stop a request's work when its client goes away (RELIABILITY F12).
+
+    Once the request body has been read, a disconnect before the response is complete cancels the
+    handler; a job running in a worker process is killed with it, and nothing is cached.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body_read = asyncio.Event()
+        responded = False
+
+        async def tracked_receive() -> Message:
+            msg = await receive()
+            if msg["type"] == "http.disconnect" or not msg.get("more_body", False):
+                body_read.set()
+            return msg
+
+        async def tracked_send(msg: Message) -> None:
+            nonlocal responded
+            await send(msg)
+            if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+                responded = True
+
+        async def client_gone() -> None:
+            await body_read.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        handler = asyncio.ensure_future(self.app(scope, tracked_receive, tracked_send))
+        watcher = asyncio.ensure_future(client_gone())
+        try:
+            await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            handler.cancel()
+            watcher.cancel()
+            raise
+        if handler.done():
+            watcher.cancel()
+            handler.result()
+            return
+        if responded:  # the disconnect that follows a complete response
+            await handler
+            return
+        log.info("client went away before its answer; cancelling %s", scope.get("path"))
+        handler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await handler
+
+
 class GraphQLView(GraphQL[Context, None]):
     """Strawberry's ASGI view with orjson, a local GraphiQL page and a query-length limit."""
 
@@ -168,6 +223,33 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def readyz(request: Request) -> Response:
+    """Whether the server can answer: its metadata store, result cache and worker pool."""
+    res: Resources = request.app.state.resources
+    try:
+        await asyncio.to_thread(res.metadata.ping)
+        metadata = "ok"
+    except Exception:
+        log.exception("readyz: metadata store check failed")
+        metadata = "unavailable"
+    pool = res.executor.stats()
+    cache = res.cache.stats
+    body = {
+        "status": "ok" if metadata == "ok" and pool.workers > 0 else "unavailable",
+        "metadata": metadata,
+        "cache": {"backend": res.cache.backend, "hits": cache.hits, "misses": cache.misses},
+        "workers": {
+            "workers": pool.workers,
+            "busy": pool.busy,
+            "queued": pool.queued,
+            "jobs": pool.jobs,
+            "killed": pool.killed,
+            "crashed": pool.crashed,
+        },
+    }
+    return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+
 async def download_export(request: Request) -> Response:
     res: Resources = request.app.state.resources
     token = request.path_params["token"]
@@ -198,13 +280,21 @@ async def _sweep_forever(res: Resources, every_s: float) -> None:
             log.exception("export sweep failed")
 
 
-def open_resources(settings: Settings) -> Resources:
-    """Create the data directory, metadata store and executor; clear what a crash left behind."""
+async def open_resources(settings: Settings) -> Resources:
+    """Create the data directory, metadata store, cache and worker pool; clear what a crash left behind."""
     files = DataDir(settings.data_dir)
     metadata = MetadataStore(settings.resolved_metadata_url)
     metadata.sweep_pending()
     files.sweep({r.id for r in metadata.list_datasets()}, metadata.export_tokens())
-    res = Resources(settings=settings, metadata=metadata, files=files, executor=Executor(settings.workers))
+    executor = Executor(settings.workers, memory_mb=settings.worker_memory_mb, timeout_s=settings.timeout_s)
+    await executor.start()
+    cache = ResultCache(
+        memory_bytes=settings.cache_memory_mb * 1024 * 1024,
+        url=settings.cache_url,
+        timeout_s=settings.cache_timeout_s,
+        ttl_s=settings.cache_ttl_s,
+    )
+    res = Resources(settings=settings, metadata=metadata, files=files, executor=executor, cache=cache)
     _sweep_exports(res)
     return res
 
@@ -216,7 +306,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        res = open_resources(settings)
+        res = await open_resources(settings)
         app.state.resources = res
         sweeper = asyncio.create_task(_sweep_forever(res, 60))
         gc.collect()
@@ -225,17 +315,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
             yield
         finally:
             sweeper.cancel()
-            res.close()
+            await res.close()
 
     routes = [
         Route("/", lambda request: RedirectResponse("/graphql")),
         Route("/graphql", view, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
         Route("/healthz", healthz),
+        Route("/readyz", readyz),
         Route("/exports/{token}", download_export),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
+    app.add_middleware(CancelOnDisconnect)
     app.add_middleware(
         GuardRequests,
         json_limit=settings.max_request_kb * 1024,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from connectors import IngestLimits
 from datagraph.settings import Settings
-from engine import Executor
+from engine.runtime import Executor, ResultCache
 from storage import DataDir, MetadataStore
 
 __all__ = ["Context", "Resources"]
@@ -20,6 +20,7 @@ class Resources:
     metadata: MetadataStore
     files: DataDir
     executor: Executor
+    cache: ResultCache
 
     @property
     def ingest_limits(self) -> IngestLimits:
@@ -32,8 +33,9 @@ class Resources:
             xlsx_max_entries=s.xlsx_max_entries,
         )
 
-    def close(self) -> None:
-        self.executor.close()
+    async def close(self) -> None:
+        await self.executor.close()
+        await self.cache.close()
         self.metadata.close()
 
 

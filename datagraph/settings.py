@@ -37,7 +37,20 @@ class Settings(BaseSettings):
     xlsx_max_entries: int = Field(1_000, gt=0, description="Most entries (files) inside an .xlsx.")
     rows_max: int = Field(10_000, gt=0, description="Most rows a single result may return.")
     export_ttl_s: int = Field(3_600, gt=0, description="How long an export's download link stays valid, in seconds.")
-    workers: int = Field(2, ge=1, description="Threads that parse uploads and run analysis.")
+    workers: int = Field(2, ge=1, description="Worker processes that parse uploads and run analysis.")
+    timeout_s: float = Field(
+        60, gt=0, description="Deadline of one analysis or parsing job, in seconds; timeoutMs can lower it per request."
+    )
+    worker_memory_mb: int = Field(
+        8_192, ge=0, description="Address-space cap of each worker process, in MiB (0: no cap); a query over it stops."
+    )
+    cache_url: str = Field(
+        "", description="Result cache: empty for memory only, or a redis:// URL shared by several servers."
+    )
+    cache_memory_mb: int = Field(256, ge=0, description="Memory the in-process result cache may use, in MiB (LRU).")
+    cache_timeout_s: float = Field(0.25, gt=0, description="Longest a Redis cache operation may take, in seconds.")
+    cache_ttl_s: int = Field(86_400, gt=0, description="How long a cached result is kept, in seconds.")
+    chart_max_points: int = Field(5_000, gt=0, description="Most data points a chart spec carries inline.")
     graphql_max_depth: int = Field(8, gt=0, description="Deepest GraphQL query accepted.")
     graphql_max_aliases: int = Field(15, gt=0, description="Most aliases in one GraphQL query.")
     graphql_max_tokens: int = Field(2_000, gt=0, description="Most tokens in one GraphQL query.")

@@ -1,7 +1,13 @@
-"""Plans (steps -> one Polars LazyFrame), the operations that collect them, and where they run."""
+"""Plans (steps -> one Polars LazyFrame) and the operations that collect them.
 
-from engine._executor import Executor
-from engine._ops import EXPORT_FORMATS, Rows, count, describe, explain, export, rows, value_counts
+Light on purpose: worker processes import this and nothing of the server. The pool that runs the
+operations and the result cache are in `engine.runtime`.
+"""
+
+from engine._chart import CHART_KINDS, chart
+from engine._clean import Clean
+from engine._columns import ColumnInfo, column_infos, dtype_name
+from engine._ops import EXPORT_FORMATS, Rows, count, describe, explain, export, rows, summary, value_counts
 from engine._plan import (
     AGG_FNS,
     OPS,
@@ -9,6 +15,7 @@ from engine._plan import (
     Condition,
     Filter,
     GroupBy,
+    Join,
     Plan,
     Select,
     Slice,
@@ -21,14 +28,19 @@ from engine._plan import (
 
 __all__ = [
     "AGG_FNS",
+    "CHART_KINDS",
     "EXPORT_FORMATS",
     "OPS",
     "Aggregation",
+    "Clean",
+    "ColumnInfo",
     "Condition",
-    "Executor",
     "Filter",
     "GroupBy",
+    "Join",
     "Plan",
+    "PoolStats",
+    "ResultCache",
     "Rows",
     "Select",
     "Slice",
@@ -36,11 +48,16 @@ __all__ = [
     "SortKey",
     "Source",
     "Step",
+    "WorkerCrashed",
     "build",
+    "chart",
+    "column_infos",
     "count",
     "describe",
+    "dtype_name",
     "explain",
     "export",
     "rows",
+    "summary",
     "value_counts",
 ]

@@ -1,31 +1,248 @@
-"""The one place analysis and parsing work runs, off the event loop.
+"""Where analysis and parsing run: a pool of pre-spawned worker processes with a deadline per job.
 
-Today a bounded thread pool; the interface (`await run(fn, *args, **kwargs)` with plain-data
-arguments and results) is what a pool of killable worker processes will keep.
+Polars cannot be relied on to stop a running query, so a job that overruns its deadline (or
+whose caller goes away) has its worker SIGKILLed; a replacement is spawned at once and the
+caller gets `Timeout`. Workers run under a memory cap, so a query that needs too much memory
+kills a worker, not the server (`TooLarge`). Jobs are module-level functions with plain-data
+arguments and results, pickled over the worker's stdin and stdout.
+
+`run_io` is for short blocking file work (fsync, rename) that needs no deadline: a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import functools
+import logging
+import pickle
+import struct
+import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["Executor"]
+from datagraph.errors import Timeout, TooLarge
+
+__all__ = ["Executor", "PoolStats", "WorkerCrashed"]
 
 T = TypeVar("T")
+log = logging.getLogger("datagraph.workers")
+_HEADER = struct.Struct(">Q")
+
+
+class WorkerCrashed(Exception):
+    """A worker died or failed in an unexpected way; the message is for the server's log only."""
+
+
+@dataclass(slots=True)
+class PoolStats:
+    workers: int
+    busy: int
+    queued: int
+    jobs: int
+    killed: int
+    crashed: int
+    pids: list[int]
+
+
+class _Worker:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.ready = False
+        self.last_words: collections.deque[str] = collections.deque(maxlen=20)
+        self.stderr_done = asyncio.ensure_future(self._forward_stderr())
+
+    async def _forward_stderr(self) -> None:
+        """Log what the worker writes to stderr, and keep its last lines to tell why it died."""
+        assert self.proc.stderr is not None
+        while line := await self.proc.stderr.readline():
+            text = line.decode("utf-8", "replace").rstrip()
+            self.last_words.append(text)
+            log.warning("worker %s: %s", self.proc.pid, text)
+
+    async def ran_out_of_memory(self) -> bool:
+        """Whether the worker (now dead) died of a failed allocation under its memory cap."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.stderr_done), 1.0)
+        return any("memory allocation of" in line or "MemoryError" in line for line in self.last_words)
+
+    @property
+    def stdin(self) -> asyncio.StreamWriter:
+        assert self.proc.stdin is not None
+        return self.proc.stdin
+
+    @property
+    def stdout(self) -> asyncio.StreamReader:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    async def read_frame(self) -> bytes:
+        (size,) = _HEADER.unpack(await self.stdout.readexactly(_HEADER.size))
+        return await self.stdout.readexactly(size) if size else b""
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
 
 
 class Executor:
-    """Runs blocking work on a small pool so the server keeps answering meanwhile."""
+    """A fixed number of worker processes; each runs one job at a time."""
 
-    def __init__(self, workers: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="datagraph-work")
+    def __init__(self, workers: int, *, memory_mb: int = 0, timeout_s: float = 60.0) -> None:
+        self.size = workers
+        self.memory_mb = memory_mb
+        self.timeout_s = timeout_s
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._all: set[_Worker] = set()
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="datagraph-io")
+        self._busy = 0
+        self._waiting = 0
+        self._jobs = 0
+        self._killed = 0
+        self._crashed = 0
+        self._closed = False
+        self._reaping: set[asyncio.Task[None]] = set()
 
-    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    async def start(self) -> None:
+        await asyncio.gather(*(self._spawn() for _ in range(self.size)))
+
+    async def _spawn(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "engine._worker",
+            str(self.memory_mb),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=1 << 20,
+        )
+        worker = _Worker(proc)
+        self._all.add(worker)
+        self._idle.put_nowait(worker)  # a job sent before it is ready waits in its pipe
+
+    def _retire(self, worker: _Worker, *, replace: bool) -> None:
+        """Kill a worker, reap it in the background, and start another in its place."""
+        worker.kill()
+        self._all.discard(worker)
+        task = asyncio.ensure_future(self._reap(worker, replace))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    async def _reap(self, worker: _Worker, replace: bool) -> None:
+        with contextlib.suppress(Exception):
+            await worker.proc.wait()
+            await asyncio.wait_for(worker.stderr_done, 1.0)
+        if replace and not self._closed:
+            await self._spawn()
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` in a worker; `Timeout` past `timeout` seconds (the server's
+        deadline at most), counting the wait for a free worker."""
+        limit = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
+        job = pickle.dumps((fn, args, kwargs), protocol=5)
+        started = time.monotonic()
+        self._waiting += 1
+        try:
+            worker = await asyncio.wait_for(self._idle.get(), limit)
+        except TimeoutError:
+            raise self._timeout(limit) from None
+        finally:
+            self._waiting -= 1
+        self._busy += 1
+        self._jobs += 1
+        try:
+            remaining = max(0.0, limit - (time.monotonic() - started))
+            try:
+                kind, value = await asyncio.wait_for(self._exchange(worker, job), remaining)
+            except TimeoutError:
+                self._killed += 1
+                self._retire(worker, replace=True)
+                log.warning("job %s passed its %.1f s deadline; worker %s killed", _name(fn), limit, worker.proc.pid)
+                raise self._timeout(limit) from None
+            except asyncio.CancelledError:
+                self._killed += 1
+                self._retire(worker, replace=True)
+                log.info("job %s cancelled by its caller; worker %s killed", _name(fn), worker.proc.pid)
+                raise
+            except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
+                self._crashed += 1
+                self._retire(worker, replace=True)
+                code = await worker.proc.wait()
+                if await worker.ran_out_of_memory():  # a failed allocation under the cap aborts the process
+                    raise self._memory() from None
+                raise WorkerCrashed(f"worker {worker.proc.pid} exited with {code} while running {_name(fn)}") from None
+        finally:
+            self._busy -= 1
+        self._idle.put_nowait(worker)
+        if kind == "ok":
+            return value  # type: ignore[no-any-return]
+        if kind == "problem":
+            raise value
+        if kind == "memory":
+            raise self._memory()
+        raise WorkerCrashed(f"{_name(fn)} failed in a worker:\n{value}")
+
+    async def _exchange(self, worker: _Worker, job: bytes) -> tuple[str, Any]:
+        if not worker.ready:
+            await worker.read_frame()  # the empty frame a worker sends once it has started
+            worker.ready = True
+        worker.stdin.write(_HEADER.pack(len(job)) + job)
+        await worker.stdin.drain()
+        answer: tuple[str, Any] = pickle.loads(await worker.read_frame())  # noqa: S301  (our own worker)
+        return answer
+
+    def _timeout(self, limit: float) -> Timeout:
+        return Timeout(
+            f"The query did not finish within its {limit:g} s deadline and was stopped"
+            " (lower it with timeoutMs; the server's cap is the timeout_s setting)."
+        )
+
+    def _memory(self) -> TooLarge:
+        return TooLarge(
+            f"The query needed more memory than a worker may use ({self.memory_mb} MiB, setting worker_memory_mb)"
+            " and was stopped; filter or select columns first."
+        )
+
+    async def run_io(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run short blocking file work (fsync, rename) on a thread."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            workers=len(self._all),
+            busy=self._busy,
+            queued=self._waiting,
+            jobs=self._jobs,
+            killed=self._killed,
+            crashed=self._crashed,
+            pids=sorted(w.proc.pid for w in self._all),
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        for worker in list(self._all):
+            with contextlib.suppress(Exception):
+                worker.stdin.close()
+        deadline = time.monotonic() + 2
+        for worker in list(self._all):
+            try:
+                await asyncio.wait_for(worker.proc.wait(), max(0.05, deadline - time.monotonic()))
+            except TimeoutError:
+                worker.kill()
+                await worker.proc.wait()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(worker.stderr_done, 1.0)
+        self._all.clear()
+        if self._reaping:
+            await asyncio.gather(*self._reaping, return_exceptions=True)
+        self._threads.shutdown(wait=True, cancel_futures=True)
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", repr(fn))

@@ -15,14 +15,38 @@ from typing import Any
 
 import polars as pl
 
-from engine._plan import Plan, build, check_columns
-from storage import ColumnInfo, column_infos, dtype_name
+from engine._clean import translate_error
+from engine._columns import ColumnInfo, column_infos, dtype_name
+from engine._plan import Join, Plan, build, check_columns, join_right_side
 
-__all__ = ["EXPORT_FORMATS", "Rows", "count", "describe", "explain", "export", "rows", "value_counts"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "Rows",
+    "collect",
+    "count",
+    "describe",
+    "explain",
+    "export",
+    "rows",
+    "summary",
+    "value_counts",
+]
 
 EXPORT_FORMATS = {"CSV": "csv", "PARQUET": "parquet", "XLSX": "xlsx", "JSON": "json"}
 # Cells a spreadsheet would run as a formula (OWASP CSV injection): prefixed with ' on CSV export.
 _FORMULA_START = r"^[=+\-@\t\r]"
+
+
+def collect(*frames: pl.LazyFrame) -> list[pl.DataFrame]:
+    """Collect the frames together (shared scans run once), turning a value that does not convert
+    in a cleaning step into a `BadInput`."""
+    try:
+        return pl.collect_all(list(frames)) if len(frames) > 1 else [frames[0].collect()]
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+        translated = translate_error(exc)
+        if translated is None:
+            raise
+        raise translated from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +59,7 @@ class Rows:
 def rows(plan: Plan, *, limit: int, offset: int) -> Rows:
     """Up to `limit` rows after `offset`; `truncated` when more follow."""
     frame, _ = build(plan)
-    page = frame.slice(offset, limit + 1).collect()
+    (page,) = collect(frame.slice(offset, limit + 1))
     truncated = page.height > limit
     page = page.head(limit)
     return Rows(records=page.to_dicts(), columns=column_infos(page), truncated=truncated)
@@ -43,7 +67,7 @@ def rows(plan: Plan, *, limit: int, offset: int) -> Rows:
 
 def count(plan: Plan) -> int:
     frame, _ = build(plan)
-    return int(frame.select(pl.len()).collect().item())
+    return int(collect(frame.select(pl.len()))[0].item())
 
 
 def _is_temporal(dtype: pl.DataType) -> bool:
@@ -91,7 +115,7 @@ def describe(plan: Plan, *, columns: list[str] | None = None) -> list[dict[str, 
             ]
     if not exprs:
         return []
-    stats = frame.select(exprs).collect().row(0, named=True)
+    stats = collect(frame.select(exprs))[0].row(0, named=True)
     out: list[dict[str, Any]] = []
     for i, name in enumerate(wanted):
         dtype = schema[name]
@@ -126,7 +150,7 @@ def export(plan: Plan, *, fmt: str, out: Path) -> tuple[int, int]:
             pl.when(pl.col(n).str.contains(_FORMULA_START)).then(pl.lit("'") + pl.col(n)).otherwise(pl.col(n)).alias(n)
             for n in text
         )
-    data = frame.collect()
+    (data,) = collect(frame)
     tmp = out.with_name(out.name + ".tmp")
     try:
         if fmt == "CSV":
@@ -149,8 +173,10 @@ def value_counts(plan: Plan, *, column: str, limit: int) -> tuple[list[dict[str,
     frame, schema = build(plan)
     check_columns([column], schema, "valueCounts")
     counts = frame.select(pl.col(column)).drop_nulls().group_by(column).agg(pl.len().alias("count"))
-    total = frame.select(pl.col(column).count()).collect().item()
-    top = counts.sort(["count", column], descending=[True, False]).collect()
+    totals, top = collect(
+        frame.select(pl.col(column).count()), counts.sort(["count", column], descending=[True, False])
+    )
+    total = totals.item()
     records = [
         {"value": _plain(v), "count": int(n), "share": (int(n) / total) if total else 0.0}
         for v, n in top.head(limit).iter_rows()
@@ -166,3 +192,34 @@ def explain(plan: Plan) -> dict[str, Any]:
     text = text.replace(str(plan.source.path), f"dataset {plan.source.dataset_id} v{plan.source.version}")
     text = re.sub(r"(?<![\w.])/[^\s\]\)\"',]+", "<path>", text)
     return {"plan": text, "columns": [{"name": n, "dtype": dtype_name(d)} for n, d in schema.items()]}
+
+
+def summary(plan: Plan) -> dict[str, Any]:
+    """Rows and columns of the plan's result; for each join, the rows on each side and how many
+    left rows matched at least one right row (the match rate)."""
+    frame, schema = build(plan)
+    queries = [frame.select(pl.len())]
+    joins: list[dict[str, Any]] = []
+    for i, step in enumerate(plan.steps):
+        if not isinstance(step, Join):
+            continue
+        left, left_schema = build(Plan(plan.source, plan.steps[:i]))
+        right = join_right_side(left_schema, step)
+        keys = list(step.on)
+        matched = left.join(right.select(keys).unique(), on=keys, how="semi")
+        queries += [left.select(pl.len()), right.select(pl.len()), matched.select(pl.len())]
+        joins.append({"right": step.right.dataset_id, "on": keys, "how": step.how})
+    counts = [int(df.item()) for df in collect(*queries)]
+    for j, info in enumerate(joins):
+        left_rows, right_rows, matched_rows = counts[1 + 3 * j : 4 + 3 * j]
+        info.update(
+            leftRows=left_rows,
+            rightRows=right_rows,
+            matchedLeftRows=matched_rows,
+            matchRate=matched_rows / left_rows if left_rows else None,
+        )
+    return {
+        "rows": counts[0],
+        "columns": [{"name": n, "dtype": dtype_name(d)} for n, d in schema.items()],
+        "joins": joins,
+    }

@@ -16,8 +16,9 @@ from typing import Any
 
 import polars as pl
 
-from datagraph.errors import BadInput
-from storage import dtype_name
+from datagraph.errors import BadInput, NotFound
+from engine._clean import Clean, apply_clean, clean_key
+from engine._columns import dtype_name
 
 __all__ = [
     "AGG_FNS",
@@ -26,6 +27,7 @@ __all__ = [
     "Condition",
     "Filter",
     "GroupBy",
+    "Join",
     "Plan",
     "Select",
     "Slice",
@@ -35,6 +37,7 @@ __all__ = [
     "Step",
     "build",
     "check_columns",
+    "join_right_side",
 ]
 
 OPS = (
@@ -54,6 +57,11 @@ class Source:
     dataset_id: str
     version: int
     path: Path
+    # When this dataset id was created: an id deleted and uploaded again starts at version 1 anew.
+    generation: str = ""
+
+    def key(self) -> list[Any]:
+        return [self.version, self.generation]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +115,18 @@ class GroupBy:
     aggregations: tuple[Aggregation, ...]
 
 
-Step = Filter | Select | Sort | Slice | GroupBy
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Join another dataset on equal keys; clashing right-side names get `_right`, `_right_2`, ..."""
+
+    right: Source
+    on: tuple[str, ...]
+    how: str = "INNER"
+
+
+JOIN_HOWS = ("INNER", "LEFT")
+
+Step = Filter | Select | Sort | Slice | GroupBy | Join | Clean
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +142,17 @@ class Plan:
     def key(self) -> dict[str, Any]:
         """Canonical plain-data form: what the result cache hashes."""
         return {
-            "datasets": {self.source.dataset_id: self.source.version},
+            "datasets": {s.dataset_id: s.key() for s in self.sources()},
             "steps": [_step_key(s) for s in self.steps],
         }
+
+    def sources(self) -> list[Source]:
+        """Every dataset version the plan reads: its own, then each joined one."""
+        found = [self.source]
+        for step in self.steps:
+            if isinstance(step, Join) and step.right not in found:
+                found.append(step.right)
+        return found
 
 
 def _step_key(step: Step) -> dict[str, Any]:
@@ -137,6 +164,10 @@ def _step_key(step: Step) -> dict[str, Any]:
         return {"sort": [[k.column, k.descending] for k in step.keys]}
     if isinstance(step, GroupBy):
         return {"groupBy": [list(step.keys), [[a.column, a.fn, a.output] for a in step.aggregations]]}
+    if isinstance(step, Join):
+        return {"join": [step.right.dataset_id, list(step.on), step.how]}
+    if isinstance(step, Clean):
+        return {"clean": clean_key(step)}
     return {"slice": [step.offset, step.limit]}
 
 
@@ -167,6 +198,10 @@ def build(plan: Plan) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
             )
         elif isinstance(step, GroupBy):
             frame, schema = _group_by(frame, schema, step)
+        elif isinstance(step, Join):
+            frame, schema = _join(frame, schema, step)
+        elif isinstance(step, Clean):
+            frame, schema = apply_clean(frame, schema, step)
         else:
             if step.offset < 0 or step.limit < 0:
                 raise BadInput("slice needs an offset and a limit of 0 or more.")
@@ -317,3 +352,57 @@ def _group_by(
         .sort(list(step.keys), nulls_last=True, maintain_order=True)
     )
     return grouped, dict(grouped.collect_schema())
+
+
+def _join(
+    frame: pl.LazyFrame, schema: dict[str, pl.DataType], step: Join
+) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
+    """Join the right dataset on equal keys (missing keys never match, as in SQL); left rows keep
+    their order, and each left row's matches keep the right side's order."""
+    right = join_right_side(schema, step)
+    joined = frame.join(
+        right, on=list(step.on), how="inner" if step.how == "INNER" else "left", maintain_order="left_right"
+    )
+    return joined, dict(joined.collect_schema())
+
+
+def join_right_side(schema: Mapping[str, pl.DataType], step: Join) -> pl.LazyFrame:
+    """The right dataset ready to join onto a frame of `schema`: checked, keys cast to the left's
+    types, and clashing names renamed (`_right`, then `_right_2`, ... so chained joins never collide)."""
+    if step.right.version == 0:
+        raise NotFound(f'join: there is no dataset "{step.right.dataset_id}".')
+    if step.how not in JOIN_HOWS:
+        raise BadInput(f'join: unknown kind "{step.how}"; use one of {", ".join(JOIN_HOWS)}.')
+    if not step.on:
+        raise BadInput("join needs at least one key column in on.")
+    if len(set(step.on)) != len(step.on):
+        raise BadInput("join names a key column more than once in on.")
+    right = pl.scan_parquet(step.right.path)
+    right_schema: dict[str, pl.DataType] = dict(right.collect_schema())
+    check_columns(step.on, schema, "join (left side)")
+    check_columns(step.on, right_schema, f'join (right side, dataset "{step.right.dataset_id}")')
+    for key in step.on:
+        left_type, right_type = schema[key], right_schema[key]
+        if _kind(left_type) != _kind(right_type) or _kind(left_type) == "other":
+            raise BadInput(
+                f'join: key "{key}" is {dtype_name(left_type)} on the left and {dtype_name(right_type)} on the right;'
+                " clean(cast) one side first."
+            )
+    renames: dict[str, str] = {}
+    taken = set(schema)
+    for name in right_schema:
+        if name in step.on:
+            continue
+        if name in taken:
+            suffix, n = "_right", 1
+            while f"{name}{suffix}" in taken or f"{name}{suffix}" in right_schema:
+                n += 1
+                suffix = f"_right_{n}"
+            renames[name] = f"{name}{suffix}"
+        taken.add(renames.get(name, name))
+    if renames:
+        right = right.rename(renames)
+    casts = [pl.col(k).cast(schema[k]) for k in step.on if right_schema[k] != schema[k]]
+    if casts:  # both numeric (or both text) but of different widths
+        right = right.with_columns(casts)
+    return right

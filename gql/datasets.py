@@ -12,9 +12,9 @@ from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 
 from datagraph.context import Context
-from gql.frames import Frame
+from gql.frames import CacheMode, Frame
 from gql.results import Column, Meta, Problem, Result, column, problem, result
-from resolvers import Outcome, answer, frames
+from resolvers import Options, Outcome, answer, frames
 from resolvers import datasets as ds
 from storage import DatasetRecord
 
@@ -99,8 +99,17 @@ class Dataset(Frame):
         return _source(match[0])
 
     @strawberry.field(description="The first rows and the column types.")
-    async def preview(self, info: strawberry.Info[Context, None], limit: int | None = 5) -> Result:
-        return result(await frames.rows(info.context, plan=self.plan, limit=limit, offset=0, default=5))
+    async def preview(
+        self,
+        info: strawberry.Info[Context, None],
+        limit: int | None = 5,
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
+    ) -> Result:
+        options = Options(cache=(cache or CacheMode.USE).value, timeout_ms=timeout_ms)
+        return result(
+            await frames.rows(info.context, plan=self.plan, limit=limit, offset=0, options=options, default=5)
+        )
 
 
 @strawberry.type(description="A mutation's answer: the dataset on success, a problem otherwise.")

@@ -15,13 +15,19 @@ from strawberry.scalars import JSON
 import engine
 from datagraph.context import Context
 from engine import Plan
+from gql.clean import CleanStepInput, to_clean
 from gql.results import Result, result
-from resolvers import frames
+from resolvers import Options, frames
+from resolvers import datasets as ds
 
 __all__ = [
+    "CacheMode",
+    "ChartInput",
+    "ChartKind",
     "ConditionInput",
     "ExportFormat",
     "Frame",
+    "JoinHow",
     "Op",
     "SliceInput",
     "SortKeyInput",
@@ -72,6 +78,41 @@ class ExportFormat(Enum):
     JSON = "JSON"
 
 
+@strawberry.enum(description="USE answers from the cache when it can; REFRESH recomputes and stores; BYPASS neither.")
+class CacheMode(Enum):
+    USE = "USE"
+    REFRESH = "REFRESH"
+    BYPASS = "BYPASS"
+
+
+@strawberry.enum(description="INNER keeps rows with a match on both sides; LEFT keeps every left row.")
+class JoinHow(Enum):
+    INNER = "INNER"
+    LEFT = "LEFT"
+
+
+@strawberry.enum(description="Chart kinds; each becomes a Vega-Lite mark.")
+class ChartKind(Enum):
+    BAR = "BAR"
+    LINE = "LINE"
+    SCATTER = "SCATTER"
+    HISTOGRAM = "HISTOGRAM"
+    BOX = "BOX"
+
+
+@strawberry.input(
+    name="ChartInput",
+    description="x (and y) columns; color splits series; aggregate combines y per x (BAR, LINE); bins for HISTOGRAM.",
+)
+class ChartInput:
+    kind: ChartKind
+    x: str
+    y: str | None = None
+    color: str | None = None
+    aggregate: AggFn | None = None
+    bins: int | None = None
+
+
 @strawberry.input(name="Condition", description="column op value; IN/NOT_IN take a list, BETWEEN [low, high].")
 class ConditionInput:
     column: str
@@ -104,6 +145,13 @@ class GroupByInput:
     aggregations: list[AggregationInput]
 
 
+@strawberry.input(name="JoinInput", description="Join the dataset `right` on equal `on` columns.")
+class JoinInput:
+    right: strawberry.ID
+    on: list[str]
+    how: JoinHow | None = JoinHow.INNER
+
+
 @strawberry.input(name="Step", one_of=True, description="One transform, as data; a list of steps is a pipeline.")
 class StepInput:
     filter: list[ConditionInput] | None = strawberry.UNSET
@@ -111,6 +159,8 @@ class StepInput:
     sort: list[SortKeyInput] | None = strawberry.UNSET
     slice: SliceInput | None = strawberry.UNSET
     group_by: GroupByInput | None = strawberry.UNSET
+    join: JoinInput | None = strawberry.UNSET
+    clean: list[CleanStepInput] | None = strawberry.UNSET
 
 
 def _filter(where: list[ConditionInput]) -> engine.Filter:
@@ -130,7 +180,11 @@ def _group_by(by: list[str], aggregations: list[AggregationInput]) -> engine.Gro
     return engine.GroupBy(tuple(by), aggs)
 
 
-def to_steps(steps: list[StepInput]) -> list[engine.Step]:
+def _join(ctx: Context, right: str, on: list[str], how: JoinHow | None) -> engine.Join:
+    return ds.join_step(ctx, right, on, (how or JoinHow.INNER).value)
+
+
+def to_steps(ctx: Context, steps: list[StepInput]) -> list[engine.Step]:
     out: list[engine.Step] = []
     for s in steps:  # @oneOf: exactly one field of each step is set; the others are UNSET
         if isinstance(s.filter, list):
@@ -143,7 +197,15 @@ def to_steps(steps: list[StepInput]) -> list[engine.Step]:
             out.append(_slice(s.slice.offset, s.slice.limit))
         elif isinstance(s.group_by, GroupByInput):
             out.append(_group_by(s.group_by.by, s.group_by.aggregations))
+        elif isinstance(s.join, JoinInput):
+            out.append(_join(ctx, str(s.join.right), s.join.on, s.join.how))
+        elif isinstance(s.clean, list):
+            out.append(to_clean(s.clean))
     return out
+
+
+def _options(cache: CacheMode | None, timeout_ms: int | None) -> Options:
+    return Options(cache=(cache or CacheMode.USE).value, timeout_ms=timeout_ms)
 
 
 @strawberry.interface(
@@ -179,38 +241,124 @@ class Frame:
     def group_by(self, by: list[str], aggregations: list[AggregationInput]) -> Frame:
         return self._then(_group_by(by, aggregations))
 
+    @strawberry.field(description="Join the dataset `right` on equal `on` columns; clashing right names get _right.")
+    def join(
+        self,
+        info: strawberry.Info[Context, None],
+        right: strawberry.ID,
+        on: list[str],
+        how: JoinHow | None = JoinHow.INNER,
+    ) -> Frame:
+        return self._then(_join(info.context, str(right), on, how))
+
+    @strawberry.field(
+        description="Drop or fill nulls, cast, rename, drop duplicates, trim text, parse dates; in order."
+    )
+    def clean(self, steps: list[CleanStepInput]) -> Frame:
+        return self._then(to_clean(steps))
+
     @strawberry.field(description="The same transforms as data, applied in order.")
-    def pipeline(self, steps: list[StepInput]) -> Frame:
-        return self._then(*to_steps(steps))
+    def pipeline(self, info: strawberry.Info[Context, None], steps: list[StepInput]) -> Frame:
+        return self._then(*to_steps(info.context, steps))
 
     @strawberry.field(description="Records {column: value}; meta.truncated when more rows follow.")
     async def rows(
-        self, info: strawberry.Info[Context, None], limit: int | None = 100, offset: int | None = 0
+        self,
+        info: strawberry.Info[Context, None],
+        limit: int | None = 100,
+        offset: int | None = 0,
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
     ) -> Result:
-        return result(await frames.rows(info.context, plan=self.plan, limit=limit, offset=offset))
+        options = _options(cache, timeout_ms)
+        return result(await frames.rows(info.context, plan=self.plan, limit=limit, offset=offset, options=options))
 
     @strawberry.field(description="data: {count: N}.")
-    async def count(self, info: strawberry.Info[Context, None]) -> Result:
-        return result(await frames.count(info.context, plan=self.plan))
+    async def count(
+        self,
+        info: strawberry.Info[Context, None],
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
+    ) -> Result:
+        return result(await frames.count(info.context, plan=self.plan, options=_options(cache, timeout_ms)))
 
     @strawberry.field(description="Per-column statistics, the same numbers pandas' describe(include='all') gives.")
-    async def describe(self, info: strawberry.Info[Context, None], columns: list[str] | None = None) -> Result:
-        return result(await frames.describe(info.context, plan=self.plan, columns=columns))
+    async def describe(
+        self,
+        info: strawberry.Info[Context, None],
+        columns: list[str] | None = None,
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
+    ) -> Result:
+        options = _options(cache, timeout_ms)
+        return result(await frames.describe(info.context, plan=self.plan, columns=columns, options=options))
 
     @strawberry.field(description="The most frequent values: [{value, count, share}], missing values left out.")
-    async def value_counts(self, info: strawberry.Info[Context, None], column: str, limit: int | None = 20) -> Result:
-        return result(await frames.value_counts(info.context, plan=self.plan, column=column, limit=limit))
+    async def value_counts(
+        self,
+        info: strawberry.Info[Context, None],
+        column: str,
+        limit: int | None = 20,
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
+    ) -> Result:
+        options = _options(cache, timeout_ms)
+        return result(
+            await frames.value_counts(info.context, plan=self.plan, column=column, limit=limit, options=options)
+        )
+
+    @strawberry.field(
+        description="data: {rows, columns, joins}; for each join: leftRows, rightRows, matchedLeftRows, matchRate."
+    )
+    async def summary(
+        self,
+        info: strawberry.Info[Context, None],
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
+    ) -> Result:
+        return result(await frames.summary(info.context, plan=self.plan, options=_options(cache, timeout_ms)))
+
+    @strawberry.field(
+        description="A Vega-Lite spec with its values inline (aggregated, a few thousand points at most)."
+    )
+    async def chart(
+        self,
+        info: strawberry.Info[Context, None],
+        spec: ChartInput,
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
+    ) -> Result:
+        plain = {
+            "kind": spec.kind.value,
+            "x": spec.x,
+            "y": spec.y,
+            "color": spec.color,
+            "aggregate": spec.aggregate.value if spec.aggregate else None,
+            "bins": spec.bins,
+        }
+        options = _options(cache, timeout_ms)
+        return result(await frames.chart(info.context, plan=self.plan, spec=plain, options=options))
 
     @strawberry.field(description="data: {plan, columns}: the optimised plan and output columns, without running it.")
-    async def explain(self, info: strawberry.Info[Context, None]) -> Result:
-        return result(await frames.explain(info.context, plan=self.plan))
+    async def explain(
+        self,
+        info: strawberry.Info[Context, None],
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
+    ) -> Result:
+        return result(await frames.explain(info.context, plan=self.plan, options=_options(cache, timeout_ms)))
 
     @strawberry.field(description="Write the frame to a file; data: {url, format, rows, bytes, expiresAt}.")
     async def export(
-        self, info: strawberry.Info[Context, None], format: ExportFormat | None = ExportFormat.CSV
+        self,
+        info: strawberry.Info[Context, None],
+        format: ExportFormat | None = ExportFormat.CSV,
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
     ) -> Result:
         fmt = (format or ExportFormat.CSV).value
-        return result(await frames.export(info.context, plan=self.plan, fmt=fmt, name=self.label))
+        options = _options(cache, timeout_ms)
+        return result(await frames.export(info.context, plan=self.plan, fmt=fmt, name=self.label, options=options))
 
 
 @strawberry.type(description="A frame derived from a dataset by transforms.")

@@ -7,9 +7,9 @@ from enum import Enum
 import strawberry
 from strawberry.scalars import JSON
 
+from engine import ColumnInfo
 from resolvers import Outcome
 from resolvers import Problem as PlainProblem
-from storage import ColumnInfo
 
 __all__ = ["Column", "Meta", "Problem", "ProblemCode", "Result", "column", "problem", "result"]
 
@@ -51,6 +51,9 @@ class Meta:
     cached: bool
     cache_key: str
     truncated: bool
+    match_rate: float | None = strawberry.field(
+        default=None, description="For a joined frame's summary: the share of left rows that found a match."
+    )
 
 
 @strawberry.type(description="Every analysis answer: success, data (JSON), meta, and a problem when it failed.")
@@ -77,6 +80,7 @@ def meta(outcome: Outcome) -> Meta:
         cached=outcome.cached,
         cache_key=outcome.cache_key,
         truncated=outcome.truncated,
+        match_rate=outcome.match_rate,
     )
 
 

@@ -15,15 +15,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datagraph import jsonutil
-from datagraph.errors import DatagraphError
-from storage import ColumnInfo
+from datagraph.context import Context
+from datagraph.errors import BadInput, DatagraphError
+from engine import ColumnInfo
 
-__all__ = ["ENGINE_VERSION", "Outcome", "Problem", "answer", "cache_key", "internal_problem"]
+__all__ = [
+    "CACHE_MODES",
+    "ENGINE_VERSION",
+    "Options",
+    "Outcome",
+    "Problem",
+    "analysed",
+    "answer",
+    "cache_key",
+    "internal_problem",
+]
 
 log = logging.getLogger("datagraph")
 
 # Part of every cache key: bump when a result's meaning changes for the same arguments.
-ENGINE_VERSION = "1"
+ENGINE_VERSION = "2"
+CACHE_MODES = ("USE", "REFRESH", "BYPASS")
+_ENVELOPE = b"dg1:"  # cached values start with this; anything else is a miss
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +54,7 @@ class Outcome:
     row_count: int | None = None
     columns: list[ColumnInfo] = field(default_factory=list)
     truncated: bool = False
+    match_rate: float | None = None
     elapsed_ms: float = 0.0
     cached: bool = False
     cache_key: str = ""
@@ -48,6 +62,14 @@ class Outcome:
     @property
     def success(self) -> bool:
         return self.problem is None
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How one result field runs: its cache mode and its own deadline (never above the server's)."""
+
+    cache: str = "USE"  # USE: answer from the cache when it can; REFRESH: recompute and store; BYPASS: neither
+    timeout_ms: int | None = None
 
 
 def cache_key(operation: str, arguments: dict[str, Any], plan_key: dict[str, Any]) -> str:
@@ -71,4 +93,68 @@ async def answer(key: str, work: Callable[[], Awaitable[Outcome]], *, where: str
         outcome = Outcome(problem=internal_problem(exc, where))
     outcome.elapsed_ms = (time.perf_counter() - started) * 1000
     outcome.cache_key = key
+    return outcome
+
+
+def _encode(outcome: Outcome) -> bytes:
+    columns = [[c.name, c.dtype, c.null_count, c.missing_rate] for c in outcome.columns]
+    body = {"d": outcome.data, "n": outcome.row_count, "c": columns, "t": outcome.truncated, "m": outcome.match_rate}
+    return _ENVELOPE + jsonutil.dumps(body)
+
+
+def _decode(raw: bytes) -> Outcome | None:
+    """The cached outcome, or None for anything that is not one of ours (a garbled entry is a miss)."""
+    if not raw.startswith(_ENVELOPE):
+        return None
+    try:
+        body = jsonutil.loads(raw[len(_ENVELOPE) :])
+        columns = [ColumnInfo(name, dtype, nulls, rate) for name, dtype, nulls, rate in body["c"]]
+        return Outcome(
+            data=body["d"], row_count=body["n"], columns=columns, truncated=bool(body["t"]), match_rate=body["m"]
+        )
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+async def analysed(
+    ctx: Context,
+    operation: str,
+    arguments: dict[str, Any],
+    plan_key: dict[str, Any],
+    work: Callable[[float | None], Awaitable[Outcome]],
+    options: Options,
+    *,
+    still_valid: Callable[[Outcome], bool] | None = None,
+) -> Outcome:
+    """`answer` for a result field: look in the cache first (mode USE), run `work` with the request's
+    deadline in seconds on a miss, and store a success (unless BYPASS). Problems are never cached,
+    and a cancelled request stores nothing."""
+    key = cache_key(operation, arguments, plan_key)
+    started = time.perf_counter()
+    cache = ctx.resources.cache
+    if options.cache == "USE":
+        raw = await cache.get(key)
+        hit = _decode(raw) if raw is not None else None
+        if hit is not None and (still_valid is None or still_valid(hit)):
+            hit.cached = True
+            hit.cache_key = key
+            hit.elapsed_ms = (time.perf_counter() - started) * 1000
+            return hit
+        if raw is not None:
+            await cache.delete(key)
+
+    async def run() -> Outcome:
+        if options.cache not in CACHE_MODES:
+            raise BadInput(f"cache must be one of {', '.join(CACHE_MODES)}.")
+        timeout = None
+        if options.timeout_ms is not None:
+            if options.timeout_ms <= 0:
+                raise BadInput("timeoutMs must be a positive number of milliseconds.")
+            timeout = options.timeout_ms / 1000
+        return await work(timeout)
+
+    outcome = await answer(key, run, where=operation)
+    if outcome.success and options.cache != "BYPASS":
+        await cache.set(key, _encode(outcome))
+    outcome.elapsed_ms = (time.perf_counter() - started) * 1000
     return outcome

@@ -11,16 +11,18 @@ from typing import Protocol
 from connectors import ingest, sniff
 from datagraph.context import Context
 from datagraph.errors import NotFound, TooLarge
-from engine import Plan, Source
+from engine import Join, Plan, Source
 from storage import DatasetRecord, storage_guard
 
 __all__ = [
     "UPLOADS",
     "SourceInfo",
     "dataset_plan",
+    "dataset_source",
     "delete_dataset",
     "display_name",
     "get_dataset",
+    "join_step",
     "list_datasets",
     "list_sources",
     "require_dataset",
@@ -64,8 +66,19 @@ def require_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
 
 
 def dataset_plan(ctx: Context, record: DatasetRecord) -> Plan:
+    return Plan(dataset_source(ctx, record))
+
+
+def dataset_source(ctx: Context, record: DatasetRecord) -> Source:
     path = ctx.resources.files.dataset_file(record.id, record.version)
-    return Plan(Source(record.id, record.version, path))
+    return Source(record.id, record.version, path, generation=record.created_at.isoformat())
+
+
+def join_step(ctx: Context, right: str, on: list[str], how: str) -> Join:
+    """A join with the right dataset's current version; a missing one answers NOT_FOUND when run."""
+    record = get_dataset(ctx, right)
+    source = dataset_source(ctx, record) if record else Source(right, 0, Path())
+    return Join(source, tuple(on), how)
 
 
 def _clip(text: str, n: int = 80) -> str:
@@ -115,14 +128,14 @@ async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, 
     committed = False
     try:
         size = await _stage(ctx, stream, staged)
-        fmt = await res.executor.run(sniff, staged, safe_filename, res.ingest_limits)
+        fmt = await res.executor.run_io(sniff, staged, safe_filename, res.ingest_limits)
         origin = {"format": fmt, "filename": safe_filename, "bytes": size}
         dataset_id = res.metadata.reserve_dataset(wanted_id=_slug(title), name=title, source_id=UPLOADS, origin=origin)
         with storage_guard():
             result = await res.executor.run(ingest, staged, fmt, parquet, res.ingest_limits)
             # fsync and rename off the event loop: a large file's fsync takes a while.
-            await res.executor.run(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
-            kept = await res.executor.run(res.files.keep_upload, staged, fmt)
+            await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
+            kept = await res.executor.run_io(res.files.keep_upload, staged, fmt)
         record = res.metadata.mark_ready(
             dataset_id,
             version=1,

@@ -1,4 +1,9 @@
-"""Result fields of a frame: rows, count, describe, export. Each answers an `Outcome`."""
+"""Result fields of a frame: rows, count, describe, valueCounts, summary, chart, explain, export.
+
+Each answers an `Outcome` through `analysed`, which keys the cache on the operation, its
+arguments and the plan (every dataset version it reads), and runs the work in a worker with the
+request's deadline.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,10 @@ import engine
 from datagraph.context import Context
 from datagraph.errors import BadInput
 from engine import Plan
-from resolvers._outcome import Outcome, answer, cache_key
+from resolvers._outcome import Options, Outcome, analysed
 from storage import ExportRecord
 
-__all__ = ["count", "describe", "explain", "export", "rows", "value_counts"]
+__all__ = ["chart", "count", "describe", "explain", "export", "rows", "summary", "value_counts"]
 
 
 def _check_limit(ctx: Context, where: str, limit: int | None, offset: int | None, default: int) -> tuple[int, int]:
@@ -30,44 +35,93 @@ def _check_limit(ctx: Context, where: str, limit: int | None, offset: int | None
     return limit, offset
 
 
-async def rows(ctx: Context, *, plan: Plan, limit: int | None, offset: int | None, default: int = 100) -> Outcome:
+async def rows(
+    ctx: Context, *, plan: Plan, limit: int | None, offset: int | None, options: Options, default: int = 100
+) -> Outcome:
     """Up to `limit` records after `offset` (`default` for an explicit null); `truncated` says more rows follow."""
-    args = {"limit": limit, "offset": offset}
 
-    async def work() -> Outcome:
+    async def work(timeout: float | None) -> Outcome:
         lim, off = _check_limit(ctx, "rows", limit, offset, default)
-        page = await ctx.resources.executor.run(engine.rows, plan, limit=lim, offset=off)
+        page = await ctx.resources.executor.run(engine.rows, plan, limit=lim, offset=off, timeout=timeout)
         return Outcome(data=page.records, row_count=len(page.records), columns=page.columns, truncated=page.truncated)
 
-    return await answer(cache_key("rows", args, plan.key()), work, where="rows")
+    args = {"limit": default if limit is None else limit, "offset": offset or 0}
+    return await analysed(ctx, "rows", args, plan.key(), work, options)
 
 
-async def count(ctx: Context, *, plan: Plan) -> Outcome:
-    async def work() -> Outcome:
-        n = await ctx.resources.executor.run(engine.count, plan)
+async def count(ctx: Context, *, plan: Plan, options: Options) -> Outcome:
+    async def work(timeout: float | None) -> Outcome:
+        n = await ctx.resources.executor.run(engine.count, plan, timeout=timeout)
         return Outcome(data={"count": n}, row_count=n)
 
-    return await answer(cache_key("count", {}, plan.key()), work, where="count")
+    return await analysed(ctx, "count", {}, plan.key(), work, options)
 
 
-async def describe(ctx: Context, *, plan: Plan, columns: list[str] | None) -> Outcome:
-    async def work() -> Outcome:
-        stats = await ctx.resources.executor.run(engine.describe, plan, columns=columns)
+async def describe(ctx: Context, *, plan: Plan, columns: list[str] | None, options: Options) -> Outcome:
+    async def work(timeout: float | None) -> Outcome:
+        stats = await ctx.resources.executor.run(engine.describe, plan, columns=columns, timeout=timeout)
         return Outcome(data=stats, row_count=len(stats))
 
-    return await answer(cache_key("describe", {"columns": columns}, plan.key()), work, where="describe")
+    return await analysed(ctx, "describe", {"columns": columns}, plan.key(), work, options)
 
 
-async def export(ctx: Context, *, plan: Plan, fmt: str, name: str) -> Outcome:
-    """Write the frame to a file and answer with a download link that expires."""
+async def value_counts(ctx: Context, *, plan: Plan, column: str, limit: int | None, options: Options) -> Outcome:
+    async def work(timeout: float | None) -> Outcome:
+        lim, _ = _check_limit(ctx, "valueCounts", limit, 0, 20)
+        records, distinct = await ctx.resources.executor.run(
+            engine.value_counts, plan, column=column, limit=lim, timeout=timeout
+        )
+        return Outcome(data=records, row_count=len(records), truncated=distinct > len(records))
 
-    async def work() -> Outcome:
+    args = {"column": column, "limit": 20 if limit is None else limit}
+    return await analysed(ctx, "valueCounts", args, plan.key(), work, options)
+
+
+async def summary(ctx: Context, *, plan: Plan, options: Options) -> Outcome:
+    """Row count and columns of the frame, and for each join in it the rows on each side and how
+    many left rows found a match; `meta.matchRate` is the last join's."""
+
+    async def work(timeout: float | None) -> Outcome:
+        facts = await ctx.resources.executor.run(engine.summary, plan, timeout=timeout)
+        joins = facts["joins"]
+        return Outcome(data=facts, row_count=facts["rows"], match_rate=joins[-1]["matchRate"] if joins else None)
+
+    return await analysed(ctx, "summary", {}, plan.key(), work, options)
+
+
+async def chart(ctx: Context, *, plan: Plan, spec: dict[str, Any], options: Options) -> Outcome:
+    """A Vega-Lite spec of the frame with its values inline (at most `chart_max_points`)."""
+
+    async def work(timeout: float | None) -> Outcome:
+        vega = await ctx.resources.executor.run(
+            engine.chart, plan, **spec, max_points=ctx.settings.chart_max_points, timeout=timeout
+        )
+        values = vega.get("data", {}).get("values", [])
+        return Outcome(data=vega, row_count=len(values))
+
+    args = {**spec, "maxPoints": ctx.settings.chart_max_points}
+    return await analysed(ctx, "chart", args, plan.key(), work, options)
+
+
+async def explain(ctx: Context, *, plan: Plan, options: Options) -> Outcome:
+    async def work(timeout: float | None) -> Outcome:
+        return Outcome(data=await ctx.resources.executor.run(engine.explain, plan, timeout=timeout))
+
+    return await analysed(ctx, "explain", {}, plan.key(), work, options)
+
+
+async def export(ctx: Context, *, plan: Plan, fmt: str, name: str, options: Options) -> Outcome:
+    """Write the frame to a file and answer with a download link that expires. A cached export is
+    answered only while its file has at least a tenth of its lifetime left."""
+    metadata = ctx.resources.metadata
+
+    async def work(timeout: float | None) -> Outcome:
         if fmt not in engine.EXPORT_FORMATS:
             raise BadInput(f"export: unknown format {fmt}; use one of {', '.join(engine.EXPORT_FORMATS)}.")
         ext = engine.EXPORT_FORMATS[fmt]
         token = secrets.token_urlsafe(32)
         out = ctx.resources.files.export_file(token, ext)
-        n_rows, n_bytes = await ctx.resources.executor.run(engine.export, plan, fmt=fmt, out=out)
+        n_rows, n_bytes = await ctx.resources.executor.run(engine.export, plan, fmt=fmt, out=out, timeout=timeout)
         now = dt.datetime.now(dt.UTC)
         record = ExportRecord(
             token=token,
@@ -79,8 +133,9 @@ async def export(ctx: Context, *, plan: Plan, fmt: str, name: str) -> Outcome:
             created_at=now,
             expires_at=now + dt.timedelta(seconds=ctx.settings.export_ttl_s),
         )
-        ctx.resources.metadata.add_export(record)
+        metadata.add_export(record)
         data: dict[str, Any] = {
+            "token": token,
             "url": f"{ctx.base_url}/exports/{token}",
             "format": fmt,
             "rows": n_rows,
@@ -89,21 +144,12 @@ async def export(ctx: Context, *, plan: Plan, fmt: str, name: str) -> Outcome:
         }
         return Outcome(data=data, row_count=n_rows)
 
-    return await answer(cache_key("export", {"format": fmt}, plan.key()), work, where="export")
+    def still_valid(hit: Outcome) -> bool:
+        record = metadata.get_export(str(hit.data.get("token", ""))) if isinstance(hit.data, dict) else None
+        margin = dt.timedelta(seconds=ctx.settings.export_ttl_s / 10)
+        if record is None or record.expires_at - dt.datetime.now(dt.UTC) < margin:
+            return False
+        hit.data["url"] = f"{ctx.base_url}/exports/{record.token}"  # the link as this client reached us
+        return True
 
-
-async def value_counts(ctx: Context, *, plan: Plan, column: str, limit: int | None) -> Outcome:
-    async def work() -> Outcome:
-        lim, _ = _check_limit(ctx, "valueCounts", limit, 0, 20)
-        records, distinct = await ctx.resources.executor.run(engine.value_counts, plan, column=column, limit=lim)
-        return Outcome(data=records, row_count=len(records), truncated=distinct > len(records))
-
-    args = {"column": column, "limit": limit}
-    return await answer(cache_key("valueCounts", args, plan.key()), work, where="valueCounts")
-
-
-async def explain(ctx: Context, *, plan: Plan) -> Outcome:
-    async def work() -> Outcome:
-        return Outcome(data=await ctx.resources.executor.run(engine.explain, plan))
-
-    return await answer(cache_key("explain", {}, plan.key()), work, where="explain")
+    return await analysed(ctx, "export", {"format": fmt}, plan.key(), work, options, still_valid=still_valid)

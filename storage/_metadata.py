@@ -18,8 +18,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from datagraph import jsonutil
+from engine import ColumnInfo
 
-__all__ = ["ColumnInfo", "DatasetRecord", "ExportRecord", "MetadataStore"]
+__all__ = ["DatasetRecord", "ExportRecord", "MetadataStore"]
 
 _meta = sa.MetaData()
 
@@ -59,14 +60,6 @@ def _now() -> dt.datetime:
 def _aware(value: dt.datetime) -> dt.datetime:
     # SQLite hands back naive datetimes; everything stored is UTC.
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnInfo:
-    name: str
-    dtype: str
-    null_count: int
-    missing_rate: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +133,11 @@ class MetadataStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _meta.create_all(self.engine)
+
+    def ping(self) -> None:
+        """Raise unless the database answers a trivial query."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:
         self.engine.dispose()

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from starlette.testclient import TestClient
 
@@ -83,3 +90,56 @@ def settings(tmp_path: Path) -> Settings:
 def api(settings: Settings) -> Iterator[Api]:
     with TestClient(create_app(settings)) as client:
         yield Api(client, settings)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(work: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """A real `datagraph serve` under uvicorn on loopback, as a user starts it; yields its base URL."""
+    port = free_port()
+    log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
+    command = [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(work / "data"), *args]
+    proc = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=work,
+        env={**os.environ, **(env or {})},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(base + "/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not answer /healthz: " + (work / "server.log").read_text())
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        log.close()
+
+
+def upload_over_http(base: str, path: Path) -> str:
+    """Upload a file to a running server over HTTP; return the dataset id."""
+    ops = {"query": UPLOAD, "variables": {"file": None, "name": None}}
+    response = httpx.post(
+        base + "/graphql",
+        data={"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
+        files={"0": (path.name, path.read_bytes(), "application/octet-stream")},
+        headers={"Apollo-Require-Preflight": "true"},
+        timeout=60,
+    )
+    payload = response.json()["data"]["uploadDataset"]
+    assert payload["success"], payload
+    dataset_id: str = payload["dataset"]["id"]
+    return dataset_id

@@ -4,19 +4,15 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT
+from conftest import ROOT, running_server
 
 from datagraph.cli import load_settings, main
 from datagraph.settings import Settings, settings_table
@@ -32,37 +28,12 @@ def _blocks(language: str, section: str | None = None) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real `datagraph serve` under uvicorn on loopback, as a user starts it."""
     work = tmp_path_factory.mktemp("readme")
-    port = _free_port()
-    log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(work / "data")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=work,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(base + "/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server did not answer /healthz: " + (work / "server.log").read_text())
+    with running_server(work) as base:
         yield base, work
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-        log.close()
 
 
 def _successes(node: object) -> list[bool]:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import cast
 
 import polars as pl
 
-from storage._metadata import ColumnInfo
+__all__ = ["ColumnInfo", "column_infos", "dtype_name"]
 
-__all__ = ["column_infos", "dtype_name"]
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    name: str
+    dtype: str
+    null_count: int
+    missing_rate: float
 
 
 def dtype_name(dtype: pl.DataType) -> str:

@@ -1,0 +1,189 @@
+"""The result cache: aiocache backends behind one small class.
+
+Values are opaque bytes under keys that already carry every dataset version a result read, so
+an entry is never stale, only unused; the LRU drops it when memory is needed.
+
+- Memory (always): `LruMemoryCache`, an aiocache backend bounded by bytes (aiocache's own memory
+  cache has no bound), least recently used out first.
+- Redis (when a `redis://` URL is set): aiocache's `RedisCache` with a short per-operation timeout,
+  in front of which memory still answers first. A Redis error or timeout is logged once, Redis is
+  left alone for a few seconds, and the memory cache carries on: never a user-visible error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from aiocache import RedisCache
+from aiocache.base import BaseCache
+from aiocache.serializers import BaseSerializer
+
+__all__ = ["CacheStats", "LruMemoryCache", "ResultCache"]
+
+log = logging.getLogger("datagraph.cache")
+_PREFIX = "datagraph:result:"
+_RETRY_REDIS_S = 5.0
+
+
+class _Bytes(BaseSerializer):  # type: ignore[misc]
+    """Values are bytes already: store them as they are."""
+
+    DEFAULT_ENCODING = None
+
+    def dumps(self, value: Any) -> Any:
+        return value
+
+    def loads(self, value: Any) -> Any:
+        return value
+
+
+class LruMemoryCache(BaseCache):  # type: ignore[misc]
+    """An aiocache backend holding at most `max_bytes` of values; least recently used out first."""
+
+    NAME = "lru-memory"
+
+    def __init__(self, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(serializer=_Bytes(), **kwargs)
+        self.max_bytes = max_bytes
+        self.used = 0
+        self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key -> (value, expires at)
+
+    async def _get(self, key: str, encoding: Any = None, _conn: Any = None) -> bytes | None:
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if entry[1] and entry[1] < time.monotonic():
+            self._drop(key)
+            return None
+        self._data.move_to_end(key)
+        return entry[0]
+
+    async def _set(self, key: str, value: bytes, ttl: Any = None, _cas_token: Any = None, _conn: Any = None) -> bool:
+        size = len(value) + len(key)
+        if size > self.max_bytes:
+            return False  # larger than the whole budget: not worth evicting everything for
+        self._drop(key)
+        while self.used + size > self.max_bytes:
+            self._drop(next(iter(self._data)))
+        self._data[key] = (value, time.monotonic() + ttl if ttl else 0.0)
+        self.used += size
+        return True
+
+    async def _exists(self, key: str, _conn: Any = None) -> bool:
+        return await self._get(key) is not None
+
+    async def _delete(self, key: str, _conn: Any = None) -> int:
+        return 1 if self._drop(key) else 0
+
+    async def _clear(self, namespace: Any = None, _conn: Any = None) -> bool:
+        self._data.clear()
+        self.used = 0
+        return True
+
+    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
+        return None
+
+    def _drop(self, key: str) -> bool:
+        entry = self._data.pop(key, None)
+        if entry is None:
+            return False
+        self.used -= len(entry[0]) + len(key)
+        return True
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class CacheStats:
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.redis_errors = 0
+
+
+class ResultCache:
+    """get/set of result bytes by key: memory first, then Redis when configured."""
+
+    def __init__(self, *, memory_bytes: int, url: str = "", timeout_s: float = 0.25, ttl_s: int = 86_400) -> None:
+        self.memory = LruMemoryCache(memory_bytes, timeout=None)
+        self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self.redis: RedisCache | None = _redis(url, timeout_s) if url else None
+        self.stats = CacheStats()
+        self._redis_down_until = 0.0
+
+    @property
+    def backend(self) -> str:
+        return "redis+memory" if self.redis is not None else "memory"
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self.memory.get(key)
+        if value is None and self._redis_usable():
+            value = await self._on_redis("get", _PREFIX + key)
+            if value is not None:
+                await self.memory.set(key, value, ttl=self.ttl_s)
+        if value is None:
+            self.stats.misses += 1
+        else:
+            self.stats.hits += 1
+        return value
+
+    async def set(self, key: str, value: bytes) -> None:
+        await self.memory.set(key, value, ttl=self.ttl_s)
+        if self._redis_usable():
+            await self._on_redis("set", _PREFIX + key, value)
+
+    async def delete(self, key: str) -> None:
+        """Forget one entry (a hit that turned out unusable)."""
+        await self.memory.delete(key)
+        if self._redis_usable():
+            await self._on_redis("delete", _PREFIX + key)
+
+    def _redis_usable(self) -> bool:
+        return self.redis is not None and time.monotonic() >= self._redis_down_until
+
+    async def _on_redis(self, op: str, key: str, value: bytes | None = None) -> Any:
+        assert self.redis is not None
+        try:
+            if op == "get":
+                return await self.redis.get(key, timeout=self.timeout_s)
+            if op == "set":  # SET with PX directly: aiocache's setex path warns under redis-py 8
+                return await self.redis.raw("set", key, value, px=self.ttl_s * 1000, timeout=self.timeout_s)
+            return await self.redis.delete(key, timeout=self.timeout_s)
+        except Exception as exc:  # a timeout too: TimeoutError is an Exception
+            self.stats.redis_errors += 1
+            if time.monotonic() >= self._redis_down_until:
+                log.warning(
+                    "result cache: Redis %s failed (%s); using memory only for %g s",
+                    op,
+                    type(exc).__name__,
+                    _RETRY_REDIS_S,
+                )
+            self._redis_down_until = time.monotonic() + _RETRY_REDIS_S
+            return None
+
+    async def close(self) -> None:
+        if self.redis is not None:
+            await self.redis.client.aclose()
+
+
+def _redis(url: str, timeout_s: float) -> RedisCache:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("cache_url must be empty (memory) or a redis:// URL")
+    db = int(parts.path.strip("/") or 0)
+    return RedisCache(
+        serializer=_Bytes(),
+        endpoint=parts.hostname or "127.0.0.1",
+        port=parts.port or 6379,
+        db=db,
+        password=unquote(parts.password) if parts.password else None,
+        ssl=parts.scheme == "rediss",
+        create_connection_timeout=timeout_s,
+        connection_pool_kwargs={"socket_timeout": timeout_s},
+        timeout=timeout_s,
+    )

@@ -1,0 +1,75 @@
+"""A worker process: runs one job at a time for the server, under a memory cap.
+
+Started as `python -m engine._worker MEMORY_MB` by `engine.Executor`. Jobs arrive on stdin and
+answers leave on the original stdout, each framed as an 8-byte big-endian length and a pickle;
+fd 1 is pointed at stderr so nothing a library prints can corrupt the stream. A job is
+`(fn, args, kwargs)` with `fn` a module-level function; the answer is `("ok", value)`,
+`("problem", exc)` for a `DatagraphError`, `("memory", None)` for a `MemoryError`, or
+`("crash", traceback_text)`. The server kills this process when a job overruns its deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import struct
+import sys
+import traceback
+from typing import Any, BinaryIO
+
+_HEADER = struct.Struct(">Q")
+
+
+def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
+    chunks: list[bytes] = []
+    while n:
+        chunk = stream.read(n)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _answer(job: Any) -> tuple[str, Any]:
+    from datagraph.errors import DatagraphError
+
+    fn, args, kwargs = job
+    try:
+        return "ok", fn(*args, **kwargs)
+    except DatagraphError as exc:
+        return "problem", exc
+    except MemoryError:
+        return "memory", None
+    except Exception:
+        return "crash", traceback.format_exc()
+
+
+def main(memory_mb: int) -> None:
+    if memory_mb > 0:
+        cap = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    inp = os.fdopen(os.dup(0), "rb", buffering=0)
+    import engine  # noqa: F401  (warm the imports before the first job)
+
+    out.write(_HEADER.pack(0))  # ready
+    while True:
+        header = _read_exactly(inp, _HEADER.size)
+        if header is None:
+            return
+        body = _read_exactly(inp, _HEADER.unpack(header)[0])
+        if body is None:
+            return
+        answer = _answer(pickle.loads(body))  # noqa: S301  (the server is the only writer)
+        try:
+            data = pickle.dumps(answer, protocol=5)
+        except Exception:
+            data = pickle.dumps(("crash", traceback.format_exc()), protocol=5)
+        out.write(_HEADER.pack(len(data)) + data)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)

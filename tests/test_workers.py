@@ -1,0 +1,172 @@
+"""Deadlines that really stop work: analysis runs in worker processes that are killed at their
+deadline, when they exceed their memory cap, or when the client goes away; the pool heals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from conftest import DATA, Api, make_settings, running_server, upload_over_http
+from starlette.testclient import TestClient
+
+from datagraph.app import create_app
+
+# Every diamond joined with every diamond of the same cut (~830 million rows), then sorted: a
+# query that runs for many seconds of CPU in Polars and that Polars' own cancel() cannot stop.
+HEAVY = """{ dataset(id: "diamonds") { join(right: "diamonds", on: ["cut"]) {
+  sort(by: [{column: "price_right"}]) { rows(limit: 5%s) { success data error { code message } meta { cached } } } } } }"""
+DIAMONDS_ROWS = len(pd.read_csv(DATA / "diamonds.csv"))
+LIGHT = '{ dataset(id: "diamonds") { count(cache: BYPASS) { success data } } }'
+
+
+def _children() -> list[int]:
+    """Child processes of this test process (the app's workers run as our children)."""
+    pids: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        text = (task / "children").read_text().split()
+        pids += [int(p) for p in text]
+    return pids
+
+
+def _cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def _pool(api: Api) -> dict[str, Any]:
+    workers: dict[str, Any] = api.client.get("/readyz").json()["workers"]
+    return workers
+
+
+@pytest.fixture
+def diamonds(api: Api) -> Api:
+    api.upload_ok(DATA / "diamonds.csv")
+    return api
+
+
+def test_a_query_past_its_deadline_is_killed_and_the_next_one_works(diamonds: Api) -> None:
+    api = diamonds
+    started = time.monotonic()
+    answer = api.data(HEAVY % ", timeoutMs: 2000")["dataset"]["join"]["sort"]["rows"]
+    elapsed = time.monotonic() - started
+    assert answer["success"] is False
+    assert answer["error"]["code"] == "TIMEOUT"
+    assert "2 s" in answer["error"]["message"] and "timeoutMs" in answer["error"]["message"]
+    assert elapsed < 3.0, f"TIMEOUT came after {elapsed:.2f} s"
+    # The CPU is free again: the workers burn (almost) nothing over the next half second.
+    time.sleep(0.3)
+    before = _cpu_ticks(_children())
+    time.sleep(0.5)
+    assert _cpu_ticks(_children()) - before < 10, "a worker is still computing the abandoned query"
+    pool = _pool(api)
+    assert pool["killed"] == 1 and pool["workers"] == 2 and pool["busy"] == 0
+    # The next query works, and the timed-out one left nothing in the cache.
+    assert api.data(LIGHT)["dataset"]["count"] == {"success": True, "data": {"count": DIAMONDS_ROWS}}
+    again = api.data(HEAVY % ", timeoutMs: 300")["dataset"]["join"]["sort"]["rows"]
+    assert again["error"]["code"] == "TIMEOUT" and again["meta"]["cached"] is False
+
+
+def test_the_server_deadline_applies_without_timeout_ms_and_caps_it(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, timeout_s=1)
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        api.upload_ok(DATA / "diamonds.csv")
+        started = time.monotonic()
+        answer = api.data(HEAVY % ", timeoutMs: 600000")["dataset"]["join"]["sort"]["rows"]
+        assert answer["error"]["code"] == "TIMEOUT"
+        assert "timeout_s" in answer["error"]["message"]
+        assert time.monotonic() - started < 2.5
+        assert api.data(LIGHT)["dataset"]["count"]["success"] is True
+
+
+def test_timeout_ms_must_be_positive(diamonds: Api) -> None:
+    answer = diamonds.data('{ dataset(id: "diamonds") { count(timeoutMs: 0) { success error { code message } } } }')
+    assert answer["dataset"]["count"]["error"]["code"] == "BAD_INPUT"
+    assert "timeoutMs" in answer["dataset"]["count"]["error"]["message"]
+
+
+def test_a_memory_bomb_kills_a_worker_not_the_server(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, worker_memory_mb=2048)
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        api.upload_ok(DATA / "diamonds.csv")
+        rss_before = _rss_mib(os.getpid())
+        # Materialising the whole many-to-many join needs tens of GiB.
+        query = '{ dataset(id: "diamonds") { join(right: "diamonds", on: ["cut"]) { export(format: PARQUET) { success error { code message } } } } }'
+        answer = api.data(query)["dataset"]["join"]["export"]
+        assert answer["success"] is False
+        assert answer["error"]["code"] == "TOO_LARGE"
+        assert "worker_memory_mb" in answer["error"]["message"]
+        assert _rss_mib(os.getpid()) - rss_before < 200, "the server process itself grew"
+        assert api.data(LIGHT)["dataset"]["count"]["success"] is True
+        assert _pool(api)["workers"] == 2
+        assert not list((settings.data_dir / "exports").iterdir()), "a half-written export was left behind"
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_worker_that_dies_mid_query_fails_the_query_clearly_and_is_replaced(diamonds: Api) -> None:
+    api = diamonds
+    before = set(_children())
+    answers: list[dict[str, Any]] = []
+    thread = threading.Thread(target=lambda: answers.append(api.data(HEAVY % ", timeoutMs: 20000")))
+    thread.start()
+    deadline = time.monotonic() + 10
+    busy: list[int] = []
+    while not busy and time.monotonic() < deadline:  # the worker that is burning CPU
+        time.sleep(0.2)
+        busy = [pid for pid in before if _cpu_ticks([pid]) > 20]
+    assert busy, "no worker picked up the query"
+    os.kill(busy[0], signal.SIGKILL)  # as the kernel's OOM killer would
+    thread.join(15)
+    rows = answers[0]["dataset"]["join"]["sort"]["rows"]
+    assert rows["success"] is False
+    assert rows["error"]["code"] == "INTERNAL"
+    assert "error id" in rows["error"]["message"] and "Traceback" not in rows["error"]["message"]
+    assert api.data(LIGHT)["dataset"]["count"]["success"] is True
+    pool = _pool(api)
+    assert pool["crashed"] == 1 and pool["workers"] == 2
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    work = tmp_path_factory.mktemp("live")
+    with running_server(work) as base:
+        upload_over_http(base, DATA / "diamonds.csv")
+        yield base
+
+
+def test_a_client_that_disconnects_cancels_its_job(live: str) -> None:
+    ready = httpx.get(live + "/readyz").json()["workers"]
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(live + "/graphql", json={"query": HEAVY % ""}, timeout=1.0)
+    deadline = time.monotonic() + 3
+    workers = ready
+    while time.monotonic() < deadline:
+        workers = httpx.get(live + "/readyz").json()["workers"]
+        if workers["killed"] > ready["killed"] and workers["busy"] == 0:
+            break
+        time.sleep(0.1)
+    assert workers["killed"] == ready["killed"] + 1, workers
+    assert workers["busy"] == 0 and workers["workers"] == 2
+    answer = httpx.post(live + "/graphql", json={"query": LIGHT}, timeout=30).json()
+    assert answer["data"]["dataset"]["count"]["data"] == {"count": DIAMONDS_ROWS}

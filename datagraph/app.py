@@ -285,6 +285,7 @@ async def open_resources(settings: Settings) -> Resources:
     files = DataDir(settings.data_dir)
     metadata = MetadataStore(settings.resolved_metadata_url)
     metadata.sweep_pending()
+    metadata.sweep_jobs()
     files.sweep({r.id for r in metadata.list_datasets()}, metadata.export_tokens())
     executor = Executor(settings.workers, memory_mb=settings.worker_memory_mb, timeout_s=settings.timeout_s)
     await executor.start()

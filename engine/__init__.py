@@ -7,7 +7,18 @@ operations and the result cache are in `engine.runtime`.
 from engine._chart import CHART_KINDS, chart
 from engine._clean import Clean
 from engine._columns import ColumnInfo, column_infos, dtype_name
-from engine._ops import EXPORT_FORMATS, Rows, count, describe, explain, export, rows, summary, value_counts
+from engine._ops import (
+    EXPORT_FORMATS,
+    Rows,
+    count,
+    describe,
+    explain,
+    export,
+    materialise,
+    rows,
+    summary,
+    value_counts,
+)
 from engine._plan import (
     AGG_FNS,
     OPS,
@@ -57,6 +68,7 @@ __all__ = [
     "dtype_name",
     "explain",
     "export",
+    "materialise",
     "rows",
     "summary",
     "value_counts",

@@ -194,6 +194,20 @@ def explain(plan: Plan) -> dict[str, Any]:
     return {"plan": text, "columns": [{"name": n, "dtype": dtype_name(d)} for n, d in schema.items()]}
 
 
+def materialise(plan: Plan, *, out: Path) -> tuple[int, int, list[ColumnInfo]]:
+    """Write the plan's result as Parquet to `out` (via a temporary name); return (rows read from
+    the source, rows written, columns)."""
+    frame, _ = build(plan)
+    data, source_rows = collect(frame, pl.scan_parquet(plan.source.path).select(pl.len()))
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        data.write_parquet(tmp, compression="lz4")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return int(source_rows.item()), data.height, column_infos(data)
+
+
 def summary(plan: Plan) -> dict[str, Any]:
     """Rows and columns of the plan's result; for each join, the rows on each side and how many
     left rows matched at least one right row (the match rate)."""

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import engine
 from connectors import ingest, sniff
 from datagraph.context import Context
-from datagraph.errors import NotFound, TooLarge
+from datagraph.errors import BadInput, DatagraphError, NotFound, TooLarge
 from engine import Join, Plan, Source
-from storage import DatasetRecord, storage_guard
+from storage import DatasetRecord, JobRecord, storage_guard
 
 __all__ = [
+    "FRAMES",
     "UPLOADS",
     "SourceInfo",
     "dataset_plan",
@@ -22,14 +25,19 @@ __all__ = [
     "delete_dataset",
     "display_name",
     "get_dataset",
+    "get_job",
     "join_step",
     "list_datasets",
+    "list_jobs",
     "list_sources",
+    "new_job_id",
     "require_dataset",
+    "save_frame",
     "upload_dataset",
 ]
 
 UPLOADS = "uploads"
+FRAMES = "frames"
 _CHUNK = 1 << 20
 
 
@@ -46,7 +54,10 @@ class SourceInfo:
 
 
 def list_sources(ctx: Context) -> list[SourceInfo]:
-    return [SourceInfo(id=UPLOADS, name="Uploaded files", kind="FILE", status="OK")]
+    return [
+        SourceInfo(id=UPLOADS, name="Uploaded files", kind="FILE", status="OK"),
+        SourceInfo(id=FRAMES, name="Saved frames", kind="FILE", status="OK"),
+    ]
 
 
 def list_datasets(ctx: Context, *, source_id: str | None = None) -> list[DatasetRecord]:
@@ -163,3 +174,57 @@ def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
     res.files.remove_dataset(record.id)
     res.files.remove_upload(str(record.origin.get("stored_as", "")))
     return record
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def get_job(ctx: Context, job_id: str) -> JobRecord | None:
+    return ctx.resources.metadata.get_job(job_id)
+
+
+def list_jobs(ctx: Context, limit: int) -> list[JobRecord]:
+    return ctx.resources.metadata.list_jobs(limit)
+
+
+async def save_frame(ctx: Context, *, plan: Plan, name: str, job_id: str) -> DatasetRecord:
+    """Materialise a pipeline as a new dataset, as a transform job recorded in the metadata store
+    (status, timings, row counts and its steps); nothing is visible unless all of it worked."""
+    res = ctx.resources
+    if not name or not name.strip():
+        raise BadInput("saveFrame needs a name for the new dataset.")
+    title = display_name(name)
+    steps = {"dataset": plan.source.dataset_id, **plan.key()}
+    job = res.metadata.start_job(job_id, kind="saveFrame", steps=steps)
+    parquet = res.files.staging_path(".parquet")
+    dataset_id: str | None = None
+    committed = False
+    try:
+        with storage_guard():
+            rows_in, rows_out, columns = await res.executor.run(engine.materialise, plan, out=parquet)
+            if rows_out > ctx.settings.max_rows:
+                raise TooLarge(
+                    f"The frame has {rows_out:,} rows, more than a dataset may hold ({ctx.settings.max_rows:,},"
+                    " setting max_rows); filter or group it first."
+                )
+            origin = {"kind": "saveFrame", "job": job.id, "from": plan.source.dataset_id, "steps": steps["steps"]}
+            dataset_id = res.metadata.reserve_dataset(
+                wanted_id=_slug(title), name=title, source_id=FRAMES, origin=origin
+            )
+            await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
+        record = res.metadata.mark_ready(dataset_id, version=1, row_count=rows_out, columns=columns, origin=origin)
+        committed = True
+        res.metadata.finish_job(job.id, dataset_id=record.id, rows_in=rows_in, rows_out=rows_out)
+        return record
+    except DatagraphError as exc:
+        res.metadata.finish_job(job.id, error=exc.message)
+        raise
+    except BaseException:  # cancelled, or unexpected: the job still ends, and says so
+        res.metadata.finish_job(job.id, error="The job did not finish (cancelled or failed on the server).")
+        raise
+    finally:
+        parquet.unlink(missing_ok=True)
+        if dataset_id is not None and not committed:
+            res.metadata.discard_pending(dataset_id)
+            res.files.remove_dataset(dataset_id)

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from datagraph import jsonutil
 from engine import ColumnInfo
 
-__all__ = ["DatasetRecord", "ExportRecord", "MetadataStore"]
+__all__ = ["DatasetRecord", "ExportRecord", "JobRecord", "MetadataStore"]
 
 _meta = sa.MetaData()
 
@@ -50,6 +50,22 @@ exports = sa.Table(
     sa.Column("bytes", sa.BigInteger, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+jobs = sa.Table(
+    "jobs",
+    _meta,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # saveFrame, ...
+    sa.Column("status", sa.String(16), nullable=False),  # running | succeeded | failed
+    sa.Column("dataset_id", sa.String(80), nullable=True),  # what the job made
+    sa.Column("steps", sa.Text, nullable=False, default="{}"),  # the pipeline, as plain data
+    sa.Column("rows_in", sa.BigInteger, nullable=True),
+    sa.Column("rows_out", sa.BigInteger, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),  # the problem's message when failed
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 
@@ -86,6 +102,35 @@ class ExportRecord:
     bytes: int
     created_at: dt.datetime
     expires_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    kind: str
+    status: str
+    dataset_id: str | None
+    steps: dict[str, Any]
+    rows_in: int | None
+    rows_out: int | None
+    error: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+def _job(row: Any) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        kind=row.kind,
+        status=row.status,
+        dataset_id=row.dataset_id,
+        steps=jsonutil.loads(row.steps),
+        rows_in=row.rows_in,
+        rows_out=row.rows_out,
+        error=row.error,
+        started_at=_aware(row.started_at),
+        finished_at=_aware(row.finished_at) if row.finished_at else None,
+    )
 
 
 def _dataset(row: Any) -> DatasetRecord:
@@ -227,6 +272,64 @@ class MetadataStore:
             ids = [r.id for r in conn.execute(sa.select(datasets.c.id).where(datasets.c.status == "pending"))]
             conn.execute(datasets.delete().where(datasets.c.status == "pending"))
         return ids
+
+    # jobs
+
+    def start_job(self, job_id: str, *, kind: str, steps: dict[str, Any]) -> JobRecord:
+        with self._tx() as conn:
+            conn.execute(
+                jobs.insert().values(
+                    id=job_id, kind=kind, status="running", steps=jsonutil.dumps(steps).decode(), started_at=_now()
+                )
+            )
+            row = conn.execute(jobs.select().where(jobs.c.id == job_id)).one()
+        return _job(row)
+
+    def finish_job(
+        self,
+        job_id: str,
+        *,
+        dataset_id: str | None = None,
+        rows_in: int | None = None,
+        rows_out: int | None = None,
+        error: str | None = None,
+    ) -> JobRecord:
+        """Record a job's end: succeeded with what it made, or failed with the problem's message."""
+        with self._tx() as conn:
+            conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(
+                    status="failed" if error is not None else "succeeded",
+                    dataset_id=dataset_id,
+                    rows_in=rows_in,
+                    rows_out=rows_out,
+                    error=error,
+                    finished_at=_now(),
+                )
+            )
+            row = conn.execute(jobs.select().where(jobs.c.id == job_id)).one()
+        return _job(row)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(jobs.select().where(jobs.c.id == job_id)).one_or_none()
+        return _job(row) if row else None
+
+    def list_jobs(self, limit: int = 100) -> list[JobRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(jobs.select().order_by(jobs.c.started_at.desc(), jobs.c.id).limit(limit)).all()
+        return [_job(r) for r in rows]
+
+    def sweep_jobs(self) -> int:
+        """Mark jobs a crash left running as failed; return how many."""
+        with self._tx() as conn:
+            result = conn.execute(
+                jobs.update()
+                .where(jobs.c.status == "running")
+                .values(status="failed", error="The server stopped while this job ran.", finished_at=_now())
+            )
+        return int(result.rowcount or 0)
 
     # exports
 

@@ -97,7 +97,8 @@ async def chart(ctx: Context, *, plan: Plan, spec: dict[str, Any], options: Opti
             engine.chart, plan, **spec, max_points=ctx.settings.chart_max_points, timeout=timeout
         )
         values = vega.get("data", {}).get("values", [])
-        return Outcome(data=vega, row_count=len(values))
+        truncated = bool(vega.get("usermeta", {}).get("truncated"))
+        return Outcome(data=vega, row_count=len(values), truncated=truncated)
 
     args = {**spec, "maxPoints": ctx.settings.chart_max_points}
     return await analysed(ctx, "chart", args, plan.key(), work, options)

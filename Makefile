@@ -32,6 +32,7 @@ schema: .venv/.synced
 
 bench: .venv/.synced
 	.venv/bin/python bench/describe.py
+	.venv/bin/python bench/engine.py
 
 clean:
 	rm -rf .venv .tools

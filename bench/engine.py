@@ -20,6 +20,7 @@ Usage: `make bench` (or `python bench/engine.py -n 3`). Writes bench/results/eng
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import json
@@ -28,9 +29,7 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -48,7 +47,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # ahead of bench/, so that `engine` is the package, not this file
 
-from describe import DATA, UPLOAD, free_port, generate  # noqa: E402  (bench/describe.py)
+from describe import DATA, generate, serve, upload  # noqa: E402  (bench/describe.py)
 
 import engine  # noqa: E402
 from datagraph import jsonutil  # noqa: E402
@@ -149,20 +148,6 @@ def same(a: Any, b: Any) -> bool:
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return bool(a == b)
-
-
-def upload(client: httpx.Client, csv: Path) -> str:
-    ops = json.dumps({"query": UPLOAD, "variables": {"f": None}})
-    with open(csv, "rb") as fh:
-        r = client.post(
-            "/graphql",
-            data={"operations": ops, "map": json.dumps({"0": ["variables.f"]})},
-            files={"0": (csv.name, fh, "text/csv")},
-            headers={"Apollo-Require-Preflight": "true"},
-        )
-    payload = r.json()["data"]["uploadDataset"]
-    assert payload["success"], payload
-    return str(payload["dataset"]["id"])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -306,24 +291,11 @@ def main() -> None:
     users_csv = generate_users(DATA / "users_100000.csv")
     work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
     data_dir = work / "data"
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, DATAGRAPH_LOG_LEVEL="warning")
-    server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(data_dir),
-         "--max-upload-mb", "1000"],
-        env=env, start_new_session=True,
-    )  # fmt: skip
-    client = httpx.Client(base_url=base, timeout=600)
     uncached: dict[str, dict[str, list[float]]] = {}
-    try:
-        for _ in range(150):
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, work, ignore_errors=True)
+        client, server_pid = cleanup.enter_context(serve(data_dir))
+        base = str(client.base_url).rstrip("/")
         left_id, right_id = upload(client, csv), upload(client, users_csv)
         left = Source(left_id, 1, data_dir / "datasets" / left_id / "v1.parquet")
         right = Source(right_id, 1, data_dir / "datasets" / right_id / "v1.parquet")
@@ -357,17 +329,12 @@ def main() -> None:
         for method, url, body in requests[:2]:
             for _ in range(200):
                 client.request(method, url, content=body or None, headers={"content-type": "application/json"})
-        lat = latencies(client, requests, args.requests, server.pid)
+        lat = latencies(client, requests, args.requests, server_pid)
         response_bytes = len(post(client, cached_bodies[group_rows.name]).content)
 
         # 3. Throughput on the cached filter count.
-        load = run_throughput(base, cached_bodies[filter_count.name], args.duration, server.pid)
+        load = run_throughput(base, cached_bodies[filter_count.name], args.duration, server_pid)
         assert load["errors"] == 0, load
-    finally:
-        client.close()
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)
-        shutil.rmtree(work, ignore_errors=True)
 
     lines = [
         f"# engine benchmark, {dt.date.today().isoformat()}",

@@ -102,7 +102,6 @@ class CacheStats:
     def __init__(self) -> None:
         self.hits = 0
         self.misses = 0
-        self.redis_errors = 0
 
 
 class ResultCache:
@@ -155,7 +154,6 @@ class ResultCache:
                 return await self.redis.raw("set", key, value, px=self.ttl_s * 1000, timeout=self.timeout_s)
             return await self.redis.delete(key, timeout=self.timeout_s)
         except Exception as exc:  # a timeout too: TimeoutError is an Exception
-            self.stats.redis_errors += 1
             if time.monotonic() >= self._redis_down_until:
                 log.warning(
                     "result cache: Redis %s failed (%s); using memory only for %g s",

@@ -46,7 +46,6 @@ class PoolStats:
     jobs: int
     killed: int
     crashed: int
-    pids: list[int]
 
 
 class _Worker:
@@ -125,19 +124,19 @@ class Executor:
         self._all.add(worker)
         self._idle.put_nowait(worker)  # a job sent before it is ready waits in its pipe
 
-    def _retire(self, worker: _Worker, *, replace: bool) -> None:
+    def _retire(self, worker: _Worker) -> None:
         """Kill a worker, reap it in the background, and start another in its place."""
         worker.kill()
         self._all.discard(worker)
-        task = asyncio.ensure_future(self._reap(worker, replace))
+        task = asyncio.ensure_future(self._reap(worker))
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
 
-    async def _reap(self, worker: _Worker, replace: bool) -> None:
+    async def _reap(self, worker: _Worker) -> None:
         with contextlib.suppress(Exception):
             await worker.proc.wait()
             await asyncio.wait_for(worker.stderr_done, 1.0)
-        if replace and not self._closed:
+        if not self._closed:
             await self._spawn()
 
     async def run(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> T:
@@ -161,17 +160,17 @@ class Executor:
                 kind, value = await asyncio.wait_for(self._exchange(worker, job), remaining)
             except TimeoutError:
                 self._killed += 1
-                self._retire(worker, replace=True)
+                self._retire(worker)
                 log.warning("job %s passed its %.1f s deadline; worker %s killed", _name(fn), limit, worker.proc.pid)
                 raise self._timeout(limit) from None
             except asyncio.CancelledError:
                 self._killed += 1
-                self._retire(worker, replace=True)
+                self._retire(worker)
                 log.info("job %s cancelled by its caller; worker %s killed", _name(fn), worker.proc.pid)
                 raise
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
                 self._crashed += 1
-                self._retire(worker, replace=True)
+                self._retire(worker)
                 code = await worker.proc.wait()
                 if await worker.ran_out_of_memory():  # a failed allocation under the cap aborts the process
                     raise self._memory() from None
@@ -221,7 +220,6 @@ class Executor:
             jobs=self._jobs,
             killed=self._killed,
             crashed=self._crashed,
-            pids=sorted(w.proc.pid for w in self._all),
         )
 
     async def close(self) -> None:

@@ -31,6 +31,18 @@ UPLOAD = """mutation($file: Upload!, $name: String) {
 }"""
 
 
+def upload_request(
+    content: bytes, filename: str, name: str | None = None, headers: dict[str, str] | None = None
+) -> Any:
+    """The keyword arguments of a GraphQL multipart `uploadDataset` POST (httpx)."""
+    ops = {"query": UPLOAD, "variables": {"file": None, "name": name}}
+    return {
+        "data": {"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
+        "files": {"0": (filename, content, "application/octet-stream")},
+        "headers": {"Apollo-Require-Preflight": "true"} if headers is None else headers,
+    }
+
+
 class Api:
     """A GraphQL client over the real ASGI app."""
 
@@ -50,13 +62,7 @@ class Api:
         return result
 
     def upload_raw(self, content: bytes, filename: str, name: str | None = None, **headers: str) -> Any:
-        ops = {"query": UPLOAD, "variables": {"file": None, "name": name}}
-        return self.client.post(
-            "/graphql",
-            data={"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
-            files={"0": (filename, content, "application/octet-stream")},
-            headers=headers or {"Apollo-Require-Preflight": "true"},
-        )
+        return self.client.post("/graphql", **upload_request(content, filename, name, headers or None))
 
     def upload(self, content: bytes | Path, filename: str | None = None, name: str | None = None) -> dict[str, Any]:
         """Upload and return the `uploadDataset` payload."""
@@ -131,14 +137,7 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None) ->
 
 def upload_over_http(base: str, path: Path) -> str:
     """Upload a file to a running server over HTTP; return the dataset id."""
-    ops = {"query": UPLOAD, "variables": {"file": None, "name": None}}
-    response = httpx.post(
-        base + "/graphql",
-        data={"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
-        files={"0": (path.name, path.read_bytes(), "application/octet-stream")},
-        headers={"Apollo-Require-Preflight": "true"},
-        timeout=60,
-    )
+    response = httpx.post(base + "/graphql", **upload_request(path.read_bytes(), path.name), timeout=60)
     payload = response.json()["data"]["uploadDataset"]
     assert payload["success"], payload
     dataset_id: str = payload["dataset"]["id"]

@@ -166,33 +166,35 @@ def _app(settings: Settings) -> TestClient:
     return TestClient(create_app(settings))
 
 
+def _on_a_new_server(settings: Settings, query: str, *, upload: bool = False) -> tuple[dict[str, Any], str]:
+    """Start a server process's app (empty memory cache), optionally upload tips, answer `query`;
+    return the answer and the cache backend /readyz names."""
+    with _app(settings) as client:
+        api = Api(client, settings)
+        if upload:
+            api.upload_ok(DATA / "tips.csv")
+        backend: str = client.get("/readyz").json()["cache"]["backend"]
+        return _answer(api, query), backend
+
+
 def test_redis_shares_results_between_servers(tmp_path: Path, redis_db: redis.Redis) -> None:
     settings = make_settings(tmp_path, cache_url=REDIS_URL)
     q = '{ dataset(id: "tips") { describe(columns: ["tip"]) { %s } } }' % META
-    with _app(settings) as client:
-        api = Api(client, settings)
-        api.upload_ok(DATA / "tips.csv")
-        first = _answer(api, q)
-        assert first["cached"] is False
-        assert client.get("/readyz").json()["cache"]["backend"] == "redis+memory"
+    first, backend = _on_a_new_server(settings, q, upload=True)
+    assert first["cached"] is False and backend == "redis+memory"
     assert redis_db.exists(f"datagraph:result:{first['cacheKey']}")
-    with _app(settings) as client:  # a second server process: empty memory, same Redis and data
-        again = _answer(Api(client, settings), q)
-        assert again["cached"] is True and again["data"] == first["data"]
+    again, _ = _on_a_new_server(settings, q)  # same Redis and data directory
+    assert again["cached"] is True and again["data"] == first["data"]
 
 
 def test_a_garbled_redis_entry_is_a_miss_not_an_error(tmp_path: Path, redis_db: redis.Redis) -> None:
     settings = make_settings(tmp_path, cache_url=REDIS_URL)
     q = '{ dataset(id: "tips") { count { %s } } }' % META
-    with _app(settings) as client:
-        api = Api(client, settings)
-        api.upload_ok(DATA / "tips.csv")
-        key = _answer(api, q)["cacheKey"]
+    key = _on_a_new_server(settings, q, upload=True)[0]["cacheKey"]
     for garbage in [b"\x00\xffnot ours", b'dg1:{"d": [1, 2', b'dg1:{"d": 1}']:
         redis_db.set(f"datagraph:result:{key}", garbage)
-        with _app(settings) as client:
-            answer = _answer(Api(client, settings), q)
-            assert answer["success"] is True and answer["cached"] is False and answer["data"] == {"count": TIPS_ROWS}
+        answer, _ = _on_a_new_server(settings, q)
+        assert answer["success"] is True and answer["cached"] is False and answer["data"] == {"count": TIPS_ROWS}
 
 
 @contextlib.contextmanager

@@ -33,6 +33,8 @@ schema: .venv/.synced
 bench: .venv/.synced
 	.venv/bin/python bench/describe.py
 	.venv/bin/python bench/engine.py
+	.venv/bin/python bench/sources.py
+	.venv/bin/python bench/events.py
 
 clean:
 	rm -rf .venv .tools

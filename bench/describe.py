@@ -100,13 +100,13 @@ def run_polars(csv: Path, work: Path) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def serve(data_dir: Path) -> Iterator[tuple[httpx.Client, int]]:
-    """The real server under uvicorn on loopback (upload limit raised for the big files), once it
-    answers /readyz; yields a keep-alive client and the server's pid."""
+def serve(data_dir: Path, *args: str) -> Iterator[tuple[httpx.Client, int]]:
+    """The real server under uvicorn on loopback (upload limit raised for the big files; `args` are
+    more command-line options), once it answers /readyz; yields a keep-alive client and its pid."""
     port = free_port()
     env = dict(os.environ, DATAGRAPH_MAX_UPLOAD_MB="1024", DATAGRAPH_LOG_LEVEL="warning")
     server = subprocess.Popen(
-        [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
         env=env, start_new_session=True,
     )  # fmt: skip
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600)

@@ -22,12 +22,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLRequestData
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 
+from connectors.sources import configured_sources
 from datagraph import jsonutil
 from datagraph.context import Context, Resources
+from datagraph.events import EventBus
 from datagraph.settings import Settings
 from engine.runtime import Executor, ResultCache
 from gql.schema import build_schema
+from resolvers.plugins import PluginRegistry, refresh_forever
+from resolvers.sources import DatabaseSources
 from storage import DataDir, MetadataStore
 
 __all__ = ["create_app"]
@@ -187,6 +192,12 @@ class GraphQLView(GraphQL[Context, None]):
             build_schema(settings),
             graphql_ide="graphiql" if settings.graphiql else None,
             multipart_uploads_enabled=True,
+            subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
+            connection_init_wait_timeout=dt.timedelta(seconds=settings.ws_init_timeout_s),
+            max_subscriptions_per_connection=settings.ws_max_subscriptions,
+            # Browsers on other origins may not subscribe (with the user's cookies) unless listed;
+            # clients that send no Origin (scripts) and same-origin pages always may.
+            allowed_origins=[o.strip() for o in settings.ws_allowed_origins.split(",") if o.strip()],
         )
         self.settings = settings
 
@@ -234,6 +245,8 @@ async def readyz(request: Request) -> Response:
         metadata = "unavailable"
     pool = res.executor.stats()
     cache = res.cache.stats
+    checks = await asyncio.gather(*(res.databases.check(Context(res), cfg) for cfg in res.databases.configs.values()))
+    sources = {c.id: check.status for c, check in zip(res.databases.configs.values(), checks, strict=True)}
     body = {
         "status": "ok" if metadata == "ok" and pool.workers > 0 else "unavailable",
         "metadata": metadata,
@@ -245,6 +258,19 @@ async def readyz(request: Request) -> Response:
             "jobs": pool.jobs,
             "killed": pool.killed,
             "crashed": pool.crashed,
+        },
+        "events": {"subscribers": res.events.subscribers, "published": res.events.published},
+        # A database that is down does not make the server unready: other sources keep working.
+        "sources": sources,
+        "plugins": {
+            "available": len(res.plugins.available()),
+            "unavailable": len(res.plugins.unavailable()),
+            "http": {
+                "requests": res.plugins.http.requests,
+                "retries": res.plugins.http.retries,
+                "blocked": res.plugins.http.blocked,
+                "status": {str(k): v for k, v in sorted(res.plugins.http.status.items())},
+            },
         },
     }
     return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
@@ -266,6 +292,8 @@ async def download_export(request: Request) -> Response:
 
 
 def _sweep_exports(res: Resources) -> None:
+    """Expired exports, and dataset versions two or more behind that stopped being current a while ago."""
+    res.files.sweep_versions({r.id: r.version for r in res.metadata.list_datasets()}, grace_s=300)
     for record in res.metadata.expired_exports():
         res.files.export_file(record.token, record.filename.rsplit(".", 1)[-1]).unlink(missing_ok=True)
         res.metadata.delete_export(record.token)
@@ -295,7 +323,17 @@ async def open_resources(settings: Settings) -> Resources:
         timeout_s=settings.cache_timeout_s,
         ttl_s=settings.cache_ttl_s,
     )
-    res = Resources(settings=settings, metadata=metadata, files=files, executor=executor, cache=cache)
+    databases = DatabaseSources(configured_sources(settings.sources))
+    plugins = PluginRegistry(Path(settings.plugins) if settings.plugins else None)
+    events = EventBus(
+        settings.cache_url if settings.cache_url.startswith("redis") else "", timeout_s=settings.cache_timeout_s
+    )
+    await events.start()
+    res = Resources(
+        settings=settings, metadata=metadata, files=files, executor=executor, cache=cache, databases=databases,
+        plugins=plugins, events=events,
+    )  # fmt: skip
+    await plugins.scan(Context(res))
     _sweep_exports(res)
     return res
 
@@ -310,12 +348,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         res = await open_resources(settings)
         app.state.resources = res
         sweeper = asyncio.create_task(_sweep_forever(res, 60))
+        watcher = asyncio.create_task(res.plugins.watch(Context(res)))
+        refresher = asyncio.create_task(refresh_forever(Context(res)))
         gc.collect()
         gc.freeze()  # long-lived start-up objects out of the collector's way (p99 spikes, PERFORMANCE.md)
         try:
             yield
         finally:
-            sweeper.cancel()
+            for task in (sweeper, watcher, refresher):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(watcher, refresher)
             await res.close()
 
     routes = [

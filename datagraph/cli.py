@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from connectors.sources import SourcesError, configured_sources
 from datagraph.settings import Settings, settings_table
 
 __all__ = ["main"]
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         print(schema.as_str())
     else:
         settings = load_settings(args)
+        try:
+            configured_sources(settings.sources)  # a bad sources file stops here, naming the key
+        except SourcesError as exc:
+            sys.exit(f"datagraph: {exc}")
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         import uvicorn
 

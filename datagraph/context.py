@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from connectors import IngestLimits
+from datagraph.events import EventBus
 from datagraph.settings import Settings
 from engine.runtime import Executor, ResultCache
 from storage import DataDir, MetadataStore
+
+if TYPE_CHECKING:
+    from resolvers.plugins import PluginRegistry
+    from resolvers.sources import DatabaseSources
 
 __all__ = ["Context", "Resources"]
 
@@ -21,6 +27,9 @@ class Resources:
     files: DataDir
     executor: Executor
     cache: ResultCache
+    databases: DatabaseSources
+    plugins: PluginRegistry
+    events: EventBus
 
     @property
     def ingest_limits(self) -> IngestLimits:
@@ -36,6 +45,8 @@ class Resources:
     async def close(self) -> None:
         await self.executor.close()
         await self.cache.close()
+        await self.databases.close()
+        await self.events.close()
         self.metadata.close()
 
 

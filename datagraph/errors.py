@@ -7,7 +7,8 @@
     ├── UnsupportedFormat           UNSUPPORTED_FORMAT: not a CSV, XLSX or XLS (by content)
     ├── Timeout                     TIMEOUT: past the analysis deadline
     ├── StorageFull                 STORAGE_FULL: the disk under the data directory is full
-    └── SourceUnavailable           SOURCE_UNAVAILABLE: a database or upstream did not answer
+    ├── SourceUnavailable           SOURCE_UNAVAILABLE: a database or upstream did not answer
+    └── ReadOnly                    READ_ONLY: SQL that would change something, or reach past what a source allows
 
 Messages are written for the person using the API: they name the column, the operator or the
 limit, and never carry a path, a traceback or a library's own text. Anything else that escapes a
@@ -20,6 +21,7 @@ __all__ = [
     "BadInput",
     "DatagraphError",
     "NotFound",
+    "ReadOnly",
     "SourceUnavailable",
     "StorageFull",
     "Timeout",
@@ -64,3 +66,7 @@ class StorageFull(DatagraphError):
 
 class SourceUnavailable(DatagraphError):
     code = "SOURCE_UNAVAILABLE"
+
+
+class ReadOnly(DatagraphError):
+    code = "READ_ONLY"

@@ -27,6 +27,30 @@ class Settings(BaseSettings):
     metadata_url: str = Field(
         "", description="SQLAlchemy URL of the metadata database; empty means a SQLite file in the data directory."
     )
+    sources: str = Field(
+        "sources.yaml",
+        description="The sources file (databases to read); empty for none. A missing default file means none.",
+    )
+    import_timeout_s: float = Field(
+        3_600, gt=0, description="Deadline of one import (an upload's parsing, an importTable snapshot), in seconds."
+    )
+    plugins: str = Field("plugins", description="The plugins folder, watched for .py files; empty for none.")
+    plugin_timeout_s: float = Field(60, gt=0, description="Deadline of one plugin fetch, in seconds.")
+    http_connect_timeout_s: float = Field(5, gt=0, description="Outbound HTTP (plugins): connect timeout, in seconds.")
+    http_read_timeout_s: float = Field(30, gt=0, description="Outbound HTTP: read timeout, in seconds.")
+    http_attempts: int = Field(4, ge=1, le=10, description="Outbound HTTP: tries per request, the first included.")
+    http_backoff_s: float = Field(
+        0.5, ge=0, description="Outbound HTTP: backoff base; retry n waits up to base x 2^n (full jitter)."
+    )
+    http_backoff_cap_s: float = Field(8, ge=0, description="Outbound HTTP: longest wait between tries, in seconds.")
+    http_retry_after_max_s: float = Field(
+        30, ge=0, description="Outbound HTTP: longest Retry-After honoured, in seconds; a longer one gives up."
+    )
+    http_max_response_mb: float = Field(100, gt=0, description="Outbound HTTP: largest response body, in MiB.")
+    http_blocked_networks: str = Field(
+        "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32",
+        description="Outbound HTTP: networks never connected to (comma-separated CIDRs): link-local, cloud metadata.",
+    )
     max_upload_mb: float = Field(20, gt=0, description="Largest file an upload may carry, in MiB.")
     max_request_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB.")
     max_query_chars: int = Field(20_000, gt=0, description="Longest GraphQL query text, in characters.")
@@ -54,6 +78,13 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(8, gt=0, description="Deepest GraphQL query accepted.")
     graphql_max_aliases: int = Field(15, gt=0, description="Most aliases in one GraphQL query.")
     graphql_max_tokens: int = Field(2_000, gt=0, description="Most tokens in one GraphQL query.")
+    ws_init_timeout_s: float = Field(
+        10, gt=0, description="Websocket: how long a client has to send connection_init, in seconds."
+    )
+    ws_max_subscriptions: int = Field(10, ge=1, description="Websocket: most subscriptions on one connection.")
+    ws_allowed_origins: str = Field(
+        "", description="Websocket: other origins whose pages may subscribe (comma-separated); empty: same origin only."
+    )
     graphiql: bool = Field(True, description="Serve the GraphiQL explorer on GET /graphql.")
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
 

@@ -139,10 +139,20 @@ class Executor:
         if not self._closed:
             await self._spawn()
 
-    async def run(self, fn: Callable[..., T], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> T:
-        """Run `fn(*args, **kwargs)` in a worker; `Timeout` past `timeout` seconds (the server's
-        deadline at most), counting the wait for a free worker."""
-        limit = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
+    async def run(
+        self,
+        fn: Callable[..., T],
+        /,
+        *args: Any,
+        timeout: float | None = None,
+        deadline_s: float | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Run `fn(*args, **kwargs)` in a worker; `Timeout` past `timeout` seconds (a request's own,
+        never above the job's deadline), counting the wait for a free worker. The job's deadline is
+        the server's analysis deadline unless `deadline_s` sets another (imports, plugin fetches)."""
+        cap = self.timeout_s if deadline_s is None else deadline_s
+        limit = cap if timeout is None else min(timeout, cap)
         job = pickle.dumps((fn, args, kwargs), protocol=5)
         started = time.monotonic()
         self._waiting += 1

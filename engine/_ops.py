@@ -15,9 +15,10 @@ from typing import Any
 
 import polars as pl
 
+from datagraph.errors import BadInput
 from engine._clean import translate_error
 from engine._columns import ColumnInfo, column_infos, dtype_name
-from engine._plan import Join, Plan, build, check_columns, join_right_side
+from engine._plan import Join, Plan, Slice, build, check_columns, join_right_side
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -58,14 +59,18 @@ class Rows:
 
 def rows(plan: Plan, *, limit: int, offset: int) -> Rows:
     """Up to `limit` rows after `offset`; `truncated` when more follow."""
-    frame, _ = build(plan)
-    (page,) = collect(frame.slice(offset, limit + 1))
+    frame, _ = build(plan.then(Slice(offset, limit + 1)))  # a step, so a linked table pushes the LIMIT down
+    (page,) = collect(frame)
     truncated = page.height > limit
     page = page.head(limit)
     return Rows(records=page.to_dicts(), columns=column_infos(page), truncated=truncated)
 
 
 def count(plan: Plan) -> int:
+    if plan.source.link is not None:
+        counted = plan.source.link.count(plan.steps)
+        if counted is not None:
+            return counted
     frame, _ = build(plan)
     return int(collect(frame.select(pl.len()))[0].item())
 
@@ -185,7 +190,17 @@ def value_counts(plan: Plan, *, column: str, limit: int) -> tuple[list[dict[str,
 
 
 def explain(plan: Plan) -> dict[str, Any]:
-    """The optimised plan as text and the output columns, without reading any data."""
+    """The optimised plan as text and the output columns, without reading any data (a linked
+    table: the SQL the database runs and how many steps it covers, then the Polars plan)."""
+    if plan.source.link is not None:
+        sql, pushed = plan.source.link.sql(plan.steps)
+        frame, schema = build(plan, head=0)
+        return {
+            "plan": frame.explain(),
+            "sql": sql,
+            "pushedSteps": pushed,
+            "columns": [{"name": n, "dtype": dtype_name(d)} for n, d in schema.items()],
+        }
     frame, schema = build(plan)
     text = frame.explain()
     # The plan names the Parquet file; show the dataset instead of a server path.
@@ -198,14 +213,19 @@ def materialise(plan: Plan, *, out: Path) -> tuple[int, int, list[ColumnInfo]]:
     """Write the plan's result as Parquet to `out` (via a temporary name); return (rows read from
     the source, rows written, columns)."""
     frame, _ = build(plan)
-    data, source_rows = collect(frame, pl.scan_parquet(plan.source.path).select(pl.len()))
+    if plan.source.link is not None:  # the database counts its table
+        (data,) = collect(frame)
+        source_rows = plan.source.link.count(()) or 0
+    else:
+        data, counted = collect(frame, pl.scan_parquet(plan.source.path).select(pl.len()))
+        source_rows = int(counted.item())
     tmp = out.with_name(out.name + ".tmp")
     try:
         data.write_parquet(tmp, compression="lz4")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return int(source_rows.item()), data.height, column_infos(data)
+    return source_rows, data.height, column_infos(data)
 
 
 def summary(plan: Plan) -> dict[str, Any]:
@@ -237,3 +257,65 @@ def summary(plan: Plan) -> dict[str, Any]:
         "columns": [{"name": n, "dtype": dtype_name(d)} for n, d in schema.items()],
         "joins": joins,
     }
+
+
+def lazy_column_infos(frame: pl.LazyFrame) -> list[ColumnInfo]:
+    """Column descriptions of a (large) lazy frame, without holding its rows: two streaming passes."""
+    schema = frame.collect_schema()
+    nulls = frame.select(pl.all().null_count()).collect().row(0) if schema else ()
+    rows = frame.select(pl.len()).collect().item()
+    return [
+        ColumnInfo(name, dtype_name(dtype), int(n), (int(n) / rows) if rows else 0.0)
+        for (name, dtype), n in zip(schema.items(), nulls, strict=True)
+    ]
+
+
+def _column_values(name: str, dtype: pl.DataType, values: list[Any]) -> pl.Series:
+    """One column of appended values, typed as the dataset's column; BadInput names the first misfit."""
+    if dtype == pl.Date or isinstance(dtype, pl.Datetime):
+        parsed: list[Any] = []
+        for i, value in enumerate(values):
+            try:
+                moment = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+            except ValueError:
+                moment = None
+            if value is not None and moment is None:
+                raise BadInput(
+                    f'appendRows: row {i + 1}, column "{name}" needs an ISO date like "2024-01-31", got {value!r}.'
+                )
+            if moment is None:
+                parsed.append(None)
+            else:
+                parsed.append(moment.date() if dtype == pl.Date else moment.replace(tzinfo=None))
+        values = parsed
+    try:
+        return pl.Series(name, values, dtype=dtype, strict=True)
+    except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+        for i, value in enumerate(values):
+            try:
+                pl.Series(name, [value], dtype=dtype, strict=True)
+            except (TypeError, ValueError, OverflowError, pl.exceptions.PolarsError):
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                raise BadInput(
+                    f'appendRows: row {i + 1}, column "{name}" is {dtype_name(dtype)} and cannot hold {shown}.'
+                ) from None
+        raise
+
+
+def append_rows(source: Path, rows: list[dict[str, Any]], *, out: Path) -> tuple[int, list[ColumnInfo]]:
+    """The dataset at `source` with `rows` after it, written to `out`: every row checked against the
+    columns (a missing key is null, an unknown one or a value of the wrong type is refused)."""
+    current = pl.scan_parquet(source)
+    schema = current.collect_schema()
+    unknown = sorted({key for row in rows for key in row} - set(schema))
+    if unknown:
+        raise BadInput(f'appendRows: the dataset has no column "{unknown[0]}". Columns: {", ".join(schema)}.')
+    added = pl.DataFrame([_column_values(n, t, [row.get(n) for row in rows]) for n, t in schema.items()])
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        pl.concat([current, added.lazy()], how="vertical").sink_parquet(tmp, compression="lz4")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    written = pl.scan_parquet(out)
+    return int(written.select(pl.len()).collect().item()), lazy_column_infos(written)

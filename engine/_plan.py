@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -28,6 +28,7 @@ __all__ = [
     "Filter",
     "GroupBy",
     "Join",
+    "Link",
     "Plan",
     "Select",
     "Slice",
@@ -50,18 +51,37 @@ _COMPARE = {"EQ": "eq", "NE": "ne", "GT": "gt", "GE": "ge", "LT": "lt", "LE": "l
 _TEXT_OPS = {"CONTAINS": "contains", "STARTS_WITH": "starts_with", "ENDS_WITH": "ends_with"}
 
 
+class Link(Protocol):
+    """A live table a dataset reads instead of its Parquet file (connectors.linked.LinkedTable):
+    it runs the leading steps it can where the data lives and gives back the rest."""
+
+    def scan(self, steps: tuple[Step, ...], *, head: int | None = None) -> tuple[pl.LazyFrame, tuple[Step, ...]]: ...
+
+    def count(self, steps: tuple[Step, ...]) -> int | None: ...
+
+    def sql(self, steps: tuple[Step, ...]) -> tuple[str, int]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
-    """One stored dataset version a plan reads."""
+    """One stored dataset version a plan reads (or, with `link`, a live database table)."""
 
     dataset_id: str
     version: int
     path: Path
     # When this dataset id was created: an id deleted and uploaded again starts at version 1 anew.
     generation: str = ""
+    link: Link | None = None
 
     def key(self) -> list[Any]:
-        return [self.version, self.generation]
+        return [self.version, self.generation, *(["live"] if self.link is not None else [])]
+
+    def scan(self, steps: tuple[Step, ...] = (), *, head: int | None = None) -> tuple[pl.LazyFrame, tuple[Step, ...]]:
+        """The source's rows as a LazyFrame and the steps still to apply to it (a linked table reads
+        at most `head` rows when given: enough to learn the shape of a plan without its data)."""
+        if self.link is not None:
+            return self.link.scan(steps, head=head)
+        return pl.scan_parquet(self.path), steps
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +161,18 @@ class Plan:
 
     def key(self) -> dict[str, Any]:
         """Canonical plain-data form: what the result cache hashes."""
-        return {
+        key: dict[str, Any] = {
             "datasets": {s.dataset_id: s.key() for s in self.sources()},
             "steps": [_step_key(s) for s in self.steps],
         }
+        if self.live:
+            key["live"] = True
+        return key
+
+    @property
+    def live(self) -> bool:
+        """Whether the plan reads a linked table, whose rows change without a new version."""
+        return any(s.link is not None for s in self.sources())
 
     def sources(self) -> list[Source]:
         """Every dataset version the plan reads: its own, then each joined one."""
@@ -171,11 +199,12 @@ def _step_key(step: Step) -> dict[str, Any]:
     return {"slice": [step.offset, step.limit]}
 
 
-def build(plan: Plan) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
-    """The plan as one LazyFrame, and its output schema; raise `BadInput` on the first wrong step."""
-    frame = pl.scan_parquet(plan.source.path)
+def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
+    """The plan as one LazyFrame, and its output schema; raise `BadInput` on the first wrong step.
+    `head`: see `Source.scan`."""
+    frame, steps = plan.source.scan(plan.steps, head=head)
     schema: dict[str, pl.DataType] = dict(frame.collect_schema())
-    for step in plan.steps:
+    for step in steps:
         if isinstance(step, Filter):
             frame = frame.filter(*[_condition(c, schema) for c in step.conditions]) if step.conditions else frame
         elif isinstance(step, Select):
@@ -291,14 +320,22 @@ def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
     if op in ("IN", "NOT_IN"):
         if not isinstance(value, list) or not value:
             raise BadInput(f'filter on "{cond.column}" with {op} needs a non-empty list of values, got {_show(value)}.')
-        values = pl.Series([_literal(v, kind, cond, dtype) for v in value])
-        member = col.is_in(values.cast(dtype, strict=False) if kind == "number" else values)
+        literals = [_literal(v, kind, cond, dtype) for v in value]
+        if kind == "number" and (
+            dtype.is_float() or any(isinstance(v, float) and not v.is_integer() for v in literals)
+        ):
+            # Compared as floats: 39.5 must not match 39 in an integer column (a cast would truncate it).
+            member = col.cast(pl.Float64).is_in(pl.Series([float(v) for v in literals], dtype=pl.Float64).implode())
+        elif kind == "number":
+            member = col.is_in(pl.Series([int(v) for v in literals]).cast(dtype, strict=False).implode())
+        else:
+            member = col.is_in(pl.Series(literals).implode())
         return member if op == "IN" else ~member
     if op == "BETWEEN":
         if not isinstance(value, list) or len(value) != 2:
             raise BadInput(f'filter on "{cond.column}" with BETWEEN needs [low, high], got {_show(value)}.')
         low, high = (_literal(v, kind, cond, dtype) for v in value)
-        return col.is_between(low, high, closed="both")
+        return col.is_between(pl.lit(low), pl.lit(high), closed="both")  # a bare string would name a column
     if kind != "text":
         raise BadInput(f'filter: {op} works on text columns; "{cond.column}" is {dtype_name(dtype)}.')
     text = _literal(value, kind, cond, dtype)
@@ -377,7 +414,7 @@ def join_right_side(schema: Mapping[str, pl.DataType], step: Join) -> pl.LazyFra
         raise BadInput("join needs at least one key column in on.")
     if len(set(step.on)) != len(step.on):
         raise BadInput("join names a key column more than once in on.")
-    right = pl.scan_parquet(step.right.path)
+    right, _ = step.right.scan()
     right_schema: dict[str, pl.DataType] = dict(right.collect_schema())
     check_columns(step.on, schema, "join (left side)")
     check_columns(step.on, right_schema, f'join (right side, dataset "{step.right.dataset_id}")')

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Awaitable
 from enum import Enum
-from typing import cast
+from typing import Any, cast
 
 import strawberry
 from starlette.datastructures import UploadFile
@@ -13,13 +14,16 @@ from strawberry.file_uploads import Upload
 from strawberry.scalars import JSON
 
 from datagraph.context import Context
+from datagraph.errors import DatagraphError, NotFound
 from gql.frames import CacheMode, Frame, StepInput, to_steps
-from gql.results import Column, Meta, Problem, Result, column, problem, result
-from resolvers import Options, Outcome, answer, frames
+from gql.plugins import Plugin, PluginFetchInput, list_plugins
+from gql.results import Column, Meta, Problem, ProblemCode, Result, column, problem, result
+from resolvers import Options, Outcome, answer, frames, plugins, sources
+from resolvers import Problem as OutcomeProblem
 from resolvers import datasets as ds
 from storage import DatasetRecord, JobRecord
 
-__all__ = ["Dataset", "DatasetPayload", "Mutation", "Query", "Source"]
+__all__ = ["Dataset", "DatasetPayload", "Mutation", "Query", "Source", "SourcePayload"]
 
 
 @strawberry.enum
@@ -27,6 +31,12 @@ class SourceKind(Enum):
     FILE = "FILE"
     DATABASE = "DATABASE"
     PLUGIN = "PLUGIN"
+
+
+@strawberry.enum(description="SNAPSHOT copies the rows into a dataset now; LINK queries the live table.")
+class ImportMode(Enum):
+    SNAPSHOT = "SNAPSHOT"
+    LINK = "LINK"
 
 
 @strawberry.enum
@@ -41,21 +51,52 @@ class Source:
     id: strawberry.ID
     name: str
     kind: SourceKind
-    status: SourceStatus
 
-    @strawberry.field(description="Table names (database sources).")
-    def tables(self) -> list[str]:
-        return []
+    @strawberry.field(
+        description="OK, or why not: UNREACHABLE when a database does not answer SELECT 1 (checked at most"
+        " every 10 s; checkSource checks now), ERROR when it answers with a refusal."
+    )
+    async def status(self, info: strawberry.Info[Context, None]) -> SourceStatus:
+        check = await _check(info.context, str(self.id))
+        return SourceStatus(check.status) if check else SourceStatus.OK
+
+    @strawberry.field(description="Why the status is not OK, in the user's terms; null when it is.")
+    async def problem(self, info: strawberry.Info[Context, None]) -> Problem | None:
+        check = await _check(info.context, str(self.id))
+        failure = check.problem if check else None
+        return Problem(code=ProblemCode(failure.code), message=failure.message) if failure else None
+
+    @strawberry.field(description="Table names of a database source (its allowlist when set), read on demand.")
+    async def tables(self, info: strawberry.Info[Context, None]) -> list[str]:
+        ctx = info.context
+        cfg = ctx.resources.databases.get(str(self.id))
+        if cfg is None or (await ctx.resources.databases.check(ctx, cfg)).status != "OK":
+            return []
+        try:
+            return await sources.table_names(ctx, cfg)
+        except DatagraphError:  # gone since the check: status and problem say so from now on
+            return []
 
     @strawberry.field
     def datasets(self, info: strawberry.Info[Context, None]) -> list[Dataset]:
         return [Dataset.of(info.context, r) for r in ds.list_datasets(info.context, source_id=str(self.id))]
 
 
+async def _check(ctx: Context, source_id: str, *, fresh: bool = False) -> sources.SourceCheck | None:
+    cfg = ctx.resources.databases.get(source_id)
+    return await ctx.resources.databases.check(ctx, cfg, fresh=fresh) if cfg else None
+
+
 def _source(info: ds.SourceInfo) -> Source:
-    return Source(
-        id=strawberry.ID(info.id), name=info.name, kind=SourceKind(info.kind), status=SourceStatus(info.status)
-    )
+    return Source(id=strawberry.ID(info.id), name=info.name, kind=SourceKind(info.kind))
+
+
+@strawberry.type(description="checkSource's answer: the source as checked now.")
+class SourcePayload:
+    success: bool
+    source: Source | None
+    meta: Meta
+    error: Problem | None
 
 
 @strawberry.type(description="A stored table; every Frame field works on it.")
@@ -96,8 +137,9 @@ class Dataset(Frame):
 
     @strawberry.field
     def source(self, info: strawberry.Info[Context, None]) -> Source:
-        match = [s for s in ds.list_sources(info.context) if s.id == self.record.source_id]
-        return _source(match[0])
+        found = ds.find_source(info.context, self.record.source_id)
+        # A dataset imported from a database later removed from sources.yaml keeps its data.
+        return _source(found or ds.SourceInfo(self.record.source_id, self.record.source_id, "DATABASE"))
 
     @strawberry.field(description="The first rows and the column types.")
     async def preview(
@@ -207,8 +249,31 @@ class Query:
 
     @strawberry.field
     def source(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> Source | None:
-        match = [s for s in ds.list_sources(info.context) if s.id == id]
-        return _source(match[0]) if match else None
+        found = ds.find_source(info.context, str(id))
+        return _source(found) if found else None
+
+    @strawberry.field(
+        description="One read-only SELECT against a database source; at most `limit` rows (default 1,000,"
+        " up to the rows_max setting), meta.truncated when there were more. Never cached: the data is live."
+    )
+    async def sql(
+        self,
+        info: strawberry.Info[Context, None],
+        source: strawberry.ID,
+        query: str,
+        limit: int | None = 1000,
+        timeout_ms: int | None = None,
+    ) -> Result:
+        async def work() -> Outcome:
+            return await sources.run_sql(
+                info.context, source_id=str(source), query=query, limit=limit, timeout_ms=timeout_ms
+            )
+
+        return result(await answer("", work, where="sql"))
+
+    @strawberry.field(description="The API-pull plugins in the plugins folder, and files there that failed to load.")
+    def plugins(self, info: strawberry.Info[Context, None]) -> list[Plugin]:
+        return list_plugins(info.context)
 
     @strawberry.field(description="Every ready dataset, oldest first.")
     def datasets(self, info: strawberry.Info[Context, None]) -> list[Dataset]:
@@ -231,13 +296,23 @@ class Query:
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(description="Upload a .csv, .xlsx or .xls file (GraphQL multipart request) as a new dataset.")
+    @strawberry.mutation(
+        description="Upload a .csv, .xlsx or .xls file (GraphQL multipart request) as a new dataset; with replace,"
+        " as the next version of that uploaded dataset (subscribers get REPLACED)."
+    )
     async def upload_dataset(
-        self, info: strawberry.Info[Context, None], file: Upload, name: str | None = None
+        self,
+        info: strawberry.Info[Context, None],
+        file: Upload,
+        name: str | None = None,
+        replace: strawberry.ID | None = None,
     ) -> DatasetPayload:
         upload = cast(UploadFile, file)  # under Starlette, an Upload is Starlette's UploadFile
         try:
-            work = ds.upload_dataset(info.context, stream=upload, filename=upload.filename or "upload", name=name)
+            work = ds.upload_dataset(
+                info.context, stream=upload, filename=upload.filename or "upload", name=name,
+                replace=str(replace) if replace is not None else None,
+            )  # fmt: skip
             return await _mutate(info.context, "uploadDataset", work)
         finally:
             await upload.close()  # the multipart parser's spooled temp file
@@ -259,9 +334,92 @@ class Mutation:
 
         return await _mutate(ctx, "saveFrame", work(), job_id)
 
+    @strawberry.mutation(
+        description="Copy a database table, or the rows of one read-only SELECT, into a new dataset"
+        " (SNAPSHOT, streamed in batches; recorded as a job in payload.job)."
+    )
+    async def import_table(
+        self,
+        info: strawberry.Info[Context, None],
+        source: strawberry.ID,
+        table: str | None = None,
+        query: str | None = None,
+        name: str | None = None,
+        mode: ImportMode | None = ImportMode.SNAPSHOT,
+    ) -> DatasetPayload:
+        ctx = info.context
+        job_id = ds.new_job_id()
+        work = sources.import_table(
+            ctx, source_id=str(source), table=table, query=query, name=name, job_id=job_id,
+            mode=(mode or ImportMode.SNAPSHOT).value,
+        )  # fmt: skip
+        return await _mutate(ctx, "importTable", work, job_id)
+
+    @strawberry.mutation(
+        description="Run a plugin's fetch and store the result as a dataset (source plugins); the same plugin and"
+        " params again make a new version of that dataset, or keep the version when nothing changed."
+    )
+    async def fetch_plugin(
+        self, info: strawberry.Info[Context, None], plugin: str, params: JSON | None = None, name: str | None = None
+    ) -> DatasetPayload:
+        ctx = info.context
+        job_id = ds.new_job_id()
+        work = plugins.fetch_plugin(ctx, plugin=plugin, params=cast(Any, params), name=name, job_id=job_id)
+        return await _mutate(ctx, "fetchPlugin", work, job_id)
+
+    @strawberry.mutation(
+        description="Several plugin fetches at once, run in parallel (at most one per worker process at a time);"
+        " one payload per fetch, in order."
+    )
+    async def fetch_plugins(
+        self, info: strawberry.Info[Context, None], fetches: list[PluginFetchInput]
+    ) -> list[DatasetPayload]:
+        ctx = info.context
+        if len(fetches) > 20:
+            too_many = Outcome(problem=OutcomeProblem("BAD_INPUT", "fetchPlugins takes at most 20 fetches at once."))
+            return [_payload(too_many, None)]
+        limit = asyncio.Semaphore(ctx.settings.workers)
+
+        async def one(f: PluginFetchInput) -> DatasetPayload:
+            async with limit:
+                job_id = ds.new_job_id()
+                params = cast(Any, f.params)
+                work = plugins.fetch_plugin(ctx, plugin=f.plugin, params=params, name=f.name, job_id=job_id)
+                return await _mutate(ctx, "fetchPlugin", work, job_id)
+
+        return list(await asyncio.gather(*(one(f) for f in fetches)))
+
+    @strawberry.mutation(description="Check a database source now (SELECT 1) and answer with its status.")
+    async def check_source(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> SourcePayload:
+        ctx = info.context
+        found = ds.find_source(ctx, str(id))
+
+        async def work() -> Outcome:
+            if found is None:
+                raise NotFound(f'There is no source "{str(id)[:80]}".')
+            check = await _check(ctx, found.id, fresh=True)
+            if check is not None and check.problem is not None:
+                raise check.problem  # success says whether the source answers; source.status says how
+            return Outcome()
+
+        outcome = await answer("", work, where="checkSource")
+        r = result(outcome)
+        return SourcePayload(
+            success=outcome.success, source=_source(found) if found else None, meta=r.meta, error=r.error
+        )
+
+    @strawberry.mutation(
+        description="Append records ({column: value}, checked against the columns; all or nothing) as the"
+        " dataset's next version; subscribers are told (APPENDED) and watches recompute."
+    )
+    async def append_rows(
+        self, info: strawberry.Info[Context, None], dataset: strawberry.ID, rows: JSON
+    ) -> DatasetPayload:
+        return await _mutate(info.context, "appendRows", ds.append_rows(info.context, str(dataset), rows))
+
     @strawberry.mutation(description="Delete a dataset and its files; the payload names what was deleted.")
     async def delete_dataset(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> DatasetPayload:
         async def work() -> DatasetRecord:
-            return ds.delete_dataset(info.context, str(id))
+            return await ds.delete_dataset(info.context, str(id))
 
         return await _mutate(info.context, "deleteDataset", work())

@@ -21,6 +21,7 @@ from datagraph.settings import Settings
 from gql.datasets import Dataset, Mutation, Query
 from gql.extensions import MaskUnexpectedErrors
 from gql.frames import View
+from gql.subscriptions import Subscription
 
 __all__ = ["build_schema", "schema"]
 
@@ -43,6 +44,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         types=[Dataset, View],
         extensions=extensions,
         config=StrawberryConfig(),

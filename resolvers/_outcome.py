@@ -7,11 +7,12 @@ the full traceback. The GraphQL layer maps an `Outcome` onto the `Result` type o
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from datagraph import jsonutil
@@ -130,6 +131,8 @@ async def analysed(
     deadline in seconds on a miss, and store a success (unless BYPASS). Problems are never cached,
     and a cancelled request stores nothing."""
     key = cache_key(operation, arguments, plan_key)
+    if plan_key.get("live"):  # a linked table changes without a new version: never cached
+        options = Options(cache="BYPASS", timeout_ms=options.timeout_ms) if options.cache in CACHE_MODES else options
     started = time.perf_counter()
     cache = ctx.resources.cache
     if options.cache == "USE":
@@ -153,8 +156,47 @@ async def analysed(
             timeout = options.timeout_ms / 1000
         return await work(timeout)
 
-    outcome = await answer(key, run, where=operation)
+    if options.cache == "USE":
+        shared = await _join_inflight(key)
+        if shared is not None:
+            shared.elapsed_ms = (time.perf_counter() - started) * 1000
+            return shared
+    mine: asyncio.Future[Outcome] | None = None
+    if options.cache == "USE" and key not in _inflight:
+        mine = asyncio.get_running_loop().create_future()
+        _inflight[key] = mine
+    try:
+        outcome = await answer(key, run, where=operation)
+        if mine is not None:
+            mine.set_result(outcome)
+    finally:
+        if mine is not None:
+            if not mine.done():
+                mine.cancel()
+            _inflight.pop(key, None)
     if outcome.success and options.cache != "BYPASS":
         await cache.set(key, _encode(outcome))
     outcome.elapsed_ms = (time.perf_counter() - started) * 1000
     return outcome
+
+
+# Work under way, by cache key: a request that finds its key here waits for that answer instead
+# of computing it again (watches of one pipeline recompute together after each change).
+_inflight: dict[str, asyncio.Future[Outcome]] = {}
+
+
+async def _join_inflight(key: str) -> Outcome | None:
+    """The answer of the same work already under way, when it succeeds; None to compute it here."""
+    pending = _inflight.get(key)
+    if pending is None:
+        return None
+    try:
+        outcome = await asyncio.shield(pending)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # we were cancelled ourselves
+        return None  # the one computing it went away: compute it here
+    if not outcome.success:
+        return None  # a problem may be the other request's own (its deadline): try for ourselves
+    return replace(outcome, cached=True, columns=list(outcome.columns))

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import unicodedata
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import engine
 from connectors import ingest, sniff
+from connectors.linked import LinkedTable
 from datagraph.context import Context
 from datagraph.errors import BadInput, DatagraphError, NotFound, TooLarge
-from engine import Join, Plan, Source
+from engine import ColumnInfo, Join, Plan, Source
 from storage import DatasetRecord, JobRecord, storage_guard
 
 __all__ = [
     "FRAMES",
     "UPLOADS",
     "SourceInfo",
+    "append_rows",
+    "commit_version",
+    "dataset_job",
     "dataset_plan",
+    "dataset_slug",
     "dataset_source",
     "delete_dataset",
     "display_name",
+    "find_source",
     "get_dataset",
     "get_job",
     "join_step",
@@ -39,6 +47,7 @@ __all__ = [
 UPLOADS = "uploads"
 FRAMES = "frames"
 _CHUNK = 1 << 20
+_append_locks: dict[str, asyncio.Lock] = {}  # one change at a time per dataset in this process
 
 
 class AsyncReadable(Protocol):
@@ -49,15 +58,18 @@ class AsyncReadable(Protocol):
 class SourceInfo:
     id: str
     name: str
-    kind: str
-    status: str
+    kind: str  # FILE | DATABASE | PLUGIN
 
 
 def list_sources(ctx: Context) -> list[SourceInfo]:
-    return [
-        SourceInfo(id=UPLOADS, name="Uploaded files", kind="FILE", status="OK"),
-        SourceInfo(id=FRAMES, name="Saved frames", kind="FILE", status="OK"),
-    ]
+    """The upload area, saved frames, the databases in sources.yaml in file order, and the plugins."""
+    files = [SourceInfo(UPLOADS, "Uploaded files", "FILE"), SourceInfo(FRAMES, "Saved frames", "FILE")]
+    databases = [SourceInfo(c.id, c.name, "DATABASE") for c in ctx.resources.databases.configs.values()]
+    return [*files, *databases, SourceInfo("plugins", "API plugins", "PLUGIN")]
+
+
+def find_source(ctx: Context, source_id: str) -> SourceInfo | None:
+    return next((s for s in list_sources(ctx) if s.id == source_id), None)
 
 
 def list_datasets(ctx: Context, *, source_id: str | None = None) -> list[DatasetRecord]:
@@ -81,8 +93,13 @@ def dataset_plan(ctx: Context, record: DatasetRecord) -> Plan:
 
 
 def dataset_source(ctx: Context, record: DatasetRecord) -> Source:
+    generation = record.created_at.isoformat()
+    if record.origin.get("mode") == "LINK":
+        config = ctx.resources.databases.get(record.source_id)
+        link = LinkedTable(record.source_id, str(record.origin["table"]), config, ctx.settings.max_rows)
+        return Source(record.id, record.version, Path(), generation=generation, link=link)
     path = ctx.resources.files.dataset_file(record.id, record.version)
-    return Source(record.id, record.version, path, generation=record.created_at.isoformat())
+    return Source(record.id, record.version, path, generation=generation)
 
 
 def join_step(ctx: Context, right: str, on: list[str], how: str) -> Join:
@@ -105,7 +122,8 @@ def display_name(raw: str, *, fallback: str = "dataset", limit: int = 100) -> st
     return clean or fallback
 
 
-def _slug(name: str) -> str:
+def dataset_slug(name: str) -> str:
+    """The id a new dataset named `name` asks for: lower-case ASCII letters, digits, '-' and '_'."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9_]+", "-", ascii_name.lower()).strip("-_")[:60].strip("-_")
     return slug or "dataset"
@@ -127,9 +145,16 @@ async def _stage(ctx: Context, stream: AsyncReadable, dest: Path) -> int:
     return written
 
 
-async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, name: str | None) -> DatasetRecord:
-    """Stage, sniff, parse and commit an uploaded file; nothing is visible unless all of it worked."""
+async def upload_dataset(
+    ctx: Context, *, stream: AsyncReadable, filename: str, name: str | None, replace: str | None = None
+) -> DatasetRecord:
+    """Stage, sniff, parse and commit an uploaded file; nothing is visible unless all of it worked.
+    With `replace`, the file becomes the next version of that dataset (REPLACED) instead."""
     res = ctx.resources
+    if replace is not None:
+        target = require_dataset(ctx, replace)
+        if target.source_id != UPLOADS:
+            raise BadInput(f'The dataset "{target.id}" did not come from an upload; only uploads can be replaced.')
     stem, dot, ext = display_name(filename.replace("\x00", ""), fallback="upload", limit=10_000).rpartition(".")
     safe_filename = f"{display_name(stem, fallback='upload')}.{ext[:10]}" if dot else display_name(ext[:100])
     title = display_name(name) if name else display_name(safe_filename.rsplit(".", 1)[0])
@@ -141,9 +166,15 @@ async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, 
         size = await _stage(ctx, stream, staged)
         fmt = await res.executor.run_io(sniff, staged, safe_filename, res.ingest_limits)
         origin = {"format": fmt, "filename": safe_filename, "bytes": size}
-        dataset_id = res.metadata.reserve_dataset(wanted_id=_slug(title), name=title, source_id=UPLOADS, origin=origin)
+        if replace is not None:
+            return await _replace(ctx, replace, staged, parquet, fmt, origin)
+        dataset_id = res.metadata.reserve_dataset(
+            wanted_id=dataset_slug(title), name=title, source_id=UPLOADS, origin=origin
+        )
         with storage_guard():
-            result = await res.executor.run(ingest, staged, fmt, parquet, res.ingest_limits)
+            result = await res.executor.run(
+                ingest, staged, fmt, parquet, res.ingest_limits, deadline_s=ctx.settings.import_timeout_s
+            )
             # fsync and rename off the event loop: a large file's fsync takes a while.
             await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
             kept = await res.executor.run_io(res.files.keep_upload, staged, fmt)
@@ -155,6 +186,7 @@ async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, 
             origin={**origin, "stored_as": kept},
         )
         committed = True
+        await res.events.publish("CREATED", record.id, record.version, record.row_count)
         return record
     finally:
         staged.unlink(missing_ok=True)
@@ -164,7 +196,32 @@ async def upload_dataset(ctx: Context, *, stream: AsyncReadable, filename: str, 
             res.files.remove_dataset(dataset_id)
 
 
-def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
+async def _replace(
+    ctx: Context, dataset_id: str, staged: Path, parquet: Path, fmt: str, origin: dict[str, Any]
+) -> DatasetRecord:
+    res = ctx.resources
+    with storage_guard():
+        result = await res.executor.run(
+            ingest, staged, fmt, parquet, res.ingest_limits, deadline_s=ctx.settings.import_timeout_s
+        )
+    async with _append_locks.setdefault(dataset_id, asyncio.Lock()):
+        record = require_dataset(ctx, dataset_id)
+        with storage_guard():
+            kept = await res.executor.run_io(res.files.keep_upload, staged, fmt)
+        try:
+            new = await commit_version(
+                ctx, record, parquet, rows=result.row_count, columns=result.columns,
+                origin={**record.origin, **origin, "stored_as": kept},
+            )  # fmt: skip
+        except BaseException:
+            res.files.remove_upload(kept)
+            raise
+    res.files.remove_upload(str(record.origin.get("stored_as", "")))
+    await res.events.publish("REPLACED", new.id, new.version, new.row_count)
+    return new
+
+
+async def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
     """Delete the dataset's rows first, then its files: its Parquet versions, the raw upload and its
     exports. A crash in between leaves only files no row names, which the start-up sweep removes."""
     res = ctx.resources
@@ -173,6 +230,7 @@ def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
         res.files.export_file(export.token, export.filename.rsplit(".", 1)[-1]).unlink(missing_ok=True)
     res.files.remove_dataset(record.id)
     res.files.remove_upload(str(record.origin.get("stored_as", "")))
+    await res.events.publish("DELETED", record.id, record.version, 0)
     return record
 
 
@@ -191,31 +249,77 @@ def list_jobs(ctx: Context, limit: int) -> list[JobRecord]:
 async def save_frame(ctx: Context, *, plan: Plan, name: str, job_id: str) -> DatasetRecord:
     """Materialise a pipeline as a new dataset, as a transform job recorded in the metadata store
     (status, timings, row counts and its steps); nothing is visible unless all of it worked."""
-    res = ctx.resources
     if not name or not name.strip():
         raise BadInput("saveFrame needs a name for the new dataset.")
-    title = display_name(name)
     steps = {"dataset": plan.source.dataset_id, **plan.key()}
-    job = res.metadata.start_job(job_id, kind="saveFrame", steps=steps)
+
+    async def produce(parquet: Path) -> tuple[int, int, list[ColumnInfo]]:
+        rows_in, rows_out, columns = await ctx.resources.executor.run(engine.materialise, plan, out=parquet)
+        if rows_out > ctx.settings.max_rows:
+            raise TooLarge(
+                f"The frame has {rows_out:,} rows, more than a dataset may hold ({ctx.settings.max_rows:,},"
+                " setting max_rows); filter or group it first."
+            )
+        return rows_in, rows_out, columns
+
+    origin = {"kind": "saveFrame", "from": plan.source.dataset_id, "steps": steps["steps"]}
+    return await dataset_job(
+        ctx, job_id=job_id, kind="saveFrame", steps=steps, title=display_name(name), source_id=FRAMES,
+        origin=origin, produce=produce,
+    )  # fmt: skip
+
+
+async def dataset_job(
+    ctx: Context,
+    *,
+    job_id: str,
+    kind: str,
+    steps: dict[str, Any],
+    title: str,
+    source_id: str,
+    origin: dict[str, Any],
+    produce: Callable[[Path], Awaitable[tuple[int, int, list[ColumnInfo]] | None]],
+    into: DatasetRecord | None = None,
+) -> DatasetRecord:
+    """A job that makes a dataset: recorded as started, `produce` writes the Parquet file (and says
+    rows in, rows out and the columns), then the file is committed and the row made visible, and the
+    job recorded as succeeded, or failed with the problem's message. Nothing half-made stays.
+
+    With `into`, the file becomes that dataset's next version (REFRESHED) instead of a new dataset
+    (CREATED); `produce` answering None there means nothing changed, and the version stays."""
+    res = ctx.resources
+    job = res.metadata.start_job(job_id, kind=kind, steps=steps)
     parquet = res.files.staging_path(".parquet")
     dataset_id: str | None = None
     committed = False
     try:
         with storage_guard():
-            rows_in, rows_out, columns = await res.executor.run(engine.materialise, plan, out=parquet)
-            if rows_out > ctx.settings.max_rows:
-                raise TooLarge(
-                    f"The frame has {rows_out:,} rows, more than a dataset may hold ({ctx.settings.max_rows:,},"
-                    " setting max_rows); filter or group it first."
+            produced = await produce(parquet)
+            origin = {**origin, "kind": kind, "job": job.id}
+            if produced is None:
+                if into is None:
+                    raise ValueError("produce answered 'unchanged' for a dataset that does not exist yet")
+                record = res.metadata.set_origin(into.id, {**into.origin, **origin})
+                res.metadata.finish_job(job.id, dataset_id=into.id, rows_in=into.row_count, rows_out=into.row_count)
+                return record
+            rows_in, rows_out, columns = produced
+            if into is not None:
+                record = await commit_version(
+                    ctx, into, parquet, rows=rows_out, columns=columns, origin={**into.origin, **origin}
                 )
-            origin = {"kind": "saveFrame", "job": job.id, "from": plan.source.dataset_id, "steps": steps["steps"]}
-            dataset_id = res.metadata.reserve_dataset(
-                wanted_id=_slug(title), name=title, source_id=FRAMES, origin=origin
-            )
-            await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
-        record = res.metadata.mark_ready(dataset_id, version=1, row_count=rows_out, columns=columns, origin=origin)
+                event = "REFRESHED"
+            else:
+                dataset_id = res.metadata.reserve_dataset(
+                    wanted_id=dataset_slug(title), name=title, source_id=source_id, origin=origin
+                )
+                await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
+                record = res.metadata.mark_ready(
+                    dataset_id, version=1, row_count=rows_out, columns=columns, origin=origin
+                )
+                event = "CREATED"
         committed = True
         res.metadata.finish_job(job.id, dataset_id=record.id, rows_in=rows_in, rows_out=rows_out)
+        await res.events.publish(event, record.id, record.version, record.row_count)
         return record
     except DatagraphError as exc:
         res.metadata.finish_job(job.id, error=exc.message)
@@ -228,3 +332,50 @@ async def save_frame(ctx: Context, *, plan: Plan, name: str, job_id: str) -> Dat
         if dataset_id is not None and not committed:
             res.metadata.discard_pending(dataset_id)
             res.files.remove_dataset(dataset_id)
+
+
+async def commit_version(
+    ctx: Context, record: DatasetRecord, staged: Path, *, rows: int, columns: list[ColumnInfo], origin: dict[str, Any]
+) -> DatasetRecord:
+    """Make the fully written `staged` file the next version of `record`: commit it beside the
+    others under a name no other writer has taken, then move the metadata row on, if nobody else
+    did meanwhile. Older versions stay for queries still reading them; a sweep removes them later."""
+    res = ctx.resources
+    version = record.version + 1
+    final = res.files.dataset_file(record.id, version)
+    changed = BadInput(f'The dataset "{record.id}" changed meanwhile (another change came first); try again.')
+    if not await res.executor.run_io(res.files.commit_new, staged, final):
+        raise changed  # another writer (another server process) made this version first
+    try:
+        return res.metadata.add_version(record.id, version=version, row_count=rows, columns=columns, origin=origin)
+    except LookupError:
+        final.unlink(missing_ok=True)  # ours: the link above made it
+        raise changed from None
+
+
+async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord:
+    """Append records to a dataset as its next version, all or nothing, and publish APPENDED."""
+    res = ctx.resources
+    record = require_dataset(ctx, dataset_id)
+    if record.origin.get("mode") == "LINK":
+        raise BadInput(f'The dataset "{record.id}" is a linked database table; add rows in the database.')
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise BadInput("appendRows needs rows: a non-empty list of objects, one per row ({column: value}).")
+    if len(rows) > ctx.settings.rows_max:
+        raise TooLarge(f"appendRows takes at most {ctx.settings.rows_max:,} rows at once (setting rows_max).")
+    async with _append_locks.setdefault(record.id, asyncio.Lock()):
+        record = require_dataset(ctx, dataset_id)  # the latest version, after any append before us
+        staged = res.files.staging_path(".parquet")
+        try:
+            with storage_guard():
+                current = res.files.dataset_file(record.id, record.version)
+                total, columns = await res.executor.run(engine.append_rows, current, rows, out=staged)
+            if total > ctx.settings.max_rows:
+                raise TooLarge(
+                    f"The dataset would have {total:,} rows, more than {ctx.settings.max_rows:,} (setting max_rows)."
+                )
+            new = await commit_version(ctx, record, staged, rows=total, columns=columns, origin=record.origin)
+        finally:
+            staged.unlink(missing_ok=True)
+    await res.events.publish("APPENDED", new.id, new.version, new.row_count)
+    return new

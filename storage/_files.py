@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -77,6 +78,36 @@ class DataDir:
             os.replace(staged, final)
             _fsync_dir(final.parent)
         return final
+
+    def commit_new(self, staged: Path, final: Path) -> bool:
+        """`commit`, but only if `final` does not exist yet (a hard link cannot replace a file);
+        False, leaving `staged` where it is, when another writer committed that name first."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with storage_guard():
+            _fsync_file(staged)
+            try:
+                os.link(staged, final)
+            except FileExistsError:
+                return False
+            staged.unlink()
+            _fsync_dir(final.parent)
+        return True
+
+    def sweep_versions(self, current: dict[str, int], *, grace_s: float) -> int:
+        """Remove dataset versions older than the one before the current, once they have not been
+        current for `grace_s` (queries that started on them have long finished); return how many."""
+        removed = 0
+        cutoff = time.time() - grace_s
+        for dataset_id, version in current.items():
+            folder = self.datasets / dataset_id
+            if not folder.is_dir():
+                continue
+            for entry in folder.glob("v*.parquet"):
+                number = entry.stem[1:]
+                if number.isdigit() and int(number) < version - 1 and entry.stat().st_mtime < cutoff:
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     def keep_upload(self, staged: Path, ext: str) -> str:
         """Move a raw upload under `uploads/` with a generated name; return that name."""

@@ -8,6 +8,8 @@ place, so a crash in between leaves a pending row that the start-up sweep remove
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -170,6 +172,41 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+class _ChangeStamp:
+    """A value that differs whenever the database may have changed since it was last read.
+
+    Every query asks for the dataset record, so ready records are kept in memory and trusted
+    while this stamp holds. Writes through this store bump a local counter; for a SQLite file,
+    `PRAGMA data_version` on a connection of its own also moves when any other connection, in
+    this process or another, commits. For other databases there is no cheap signal, so the stamp
+    is None and nothing is kept.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.local = 0
+        self._lock = threading.Lock()
+        self._watch: sqlite3.Connection | None = None
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:" and "mode=memory" not in database:
+            self._watch = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+
+    def read(self) -> tuple[int, int] | None:
+        if self._watch is None:
+            return None
+        with self._lock:
+            (version,) = self._watch.execute("PRAGMA data_version").fetchone()
+        return (self.local, int(version))
+
+    def bump(self) -> None:
+        with self._lock:
+            self.local += 1
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+
+
 class MetadataStore:
     """Datasets and exports, kept in a SQL database through SQLAlchemy Core."""
 
@@ -178,6 +215,9 @@ class MetadataStore:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         _meta.create_all(self.engine)
+        self._stamp = _ChangeStamp(self.engine)
+        self._records: dict[str, DatasetRecord] = {}
+        self._records_stamp: tuple[int, int] | None = None
 
     def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
@@ -185,12 +225,16 @@ class MetadataStore:
             conn.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:
+        self._stamp.close()
         self.engine.dispose()
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        finally:
+            self._stamp.bump()  # also on failure: a commit may have happened before the error
 
     # datasets
 
@@ -240,16 +284,60 @@ class MetadataStore:
             row = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).one()
         return _dataset(row)
 
+    def add_version(
+        self, dataset_id: str, *, version: int, row_count: int, columns: list[ColumnInfo], origin: dict[str, Any]
+    ) -> DatasetRecord:
+        """Make `version` (its file already in place) the dataset's current one, if it is still
+        `version - 1`; raise LookupError when the dataset is gone or moved on meanwhile."""
+        with self._tx() as conn:
+            updated = conn.execute(
+                datasets.update()
+                .where(datasets.c.id == dataset_id, datasets.c.status == "ready", datasets.c.version == version - 1)
+                .values(
+                    version=version,
+                    row_count=row_count,
+                    columns=jsonutil.dumps([asdict(c) for c in columns]).decode(),
+                    origin=jsonutil.dumps(origin).decode(),
+                    updated_at=_now(),
+                )
+            )
+            if updated.rowcount != 1:
+                raise LookupError(dataset_id)
+            row = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).one()
+        return _dataset(row)
+
+    def set_origin(self, dataset_id: str, origin: dict[str, Any]) -> DatasetRecord:
+        """Replace a dataset's origin (where it came from, when it was last fetched); same version."""
+        with self._tx() as conn:
+            conn.execute(
+                datasets.update().where(datasets.c.id == dataset_id).values(origin=jsonutil.dumps(origin).decode())
+            )
+            row = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).one()
+        return _dataset(row)
+
     def discard_pending(self, dataset_id: str) -> None:
         with self._tx() as conn:
             conn.execute(datasets.delete().where(datasets.c.id == dataset_id, datasets.c.status == "pending"))
 
     def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
+        stamp = self._stamp.read()  # before the query: a write in between makes the next read miss
+        if stamp is not None and stamp == self._records_stamp:
+            known = self._records.get(dataset_id)
+            if known is not None:
+                return known
+        elif stamp != self._records_stamp:
+            self._records = {}
+            self._records_stamp = stamp
         with self.engine.connect() as conn:
             row = conn.execute(
                 datasets.select().where(datasets.c.id == dataset_id, datasets.c.status == "ready")
             ).one_or_none()
-        return _dataset(row) if row else None
+        if row is None:
+            return None
+        record = _dataset(row)
+        if stamp is not None and len(self._records) < 10_000:
+            self._records[dataset_id] = record
+        return record
 
     def list_datasets(self) -> list[DatasetRecord]:
         with self.engine.connect() as conn:

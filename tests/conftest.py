@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from starlette.testclient import TestClient
+from upstream import Listener, Upstream
 
 from datagraph.app import create_app
 from datagraph.settings import Settings
@@ -84,7 +85,8 @@ class Api:
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(data_dir=tmp_path / "data", **overrides)
+    """Settings on a fresh data directory, with no database sources or plugins unless given."""
+    return Settings(**{"data_dir": tmp_path / "data", "sources": "", "plugins": "", **overrides})
 
 
 @pytest.fixture
@@ -142,3 +144,30 @@ def upload_over_http(base: str, path: Path) -> str:
     assert payload["success"], payload
     dataset_id: str = payload["dataset"]["id"]
     return dataset_id
+
+
+def require_service(port: int, name: str) -> None:
+    """Skip unless `name` listens on 127.0.0.1:`port`; under CI a missing service fails instead."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        message = f"{name} is not running on 127.0.0.1:{port}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}, and CI needs it (.ci/run starts it)")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    """A scripted HTTP server on 127.0.0.1 (tests/upstream.py)."""
+    server = Upstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    """A listener on 127.0.0.2 that counts the connections it accepts."""
+    server = Listener()
+    yield server
+    server.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -101,6 +102,23 @@ def test_a_new_dataset_under_the_same_id_is_never_answered_from_the_old_entry(ti
     assert tips.upload_ok(b"a,b\n1,2\n3,4\n", "tips.csv") == "tips"
     fresh = _answer(tips, q)
     assert fresh["cached"] is False and fresh["data"] == {"count": 2}
+
+
+def test_a_dataset_replaced_by_another_server_process_is_seen_at_once(tmp_path: Path) -> None:
+    # Two servers on one data directory (one SQLite metadata file). The first keeps the dataset's
+    # record in memory; the second replaces the dataset; the first must answer from the new one.
+    settings = make_settings(tmp_path)
+    q = '{ dataset(id: "tips") { count { %s } } }' % META
+    with _app(settings) as first, _app(settings) as second:
+        a, b = Api(first, settings), Api(second, settings)
+        a.upload_ok(DATA / "tips.csv")
+        assert _answer(a, q)["data"] == {"count": TIPS_ROWS}
+        assert _answer(a, q)["cached"] is True
+        assert b.data('mutation { deleteDataset(id: "tips") { success } }')["deleteDataset"]["success"] is True
+        assert a.data(q)["dataset"] is None
+        assert b.upload_ok(b"a,b\n1,2\n3,4\n", "tips.csv") == "tips"
+        fresh = _answer(a, q)
+        assert fresh["cached"] is False and fresh["data"] == {"count": 2}
 
 
 def test_a_repeated_export_reuses_its_file_while_the_link_is_valid(tips: Api) -> None:
@@ -240,3 +258,25 @@ def test_redis_down_or_hung_degrades_to_memory_without_an_error(tmp_path: Path, 
             first, second = _answer(api, q), _answer(api, q)
             assert first["success"] is True and first["data"] == {"count": TIPS_ROWS} and first["cached"] is False
             assert second["cached"] is True  # from memory
+
+
+def test_the_same_work_asked_twice_at_once_is_computed_once(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with _app(settings) as client:
+        api = Api(client, settings)
+        api.upload_ok(DATA / "diamonds.csv")
+        q = (
+            '{ dataset(id: "diamonds") { groupBy(by: ["cut", "color"], aggregations: [{column: "price", fn: MEDIAN}]) { describe { %s } } } }'
+            % META
+        )
+        before = client.get("/readyz").json()["workers"]["jobs"]
+        answers: list[dict[str, Any]] = []
+        threads = [threading.Thread(target=lambda: answers.append(_answer(api, q))) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        jobs = client.get("/readyz").json()["workers"]["jobs"] - before
+    assert len(answers) == 4 and len({json.dumps(a["data"]) for a in answers}) == 1
+    assert jobs == 1, f"{jobs} computations for one piece of work"
+    assert sorted(a["cached"] for a in answers) == [False, True, True, True]

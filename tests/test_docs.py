@@ -32,7 +32,7 @@ def _blocks(language: str, section: str | None = None) -> list[str]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A real `datagraph serve` under uvicorn on loopback, as a user starts it."""
     work = tmp_path_factory.mktemp("readme")
-    with running_server(work) as base:
+    with running_server(work, "--sources", str(ROOT / "sources.yaml")) as base:
         yield base, work
 
 

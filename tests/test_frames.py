@@ -32,6 +32,10 @@ FILTERS = [
     ({"column": "class", "op": "IN", "value": ["First", "Second"]}, T["class"].isin(["First", "Second"])),
     ({"column": "pclass", "op": "NOT_IN", "value": [1, 2]}, ~T["pclass"].isin([1, 2])),
     ({"column": "age", "op": "BETWEEN", "value": [20, 30]}, T["age"].between(20, 30)),
+    ({"column": "class", "op": "BETWEEN", "value": ["First", "Second"]}, T["class"].between("First", "Second")),
+    ({"column": "age", "op": "IN", "value": [22, 38.0, 0.92]}, T["age"].isin([22, 38.0, 0.92])),
+    ({"column": "pclass", "op": "IN", "value": [1, 2.5]}, T["pclass"].isin([1, 2.5])),
+    ({"column": "pclass", "op": "IN", "value": [2.0]}, T["pclass"].isin([2])),
     (
         {"column": "embark_town", "op": "CONTAINS", "value": "amp"},
         T["embark_town"].str.contains("amp", regex=False) == True,

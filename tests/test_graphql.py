@@ -17,7 +17,7 @@ def _post(api: Api, body: object) -> tuple[int, str]:
 
 
 def _still_serving(api: Api) -> None:
-    assert api.data("{ sources { id } }")["sources"] == [{"id": "uploads"}, {"id": "frames"}]
+    assert api.data("{ sources { id } }")["sources"] == [{"id": "uploads"}, {"id": "frames"}, {"id": "plugins"}]
 
 
 def test_depth_bomb_is_refused(api: Api) -> None:
@@ -82,7 +82,7 @@ def test_get_cannot_run_a_mutation(api: Api) -> None:
     response = api.client.get("/graphql", params={"query": 'mutation { deleteDataset(id: "x") { success } }'})
     assert response.status_code in (400, 405)
     ok = api.client.get("/graphql", params={"query": "{ sources { id } }"})
-    assert ok.json() == {"data": {"sources": [{"id": "uploads"}, {"id": "frames"}]}}
+    assert ok.json() == {"data": {"sources": [{"id": "uploads"}, {"id": "frames"}, {"id": "plugins"}]}}
 
 
 def test_validation_errors_are_not_masked(api: Api) -> None:

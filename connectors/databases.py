@@ -1,0 +1,348 @@
+"""Reading the databases in `sources.yaml`: checks, catalogues, read-only queries, snapshots.
+
+Everything here is a plain function of a `DatabaseConfig`, so it runs where the caller puts it:
+queries and imports in a worker process (killable at the deadline, which also closes the
+connection), checks and catalogues on a thread. Each process keeps one SQLAlchemy engine per
+source (its own pool; `pool_pre_ping`, so a connection the database dropped is replaced).
+
+A query runs inside a read-only transaction with a statement timeout set for that transaction:
+PostgreSQL `BEGIN; SET TRANSACTION READ ONLY` + `SET LOCAL statement_timeout`; MySQL `START TRANSACTION READ ONLY`
++ `max_execution_time`, MariaDB `max_statement_time`; SQLite opened `mode=ro` with
+`PRAGMA query_only`. The caller's deadline (the worker kill) sits a few seconds past it.
+
+Failures become datagraph errors with messages of our own: the driver's text can carry a host, a
+user or a statement, so it is never passed on, and only the exception's class is logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from connectors.sources import DatabaseConfig
+from datagraph.errors import BadInput, DatagraphError, ReadOnly, SourceUnavailable, Timeout, TooLarge
+from engine import ColumnInfo, column_infos, lazy_column_infos
+
+__all__ = ["QueryRows", "dispose_engines", "list_tables", "ping", "query_rows", "read_only", "snapshot", "translate"]
+
+log = logging.getLogger("datagraph.databases")
+
+CONNECT_TIMEOUT_S = 3
+_engines: dict[str, tuple[str, Engine]] = {}  # source id -> (the URL it was made for, its engine)
+_engines_lock = threading.Lock()
+
+
+def _engine(cfg: DatabaseConfig) -> Engine:
+    with _engines_lock:
+        known = _engines.get(cfg.id)
+        if known is not None and known[0] == cfg.url:
+            return known[1]
+        if known is not None:
+            known[1].dispose()
+        engine = _create(cfg)
+        _engines[cfg.id] = (cfg.url, engine)
+        return engine
+
+
+def _create(cfg: DatabaseConfig) -> Engine:
+    if cfg.kind == "sqlite":
+        path = cfg.url.removeprefix("sqlite:///")
+        return sa.create_engine(
+            "sqlite://",
+            creator=lambda: _sqlite_readonly(path),
+            pool_pre_ping=True,
+        )
+    connect_args: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    # A database that stops answering mid-conversation (a black hole) must not hold a thread or a
+    # worker forever: the socket gives up a little after the statement timeout could have fired.
+    socket_timeout_s = int(cfg.statement_timeout_s) + 10
+    if cfg.kind == "mysql":
+        connect_args["client_flag"] = 0  # never CLIENT_MULTI_STATEMENTS
+        connect_args["read_timeout"] = socket_timeout_s
+        connect_args["write_timeout"] = socket_timeout_s
+    else:
+        connect_args.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+        connect_args["tcp_user_timeout"] = socket_timeout_s * 1000
+    return sa.create_engine(
+        cfg.url,
+        pool_size=cfg.pool_size,
+        max_overflow=0,
+        pool_pre_ping=True,
+        pool_timeout=cfg.statement_timeout_s,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_readonly(path: str) -> Any:
+    import sqlite3
+
+    if not os.path.exists(path):
+        raise sqlite3.OperationalError("missing database file")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+def dispose_engines() -> None:
+    with _engines_lock:
+        for _, engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+# ---- failures ---------------------------------------------------------------------------------------------------
+
+# PostgreSQL SQLSTATEs and MySQL/MariaDB error numbers we answer with our own words.
+_PG_STATES = {
+    "57014": (Timeout, "The query ran past the source's statement timeout of {timeout:g} s and was stopped."),
+    "25006": (ReadOnly, "The query tried to change data; sources are read-only."),
+    "42501": (ReadOnly, "The source's database user may not read that."),
+    "42P01": (BadInput, "The query names a table the source does not have."),
+    "42703": (BadInput, "The query names a column the table does not have."),
+    "42883": (BadInput, "The query calls a function or operator the source does not have for those types."),
+    "22012": (BadInput, "The query divides by zero."),
+    "53200": (TooLarge, "The database ran out of memory for the query."),
+    "54000": (TooLarge, "The query is over one of the database's limits."),
+}
+_MY_ERRORS = {
+    3024: (Timeout, "The query ran past the source's statement timeout of {timeout:g} s and was stopped."),
+    1969: (Timeout, "The query ran past the source's statement timeout of {timeout:g} s and was stopped."),
+    1792: (ReadOnly, "The query tried to change data; sources are read-only."),
+    1142: (ReadOnly, "The source's database user may not read that."),
+    1044: (ReadOnly, "The source's database user may not read that."),
+    1146: (BadInput, "The query names a table the source does not have."),
+    1054: (BadInput, "The query names a column the table does not have."),
+    1305: (BadInput, "The query calls a function the source does not have."),
+}
+
+
+# MySQL client errors that mean the connection is gone or never came: can't connect, gone away, lost.
+_MY_CONNECTION = frozenset({1045, 2002, 2003, 2005, 2006, 2013, 2055})
+
+
+def translate(exc: BaseException, cfg: DatabaseConfig) -> DatagraphError:
+    """Our error for a driver or SQLAlchemy failure on `cfg`, without the driver's text."""
+    if isinstance(exc, DatagraphError):
+        return exc
+    orig = getattr(exc, "orig", None) or exc
+    state = getattr(orig, "sqlstate", None)
+    args = getattr(orig, "args", None)
+    number = args[0] if isinstance(args, tuple) and args and isinstance(args[0], int) else None
+    # PyMySQL carries both; MySQL's error numbers are the precise ones.
+    known = _MY_ERRORS.get(number) if number is not None else _PG_STATES.get(state) if state else None
+    if known is not None:
+        cls, message = known
+        return cls(message.format(timeout=cfg.statement_timeout_s))
+    log.warning(
+        "source %s: %s (%s)", cfg.id, type(orig).__name__, state or number or "no code"
+    )  # the class and code only: the text may name a host or user
+    if number in _MY_CONNECTION or (isinstance(state, str) and state[:2] in ("08", "57", "28")):
+        if number == 1045 or (isinstance(state, str) and state.startswith("28")):
+            return SourceUnavailable(f'The source "{cfg.id}" refused the server\'s credentials; check sources.yaml.')
+        return SourceUnavailable(f'The source "{cfg.id}" did not answer; it may be down. Try again shortly.')
+    if (
+        number is None
+        and state is None
+        and (isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or isinstance(orig, OSError))
+    ):
+        return SourceUnavailable(f'The source "{cfg.id}" did not answer; it may be down. Try again shortly.')
+    return BadInput(f'The source "{cfg.id}" refused the query as written.')
+
+
+@contextmanager
+def read_only(cfg: DatabaseConfig) -> Iterator[Connection]:
+    """A connection inside a read-only transaction with the statement timeout, rolled back after."""
+    try:
+        with _engine(cfg).connect() as conn:
+            if cfg.kind == "postgresql":
+                # The driver has just opened the transaction (BEGIN); this is its first statement.
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                ms = int(cfg.statement_timeout_s * 1000)
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")  # an int we made, not user text
+                quoted = '"' + cfg.schema.replace('"', '""') + '"'  # from sources.yaml, quoted all the same
+                conn.exec_driver_sql(f"SET LOCAL search_path = {quoted}")
+            elif cfg.kind == "mysql":
+                conn.exec_driver_sql("ROLLBACK")  # SQLAlchemy's implicit transaction, if any
+                if _is_mariadb(conn):
+                    conn.exec_driver_sql(f"SET SESSION max_statement_time = {cfg.statement_timeout_s:.3f}")
+                else:
+                    conn.exec_driver_sql(f"SET SESSION max_execution_time = {int(cfg.statement_timeout_s * 1000)}")
+                conn.exec_driver_sql("START TRANSACTION READ ONLY")
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+    except DRIVER_ERRORS as exc:  # the caller's own failures (a full disk, ...) pass through as they are
+        raise translate(exc, cfg) from None
+
+
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    import psycopg
+    import pymysql
+
+    return (sa.exc.SQLAlchemyError, psycopg.Error, pymysql.err.Error, sqlite3.Error, ConnectionError, TimeoutError)
+
+
+DRIVER_ERRORS = _driver_errors()
+
+
+def _is_mariadb(conn: Connection) -> bool:
+    return bool(getattr(conn.dialect, "is_mariadb", False))
+
+
+# ---- what callers run ---------------------------------------------------------------------------------------------
+
+
+def ping(cfg: DatabaseConfig) -> None:
+    """`SELECT 1` on a pooled connection; SourceUnavailable when the source does not answer."""
+    try:
+        with _engine(cfg).connect() as conn:
+            conn.exec_driver_sql("SELECT 1").scalar()
+    except DRIVER_ERRORS as exc:
+        raise translate(exc, cfg) from None
+
+
+def list_tables(cfg: DatabaseConfig) -> list[str]:
+    """Tables and views in the source's schema, limited to its allowlist when it has one."""
+    try:
+        with _engine(cfg).connect() as conn:
+            inspector = sa.inspect(conn)
+            schema = None if cfg.kind == "sqlite" else cfg.schema
+            names = inspector.get_table_names(schema=schema) + inspector.get_view_names(schema=schema)
+    except DRIVER_ERRORS as exc:
+        raise translate(exc, cfg) from None
+    allowed = {t.lower() for t in cfg.tables} if cfg.tables is not None else None
+    return sorted({n for n in names if allowed is None or n.lower() in allowed})
+
+
+def _run(conn: Connection, sql: str) -> sa.CursorResult[Any]:
+    # Handed to the cursor as it is, with no parameter collection, so a `%` or `:name` in a string
+    # literal is never taken for a placeholder (the SQL was regenerated from a checked tree).
+    return conn.execution_options(no_parameters=True).exec_driver_sql(sql)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRows:
+    records: list[dict[str, Any]]
+    columns: list[ColumnInfo]
+    truncated: bool
+
+
+def _frame(result: sa.CursorResult[Any], rows: Sequence[Any]) -> pl.DataFrame:
+    return _rows_frame(list(result.keys()), [tuple(r) for r in rows])
+
+
+_PLAIN = (bool, int, float, str, bytes, dt.date, dt.time, dt.timedelta)
+
+
+def _plain(value: Any) -> Any:
+    """A value Polars and JSON can hold: Decimal as float (NaN as null), anything else as text."""
+    if value is None or isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return None if value.is_nan() else float(value)
+    return str(value)  # inet, ranges, arrays of those, ...
+
+
+def _rows_frame(names: list[str], rows: Sequence[Any]) -> pl.DataFrame:
+    """Rows as a DataFrame. Duplicate names are the query's mistake; values Polars cannot hold
+    (a NaN numeric panics it, a network address becomes an Object column) are made plain first."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise BadInput(f'The query returns two columns named "{name[:60]}"; name them apart with AS.')
+        seen.add(name)
+    try:
+        frame = pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
+        if any(t == pl.Object for t in frame.schema.values()):
+            raise TypeError("object column")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # pyo3's PanicException is a BaseException
+        frame = pl.DataFrame(
+            [tuple(_plain(v) for v in row) for row in rows], schema=names, orient="row", infer_schema_length=None
+        )
+    decimals = [n for n, t in frame.schema.items() if isinstance(t, pl.Decimal)]
+    return frame.with_columns(pl.col(decimals).cast(pl.Float64)) if decimals else frame
+
+
+def query_rows(cfg: DatabaseConfig, sql: str, limit: int) -> QueryRows:
+    """Run checked, limit-wrapped SQL (asking for `limit + 1` rows) read-only; at most `limit` come back."""
+    with read_only(cfg) as conn:
+        result = _run(conn, sql)
+        frame = _frame(result, result.fetchall())
+    truncated = frame.height > limit
+    frame = frame.head(limit)
+    return QueryRows(frame.to_dicts(), column_infos(frame), truncated)
+
+
+def _batches(conn: Connection, cfg: DatabaseConfig, sql: str, size: int) -> Iterator[tuple[list[str], list[Any]]]:
+    """Rows of `sql` in batches of `size`, read through the driver's own streaming cursor (a
+    PostgreSQL server-side cursor, PyMySQL's unbuffered cursor): SQLAlchemy's row objects and
+    psycopg's default of 100 rows per round trip cost more than the database here."""
+    raw: Any = conn.connection.dbapi_connection
+    if cfg.kind == "postgresql":
+        cursor = raw.cursor(name="datagraph_import")
+        cursor.itersize = size
+    elif cfg.kind == "mysql":
+        import pymysql.cursors
+
+        cursor = raw.cursor(pymysql.cursors.SSCursor)
+    else:
+        cursor = raw.cursor()
+    try:
+        cursor.execute(sql)  # no parameters: a `%` in the checked SQL is not a placeholder
+        names = [d[0] for d in cursor.description]
+        rows = cursor.fetchmany(size)
+        yield names, rows  # at least once, so an empty result still names its columns
+        while rows := cursor.fetchmany(size):
+            yield names, rows
+    finally:
+        cursor.close()
+
+
+def snapshot(
+    cfg: DatabaseConfig, sql: str, out: Path, *, batch_rows: int, max_rows: int
+) -> tuple[int, list[ColumnInfo]]:
+    """Stream the rows of checked SQL into one Parquet file, `batch_rows` at a time, so a table larger
+    than memory still imports; the batches are written as parts and joined by a streaming sink."""
+    parts: list[Path] = []
+    total = 0
+    names: list[str] = []
+    try:
+        with read_only(cfg) as conn:
+            for names, rows in _batches(conn, cfg, sql, batch_rows):
+                if not rows:
+                    continue
+                total += len(rows)
+                if total > max_rows:
+                    raise TooLarge(
+                        f"The import has more than {max_rows:,} rows (setting max_rows); import a query"
+                        " that filters or groups it, or link the table instead."
+                    )
+                part = out.with_name(f"{out.stem}.part{len(parts):05d}.parquet")
+                _rows_frame(names, rows).write_parquet(part, compression="lz4")
+                parts.append(part)
+        if not parts:
+            pl.DataFrame(schema=dict.fromkeys(names, pl.String)).write_parquet(out)
+        else:
+            frames = [pl.scan_parquet(p) for p in parts]
+            pl.concat(frames, how="vertical_relaxed").sink_parquet(out)
+        return total, lazy_column_infos(pl.scan_parquet(out))
+    finally:
+        for part in parts:
+            part.unlink(missing_ok=True)

@@ -1,0 +1,384 @@
+"""Push the leading steps of a plan down to a linked database table as one SQLAlchemy Core SELECT.
+
+`push_down` compiles steps in order while each one gives exactly what `engine.build` gives on the
+rows `SELECT * FROM table` fetches, and stops at the first that cannot; the rest run in Polars on
+the fetched rows. User values only ever travel as bound parameters. What is decided, and why:
+
+- Unknown columns raise `BadInput` here, worded as the engine words it, before any query runs.
+  Every other mistake (operator, value type, empty list, alias clash, negative slice) only stops
+  the push, so the engine reports it with its own message.
+- Null handling matches as is: a comparison with a missing value is never true in Polars or SQL.
+  Engine sorts put nulls last in both directions: `ORDER BY (c IS NULL), c [DESC]` on every dialect.
+  A sort after a sort is stable in Polars, so the earlier order stays as the tie-breaker.
+- Text compares by bytes, as Polars does: PostgreSQL `CAST(c AS TEXT) COLLATE "C"` (enums and citext
+  too), SQLite `COLLATE BINARY`, MySQL/MariaDB `CAST(CAST(c AS CHAR CHARACTER SET utf8mb4) AS BINARY)`
+  against UTF-8 byte parameters, because their usual collations ignore case and trailing spaces.
+  This applies to filters, sort keys, group keys, MIN/MAX and N_UNIQUE, at the cost of indexes on
+  text columns. CONTAINS/STARTS_WITH/ENDS_WITH use strpos/instr and substr rather than LIKE
+  (case-blind on SQLite and MySQL, and `%`/`_` in values would be wildcards).
+- Group-by works as the engine does: output `<column>_<fn>` or the alias, sorted by the keys, nulls
+  last. SUM of nothing is 0 (COALESCE), integer sums come back as BIGINT, and MEAN/STD/VAR/MEDIAN
+  are computed on doubles. Counts come back as the database's BIGINT where Polars gives UInt32.
+  MEDIAN (`percentile_cont`) is pushed to PostgreSQL only, STD/VAR to PostgreSQL and MySQL only.
+  FIRST/LAST depend on file order, which a table lacks: never pushed.
+- Not pushed: Join and Clean; conditions, keys or aggregations on columns whose values the fetch
+  changes or whose SQL comparison differs: single-precision floats (MySQL sends FLOAT rounded to
+  6 digits), PostgreSQL `char(n)` (pads), time-zone-aware timestamps, dates and timestamps on SQLite
+  (stored as text), and types the engine cannot compare. COUNT and IS_NULL/NOT_NULL push for any type.
+  Float values against DECIMAL columns, and non-integral values in IN on integer columns (the engine
+  truncates them), are not pushed either.
+- A table has no row order: a slice that no sort or group-by has ordered takes whichever rows the
+  database returns first, as the engine would slice an unordered fetch. Ties in a sort are likewise
+  in no defined order. Float columns are fetched as floats (SQLAlchemy reads MySQL DOUBLE as Decimal).
+- A step that needs a finished SELECT (a filter or group-by after a group-by or slice, a sort after
+  a slice) wraps it as a subquery; the pushed order is re-applied outside, and a step whose order
+  no longer exists as an output column is not pushed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from datagraph.errors import BadInput
+from engine import AGG_FNS, OPS, Aggregation, Condition, Filter, GroupBy, Select, Slice, Sort, Step
+
+__all__ = ["DIALECTS", "Pushed", "count_query", "push_down"]
+
+DIALECTS = ("postgresql", "mysql", "sqlite")
+_NUMBER = ("integer", "float", "decimal")
+_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
+    "EQ": operator.eq, "NE": operator.ne, "GT": operator.gt, "GE": operator.ge, "LT": operator.lt, "LE": operator.le,
+}  # fmt: skip
+_INT64 = range(-(2**63), 2**63)
+Expr = sa.ColumnElement[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """The SELECT for the first `pushed` steps, and the steps left to run in Polars on its rows."""
+
+    query: sa.Select[Any]
+    pushed: int
+    remaining: tuple[Step, ...]
+
+
+class _Stop(Exception):
+    """The step cannot be pushed: it and every step after it run in Polars."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """A SELECT kept as parts until it is rendered, whole or as the subquery of the next one."""
+
+    dialect: str
+    source: sa.FromClause
+    scope: dict[str, Expr]  # name -> expression, including columns a select step has hidden
+    outputs: tuple[str, ...]
+    where: tuple[Expr, ...] = ()
+    group_by: tuple[Expr, ...] | None = None
+    order: tuple[tuple[str, bool], ...] = ()  # (name, descending), nulls last
+    offset: int = 0
+    limit: int | None = None
+
+    def kind(self, name: str) -> str | None:
+        return _kind(self.scope[name].type, self.dialect)
+
+
+def push_down(table: sa.Table, steps: Sequence[Step], dialect: str) -> Pushed:
+    """Compile as many leading `steps` as give identical results into one SELECT on `table`
+    (`dialect`: postgresql, mysql or sqlite); raise `BadInput` for a column the table lacks."""
+    if dialect not in DIALECTS:
+        raise ValueError(f"push_down: unknown dialect {dialect!r}; use one of {', '.join(DIALECTS)}")
+    query = _Query(dialect, table, {c.name: c for c in table.columns}, tuple(c.name for c in table.columns))
+    done = 0
+    for step in steps:
+        try:
+            query = _apply(query, step)
+        except _Stop:
+            break
+        done += 1
+    return Pushed(_render(query), done, tuple(steps[done:]))
+
+
+def count_query(pushed: Pushed) -> sa.Select[Any]:
+    """`SELECT count(*)` over the pushed query: the row count when no step remains."""
+    if pushed.remaining:
+        raise ValueError("count_query: steps remain to run in Polars, so the database cannot count the result")
+    inner = pushed.query
+    if inner._limit_clause is None and inner._offset_clause is None:
+        inner = inner.order_by(None)  # PostgreSQL would still sort rows only to count them
+    return sa.select(sa.func.count().label("count")).select_from(inner.subquery())
+
+
+def _apply(q: _Query, step: Step) -> _Query:
+    if isinstance(step, Filter):
+        if not step.conditions:
+            return q
+        if q.group_by is not None or q.limit is not None:
+            q = _wrap(q, keep_order=True)
+        return replace(q, where=(*q.where, *(_condition(q, c) for c in step.conditions)))
+    if isinstance(step, Select):
+        _check(q, step.columns, "select")
+        if not step.columns or len(set(step.columns)) != len(step.columns):
+            raise _Stop
+        return replace(q, outputs=tuple(step.columns))
+    if isinstance(step, Sort):
+        return _sort(q, step)
+    if isinstance(step, Slice):
+        if step.offset < 0 or step.limit < 0:
+            raise _Stop
+        if q.limit is None:
+            return replace(q, offset=step.offset, limit=step.limit)
+        return replace(q, offset=q.offset + step.offset, limit=max(0, min(step.limit, q.limit - step.offset)))
+    if isinstance(step, GroupBy):
+        return _group_by(q, step)
+    raise _Stop  # Join, Clean
+
+
+def _check(q: _Query, columns: Sequence[str], where: str) -> None:
+    for column in columns:
+        if column not in q.outputs:
+            shown = ", ".join(q.outputs[:25]) + (f", ... ({len(q.outputs)} in all)" if len(q.outputs) > 25 else "")
+            raise BadInput(f'{where}: there is no column "{column}". Columns: {shown}.')
+
+
+def _render(q: _Query, *, ordered: bool = True) -> sa.Select[Any]:
+    query = sa.select(*(_fetched(q.scope[n], n) for n in q.outputs)).select_from(q.source)
+    if q.where:
+        query = query.where(*q.where)
+    if q.group_by is not None:
+        query = query.group_by(*q.group_by)
+    if ordered:
+        for name, descending in q.order:
+            value = q.scope[name]
+            key = _exact(value, q.kind(name), q.dialect)
+            query = query.order_by(value.is_(None), key.desc() if descending else key)
+    if q.limit is not None:
+        query = query.limit(q.limit)
+        if q.offset:
+            query = query.offset(q.offset)
+    return query
+
+
+def _fetched(value: Expr, name: str) -> Expr:
+    """`value` named `name` in a select list."""
+    if isinstance(value.type, sa.Float) and value.type.asdecimal:
+        # SQLAlchemy reads Float types with asdecimal (MySQL's DOUBLE) as 10-place Decimals: read floats.
+        value = sa.type_coerce(value, sa.Double())
+    return value if isinstance(value, sa.ColumnClause) and value.name == name else value.label(name)
+
+
+def _wrap(q: _Query, *, keep_order: bool) -> _Query:
+    """The query as a subquery to select from; its order carried outside when `keep_order`."""
+    if keep_order and any(name not in q.outputs for name, _ in q.order):
+        raise _Stop
+    sub = _render(q, ordered=q.limit is not None).subquery()
+    scope: dict[str, Expr] = {n: sub.c[n] for n in q.outputs}
+    return _Query(q.dialect, sub, scope, q.outputs, order=q.order if keep_order else ())
+
+
+def _kind(type_: sa.types.TypeEngine[Any], dialect: str) -> str | None:
+    """How the engine and the database both compare values of this type, or None when they may not agree."""
+    if isinstance(type_, sa.Boolean):
+        return "boolean"
+    if isinstance(type_, sa.Integer):
+        return "integer"
+    if isinstance(type_, sa.Float):
+        double = (
+            dialect == "sqlite"
+            or isinstance(type_, sa.Double)
+            or (dialect == "postgresql" and not isinstance(type_, sa.REAL) and (type_.precision or 53) > 24)
+        )
+        return "float" if double else None
+    if isinstance(type_, sa.Numeric):
+        return "decimal"
+    if isinstance(type_, sa.String):
+        if (dialect == "postgresql" and isinstance(type_, sa.CHAR | sa.NCHAR)) or isinstance(type_, mysql.SET):
+            return None
+        return "text"
+    if dialect == "sqlite":
+        return None
+    if isinstance(type_, sa.DateTime):
+        return None if type_.timezone else "datetime"
+    if isinstance(type_, sa.Date):
+        return "date"
+    return None
+
+
+def _exact(value: Expr, kind: str | None, dialect: str) -> Expr:
+    """`value` as it compares and sorts in Polars: text by bytes, everything else as it is."""
+    if kind != "text":
+        return value
+    if dialect == "postgresql":
+        return sa.cast(value, sa.Text()).collate("C")
+    if dialect == "mysql":
+        return sa.cast(sa.cast(value, mysql.CHAR(charset="utf8mb4")), sa.LargeBinary())
+    return value.collate("BINARY")
+
+
+def _param(value: Any, kind: str, dialect: str) -> Expr:
+    """A bound parameter for a filter value, checked as the engine checks it."""
+    if kind in _NUMBER and isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, float) and kind != "decimal":
+            return sa.literal(value, sa.Double())
+        if isinstance(value, int) and value in _INT64:
+            return sa.literal(value, sa.BigInteger())
+    elif kind == "boolean" and isinstance(value, bool):
+        return sa.literal(value, sa.Boolean())
+    elif kind == "text" and isinstance(value, str):
+        return _text(value, dialect)
+    elif kind in ("date", "datetime") and isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise _Stop from None
+        if kind == "date":
+            return sa.literal(parsed.date(), sa.Date())
+        return sa.literal(parsed.replace(tzinfo=None), sa.DateTime())
+    raise _Stop
+
+
+def _text(value: str, dialect: str) -> Expr:
+    if dialect == "mysql":
+        return sa.literal(value.encode(), sa.LargeBinary())
+    return sa.literal(value, sa.String())
+
+
+def _member(value: Any, kind: str, dialect: str) -> Expr:
+    """An IN value: the engine casts numbers to the column's type, so only exact casts are pushed."""
+    if kind == "integer" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    elif kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind in ("integer", "decimal") and isinstance(value, float):
+        raise _Stop
+    return _param(value, kind, dialect)
+
+
+def _condition(q: _Query, cond: Condition) -> Expr:
+    _check(q, [cond.column], "filter")
+    if cond.op not in OPS:
+        raise _Stop
+    column, kind, op, value = q.scope[cond.column], q.kind(cond.column), cond.op, cond.value
+    if op in ("IS_NULL", "NOT_NULL"):
+        if value is not None:
+            raise _Stop
+        return column.is_(None) if op == "IS_NULL" else column.is_not(None)
+    if value is None or kind is None:
+        raise _Stop
+    exact = _exact(column, kind, q.dialect)
+    if op in _COMPARE:
+        if kind == "boolean" and op not in ("EQ", "NE"):
+            raise _Stop
+        compared: Expr = _COMPARE[op](exact, _param(value, kind, q.dialect))
+        return compared
+    if op in ("IN", "NOT_IN"):
+        if not isinstance(value, list) or not value:
+            raise _Stop
+        members = [_member(v, kind, q.dialect) for v in value]
+        return exact.in_(members) if op == "IN" else exact.not_in(members)
+    if op == "BETWEEN":
+        if not isinstance(value, list) or len(value) != 2:
+            raise _Stop
+        low, high = (_param(v, kind, q.dialect) for v in value)
+        return exact.between(low, high)
+    if kind != "text" or not isinstance(value, str):
+        raise _Stop
+    if value == "":
+        return column.is_not(None)  # every text contains, starts and ends with ""
+    needle = _text(value, q.dialect)
+    # Lengths in the unit substr counts: bytes for MySQL's binary strings, characters elsewhere.
+    size = sa.literal(len(value.encode()) if q.dialect == "mysql" else len(value), sa.Integer())
+    if op == "CONTAINS":
+        position = sa.func.strpos if q.dialect == "postgresql" else sa.func.instr
+        found: Expr = position(exact, needle) > 0
+        return found
+    start = 1 if op == "STARTS_WITH" else sa.func.length(exact) - size + 1
+    part = sa.func.substr(exact, start, size)
+    # substr's result collation is implicit on PostgreSQL: say "C" again so it wins over the parameter's.
+    return (part.collate("C") if q.dialect == "postgresql" else part) == needle
+
+
+def _sort(q: _Query, step: Sort) -> _Query:
+    if not step.keys:
+        raise _Stop
+    names = [k.column for k in step.keys]
+    _check(q, names, "sort")
+    if len(set(names)) != len(names) or any(q.kind(n) is None for n in names):
+        raise _Stop
+    if q.limit is not None:
+        q = _wrap(q, keep_order=True)
+    earlier = tuple((n, d) for n, d in q.order if n not in names)
+    return replace(q, order=(*((k.column, k.descending) for k in step.keys), *earlier))
+
+
+def _group_by(q: _Query, step: GroupBy) -> _Query:
+    if not step.keys or not step.aggregations:
+        raise _Stop
+    _check(q, step.keys, "groupBy")
+    _check(q, [a.column for a in step.aggregations], "groupBy")
+    names = (*step.keys, *(a.output for a in step.aggregations))
+    folded = names if q.dialect == "postgresql" else tuple(n.casefold() for n in names)  # case-blind names
+    if len(set(folded)) != len(names) or any(len(n.encode()) > 63 for n in names):
+        raise _Stop
+    if any(q.kind(k) is None for k in step.keys):
+        raise _Stop
+    if q.group_by is not None or q.limit is not None:
+        q = _wrap(q, keep_order=False)
+    scope: dict[str, Expr] = {}
+    groups: list[Expr] = []
+    for key in step.keys:
+        column = q.scope[key]
+        group = _exact(column, q.kind(key), q.dialect)
+        groups.append(group)
+        # MySQL may not allow selecting the column when grouping by an expression of it; in a group
+        # of byte-equal values MIN is that value.
+        scope[key] = sa.func.min(column) if q.dialect == "mysql" and group is not column else group
+    for agg in step.aggregations:
+        scope[agg.output] = _aggregate(q, agg)
+    return _Query(q.dialect, q.source, scope, names, q.where, tuple(groups), tuple((k, False) for k in step.keys))
+
+
+def _aggregate(q: _Query, agg: Aggregation) -> Expr:
+    column, kind, fn, dialect = q.scope[agg.column], q.kind(agg.column), agg.fn, q.dialect
+    if fn not in AGG_FNS:
+        raise _Stop
+    if fn == "COUNT":
+        return sa.func.count(column)
+    if kind is None or (fn in ("SUM", "MEAN", "MEDIAN", "STD", "VAR") and kind not in _NUMBER):
+        raise _Stop
+    if fn == "N_UNIQUE":
+        return sa.func.count(sa.distinct(_exact(column, kind, dialect)))
+    if fn in ("MIN", "MAX"):
+        if kind == "boolean" and dialect == "postgresql":
+            return (sa.func.bool_and if fn == "MIN" else sa.func.bool_or)(column, type_=sa.Boolean())
+        extreme = (sa.func.min if fn == "MIN" else sa.func.max)(_exact(column, kind, dialect))
+        if kind == "text" and dialect == "mysql":
+            return sa.cast(extreme, mysql.CHAR(charset="utf8mb4"))  # the bytes back as text
+        return extreme
+    if fn == "SUM":
+        total = sa.func.coalesce(sa.func.sum(column), 0.0 if kind == "float" else 0)
+        return sa.cast(total, sa.BigInteger()) if kind == "integer" else total
+    if fn == "MEAN":
+        return sa.func.avg(_double(column, dialect), type_=sa.Double())
+    if fn in ("STD", "VAR") and dialect != "sqlite":
+        spread = sa.func.stddev_samp if fn == "STD" else sa.func.var_samp
+        return spread(_double(column, dialect), type_=sa.Double())
+    if fn == "MEDIAN" and dialect == "postgresql":
+        return sa.func.percentile_cont(0.5).within_group(_double(column, dialect))
+    raise _Stop  # FIRST, LAST; MEDIAN, STD, VAR where the database lacks them
+
+
+def _double(value: Expr, dialect: str) -> Expr:
+    if dialect == "mysql":
+        # A DOUBLE literal makes the expression DOUBLE on every MySQL/MariaDB version (CAST AS DOUBLE
+        # needs MySQL 8.0.17 / MariaDB 10.4.5); AVG of an integer would otherwise be a 4-place DECIMAL.
+        return sa.type_coerce(value * sa.literal_column("1e0"), sa.Double())
+    return sa.cast(value, sa.Double())

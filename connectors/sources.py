@@ -1,0 +1,180 @@
+"""`sources.yaml`: the databases a server may read, validated once at start-up into frozen objects.
+
+    sources:
+      shop:                          # the source id used in the API
+        kind: postgresql             # postgresql | mysql | sqlite
+        url: postgresql://${SHOP_USER}:${SHOP_PASSWORD}@127.0.0.1:5432/shop
+        schema: public               # optional: where unqualified table names live
+        tables: [orders, customers]  # optional allowlist
+        statement_timeout_s: 60      # optional
+        pool_size: 5                 # optional
+
+`${VAR}` is replaced from the environment (a missing variable is an error naming it). A relative
+SQLite path is relative to the file. A bad file raises `SourcesError` with a message naming the
+key, never a value: the URL carries secrets, so it is kept out of every repr, message and log.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["DEFAULT_FILE", "RESERVED_IDS", "DatabaseConfig", "SourcesError", "configured_sources", "load_sources"]
+
+DEFAULT_FILE = "sources.yaml"
+RESERVED_IDS = frozenset({"uploads", "frames", "plugins"})
+_ID = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# The URL schemes each kind accepts, and the SQLAlchemy driver each one runs on. PyMySQL, because
+# aiomysql and asyncmy switch multi-statements on (see RELIABILITY.md).
+_SCHEMES = {
+    "postgresql": ({"postgresql", "postgres", "postgresql+psycopg"}, "postgresql+psycopg"),
+    "mysql": ({"mysql", "mariadb", "mysql+pymysql"}, "mysql+pymysql"),
+    "sqlite": ({"sqlite"}, "sqlite"),
+}
+_DEFAULT_SCHEMA = {"postgresql": "public", "sqlite": "main"}
+
+
+class SourcesError(Exception):
+    """The sources file is unreadable or invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    id: str
+    name: str
+    kind: str  # postgresql | mysql | sqlite
+    url: str = field(repr=False)  # SQLAlchemy URL with its driver; holds secrets
+    schema: str  # where unqualified table names live
+    tables: tuple[str, ...] | None  # the allowlist as written, or None for every table in `schema`
+    statement_timeout_s: float
+    pool_size: int
+
+    @property
+    def dialect(self) -> str:
+        """The sqlglot dialect of this source."""
+        return {"postgresql": "postgres", "mysql": "mysql", "sqlite": "sqlite"}[self.kind]
+
+
+class _Source(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["postgresql", "mysql", "sqlite"]
+    url: str = Field(min_length=1)
+    name: str | None = Field(None, min_length=1, max_length=100)
+    schema_: str | None = Field(None, alias="schema", min_length=1, max_length=63)
+    tables: list[str] | None = None
+    statement_timeout_s: float = Field(60, gt=0, le=3600)
+    pool_size: int = Field(5, ge=1, le=50)
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: dict[str, _Source] = Field(default_factory=dict)
+
+
+def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def var(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in env:
+                raise SourcesError(f"{where}: the environment variable {name} is not set")
+            return env[name]
+
+        return _VAR.sub(var, value)
+    if isinstance(value, dict):
+        return {k: _expand(v, f"{where}.{k}" if where else str(k), env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+    return value
+
+
+def _driver_url(source_id: str, spec: _Source, base: Path) -> str:
+    accepted, driver = _SCHEMES[spec.kind]
+    scheme, sep, rest = spec.url.partition("://")
+    if not sep or scheme.lower() not in accepted:
+        raise SourcesError(f"sources.{source_id}.url: a {spec.kind} source needs a {spec.kind}:// URL")
+    if spec.kind != "sqlite":
+        return f"{driver}://{rest}"
+    path = rest[1:] if rest.startswith("/") else rest  # sqlite:///relative, sqlite:////absolute
+    if not path or path == ":memory:":
+        raise SourcesError(f"sources.{source_id}.url: a sqlite source needs a database file")
+    return f"sqlite:///{(base / path).resolve()}"
+
+
+def _schema(spec: _Source, url: str) -> str:
+    if spec.schema_:
+        return spec.schema_
+    if spec.kind == "mysql":  # the database named in the URL
+        database = url.rsplit("/", 1)[-1].split("?", 1)[0]
+        return database or "mysql"
+    return _DEFAULT_SCHEMA[spec.kind]
+
+
+def load_sources(path: Path, env: Mapping[str, str] | None = None) -> tuple[DatabaseConfig, ...]:
+    """The database sources in `path`, checked; `SourcesError` names the file and the key."""
+    try:
+        return _load(path, os.environ if env is None else env)
+    except SourcesError as exc:
+        raise SourcesError(f"{path.name}: {exc}") from None
+
+
+def _load(path: Path, env: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:
+    try:
+        raw = yaml.safe_load(path.read_text("utf-8"))
+    except OSError as exc:
+        raise SourcesError(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SourcesError(f"not valid YAML{f' at line {mark.line + 1}' if mark is not None else ''}") from None
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise SourcesError("expected a mapping with a 'sources' key")
+    try:
+        parsed = _File.model_validate(_expand(raw, "", env))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise SourcesError(f"{loc}: {first['msg']}") from None
+    configs = []
+    for source_id, spec in parsed.sources.items():
+        if not _ID.match(source_id) or source_id in RESERVED_IDS:
+            raise SourcesError(
+                f"sources.{source_id[:40]}: a source id is lower-case letters, digits, '-' and '_',"
+                f" starts with a letter, and is not one of {', '.join(sorted(RESERVED_IDS))}"
+            )
+        url = _driver_url(source_id, spec, path.parent)
+        tables = tuple(spec.tables) if spec.tables is not None else None
+        configs.append(
+            DatabaseConfig(
+                id=source_id,
+                name=spec.name or source_id,
+                kind=spec.kind,
+                url=url,
+                schema=_schema(spec, url),
+                tables=tables,
+                statement_timeout_s=spec.statement_timeout_s,
+                pool_size=spec.pool_size,
+            )
+        )
+    return tuple(configs)
+
+
+def configured_sources(setting: str) -> tuple[DatabaseConfig, ...]:
+    """The sources the `sources` setting names: none when empty, or when the default file is absent."""
+    if not setting:
+        return ()
+    path = Path(setting)
+    if setting == DEFAULT_FILE and not path.exists():
+        return ()
+    return load_sources(path)

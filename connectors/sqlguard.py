@@ -1,0 +1,318 @@
+"""Read-only SQL, layer 1: check a user's SELECT and return SQL regenerated from the checked tree.
+
+Drivers cannot be trusted to refuse `SELECT 1; DROP TABLE t`, and sqlglot reads some text
+differently from the server (MySQL runs the `/*!50000 ... */` comments that sqlglot drops). So the
+user's text is never sent as typed: it is parsed once for the source's dialect, the tree is checked,
+every table is qualified with its schema, and the SQL the server runs is generated from that tree
+without comments. The generated SQL is parsed and checked again, so what runs is what was checked.
+Layer 2, underneath, is a read-only transaction with a statement timeout.
+
+Every check fails closed:
+- one statement, whose root is a query (SELECT, UNION / INTERSECT / EXCEPT, or one in parentheses);
+- no node that writes, defines, locks, sets session state or runs a command, at any depth (a
+  DELETE inside a CTE is found as well as one at the top), and no WITH RECURSIVE;
+- every function is on an allowlist of sqlglot classes: names sqlglot does not know (`pg_sleep`,
+  `dblink`) are `exp.Anonymous` and refused, and so are known classes left off the list
+  (`read_csv`, `generate_series`);
+- every table is in the allowed set or, without one, in the default schema. An unqualified name is
+  a CTE only where a WITH in scope defines it; any other is qualified with the default schema, so
+  PostgreSQL's search_path cannot turn `pg_authid` into `pg_catalog.pg_authid`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sqlglot import exp
+from sqlglot.dialects.dialect import Dialect
+from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
+from sqlglot.tokenizer_core import TokenType
+
+from datagraph.errors import BadInput, ReadOnly, TooLarge
+
+__all__ = ["DIALECTS", "CheckedSql", "check_select", "limited"]
+
+DIALECTS = ("postgres", "mysql", "sqlite")
+
+# MySQL runs /*! ... */ and MariaDB /*M! ... */ as code; sqlglot reads both as comments.
+_EXECUTABLE_COMMENT = re.compile(r"/\*m?!", re.IGNORECASE)
+
+# Where sqlglot keeps statements and their parts: anything from these modules is refused, so a
+# statement class added by a later sqlglot is refused before anyone lists it here.
+_STATEMENT_MODULES = frozenset({f"sqlglot.expressions.{m}" for m in ("ddl", "dml", "properties", "constraints")})
+
+# Nodes outside those modules that have no place in a read-only query, with what to call them.
+_REFUSED: dict[type[exp.Expr], str] = {
+    exp.Into: "SELECT ... INTO",
+    exp.Lock: "FOR UPDATE / FOR SHARE",
+    # MySQL's /*+ MAX_EXECUTION_TIME(0) */ would lift the statement timeout of layer 2.
+    exp.Hint: "An optimizer hint",
+    exp.Parameter: "A variable or parameter (@name, $1)",
+    exp.SessionParameter: "A server variable (@@name)",
+    exp.Placeholder: "A parameter placeholder",
+    exp.PropertyEQ: "An assignment (:=)",
+    exp.Operator: "OPERATOR(...)",
+    exp.LockingStatement: "LOCKING",
+    exp.Grant: "GRANT",
+    exp.Revoke: "REVOKE",
+    exp.Analyze: "ANALYZE",
+    exp.Cache: "CACHE",
+    exp.Uncache: "UNCACHE",
+    exp.Refresh: "REFRESH",
+    exp.Put: "PUT",
+    exp.Get: "GET",
+    exp.StoredProcedure: "A stored procedure",
+    exp.Block: "A block",
+    exp.MultitableInserts: "INSERT",
+}
+_NAMES: dict[type[exp.Expr], str] = {exp.TruncateTable: "TRUNCATE", exp.LoadData: "LOAD DATA", exp.Transaction: "BEGIN"}
+
+_QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Subquery)
+
+# Exact classes, not subclasses: ExplodingGenerateSeries, say, must not ride in on a parent's entry.
+# Bare words the databases answer with the session's user or role rather than a column.
+_SESSION_NAMES = frozenset({"user", "current_role", "current_user", "session_user", "system_user"})
+
+# Built-ins sqlglot parses as unknown (`Anonymous`) functions, allowed by their bare, unqualified
+# name on their own dialect: pure functions of their arguments or of the clock, nothing else.
+_ALLOWED_NAMES: dict[str, frozenset[str]] = {
+    "mysql": frozenset({
+        "now", "curdate", "curtime", "utc_timestamp", "utc_date", "unix_timestamp", "weekday", "dayname",
+        "monthname", "dayofweek", "dayofyear", "quarter", "week", "yearweek", "adddate", "subdate",
+        "time_to_sec", "sec_to_time", "field", "crc32", "json_unquote", "truncate", "ifnull",
+    }),
+    "postgres": frozenset({
+        "age", "make_date", "make_time", "make_timestamp", "make_interval", "date_part", "to_timestamp",
+        "to_date", "jsonb_build_object", "json_build_object", "to_jsonb", "to_json", "jsonb_agg", "json_agg",
+        "regexp_match", "cardinality", "every", "isfinite",
+    }),
+    "sqlite": frozenset({"strftime", "julianday", "unixepoch", "ifnull", "instr", "printf", "total"}),
+}  # fmt: skip
+
+_ALLOWED_FUNCTIONS: frozenset[type[exp.Func]] = frozenset({
+    # logic, conditionals and types
+    exp.And, exp.Or, exp.Xor, exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Greatest, exp.Least,
+    exp.Exists, exp.Cast, exp.TryCast, exp.Collate,
+    # aggregates
+    exp.Count, exp.CountIf, exp.Sum, exp.Avg, exp.Min, exp.Max, exp.Median, exp.Mode,
+    exp.Stddev, exp.StddevPop, exp.StddevSamp, exp.Variance, exp.VariancePop,
+    exp.PercentileCont, exp.PercentileDisc, exp.Corr, exp.CovarPop, exp.CovarSamp,
+    exp.RegrSlope, exp.RegrIntercept, exp.RegrR2, exp.RegrCount, exp.RegrAvgx, exp.RegrAvgy,
+    exp.ArrayAgg, exp.GroupConcat, exp.LogicalAnd, exp.LogicalOr, exp.AnyValue, exp.Grouping,
+    exp.BitwiseAndAgg, exp.BitwiseOrAgg, exp.BitwiseXorAgg, exp.JSONArrayAgg, exp.JSONObjectAgg,
+    # window functions
+    exp.RowNumber, exp.Rank, exp.DenseRank, exp.PercentRank, exp.CumeDist, exp.Ntile,
+    exp.Lag, exp.Lead, exp.FirstValue, exp.LastValue, exp.NthValue,
+    # maths
+    exp.Abs, exp.Ceil, exp.Floor, exp.Round, exp.Trunc, exp.Sqrt, exp.Cbrt, exp.Exp, exp.Ln, exp.Log,
+    exp.Pow, exp.Sign, exp.Pi, exp.Degrees, exp.Radians, exp.Sin, exp.Cos, exp.Tan, exp.Asin,
+    exp.Acos, exp.Atan, exp.Atan2, exp.Cot, exp.Rand, exp.WidthBucket,
+    # text (REPEAT and SPACE are left out: one call can build a gigabyte)
+    exp.Lower, exp.Upper, exp.Length, exp.Trim, exp.Substring, exp.SubstringIndex, exp.Replace,
+    exp.Concat, exp.ConcatWs, exp.Left, exp.Right, exp.StrPosition, exp.Initcap,
+    exp.Reverse, exp.SplitPart, exp.Translate, exp.Ascii, exp.Chr, exp.StartsWith, exp.EndsWith,
+    exp.RegexpLike, exp.RegexpILike, exp.RegexpReplace, exp.RegexpExtract, exp.MD5, exp.SHA,
+    exp.SHA2, exp.Hex, exp.Format, exp.ToChar, exp.ToNumber, exp.NumberToStr, exp.Elt,
+    # dates and times
+    exp.CurrentDate, exp.CurrentTime, exp.CurrentTimestamp, exp.Localtime, exp.Localtimestamp,
+    exp.Date, exp.DateAdd, exp.DateSub, exp.DateDiff, exp.DateTrunc, exp.TimestampTrunc,
+    exp.DateBin, exp.Extract, exp.Year, exp.Quarter, exp.Month, exp.Week, exp.WeekOfYear, exp.Day,
+    exp.DayOfMonth, exp.DayOfWeek, exp.DayOfWeekIso, exp.DayOfYear, exp.Dayname, exp.Monthname,
+    exp.Hour, exp.Minute, exp.Second, exp.LastDay, exp.StrToDate, exp.StrToTime, exp.TimeToStr,
+    exp.UnixToTime, exp.TimeToUnix, exp.StrToUnix, exp.TsOrDsToDate, exp.TsOrDsToTimestamp,
+    exp.TsOrDsAdd, exp.TsOrDsDiff, exp.TimestampAdd, exp.TimestampSub, exp.TimestampDiff,
+    exp.DateFromParts, exp.ConvertTimezone, exp.JustifyDays, exp.JustifyHours,
+    exp.JustifyInterval, exp.AddMonths, exp.MonthsBetween, exp.DateStrToDate, exp.TimeStrToTime,
+    # JSON and arrays (UNNEST is bounded by its array; GENERATE_SERIES is not, and is refused)
+    exp.JSONExtract, exp.JSONExtractScalar, exp.JSONBExtract, exp.JSONBExtractScalar,
+    exp.JSONBContains, exp.JSONObject, exp.JSONArray, exp.Array, exp.ArraySize, exp.ArrayContains,
+    exp.ArrayToString, exp.Unnest, exp.Explode,
+})  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedSql:
+    """A checked query: `sql` is regenerated from the checked tree without comments; `tables` are
+    the tables it reads as "schema.table"."""
+
+    sql: str
+    tables: tuple[str, ...]
+
+
+def check_select(
+    text: str,
+    *,
+    dialect: str,
+    default_schema: str,
+    allowed_tables: frozenset[str] | None,
+    max_chars: int = 20_000,
+) -> CheckedSql:
+    """Check that `text` is one read-only query over allowed tables; raise `BadInput`, `TooLarge`
+    or `ReadOnly` naming what is wrong. `allowed_tables` of None allows any table in `default_schema`."""
+    if len(text) > max_chars:
+        raise TooLarge(f"The SQL is {len(text):,} characters long; the limit is {max_chars:,}.")
+    if not text.strip():
+        raise BadInput("The SQL is empty: write one SELECT query.")
+    if _EXECUTABLE_COMMENT.search(text):
+        raise ReadOnly("Executable comments are not allowed: remove /*! ... */.")
+    sql_dialect = _dialect(dialect)
+    try:
+        tree = _parse_one(text, sql_dialect)
+        tables = _inspect(tree, sql_dialect, default_schema, allowed_tables)
+        sql = tree.sql(dialect=sql_dialect, comments=False, unsupported_level=ErrorLevel.RAISE)
+        # The generator, too, must not turn the checked tree into something else.
+        again = _parse_one(sql, sql_dialect)
+        if _inspect(again, sql_dialect, default_schema, allowed_tables) != tables:
+            raise BadInput("The SQL could not be checked safely; try writing it more simply.")
+    except RecursionError:
+        raise BadInput("The SQL is nested too deeply.") from None
+    except SqlglotError:
+        raise BadInput("The SQL could not be checked safely; try writing it more simply.") from None
+    return CheckedSql(sql=sql, tables=tables)
+
+
+def limited(checked_sql: str, limit: int, dialect: str) -> str:
+    """Checked SQL that returns at most `limit` rows: the query's own LIMIT, lowered to `limit` when
+    it is above it or absent. Not a wrapping `SELECT * FROM (...) LIMIT n`: MariaDB drops an ORDER BY
+    inside a derived table, and a wrapper refuses repeated column names (measured)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise BadInput(f"The row limit must be a whole number, 0 or more, not {limit!r}.")
+    sql_dialect = _dialect(dialect)
+    query = _parse_one(checked_sql, sql_dialect)
+    if not isinstance(query, exp.Query):
+        raise ValueError("limited() takes the SQL that check_select returned")
+    current = query.args.get("limit")
+    bound = current.expression if isinstance(current, exp.Limit) else None
+    if isinstance(bound, exp.Literal) and bound.is_int and int(bound.this) <= limit:
+        return query.sql(dialect=sql_dialect, comments=False)
+    if current is not None and not (isinstance(bound, exp.Literal) and bound.is_int):
+        # A LIMIT that is an expression: keep it, and bound the rows outside it.
+        wrapped = exp.select("*").from_(query.subquery("_q")).limit(limit)
+        return wrapped.sql(dialect=sql_dialect, comments=False)
+    return query.limit(limit).sql(dialect=sql_dialect, comments=False)
+
+
+def _dialect(name: str) -> Dialect:
+    if name not in DIALECTS:
+        raise ValueError(f"dialect must be one of {DIALECTS}, not {name!r}")
+    return Dialect.get_or_raise(name)
+
+
+def _parse_one(text: str, dialect: Dialect) -> exp.Expr:
+    try:
+        tokens = dialect.tokenize(text)
+    except SqlglotError:
+        raise BadInput("The SQL could not be parsed: a quote, quoted name or comment is not closed.") from None
+    try:
+        statements = [s for s in dialect.parser().parse(tokens, text) if s is not None]
+    except ParseError as exc:
+        if any(token.token_type == TokenType.INTO for token in tokens):
+            # MySQL's INTO OUTFILE / DUMPFILE does not parse; it is refused for what it is.
+            raise ReadOnly("SELECT ... INTO is not allowed in a read-only query.") from None
+        raise BadInput(f"The SQL could not be parsed: {_where(exc)}.") from None
+    if not statements:
+        raise BadInput("The SQL is empty: write one SELECT query.")
+    if len(statements) > 1:
+        raise ReadOnly(f"Only one statement is allowed; this has {len(statements)}.")
+    return statements[0]
+
+
+def _where(exc: ParseError) -> str:
+    if not exc.errors:
+        return "check the syntax"
+    error = exc.errors[0]
+    near = str(error.get("highlight") or "").strip()
+    near = near if len(near) <= 30 else near[:27] + "..."
+    return f"error near {near!r} at line {error.get('line')}, column {error.get('col')}"
+
+
+def _inspect(tree: exp.Expr, dialect: Dialect, default_schema: str, allowed: frozenset[str] | None) -> tuple[str, ...]:
+    """Check the tree; qualify its tables in place and return them."""
+    if not isinstance(tree, _QUERY_ROOTS) or not isinstance(tree.unnest(), _QUERY_ROOTS):
+        raise ReadOnly(f"Only a SELECT query is allowed, not {_describe(tree)}.")
+    nodes = list(tree.walk())
+    for node in nodes:
+        if type(node).__module__ in _STATEMENT_MODULES or isinstance(node, tuple(_REFUSED)):
+            raise ReadOnly(f"{_describe(node)} is not allowed in a read-only query.")
+        if isinstance(node, exp.With) and node.args.get("recursive"):
+            raise ReadOnly("WITH RECURSIVE is not allowed in a read-only query.")
+    named = _ALLOWED_NAMES.get(type(dialect).__name__.lower(), frozenset())
+    for node in nodes:
+        if isinstance(node, exp.Cast | exp.TryCast) and node.to.sql(dialect=dialect).lower().startswith("reg"):
+            raise ReadOnly("Casts to the database's catalogue types (regclass, regrole, ...) are not allowed.")
+        named_session = isinstance(node, exp.Column) and not node.table and node.name.lower() in _SESSION_NAMES
+        if named_session and not node.this.quoted:
+            raise ReadOnly(f"{node.name.upper()} is not allowed: it names the database session.")
+    for node in nodes:
+        if isinstance(node, exp.Anonymous) and node.name.lower() in named and not isinstance(node.parent, exp.Dot):
+            continue  # an ordinary built-in sqlglot has no class for, called by its bare name
+        if isinstance(node, exp.Func) and type(node) not in _ALLOWED_FUNCTIONS:
+            raise ReadOnly(f"Function {_function_name(node, dialect)} is not allowed.")
+    default = _normalize(_schema_identifier(default_schema, dialect), dialect)
+    found: set[str] = set()
+    for table in [n for n in nodes if isinstance(n, exp.Table)]:
+        if isinstance(table.this, exp.Func):
+            continue  # FROM unnest(...): the function was checked above
+        if not isinstance(table.this, exp.Identifier) or table.args.get("catalog"):
+            raise ReadOnly(f"Name tables as schema.table or table, not {_short(table.sql(dialect=dialect))}.")
+        name = _normalize(table.this, dialect)
+        if not isinstance(table.args.get("db"), exp.Identifier):
+            if _is_cte(table, name, dialect):
+                continue
+            table.set("db", _schema_identifier(default_schema, dialect))
+        schema = _normalize(table.args["db"], dialect)
+        key = f"{schema}.{name}"
+        if "." in schema or "." in name:  # "a.b".c and a."b.c" would share one key
+            raise ReadOnly(f"Table {_short(key)} is not one this source allows.")
+        if (key not in allowed) if allowed is not None else schema != default:
+            raise ReadOnly(f"Table {key} is not one this source allows.")
+        found.add(key)
+    return tuple(sorted(found))
+
+
+def _is_cte(table: exp.Table, name: str, dialect: Dialect) -> bool:
+    """True when a WITH in scope defines `name`: a CTE sees the ones before it, the query body all."""
+    child: exp.Expr = table
+    parent = table.parent
+    while parent is not None:
+        visible: list[exp.Expr] = []
+        with_ = parent.args.get("with_")
+        if isinstance(parent, exp.With) and isinstance(child, exp.CTE):
+            visible = parent.expressions[: next(i for i, c in enumerate(parent.expressions) if c is child)]
+        elif isinstance(parent, exp.Query) and isinstance(with_, exp.With) and with_ is not child:
+            visible = with_.expressions
+        if any(_normalize(cte.args["alias"].this, dialect) == name for cte in visible):
+            return True
+        child, parent = parent, parent.parent
+    return False
+
+
+def _normalize(identifier: exp.Identifier, dialect: Dialect) -> str:
+    """The name as the server sees it: folded or not as the dialect folds unquoted names."""
+    return dialect.normalize_identifier(identifier.copy()).name
+
+
+def _schema_identifier(schema: str, dialect: Dialect) -> exp.Identifier:
+    identifier = exp.to_identifier(schema)
+    if identifier.quoted or _normalize(identifier, dialect) == schema:
+        return identifier
+    return exp.to_identifier(schema, quoted=True)  # "MySchema" must not fold to myschema
+
+
+def _describe(node: exp.Expr) -> str:
+    if isinstance(node, exp.Command):
+        return _short(node.name.upper())
+    if type(node) in _REFUSED:
+        return _REFUSED[type(node)]
+    return _NAMES.get(type(node), node.key.upper())
+
+
+def _function_name(node: exp.Func, dialect: Dialect) -> str:
+    if isinstance(node, exp.Anonymous):
+        return _short(node.name.lower())
+    return _short(node.sql(dialect=dialect).split("(", 1)[0].strip().lower())
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."

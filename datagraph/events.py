@@ -1,0 +1,143 @@
+"""Dataset events: published when a dataset is created, appended to, refreshed, replaced or deleted,
+and delivered to every subscriber (`datasetEvents`, `watch`) in this process and, with a
+`redis://` URL configured, in every other server process too, over Redis pub/sub.
+
+Each subscriber has a bounded queue: one that falls behind loses the oldest events, never slows
+the publisher or the other subscribers (`watch` only needs to know that something changed). A
+Redis failure is logged and delivery carries on in this process alone; the reader reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from datagraph import jsonutil
+
+__all__ = ["CHANNEL", "DatasetEvent", "EventBus"]
+
+CHANNEL = "datagraph:events"
+QUEUE_SIZE = 256
+# An event missed is a stale watch in another process: give Redis longer than a cache lookup gets.
+PUBLISH_TIMEOUT_S = 1.0
+log = logging.getLogger("datagraph.events")
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetEvent:
+    kind: str  # CREATED | APPENDED | REFRESHED | REPLACED | DELETED
+    dataset: str
+    version: int
+    row_count: int
+    at: float = 0.0  # time.time() when published
+
+
+class EventBus:
+    """Fan-out of dataset events to local subscribers, bridged through Redis when configured."""
+
+    def __init__(self, redis_url: str = "", *, timeout_s: float = 0.25) -> None:
+        self.redis_url = redis_url
+        self.timeout_s = timeout_s
+        self.origin = uuid.uuid4().hex  # our own messages come back from Redis: skip them
+        self._queues: set[asyncio.Queue[DatasetEvent]] = set()
+        self._redis: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self.published = 0
+        self.dropped = 0
+
+    async def start(self) -> None:
+        if self.redis_url:
+            self._reader = asyncio.create_task(self._read_forever())
+            with contextlib.suppress(Exception):  # connect now, so the first publish is not the slow one
+                client = await self._client()
+                await asyncio.wait_for(client.ping(), PUBLISH_TIMEOUT_S)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                await self._redis.aclose()
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._queues)
+
+    def _deliver(self, event: DatasetEvent) -> None:
+        for queue in list(self._queues):
+            if queue.full():  # a slow subscriber loses its oldest event, not the others' time
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                self.dropped += 1
+            queue.put_nowait(event)
+
+    async def publish(self, kind: str, dataset: str, version: int, row_count: int) -> DatasetEvent:
+        event = DatasetEvent(kind, dataset, version, row_count, time.time())
+        self.published += 1
+        self._deliver(event)
+        if self.redis_url:
+            message = jsonutil.dumps({"origin": self.origin, **asdict(event)})
+            try:
+                client = await self._client()
+                await asyncio.wait_for(client.publish(CHANNEL, message), max(self.timeout_s, PUBLISH_TIMEOUT_S))
+            except Exception as exc:  # other processes miss this one; ours already have it
+                log.warning("publishing a dataset event to Redis failed: %s", type(exc).__name__)
+        return event
+
+    async def _client(self) -> Any:
+        if self._redis is None:
+            import redis.asyncio as aioredis
+
+            self._redis = aioredis.Redis.from_url(
+                self.redis_url, socket_timeout=PUBLISH_TIMEOUT_S, socket_connect_timeout=PUBLISH_TIMEOUT_S
+            )
+        return self._redis
+
+    async def _read_forever(self) -> None:
+        import redis.asyncio as aioredis
+
+        while True:
+            try:
+                reader = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=self.timeout_s)
+                async with reader.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            self._receive(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("reading dataset events from Redis failed (%s); retrying in 1 s", type(exc).__name__)
+                await asyncio.sleep(1)
+
+    def _receive(self, raw: bytes) -> None:
+        try:
+            body = jsonutil.loads(raw)
+            if body.pop("origin", None) == self.origin:
+                return
+            self._deliver(DatasetEvent(**body))
+        except (ValueError, TypeError, KeyError):
+            log.warning("ignored a garbled dataset event from Redis")
+
+    @contextlib.contextmanager
+    def _queue(self) -> Iterator[asyncio.Queue[DatasetEvent]]:
+        queue: asyncio.Queue[DatasetEvent] = asyncio.Queue(QUEUE_SIZE)
+        self._queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self._queues.discard(queue)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[DatasetEvent]]:
+        """A queue that receives every event from now until the block ends."""
+        with self._queue() as queue:
+            yield queue

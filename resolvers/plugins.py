@@ -1,0 +1,286 @@
+"""The plugin registry (the plugins folder, watched) and fetching a plugin into a dataset.
+
+The registry keeps, for each `.py` file in the folder, its text and what a worker found in it:
+the plugins it defines, or why it is unavailable. A change to the folder (seen by watchfiles
+within about a second) re-inspects the changed files in a worker and swaps the file's entry in one
+assignment, so a fetch sees the old version or the new one, never a mix. A file that fails is
+listed under its stem as UNAVAILABLE; the other plugins and the server are not touched.
+
+`fetch_plugin` runs the plugin in a worker under `plugin_timeout_s` and the worker memory cap.
+The same plugin with the same parameters always lands in the same dataset: the first fetch makes
+it, each later one adds a version, unless the upstream answered "not modified" or the data is the
+same as the current version's, in which case the version stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connectors.http import HttpSettings, HttpStats
+from connectors.plugins import PluginInfo, PluginLimits, PluginRun, digest, inspect_file, run_plugin
+from datagraph import jsonutil
+from datagraph.context import Context
+from datagraph.errors import BadInput, DatagraphError, NotFound, Timeout
+from datagraph.settings import Settings
+from engine import ColumnInfo
+from resolvers.datasets import dataset_job, display_name
+from storage import DatasetRecord
+
+__all__ = ["PLUGINS", "PluginFile", "PluginRegistry", "fetch_plugin", "http_settings", "refresh_forever"]
+
+PLUGINS = "plugins"  # the source id of datasets plugins make
+MAX_FILE_BYTES = 1 << 20
+INSPECT_TIMEOUT_S = 15.0
+log = logging.getLogger("datagraph.plugins")
+
+
+@dataclass(frozen=True, slots=True)
+class PluginFile:
+    stem: str
+    code: str
+    digest: str
+    plugins: tuple[PluginInfo, ...]
+    reason: str | None  # why the file is unavailable; None when it loaded
+
+
+def http_settings(settings: Settings) -> HttpSettings:
+    return HttpSettings(
+        connect_timeout_s=settings.http_connect_timeout_s,
+        read_timeout_s=settings.http_read_timeout_s,
+        attempts=settings.http_attempts,
+        backoff_s=settings.http_backoff_s,
+        backoff_cap_s=settings.http_backoff_cap_s,
+        retry_after_max_s=settings.http_retry_after_max_s,
+        max_response_bytes=int(settings.http_max_response_mb * 1024 * 1024),
+        blocked_networks=tuple(n.strip() for n in settings.http_blocked_networks.split(",") if n.strip()),
+    )
+
+
+class PluginRegistry:
+    """The plugins folder as the server knows it, kept current by `watch`."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.files: dict[str, PluginFile] = {}
+        self.http = HttpStats()  # outbound requests, retries and upstream statuses, summed over fetches
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def available(self) -> dict[str, tuple[PluginFile, PluginInfo]]:
+        """Every loaded plugin by name; a name two files define goes to the first file by name
+        (decided on each read, so deleting that file hands the name to the next one)."""
+        found: dict[str, tuple[PluginFile, PluginInfo]] = {}
+        for stem in sorted(self.files):
+            for info in self.files[stem].plugins:
+                found.setdefault(info.name, (self.files[stem], info))
+        return found
+
+    def unavailable(self) -> list[tuple[str, str]]:
+        """(file stem, reason) for files that failed to load or lost every name they define to another file."""
+        winners = {name: file.stem for name, (file, _) in self.available().items()}
+        out: list[tuple[str, str]] = []
+        for stem in sorted(self.files):
+            file = self.files[stem]
+            if file.reason:
+                out.append((stem, file.reason))
+            elif file.plugins and all(winners.get(p.name) != stem for p in file.plugins):
+                other = winners[file.plugins[0].name]
+                out.append((stem, f'the plugin name "{file.plugins[0].name}" is already used by {other}.py'))
+        return out
+
+    def lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def load(self, ctx: Context, path: Path) -> None:
+        """Inspect one file in a worker and swap its entry; remove it when the file is gone."""
+        stem = path.stem
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            self.files.pop(stem, None)
+            return
+        if len(raw) > MAX_FILE_BYTES:
+            self.files[stem] = PluginFile(stem, "", "", (), f"the file is over {MAX_FILE_BYTES // 1024} KiB")
+            return
+        code = raw.decode("utf-8", errors="replace")
+        known = self.files.get(stem)
+        if known is not None and known.digest == digest(code):
+            return
+        try:
+            plugins, reason = await ctx.resources.executor.run(inspect_file, stem, code, timeout=INSPECT_TIMEOUT_S)
+        except Timeout:
+            plugins, reason = [], f"loading it took longer than {INSPECT_TIMEOUT_S:g} s"
+        except Exception as exc:  # the worker died importing it (memory, a crash)
+            plugins, reason = [], getattr(exc, "message", type(exc).__name__)
+        self.files[stem] = PluginFile(stem, code, digest(code), tuple(plugins), reason)
+        log.info("plugin file %s: %s", stem, reason or ", ".join(p.name for p in plugins))
+
+    def _paths(self) -> list[Path]:
+        if self.folder is None or not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.glob("*.py") if not p.name.startswith(("_", ".")))
+
+    async def scan(self, ctx: Context) -> None:
+        """Load every file in the folder, and forget files that are gone."""
+        paths = self._paths()
+        for stem in set(self.files) - {p.stem for p in paths}:
+            self.files.pop(stem, None)
+        await asyncio.gather(*(self.load(ctx, p) for p in paths))
+
+    async def watch(self, ctx: Context) -> None:
+        """Follow the folder: a file added, edited or removed is reloaded within about a second."""
+        if self.folder is None:
+            return
+        import watchfiles
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        async for changes in watchfiles.awatch(self.folder, debounce=300, step=50, recursive=False):
+            paths = {Path(p) for _, p in changes if p.endswith(".py") and not Path(p).name.startswith(("_", "."))}
+            for path in sorted(paths):
+                with contextlib.suppress(Exception):  # one bad file never stops the watch
+                    await self.load(ctx, path)
+
+
+async def refresh_forever(ctx: Context, every_s: float = 1.0) -> None:
+    """Re-fetch each plugin dataset whose plugin declares `refresh_s`, once it is that old."""
+    while True:
+        await asyncio.sleep(every_s)
+        available = ctx.resources.plugins.available()
+        if not any(info.refresh_s for _, info in available.values()):
+            continue  # nothing asks to be refreshed: no need to read the datasets every second
+        for record in ctx.resources.metadata.list_datasets():
+            plugin = str(record.origin.get("plugin", ""))
+            if record.source_id != PLUGINS or plugin not in available:
+                continue
+            refresh = available[plugin][1].refresh_s
+            if not refresh or _age_s(record) < refresh:
+                continue
+            try:
+                params = record.origin.get("params") or {}
+                await fetch_plugin(ctx, plugin=plugin, params=params, name=None, job_id=uuid.uuid4().hex)
+            except Exception as exc:  # a failed refresh is logged and tried again after refresh_s
+                with contextlib.suppress(Exception):
+                    ctx.resources.metadata.set_origin(record.id, {**record.origin, "fetched_at": _now_iso()})
+                log.warning(
+                    "refreshing dataset %s from plugin %s failed: %s",
+                    record.id,
+                    plugin,
+                    getattr(exc, "message", type(exc).__name__),
+                )
+
+
+def _key(info: PluginInfo, params: dict[str, Any] | None) -> str:
+    """What identifies a plugin's dataset: the plugin and its parameters, defaults filled in (so
+    leaving one out and spelling out its default are the same fetch), canonically."""
+    given = dict(params or {})
+    full: dict[str, Any] = {}
+    for param in info.params:
+        value = given.pop(param["name"], None)
+        value = param["default"] if value is None else value
+        if param["type"] == "number" and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)  # 1 and 1.0 are the same parameter value
+        elif param["type"] == "integer" and isinstance(value, float) and value.is_integer():
+            value = int(value)
+        full[param["name"]] = value
+    return jsonutil.canonical_hash({"plugin": info.name, "params": {**full, **given}})
+
+
+_SECRETISH = re.compile(r"token|secret|password|passwd|api[-_]?key|auth|cookie", re.IGNORECASE)
+
+
+def _redacted(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as jobs show them: header values and anything named like a secret hidden."""
+    shown: dict[str, Any] = {}
+    for name, value in params.items():
+        if name == "headers" and isinstance(value, dict):
+            shown[name] = dict.fromkeys(value, "***")
+        elif _SECRETISH.search(name):
+            shown[name] = "***"
+        else:
+            shown[name] = value
+    return shown
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def _age_s(record: DatasetRecord) -> float:
+    """Seconds since the plugin last fetched this dataset (changed or not)."""
+    fetched = record.origin.get("fetched_at")
+    at = dt.datetime.fromisoformat(fetched) if isinstance(fetched, str) else record.updated_at
+    return (dt.datetime.now(dt.UTC) - at).total_seconds()
+
+
+def _find(ctx: Context, key: str) -> DatasetRecord | None:
+    found = [r for r in ctx.resources.metadata.list_datasets() if r.source_id == PLUGINS and r.origin.get("key") == key]
+    return found[0] if found else None
+
+
+async def fetch_plugin(
+    ctx: Context, *, plugin: str, params: dict[str, Any] | None, name: str | None, job_id: str
+) -> DatasetRecord:
+    """Run a plugin's fetch and store the result: a new dataset, or a new version of the dataset the
+    same plugin and parameters made before (the same version when nothing changed)."""
+    res = ctx.resources
+    registry = res.plugins
+    if params is not None and not isinstance(params, dict):
+        raise BadInput("params must be an object of parameter names and values.")
+    entry = registry.available().get(plugin)
+    if entry is None:
+        broken = registry.files.get(plugin)
+        if broken is not None and broken.reason:
+            raise BadInput(f'The plugin "{plugin}" is unavailable: {broken.reason}')
+        names = ", ".join(sorted(registry.available())) or "none"
+        raise NotFound(f'There is no plugin "{plugin[:80]}"; available: {names}.')
+    file, info = entry
+    key = _key(info, params)
+    async with registry.lock(key):
+        existing = _find(ctx, key)
+        if existing is not None and info.cache_ttl_s and _age_s(existing) < info.cache_ttl_s:
+            return existing  # fetched moments ago: the plugin asks not to call its upstream again yet
+        validators = dict(existing.origin.get("validators") or {}) if existing else {}
+        limits = PluginLimits(
+            max_rows=ctx.settings.max_rows,
+            max_columns=ctx.settings.max_columns,
+            deadline_s=ctx.settings.plugin_timeout_s,
+            http=http_settings(ctx.settings),
+        )
+        steps = {"plugin": plugin, "version": info.version, "params": _redacted(params or {})}
+        # The origin keeps the parameters as given (a refresh needs them); jobs show them redacted.
+        origin = {"key": key, **steps, "params": params or {}, "fetched_at": _now_iso()}
+
+        async def produce(parquet: Path) -> tuple[int, int, list[ColumnInfo]] | None:
+            try:
+                run: PluginRun = await res.executor.run(
+                    run_plugin, file.stem, file.code, plugin, params, parquet, limits, validators,
+                    deadline_s=ctx.settings.plugin_timeout_s + 2,
+                )  # fmt: skip
+            except DatagraphError as exc:
+                registry.http.merge(getattr(exc, "http_stats", HttpStats()))  # failed fetches count too
+                if isinstance(exc, Timeout):
+                    raise Timeout(
+                        f'The plugin "{plugin}" did not finish within {ctx.settings.plugin_timeout_s:g} s and was'
+                        " stopped (setting plugin_timeout_s)."
+                    ) from None
+                raise
+            registry.http.merge(run.stats)
+            if run.not_modified and existing is None:
+                raise BadInput(f'The upstream of plugin "{plugin}" answered 304 Not Modified to a first fetch.')
+            if existing is not None and (run.not_modified or run.data_hash == existing.origin.get("data_hash")):
+                return None  # the version stays
+            origin.update(data_hash=run.data_hash, validators=run.validators)
+            return run.rows, run.rows, run.columns
+
+        title = display_name(name) if name else display_name(plugin)
+        return await dataset_job(
+            ctx, job_id=job_id, kind="fetchPlugin", steps=steps, title=title, source_id=PLUGINS,
+            origin=origin, produce=produce, into=existing,
+        )  # fmt: skip

@@ -1,0 +1,246 @@
+"""Database sources: their status and tables, read-only SQL, and imports into datasets.
+
+The configured sources come from `sources.yaml` (`connectors.sources`). Status is a `SELECT 1`
+with a short connect timeout, remembered for a few seconds so a page listing sources does not
+hammer a database; `checkSource` asks again at once. Queries and imports run in the worker pool,
+so the server's deadline (the source's statement timeout plus a margin) kills a stuck one along
+with its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlglot
+from sqlglot import exp
+
+from connectors import databases as db
+from connectors.linked import link_shape
+from connectors.sources import DatabaseConfig
+from connectors.sqlguard import check_select, limited
+from datagraph.context import Context
+from datagraph.errors import BadInput, DatagraphError, NotFound, SourceUnavailable, TooLarge
+from engine import ColumnInfo
+from resolvers._outcome import Outcome
+from resolvers.datasets import dataset_job, dataset_slug, display_name
+from storage import DatasetRecord
+
+__all__ = [
+    "STATUS_TTL_S",
+    "DatabaseSources",
+    "SourceCheck",
+    "import_table",
+    "require_database",
+    "run_sql",
+    "table_names",
+]
+
+STATUS_TTL_S = 10.0
+DEADLINE_MARGIN_S = 5.0  # the worker is killed this long after the statement timeout
+IMPORT_BATCH_ROWS = 50_000
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceCheck:
+    status: str  # OK | UNREACHABLE | ERROR
+    problem: DatagraphError | None
+    checked_at: float
+
+
+class DatabaseSources:
+    """The configured databases and what the last check of each said."""
+
+    def __init__(self, configs: tuple[DatabaseConfig, ...]) -> None:
+        self.configs = {c.id: c for c in configs}
+        self._checks: dict[str, SourceCheck] = {}
+        self._locks = {c.id: asyncio.Lock() for c in configs}
+        # Checks and catalogues wait on the network: threads of their own, so a database that
+        # hangs can never hold up the file work (sniffing, commits) on the executor's threads.
+        self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="datagraph-sources")
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+
+    def get(self, source_id: str) -> DatabaseConfig | None:
+        return self.configs.get(source_id)
+
+    def last(self, source_id: str) -> SourceCheck | None:
+        return self._checks.get(source_id)
+
+    async def check(self, ctx: Context, cfg: DatabaseConfig, *, fresh: bool = False) -> SourceCheck:
+        """`SELECT 1` on the source (remembered for STATUS_TTL_S unless `fresh`)."""
+        async with self._locks[cfg.id]:
+            known = self._checks.get(cfg.id)
+            if known is not None and not fresh and time.monotonic() - known.checked_at < STATUS_TTL_S:
+                return known
+            try:
+                await asyncio.wait_for(self.in_thread(db.ping, cfg), db.CONNECT_TIMEOUT_S + 2)
+                check = SourceCheck("OK", None, time.monotonic())
+            except TimeoutError:
+                problem = SourceUnavailable(f'The source "{cfg.id}" did not answer within {db.CONNECT_TIMEOUT_S} s.')
+                check = SourceCheck("UNREACHABLE", problem, time.monotonic())
+            except SourceUnavailable as exc:
+                check = SourceCheck("UNREACHABLE", exc, time.monotonic())
+            except DatagraphError as exc:
+                check = SourceCheck("ERROR", exc, time.monotonic())
+            self._checks[cfg.id] = check
+            return check
+
+    def forget(self, source_id: str) -> None:
+        self._checks.pop(source_id, None)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(db.dispose_engines)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+def require_database(ctx: Context, source_id: str) -> DatabaseConfig:
+    cfg = ctx.resources.databases.get(source_id)
+    if cfg is None:
+        raise NotFound(f'There is no database source "{source_id[:80]}"; the sources are listed in sources.yaml.')
+    return cfg
+
+
+async def table_names(ctx: Context, cfg: DatabaseConfig) -> list[str]:
+    """The source's tables (its allowlist when it has one), read from its catalogue now."""
+    try:
+        return await asyncio.wait_for(ctx.resources.databases.in_thread(db.list_tables, cfg), cfg.statement_timeout_s)
+    except TimeoutError:
+        raise SourceUnavailable(f'The source "{cfg.id}" did not list its tables in time.') from None
+    except SourceUnavailable:
+        ctx.resources.databases.forget(cfg.id)
+        raise
+
+
+async def _known_table(ctx: Context, cfg: DatabaseConfig, table: str) -> str:
+    """The table's name as the database spells it, if the source has it and allows reading it."""
+    known = await table_names(ctx, cfg)
+    match = [t for t in known if t == table] or [t for t in known if t.lower() == table.lower()]
+    if not match:
+        raise NotFound(f'The source "{cfg.id}" has no table "{table[:80]}" it allows reading.')
+    return match[0]
+
+
+async def _in_worker(
+    ctx: Context, cfg: DatabaseConfig, fn: Callable[..., T], *args: Any, timeout: float | None = None, **kw: Any
+) -> T:
+    try:
+        return await ctx.resources.executor.run(fn, *args, timeout=timeout, **kw)
+    except SourceUnavailable:
+        ctx.resources.databases.forget(cfg.id)  # the next status asks the database again
+        raise
+
+
+async def run_sql(ctx: Context, *, source_id: str, query: str, limit: int | None, timeout_ms: int | None) -> Outcome:
+    """One read-only SELECT against a source, at most `limit` rows (1,000 by default)."""
+    cfg = require_database(ctx, source_id)
+    cap = ctx.settings.rows_max
+    n = 1000 if limit is None else limit
+    if n < 0 or n > cap:
+        raise BadInput(f"limit must be between 0 and {cap:,} (setting rows_max).")
+    if timeout_ms is not None and timeout_ms <= 0:
+        raise BadInput("timeoutMs must be a positive number of milliseconds.")
+    sql = limited(_checked(ctx, cfg, query), n + 1, cfg.dialect)
+    rows = await _in_worker(
+        ctx, cfg, db.query_rows, cfg, sql, n, timeout=None if timeout_ms is None else timeout_ms / 1000,
+        deadline_s=cfg.statement_timeout_s + DEADLINE_MARGIN_S,
+    )  # fmt: skip
+    return Outcome(data=rows.records, row_count=len(rows.records), columns=rows.columns, truncated=rows.truncated)
+
+
+def _checked(ctx: Context, cfg: DatabaseConfig, query: str) -> str:
+    """The read-only SELECT to run for `query` on `cfg`: checked, and regenerated from the check."""
+    allowed = _allowed(cfg)
+    checked = check_select(
+        query, dialect=cfg.dialect, default_schema=cfg.schema, allowed_tables=allowed,
+        max_chars=ctx.settings.max_query_chars,
+    )  # fmt: skip
+    return checked.sql
+
+
+def _allowed(cfg: DatabaseConfig) -> frozenset[str] | None:
+    if cfg.tables is None:
+        return None
+    return frozenset(t if "." in t else f"{cfg.schema}.{t}" for t in cfg.tables)
+
+
+def _table_sql(cfg: DatabaseConfig, table: str) -> str:
+    """`SELECT * FROM <schema>.<table>` with both names quoted for the source's dialect."""
+    schema = None if cfg.kind == "sqlite" else cfg.schema
+    ref = exp.Table(
+        this=exp.to_identifier(table, quoted=True), db=exp.to_identifier(schema, quoted=True) if schema else None
+    )
+    return sqlglot.select("*").from_(ref).sql(dialect=cfg.dialect)
+
+
+async def import_table(
+    ctx: Context,
+    *,
+    source_id: str,
+    table: str | None,
+    query: str | None,
+    name: str | None,
+    job_id: str,
+    mode: str = "SNAPSHOT",
+) -> DatasetRecord:
+    """Snapshot a table, or the rows of one read-only SELECT, into a new dataset (Parquet), streamed
+    in batches; recorded as a job. Nothing is visible unless all of it worked. LINK: see link_table."""
+    cfg = require_database(ctx, source_id)
+    if mode == "LINK":
+        return await link_table(ctx, cfg, table=table, query=query, name=name)
+    if (table is None) == (query is None):
+        raise BadInput("importTable needs either a table or a query, not both.")
+    if table is not None:
+        table = await _known_table(ctx, cfg, table)
+        sql = _checked(ctx, cfg, _table_sql(cfg, table))
+        what = {"table": table}
+    else:
+        assert query is not None
+        sql = _checked(ctx, cfg, query)
+        what = {"query": sql}
+    title = display_name(name) if name else display_name(table or f"{cfg.id} query")
+    steps = {"source": cfg.id, "mode": "SNAPSHOT", **what}
+
+    async def produce(parquet: Path) -> tuple[int, int, list[ColumnInfo]]:
+        rows, columns = await _in_worker(
+            ctx, cfg, db.snapshot, cfg, sql, parquet,
+            batch_rows=IMPORT_BATCH_ROWS, max_rows=ctx.settings.max_rows, deadline_s=ctx.settings.import_timeout_s,
+        )  # fmt: skip
+        if len(columns) > ctx.settings.max_columns:
+            raise TooLarge(f"The import has {len(columns):,} columns, more than {ctx.settings.max_columns:,}.")
+        return rows, rows, columns
+
+    return await dataset_job(
+        ctx, job_id=job_id, kind="importTable", steps=steps, title=title, source_id=cfg.id, origin=steps,
+        produce=produce,
+    )  # fmt: skip
+
+
+async def link_table(
+    ctx: Context, cfg: DatabaseConfig, *, table: str | None, query: str | None, name: str | None
+) -> DatasetRecord:
+    """A dataset over a live table: nothing is copied; its frames run in the database as far as the
+    steps allow (filter, select, sort, slice, groupBy, count). Its row count and columns are as of
+    linking; results are never cached, because the table changes without a new version."""
+    if table is None or query is not None:
+        raise BadInput("importTable with mode LINK needs a table (a query can be imported as a SNAPSHOT).")
+    name_in_db = await _known_table(ctx, cfg, table)
+    rows, columns = await _in_worker(
+        ctx, cfg, link_shape, cfg, name_in_db, deadline_s=cfg.statement_timeout_s + DEADLINE_MARGIN_S
+    )
+    title = display_name(name) if name else display_name(name_in_db)
+    origin = {"kind": "importTable", "mode": "LINK", "source": cfg.id, "table": name_in_db}
+    res = ctx.resources
+    dataset_id = res.metadata.reserve_dataset(
+        wanted_id=dataset_slug(title), name=title, source_id=cfg.id, origin=origin
+    )
+    record = res.metadata.mark_ready(dataset_id, version=1, row_count=rows, columns=columns, origin=origin)
+    await res.events.publish("CREATED", record.id, record.version, record.row_count)
+    return record

@@ -1,0 +1,408 @@
+"""The read-only SQL guard: every SQL bad input from RELIABILITY.md, and the queries it must let through."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from connectors.sqlguard import CheckedSql, check_select, limited
+from datagraph.errors import BadInput, DatagraphError, ReadOnly, TooLarge
+
+DEFAULT_SCHEMA = {"postgres": "public", "mysql": "shop", "sqlite": "main"}
+
+
+def check(sql: str, dialect: str = "postgres", allowed: frozenset[str] | None = None) -> CheckedSql:
+    return check_select(sql, dialect=dialect, default_schema=DEFAULT_SCHEMA[dialect], allowed_tables=allowed)
+
+
+def refused(sql: str, dialect: str, error: type[DatagraphError], allowed: frozenset[str] | None = None) -> str:
+    """Check `sql`, expecting exactly `error`; return its message."""
+    with pytest.raises(DatagraphError) as info:
+        check(sql, dialect, allowed)
+    assert type(info.value) is error, f"{type(info.value).__name__}: {info.value.message}"
+    assert info.value.code == error.code
+    return info.value.message
+
+
+# (dialect, sql, what the message must name)
+WRITES_AND_COMMANDS = [
+    ("postgres", "SELECT 1; DROP TABLE t", "one statement"),
+    ("mysql", "SELECT 1; DROP TABLE t", "one statement"),
+    ("postgres", "SELECT 1; SELECT 2", "one statement"),
+    ("postgres", "DROP TABLE t", "drop"),
+    ("mysql", "DELETE FROM orders", "delete"),
+    ("postgres", "WITH x AS (DELETE FROM orders RETURNING *) SELECT * FROM x", "delete"),
+    ("postgres", "WITH x AS (UPDATE orders SET total = 0 RETURNING *) SELECT * FROM x", "update"),
+    ("postgres", "WITH x AS (INSERT INTO orders (id) VALUES (1) RETURNING *) SELECT * FROM x", "insert"),
+    ("postgres", "SELECT * INTO stolen FROM orders", "into"),
+    ("mysql", "SELECT * FROM orders INTO OUTFILE '/tmp/orders.txt'", "into"),
+    ("mysql", "SELECT * INTO OUTFILE '/tmp/orders.txt' FROM orders", "into"),
+    ("mysql", "SELECT id INTO DUMPFILE '/tmp/id' FROM orders", "into"),
+    ("mysql", "SELECT id INTO @v FROM orders", "into"),
+    ("postgres", "DO $$ BEGIN DELETE FROM orders; END $$", "do"),
+    ("postgres", "CALL wipe()", "call"),
+    ("mysql", "CALL wipe()", "call"),
+    ("postgres", "SET search_path = pg_catalog", "set"),
+    ("mysql", "SET @a = 1", "set"),
+    ("postgres", "SELECT * FROM orders FOR UPDATE", "for update"),
+    ("postgres", "SELECT * FROM orders FOR SHARE", "for share"),
+    ("mysql", "SELECT * FROM orders FOR UPDATE", "for update"),
+    ("mysql", "SELECT * FROM orders LOCK IN SHARE MODE", "for share"),
+    ("postgres", "SELECT * FROM (SELECT * FROM orders FOR UPDATE) s", "for update"),
+    ("postgres", "COPY orders TO '/tmp/orders.csv'", "copy"),
+    ("postgres", "BEGIN", "begin"),
+    ("postgres", "GRANT SELECT ON orders TO someone", "grant"),
+    ("postgres", "TRUNCATE orders", "truncate"),
+    ("postgres", "EXPLAIN ANALYZE DELETE FROM orders", "explain"),
+    ("postgres", "VALUES (1)", "values"),
+    ("mysql", "USE mysql", "use"),
+    ("sqlite", "PRAGMA writable_schema = 1", "pragma"),
+    ("sqlite", "ATTACH DATABASE '/tmp/other.db' AS other", "attach"),
+    ("mysql", "SELECT /*+ MAX_EXECUTION_TIME(0) */ * FROM orders", "hint"),
+    ("mysql", "SELECT @a := 1", "assignment"),
+    ("mysql", "SELECT @@secure_file_priv", "server variable"),
+    ("postgres", "SELECT * FROM orders WHERE id = $1", "parameter"),
+    ("postgres", "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r) SELECT * FROM r", "recursive"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "sql", "named"), WRITES_AND_COMMANDS)
+def test_guard_refuses_writes_commands_and_locks(dialect: str, sql: str, named: str) -> None:
+    message = refused(sql, dialect, ReadOnly)
+    assert named in message.lower()
+
+
+FUNCTIONS = [
+    ("postgres", "SELECT pg_read_file('/etc/passwd')", "pg_read_file"),
+    ("postgres", "SELECT lo_import('/etc/passwd')", "lo_import"),
+    ("mysql", "SELECT LOAD_FILE('/etc/passwd')", "load_file"),
+    ("postgres", "SELECT * FROM read_csv('/etc/passwd')", "read_csv"),
+    ("postgres", "SELECT read_csv('/etc/passwd')", "read_csv"),
+    ("mysql", "SELECT * FROM read_csv('/etc/passwd')", "read_csv"),
+    ("postgres", "SELECT query_to_xml('DELETE FROM orders RETURNING *', true, true, '')", "query_to_xml"),
+    ("postgres", "SELECT * FROM dblink('host=10.0.0.1', 'DELETE FROM orders') AS t(a int)", "dblink"),
+    ("postgres", "SELECT set_config('search_path', 'pg_catalog', false)", "set_config"),
+    ("postgres", "SELECT pg_sleep(3600)", "pg_sleep"),
+    ("postgres", "SELECT id FROM orders WHERE pg_sleep(3600) IS NULL", "pg_sleep"),
+    ("mysql", "SELECT SLEEP(3600)", "sleep"),
+    ("mysql", "SELECT BENCHMARK(1000000000, MD5('a'))", "benchmark"),
+    ("postgres", "SELECT * FROM generate_series(1, 1e12)", "generate_series"),
+    ("postgres", "SELECT generate_series(1, 1e12)", "generate_series"),
+    ("postgres", "SELECT nextval('orders_id_seq')", "nextval"),
+    ("postgres", "SELECT repeat('x', 1000000000)", "repeat"),
+    ("postgres", "SELECT public.upper(name) FROM customers", "upper"),
+    ("postgres", "WITH x AS (SELECT pg_sleep(10)) SELECT * FROM x", "pg_sleep"),
+    # Posexplode subclasses the allowed Explode: classes are allowed exactly, not by inheritance.
+    ("postgres", "SELECT posexplode(tags) FROM orders", "posexplode"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "sql", "function"), FUNCTIONS)
+def test_guard_refuses_functions_off_the_allowlist(dialect: str, sql: str, function: str) -> None:
+    message = refused(sql, dialect, ReadOnly)
+    assert message == f"Function {function} is not allowed."
+
+
+@pytest.mark.parametrize("dialect", ["postgres", "mysql"])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1 /*!50000 , LOAD_FILE('/etc/passwd') */",
+        "SELECT 1 /*!, LOAD_FILE('/etc/passwd') */",
+        "SELECT 1 /*M!100000 , LOAD_FILE('/etc/passwd') */",
+    ],
+)
+def test_guard_refuses_mysql_executable_comments(dialect: str, sql: str) -> None:
+    assert "executable comments" in refused(sql, dialect, ReadOnly).lower()
+
+
+TABLES = [
+    ("postgres", "SELECT * FROM pg_catalog.pg_authid", "pg_catalog.pg_authid"),
+    ("postgres", "SELECT rolpassword FROM orders, pg_catalog.pg_authid", "pg_catalog.pg_authid"),
+    ("postgres", "SELECT * FROM information_schema.tables", "information_schema.tables"),
+    ("postgres", "SELECT * FROM sales.orders", "sales.orders"),
+    ("postgres", "SELECT * FROM orders WHERE id IN (SELECT id FROM sales.orders)", "sales.orders"),
+    ("postgres", "WITH x AS (SELECT * FROM sales.secrets) SELECT * FROM x", "sales.secrets"),
+    ("postgres", 'SELECT * FROM "public.x".y', "public.x.y"),
+    ("mysql", "SELECT * FROM mysql.user", "mysql.user"),
+    ("mysql", "SELECT * FROM performance_schema.threads", "performance_schema.threads"),
+    ("mysql", "SELECT * FROM otherdb.orders", "otherdb.orders"),
+    ("sqlite", "SELECT * FROM temp.scratch", "temp.scratch"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "sql", "table"), TABLES)
+def test_guard_refuses_tables_outside_the_default_schema(dialect: str, sql: str, table: str) -> None:
+    assert refused(sql, dialect, ReadOnly) == f"Table {table} is not one this source allows."
+
+
+def test_guard_refuses_names_with_a_database_part() -> None:
+    assert "otherdb.public.orders" in refused("SELECT * FROM otherdb.public.orders", "postgres", ReadOnly)
+
+
+def test_allowlist_permits_orders_and_refuses_customers() -> None:
+    allowed = frozenset({"public.orders"})
+    assert check("SELECT id, total FROM orders", allowed=allowed).tables == ("public.orders",)
+    assert check("SELECT id FROM public.orders", allowed=allowed).tables == ("public.orders",)
+    message = refused(
+        "SELECT * FROM orders JOIN customers ON customers.id = orders.customer_id", "postgres", ReadOnly, allowed
+    )
+    assert message == "Table public.customers is not one this source allows."
+
+
+def test_allowlist_also_covers_tables_in_subqueries_and_ctes() -> None:
+    allowed = frozenset({"public.orders"})
+    sql = "WITH c AS (SELECT * FROM customers) SELECT * FROM orders WHERE customer_id IN (SELECT id FROM c)"
+    assert "public.customers" in refused(sql, "postgres", ReadOnly, allowed)
+
+
+def test_unqualified_table_is_pinned_to_the_default_schema() -> None:
+    # On PostgreSQL an unqualified pg_authid would find pg_catalog.pg_authid through search_path.
+    checked = check("SELECT * FROM pg_authid")
+    assert checked.sql == "SELECT * FROM public.pg_authid"
+    assert checked.tables == ("public.pg_authid",)
+
+
+def test_mixed_case_default_schema_is_quoted_so_it_does_not_fold() -> None:
+    checked = check_select("SELECT * FROM orders", dialect="postgres", default_schema="Shop", allowed_tables=None)
+    assert checked == CheckedSql(sql='SELECT * FROM "Shop".orders', tables=("Shop.orders",))
+    with pytest.raises(ReadOnly, match=r"^Table shop\.orders is not one this source allows\.$"):
+        check_select("SELECT * FROM shop.orders", dialect="postgres", default_schema="Shop", allowed_tables=None)
+
+
+def test_cte_name_is_not_a_table_but_a_qualified_name_is() -> None:
+    checked = check("WITH orders AS (SELECT 1 AS id) SELECT * FROM orders, public.orders AS real_orders")
+    assert checked.tables == ("public.orders",)
+    assert checked.sql.startswith("WITH orders AS (SELECT 1 AS id) SELECT * FROM orders, public.orders")
+
+
+def test_cte_is_visible_only_in_its_scope() -> None:
+    # A CTE sees only the CTEs before it, and a CTE inside a subquery is not visible outside it.
+    later = check("WITH a AS (SELECT * FROM b), b AS (SELECT 1 AS x) SELECT * FROM a")
+    assert later.tables == ("public.b",)
+    inner = check("SELECT * FROM (WITH c AS (SELECT 1 AS x) SELECT * FROM c) AS s, c")
+    assert inner.tables == ("public.c",)
+    message = refused("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a", "postgres", ReadOnly, frozenset())
+    assert message == "Table public.b is not one this source allows."
+
+
+def test_table_names_are_folded_as_the_server_folds_them() -> None:
+    # PostgreSQL folds unquoted names to lower case; MySQL on Linux compares table names exactly.
+    assert check('SELECT * FROM Orders JOIN "customers" ON TRUE').tables == ("public.customers", "public.orders")
+    assert "public.Orders" in refused('SELECT * FROM "Orders"', "postgres", ReadOnly, frozenset({"public.orders"}))
+    assert "shop.Orders" in refused("SELECT * FROM Orders", "mysql", ReadOnly, frozenset({"shop.orders"}))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("SELECT 1 -- ; DROP TABLE t", "SELECT 1"),
+        ("SELECT /* x */ 1", "SELECT 1"),
+        ("SELECT 1 /* ; DROP TABLE t */", "SELECT 1"),
+        ("/* hi */ SELECT id -- the id\nFROM orders", "SELECT id FROM public.orders"),
+    ],
+)
+def test_comments_are_dropped_from_the_regenerated_sql(text: str, expected: str) -> None:
+    assert check(text).sql == expected
+
+
+def test_text_over_the_limit_is_too_large() -> None:
+    text = "SELECT 1" + " " * 20_000
+    assert "20,000" in refused(text, "postgres", TooLarge)
+    with pytest.raises(TooLarge, match="100"):
+        check_select(
+            "SELECT 1" + " " * 100, dialect="postgres", default_schema="public", allowed_tables=None, max_chars=100
+        )
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t", "-- only a comment", "/* nothing */", ";"])
+def test_empty_sql_is_bad_input(text: str) -> None:
+    assert "empty" in refused(text, "postgres", BadInput).lower()
+
+
+def test_parse_error_is_bad_input_without_echoing_the_text() -> None:
+    text = "SELECT " + "x" * 5_000 + " FROM ("
+    message = refused(text, "postgres", BadInput)
+    assert message.startswith("The SQL could not be parsed: ")
+    assert len(message) < 150
+    assert "sqlglot" not in message
+
+
+@pytest.mark.parametrize("text", ["SELECT 'abc", 'SELECT "abc', "SELECT 1 /* never closed"])
+def test_unclosed_quote_or_comment_is_bad_input(text: str) -> None:
+    assert "not closed" in refused(text, "postgres", BadInput)
+
+
+def test_deep_nesting_is_bad_input() -> None:
+    text = "SELECT " + "(" * 3_000 + "1" + ")" * 3_000
+    assert "nested" in refused(text, "postgres", BadInput)
+
+
+def test_unknown_dialect_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="dialect"):
+        check_select("SELECT 1", dialect="oracle", default_schema="public", allowed_tables=None)
+
+
+JOIN = "SELECT o.id, c.name FROM orders AS o JOIN customers AS c ON c.id = o.customer_id WHERE o.total > 10"
+
+
+@pytest.mark.parametrize(("dialect", "schema"), [("postgres", "public"), ("mysql", "shop"), ("sqlite", "main")])
+def test_join_reads_both_tables_qualified(dialect: str, schema: str) -> None:
+    checked = check(JOIN, dialect)
+    assert checked.tables == (f"{schema}.customers", f"{schema}.orders")
+    assert f"FROM {schema}.orders AS o JOIN {schema}.customers AS c" in checked.sql
+
+
+ALLOWED_QUERIES = [
+    (
+        "postgres",
+        "WITH big AS (SELECT customer_id, SUM(total) AS spent FROM orders GROUP BY customer_id) "
+        "SELECT c.name, big.spent FROM big JOIN customers c ON c.id = big.customer_id",
+    ),
+    (
+        "postgres",
+        "SELECT customer_id, COUNT(*) AS n, AVG(total), MIN(total), MAX(total), STDDEV(total), VARIANCE(total) "
+        "FROM orders GROUP BY customer_id HAVING COUNT(*) > 2 ORDER BY n DESC LIMIT 10 OFFSET 5",
+    ),
+    (
+        "mysql",
+        "SELECT customer_id, COUNT(DISTINCT id), GROUP_CONCAT(id SEPARATOR ','), SUM(total) "
+        "FROM orders GROUP BY customer_id HAVING SUM(total) > 100 ORDER BY 2 DESC LIMIT 5, 10",
+    ),
+    (
+        "postgres",
+        "SELECT id, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY created_at), "
+        "RANK() OVER w, LAG(total) OVER w, SUM(total) OVER (ORDER BY created_at ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) "
+        "FROM orders WINDOW w AS (ORDER BY total)",
+    ),
+    ("mysql", "SELECT id, DENSE_RANK() OVER (ORDER BY total DESC), NTILE(4) OVER (ORDER BY total) FROM orders"),
+    (
+        "postgres",
+        "SELECT CASE WHEN total > 100 THEN 'big' WHEN total IS NULL THEN 'none' ELSE 'small' END, "
+        "COALESCE(note, ''), NULLIF(total, 0), GREATEST(total, 1), CAST(total AS TEXT), total::numeric(10, 2) FROM orders",
+    ),
+    (
+        "postgres",
+        "SELECT date_trunc('month', created_at), EXTRACT(YEAR FROM created_at), now(), CURRENT_DATE, "
+        "created_at + INTERVAL '1 day', to_char(created_at, 'YYYY-MM'), to_date('2024-01-01', 'YYYY-MM-DD') FROM orders",
+    ),
+    (
+        "mysql",
+        "SELECT DATE_FORMAT(created_at, '%Y-%m'), YEAR(created_at), MONTH(created_at), "
+        "DATE_ADD(created_at, INTERVAL 1 DAY), DATEDIFF(CURDATE(), created_at), IFNULL(note, ''), IF(total > 1, 1, 0) FROM orders",
+    ),
+    (
+        "postgres",
+        "SELECT lower(name), upper(name), length(name), trim(name), substring(name FROM 1 FOR 3), "
+        "replace(name, 'a', 'b'), name || '!', concat(name, '?'), split_part(name, ' ', 1) "
+        "FROM customers WHERE name ILIKE 'a%' AND name ~ '^A'",
+    ),
+    (
+        "postgres",
+        "SELECT round(total, 2), abs(total), floor(total), ceil(total), sqrt(abs(total)), power(total, 2) FROM orders",
+    ),
+    (
+        "postgres",
+        "SELECT id FROM orders WHERE EXISTS (SELECT 1 FROM customers WHERE customers.id = orders.customer_id)",
+    ),
+    ("postgres", "SELECT data->>'key', data->'nested' FROM orders"),
+    ("postgres", "SELECT DISTINCT ON (customer_id) customer_id, total FROM orders ORDER BY customer_id, total DESC"),
+    ("postgres", "(SELECT id FROM orders)"),
+    ("mysql", "SELECT `id` FROM `orders` WHERE `total` BETWEEN 1 AND 2 AND id IN (1, 2, 3)"),
+    ("sqlite", "SELECT id, total FROM orders ORDER BY total DESC LIMIT 3"),
+]
+
+
+@pytest.mark.parametrize(("dialect", "sql"), ALLOWED_QUERIES)
+def test_guard_allows_ordinary_analysis_queries(dialect: str, sql: str) -> None:
+    checked = check(sql, dialect)
+    assert checked.tables
+    assert all(table.startswith(DEFAULT_SCHEMA[dialect] + ".") for table in checked.tables)
+    assert check(checked.sql, dialect) == checked  # the regenerated SQL is itself accepted unchanged
+
+
+@pytest.mark.parametrize("dialect", ["postgres", "mysql"])
+def test_union_of_allowed_tables(dialect: str) -> None:
+    allowed = frozenset({f"{DEFAULT_SCHEMA[dialect]}.orders", f"{DEFAULT_SCHEMA[dialect]}.archived_orders"})
+    checked = check("SELECT id FROM orders UNION ALL SELECT id FROM archived_orders", dialect, allowed)
+    assert checked.tables == tuple(sorted(allowed))
+    assert "UNION ALL" in checked.sql
+
+
+def test_union_with_a_refused_table_is_refused() -> None:
+    sql = "SELECT id FROM orders UNION SELECT usesysid FROM pg_catalog.pg_user"
+    assert "pg_catalog.pg_user" in refused(sql, "postgres", ReadOnly, frozenset({"public.orders"}))
+
+
+@pytest.fixture
+def numbers() -> sqlite3.Connection:
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE numbers (n INTEGER NOT NULL)")
+    connection.executemany("INSERT INTO numbers VALUES (?)", [(n,) for n in range(50)])
+    return connection
+
+
+def test_limited_caps_rows_on_a_real_database(numbers: sqlite3.Connection) -> None:
+    checked = check("SELECT n FROM numbers ORDER BY n", "sqlite")
+    assert len(numbers.execute(checked.sql).fetchall()) == 50
+    sql = limited(checked.sql, 10, "sqlite")
+    assert sql == "SELECT n FROM main.numbers ORDER BY n LIMIT 10"  # the query's own LIMIT: order kept everywhere
+    assert limited("SELECT n FROM main.numbers ORDER BY n LIMIT 5", 10, "sqlite").endswith("LIMIT 5")
+    assert limited("SELECT n FROM main.numbers ORDER BY n LIMIT 50 OFFSET 3", 10, "sqlite").endswith(
+        "LIMIT 10 OFFSET 3"
+    )
+    assert numbers.execute(sql).fetchall() == [(n,) for n in range(10)]
+    assert len(numbers.execute(limited(checked.sql, 100, "sqlite")).fetchall()) == 50
+
+
+def test_limited_works_on_ctes_and_unions(numbers: sqlite3.Connection) -> None:
+    checked = check(
+        "WITH low AS (SELECT n FROM numbers WHERE n < 5) SELECT n FROM low UNION ALL SELECT n FROM numbers", "sqlite"
+    )
+    assert len(numbers.execute(limited(checked.sql, 7, "sqlite")).fetchall()) == 7
+
+
+@pytest.mark.parametrize("limit", [-1, True, 2.5])
+def test_limited_refuses_a_bad_limit(limit: object) -> None:
+    with pytest.raises(BadInput, match="row limit"):
+        limited("SELECT 1", limit, "postgres")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        ("postgres", "SELECT user"),
+        ("postgres", "SELECT current_role FROM orders"),
+        ("mysql", "SELECT current_role"),
+        ("postgres", "SELECT 10::regrole::text"),
+        ("postgres", "SELECT 'orders'::regclass"),
+        ("postgres", "SELECT lpad('x', 1000000000)"),
+    ],
+)
+def test_session_names_catalogue_casts_and_padding_bombs_are_refused(dialect: str, sql: str) -> None:
+    refused(sql, dialect, ReadOnly)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql"),
+    [
+        ("mysql", "SELECT NOW() AS at, UNIX_TIMESTAMP(ordered_at) AS ts, WEEKDAY(ordered_at) AS wd FROM orders"),
+        ("postgres", "SELECT age(ordered_at) AS a, date_part('dow', ordered_at) AS d FROM orders"),
+        ("sqlite", "SELECT strftime('%Y', ordered_at) AS y FROM orders"),
+    ],
+)
+def test_ordinary_builtins_sqlglot_does_not_know_are_allowed_by_name(dialect: str, sql: str) -> None:
+    assert check(sql, dialect).tables == (f"{DEFAULT_SCHEMA[dialect]}.orders",)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "sql", "function"),
+    [
+        ("postgres", "SELECT pg_catalog.age(ordered_at) FROM orders", "age"),  # only the bare name
+        ("mysql", "SELECT age(ordered_at) FROM orders", "age"),  # only on its own dialect
+        ("postgres", "SELECT now_or_never() FROM orders", "now_or_never"),
+    ],
+)
+def test_named_builtins_stay_within_their_dialect_and_bare_name(dialect: str, sql: str, function: str) -> None:
+    assert function in refused(sql, dialect, ReadOnly)

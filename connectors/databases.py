@@ -316,10 +316,11 @@ def _batches(conn: Connection, cfg: DatabaseConfig, sql: str, size: int) -> Iter
 
 
 def snapshot(
-    cfg: DatabaseConfig, sql: str, out: Path, *, batch_rows: int, max_rows: int
+    cfg: DatabaseConfig, sql: str, out: Path, *, batch_rows: int, max_rows: int, progress: Path | None = None
 ) -> tuple[int, list[ColumnInfo]]:
     """Stream the rows of checked SQL into one Parquet file, `batch_rows` at a time, so a table larger
-    than memory still imports; the batches are written as parts and joined by a streaming sink."""
+    than memory still imports; the batches are written as parts and joined by a streaming sink. The
+    rows read so far are kept in the file `progress`, which the server follows (jobProgress)."""
     parts: list[Path] = []
     total = 0
     names: list[str] = []
@@ -337,6 +338,10 @@ def snapshot(
                 part = out.with_name(f"{out.stem}.part{len(parts):05d}.parquet")
                 _rows_frame(names, rows).write_parquet(part, compression="lz4")
                 parts.append(part)
+                if progress is not None:
+                    partial = progress.with_name(progress.name + ".tmp")
+                    partial.write_text(str(total), "ascii")
+                    partial.replace(progress)
         if not parts:
             pl.DataFrame(schema=dict.fromkeys(names, pl.String)).write_parquet(out)
         else:

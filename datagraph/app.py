@@ -15,22 +15,35 @@ from typing import Any
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.unset import UnsetType
 
 from connectors.sources import configured_sources
 from datagraph import jsonutil
+from datagraph.auth import (
+    NO_KEYS_MESSAGE,
+    UNAUTHENTICATED_MESSAGE,
+    KeyRing,
+    RequireKey,
+    keys_required,
+    params_key,
+    presented_key,
+)
 from datagraph.context import Context, Resources
 from datagraph.events import EventBus
 from datagraph.settings import Settings
+from datagraph.web import web_routes
 from engine.runtime import Executor, ResultCache
 from gql.schema import build_schema
+from resolvers.jobs import JobTracker
 from resolvers.plugins import PluginRegistry, refresh_forever
 from resolvers.sources import DatabaseSources
 from storage import DataDir, MetadataStore
@@ -202,7 +215,17 @@ class GraphQLView(GraphQL[Context, None]):
         self.settings = settings
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
-        return Context(resources=request.app.state.resources, base_url=str(request.base_url).rstrip("/"))
+        header_key = presented_key(request.headers) if isinstance(request, WebSocket) else None
+        return Context(
+            resources=request.app.state.resources, base_url=str(request.base_url).rstrip("/"), header_key=header_key
+        )
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        if keys_required(self.settings):
+            key = params_key(context.connection_params) or context.header_key
+            if context.resources.keys.check(key) is None:
+                raise ConnectionRejectionError({"message": UNAUTHENTICATED_MESSAGE, "code": "UNAUTHENTICATED"})
+        return UnsetType()  # acknowledge with no payload
 
     def encode_json(self, data: object) -> bytes:
         return jsonutil.dumps(data)
@@ -331,8 +354,11 @@ async def open_resources(settings: Settings) -> Resources:
     await events.start()
     res = Resources(
         settings=settings, metadata=metadata, files=files, executor=executor, cache=cache, databases=databases,
-        plugins=plugins, events=events,
+        plugins=plugins, events=events, keys=KeyRing(metadata), jobs=JobTracker(events),
     )  # fmt: skip
+    if keys_required(settings) and res.keys.count() == 0:
+        await res.close()
+        raise RuntimeError(NO_KEYS_MESSAGE)
     await plugins.scan(Context(res))
     _sweep_exports(res)
     return res
@@ -362,7 +388,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await res.close()
 
     routes = [
-        Route("/", lambda request: RedirectResponse("/graphql")),
+        *web_routes(),
         Route("/graphql", view, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
         Route("/healthz", healthz),
@@ -372,6 +398,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(CancelOnDisconnect)
+    app.add_middleware(RequireKey, enabled=keys_required(settings))
     app.add_middleware(
         GuardRequests,
         json_limit=settings.max_request_kb * 1024,

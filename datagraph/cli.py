@@ -1,4 +1,4 @@
-"""`datagraph serve | settings | schema`: every setting is also a command-line option."""
+"""`datagraph serve | settings | schema | keys`: every setting is also a command-line option."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from connectors.sources import SourcesError, configured_sources
+from datagraph.auth import NO_KEYS_MESSAGE, hash_key, keys_required, new_key
 from datagraph.settings import Settings, settings_table
+from storage import MetadataStore
 
 __all__ = ["main"]
 
@@ -43,6 +45,18 @@ def main(argv: list[str] | None = None) -> None:
     _add_setting_options(serve)
     commands.add_parser("settings", help="Print the settings table (Markdown).")
     commands.add_parser("schema", help="Print the GraphQL schema (SDL).")
+    keys = commands.add_parser("keys", help="Create, list and revoke API keys.")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="Make a key; it is printed once, alone on the last line.")
+    create.add_argument("--name", required=True, help="What the key is for (unique).")
+    key_commands.add_parser("list", help="The keys' names and when they were made.")
+    revoke = key_commands.add_parser("revoke", help="Revoke a key by name; requests with it fail within a second.")
+    revoke.add_argument("name")
+    for sub in (create, *key_commands.choices.values()):
+        for name in ("data_dir", "metadata_url"):
+            flag = "--" + name.replace("_", "-")
+            if flag not in sub._option_string_actions:
+                sub.add_argument(flag, dest=name, default=None, help=Settings.model_fields[name].description)
     args = parser.parse_args(argv)
 
     if args.command == "settings":
@@ -51,12 +65,16 @@ def main(argv: list[str] | None = None) -> None:
         from gql.schema import schema
 
         print(schema.as_str())
+    elif args.command == "keys":
+        _keys(args, load_settings(args))
     else:
         settings = load_settings(args)
         try:
             configured_sources(settings.sources)  # a bad sources file stops here, naming the key
         except SourcesError as exc:
             sys.exit(f"datagraph: {exc}")
+        if keys_required(settings) and not _store(settings).key_hashes():
+            sys.exit(f"datagraph: {NO_KEYS_MESSAGE}")
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         import uvicorn
 
@@ -69,6 +87,34 @@ def main(argv: list[str] | None = None) -> None:
             log_level=settings.log_level.lower(),
             ws_max_size=1 << 20,
         )
+
+
+def _store(settings: Settings) -> MetadataStore:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return MetadataStore(settings.resolved_metadata_url)
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> None:
+    store = _store(settings)
+    try:
+        if args.keys_command == "create":
+            name = args.name.strip()
+            if not name or len(name) > 80:
+                sys.exit("datagraph: a key's name must have 1 to 80 characters.")
+            key = new_key()
+            if not store.add_key(name, hash_key(key)):
+                sys.exit(f"datagraph: there is already a key called {name!r}; revoke it first or pick another name.")
+            print(f"Created the API key {name!r}. Keep it now: it is stored hashed and cannot be shown again.")
+            print(key)
+        elif args.keys_command == "list":
+            for name, made in store.list_keys():
+                print(f"{name}\t{made.isoformat(timespec='seconds')}")
+        elif not store.revoke_key(args.name):
+            sys.exit(f"datagraph: there is no key called {args.name!r}.")
+        else:
+            print(f"Revoked the API key {args.name!r}.")
+    finally:
+        store.close()
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from connectors import IngestLimits
 from datagraph.events import EventBus
@@ -12,6 +12,8 @@ from engine.runtime import Executor, ResultCache
 from storage import DataDir, MetadataStore
 
 if TYPE_CHECKING:
+    from datagraph.auth import KeyRing
+    from resolvers.jobs import JobTracker
     from resolvers.plugins import PluginRegistry
     from resolvers.sources import DatabaseSources
 
@@ -30,6 +32,8 @@ class Resources:
     databases: DatabaseSources
     plugins: PluginRegistry
     events: EventBus
+    keys: KeyRing
+    jobs: JobTracker
 
     @property
     def ingest_limits(self) -> IngestLimits:
@@ -50,12 +54,15 @@ class Resources:
         self.metadata.close()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Context:
-    """Per request: the shared resources and the URL the client reached us at (for links)."""
+    """Per request: the shared resources and the URL the client reached us at (for links). On a
+    websocket, also the key its upgrade request carried and, once received, `connection_init`'s payload."""
 
     resources: Resources
     base_url: str = ""
+    header_key: str | None = None
+    connection_params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> Settings:

@@ -60,6 +60,10 @@ class Timeout(DatagraphError):
     code = "TIMEOUT"
 
 
+class Cancelled(DatagraphError):
+    code = "CANCELLED"
+
+
 class StorageFull(DatagraphError):
     code = "STORAGE_FULL"
 

@@ -20,9 +20,13 @@ from typing import Any
 
 from datagraph import jsonutil
 
-__all__ = ["CHANNEL", "DatasetEvent", "EventBus"]
+__all__ = ["ANY_DATASET", "CHANNEL", "RESYNC", "DatasetEvent", "EventBus", "JobUpdate"]
 
 CHANNEL = "datagraph:events"
+# Delivered locally after the Redis reader reconnects: events may have been missed, so anything that
+# depends on a dataset (a watch) must look again. Never shown to datasetEvents subscribers.
+RESYNC = "RESYNC"
+ANY_DATASET = "*"
 QUEUE_SIZE = 256
 # An event missed is a stale watch in another process: give Redis longer than a cache lookup gets.
 PUBLISH_TIMEOUT_S = 1.0
@@ -31,11 +35,26 @@ log = logging.getLogger("datagraph.events")
 
 @dataclass(frozen=True, slots=True)
 class DatasetEvent:
-    kind: str  # CREATED | APPENDED | REFRESHED | REPLACED | DELETED
+    kind: str  # CREATED | APPENDED | REFRESHED | REPLACED | DELETED, or RESYNC (local only)
     dataset: str
     version: int
     row_count: int
     at: float = 0.0  # time.time() when published
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """Where a job is: its stage and the rows or bytes done so far; `final` once it has ended."""
+
+    job: str
+    kind: str
+    stage: str  # started | receiving | parsing | reading | running | committing | succeeded | failed
+    started_at: float  # time.time() when the job started
+    rows: int | None = None
+    bytes: int | None = None
+    error: str | None = None
+    final: bool = False
+    ended_at: float | None = None  # time.time() when it ended
 
 
 class EventBus:
@@ -46,9 +65,11 @@ class EventBus:
         self.timeout_s = timeout_s
         self.origin = uuid.uuid4().hex  # our own messages come back from Redis: skip them
         self._queues: set[asyncio.Queue[DatasetEvent]] = set()
+        self._job_queues: set[asyncio.Queue[JobUpdate]] = set()
         self._redis: Any = None
         self._reader: asyncio.Task[None] | None = None
         self.published = 0
+        self.resyncs = 0
         self.dropped = 0
 
     async def start(self) -> None:
@@ -71,8 +92,9 @@ class EventBus:
     def subscribers(self) -> int:
         return len(self._queues)
 
-    def _deliver(self, event: DatasetEvent) -> None:
-        for queue in list(self._queues):
+    def _deliver(self, event: DatasetEvent | JobUpdate) -> None:
+        queues: set[Any] = self._job_queues if isinstance(event, JobUpdate) else self._queues
+        for queue in list(queues):
             if queue.full():  # a slow subscriber loses its oldest event, not the others' time
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
@@ -83,14 +105,23 @@ class EventBus:
         event = DatasetEvent(kind, dataset, version, row_count, time.time())
         self.published += 1
         self._deliver(event)
-        if self.redis_url:
-            message = jsonutil.dumps({"origin": self.origin, **asdict(event)})
-            try:
-                client = await self._client()
-                await asyncio.wait_for(client.publish(CHANNEL, message), max(self.timeout_s, PUBLISH_TIMEOUT_S))
-            except Exception as exc:  # other processes miss this one; ours already have it
-                log.warning("publishing a dataset event to Redis failed: %s", type(exc).__name__)
+        await self._send("dataset", event)
         return event
+
+    async def publish_job(self, update: JobUpdate) -> None:
+        """Tell every `jobProgress` subscriber, here and in other processes, where a job is."""
+        self._deliver(update)
+        await self._send("job", update)
+
+    async def _send(self, kind: str, event: DatasetEvent | JobUpdate) -> None:
+        if not self.redis_url:
+            return
+        message = jsonutil.dumps({"origin": self.origin, "type": kind, **asdict(event)})
+        try:
+            client = await self._client()
+            await asyncio.wait_for(client.publish(CHANNEL, message), max(self.timeout_s, PUBLISH_TIMEOUT_S))
+        except Exception as exc:  # other processes miss this one; ours already have it
+            log.warning("publishing an event to Redis failed: %s", type(exc).__name__)
 
     async def _client(self) -> Any:
         if self._redis is None:
@@ -104,26 +135,41 @@ class EventBus:
     async def _read_forever(self) -> None:
         import redis.asyncio as aioredis
 
+        # Each time the subscription is made (the first time, and again after redis-py reconnects on
+        # its own or after we do), Redis confirms it; every confirmation after the first means that
+        # events may have been missed while the connection was down.
+        confirmed = 0
         while True:
             try:
                 reader = aioredis.Redis.from_url(self.redis_url, socket_connect_timeout=self.timeout_s)
                 async with reader.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     async for message in pubsub.listen():
-                        if message.get("type") == "message":
+                        kind = message.get("type")
+                        if kind == "message":
                             self._receive(message["data"])
+                        elif kind == "subscribe":
+                            confirmed += 1
+                            if confirmed > 1:
+                                self._resync()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("reading dataset events from Redis failed (%s); retrying in 1 s", type(exc).__name__)
                 await asyncio.sleep(1)
 
+    def _resync(self) -> None:
+        log.info("reading dataset events from Redis again; watches recompute")
+        self.resyncs += 1
+        self._deliver(DatasetEvent(RESYNC, ANY_DATASET, 0, 0, time.time()))
+
     def _receive(self, raw: bytes) -> None:
         try:
             body = jsonutil.loads(raw)
             if body.pop("origin", None) == self.origin:
                 return
-            self._deliver(DatasetEvent(**body))
+            kind = body.pop("type", "dataset")
+            self._deliver(JobUpdate(**body) if kind == "job" else DatasetEvent(**body))
         except (ValueError, TypeError, KeyError):
             log.warning("ignored a garbled dataset event from Redis")
 
@@ -141,3 +187,13 @@ class EventBus:
         """A queue that receives every event from now until the block ends."""
         with self._queue() as queue:
             yield queue
+
+    @contextlib.contextmanager
+    def subscribe_jobs(self) -> Iterator[asyncio.Queue[JobUpdate]]:
+        """A queue that receives every job update from now until the block ends."""
+        queue: asyncio.Queue[JobUpdate] = asyncio.Queue(QUEUE_SIZE)
+        self._job_queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self._job_queues.discard(queue)

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     ws_allowed_origins: str = Field(
         "", description="Websocket: other origins whose pages may subscribe (comma-separated); empty: same origin only."
     )
+    api_keys: str = Field(
+        "auto",
+        pattern="^(auto|on)$",
+        description="API keys: auto (required unless host is a loopback address) or on (always required);"
+        " made with `datagraph keys create`.",
+    )
     graphiql: bool = Field(True, description="Serve the GraphiQL explorer on GET /graphql.")
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Any, cast
 
@@ -21,6 +21,7 @@ from gql.results import Column, Meta, Problem, ProblemCode, Result, column, prob
 from resolvers import Options, Outcome, answer, frames, plugins, sources
 from resolvers import Problem as OutcomeProblem
 from resolvers import datasets as ds
+from resolvers.jobs import checked_job_id
 from storage import DatasetRecord, JobRecord
 
 __all__ = ["Dataset", "DatasetPayload", "Mutation", "Query", "Source", "SourcePayload"]
@@ -228,7 +229,7 @@ def _payload(outcome: Outcome, dataset: Dataset | None, job: Job | None = None) 
     )
 
 
-async def _mutate(ctx: Context, where: str, work: Awaitable[DatasetRecord], job_id: str = "") -> DatasetPayload:
+async def _mutate(ctx: Context, where: str, work: Awaitable[DatasetRecord]) -> DatasetPayload:
     """Run a dataset mutation through `answer`; expected failures become the payload's problem."""
     done: list[DatasetRecord] = []
 
@@ -237,7 +238,24 @@ async def _mutate(ctx: Context, where: str, work: Awaitable[DatasetRecord], job_
         return Outcome(row_count=done[0].row_count, columns=list(done[0].columns))
 
     outcome = await answer("", run, where=where)
-    job = ds.get_job(ctx, job_id) if job_id else None
+    return _payload(outcome, Dataset.of(ctx, done[0]) if outcome.success else None)
+
+
+async def _job(
+    ctx: Context, where: str, work: Callable[[str], Awaitable[DatasetRecord]], chosen: strawberry.ID | None
+) -> DatasetPayload:
+    """`_mutate` for long work run as a job (its id chosen by the client, or a fresh one): followed by
+    jobProgress, cancelled when its last follower leaves, and answered with the job in the payload."""
+    job_id = str(chosen) if chosen is not None else ds.new_job_id()
+    done: list[DatasetRecord] = []
+
+    async def run() -> Outcome:
+        checked_job_id(str(chosen) if chosen is not None else None, ds.get_job(ctx, job_id) is not None)
+        done.append(await ctx.resources.jobs.run(job_id, where, work(job_id)))
+        return Outcome(row_count=done[0].row_count, columns=list(done[0].columns))
+
+    outcome = await answer("", run, where=where)
+    job = ds.get_job(ctx, job_id)
     return _payload(outcome, Dataset.of(ctx, done[0]) if outcome.success else None, Job(record=job) if job else None)
 
 
@@ -306,14 +324,18 @@ class Mutation:
         file: Upload,
         name: str | None = None,
         replace: strawberry.ID | None = None,
+        job_id: strawberry.ID | None = None,
     ) -> DatasetPayload:
         upload = cast(UploadFile, file)  # under Starlette, an Upload is Starlette's UploadFile
-        try:
-            work = ds.upload_dataset(
-                info.context, stream=upload, filename=upload.filename or "upload", name=name,
+
+        def work(job: str) -> Awaitable[DatasetRecord]:
+            return ds.upload_dataset(
+                info.context, stream=upload, filename=upload.filename or "upload", name=name, job_id=job,
                 replace=str(replace) if replace is not None else None,
             )  # fmt: skip
-            return await _mutate(info.context, "uploadDataset", work)
+
+        try:
+            return await _job(info.context, "uploadDataset", work, job_id)
         finally:
             await upload.close()  # the multipart parser's spooled temp file
 
@@ -321,18 +343,22 @@ class Mutation:
         description="Materialise a pipeline over a dataset as a new dataset (a transform job, in payload.job)."
     )
     async def save_frame(
-        self, info: strawberry.Info[Context, None], dataset: strawberry.ID, steps: list[StepInput], name: str
+        self,
+        info: strawberry.Info[Context, None],
+        dataset: strawberry.ID,
+        steps: list[StepInput],
+        name: str,
+        job_id: strawberry.ID | None = None,
     ) -> DatasetPayload:
         ctx = info.context
-        job_id = ds.new_job_id()
 
-        async def work() -> DatasetRecord:
+        async def work(job: str) -> DatasetRecord:
             plan = ds.dataset_plan(ctx, ds.require_dataset(ctx, str(dataset)))
             for step in to_steps(ctx, steps):
                 plan = plan.then(step)
-            return await ds.save_frame(ctx, plan=plan, name=name, job_id=job_id)
+            return await ds.save_frame(ctx, plan=plan, name=name, job_id=job)
 
-        return await _mutate(ctx, "saveFrame", work(), job_id)
+        return await _job(ctx, "saveFrame", work, job_id)
 
     @strawberry.mutation(
         description="Copy a database table, or the rows of one read-only SELECT, into a new dataset"
@@ -346,26 +372,36 @@ class Mutation:
         query: str | None = None,
         name: str | None = None,
         mode: ImportMode | None = ImportMode.SNAPSHOT,
+        job_id: strawberry.ID | None = None,
     ) -> DatasetPayload:
         ctx = info.context
-        job_id = ds.new_job_id()
-        work = sources.import_table(
-            ctx, source_id=str(source), table=table, query=query, name=name, job_id=job_id,
-            mode=(mode or ImportMode.SNAPSHOT).value,
-        )  # fmt: skip
-        return await _mutate(ctx, "importTable", work, job_id)
+
+        def work(job: str) -> Awaitable[DatasetRecord]:
+            return sources.import_table(
+                ctx, source_id=str(source), table=table, query=query, name=name, job_id=job,
+                mode=(mode or ImportMode.SNAPSHOT).value,
+            )  # fmt: skip
+
+        return await _job(ctx, "importTable", work, job_id)
 
     @strawberry.mutation(
         description="Run a plugin's fetch and store the result as a dataset (source plugins); the same plugin and"
         " params again make a new version of that dataset, or keep the version when nothing changed."
     )
     async def fetch_plugin(
-        self, info: strawberry.Info[Context, None], plugin: str, params: JSON | None = None, name: str | None = None
+        self,
+        info: strawberry.Info[Context, None],
+        plugin: str,
+        params: JSON | None = None,
+        name: str | None = None,
+        job_id: strawberry.ID | None = None,
     ) -> DatasetPayload:
         ctx = info.context
-        job_id = ds.new_job_id()
-        work = plugins.fetch_plugin(ctx, plugin=plugin, params=cast(Any, params), name=name, job_id=job_id)
-        return await _mutate(ctx, "fetchPlugin", work, job_id)
+
+        def work(job: str) -> Awaitable[DatasetRecord]:
+            return plugins.fetch_plugin(ctx, plugin=plugin, params=cast(Any, params), name=name, job_id=job)
+
+        return await _job(ctx, "fetchPlugin", work, job_id)
 
     @strawberry.mutation(
         description="Several plugin fetches at once, run in parallel (at most one per worker process at a time);"
@@ -382,10 +418,12 @@ class Mutation:
 
         async def one(f: PluginFetchInput) -> DatasetPayload:
             async with limit:
-                job_id = ds.new_job_id()
                 params = cast(Any, f.params)
-                work = plugins.fetch_plugin(ctx, plugin=f.plugin, params=params, name=f.name, job_id=job_id)
-                return await _mutate(ctx, "fetchPlugin", work, job_id)
+
+                def work(job: str) -> Awaitable[DatasetRecord]:
+                    return plugins.fetch_plugin(ctx, plugin=f.plugin, params=params, name=f.name, job_id=job)
+
+                return await _job(ctx, "fetchPlugin", work, None)
 
         return list(await asyncio.gather(*(one(f) for f in fetches)))
 

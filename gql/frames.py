@@ -8,6 +8,7 @@ the same plan.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -33,6 +34,7 @@ __all__ = [
     "SortKeyInput",
     "StepInput",
     "View",
+    "chart_spec",
     "to_steps",
 ]
 
@@ -161,6 +163,18 @@ class StepInput:
     group_by: GroupByInput | None = strawberry.UNSET
     join: JoinInput | None = strawberry.UNSET
     clean: list[CleanStepInput] | None = strawberry.UNSET
+
+
+def chart_spec(spec: ChartInput) -> dict[str, Any]:
+    """A chart input as the plain spec the engine takes."""
+    return {
+        "kind": spec.kind.value,
+        "x": spec.x,
+        "y": spec.y,
+        "color": spec.color,
+        "aggregate": spec.aggregate.value if spec.aggregate else None,
+        "bins": spec.bins,
+    }
 
 
 def _filter(where: list[ConditionInput]) -> engine.Filter:
@@ -328,16 +342,8 @@ class Frame:
         cache: CacheMode | None = CacheMode.USE,
         timeout_ms: int | None = None,
     ) -> Result:
-        plain = {
-            "kind": spec.kind.value,
-            "x": spec.x,
-            "y": spec.y,
-            "color": spec.color,
-            "aggregate": spec.aggregate.value if spec.aggregate else None,
-            "bins": spec.bins,
-        }
         options = _options(cache, timeout_ms)
-        return result(await frames.chart(info.context, plan=self.plan, spec=plain, options=options))
+        return result(await frames.chart(info.context, plan=self.plan, spec=chart_spec(spec), options=options))
 
     @strawberry.field(description="data: {plan, columns}: the optimised plan and output columns, without running it.")
     async def explain(

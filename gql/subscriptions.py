@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 from collections.abc import AsyncGenerator
 from enum import Enum
@@ -11,17 +10,22 @@ from enum import Enum
 import strawberry
 
 from datagraph.context import Context
-from datagraph.events import DatasetEvent
+from datagraph.errors import BadInput
+from datagraph.events import ANY_DATASET, RESYNC, DatasetEvent, JobUpdate
 from engine import Plan
-from gql.frames import StepInput, to_steps
+from gql.frames import ChartInput, StepInput, chart_spec, to_steps
 from gql.results import Result
 from gql.results import result as to_result
 from resolvers import Options, Outcome, answer, frames
 from resolvers import datasets as ds
+from storage import JobRecord
 
 __all__ = ["Subscription"]
 
-JOB_POLL_S = 0.2
+# jobProgress looks at the job's record after this long without an update (an update may be lost
+# with Redis), and gives up on a job that has not started after JOB_WAIT_S.
+JOB_POLL_S = 1.0
+JOB_WAIT_S = 30.0
 
 
 @strawberry.enum(description="What a dataset event says happened.")
@@ -54,37 +58,62 @@ class WatchResult(Enum):
     COUNT = "COUNT"
     DESCRIBE = "DESCRIBE"
     SUMMARY = "SUMMARY"
+    CHART = "CHART"
 
 
-@strawberry.type(description="Where a job is: its stage, the rows it has done, the time so far; the last one is final.")
+@strawberry.type(
+    description="Where a job is: its stage (started, staging, parsing, reading, running, committing, then"
+    " succeeded or failed), the rows or bytes done so far, the time so far; the last one is final."
+)
 class JobEvent:
     job: strawberry.ID
     kind: str
-    stage: str  # running | succeeded | failed
+    stage: str
     rows_processed: int | None
+    bytes_processed: float | None
     elapsed_ms: float
     error: str | None
     final: bool
 
+    @classmethod
+    def of(cls, update: JobUpdate) -> JobEvent:
+        end = update.ended_at if update.ended_at is not None else time.time()
+        return cls(
+            job=strawberry.ID(update.job), kind=update.kind, stage=update.stage, rows_processed=update.rows,
+            bytes_processed=update.bytes, elapsed_ms=max(0.0, (end - update.started_at) * 1000),
+            error=update.error, final=update.final,
+        )  # fmt: skip
+
 
 async def _watched(
-    ctx: Context, dataset: str, steps: list[StepInput] | None, wanted: WatchResult, limit: int | None
+    ctx: Context,
+    dataset: str,
+    steps: list[StepInput] | None,
+    wanted: WatchResult,
+    limit: int | None,
+    chart: ChartInput | None,
 ) -> tuple[Outcome, set[str]]:
     """The result for the pipeline on the datasets' current versions, and the datasets it reads."""
-    reads = {dataset}
+    reads = {dataset, ANY_DATASET}
 
     async def work() -> Outcome:
         plan = ds.dataset_plan(ctx, ds.require_dataset(ctx, dataset))
         for step in to_steps(ctx, steps or []):
             plan = plan.then(step)
         reads.update(s.dataset_id for s in plan.sources())
-        return await _result(ctx, plan, wanted, limit)
+        return await _result(ctx, plan, wanted, limit, chart)
 
     return await answer("", work, where="watch"), reads
 
 
-async def _result(ctx: Context, plan: Plan, wanted: WatchResult, limit: int | None) -> Outcome:
+async def _result(
+    ctx: Context, plan: Plan, wanted: WatchResult, limit: int | None, chart: ChartInput | None
+) -> Outcome:
     options = Options()  # through the cache: subscribers to one pipeline share one computation
+    if (wanted is WatchResult.CHART) != (chart is not None):
+        raise BadInput("watch: give chart (the spec) with result CHART, and only then.")
+    if chart is not None:
+        return await frames.chart(ctx, plan=plan, spec=chart_spec(chart), options=options)
     if wanted is WatchResult.COUNT:
         return await frames.count(ctx, plan=plan, options=options)
     if wanted is WatchResult.DESCRIBE:
@@ -105,7 +134,7 @@ class Subscription:
         async with info.context.resources.events.subscribe() as queue:
             while True:
                 event = await queue.get()
-                if dataset is None or event.dataset == str(dataset):
+                if event.kind != RESYNC and (dataset is None or event.dataset == str(dataset)):
                     yield DatasetEventType.of(event)
 
     @strawberry.subscription(
@@ -119,45 +148,69 @@ class Subscription:
         result: WatchResult,
         steps: list[StepInput] | None = None,
         limit: int | None = 100,
+        chart: ChartInput | None = None,
     ) -> AsyncGenerator[Result, None]:
         ctx = info.context
         wanted = result
         async with ctx.resources.events.subscribe() as queue:  # before the first answer: no change is missed
             while True:
-                outcome, reads = await _watched(ctx, str(dataset), steps, wanted, limit)
+                outcome, reads = await _watched(ctx, str(dataset), steps, wanted, limit, chart)
                 yield to_result(outcome)
-                while (await queue.get()).dataset not in reads:
+                while (await queue.get()).dataset not in reads:  # RESYNC's "*" is in every watch's reads
                     pass
                 while not queue.empty():  # a burst becomes one recompute, on the latest versions
                     queue.get_nowait()
 
-    @strawberry.subscription(description="A job's progress until it ends (upload, import, saveFrame, plugin fetch).")
+    @strawberry.subscription(
+        description="A job's progress until it ends (uploadDataset, importTable, saveFrame, fetchPlugin): its"
+        " stage, the rows or bytes done so far, the time so far; the last event is final. Pick the job's id"
+        " (jobId on the mutation) and subscribe before sending it. When the last subscriber leaves before the"
+        " job ends, the job is cancelled."
+    )
     async def job_progress(
         self, info: strawberry.Info[Context, None], job: strawberry.ID
     ) -> AsyncGenerator[JobEvent, None]:
-        ctx = info.context
-        last: tuple[str, int | None] | None = None
-        started = time.monotonic()
-        while True:
-            record = ds.get_job(ctx, str(job))
-            if record is None:
-                if time.monotonic() - started > 5:  # never started: say so and end
+        res = info.context.resources
+        job_id = str(job)
+        waited = time.monotonic()
+        with res.events.subscribe_jobs() as queue, res.jobs.watching(job_id):  # before reading: nothing missed
+            update = res.jobs.state(job_id) or _recorded_update(ds.get_job(info.context, job_id))
+            while True:
+                if update is not None:
+                    yield JobEvent.of(update)
+                    if update.final:
+                        return
+                elif time.monotonic() - waited > JOB_WAIT_S:  # never started: say so and end
                     yield JobEvent(
-                        job=job, kind="", stage="unknown", rows_processed=None, elapsed_ms=0,
-                        error="There is no such job.", final=True,
+                        job=job, kind="", stage="unknown", rows_processed=None, bytes_processed=None,
+                        elapsed_ms=0, error="There is no such job.", final=True,
                     )  # fmt: skip
                     return
-            else:
-                state = (record.status, record.rows_out)
-                end = record.finished_at
-                elapsed = ((end or dt.datetime.now(dt.UTC)) - record.started_at).total_seconds() * 1000
-                if state != last:
-                    last = state
-                    final = record.status != "running"
-                    yield JobEvent(
-                        job=job, kind=record.kind, stage=record.status, rows_processed=record.rows_out,
-                        elapsed_ms=elapsed, error=record.error, final=final,
-                    )  # fmt: skip
-                    if final:
-                        return
-            await asyncio.sleep(JOB_POLL_S)
+                update = await _next_update(queue, job_id)
+                if update is None:  # quiet for a while: the record says whether it ended meanwhile
+                    recorded = _recorded_update(ds.get_job(info.context, job_id))
+                    update = recorded if recorded is not None and recorded.final else None
+
+
+async def _next_update(queue: asyncio.Queue[JobUpdate], job_id: str) -> JobUpdate | None:
+    """The next update of this job, or None after a second without one."""
+    deadline = time.monotonic() + JOB_POLL_S
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            update = await asyncio.wait_for(queue.get(), left)
+        except TimeoutError:
+            return None
+        if update.job == job_id:
+            return update
+    return None
+
+
+def _recorded_update(record: JobRecord | None) -> JobUpdate | None:
+    if record is None:
+        return None
+    final = record.status != "running"
+    return JobUpdate(
+        job=record.id, kind=record.kind, stage=record.status, started_at=record.started_at.timestamp(),
+        rows=record.rows_out, error=record.error, final=final,
+        ended_at=record.finished_at.timestamp() if record.finished_at else None,
+    )  # fmt: skip

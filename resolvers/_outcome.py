@@ -156,47 +156,49 @@ async def analysed(
             timeout = options.timeout_ms / 1000
         return await work(timeout)
 
-    if options.cache == "USE":
-        shared = await _join_inflight(key)
-        if shared is not None:
-            shared.elapsed_ms = (time.perf_counter() - started) * 1000
-            return shared
-    mine: asyncio.Future[Outcome] | None = None
-    if options.cache == "USE" and key not in _inflight:
-        mine = asyncio.get_running_loop().create_future()
-        _inflight[key] = mine
-    try:
+    async def run_and_store() -> Outcome:
         outcome = await answer(key, run, where=operation)
-        if mine is not None:
-            mine.set_result(outcome)
-    finally:
-        if mine is not None:
-            if not mine.done():
-                mine.cancel()
-            _inflight.pop(key, None)
-    if outcome.success and options.cache != "BYPASS":
-        await cache.set(key, _encode(outcome))
+        if outcome.success and options.cache != "BYPASS":
+            await cache.set(key, _encode(outcome))
+        return outcome
+
+    if options.cache == "USE":
+        outcome = await _shared(key, run_and_store)
+    else:
+        outcome = await run_and_store()
     outcome.elapsed_ms = (time.perf_counter() - started) * 1000
     return outcome
 
 
-# Work under way, by cache key: a request that finds its key here waits for that answer instead
-# of computing it again (watches of one pipeline recompute together after each change).
-_inflight: dict[str, asyncio.Future[Outcome]] = {}
+@dataclass(slots=True)
+class _Inflight:
+    task: asyncio.Task[Outcome]
+    waiters: int = 0
 
 
-async def _join_inflight(key: str) -> Outcome | None:
-    """The answer of the same work already under way, when it succeeds; None to compute it here."""
-    pending = _inflight.get(key)
-    if pending is None:
-        return None
+# Work under way, by cache key: a request that finds its key here waits for that answer instead of
+# computing it again (watches of one pipeline recompute together after each change). The work runs
+# in a task of its own and is cancelled (its worker killed) only when the last request waiting for
+# it goes away: a watch unsubscribed, a client disconnected.
+_inflight: dict[str, _Inflight] = {}
+
+
+async def _shared(key: str, make: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    entry = _inflight.get(key)
+    mine = entry is None
+    if entry is None:
+        entry = _Inflight(asyncio.ensure_future(make()))
+        _inflight[key] = entry
+        entry.task.add_done_callback(lambda _: _inflight.pop(key, None) if _inflight.get(key) is entry else None)
+    entry.waiters += 1
     try:
-        outcome = await asyncio.shield(pending)
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise  # we were cancelled ourselves
-        return None  # the one computing it went away: compute it here
+        outcome = await asyncio.shield(entry.task)
+    finally:
+        entry.waiters -= 1
+        if entry.waiters == 0 and not entry.task.done():
+            entry.task.cancel()
+    if mine:
+        return outcome
     if not outcome.success:
-        return None  # a problem may be the other request's own (its deadline): try for ourselves
+        return await make()  # a problem may be the other request's own (its deadline): try for ourselves
     return replace(outcome, cached=True, columns=list(outcome.columns))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import unicodedata
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -129,7 +130,7 @@ def dataset_slug(name: str) -> str:
     return slug or "dataset"
 
 
-async def _stage(ctx: Context, stream: AsyncReadable, dest: Path) -> int:
+async def _stage(ctx: Context, stream: AsyncReadable, dest: Path, job_id: str) -> int:
     """Copy the upload to a staging file, stopping at the byte limit."""
     limit = ctx.settings.max_upload_bytes
     written = 0
@@ -142,11 +143,18 @@ async def _stage(ctx: Context, stream: AsyncReadable, dest: Path) -> int:
                     " (setting max_upload_mb)."
                 )
             out.write(chunk)
+            await ctx.resources.jobs.progress(job_id, "staging", size=written)
     return written
 
 
 async def upload_dataset(
-    ctx: Context, *, stream: AsyncReadable, filename: str, name: str | None, replace: str | None = None
+    ctx: Context,
+    *,
+    stream: AsyncReadable,
+    filename: str,
+    name: str | None,
+    job_id: str,
+    replace: str | None = None,
 ) -> DatasetRecord:
     """Stage, sniff, parse and commit an uploaded file; nothing is visible unless all of it worked.
     With `replace`, the file becomes the next version of that dataset (REPLACED) instead."""
@@ -162,30 +170,37 @@ async def upload_dataset(
     parquet = res.files.staging_path(".parquet")
     dataset_id: str | None = None
     committed = False
+    steps = {"filename": safe_filename, "name": title, **({"replace": replace} if replace else {})}
     try:
-        size = await _stage(ctx, stream, staged)
-        fmt = await res.executor.run_io(sniff, staged, safe_filename, res.ingest_limits)
-        origin = {"format": fmt, "filename": safe_filename, "bytes": size}
-        if replace is not None:
-            return await _replace(ctx, replace, staged, parquet, fmt, origin)
-        dataset_id = res.metadata.reserve_dataset(
-            wanted_id=dataset_slug(title), name=title, source_id=UPLOADS, origin=origin
-        )
-        with storage_guard():
-            result = await res.executor.run(
-                ingest, staged, fmt, parquet, res.ingest_limits, deadline_s=ctx.settings.import_timeout_s
+        async with recorded_job(ctx, job_id, "uploadDataset", steps) as done:
+            size = await _stage(ctx, stream, staged, job_id)
+            await res.jobs.progress(job_id, "parsing", size=size)
+            fmt = await res.executor.run_io(sniff, staged, safe_filename, res.ingest_limits)
+            origin = {"format": fmt, "filename": safe_filename, "bytes": size}
+            if replace is not None:
+                record = await _replace(ctx, replace, staged, parquet, fmt, origin, job_id)
+                done.made(record, rows_in=record.row_count)
+                return record
+            dataset_id = res.metadata.reserve_dataset(
+                wanted_id=dataset_slug(title), name=title, source_id=UPLOADS, origin=origin
             )
-            # fsync and rename off the event loop: a large file's fsync takes a while.
-            await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
-            kept = await res.executor.run_io(res.files.keep_upload, staged, fmt)
-        record = res.metadata.mark_ready(
-            dataset_id,
-            version=1,
-            row_count=result.row_count,
-            columns=result.columns,
-            origin={**origin, "stored_as": kept},
-        )
-        committed = True
+            with storage_guard():
+                result = await res.executor.run(
+                    ingest, staged, fmt, parquet, res.ingest_limits, deadline_s=ctx.settings.import_timeout_s
+                )
+                await res.jobs.progress(job_id, "committing", rows=result.row_count)
+                # fsync and rename off the event loop: a large file's fsync takes a while.
+                await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
+                kept = await res.executor.run_io(res.files.keep_upload, staged, fmt)
+            record = res.metadata.mark_ready(
+                dataset_id,
+                version=1,
+                row_count=result.row_count,
+                columns=result.columns,
+                origin={**origin, "stored_as": kept, "job": job_id},
+            )
+            committed = True
+            done.made(record, rows_in=record.row_count)
         await res.events.publish("CREATED", record.id, record.version, record.row_count)
         return record
     finally:
@@ -197,13 +212,14 @@ async def upload_dataset(
 
 
 async def _replace(
-    ctx: Context, dataset_id: str, staged: Path, parquet: Path, fmt: str, origin: dict[str, Any]
+    ctx: Context, dataset_id: str, staged: Path, parquet: Path, fmt: str, origin: dict[str, Any], job_id: str
 ) -> DatasetRecord:
     res = ctx.resources
     with storage_guard():
         result = await res.executor.run(
             ingest, staged, fmt, parquet, res.ingest_limits, deadline_s=ctx.settings.import_timeout_s
         )
+    await res.jobs.progress(job_id, "committing", rows=result.row_count)
     async with _append_locks.setdefault(dataset_id, asyncio.Lock()):
         record = require_dataset(ctx, dataset_id)
         with storage_guard():
@@ -288,50 +304,88 @@ async def dataset_job(
     With `into`, the file becomes that dataset's next version (REFRESHED) instead of a new dataset
     (CREATED); `produce` answering None there means nothing changed, and the version stays."""
     res = ctx.resources
-    job = res.metadata.start_job(job_id, kind=kind, steps=steps)
     parquet = res.files.staging_path(".parquet")
+    progress = progress_file(parquet)
     dataset_id: str | None = None
     committed = False
     try:
-        with storage_guard():
-            produced = await produce(parquet)
-            origin = {**origin, "kind": kind, "job": job.id}
-            if produced is None:
-                if into is None:
-                    raise ValueError("produce answered 'unchanged' for a dataset that does not exist yet")
-                record = res.metadata.set_origin(into.id, {**into.origin, **origin})
-                res.metadata.finish_job(job.id, dataset_id=into.id, rows_in=into.row_count, rows_out=into.row_count)
-                return record
-            rows_in, rows_out, columns = produced
-            if into is not None:
-                record = await commit_version(
-                    ctx, into, parquet, rows=rows_out, columns=columns, origin={**into.origin, **origin}
-                )
-                event = "REFRESHED"
-            else:
-                dataset_id = res.metadata.reserve_dataset(
-                    wanted_id=dataset_slug(title), name=title, source_id=source_id, origin=origin
-                )
-                await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
-                record = res.metadata.mark_ready(
-                    dataset_id, version=1, row_count=rows_out, columns=columns, origin=origin
-                )
-                event = "CREATED"
-        committed = True
-        res.metadata.finish_job(job.id, dataset_id=record.id, rows_in=rows_in, rows_out=rows_out)
+        async with recorded_job(ctx, job_id, kind, steps) as done:
+            res.jobs.follow_file(job_id, "reading", progress)
+            with storage_guard():
+                produced = await produce(parquet)
+                await res.jobs.progress(job_id, "committing")
+                origin = {**origin, "kind": kind, "job": job_id}
+                if produced is None:
+                    if into is None:
+                        raise ValueError("produce answered 'unchanged' for a dataset that does not exist yet")
+                    record = res.metadata.set_origin(into.id, {**into.origin, **origin})
+                    done.made(record, rows_in=into.row_count)
+                    return record
+                rows_in, rows_out, columns = produced
+                if into is not None:
+                    record = await commit_version(
+                        ctx, into, parquet, rows=rows_out, columns=columns, origin={**into.origin, **origin}
+                    )
+                    event = "REFRESHED"
+                else:
+                    dataset_id = res.metadata.reserve_dataset(
+                        wanted_id=dataset_slug(title), name=title, source_id=source_id, origin=origin
+                    )
+                    await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
+                    record = res.metadata.mark_ready(
+                        dataset_id, version=1, row_count=rows_out, columns=columns, origin=origin
+                    )
+                    event = "CREATED"
+            committed = True
+            done.made(record, rows_in=rows_in)
         await res.events.publish(event, record.id, record.version, record.row_count)
         return record
-    except DatagraphError as exc:
-        res.metadata.finish_job(job.id, error=exc.message)
-        raise
-    except BaseException:  # cancelled, or unexpected: the job still ends, and says so
-        res.metadata.finish_job(job.id, error="The job did not finish (cancelled or failed on the server).")
-        raise
     finally:
         parquet.unlink(missing_ok=True)
+        progress.unlink(missing_ok=True)
         if dataset_id is not None and not committed:
             res.metadata.discard_pending(dataset_id)
             res.files.remove_dataset(dataset_id)
+
+
+def progress_file(parquet: Path) -> Path:
+    """Where a worker writing `parquet` keeps its count of rows done (followed by jobProgress)."""
+    return parquet.with_suffix(".progress")
+
+
+@dataclass(slots=True)
+class _JobEnd:
+    dataset_id: str | None = None
+    rows_in: int | None = None
+    rows_out: int | None = None
+
+    def made(self, record: DatasetRecord, *, rows_in: int | None) -> None:
+        self.dataset_id, self.rows_in, self.rows_out = record.id, rows_in, record.row_count
+
+
+@contextlib.asynccontextmanager
+async def recorded_job(ctx: Context, job_id: str, kind: str, steps: dict[str, Any]) -> AsyncIterator[_JobEnd]:
+    """A job recorded as started, then as succeeded with what the block says it made, or as failed
+    with the problem's message (or as cancelled); each change is also sent to jobProgress."""
+    res = ctx.resources
+    res.metadata.start_job(job_id, kind=kind, steps=steps)
+    await res.jobs.progress(job_id, "started")
+    end = _JobEnd()
+    try:
+        yield end
+    except BaseException as exc:
+        if isinstance(exc, DatagraphError):
+            message = exc.message
+        elif isinstance(exc, asyncio.CancelledError):
+            message = "The job was cancelled before it finished."
+        else:
+            message = "The job did not finish (it failed on the server)."
+        res.metadata.finish_job(job_id, error=message)
+        with contextlib.suppress(Exception):
+            await res.jobs.finished(job_id, error=message)
+        raise
+    res.metadata.finish_job(job_id, dataset_id=end.dataset_id, rows_in=end.rows_in, rows_out=end.rows_out)
+    await res.jobs.finished(job_id, rows=end.rows_out)
 
 
 async def commit_version(

@@ -28,7 +28,7 @@ from datagraph.context import Context
 from datagraph.errors import BadInput, DatagraphError, NotFound, SourceUnavailable, TooLarge
 from engine import ColumnInfo
 from resolvers._outcome import Outcome
-from resolvers.datasets import dataset_job, dataset_slug, display_name
+from resolvers.datasets import dataset_job, dataset_slug, display_name, progress_file
 from storage import DatasetRecord
 
 __all__ = [
@@ -211,7 +211,8 @@ async def import_table(
     async def produce(parquet: Path) -> tuple[int, int, list[ColumnInfo]]:
         rows, columns = await _in_worker(
             ctx, cfg, db.snapshot, cfg, sql, parquet,
-            batch_rows=IMPORT_BATCH_ROWS, max_rows=ctx.settings.max_rows, deadline_s=ctx.settings.import_timeout_s,
+            batch_rows=IMPORT_BATCH_ROWS, max_rows=ctx.settings.max_rows, progress=progress_file(parquet),
+            deadline_s=ctx.settings.import_timeout_s,
         )  # fmt: skip
         if len(columns) > ctx.settings.max_columns:
             raise TooLarge(f"The import has {len(columns):,} columns, more than {ctx.settings.max_columns:,}.")

@@ -70,6 +70,14 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
 )
 
+api_keys = sa.Table(
+    "api_keys",
+    _meta,
+    sa.Column("name", sa.String(80), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256 of the key; the key is never kept
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -420,6 +428,33 @@ class MetadataStore:
         return int(result.rowcount or 0)
 
     # exports
+
+    # API keys
+
+    def add_key(self, name: str, key_hash: str) -> bool:
+        """Record a key under `name`; False when that name is taken."""
+        try:
+            with self._tx() as conn:
+                conn.execute(api_keys.insert().values(name=name, key_hash=key_hash, created_at=_now()))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def list_keys(self) -> list[tuple[str, dt.datetime]]:
+        """Each key's name and when it was made, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(api_keys.c.name, api_keys.c.created_at).order_by(api_keys.c.created_at))
+            return [(row.name, _aware(row.created_at)) for row in rows]
+
+    def key_hashes(self) -> dict[str, str]:
+        """Every key's hash and its name."""
+        with self.engine.connect() as conn:
+            return {row.key_hash: row.name for row in conn.execute(sa.select(api_keys.c.key_hash, api_keys.c.name))}
+
+    def revoke_key(self, name: str) -> bool:
+        """Delete the key called `name`; False when there is none."""
+        with self._tx() as conn:
+            return conn.execute(api_keys.delete().where(api_keys.c.name == name)).rowcount > 0
 
     def add_export(self, record: ExportRecord) -> None:
         with self._tx() as conn:

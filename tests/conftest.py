@@ -137,9 +137,11 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None) ->
         log.close()
 
 
-def upload_over_http(base: str, path: Path) -> str:
+def upload_over_http(base: str, path: Path, headers: dict[str, str] | None = None) -> str:
     """Upload a file to a running server over HTTP; return the dataset id."""
-    response = httpx.post(base + "/graphql", **upload_request(path.read_bytes(), path.name), timeout=60)
+    response = httpx.post(
+        base + "/graphql", **upload_request(path.read_bytes(), path.name, headers=headers), timeout=60
+    )
     payload = response.json()["data"]["uploadDataset"]
     assert payload["success"], payload
     dataset_id: str = payload["dataset"]["id"]

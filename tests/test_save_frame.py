@@ -55,8 +55,11 @@ def test_a_saved_frame_is_a_dataset_with_a_job_record(titanic: Api) -> None:
         '{ dataset(id: "titanic") { join(right: "adults-by-class", on: ["class"]) { count { data } } } }'
     )
     assert joined["dataset"]["join"]["count"]["data"] == {"count": len(df)}
-    jobs = titanic.data("{ jobs { id status } }")["jobs"]
-    assert jobs == [{"id": job["id"], "status": "SUCCEEDED"}]
+    jobs = titanic.data("{ jobs { id kind status } }")["jobs"]
+    assert [j for j in jobs if j["kind"] == "saveFrame"] == [
+        {"id": job["id"], "kind": "saveFrame", "status": "SUCCEEDED"}
+    ]
+    assert [j["kind"] for j in jobs] == ["saveFrame", "uploadDataset"]  # newest first: the upload is a job too
 
 
 def test_a_failing_pipeline_records_a_failed_job_and_makes_no_dataset(titanic: Api) -> None:

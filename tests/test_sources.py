@@ -4,7 +4,6 @@ SELECT-only user of their own per run)."""
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from conftest import DATA, ROOT, Api, free_port, make_settings, require_service
 from starlette.testclient import TestClient
+from tcpproxy import TcpProxy
 
 from connectors.sources import DatabaseConfig, SourcesError, load_sources
 from datagraph.app import create_app
@@ -605,61 +605,6 @@ def test_link_needs_a_table(live: tuple[Api, dict[str, Any]]) -> None:
     api, _ = live
     payload = api.data('mutation { importTable(source: "live", query: "SELECT 1", mode: LINK) { %s } }' % PAYLOAD)
     assert payload["importTable"]["error"]["code"] == "BAD_INPUT"
-
-
-class TcpProxy:
-    """A loopback TCP proxy to a real database that can be cut (every connection reset, new ones
-    refused) and restored on the same port, or black-holed (connections stay open, bytes vanish)."""
-
-    def __init__(self, target_port: int) -> None:
-        import socket
-        import threading
-
-        self._socket, self._threading = socket, threading
-        self.target = target_port
-        self.port = free_port()
-        self._listener: Any = None
-        self._conns: list[Any] = []
-        self._lock = threading.Lock()
-        self.black_hole = False
-
-    def start(self) -> None:
-        listener = self._socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        listener.settimeout(0.2)
-        self._listener = listener
-        self._threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def _accept(self, listener: Any) -> None:
-        while self._listener is listener:
-            try:
-                client, _ = listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            upstream = self._socket.create_connection(("127.0.0.1", self.target))
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, src: Any, dst: Any) -> None:
-        try:
-            while data := src.recv(65536):
-                if not self.black_hole:
-                    dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                dst.close()
-
-    def cut(self) -> None:
-        listener, self._listener = self._listener, None
-        listener.close()
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.close()
 
 
 def test_a_source_that_goes_away_and_comes_back_answers_again(tmp_path: Path, pg: dict[str, Any]) -> None:

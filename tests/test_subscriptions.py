@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 from conftest import DATA, Api, make_settings, require_service, running_server, upload_over_http
 from starlette.testclient import TestClient
+from tcpproxy import TcpProxy
 from websockets.exceptions import ConnectionClosed
-from websockets.sync.client import ClientConnection, connect
+from wsclient import Ws, ws_open
 
 from datagraph.app import create_app
 
@@ -28,53 +29,6 @@ DIAMONDS_ROWS = 53940
 WATCH_COUNT = """subscription($d: ID!) { watch(dataset: $d, result: COUNT,
   steps: [{filter: [{column: "day", op: EQ, value: "Sun"}]}]) { success data error { code message } meta { cached } } }"""
 EVENTS = "subscription($d: ID) { datasetEvents(dataset: $d) { kind dataset version rowCount } }"
-
-
-def _open(base: str) -> Any:
-    url = base.replace("http://", "ws://") + "/graphql"
-    return connect(url, subprotocols=["graphql-transport-ws"], open_timeout=5)  # type: ignore[list-item]
-
-
-class Ws:
-    """A graphql-transport-ws client on one connection."""
-
-    def __init__(self, base: str) -> None:
-        self.stack = contextlib.ExitStack()
-        self.conn: ClientConnection = self.stack.enter_context(_open(base))
-        self.conn.send(json.dumps({"type": "connection_init", "payload": {}}))
-        assert self.next_message(5)["type"] == "connection_ack"
-
-    def subscribe(self, query: str, variables: dict[str, Any], op: str = "1") -> None:
-        self.conn.send(json.dumps({"id": op, "type": "subscribe", "payload": {"query": query, "variables": variables}}))
-
-    def complete(self, op: str = "1") -> None:
-        self.conn.send(json.dumps({"id": op, "type": "complete"}))
-
-    def next_message(self, timeout: float = 10) -> dict[str, Any]:
-        while True:
-            message: dict[str, Any] = json.loads(self.conn.recv(timeout=timeout))
-            if message["type"] != "ping":
-                return message
-
-    def next_data(self, timeout: float = 10) -> dict[str, Any]:
-        message = self.next_message(timeout)
-        assert message["type"] == "next", message
-        data: dict[str, Any] = message["payload"]["data"]
-        return data
-
-    def drain(self, seconds: float) -> list[dict[str, Any]]:
-        """Every message that arrives within `seconds`."""
-        got: list[dict[str, Any]] = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                got.append(self.next_message(left))
-            except TimeoutError:
-                break
-        return got
-
-    def close(self) -> None:
-        self.stack.close()
 
 
 def _append(base: str, dataset: str, n: int = 1) -> dict[str, Any]:
@@ -135,19 +89,20 @@ def test_dataset_events_say_what_changed(server: str, tips: str) -> None:
 
 
 def test_a_burst_of_changes_is_coalesced_and_the_last_push_is_current(server: str) -> None:
-    # A watch that takes longer to compute than an append takes to land: changes pile up while it
-    # runs, and each recompute takes in all of them.
+    # A watch that takes far longer to compute (a self-join of 830 million rows, counted: seconds)
+    # than an append takes to land: changes pile up while it runs, and each recompute takes in all.
     diamonds = upload_over_http(server, DATA / "diamonds.csv")
-    watch = "subscription($d: ID!) { watch(dataset: $d, result: DESCRIBE) { success data meta { rowCount } } }"
+    watch = """subscription($d: ID!) { watch(dataset: $d, result: SUMMARY,
+      steps: [{join: {right: $d, on: ["cut"]}}]) { success data error { message } } }"""
     ws = Ws(server)
     try:
         ws.subscribe(watch, {"d": diamonds})
-        first = ws.next_data()["watch"]
-        assert first["success"]
+        first = ws.next_data(60)["watch"]
+        assert first["success"], first
         import threading
 
         def append() -> None:
-            body = {"query": "mutation($d: ID!) { appendRows(dataset: $d, rows: [{carat: 0.5, price: 100}]) { success } }",
+            body = {"query": "mutation($d: ID!) { appendRows(dataset: $d, rows: [{carat: 0.5, price: 100, cut: \"Zzz\"}]) { success } }",
                     "variables": {"d": diamonds}}  # fmt: skip
             assert httpx.post(server + "/graphql", json=body, timeout=60).json()["data"]["appendRows"]["success"]
 
@@ -156,9 +111,12 @@ def test_a_burst_of_changes_is_coalesced_and_the_last_push_is_current(server: st
             t.start()
         for t in appenders:
             t.join()
-        pushes = [m["payload"]["data"]["watch"]["data"] for m in ws.drain(5) if m["type"] == "next"]
-        counts = [next(c["count"] for c in p if c["column"] == "carat") for p in pushes]
-        assert counts and counts[-1] == DIAMONDS_ROWS + 12, counts
+        pushes: list[dict[str, Any]] = []
+        while not pushes or pushes[-1]["leftRows"] < DIAMONDS_ROWS + 12:  # the last push is the current version
+            message = ws.next_message(60)
+            assert message["type"] == "next", message
+            pushes.append(message["payload"]["data"]["watch"]["data"]["joins"][0])
+        counts = [p["leftRows"] for p in pushes]
         assert len(counts) < 12, f"every change was recomputed: {counts}"
         assert counts == sorted(counts)
     finally:
@@ -182,7 +140,7 @@ def test_unsubscribing_stops_the_pushes_and_frees_the_subscriber(server: str, ti
 
 
 def test_limits_init_timeout_and_subscriptions_per_connection(server: str, tips: str) -> None:
-    with _open(server) as silent:
+    with ws_open(server) as silent:
         started = time.monotonic()
         with pytest.raises(ConnectionClosed) as closed:
             silent.recv(timeout=5)  # no connection_init: the server closes within its 1 s
@@ -326,14 +284,81 @@ def test_a_re_upload_replaces_the_dataset_as_a_new_version(server: str, tips: st
 
 
 def test_pages_on_other_origins_may_not_subscribe(server: str) -> None:
-    url = server.replace("http://", "ws://") + "/graphql"
-    evil = {"Origin": "http://evil.example"}
-    with (
-        pytest.raises(Exception) as refused,
-        connect(url, subprotocols=["graphql-transport-ws"], additional_headers=evil),
-    ):  # type: ignore[list-item]
+    with pytest.raises(Exception) as refused, ws_open(server, {"Origin": "http://evil.example"}):
         pass
     assert "403" in str(refused.value) or "4403" in str(refused.value), refused.value
-    with connect(url, subprotocols=["graphql-transport-ws"], additional_headers={"Origin": server}) as same:  # type: ignore[list-item]
+    with ws_open(server, {"Origin": server}) as same:
         same.send(json.dumps({"type": "connection_init", "payload": {}}))
         assert json.loads(same.recv(timeout=5))["type"] == "connection_ack"
+
+
+def test_a_watch_can_push_a_chart(server: str, tips: str) -> None:
+    query = """subscription($d: ID!) { watch(dataset: $d, result: CHART,
+      chart: {kind: BAR, x: "day", y: "tip", aggregate: SUM}) { success data error { message } } }"""
+    ws = Ws(server)
+    try:
+        ws.subscribe(query, {"d": tips})
+        before = {v["day"]: v["tip_sum"] for v in ws.next_data()["watch"]["data"]["data"]["values"]}
+        _append(server, tips, 1)  # a Sunday with a tip of 1.0
+        after = {v["day"]: v["tip_sum"] for v in ws.next_data()["watch"]["data"]["data"]["values"]}
+        assert after["Sun"] == pytest.approx(before["Sun"] + 1.0) and after["Sat"] == before["Sat"]
+        ws.subscribe("subscription($d: ID!) { watch(dataset: $d, result: CHART) { success error { code message } } }",
+                     {"d": tips}, "2")  # fmt: skip
+        refused = ws.next_data()["watch"]
+        assert refused["success"] is False and "chart" in refused["error"]["message"]
+    finally:
+        ws.close()
+
+
+def test_unsubscribing_from_a_watch_nobody_else_wants_stops_its_work(server: str) -> None:
+    diamonds = upload_over_http(server, DATA / "diamonds.csv")
+    heavy = """subscription($d: ID!) { watch(dataset: $d, result: ROWS, limit: 1,
+      steps: [{join: {right: $d, on: ["cut"]}}, {sort: [{column: "price_right"}]}]) { success } }"""
+    ws = Ws(server)
+    try:
+        ws.subscribe(heavy, {"d": diamonds})
+        deadline = time.monotonic() + 10
+        while httpx.get(server + "/readyz").json()["workers"]["busy"] == 0:
+            assert time.monotonic() < deadline, "the watch never started its work"
+            time.sleep(0.05)
+        ws.complete()
+        deadline = time.monotonic() + 10
+        while httpx.get(server + "/readyz").json()["workers"]["busy"] != 0:  # minutes of work, if let run
+            assert time.monotonic() < deadline, "the worker is still busy after the watch went away"
+            time.sleep(0.1)
+    finally:
+        ws.close()
+
+
+def test_watches_recompute_after_the_event_stream_comes_back(tmp_path: Path) -> None:
+    """Process B reads events through a proxy to Redis; while it is cut, A appends (B misses the
+    event); once B reads again, its watches recompute and push the current result."""
+    require_service(6379, "Redis")
+    proxy = TcpProxy(6379)
+    proxy.start()
+    shared = tmp_path / "shared-data"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    try:
+        with (
+            running_server(tmp_path / "a", "--data-dir", str(shared), "--cache-url", "redis://127.0.0.1:6379/12") as a,
+            running_server(tmp_path / "b", "--data-dir", str(shared), "--cache-url",
+                           f"redis://127.0.0.1:{proxy.port}/12") as b,
+        ):  # fmt: skip
+            dataset = upload_over_http(a, DATA / "tips.csv")
+            ws = Ws(b)
+            try:
+                ws.subscribe(WATCH_COUNT, {"d": dataset})
+                assert ws.next_data()["watch"]["data"] == {"count": SUNDAY}
+                assert _append(a, dataset, 1)["success"]
+                assert ws.next_data()["watch"]["data"] == {"count": SUNDAY + 1}  # through Redis
+                proxy.cut()
+                assert _append(a, dataset, 2)["success"]
+                assert [m for m in ws.drain(1.5) if m["type"] == "next"] == []  # missed while cut
+                proxy.start()
+                assert ws.next_data(15)["watch"]["data"] == {"count": SUNDAY + 3}
+            finally:
+                ws.close()
+    finally:
+        with contextlib.suppress(Exception):
+            proxy.cut()

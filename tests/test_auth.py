@@ -1,0 +1,164 @@
+"""API keys: made, listed and revoked with the CLI, required beyond loopback (or with api_keys=on),
+checked on HTTP requests and on websockets from connectionParams; a wrong key reveals nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import DATA, ROOT, make_settings, running_server, upload_over_http
+from starlette.testclient import TestClient
+from websockets.exceptions import ConnectionClosed
+from wsclient import Ws, ws_open
+
+from datagraph.app import create_app
+from datagraph.auth import KEY_PREFIX, keys_required
+
+COUNT = "query($d: ID!) { frame(dataset: $d) { count { success data } } }"
+DATASETS = {"query": "{ datasets { id } }"}
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/datagraph"), *args], capture_output=True, text=True, timeout=60, check=check
+    )
+
+
+def _create_key(data_dir: Path, name: str) -> str:
+    out = _cli("keys", "create", "--name", name, "--data-dir", str(data_dir)).stdout
+    key = out.strip().splitlines()[-1]
+    assert key.startswith(KEY_PREFIX) and len(key) > 40, out
+    return key
+
+
+@pytest.mark.parametrize(
+    ("host", "mode", "required"),
+    [
+        ("127.0.0.1", "auto", False),
+        ("localhost", "auto", False),
+        ("::1", "auto", False),
+        ("127.0.0.1", "on", True),
+        ("0.0.0.0", "auto", True),
+        ("192.168.1.20", "auto", True),
+        ("my-host.lan", "auto", True),
+    ],
+)
+def test_keys_are_required_beyond_loopback(tmp_path: Path, host: str, mode: str, required: bool) -> None:
+    assert keys_required(make_settings(tmp_path, host=host, api_keys=mode)) is required
+
+
+def test_the_cli_creates_lists_and_revokes_keys_stored_hashed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    key = _create_key(data, "laptop")
+    other = _create_key(data, "phone")
+    assert key != other
+    listed = _cli("keys", "list", "--data-dir", str(data)).stdout.splitlines()
+    assert [line.split("\t")[0] for line in listed] == ["laptop", "phone"]
+    again = _cli("keys", "create", "--name", "laptop", "--data-dir", str(data), check=False)
+    assert again.returncode != 0 and "already a key called 'laptop'" in again.stderr
+    stored = (data / "datagraph.sqlite3").read_bytes()
+    assert key.encode() not in stored and other.encode() not in stored  # only hashes are kept
+    assert _cli("keys", "revoke", "laptop", "--data-dir", str(data)).returncode == 0
+    assert [line.split("\t")[0] for line in _cli("keys", "list", "--data-dir", str(data)).stdout.splitlines()] == [
+        "phone"
+    ]
+    missing = _cli("keys", "revoke", "laptop", "--data-dir", str(data), check=False)
+    assert missing.returncode != 0 and "no key called 'laptop'" in missing.stderr
+
+
+def test_serving_beyond_loopback_without_a_key_refuses_to_start_and_says_how(tmp_path: Path) -> None:
+    # The check runs before anything binds, so the address is never opened.
+    refused = _cli("serve", "--host", "0.0.0.0", "--port", "1", "--data-dir", str(tmp_path / "data"), check=False)
+    assert refused.returncode != 0
+    assert "datagraph keys create --name NAME" in refused.stderr and "Traceback" not in refused.stderr
+    with (
+        pytest.raises(RuntimeError, match="keys create"),
+        TestClient(create_app(make_settings(tmp_path, api_keys="on"))),
+    ):
+        pass
+
+
+def _unauthenticated(response: httpx.Response) -> None:
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    body = response.json()
+    assert body["errors"][0]["extensions"] == {"code": "UNAUTHENTICATED"}
+    assert "data" not in body
+
+
+def test_http_requests_need_a_valid_key(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, api_keys="on")
+    key = _create_key(settings.data_dir, "script")
+    with TestClient(create_app(settings)) as client:
+        _unauthenticated(client.post("/graphql", json=DATASETS))
+        _unauthenticated(client.post("/graphql", json=DATASETS, headers={"X-API-Key": key + "x"}))
+        _unauthenticated(client.post("/graphql", json=DATASETS, headers={"Authorization": "Bearer " + KEY_PREFIX}))
+        _unauthenticated(client.post("/graphql", json=DATASETS, headers={"Authorization": key}))  # no scheme
+        _unauthenticated(
+            client.get("/graphql", params={"query": "{ datasets { id } }"}, headers={"Accept": "text/html"})
+        )
+        _unauthenticated(client.get("/readyz"))
+        for headers in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}, {"authorization": f"bearer {key}"}):
+            answer = client.post("/graphql", json=DATASETS, headers=headers)
+            assert answer.status_code == 200 and answer.json() == {"data": {"datasets": []}}
+        assert client.get("/readyz", headers={"X-API-Key": key}).status_code == 200
+        # Open without a key: liveness, the web page and its files, and the explorer page itself.
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/", follow_redirects=False).status_code in (200, 307)
+        assert client.get("/static/vendor/README.md").status_code == 200
+        assert client.get("/graphql", headers={"Accept": "text/html"}).status_code == 200
+
+
+def test_a_revoked_key_stops_working_within_a_second(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, api_keys="on")
+    _create_key(settings.data_dir, "keep")
+    key = _create_key(settings.data_dir, "old")
+    with TestClient(create_app(settings)) as client:
+        headers = {"X-API-Key": key}
+        assert client.post("/graphql", json=DATASETS, headers=headers).status_code == 200
+        _cli("keys", "revoke", "old", "--data-dir", str(settings.data_dir))
+        deadline = time.monotonic() + 5
+        while client.post("/graphql", json=DATASETS, headers=headers).status_code == 200:
+            assert time.monotonic() < deadline, "the revoked key still works"
+            time.sleep(0.2)
+        _unauthenticated(client.post("/graphql", json=DATASETS, headers=headers))
+
+
+def test_websockets_authenticate_with_connection_params(tmp_path: Path) -> None:
+    key = _create_key(tmp_path / "data", "browser")
+    with running_server(tmp_path, "--api-keys", "on") as base:
+        assert httpx.post(base + "/graphql", json=DATASETS).status_code == 401
+        tips = upload_over_http(base, DATA / "tips.csv", headers={"X-API-Key": key})
+        for params in ({}, {"apiKey": "dg_wrong"}, {"Authorization": "Bearer dg_wrong"}):
+            with ws_open(base) as conn:
+                conn.send(json.dumps({"type": "connection_init", "payload": params}))
+                with pytest.raises(ConnectionClosed) as closed:
+                    conn.recv(timeout=5)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        subscription = "subscription($d: ID!) { watch(dataset: $d, result: COUNT) { success data } }"
+        for ws in (Ws(base, {"apiKey": key}), Ws(base, {"Authorization": f"Bearer {key}"}),
+                   Ws(base, headers={"X-API-Key": key})):  # fmt: skip
+            try:
+                ws.subscribe(subscription, {"d": tips})
+                assert ws.next_data()["watch"] == {"success": True, "data": {"count": 244}}
+            finally:
+                ws.close()
+
+
+def test_the_readme_keys_example_runs_as_written(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text("utf-8").split("## API keys", 1)[1]
+    block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    outputs = []
+    for line in block.strip().splitlines():
+        command = line.split("#", 1)[0].strip().replace(".venv/bin/", str(ROOT / ".venv/bin") + "/")
+        done = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout)
+    created, listed, revoked = outputs
+    assert created.strip().splitlines()[-1].startswith(KEY_PREFIX)
+    assert listed.startswith("laptop\t") and "Revoked" in revoked
+    assert _cli("keys", "list", "--data-dir", str(tmp_path / "var")).stdout == ""

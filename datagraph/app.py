@@ -227,8 +227,10 @@ class GraphQLView(GraphQL[Context, None]):
                 raise ConnectionRejectionError({"message": UNAUTHENTICATED_MESSAGE, "code": "UNAUTHENTICATED"})
         return UnsetType()  # acknowledge with no payload
 
-    def encode_json(self, data: object) -> bytes:
-        return jsonutil.dumps(data)
+    def encode_json(self, data: object) -> str:
+        # Text, not bytes: over a websocket, bytes go out as binary frames, which browser clients
+        # of graphql-transport-ws (a Blob in event.data) cannot read.
+        return jsonutil.dumps(data).decode("utf-8")
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse((STATIC / "graphiql.html").read_text("utf-8"))

@@ -173,27 +173,22 @@ class EventBus:
         except (ValueError, TypeError, KeyError):
             log.warning("ignored a garbled dataset event from Redis")
 
+    @staticmethod
     @contextlib.contextmanager
-    def _queue(self) -> Iterator[asyncio.Queue[DatasetEvent]]:
-        queue: asyncio.Queue[DatasetEvent] = asyncio.Queue(QUEUE_SIZE)
-        self._queues.add(queue)
+    def _queue(into: set[asyncio.Queue[Any]]) -> Iterator[asyncio.Queue[Any]]:
+        queue: asyncio.Queue[Any] = asyncio.Queue(QUEUE_SIZE)
+        into.add(queue)
         try:
             yield queue
         finally:
-            self._queues.discard(queue)
+            into.discard(queue)
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[asyncio.Queue[DatasetEvent]]:
-        """A queue that receives every event from now until the block ends."""
-        with self._queue() as queue:
+        """A queue that receives every dataset event from now until the block ends."""
+        with self._queue(self._queues) as queue:
             yield queue
 
-    @contextlib.contextmanager
-    def subscribe_jobs(self) -> Iterator[asyncio.Queue[JobUpdate]]:
+    def subscribe_jobs(self) -> contextlib.AbstractContextManager[asyncio.Queue[JobUpdate]]:
         """A queue that receives every job update from now until the block ends."""
-        queue: asyncio.Queue[JobUpdate] = asyncio.Queue(QUEUE_SIZE)
-        self._job_queues.add(queue)
-        try:
-            yield queue
-        finally:
-            self._job_queues.discard(queue)
+        return self._queue(self._job_queues)

@@ -1,4 +1,4 @@
-"""`chart`: a Vega-Lite v5 spec of a plan's result, its values computed here and carried inline.
+"""`chart`: a Vega-Lite v6 spec of a plan's result, its values computed here and carried inline.
 
 Each kind is one lazy query, collected once, whose result is already the few values the chart
 draws: BAR and LINE aggregate y per x (and color), SCATTER samples rows, HISTOGRAM counts rows in
@@ -25,7 +25,7 @@ from engine._plan import AGG_FNS, Aggregation, Plan, _aggregate, build, check_co
 __all__ = ["CHART_KINDS", "DEFAULT_BINS", "MAX_BINS", "VEGA_LITE_SCHEMA", "chart"]
 
 CHART_KINDS = ("BAR", "LINE", "SCATTER", "HISTOGRAM", "BOX")
-VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
+VEGA_LITE_SCHEMA = "https://vega.github.io/schema/vega-lite/v6.json"
 DEFAULT_BINS = 20
 MAX_BINS = 1000
 _SEED = 20240131  # fixed, so the same data always gives the same scatter sample
@@ -58,7 +58,7 @@ def chart(
     bins: int | None = None,
     max_points: int = 5000,
 ) -> dict[str, Any]:
-    """A Vega-Lite v5 spec for the plan's result, values inline, at most `max_points` of them."""
+    """A Vega-Lite v6 spec for the plan's result, values inline, at most `max_points` of them."""
     if kind not in CHART_KINDS:
         raise BadInput(f'chart: unknown kind "{kind}"; use one of {", ".join(CHART_KINDS)}.')
     if max_points < 1:

@@ -74,7 +74,7 @@ def _field(channel: dict[str, Any]) -> str:
 def _assert_vega_lite(spec: dict[str, Any]) -> None:
     """$schema, a title, inline values, a mark (or layers of marks), and every encoded field a key
     of the values, typed; the whole JSON with no NaN."""
-    assert spec["$schema"] == "https://vega.github.io/schema/vega-lite/v5.json"
+    assert spec["$schema"] == "https://vega.github.io/schema/vega-lite/v6.json"
     assert isinstance(spec["title"], str) and spec["title"]
     json.dumps(spec, allow_nan=False)
     values = spec["data"]["values"]

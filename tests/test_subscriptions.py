@@ -362,3 +362,41 @@ def test_watches_recompute_after_the_event_stream_comes_back(tmp_path: Path) -> 
     finally:
         with contextlib.suppress(Exception):
             proxy.cut()
+
+
+def test_a_frame_over_the_limit_closes_that_connection_only(server: str, tips: str) -> None:
+    ws = Ws(server)
+    other = Ws(server)
+    try:
+        ws.conn.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "#" + "x" * (2 << 20)}}))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.next_message(10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # message too big
+        other.subscribe(WATCH_COUNT, {"d": tips})
+        assert other.next_data()["watch"]["data"] == {"count": SUNDAY}
+    finally:
+        ws.close()
+        other.close()
+
+
+def test_a_subscriber_that_stops_reading_does_not_hold_up_the_others(server: str) -> None:
+    diamonds = upload_over_http(server, DATA / "diamonds.csv")
+    big = "subscription($d: ID!) { watch(dataset: $d, result: ROWS, limit: 10000) { success meta { rowCount } } }"
+    small = "subscription($d: ID!) { watch(dataset: $d, result: COUNT) { data } }"
+    stalled = Ws(server)  # subscribes to ~1.5 MB pushes, then never reads: its socket buffers fill
+    reader = Ws(server)
+    try:
+        stalled.subscribe(big.replace("meta { rowCount }", "data"), {"d": diamonds})
+        reader.subscribe(small, {"d": diamonds})
+        assert reader.next_data(30)["watch"]["data"] == {"count": DIAMONDS_ROWS}
+        for n in range(1, 9):
+            body = {"query": "mutation($d: ID!) { appendRows(dataset: $d, rows: [{carat: 0.5}]) { success } }",
+                    "variables": {"d": diamonds}}  # fmt: skip
+            assert httpx.post(server + "/graphql", json=body, timeout=60).json()["data"]["appendRows"]["success"]
+            latest = reader.next_data(30)["watch"]["data"]["count"]
+            while latest < DIAMONDS_ROWS + n:  # coalesced pushes may skip versions, never go back
+                latest = reader.next_data(30)["watch"]["data"]["count"]
+            assert latest == DIAMONDS_ROWS + n
+    finally:
+        stalled.close()
+        reader.close()

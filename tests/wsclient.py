@@ -42,7 +42,9 @@ class Ws:
 
     def next_message(self, timeout: float = 10) -> dict[str, Any]:
         while True:
-            message: dict[str, Any] = json.loads(self.conn.recv(timeout=timeout))
+            raw = self.conn.recv(timeout=timeout)
+            assert isinstance(raw, str), "graphql-transport-ws messages must be text frames (browsers need them)"
+            message: dict[str, Any] = json.loads(raw)
             if message["type"] != "ping":
                 return message
 

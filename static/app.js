@@ -1,0 +1,88 @@
+// The datagraph web page: plain ES modules, no build step. Each section is one module under
+// app/; they share `state` and a few events:
+//   "datasets"  the dataset list changed
+//   "dataset"   a dataset was opened ({changed: true}) or its data changed ({changed: false})
+//   "result"    the current result was run ({live: true} when rerun after a change)
+
+import { initKeyButton } from "./app/auth.js";
+import { initBuilder } from "./app/builder.js";
+import { initChart } from "./app/chart.js";
+import { initData } from "./app/data.js";
+import { initDescribe } from "./app/describe.js";
+import { $ } from "./app/dom.js";
+import { initExport } from "./app/export.js";
+import { LiveConnection } from "./app/live.js";
+import { EVENTS } from "./app/queries.js";
+import { initResult } from "./app/result.js";
+
+function createApp() {
+  const listeners = new Map();
+  return {
+    state: {
+      datasets: [], // [{id, name, version, rowCount, columns}]
+      current: null, // the dataset shown, with its columns and preview
+      base: [], // the steps of the current result, without the column pick
+      picked: null, // the columns kept (a select step), or null for all
+      applied: [], // base plus the select: what describe, chart and export work on
+      count: 0, // rows in the current result
+      allColumns: [], // the current result's columns before the pick
+      columns: [], // ... and after it
+    },
+    on(name, listener) {
+      if (!listeners.has(name)) listeners.set(name, []);
+      listeners.get(name).push(listener);
+    },
+    emit(name, detail = {}) {
+      for (const listener of listeners.get(name) ?? []) listener(detail);
+    },
+  };
+}
+
+const app = createApp();
+const data = initData(app);
+const builder = initBuilder(app);
+const result = initResult(app, builder);
+initDescribe(app);
+initChart(app);
+initExport(app);
+
+/** Bring the page up to date: the list, and the dataset shown (after a reconnection or a new key). */
+async function refresh() {
+  await data.refreshList();
+  const wanted = app.state.current?.id ?? decodeURIComponent(location.hash.slice(1));
+  if (wanted && app.state.datasets.some((d) => d.id === wanted)) await data.open(wanted);
+}
+
+const live = new LiveConnection({
+  onStatus(state, text) {
+    const badge = $("#live");
+    badge.dataset.state = state;
+    badge.textContent = text;
+  },
+  onResume: refresh,
+});
+live.subscribe(EVENTS, {}, {
+  next({ data: payload, errors }) {
+    if (errors?.length || !payload) return;
+    const event = payload.datasetEvents;
+    data.changed(event);
+    const joined = app.state.applied.some((step) => step.join?.right === event.dataset);
+    if (joined && event.dataset !== app.state.current?.id) {
+      result.run(app.state.base, { picked: app.state.picked, live: true });
+    }
+  },
+  error(errors) {
+    $("#live").textContent = `Not live: ${errors.map((e) => e.message).join(" ")}`;
+  },
+});
+live.connect();
+initKeyButton(() => {
+  live.close();
+  live.connect();
+  refresh();
+});
+window.addEventListener("pagehide", () => live.close());
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) live.connect(); // back from the back/forward cache
+});
+refresh();

@@ -1,0 +1,71 @@
+// The GraphQL documents the page sends, written out in full so that "GraphQL sent" shows exactly
+// what a script would send.
+
+const PROBLEM = "error { code message }";
+
+export const DATASETS = `query Datasets {
+  datasets { id name version rowCount columns { name dtype } }
+}`;
+
+export const DATASET = `query Dataset($id: ID!) {
+  dataset(id: $id) {
+    id name version rowCount updatedAt
+    columns { name dtype nullCount missingRate }
+    preview(limit: 10) { success data ${PROBLEM} meta { columns { name dtype } } }
+  }
+}`;
+
+export const UPLOAD = `mutation Upload($file: Upload!) {
+  uploadDataset(file: $file) {
+    success
+    ${PROBLEM}
+    dataset { id name rowCount }
+  }
+}`;
+
+/** The columns a pipeline gives, without running it (for the menus after a join). */
+export const COLUMNS = `query Columns($id: ID!, $steps: [Step!]!) {
+  dataset(id: $id) {
+    pipeline(steps: $steps) { explain { success data ${PROBLEM} } }
+  }
+}`;
+
+export const RESULT = `query Result($id: ID!, $steps: [Step!]!, $limit: Int) {
+  dataset(id: $id) {
+    pipeline(steps: $steps) {
+      count { success data ${PROBLEM} }
+      rows(limit: $limit) {
+        success data ${PROBLEM}
+        meta { rowCount truncated columns { name dtype } }
+      }
+    }
+  }
+}`;
+
+export const DESCRIBE = `query Describe($id: ID!, $steps: [Step!]!) {
+  dataset(id: $id) {
+    pipeline(steps: $steps) {
+      describe { success data ${PROBLEM} meta { rowCount elapsedMs cached } }
+    }
+  }
+}`;
+
+export const CHART = `query Chart($id: ID!, $steps: [Step!]!, $spec: ChartInput!) {
+  dataset(id: $id) {
+    pipeline(steps: $steps) {
+      chart(spec: $spec) { success data ${PROBLEM} meta { truncated } }
+    }
+  }
+}`;
+
+export const EXPORT = `query Export($id: ID!, $steps: [Step!]!, $format: ExportFormat!) {
+  dataset(id: $id) {
+    pipeline(steps: $steps) {
+      export(format: $format) { success data ${PROBLEM} }
+    }
+  }
+}`;
+
+export const EVENTS = `subscription Events {
+  datasetEvents { kind dataset version rowCount }
+}`;

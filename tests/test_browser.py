@@ -1,0 +1,468 @@
+"""The web page at `/` in a real browser (Debian's Chromium, driven by Playwright) against a real
+uvicorn on loopback: a file dropped onto the page, describe, filter, group, chart, export (checked
+against pandas doing the same work), a join, the API's errors next to the controls that caused
+them, and live updates over graphql-transport-ws. Every test checks that the page logged no
+errors and that nothing it loaded came from beyond this machine; screenshots of each step go to
+the test's tmp_path."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pandas as pd
+import pytest
+from conftest import DATA, ROOT, running_server, upload_over_http
+
+try:
+    from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+except ImportError:  # every test skips (or, under CI, fails) in _require_browser
+    PLAYWRIGHT = False
+else:
+    PLAYWRIGHT = True
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+def _require_browser() -> None:
+    """Skip without Playwright or Chromium; under CI, fail instead (.ci/run installs Chromium)."""
+    missing = None
+    if not PLAYWRIGHT:
+        missing = "Playwright for Python is not installed (it is a dev dependency: make .venv/.synced)"
+    elif not CHROMIUM.is_file():
+        missing = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}, and CI needs it")
+        pytest.skip(missing)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    _require_browser()
+    with running_server(tmp_path_factory.mktemp("browser")) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    _require_browser()
+    expect.set_options(timeout=15_000)
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _local(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("data", "blob") or (parts.hostname or "") in LOCAL_HOSTS
+
+
+class Session:
+    """A page in a fresh browser context that records console errors, page errors and every URL
+    it asks for, and numbers its screenshots."""
+
+    def __init__(self, page: Page, server: str, shots: Path) -> None:
+        self.page = page
+        self.server = server
+        self.shots = shots
+        self.taken = 0
+        self.errors: list[str] = []
+        self.urls: list[str] = []
+        self.posts: list[dict[str, str]] = []  # the headers of every POST
+        page.on("console", lambda m: self.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.errors.append(f"page error: {e}"))
+        page.on("request", lambda r: self.urls.append(r.url))
+        page.on("request", lambda r: self.posts.append(r.headers) if r.method == "POST" else None)
+        page.on("websocket", lambda ws: self.urls.append(ws.url))
+
+    def open(self, dataset: str | None = None) -> Page:
+        """Load the page (showing `dataset`) and wait for its live connection."""
+        self.page.goto(self.server + "/" + (f"#{dataset}" if dataset else ""))
+        expect(self.page.locator("#live")).to_have_attribute("data-state", "live")
+        if dataset:
+            expect(self.page.locator("#dataset-select")).to_have_value(dataset)
+            expect(self.page.locator("#result-count")).not_to_be_empty()
+        return self.page
+
+    def shot(self, name: str) -> None:
+        self.taken += 1
+        self.page.screenshot(path=self.shots / f"{self.taken:02d}-{name}.png", full_page=True)
+
+
+@contextlib.contextmanager
+def open_session(browser: Browser, server: str, shots: Path, *, allowed: tuple[str, ...] = ()) -> Iterator[Session]:
+    """A Session in a fresh context; afterwards, fail on any console error (but those matching
+    `allowed`), on any URL beyond this machine, and on a POST without Apollo-Require-Preflight."""
+    context = browser.new_context(accept_downloads=True, locale="en-US", viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(15_000)
+    session = Session(context.new_page(), server, shots)
+    try:
+        yield session
+    finally:
+        context.close()
+    errors = [e for e in session.errors if not any(a in e for a in allowed)]
+    assert errors == [], errors
+    outside = [url for url in session.urls if not _local(url)]
+    assert outside == [], f"the page reached beyond this machine: {outside}"
+    assert session.urls, "the page asked for nothing at all"
+    assert session.posts and all(h.get("apollo-require-preflight") == "true" for h in session.posts), session.posts
+
+
+@pytest.fixture
+def session(browser: Browser, server: str, tmp_path: Path) -> Iterator[Session]:
+    with open_session(browser, server, tmp_path) as session:
+        yield session
+
+
+def drop_file(page: Page, target: str, path: Path) -> None:
+    """Drop a file onto `target` as a person does: dragenter, dragover, then drop, carrying a
+    DataTransfer that holds the file."""
+    content = base64.b64encode(path.read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """([name, content]) => {
+            const bytes = Uint8Array.from(atob(content), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: "text/csv" }));
+            return transfer;
+        }""",
+        [path.name, content],
+    )
+    for event in ("dragenter", "dragover", "drop"):
+        page.dispatch_event(target, event, {"dataTransfer": transfer})
+
+
+def shown(value: float) -> str:
+    """A number as the page shows it in en-US: grouped digits, at most four decimals."""
+    return f"{value:,.4f}".rstrip("0").rstrip(".")
+
+
+def table(locator: Locator) -> list[dict[str, str]]:
+    """A rendered table as records of the cells' text, keyed by the header's column name."""
+    rows: list[dict[str, str]] = locator.evaluate(
+        """(table) => {
+            const names = [...table.querySelectorAll("thead th")].map((th) => th.firstChild.textContent.trim());
+            return [...table.querySelectorAll("tbody tr")].map((tr) =>
+                Object.fromEntries([...tr.children].map((td, i) => [names[i], td.textContent.trim()])));
+        }"""
+    )
+    return rows
+
+
+def add_condition(page: Page, column: str, op: str, value: str | None = None) -> Locator:
+    page.get_by_role("button", name="Add a condition").click()
+    row = page.locator("#filter-rows li").last
+    row.get_by_label("Column to filter on", exact=True).select_option(column)
+    row.get_by_label("Condition", exact=True).select_option(op)
+    if value is not None:
+        row.get_by_label("Value", exact=True).fill(value)
+    return row
+
+
+def graphql(server: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = httpx.post(
+        server + "/graphql", json={"query": query, "variables": variables}, timeout=30
+    ).json()
+    assert "errors" not in body, body
+    return body
+
+
+TITANIC = pd.read_csv(DATA / "titanic.csv")
+# The page's describe headings, and pandas' names for the same statistics.
+DESCRIBED = [("Values", "count"), ("Mean", "mean"), ("Std. dev.", "std"), ("25%", "25%"), ("Max", "max")]
+
+
+def test_a_dropped_csv_uploads_with_progress_and_shows_its_rows_preview_and_missing_rates(session: Session) -> None:
+    page = session.open()
+    # Every text the upload status shows, to see the progress steps however fast they pass.
+    page.evaluate(
+        """() => {
+            window.statusSeen = [];
+            const status = document.querySelector("#upload-status");
+            new MutationObserver(() => window.statusSeen.push(status.textContent))
+                .observe(status, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
+    session.shot("empty")
+    drop_file(page, "#dropzone", DATA / "titanic.csv")
+
+    expect(page.locator("#upload-status")).to_contain_text("titanic.csv is now the dataset “titanic”")
+    seen = page.evaluate("window.statusSeen")
+    assert any(s.startswith("Uploading titanic.csv") for s in seen), seen
+    assert "Reading titanic.csv…" in seen, seen
+    expect(page.locator("#upload-progress")).to_be_visible()
+    expect(page.locator("#upload-progress")).to_have_js_property("value", 100)
+    expect(page.locator("#dataset-rows")).to_have_text("891")
+    expect(page.locator("#dataset-columns")).to_have_text(str(len(TITANIC.columns)))
+    dataset = page.locator("#dataset-select").input_value()
+    assert dataset.startswith("titanic")
+    expect(page.locator("#dataset-select option:checked")).to_contain_text("891 rows")
+
+    # The preview: the first rows, with each column's type under its name.
+    preview = table(page.locator("#preview table"))
+    assert len(preview) == 10
+    assert [r["fare"] for r in preview] == [shown(v) for v in TITANIC["fare"][:10]]
+    expect(page.locator("#preview thead th", has_text="age")).to_contain_text("Float64")
+    # The column summary: a missing-rate bar per column, as pandas counts missing values.
+    summary = page.locator("#column-summary")
+    for column in ("age", "deck", "embarked", "fare"):
+        row = summary.locator("tbody tr", has=page.locator("th", has_text=column)).first
+        rate = TITANIC[column].isna().mean() * 100
+        expect(row.locator("td").nth(1)).to_have_text(str(TITANIC[column].isna().sum()))
+        expect(row.locator(".bar")).to_have_attribute("aria-label", f"{shown(round(rate, 1))}% missing")
+    session.shot("uploaded")
+
+
+def test_describe_filter_group_chart_and_export_agree_with_pandas(session: Session, tmp_path: Path) -> None:
+    dataset = upload_over_http(session.server, DATA / "titanic.csv")
+    page = session.open(dataset)
+
+    # Describe, as pandas' describe(include="all").
+    page.get_by_role("button", name="Describe the columns").click()
+    stats = {r["Column"]: r for r in table(page.locator("#describe-table table"))}
+    assert list(stats) == list(TITANIC.columns)
+    described = TITANIC.describe(include="all")
+    for column in ("age", "fare"):
+        for label, stat in [
+            ("Values", "count"),
+            ("Mean", "mean"),
+            ("Std. dev.", "std"),
+            ("25%", "25%"),
+            ("Max", "max"),
+        ]:
+            assert stats[column][label] == shown(described.loc[stat, column]), (column, label)
+    assert (stats["class"]["Most common"], stats["class"]["Its count"]) == ("Third", "491")
+    assert stats["age"]["Missing"] == "177"
+    session.shot("describe")
+
+    # Filter: age > 30.
+    add_condition(page, "age", "GT", "30")
+    page.get_by_role("button", name="Show the result").click()
+    expect(page.locator("#result-count")).to_have_text(f"{(TITANIC['age'] > 30).sum()} rows")
+    page.locator("#shape details.query summary").click()
+    sent = page.locator("#shape-query").inner_text()
+    assert "pipeline(steps: $steps)" in sent and '"op": "GT"' in sent and '"value": 30' in sent
+    session.shot("filter")
+
+    # Group by class: how many fares, and their mean.
+    page.locator("#group-keys").get_by_text("class", exact=True).click()
+    for fn in ("COUNT", "MEAN"):
+        page.get_by_role("button", name="Add a summary").click()
+        row = page.locator("#agg-rows li").last
+        row.get_by_label("Summary", exact=True).select_option(fn)
+        row.get_by_label("Column to summarise", exact=True).select_option("fare")
+    page.get_by_role("button", name="Show the result").click()
+    expect(page.locator("#result-count")).to_have_text("3 rows")
+    expected = (
+        TITANIC[TITANIC["age"] > 30]
+        .groupby("class")
+        .agg(fare_count=("fare", "count"), fare_mean=("fare", "mean"))
+        .reset_index()
+    )
+    grouped = table(page.locator("#result-table table"))
+    assert grouped == [
+        {"class": r["class"], "fare_count": str(r["fare_count"]), "fare_mean": shown(r["fare_mean"])}
+        for r in expected.to_dict("records")
+    ]
+    assert '"groupBy"' in page.locator("#shape-query").inner_text()
+    session.shot("group-by")
+
+    # A bar chart of the groups: one bar per class, drawn by vega-embed from the API's spec.
+    chart = page.locator("#chart")
+    chart.get_by_label("Kind", exact=True).select_option("BAR")
+    chart.get_by_label("X", exact=True).select_option("class")
+    chart.get_by_label("Y", exact=True).select_option("fare_mean")
+    chart.get_by_role("button", name="Draw").click()
+    bars = page.locator("#chart-view svg .mark-rect path")
+    expect(bars).to_have_count(3)
+    heights = bars.evaluate_all("(paths) => paths.map((p) => p.getBBox().height)")
+    assert heights[0] > heights[1] > heights[2] > 0  # First > Second > Third, as the means
+    session.shot("chart")
+
+    # Export as CSV: the file is what pandas makes of the same filter and group-by.
+    page.locator("#export-format").select_option("CSV")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export and download").click()
+    saved = tmp_path / "export.csv"
+    download.value.save_as(saved)
+    link = re.compile("^" + re.escape(session.server) + r"/exports/[A-Za-z0-9_-]+$")
+    expect(page.locator("#export-link a")).to_have_attribute("href", link)
+    pd.testing.assert_frame_equal(pd.read_csv(saved), expected, check_exact=False, rtol=1e-12)
+    session.shot("export")
+
+
+def test_a_join_adds_the_other_datasets_columns_as_pandas_merge_does(session: Session, tmp_path: Path) -> None:
+    days = tmp_path / "days.csv"
+    days.write_text("day,weekend,order\nThur,false,4\nFri,false,5\nSat,true,6\n")  # no Sunday
+    tips = upload_over_http(session.server, DATA / "tips.csv")
+    right = upload_over_http(session.server, days)
+    page = session.open(tips)
+
+    join = page.locator("#join")
+    join.get_by_label("With", exact=True).select_option(right)
+    join.get_by_text("day", exact=True).click()  # the one column both have
+    expect(join.get_by_role("checkbox")).to_have_count(1)
+    join.get_by_label("Keep", exact=True).select_option("INNER")
+    page.get_by_role("button", name="Show the result").click()
+    merged = pd.read_csv(DATA / "tips.csv").merge(pd.read_csv(days), on="day")
+    expect(page.locator("#result-count")).to_have_text(f"{len(merged)} rows")
+    header = page.locator("#result-table thead th")
+    expect(header).to_have_count(len(merged.columns))
+    assert [t.split()[0] for t in header.all_inner_texts()] == list(merged.columns)
+    session.shot("join")
+
+    # The joined columns are in the filter menus (the page asked the API which columns the join gives).
+    add_condition(page, "weekend", "EQ", "true")
+    page.get_by_role("button", name="Show the result").click()
+    expect(page.locator("#result-count")).to_have_text(f"{merged['weekend'].sum()} rows")
+    first = table(page.locator("#result-table table"))[0]
+    assert first["weekend"] == "true" and first["order"] == "6"
+    session.shot("join-filtered")
+
+
+def test_the_apis_errors_are_shown_next_to_the_control_that_caused_them(session: Session, tmp_path: Path) -> None:
+    dataset = upload_over_http(session.server, DATA / "titanic.csv")
+    page = session.open(dataset)
+
+    # A number column filtered with text: the API's own message, in the filter's row.
+    add_condition(page, "fare", "GE", "10")
+    bad = add_condition(page, "age", "GT", "abc")
+    page.get_by_role("button", name="Show the result").click()
+    steps = [{"filter": [{"column": "fare", "op": "GE", "value": 10}, {"column": "age", "op": "GT", "value": "abc"}]}]
+    answer = graphql(
+        session.server,
+        "query($id: ID!, $steps: [Step!]!) { dataset(id: $id) { pipeline(steps: $steps) { count { error { message } } } } }",
+        {"id": dataset, "steps": steps},
+    )
+    message = answer["data"]["dataset"]["pipeline"]["count"]["error"]["message"]
+    assert "age" in message and "abc" in message
+    expect(bad.get_by_role("alert")).to_have_text(message)
+    expect(bad.get_by_label("Value", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#filter-rows li").first.get_by_role("alert")).to_be_hidden()
+    expect(page.locator("#apply-error")).to_be_hidden()
+    session.shot("filter-error")
+
+    # Fixed, the error goes and the result comes.
+    bad.get_by_label("Value", exact=True).fill("30")
+    page.get_by_role("button", name="Show the result").click()
+    expect(bad.get_by_role("alert")).to_be_hidden()
+    expected = ((TITANIC["fare"] >= 10) & (TITANIC["age"] > 30)).sum()
+    expect(page.locator("#result-count")).to_have_text(f"{expected} rows")
+
+    # A histogram of a text column: the message is next to the chart's menus, X marked.
+    chart = page.locator("#chart")
+    chart.get_by_label("Kind", exact=True).select_option("HISTOGRAM")
+    chart.get_by_label("X", exact=True).select_option("class")
+    chart.get_by_role("button", name="Draw").click()
+    expect(page.locator("#chart-error")).to_have_text('chart: HISTOGRAM needs a numeric x column; "class" is String.')
+    expect(chart.get_by_label("X", exact=True)).to_have_attribute("aria-invalid", "true")
+    session.shot("chart-error")
+
+    # A file the server does not read: its message under the drop zone.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a table\n")
+    page.locator("#file-input").set_input_files(notes)
+    expect(page.locator("#upload-error")).to_have_text(
+        'Files with ".txt" are not supported; upload a .csv, .xlsx or .xls file.'
+    )
+    session.shot("upload-error")
+
+
+APPEND = "mutation($d: ID!, $r: JSON!) { appendRows(dataset: $d, rows: $r) { success error { message } dataset { rowCount } } }"
+
+
+def test_the_page_follows_changes_to_the_dataset_live(session: Session) -> None:
+    tips = upload_over_http(session.server, DATA / "tips.csv")
+    page = session.open(tips)
+    add_condition(page, "day", "EQ", "Sun")
+    page.get_by_role("button", name="Show the result").click()
+    expect(page.locator("#result-count")).to_have_text("76 rows")
+    expect(page.locator("#dataset-rows")).to_have_text("244")
+    page.get_by_role("button", name="Describe the columns").click()
+    expect(page.locator("#describe-table tbody tr").first).to_contain_text("76")
+    session.shot("before-append")
+
+    # Two Sunday rows appended by someone else, through the API: the page shows them unasked.
+    row = {"total_bill": 10.0, "tip": 1.0, "sex": "Female", "smoker": "No", "day": "Sun", "time": "Dinner", "size": 2}
+    appended = graphql(session.server, APPEND, {"d": tips, "r": [row, row]})["data"]["appendRows"]
+    assert appended["success"], appended
+    expect(page.locator("#dataset-rows")).to_have_text("246")
+    expect(page.locator("#result-count")).to_have_text("78 rows")
+    expect(page.locator("#dataset-version")).to_have_text("2")
+    expect(page.locator("#describe-table tbody tr").first).to_contain_text("78")
+    expect(page.locator("#dataset-select option:checked")).to_contain_text("246 rows")
+    session.shot("after-append")
+
+    # Deleted elsewhere: the page says so by the dataset picker.
+    deleted = graphql(session.server, "mutation($id: ID!) { deleteDataset(id: $id) { success } }", {"id": tips})
+    assert deleted["data"]["deleteDataset"]["success"]
+    expect(page.locator("#dataset-error")).to_have_text(f'The dataset "{tips}" was deleted.')
+    expect(page.locator(f'#dataset-select option[value="{tips}"]')).to_have_count(0)
+    session.shot("after-delete")
+
+
+def test_a_server_that_needs_a_key_gets_it_from_a_small_form(browser: Browser, tmp_path: Path) -> None:
+    work = tmp_path / "keyed"
+    work.mkdir()
+    created = subprocess.run(
+        [str(ROOT / ".venv/bin/datagraph"), "keys", "create", "--name", "browser", "--data-dir", str(work / "data")],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    key = created.stdout.strip().splitlines()[-1]
+    # The requests refused for want of a key are logged by the browser as failed loads.
+    with (
+        running_server(work, "--api-keys", "on") as server,
+        open_session(browser, server, tmp_path, allowed=("status of 401",)) as session,
+    ):
+        page = session.page
+        page.goto(server + "/")
+        dialog = page.get_by_role("dialog", name="API key")
+        expect(dialog).to_be_visible()
+        expect(dialog).to_contain_text("A valid API key is required")
+        session.shot("asks-for-a-key")
+
+        dialog.get_by_label("API key", exact=True).fill("dg_not-a-key")
+        dialog.get_by_role("button", name="Use this key").click()
+        expect(dialog).to_contain_text("The key you gave was not accepted.")
+        session.shot("wrong-key")
+
+        dialog.get_by_label("API key", exact=True).fill(key)
+        dialog.get_by_role("button", name="Use this key").click()
+        expect(dialog).to_be_hidden()
+        expect(page.locator("#live")).to_have_attribute("data-state", "live")  # connection_init carried it
+        with page.expect_request(lambda r: "multipart/form-data" in r.headers.get("content-type", "")) as upload:
+            drop_file(page, "#dropzone", DATA / "tips.csv")
+        assert upload.value.headers["x-api-key"] == key
+        expect(page.locator("#dataset-rows")).to_have_text("244")
+        assert page.evaluate("sessionStorage.getItem('datagraph.apiKey')") == key
+        assert page.evaluate("localStorage.length") == 0
+
+        # The live connection works with the key: a change made elsewhere shows up.
+        dataset = page.locator("#dataset-select").input_value()
+        row = {"total_bill": 1.0, "tip": 1.0, "sex": "Male", "smoker": "No", "day": "Sat", "time": "Dinner", "size": 1}
+        body = httpx.post(
+            server + "/graphql", json={"query": APPEND, "variables": {"d": dataset, "r": [row]}},
+            headers={"X-API-Key": key}, timeout=30,
+        ).json()  # fmt: skip
+        assert body["data"]["appendRows"]["success"], body
+        expect(page.locator("#dataset-rows")).to_have_text("245")
+        session.shot("with-key")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -252,7 +253,24 @@ class GraphQLView(GraphQL[Context, None]):
                     413,
                     f"The query is longer than {self.settings.max_query_chars:,} characters (setting max_query_chars).",
                 )
+            if item.protocol == "http" and item.query and _asks_subscription(item.query, item.operation_name):
+                raise HTTPException(
+                    400,
+                    "Subscriptions run over a websocket (graphql-transport-ws) at /graphql; send queries and"
+                    " mutations over HTTP.",
+                )
         return data
+
+
+def _asks_subscription(query: str, operation_name: str | None) -> bool:
+    """Whether the operation to run is a subscription (parsed only when the word is there at all)."""
+    if "subscription" not in query:
+        return False
+    try:
+        operation = get_operation_ast(parse(query), operation_name)
+    except GraphQLError:
+        return False  # validation answers it in the usual way
+    return operation is not None and operation.operation == OperationType.SUBSCRIPTION
 
 
 async def healthz(request: Request) -> Response:

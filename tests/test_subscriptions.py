@@ -400,3 +400,15 @@ def test_a_subscriber_that_stops_reading_does_not_hold_up_the_others(server: str
     finally:
         stalled.close()
         reader.close()
+
+
+def test_a_subscription_sent_over_http_is_told_to_use_the_websocket(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        for operation in ("subscription { datasetEvents { kind } }", "subscription Named { datasetEvents { kind } }"):
+            answer = client.post("/graphql", json={"query": operation}, headers={"Accept": "application/json"})
+            assert answer.status_code == 400
+            error = answer.json()["errors"][0]
+            assert error["extensions"]["code"] == "BAD_INPUT" and "websocket" in error["message"]
+        # A query that merely mentions the word is still a query.
+        fine = client.post("/graphql", json={"query": "{ datasets { id } } # no subscription here"})
+        assert fine.json() == {"data": {"datasets": []}}

@@ -39,7 +39,15 @@ function createApp() {
 }
 
 const app = createApp();
-const data = initData(app);
+const live = new LiveConnection({
+  onStatus(state, text) {
+    const badge = $("#live");
+    badge.dataset.state = state;
+    badge.textContent = text;
+  },
+  onResume: refresh,
+});
+const data = initData(app, live);
 const builder = initBuilder(app);
 const result = initResult(app, builder);
 initDescribe(app);
@@ -53,14 +61,6 @@ async function refresh() {
   if (wanted && app.state.datasets.some((d) => d.id === wanted)) await data.open(wanted);
 }
 
-const live = new LiveConnection({
-  onStatus(state, text) {
-    const badge = $("#live");
-    badge.dataset.state = state;
-    badge.textContent = text;
-  },
-  onResume: refresh,
-});
 live.subscribe(EVENTS, {}, {
   next({ data: payload, errors }) {
     if (errors?.length || !payload) return;

@@ -102,15 +102,16 @@ export function unwrap(result) {
   return result.data;
 }
 
-/** Upload a file as a new dataset. `onProgress(fraction)` follows the bytes sent; `onParsing()`
- * is called once they are all sent and the server is reading the file. Resolves with the
+/** Upload a file as a new dataset, as job `jobId` (null: the server picks one). `onProgress(fraction)`
+ * follows the bytes sent; `onSent()` is called once they are all sent and the server is reading the
+ * file. Aborting `signal` stops the request (an ApiError with code CANCELLED). Resolves with the
  * uploadDataset payload; a failed upload (a Problem) is thrown as an ApiError. */
-export async function upload(file, { onProgress, onParsing }) {
+export async function upload(file, { jobId = null, signal, onProgress, onSent }) {
   const data = await withKey(
     () =>
       new Promise((resolve, reject) => {
         const form = new FormData();
-        form.append("operations", JSON.stringify({ query: UPLOAD, variables: { file: null } }));
+        form.append("operations", JSON.stringify({ query: UPLOAD, variables: { file: null, jobId } }));
         form.append("map", JSON.stringify({ 0: ["variables.file"] }));
         form.append("0", file, file.name);
         const xhr = new XMLHttpRequest();
@@ -119,7 +120,7 @@ export async function upload(file, { onProgress, onParsing }) {
         xhr.upload.addEventListener("progress", (event) => {
           if (event.lengthComputable) onProgress(event.loaded / event.total);
         });
-        xhr.upload.addEventListener("load", () => onParsing());
+        xhr.upload.addEventListener("load", () => onSent());
         xhr.addEventListener("load", () => {
           try {
             resolve(parse(xhr.status, xhr.responseText));
@@ -130,6 +131,8 @@ export async function upload(file, { onProgress, onParsing }) {
         xhr.addEventListener("error", () =>
           reject(new ApiError("The upload did not reach the server. Is it still running?", "NETWORK")),
         );
+        xhr.addEventListener("abort", () => reject(new ApiError("The upload was cancelled.", "CANCELLED")));
+        signal?.addEventListener("abort", () => xhr.abort());
         xhr.send(form);
       }),
   );

@@ -1,21 +1,24 @@
-// Section 1: uploading a file (drop or pick, with progress), the dataset picker, and the chosen
-// dataset's facts, column summary (missing-rate bars) and first rows.
+// Section 1: uploading a file (drop or pick, with progress: the bytes sent, then the server's stages
+// followed over jobProgress), the dataset picker, and the chosen dataset's facts, column summary
+// (missing-rate bars) and first rows.
 
 import { ApiError, graphql, unwrap, upload, uploadCommand } from "./api.js";
 import { $, clearErrors, fillSelect, formatNumber, h, newestOnly, recordsTable, showError, showQuery } from "./dom.js";
-import { DATASET, DATASETS } from "./queries.js";
+import { DATASET, DATASETS, JOB_PROGRESS } from "./queries.js";
 
-export function initData(app) {
+export function initData(app, live) {
   const { state } = app;
   const select = $("#dataset-select");
   const drop = $("#dropzone");
   const input = $("#file-input");
   const progress = $("#upload-progress");
+  const cancel = $("#upload-cancel");
   const status = $("#upload-status");
   const uploadError = $("#upload-error");
   const datasetError = $("#dataset-error");
   const queryPre = $("#data-query");
   const asked = newestOnly();
+  let cancelUpload = null; // set while an upload runs
 
   async function refreshList() {
     showQuery(queryPre, DATASETS);
@@ -93,39 +96,89 @@ export function initData(app) {
     }
   }
 
+  /** The bar at `percent` with `text` beside it; `busy` makes it pulse (work that is not measured). */
+  function showProgress(percent, text, busy = false) {
+    progress.value = Math.round(percent);
+    if (busy) progress.setAttribute("aria-busy", "true");
+    else progress.removeAttribute("aria-busy");
+    status.textContent = text;
+  }
+
   async function send(file) {
     clearErrors(drop);
     showQuery(queryPre, uploadCommand(file.name));
     progress.hidden = false;
-    progress.value = 0;
-    progress.removeAttribute("aria-busy");
-    status.textContent = `Uploading ${file.name}…`;
+    cancel.hidden = false;
+    cancel.disabled = false;
     drop.classList.add("busy");
+    showProgress(0, `Uploading ${file.name}…`);
+    const job = crypto.randomUUID();
+    const request = new AbortController();
+    let sent = false; // every byte has left the page
+    let seen = false; // a jobProgress event came: the server has the file
+    let cancelled = false;
+    let following = false; // the server's stages come over jobProgress
+    // Subscribed before the upload is sent. Without the live connection, or when the subscription
+    // fails, the bar pulses while the server reads the file.
+    const stop = followJob(live, job, {
+      onEvent(event) {
+        seen = true;
+        if (cancelled) {
+          stop(); // the job is on the server: leaving it cancels it
+          return;
+        }
+        const shown = stageShown(event, file);
+        if (shown) showProgress(...shown);
+      },
+      onLost() {
+        following = false;
+        progress.setAttribute("aria-busy", "true");
+        cancel.hidden = sent;
+      },
+    });
+    following = stop !== null;
+    const share = following ? 60 : 100; // of the bar for the bytes sent; the server's stages take the rest
+    cancelUpload = () => {
+      cancelled = true;
+      cancel.disabled = true;
+      if (!sent) request.abort();
+      else if (seen) stop(); // else on the first event, once the job runs
+    };
     try {
       const payload = await upload(file, {
+        jobId: job,
+        signal: request.signal,
         onProgress(fraction) {
-          progress.value = Math.round(fraction * 100);
-          status.textContent = `Uploading ${file.name}: ${progress.value}%`;
+          if (!seen) showProgress(fraction * share, `Uploading ${file.name}: ${Math.round(fraction * 100)}%`);
         },
-        onParsing() {
-          progress.value = 100;
-          progress.setAttribute("aria-busy", "true");
-          status.textContent = `Reading ${file.name}…`;
+        onSent() {
+          sent = true;
+          cancel.hidden = !following; // a job nobody follows cannot be stopped
+          if (!seen) showProgress(share, following ? "Storing the file…" : `Reading ${file.name}…`, true);
         },
-      });
-      status.textContent = `${file.name} is now the dataset “${payload.dataset.name}” (${formatNumber(payload.dataset.rowCount)} rows).`;
+      }).finally(() => stop?.()); // the answer came, so the job has ended: leaving does not cancel it
+      const { name, rowCount } = payload.dataset;
+      showProgress(100, `${file.name} is now the dataset “${name}” (${formatNumber(rowCount)} rows).`);
       await refreshList();
       await open(payload.dataset.id);
     } catch (error) {
       status.textContent = "";
-      showError(uploadError, error.message, input);
+      if (cancelled && error.code === "CANCELLED") {
+        progress.hidden = true;
+        status.textContent = `Upload cancelled: ${file.name} was not saved.`;
+      } else {
+        showError(uploadError, error.message, input);
+      }
     } finally {
+      cancelUpload = null;
+      cancel.hidden = true;
       progress.removeAttribute("aria-busy");
       drop.classList.remove("busy", "over");
       input.value = "";
     }
   }
 
+  cancel.addEventListener("click", () => cancelUpload?.());
   input.addEventListener("change", () => {
     if (input.files?.length) send(input.files[0]);
   });
@@ -169,6 +222,47 @@ export function initData(app) {
   }
 
   return { refreshList, open, changed };
+}
+
+/** Follow job `job` over the live connection: `onEvent(event)` for each jobProgress event, `onLost()`
+ * when the subscription fails. Subscribed at once, or not at all (null) when the connection is down.
+ * Answers the function that ends the subscription, which cancels the job if it still runs. */
+function followJob(live, job, { onEvent, onLost }) {
+  let stop = null;
+  const subscribe = () => {
+    stop = live.subscribeNow(JOB_PROGRESS, { job }, {
+      next({ data }) {
+        const event = data?.jobProgress;
+        if (event?.stage === "unknown") {
+          // The server stopped waiting for the job to start (after 30 s of a long upload): again.
+          if (!subscribe()) onLost();
+        } else if (event) onEvent(event);
+        else onLost();
+      },
+      error: onLost,
+    });
+    return stop;
+  };
+  return subscribe() && (() => stop?.());
+}
+
+/** What the progress area shows for a jobProgress event of an upload: [percent, text, busy]. The
+ * bytes sent fill the bar to 60%; storing the file on the server takes it to 75%, reading the rows
+ * to 85%, and saving them to 100%. Reading and saving say nothing of how far they are: the bar pulses. */
+function stageShown(event, file) {
+  switch (event.stage) {
+    case "started":
+    case "staging":
+      return [60 + 15 * Math.min(1, (event.bytesProcessed ?? 0) / (file.size || 1)), "Storing the file…"];
+    case "parsing":
+      return [75, "Reading the rows…", true];
+    case "committing":
+      return [85, `Saving ${formatNumber(event.rowsProcessed ?? 0)} rows…`, true];
+    case "succeeded":
+      return [100, `Saved ${formatNumber(event.rowsProcessed ?? 0)} rows.`];
+    default: // failed: the upload's answer says why
+      return null;
+  }
 }
 
 /** The column summary: name, type, missing values, and a bar of the missing rate. */

@@ -66,6 +66,13 @@ export class LiveConnection {
     };
   }
 
+  /** `subscribe`, but only when the connection is up: its subscribe message is then on the wire
+   * when this returns. Answers null otherwise (for work that must be followed from its start). */
+  subscribeNow(query, variables, handlers) {
+    if (!this.acked || this.socket?.readyState !== WebSocket.OPEN) return null;
+    return this.subscribe(query, variables, handlers);
+  }
+
   send(message) {
     if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(message));
   }

@@ -15,8 +15,8 @@ export const DATASET = `query Dataset($id: ID!) {
   }
 }`;
 
-export const UPLOAD = `mutation Upload($file: Upload!) {
-  uploadDataset(file: $file) {
+export const UPLOAD = `mutation Upload($file: Upload!, $jobId: ID) {
+  uploadDataset(file: $file, jobId: $jobId) {
     success
     ${PROBLEM}
     dataset { id name rowCount }
@@ -68,4 +68,9 @@ export const EXPORT = `query Export($id: ID!, $steps: [Step!]!, $format: ExportF
 
 export const EVENTS = `subscription Events {
   datasetEvents { kind dataset version rowCount }
+}`;
+
+/** Where the server is with a job (an upload): stages, then a final event. */
+export const JOB_PROGRESS = `subscription JobProgress($job: ID!) {
+  jobProgress(job: $job) { job kind stage rowsProcessed bytesProcessed elapsedMs final error }
 }`;

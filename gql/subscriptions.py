@@ -62,8 +62,9 @@ class WatchResult(Enum):
 
 
 @strawberry.type(
-    description="Where a job is: its stage (started, staging, parsing, reading, running, committing, then"
-    " succeeded or failed), the rows or bytes done so far, the time so far; the last one is final."
+    description="Where a job is: its stage (started, staging, parsing, reading, committing, then succeeded or"
+    " failed; running when only its record is known; unknown when there is no such job), the rows or bytes"
+    " done so far, the time so far; the last one is final."
 )
 class JobEvent:
     job: strawberry.ID

@@ -45,7 +45,6 @@ class _Running:
     state: JobUpdate
     published_at: float = 0.0
     cancelled: bool = False
-    watchers: int = 0
     pollers: set[asyncio.Task[None]] = field(default_factory=set)
 
 

@@ -34,6 +34,7 @@ from datagraph.auth import (
     UNAUTHENTICATED_MESSAGE,
     KeyRing,
     RequireKey,
+    graphiql_served,
     keys_required,
     params_key,
     presented_key,
@@ -204,7 +205,7 @@ class GraphQLView(GraphQL[Context, None]):
     def __init__(self, settings: Settings) -> None:
         super().__init__(
             build_schema(settings),
-            graphql_ide="graphiql" if settings.graphiql else None,
+            graphql_ide="graphiql" if graphiql_served(settings) else None,
             multipart_uploads_enabled=True,
             subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
             connection_init_wait_timeout=dt.timedelta(seconds=settings.ws_init_timeout_s),

@@ -33,11 +33,13 @@ __all__ = [
     "UNAUTHENTICATED_MESSAGE",
     "KeyRing",
     "RequireKey",
+    "graphiql_served",
     "hash_key",
     "keys_required",
     "new_key",
     "params_key",
     "presented_key",
+    "production_mode",
 ]
 
 KEY_PREFIX = "dg_"
@@ -74,6 +76,21 @@ def keys_required(settings: Settings) -> bool:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:  # a host name: it may resolve to anything
         return True
+
+
+def production_mode(settings: Settings) -> bool:
+    """Whether to hide the schema (introspection, suggestions) and GraphiQL: `production`, or with
+    `auto`, whenever keys are required."""
+    if settings.production == "auto":
+        return keys_required(settings)
+    return settings.production == "on"
+
+
+def graphiql_served(settings: Settings) -> bool:
+    """GraphiQL is served as set, except in production mode, where it must be asked for explicitly."""
+    if production_mode(settings) and "graphiql" not in settings.model_fields_set:
+        return False
+    return settings.graphiql
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:

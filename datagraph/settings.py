@@ -91,7 +91,15 @@ class Settings(BaseSettings):
         description="API keys: auto (required unless host is a loopback address) or on (always required);"
         " made with `datagraph keys create`.",
     )
-    graphiql: bool = Field(True, description="Serve the GraphiQL explorer on GET /graphql.")
+    production: str = Field(
+        "auto",
+        pattern="^(auto|on|off)$",
+        description="Production mode: introspection and field suggestions off, GraphiQL off unless given"
+        " explicitly; auto: on whenever API keys are required.",
+    )
+    graphiql: bool = Field(
+        True, description="Serve the GraphiQL explorer on GET /graphql (in production mode only when given)."
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
 
     @property

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import strawberry
-from graphql.validation import ASTValidationRule
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import (
     AddValidationRules,
     MaxTokensLimiter,
@@ -17,6 +17,7 @@ from strawberry.extensions.max_aliases import create_validator as alias_rule
 from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 from strawberry.schema.config import StrawberryConfig
 
+from datagraph.auth import production_mode
 from datagraph.settings import Settings
 from gql.datasets import Dataset, Mutation, Query
 from gql.extensions import MaskUnexpectedErrors
@@ -34,6 +35,9 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     # request missed the cache and was validated again (measured: 3.3 ms -> 1.2 ms of server CPU
     # per cached answer).
     rules: list[type[ASTValidationRule]] = [depth_rule(s.graphql_max_depth, None), alias_rule(s.graphql_max_aliases)]
+    production = production_mode(s)
+    if production:  # the schema is not for strangers: no introspection, no "Did you mean ...?"
+        rules.append(NoSchemaIntrospectionCustomRule)
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         lambda: MaxTokensLimiter(max_token_count=s.graphql_max_tokens),
         lambda: AddValidationRules(rules),
@@ -47,7 +51,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         subscription=Subscription,
         types=[Dataset, View],
         extensions=extensions,
-        config=StrawberryConfig(),
+        config=StrawberryConfig(disable_field_suggestions=production),
     )
 
 

@@ -91,7 +91,7 @@ def _unauthenticated(response: httpx.Response) -> None:
 
 
 def test_http_requests_need_a_valid_key(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, api_keys="on")
+    settings = make_settings(tmp_path, api_keys="on", graphiql=True)  # GraphiQL asked for, as production needs
     key = _create_key(settings.data_dir, "script")
     with TestClient(create_app(settings)) as client:
         _unauthenticated(client.post("/graphql", json=DATASETS))
@@ -162,3 +162,38 @@ def test_the_readme_keys_example_runs_as_written(tmp_path: Path) -> None:
     assert created.strip().splitlines()[-1].startswith(KEY_PREFIX)
     assert listed.startswith("laptop\t") and "Revoked" in revoked
     assert _cli("keys", "list", "--data-dir", str(tmp_path / "var")).stdout == ""
+
+
+INTROSPECTION = {"query": "{ __schema { queryType { name } } }"}
+TYPO = {"query": "{ datasetz { id } }"}
+
+
+def _errors(client: TestClient, body: dict[str, str], headers: dict[str, str]) -> list[dict[str, object]]:
+    answer = client.post("/graphql", json=body, headers=headers).json()
+    errors: list[dict[str, object]] = answer.get("errors", [])
+    return errors
+
+
+def test_production_mode_hides_the_schema_and_graphiql(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, api_keys="on")  # production: auto follows the keys
+    headers = {"X-API-Key": _create_key(settings.data_dir, "prod")}
+    with TestClient(create_app(settings)) as client:
+        refused = _errors(client, INTROSPECTION, headers)
+        assert refused and "introspection" in str(refused[0]["message"]).lower()
+        typo = _errors(client, TYPO, headers)
+        assert typo and "Cannot query field" in str(typo[0]["message"]) and "Did you mean" not in str(typo)
+        assert "graphiql" not in client.get("/graphql", headers={"Accept": "text/html"}).text.lower()
+    explicit = make_settings(tmp_path, api_keys="on", graphiql=True)
+    with TestClient(create_app(explicit)) as client:
+        assert "graphiql" in client.get("/graphql", headers={"Accept": "text/html"}).text.lower()
+
+
+def test_outside_production_the_schema_is_open_to_explore(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path))) as client:  # loopback, no keys
+        assert _errors(client, INTROSPECTION, {}) == []
+        assert "Did you mean" in str(_errors(client, TYPO, {}))
+        assert "graphiql" in client.get("/graphql", headers={"Accept": "text/html"}).text.lower()
+    settings = make_settings(tmp_path, api_keys="on", production="off")
+    headers = {"X-API-Key": _create_key(settings.data_dir, "dev")}
+    with TestClient(create_app(settings)) as client:
+        assert _errors(client, INTROSPECTION, headers) == []

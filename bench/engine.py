@@ -277,7 +277,8 @@ def cpu_model() -> str:
 
 
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f}" if seconds >= 0.01 else f"{seconds * 1000:.2f}"
+    """Milliseconds to show: one decimal from 10 ms up, two below; thousands separated."""
+    return f"{seconds * 1000:,.1f}" if seconds >= 0.01 else f"{seconds * 1000:,.2f}"
 
 
 def main() -> None:

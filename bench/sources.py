@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from describe import serve  # noqa: E402  (bench/describe.py)
 
+from bench.engine import ms  # noqa: E402  (bench/engine.py; a plain `engine` is the package)
 from connectors.pushdown import push_down  # noqa: E402
 from engine import Aggregation, Condition, Filter, GroupBy, Slice  # noqa: E402
 
@@ -89,10 +90,6 @@ def graphql(client: httpx.Client, query: str) -> dict[str, Any]:
     assert "errors" not in body, body
     data: dict[str, Any] = body["data"]
     return data
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:,.1f}"
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Where data comes from: uploaded files (and, later, databases and API plugins)."""
+"""Where data comes from: uploaded files, databases (`sources.yaml`) and API plugins."""
 
 from connectors._files import FORMATS, NA_TOKENS, IngestLimits, IngestResult, ingest, sniff
 

@@ -23,7 +23,6 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +32,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from connectors.sources import DatabaseConfig
 from datagraph.errors import BadInput, DatagraphError, ReadOnly, SourceUnavailable, Timeout, TooLarge
-from engine import ColumnInfo, column_infos, lazy_column_infos
+from engine import ColumnInfo, Rows, column_infos, dtype_name
 
-__all__ = ["QueryRows", "dispose_engines", "list_tables", "ping", "query_rows", "read_only", "snapshot", "translate"]
+__all__ = ["dispose_engines", "list_tables", "ping", "query_rows", "read_only", "snapshot", "translate"]
 
 log = logging.getLogger("datagraph.databases")
 
@@ -175,7 +174,7 @@ def read_only(cfg: DatabaseConfig) -> Iterator[Connection]:
                 conn.exec_driver_sql(f"SET LOCAL search_path = {quoted}")
             elif cfg.kind == "mysql":
                 conn.exec_driver_sql("ROLLBACK")  # SQLAlchemy's implicit transaction, if any
-                if _is_mariadb(conn):
+                if getattr(conn.dialect, "is_mariadb", False):
                     conn.exec_driver_sql(f"SET SESSION max_statement_time = {cfg.statement_timeout_s:.3f}")
                 else:
                     conn.exec_driver_sql(f"SET SESSION max_execution_time = {int(cfg.statement_timeout_s * 1000)}")
@@ -200,10 +199,6 @@ def _driver_errors() -> tuple[type[BaseException], ...]:
 DRIVER_ERRORS = _driver_errors()
 
 
-def _is_mariadb(conn: Connection) -> bool:
-    return bool(getattr(conn.dialect, "is_mariadb", False))
-
-
 # ---- what callers run ---------------------------------------------------------------------------------------------
 
 
@@ -221,29 +216,20 @@ def list_tables(cfg: DatabaseConfig) -> list[str]:
     try:
         with _engine(cfg).connect() as conn:
             inspector = sa.inspect(conn)
-            schema = None if cfg.kind == "sqlite" else cfg.schema
+            schema = cfg.sql_schema
             names = inspector.get_table_names(schema=schema) + inspector.get_view_names(schema=schema)
     except DRIVER_ERRORS as exc:
         raise translate(exc, cfg) from None
-    allowed = {t.lower() for t in cfg.tables} if cfg.tables is not None else None
-    return sorted({n for n in names if allowed is None or n.lower() in allowed})
+    if cfg.allowed_tables is None:
+        return sorted(set(names))
+    allowed = {t.lower() for t in cfg.allowed_tables}
+    return sorted({n for n in names if f"{cfg.schema}.{n}".lower() in allowed})
 
 
 def _run(conn: Connection, sql: str) -> sa.CursorResult[Any]:
     # Handed to the cursor as it is, with no parameter collection, so a `%` or `:name` in a string
     # literal is never taken for a placeholder (the SQL was regenerated from a checked tree).
     return conn.execution_options(no_parameters=True).exec_driver_sql(sql)
-
-
-@dataclass(frozen=True, slots=True)
-class QueryRows:
-    records: list[dict[str, Any]]
-    columns: list[ColumnInfo]
-    truncated: bool
-
-
-def _frame(result: sa.CursorResult[Any], rows: Sequence[Any]) -> pl.DataFrame:
-    return _rows_frame(list(result.keys()), [tuple(r) for r in rows])
 
 
 _PLAIN = (bool, int, float, str, bytes, dt.date, dt.time, dt.timedelta)
@@ -280,14 +266,14 @@ def _rows_frame(names: list[str], rows: Sequence[Any]) -> pl.DataFrame:
     return frame.with_columns(pl.col(decimals).cast(pl.Float64)) if decimals else frame
 
 
-def query_rows(cfg: DatabaseConfig, sql: str, limit: int) -> QueryRows:
+def query_rows(cfg: DatabaseConfig, sql: str, limit: int) -> Rows:
     """Run checked, limit-wrapped SQL (asking for `limit + 1` rows) read-only; at most `limit` come back."""
     with read_only(cfg) as conn:
         result = _run(conn, sql)
-        frame = _frame(result, result.fetchall())
+        frame = _rows_frame(list(result.keys()), [tuple(r) for r in result.fetchall()])
     truncated = frame.height > limit
     frame = frame.head(limit)
-    return QueryRows(frame.to_dicts(), column_infos(frame), truncated)
+    return Rows(frame.to_dicts(), column_infos(frame), truncated)
 
 
 def _batches(conn: Connection, cfg: DatabaseConfig, sql: str, size: int) -> Iterator[tuple[list[str], list[Any]]]:
@@ -320,10 +306,12 @@ def snapshot(
 ) -> tuple[int, list[ColumnInfo]]:
     """Stream the rows of checked SQL into one Parquet file, `batch_rows` at a time, so a table larger
     than memory still imports; the batches are written as parts and joined by a streaming sink. The
-    rows read so far are kept in the file `progress`, which the server follows (jobProgress)."""
+    rows read so far are kept in the file `progress`, which the server follows (jobProgress). The
+    column descriptions are summed from the batches, so the file is not read again for them."""
     parts: list[Path] = []
     total = 0
     names: list[str] = []
+    nulls: dict[str, int] = {}
     try:
         with read_only(cfg) as conn:
             for names, rows in _batches(conn, cfg, sql, batch_rows):
@@ -336,18 +324,24 @@ def snapshot(
                         " that filters or groups it, or link the table instead."
                     )
                 part = out.with_name(f"{out.stem}.part{len(parts):05d}.parquet")
-                _rows_frame(names, rows).write_parquet(part, compression="lz4")
+                frame = _rows_frame(names, rows)
+                for name, n in zip(frame.columns, frame.null_count().row(0), strict=True):
+                    nulls[name] = nulls.get(name, 0) + n
+                frame.write_parquet(part, compression="lz4")
                 parts.append(part)
                 if progress is not None:
                     partial = progress.with_name(progress.name + ".tmp")
                     partial.write_text(str(total), "ascii")
                     partial.replace(progress)
         if not parts:
-            pl.DataFrame(schema=dict.fromkeys(names, pl.String)).write_parquet(out)
-        else:
-            frames = [pl.scan_parquet(p) for p in parts]
-            pl.concat(frames, how="vertical_relaxed").sink_parquet(out)
-        return total, lazy_column_infos(pl.scan_parquet(out))
+            empty = pl.DataFrame(schema=dict.fromkeys(names, pl.String))
+            empty.write_parquet(out)
+            return 0, column_infos(empty)
+        # Relaxed concatenation casts a column to its batches' common type, which adds no nulls.
+        joined = pl.concat([pl.scan_parquet(p) for p in parts], how="vertical_relaxed")
+        schema = joined.collect_schema()
+        joined.sink_parquet(out)
+        return total, [ColumnInfo(n, dtype_name(t), nulls[n], nulls[n] / total) for n, t in schema.items()]
     finally:
         for part in parts:
             part.unlink(missing_ok=True)

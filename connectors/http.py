@@ -53,18 +53,19 @@ _TIMES = ("once", "twice", "three times", "four times", "five times", "six times
 
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
-    """The knobs of outbound HTTP (the `http_*` server settings)."""
+    """The knobs of outbound HTTP: the `http_*` server settings (their defaults are there), and two
+    that are not settings."""
 
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    attempts: int = 4  # total tries, first included
-    backoff_s: float = 0.5  # retry n (0 for the first) waits uniform(0, min(cap, base * 2**n))
-    backoff_cap_s: float = 8.0
-    retry_after_max_s: float = 30.0  # a longer Retry-After gives up at once
-    max_response_bytes: int = 100 * 1024 * 1024
+    connect_timeout_s: float
+    read_timeout_s: float
+    attempts: int  # total tries, first included
+    backoff_s: float  # retry n (0 for the first) waits uniform(0, min(cap, base * 2**n))
+    backoff_cap_s: float
+    retry_after_max_s: float  # a longer Retry-After gives up at once
+    max_response_bytes: int
+    blocked_networks: tuple[str, ...]  # CIDRs; blanks around and empty entries are ignored
     max_redirects: int = 5
     max_connections: int = 20
-    blocked_networks: tuple[str, ...] = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128", "100.100.100.200/32")
 
 
 class NotModified(Exception):
@@ -380,7 +381,7 @@ class _Blocked(Exception):
 
 def _networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
     try:
-        return tuple(ipaddress.ip_network(cidr.strip(), strict=False) for cidr in cidrs if cidr.strip())
+        return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in map(str.strip, cidrs) if cidr)
     except ValueError as exc:
         raise ValueError(f"http_blocked_networks: {exc}") from None
 
@@ -452,21 +453,15 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
-# Most specific first: the first isinstance match wins.
-_CORE_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
-    (httpcore.ConnectTimeout, httpx.ConnectTimeout),
-    (httpcore.ReadTimeout, httpx.ReadTimeout),
-    (httpcore.WriteTimeout, httpx.WriteTimeout),
-    (httpcore.PoolTimeout, httpx.PoolTimeout),
-    (httpcore.TimeoutException, httpx.TimeoutException),
-    (httpcore.ConnectError, httpx.ConnectError),
-    (httpcore.ReadError, httpx.ReadError),
-    (httpcore.WriteError, httpx.WriteError),
-    (httpcore.NetworkError, httpx.NetworkError),
-    (httpcore.RemoteProtocolError, httpx.RemoteProtocolError),
-    (httpcore.LocalProtocolError, httpx.LocalProtocolError),
-    (httpcore.UnsupportedProtocol, httpx.UnsupportedProtocol),
-    (httpcore.ProtocolError, httpx.ProtocolError),
+# httpcore's exceptions and the httpx ones of the same name, most specific first: the first
+# isinstance match wins.
+_CORE_ERROR_NAMES = (
+    "ConnectTimeout", "ReadTimeout", "WriteTimeout", "PoolTimeout", "TimeoutException",
+    "ConnectError", "ReadError", "WriteError", "NetworkError",
+    "RemoteProtocolError", "LocalProtocolError", "UnsupportedProtocol", "ProtocolError",
+)  # fmt: skip
+_CORE_ERRORS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = tuple(
+    (getattr(httpcore, name), getattr(httpx, name)) for name in _CORE_ERROR_NAMES
 )
 
 

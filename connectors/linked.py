@@ -104,8 +104,7 @@ def _table(conn: sa.Connection, cfg: DatabaseConfig, name: str) -> sa.Table:
         known = _tables.get(key)
     if known is not None and time.monotonic() - known[0] < _REFLECTION_TTL_S:
         return known[1]
-    schema = None if cfg.kind == "sqlite" else cfg.schema
-    table = sa.Table(name, sa.MetaData(), schema=schema, autoload_with=conn)
+    table = sa.Table(name, sa.MetaData(), schema=cfg.sql_schema, autoload_with=conn)
     with _tables_lock:
         _tables[key] = (time.monotonic(), table)
     return table

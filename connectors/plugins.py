@@ -30,7 +30,7 @@ from datagraph.errors import BadInput, DatagraphError, Timeout, TooLarge
 from datagraph.plugin import DTYPES, DataSourcePlugin, Param, ParamError, validate_params
 from engine import ColumnInfo, column_infos, dtype_name
 
-__all__ = ["PluginInfo", "PluginLimits", "PluginRun", "digest", "inspect_file", "run_plugin"]
+__all__ = ["PluginInfo", "PluginLimits", "PluginRun", "digest", "inspect_file", "plugin_timeout_message", "run_plugin"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _loaded: dict[str, dict[str, type[DataSourcePlugin]]] = {}  # digest -> the plugins that text defines
@@ -171,8 +171,7 @@ def _as_frame(result: Any, plugin: str) -> pl.DataFrame:
     if isinstance(result, pl.LazyFrame):
         return result.collect()
     if hasattr(result, "__arrow_c_stream__"):  # an Arrow table (pyarrow or any Arrow library)
-        frame = pl.DataFrame(result)
-        return frame
+        return pl.DataFrame(result)
     raise BadInput(f'The plugin "{plugin}" returned {type(result).__name__}, not a DataFrame or an Arrow table.')
 
 
@@ -200,6 +199,10 @@ def _check_output(frame: pl.DataFrame, cls: type[DataSourcePlugin], limits: Plug
                 ]
             )
             raise BadInput(f'The plugin "{cls.name}" returned data that does not match its schema: {detail}.')
+
+
+def plugin_timeout_message(plugin: str, seconds: float) -> str:
+    return f'The plugin "{plugin}" did not finish within {seconds:g} s and was stopped (setting plugin_timeout_s).'
 
 
 def run_plugin(
@@ -241,9 +244,9 @@ def run_plugin(
         run.not_modified = True
         return run
     except TimeoutError:
-        raise Timeout(
-            f'The plugin "{plugin}" did not finish within {limits.deadline_s:g} s (setting plugin_timeout_s).'
-        ) from None
+        stopped = Timeout(plugin_timeout_message(plugin, limits.deadline_s))
+        stopped.http_stats = session.stats  # type: ignore[attr-defined]  # counted even when the fetch failed
+        raise stopped from None
     except MemoryError:  # the worker answers TOO_LARGE for it
         raise
     except DatagraphError as exc:
@@ -258,10 +261,7 @@ def run_plugin(
     frame.write_parquet(out, compression="lz4")
     run.rows = frame.height
     run.columns = column_infos(frame)
-    run.data_hash = (
-        hashlib.sha256(str(frame.schema).encode() + frame.hash_rows(seed=7).to_numpy().tobytes()).hexdigest()
-        if frame.height
-        else digest(str(frame.schema))
-    )
+    rows_hash = frame.hash_rows(seed=7).to_numpy().tobytes()  # empty for no rows: the schema's digest
+    run.data_hash = hashlib.sha256(str(frame.schema).encode() + rows_hash).hexdigest()
     run.validators = session.validators
     return run

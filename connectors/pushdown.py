@@ -46,8 +46,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from datagraph.errors import BadInput
-from engine import AGG_FNS, OPS, Aggregation, Condition, Filter, GroupBy, Select, Slice, Sort, Step
+from engine import AGG_FNS, OPS, Aggregation, Condition, Filter, GroupBy, Select, Slice, Sort, Step, check_columns
 
 __all__ = ["DIALECTS", "Pushed", "count_query", "push_down"]
 
@@ -125,7 +124,7 @@ def _apply(q: _Query, step: Step) -> _Query:
             q = _wrap(q, keep_order=True)
         return replace(q, where=(*q.where, *(_condition(q, c) for c in step.conditions)))
     if isinstance(step, Select):
-        _check(q, step.columns, "select")
+        check_columns(step.columns, q.outputs, "select")
         if not step.columns or len(set(step.columns)) != len(step.columns):
             raise _Stop
         return replace(q, outputs=tuple(step.columns))
@@ -140,13 +139,6 @@ def _apply(q: _Query, step: Step) -> _Query:
     if isinstance(step, GroupBy):
         return _group_by(q, step)
     raise _Stop  # Join, Clean
-
-
-def _check(q: _Query, columns: Sequence[str], where: str) -> None:
-    for column in columns:
-        if column not in q.outputs:
-            shown = ", ".join(q.outputs[:25]) + (f", ... ({len(q.outputs)} in all)" if len(q.outputs) > 25 else "")
-            raise BadInput(f'{where}: there is no column "{column}". Columns: {shown}.')
 
 
 def _render(q: _Query, *, ordered: bool = True) -> sa.Select[Any]:
@@ -263,7 +255,7 @@ def _member(value: Any, kind: str, dialect: str) -> Expr:
 
 
 def _condition(q: _Query, cond: Condition) -> Expr:
-    _check(q, [cond.column], "filter")
+    check_columns([cond.column], q.outputs, "filter")
     if cond.op not in OPS:
         raise _Stop
     column, kind, op, value = q.scope[cond.column], q.kind(cond.column), cond.op, cond.value
@@ -310,7 +302,7 @@ def _sort(q: _Query, step: Sort) -> _Query:
     if not step.keys:
         raise _Stop
     names = [k.column for k in step.keys]
-    _check(q, names, "sort")
+    check_columns(names, q.outputs, "sort")
     if len(set(names)) != len(names) or any(q.kind(n) is None for n in names):
         raise _Stop
     if q.limit is not None:
@@ -322,8 +314,8 @@ def _sort(q: _Query, step: Sort) -> _Query:
 def _group_by(q: _Query, step: GroupBy) -> _Query:
     if not step.keys or not step.aggregations:
         raise _Stop
-    _check(q, step.keys, "groupBy")
-    _check(q, [a.column for a in step.aggregations], "groupBy")
+    check_columns(step.keys, q.outputs, "groupBy")
+    check_columns([a.column for a in step.aggregations], q.outputs, "groupBy")
     names = (*step.keys, *(a.output for a in step.aggregations))
     folded = names if q.dialect == "postgresql" else tuple(n.casefold() for n in names)  # case-blind names
     if len(set(folded)) != len(names) or any(len(n.encode()) > 63 for n in names):

@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 __all__ = ["DEFAULT_FILE", "RESERVED_IDS", "DatabaseConfig", "SourcesError", "configured_sources", "load_sources"]
 
@@ -33,7 +35,7 @@ RESERVED_IDS = frozenset({"uploads", "frames", "plugins"})
 _ID = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # The URL schemes each kind accepts, and the SQLAlchemy driver each one runs on. PyMySQL, because
-# aiomysql and asyncmy switch multi-statements on (see RELIABILITY.md).
+# aiomysql and asyncmy switch multi-statements on (see RELIABILITY.md in ../shared/, beside the repository).
 _SCHEMES = {
     "postgresql": ({"postgresql", "postgres", "postgresql+psycopg"}, "postgresql+psycopg"),
     "mysql": ({"mysql", "mariadb", "mysql+pymysql"}, "mysql+pymysql"),
@@ -61,6 +63,20 @@ class DatabaseConfig:
     def dialect(self) -> str:
         """The sqlglot dialect of this source."""
         return {"postgresql": "postgres", "mysql": "mysql", "sqlite": "sqlite"}[self.kind]
+
+    @property
+    def sql_schema(self) -> str | None:
+        """The schema to name in SQLAlchemy calls and generated SQL: None for SQLite (its `main`)."""
+        return None if self.kind == "sqlite" else self.schema
+
+    @property
+    def allowed_tables(self) -> frozenset[str] | None:
+        """The allowlist as "schema.table" (a bare name qualified with `schema`), or None for every
+        table in `schema`. sql() checks queries against it; the catalogue lists the tables of `schema`
+        it names, whatever their case."""
+        if self.tables is None:
+            return None
+        return frozenset(t if "." in t else f"{self.schema}.{t}" for t in self.tables)
 
 
 class _Source(BaseModel):
@@ -111,11 +127,14 @@ def _driver_url(source_id: str, spec: _Source, base: Path) -> str:
     return f"sqlite:///{(base / path).resolve()}"
 
 
-def _schema(spec: _Source, url: str) -> str:
+def _schema(source_id: str, spec: _Source, url: str) -> str:
     if spec.schema_:
         return spec.schema_
     if spec.kind == "mysql":  # the database named in the URL
-        database = url.rsplit("/", 1)[-1].split("?", 1)[0]
+        try:
+            database = make_url(url).database
+        except (ArgumentError, ValueError):  # their text holds the URL, secrets and all
+            raise SourcesError(f"sources.{source_id}.url: not a valid {spec.kind} URL") from None
         return database or "mysql"
     return _DEFAULT_SCHEMA[spec.kind]
 
@@ -161,7 +180,7 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:
                 name=spec.name or source_id,
                 kind=spec.kind,
                 url=url,
-                schema=_schema(spec, url),
+                schema=_schema(source_id, spec, url),
                 tables=tables,
                 statement_timeout_s=spec.statement_timeout_s,
                 pool_size=spec.pool_size,

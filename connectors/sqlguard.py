@@ -70,7 +70,6 @@ _NAMES: dict[type[exp.Expr], str] = {exp.TruncateTable: "TRUNCATE", exp.LoadData
 
 _QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Subquery)
 
-# Exact classes, not subclasses: ExplodingGenerateSeries, say, must not ride in on a parent's entry.
 # Bare words the databases answer with the session's user or role rather than a column.
 _SESSION_NAMES = frozenset({"user", "current_role", "current_user", "session_user", "system_user"})
 
@@ -90,6 +89,7 @@ _ALLOWED_NAMES: dict[str, frozenset[str]] = {
     "sqlite": frozenset({"strftime", "julianday", "unixepoch", "ifnull", "instr", "printf", "total"}),
 }  # fmt: skip
 
+# Exact classes, not subclasses: ExplodingGenerateSeries, say, must not ride in on a parent's entry.
 _ALLOWED_FUNCTIONS: frozenset[type[exp.Func]] = frozenset({
     # logic, conditionals and types
     exp.And, exp.Or, exp.Xor, exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Greatest, exp.Least,
@@ -147,9 +147,11 @@ def check_select(
     default_schema: str,
     allowed_tables: frozenset[str] | None,
     max_chars: int = 20_000,
+    limit: int | None = None,
 ) -> CheckedSql:
     """Check that `text` is one read-only query over allowed tables; raise `BadInput`, `TooLarge`
-    or `ReadOnly` naming what is wrong. `allowed_tables` of None allows any table in `default_schema`."""
+    or `ReadOnly` naming what is wrong. `allowed_tables` of None allows any table in `default_schema`.
+    With `limit`, `sql` returns at most that many rows, as `limited` makes it (without parsing again)."""
     if len(text) > max_chars:
         raise TooLarge(f"The SQL is {len(text):,} characters long; the limit is {max_chars:,}.")
     if not text.strip():
@@ -169,6 +171,9 @@ def check_select(
         raise BadInput("The SQL is nested too deeply.") from None
     except SqlglotError:
         raise BadInput("The SQL could not be checked safely; try writing it more simply.") from None
+    if limit is not None:
+        _check_limit(limit)
+        sql = _limit(again, limit, sql_dialect)
     return CheckedSql(sql=sql, tables=tables)
 
 
@@ -176,10 +181,18 @@ def limited(checked_sql: str, limit: int, dialect: str) -> str:
     """Checked SQL that returns at most `limit` rows: the query's own LIMIT, lowered to `limit` when
     it is above it or absent. Not a wrapping `SELECT * FROM (...) LIMIT n`: MariaDB drops an ORDER BY
     inside a derived table, and a wrapper refuses repeated column names (measured)."""
+    _check_limit(limit)
+    sql_dialect = _dialect(dialect)
+    return _limit(_parse_one(checked_sql, sql_dialect), limit, sql_dialect)
+
+
+def _check_limit(limit: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise BadInput(f"The row limit must be a whole number, 0 or more, not {limit!r}.")
-    sql_dialect = _dialect(dialect)
-    query = _parse_one(checked_sql, sql_dialect)
+
+
+def _limit(query: exp.Expr, limit: int, sql_dialect: Dialect) -> str:
+    """The SQL of a checked `query` with at most `limit` rows (see `limited`)."""
     if not isinstance(query, exp.Query):
         raise ValueError("limited() takes the SQL that check_select returned")
     current = query.args.get("limit")

@@ -40,9 +40,10 @@ from datagraph.auth import (
     presented_key,
 )
 from datagraph.context import Context, Resources
+from datagraph.errors import error_body, send_error
 from datagraph.events import EventBus
 from datagraph.settings import Settings
-from datagraph.web import web_routes
+from datagraph.web import STATIC, web_routes
 from engine.runtime import Executor, ResultCache
 from gql.schema import build_schema
 from resolvers.jobs import JobTracker
@@ -53,7 +54,6 @@ from storage import DataDir, MetadataStore
 __all__ = ["create_app"]
 
 log = logging.getLogger("datagraph")
-STATIC = Path(__file__).resolve().parent.parent / "static"
 _EXPORT_TYPES = {
     "CSV": "text/csv; charset=utf-8",
     "PARQUET": "application/vnd.apache.parquet",
@@ -63,10 +63,6 @@ _EXPORT_TYPES = {
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 # A header a browser cannot send cross-site without a CORS preflight (CVE-2024-47082).
 _PREFLIGHT_HEADERS = (b"apollo-require-preflight", b"x-api-key", b"authorization")
-
-
-def _error_body(message: str, code: str) -> bytes:
-    return jsonutil.dumps({"errors": [{"message": message, "extensions": {"code": code}}]})
 
 
 class _BodyTooLarge(Exception):
@@ -91,7 +87,7 @@ class GuardRequests:
         multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
         if multipart and not any(h in headers for h in _PREFLIGHT_HEADERS):
             message = "Uploads must carry an 'Apollo-Require-Preflight: true' (or API key) header."
-            await self._reply(send, 400, message, "BAD_INPUT")
+            await send_error(send, 400, message, "BAD_INPUT")
             return
         limit = self.multipart_limit if multipart else self.json_limit
         what = (
@@ -105,7 +101,7 @@ class GuardRequests:
         except ValueError:
             declared = 0
         if declared > limit:
-            await self._reply(send, 413, message, "TOO_LARGE")
+            await send_error(send, 413, message, "TOO_LARGE")
             return
         received = 0
         started = False
@@ -129,19 +125,7 @@ class GuardRequests:
         except _BodyTooLarge:
             if started:
                 raise
-            await self._reply(send, 413, message, "TOO_LARGE")
-
-    @staticmethod
-    async def _reply(send: Send, status: int, message: str, code: str) -> None:
-        body = _error_body(message, code)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+            await send_error(send, 413, message, "TOO_LARGE")
 
 
 class CancelOnDisconnect:
@@ -215,6 +199,7 @@ class GraphQLView(GraphQL[Context, None]):
             allowed_origins=[o.strip() for o in settings.ws_allowed_origins.split(",") if o.strip()],
         )
         self.settings = settings
+        self.keys_required = keys_required(settings)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         header_key = presented_key(request.headers) if isinstance(request, WebSocket) else None
@@ -223,7 +208,7 @@ class GraphQLView(GraphQL[Context, None]):
         )
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
-        if keys_required(self.settings):
+        if self.keys_required:
             key = params_key(context.connection_params) or context.header_key
             if context.resources.keys.check(key) is None:
                 raise ConnectionRejectionError({"message": UNAUTHENTICATED_MESSAGE, "code": "UNAUTHENTICATED"})
@@ -244,7 +229,7 @@ class GraphQLView(GraphQL[Context, None]):
             return await super().run(request, **kwargs)
         except HTTPException as exc:
             code = "TOO_LARGE" if exc.status_code == 413 else "BAD_INPUT"
-            return Response(_error_body(exc.reason, code), status_code=exc.status_code, media_type="application/json")
+            return Response(error_body(exc.reason, code), status_code=exc.status_code, media_type="application/json")
 
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
         data = await super().parse_http_body(request)
@@ -289,7 +274,7 @@ async def readyz(request: Request) -> Response:
         metadata = "unavailable"
     pool = res.executor.stats()
     cache = res.cache.stats
-    checks = await asyncio.gather(*(res.databases.check(Context(res), cfg) for cfg in res.databases.configs.values()))
+    checks = await asyncio.gather(*(res.databases.check(cfg) for cfg in res.databases.configs.values()))
     sources = {c.id: check.status for c, check in zip(res.databases.configs.values(), checks, strict=True)}
     body = {
         "status": "ok" if metadata == "ok" and pool.workers > 0 else "unavailable",
@@ -419,7 +404,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(CancelOnDisconnect)
-    app.add_middleware(RequireKey, enabled=keys_required(settings))
+    if keys_required(settings):
+        app.add_middleware(RequireKey)
     app.add_middleware(
         GuardRequests,
         json_limit=settings.max_request_kb * 1024,

@@ -13,13 +13,12 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
-import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from datagraph import jsonutil
+from datagraph.errors import send_error
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -121,14 +120,12 @@ class KeyRing:
         self._metadata = metadata
         self._hashes: dict[str, str] = {}
         self._read_at = -KEYS_TTL_S
-        self._lock = threading.Lock()
 
     def _current(self) -> dict[str, str]:
-        with self._lock:
-            if time.monotonic() - self._read_at >= KEYS_TTL_S:
-                self._hashes = self._metadata.key_hashes()
-                self._read_at = time.monotonic()
-            return self._hashes
+        if time.monotonic() - self._read_at >= KEYS_TTL_S:
+            self._hashes = self._metadata.key_hashes()
+            self._read_at = time.monotonic()
+        return self._hashes
 
     def check(self, key: str | None) -> str | None:
         """The name of the key, or None when it is missing or not valid."""
@@ -149,12 +146,11 @@ class RequireKey:
     """Refuse HTTP requests without a valid key (401, UNAUTHENTICATED), except on public paths and the
     GraphiQL page itself. Websockets pass here and are checked at `connection_init`."""
 
-    def __init__(self, app: ASGIApp, *, enabled: bool) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.enabled = enabled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.enabled or scope["type"] != "http" or self._public(scope):
+        if scope["type"] != "http" or self._public(scope):
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -162,20 +158,8 @@ class RequireKey:
         if ring.check(presented_key(headers)) is not None:
             await self.app(scope, receive, send)
             return
-        error = {"message": UNAUTHENTICATED_MESSAGE, "extensions": {"code": "UNAUTHENTICATED"}}
-        body = jsonutil.dumps({"errors": [error]})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="datagraph"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        challenge = ((b"www-authenticate", b'Bearer realm="datagraph"'),)
+        await send_error(send, 401, UNAUTHENTICATED_MESSAGE, "UNAUTHENTICATED", challenge)
 
     @staticmethod
     def _public(scope: Scope) -> bool:

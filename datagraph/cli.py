@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -73,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
             configured_sources(settings.sources)  # a bad sources file stops here, naming the key
         except SourcesError as exc:
             sys.exit(f"datagraph: {exc}")
-        if keys_required(settings) and not _store(settings).key_hashes():
-            sys.exit(f"datagraph: {NO_KEYS_MESSAGE}")
+        if keys_required(settings):
+            with _store(settings) as store:
+                if not store.key_hashes():
+                    sys.exit(f"datagraph: {NO_KEYS_MESSAGE}")
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         import uvicorn
 
@@ -89,14 +93,18 @@ def main(argv: list[str] | None = None) -> None:
         )
 
 
-def _store(settings: Settings) -> MetadataStore:
+@contextlib.contextmanager
+def _store(settings: Settings) -> Iterator[MetadataStore]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return MetadataStore(settings.resolved_metadata_url)
+    store = MetadataStore(settings.resolved_metadata_url)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> None:
-    store = _store(settings)
-    try:
+    with _store(settings) as store:
         if args.keys_command == "create":
             name = args.name.strip()
             if not name or len(name) > 80:
@@ -113,8 +121,6 @@ def _keys(args: argparse.Namespace, settings: Settings) -> None:
             sys.exit(f"datagraph: there is no key called {args.name!r}.")
         else:
             print(f"Revoked the API key {args.name!r}.")
-    finally:
-        store.close()
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ class JobUpdate:
 
     job: str
     kind: str
-    stage: str  # started | receiving | parsing | reading | running | committing | succeeded | failed
+    stage: str  # started | staging | parsing | reading | committing | succeeded | failed
     started_at: float  # time.time() when the job started
     rows: int | None = None
     bytes: int | None = None
@@ -69,8 +69,6 @@ class EventBus:
         self._redis: Any = None
         self._reader: asyncio.Task[None] | None = None
         self.published = 0
-        self.resyncs = 0
-        self.dropped = 0
 
     async def start(self) -> None:
         if self.redis_url:
@@ -98,7 +96,6 @@ class EventBus:
             if queue.full():  # a slow subscriber loses its oldest event, not the others' time
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
-                self.dropped += 1
             queue.put_nowait(event)
 
     async def publish(self, kind: str, dataset: str, version: int, row_count: int) -> DatasetEvent:
@@ -160,7 +157,6 @@ class EventBus:
 
     def _resync(self) -> None:
         log.info("reading dataset events from Redis again; watches recompute")
-        self.resyncs += 1
         self._deliver(DatasetEvent(RESYNC, ANY_DATASET, 0, 0, time.time()))
 
     def _receive(self, raw: bytes) -> None:

@@ -7,10 +7,11 @@ table the README carries, and a test keeps the two the same.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "settings_table"]
@@ -101,6 +102,14 @@ class Settings(BaseSettings):
         True, description="Serve the GraphiQL explorer on GET /graphql (in production mode only when given)."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+
+    @field_validator("http_blocked_networks")
+    @classmethod
+    def _cidrs(cls, value: str) -> str:
+        """Refused at start-up, not at the first plugin fetch (where a typo would fail every fetch)."""
+        for cidr in filter(None, map(str.strip, value.split(","))):
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
+        return value
 
     @property
     def max_upload_bytes(self) -> int:

@@ -37,6 +37,7 @@ from engine._plan import (
     Source,
     Step,
     build,
+    check_columns,
 )
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "append_rows",
     "build",
     "chart",
+    "check_columns",
     "column_infos",
     "count",
     "describe",

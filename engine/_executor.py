@@ -146,11 +146,13 @@ class Executor:
         *args: Any,
         timeout: float | None = None,
         deadline_s: float | None = None,
+        timeout_message: str | None = None,
         **kwargs: Any,
     ) -> T:
         """Run `fn(*args, **kwargs)` in a worker; `Timeout` past `timeout` seconds (a request's own,
         never above the job's deadline), counting the wait for a free worker. The job's deadline is
-        the server's analysis deadline unless `deadline_s` sets another (imports, plugin fetches)."""
+        the server's analysis deadline unless `deadline_s` sets another (imports, plugin fetches),
+        whose `timeout_message` then says which setting that is."""
         cap = self.timeout_s if deadline_s is None else deadline_s
         limit = cap if timeout is None else min(timeout, cap)
         job = pickle.dumps((fn, args, kwargs), protocol=5)
@@ -159,7 +161,7 @@ class Executor:
         try:
             worker = await asyncio.wait_for(self._idle.get(), limit)
         except TimeoutError:
-            raise self._timeout(limit) from None
+            raise self._timeout(limit, timeout_message) from None
         finally:
             self._waiting -= 1
         self._busy += 1
@@ -172,7 +174,7 @@ class Executor:
                 self._killed += 1
                 self._retire(worker)
                 log.warning("job %s passed its %.1f s deadline; worker %s killed", _name(fn), limit, worker.proc.pid)
-                raise self._timeout(limit) from None
+                raise self._timeout(limit, timeout_message) from None
             except asyncio.CancelledError:
                 self._killed += 1
                 self._retire(worker)
@@ -205,9 +207,10 @@ class Executor:
         answer: tuple[str, Any] = pickle.loads(await worker.read_frame())  # noqa: S301  (our own worker)
         return answer
 
-    def _timeout(self, limit: float) -> Timeout:
+    def _timeout(self, limit: float, message: str | None) -> Timeout:
         return Timeout(
-            f"The query did not finish within its {limit:g} s deadline and was stopped"
+            message
+            or f"The query did not finish within its {limit:g} s deadline and was stopped"
             " (lower it with timeoutMs; the server's cap is the timeout_s setting)."
         )
 

@@ -9,7 +9,7 @@ before any data is read.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -238,14 +238,14 @@ def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[st
     return frame, schema
 
 
-def check_columns(columns: Iterable[str], schema: Mapping[str, pl.DataType], where: str) -> None:
+def check_columns(columns: Iterable[str], schema: Collection[str], where: str) -> None:
     """Raise `BadInput` naming the first column not in `schema`, and listing the ones that are."""
     for column in columns:
         if column not in schema:
             raise BadInput(f'{where}: there is no column "{column}". Columns: {_listing(schema)}.')
 
 
-def _listing(schema: Mapping[str, pl.DataType]) -> str:
+def _listing(schema: Collection[str]) -> str:
     names = list(schema)
     shown = ", ".join(names[:25])
     return shown + (f", ... ({len(names)} in all)" if len(names) > 25 else "")

@@ -15,7 +15,7 @@ from strawberry.scalars import JSON
 
 from datagraph.context import Context
 from datagraph.errors import DatagraphError, NotFound
-from gql.frames import CacheMode, Frame, StepInput, to_steps
+from gql.frames import CacheMode, Frame, StepInput, pipeline_plan
 from gql.plugins import Plugin, PluginFetchInput, list_plugins
 from gql.results import Column, Meta, Problem, ProblemCode, Result, column, problem, result
 from resolvers import Options, Outcome, answer, frames, plugins, sources
@@ -71,7 +71,7 @@ class Source:
     async def tables(self, info: strawberry.Info[Context, None]) -> list[str]:
         ctx = info.context
         cfg = ctx.resources.databases.get(str(self.id))
-        if cfg is None or (await ctx.resources.databases.check(ctx, cfg)).status != "OK":
+        if cfg is None or (await ctx.resources.databases.check(cfg)).status != "OK":
             return []
         try:
             return await sources.table_names(ctx, cfg)
@@ -85,7 +85,7 @@ class Source:
 
 async def _check(ctx: Context, source_id: str, *, fresh: bool = False) -> sources.SourceCheck | None:
     cfg = ctx.resources.databases.get(source_id)
-    return await ctx.resources.databases.check(ctx, cfg, fresh=fresh) if cfg else None
+    return await ctx.resources.databases.check(cfg, fresh=fresh) if cfg else None
 
 
 def _source(info: ds.SourceInfo) -> Source:
@@ -247,16 +247,16 @@ async def _job(
     """`_mutate` for long work run as a job (its id chosen by the client, or a fresh one): followed by
     jobProgress, cancelled when its last follower leaves, and answered with the job in the payload."""
     job_id = str(chosen) if chosen is not None else ds.new_job_id()
-    done: list[DatasetRecord] = []
 
-    async def run() -> Outcome:
-        checked_job_id(str(chosen) if chosen is not None else None, ds.get_job(ctx, job_id) is not None)
-        done.append(await ctx.resources.jobs.run(job_id, where, work(job_id)))
-        return Outcome(row_count=done[0].row_count, columns=list(done[0].columns))
+    async def run() -> DatasetRecord:
+        if chosen is not None:
+            checked_job_id(job_id, ds.get_job(ctx, job_id) is not None)
+        return await ctx.resources.jobs.run(job_id, where, work(job_id))
 
-    outcome = await answer("", run, where=where)
+    payload = await _mutate(ctx, where, run())
     job = ds.get_job(ctx, job_id)
-    return _payload(outcome, Dataset.of(ctx, done[0]) if outcome.success else None, Job(record=job) if job else None)
+    payload.job = Job(record=job) if job else None
+    return payload
 
 
 @strawberry.type
@@ -353,9 +353,7 @@ class Mutation:
         ctx = info.context
 
         async def work(job: str) -> DatasetRecord:
-            plan = ds.dataset_plan(ctx, ds.require_dataset(ctx, str(dataset)))
-            for step in to_steps(ctx, steps):
-                plan = plan.then(step)
+            plan = pipeline_plan(ctx, str(dataset), steps)
             return await ds.save_frame(ctx, plan=plan, name=name, job_id=job)
 
         return await _job(ctx, "saveFrame", work, job_id)

@@ -35,6 +35,7 @@ __all__ = [
     "StepInput",
     "View",
     "chart_spec",
+    "pipeline_plan",
     "to_steps",
 ]
 
@@ -163,6 +164,14 @@ class StepInput:
     group_by: GroupByInput | None = strawberry.UNSET
     join: JoinInput | None = strawberry.UNSET
     clean: list[CleanStepInput] | None = strawberry.UNSET
+
+
+def pipeline_plan(ctx: Context, dataset_id: str, steps: list[StepInput] | None) -> Plan:
+    """The plan of `steps` over the dataset's current version."""
+    plan = ds.dataset_plan(ctx, ds.require_dataset(ctx, dataset_id))
+    for step in to_steps(ctx, steps or []):
+        plan = plan.then(step)
+    return plan
 
 
 def chart_spec(spec: ChartInput) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from datagraph.context import Context
 from datagraph.errors import BadInput
 from datagraph.events import ANY_DATASET, RESYNC, DatasetEvent, JobUpdate
 from engine import Plan
-from gql.frames import ChartInput, StepInput, chart_spec, to_steps
+from gql.frames import ChartInput, StepInput, chart_spec, pipeline_plan
 from gql.results import Result
 from gql.results import result as to_result
 from resolvers import Options, Outcome, answer, frames
@@ -98,9 +98,7 @@ async def _watched(
     reads = {dataset, ANY_DATASET}
 
     async def work() -> Outcome:
-        plan = ds.dataset_plan(ctx, ds.require_dataset(ctx, dataset))
-        for step in to_steps(ctx, steps or []):
-            plan = plan.then(step)
+        plan = pipeline_plan(ctx, dataset, steps)
         reads.update(s.dataset_id for s in plan.sources())
         return await _result(ctx, plan, wanted, limit, chart)
 

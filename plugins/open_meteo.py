@@ -45,7 +45,6 @@ class OpenMeteo(DataSourcePlugin):
         ),
         Param("base_url", str, required=False, default="https://archive-api.open-meteo.com/v1/archive"),
     )
-    refresh_s = None
 
     async def fetch(self, params: dict[str, Any], http: Any) -> pl.DataFrame:
         if params["city"] is not None:

@@ -189,7 +189,7 @@ async def _shared(key: str, make: Callable[[], Awaitable[Outcome]]) -> Outcome:
     if entry is None:
         entry = _Inflight(asyncio.ensure_future(make()))
         _inflight[key] = entry
-        entry.task.add_done_callback(lambda _: _inflight.pop(key, None) if _inflight.get(key) is entry else None)
+        entry.task.add_done_callback(lambda _: _forget(key, entry))
     entry.waiters += 1
     try:
         outcome = await asyncio.shield(entry.task)
@@ -197,8 +197,14 @@ async def _shared(key: str, make: Callable[[], Awaitable[Outcome]]) -> Outcome:
         entry.waiters -= 1
         if entry.waiters == 0 and not entry.task.done():
             entry.task.cancel()
+            _forget(key, entry)  # now, not when the task ends: a request arriving meanwhile starts afresh
     if mine:
         return outcome
-    if not outcome.success:
-        return await make()  # a problem may be the other request's own (its deadline): try for ourselves
-    return replace(outcome, cached=True, columns=list(outcome.columns))
+    if outcome.problem is not None and outcome.problem.code == "TIMEOUT":
+        return await make()  # the deadline may have been the other request's own: try with ours
+    return replace(outcome, cached=outcome.success, columns=list(outcome.columns))
+
+
+def _forget(key: str, entry: _Inflight) -> None:
+    if _inflight.get(key) is entry:
+        del _inflight[key]

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import engine
-from connectors import ingest, sniff
+from connectors import IngestResult, ingest, sniff
 from connectors.linked import LinkedTable
 from datagraph.context import Context
 from datagraph.errors import BadInput, DatagraphError, NotFound, TooLarge
 from engine import ColumnInfo, Join, Plan, Source
+from resolvers.jobs import CANCELLED_MESSAGE, job_exists
 from storage import DatasetRecord, JobRecord, storage_guard
 
 __all__ = [
@@ -165,7 +166,7 @@ async def upload_dataset(
             raise BadInput(f'The dataset "{target.id}" did not come from an upload; only uploads can be replaced.')
     stem, dot, ext = display_name(filename.replace("\x00", ""), fallback="upload", limit=10_000).rpartition(".")
     safe_filename = f"{display_name(stem, fallback='upload')}.{ext[:10]}" if dot else display_name(ext[:100])
-    title = display_name(name) if name else display_name(safe_filename.rsplit(".", 1)[0])
+    title = display_name(name or safe_filename.rsplit(".", 1)[0])
     staged = res.files.staging_path(".upload")
     parquet = res.files.staging_path(".parquet")
     dataset_id: str | None = None
@@ -177,18 +178,25 @@ async def upload_dataset(
             await res.jobs.progress(job_id, "parsing", size=size)
             fmt = await res.executor.run_io(sniff, staged, safe_filename, res.ingest_limits)
             origin = {"format": fmt, "filename": safe_filename, "bytes": size}
+            with storage_guard():
+                result = await res.executor.run(
+                    ingest,
+                    staged,
+                    fmt,
+                    parquet,
+                    res.ingest_limits,
+                    deadline_s=ctx.settings.import_timeout_s,
+                    timeout_message=import_timeout_message(ctx, "Reading the file"),
+                )
+            await res.jobs.progress(job_id, "committing", rows=result.row_count)
             if replace is not None:
-                record = await _replace(ctx, replace, staged, parquet, fmt, origin, job_id)
+                record = await _replace(ctx, replace, staged, parquet, fmt, origin, result)
                 done.made(record, rows_in=record.row_count)
                 return record
             dataset_id = res.metadata.reserve_dataset(
                 wanted_id=dataset_slug(title), name=title, source_id=UPLOADS, origin=origin
             )
             with storage_guard():
-                result = await res.executor.run(
-                    ingest, staged, fmt, parquet, res.ingest_limits, deadline_s=ctx.settings.import_timeout_s
-                )
-                await res.jobs.progress(job_id, "committing", rows=result.row_count)
                 # fsync and rename off the event loop: a large file's fsync takes a while.
                 await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
                 kept = await res.executor.run_io(res.files.keep_upload, staged, fmt)
@@ -212,14 +220,10 @@ async def upload_dataset(
 
 
 async def _replace(
-    ctx: Context, dataset_id: str, staged: Path, parquet: Path, fmt: str, origin: dict[str, Any], job_id: str
+    ctx: Context, dataset_id: str, staged: Path, parquet: Path, fmt: str, origin: dict[str, Any], result: IngestResult
 ) -> DatasetRecord:
+    """Commit an upload, parsed into `parquet`, as the next version of `dataset_id`."""
     res = ctx.resources
-    with storage_guard():
-        result = await res.executor.run(
-            ingest, staged, fmt, parquet, res.ingest_limits, deadline_s=ctx.settings.import_timeout_s
-        )
-    await res.jobs.progress(job_id, "committing", rows=result.row_count)
     async with _append_locks.setdefault(dataset_id, asyncio.Lock()):
         record = require_dataset(ctx, dataset_id)
         with storage_guard():
@@ -248,6 +252,11 @@ async def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
     res.files.remove_upload(str(record.origin.get("stored_as", "")))
     await res.events.publish("DELETED", record.id, record.version, 0)
     return record
+
+
+def import_timeout_message(ctx: Context, what: str) -> str:
+    seconds = ctx.settings.import_timeout_s
+    return f"{what} did not finish within {seconds:g} s and was stopped (setting import_timeout_s)."
 
 
 def new_job_id() -> str:
@@ -305,12 +314,10 @@ async def dataset_job(
     (CREATED); `produce` answering None there means nothing changed, and the version stays."""
     res = ctx.resources
     parquet = res.files.staging_path(".parquet")
-    progress = progress_file(parquet)
     dataset_id: str | None = None
     committed = False
     try:
         async with recorded_job(ctx, job_id, kind, steps) as done:
-            res.jobs.follow_file(job_id, "reading", progress)
             with storage_guard():
                 produced = await produce(parquet)
                 await res.jobs.progress(job_id, "committing")
@@ -342,15 +349,9 @@ async def dataset_job(
         return record
     finally:
         parquet.unlink(missing_ok=True)
-        progress.unlink(missing_ok=True)
         if dataset_id is not None and not committed:
             res.metadata.discard_pending(dataset_id)
             res.files.remove_dataset(dataset_id)
-
-
-def progress_file(parquet: Path) -> Path:
-    """Where a worker writing `parquet` keeps its count of rows done (followed by jobProgress)."""
-    return parquet.with_suffix(".progress")
 
 
 @dataclass(slots=True)
@@ -368,7 +369,8 @@ async def recorded_job(ctx: Context, job_id: str, kind: str, steps: dict[str, An
     """A job recorded as started, then as succeeded with what the block says it made, or as failed
     with the problem's message (or as cancelled); each change is also sent to jobProgress."""
     res = ctx.resources
-    res.metadata.start_job(job_id, kind=kind, steps=steps)
+    if not res.metadata.start_job(job_id, kind=kind, steps=steps):
+        raise job_exists(job_id)  # the same id sent to two server processes at once
     await res.jobs.progress(job_id, "started")
     end = _JobEnd()
     try:
@@ -377,7 +379,7 @@ async def recorded_job(ctx: Context, job_id: str, kind: str, steps: dict[str, An
         if isinstance(exc, DatagraphError):
             message = exc.message
         elif isinstance(exc, asyncio.CancelledError):
-            message = "The job was cancelled before it finished."
+            message = CANCELLED_MESSAGE
         else:
             message = "The job did not finish (it failed on the server)."
         res.metadata.finish_job(job_id, error=message)

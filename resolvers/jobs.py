@@ -13,30 +13,32 @@ import contextlib
 import re
 import time
 from collections.abc import Awaitable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from datagraph.errors import BadInput, Cancelled
 from datagraph.events import EventBus, JobUpdate
 
-__all__ = ["JobTracker", "checked_job_id"]
+__all__ = ["JobTracker", "checked_job_id", "job_exists"]
 
 T = TypeVar("T")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{8,40}$")
 # A stage's row or byte count is published at most this often.
 PROGRESS_EVERY_S = 0.2
-CANCELLED_MESSAGE = "The job was cancelled: nobody was following its progress any more."
+CANCELLED_MESSAGE = "The job was cancelled before it finished (nobody followed it any more, or its client left)."
 
 
-def checked_job_id(wanted: str | None, exists: bool) -> None:
+def checked_job_id(wanted: str, exists: bool) -> None:
     """Refuse a client-chosen job id that is malformed or already used."""
-    if wanted is None:
-        return
     if not _JOB_ID.match(wanted):
         raise BadInput("jobId must be 8 to 40 letters, digits, '-' or '_' (a UUID will do).")
     if exists:
-        raise BadInput(f'There is already a job "{wanted}"; pick a new jobId for each job.')
+        raise job_exists(wanted)
+
+
+def job_exists(job_id: str) -> BadInput:
+    return BadInput(f'There is already a job "{job_id}"; pick a new jobId for each job.')
 
 
 @dataclass(slots=True)
@@ -45,7 +47,6 @@ class _Running:
     state: JobUpdate
     published_at: float = 0.0
     cancelled: bool = False
-    pollers: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 class JobTracker:
@@ -58,6 +59,10 @@ class JobTracker:
 
     async def run(self, job_id: str, kind: str, work: Awaitable[T]) -> T:
         """Run `work` as job `job_id`; raise Cancelled when its last subscriber left before the end."""
+        if job_id in self._running:  # the same id sent twice at once
+            if asyncio.iscoroutine(work):
+                work.close()
+            raise job_exists(job_id)
         task = asyncio.ensure_future(work)
         running = _Running(task, JobUpdate(job_id, kind, "started", time.time()))
         self._running[job_id] = running
@@ -69,8 +74,6 @@ class JobTracker:
                 raise Cancelled(CANCELLED_MESSAGE) from None
             raise
         finally:
-            for poller in running.pollers:
-                poller.cancel()
             self._running.pop(job_id, None)
 
     def state(self, job_id: str) -> JobUpdate | None:
@@ -100,11 +103,11 @@ class JobTracker:
         )
         await self._events.publish_job(running.state)
 
-    def follow_file(self, job_id: str, stage: str, path: Path) -> None:
-        """Publish the row count a worker process keeps writing to `path` while the job runs."""
-        running = self._running.get(job_id)
-        if running is None:
-            return
+    @contextlib.contextmanager
+    def following(self, job_id: str, stage: str, beside: Path) -> Iterator[Path]:
+        """A file beside `beside` for a worker process to keep its count of rows done in; while the
+        block runs, each new count is published as `stage`. The file goes when the block ends."""
+        path = beside.with_suffix(".progress")
 
         async def poll() -> None:
             last = None
@@ -116,7 +119,12 @@ class JobTracker:
                         last = rows
                         await self.progress(job_id, stage, rows=rows)
 
-        running.pollers.add(asyncio.create_task(poll()))
+        poller = asyncio.create_task(poll())
+        try:
+            yield path
+        finally:
+            poller.cancel()
+            path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def watching(self, job_id: str) -> Iterator[None]:

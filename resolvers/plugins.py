@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from connectors.http import HttpSettings, HttpStats
-from connectors.plugins import PluginInfo, PluginLimits, PluginRun, digest, inspect_file, run_plugin
+from connectors.plugins import (
+    PluginInfo,
+    PluginLimits,
+    PluginRun,
+    digest,
+    inspect_file,
+    plugin_timeout_message,
+    run_plugin,
+)  # fmt: skip
 from datagraph import jsonutil
 from datagraph.context import Context
 from datagraph.errors import BadInput, DatagraphError, NotFound, Timeout
@@ -60,7 +68,7 @@ def http_settings(settings: Settings) -> HttpSettings:
         backoff_cap_s=settings.http_backoff_cap_s,
         retry_after_max_s=settings.http_retry_after_max_s,
         max_response_bytes=int(settings.http_max_response_mb * 1024 * 1024),
-        blocked_networks=tuple(n.strip() for n in settings.http_blocked_networks.split(",") if n.strip()),
+        blocked_networks=tuple(settings.http_blocked_networks.split(",")),  # checked by the client
     )
 
 
@@ -262,14 +270,10 @@ async def fetch_plugin(
                 run: PluginRun = await res.executor.run(
                     run_plugin, file.stem, file.code, plugin, params, parquet, limits, validators,
                     deadline_s=ctx.settings.plugin_timeout_s + 2,
+                    timeout_message=plugin_timeout_message(plugin, ctx.settings.plugin_timeout_s),
                 )  # fmt: skip
             except DatagraphError as exc:
                 registry.http.merge(getattr(exc, "http_stats", HttpStats()))  # failed fetches count too
-                if isinstance(exc, Timeout):
-                    raise Timeout(
-                        f'The plugin "{plugin}" did not finish within {ctx.settings.plugin_timeout_s:g} s and was'
-                        " stopped (setting plugin_timeout_s)."
-                    ) from None
                 raise
             registry.http.merge(run.stats)
             if run.not_modified and existing is None:
@@ -279,7 +283,7 @@ async def fetch_plugin(
             origin.update(data_hash=run.data_hash, validators=run.validators)
             return run.rows, run.rows, run.columns
 
-        title = display_name(name) if name else display_name(plugin)
+        title = display_name(name or plugin)
         return await dataset_job(
             ctx, job_id=job_id, kind="fetchPlugin", steps=steps, title=title, source_id=PLUGINS,
             origin=origin, produce=produce, into=existing,

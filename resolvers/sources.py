@@ -23,12 +23,12 @@ from sqlglot import exp
 from connectors import databases as db
 from connectors.linked import link_shape
 from connectors.sources import DatabaseConfig
-from connectors.sqlguard import check_select, limited
+from connectors.sqlguard import check_select
 from datagraph.context import Context
 from datagraph.errors import BadInput, DatagraphError, NotFound, SourceUnavailable, TooLarge
 from engine import ColumnInfo
 from resolvers._outcome import Outcome
-from resolvers.datasets import dataset_job, dataset_slug, display_name, progress_file
+from resolvers.datasets import dataset_job, dataset_slug, display_name, import_timeout_message, recorded_job
 from storage import DatasetRecord
 
 __all__ = [
@@ -71,10 +71,7 @@ class DatabaseSources:
     def get(self, source_id: str) -> DatabaseConfig | None:
         return self.configs.get(source_id)
 
-    def last(self, source_id: str) -> SourceCheck | None:
-        return self._checks.get(source_id)
-
-    async def check(self, ctx: Context, cfg: DatabaseConfig, *, fresh: bool = False) -> SourceCheck:
+    async def check(self, cfg: DatabaseConfig, *, fresh: bool = False) -> SourceCheck:
         """`SELECT 1` on the source (remembered for STATUS_TTL_S unless `fresh`)."""
         async with self._locks[cfg.id]:
             known = self._checks.get(cfg.id)
@@ -147,7 +144,7 @@ async def run_sql(ctx: Context, *, source_id: str, query: str, limit: int | None
         raise BadInput(f"limit must be between 0 and {cap:,} (setting rows_max).")
     if timeout_ms is not None and timeout_ms <= 0:
         raise BadInput("timeoutMs must be a positive number of milliseconds.")
-    sql = limited(_checked(ctx, cfg, query), n + 1, cfg.dialect)
+    sql = _checked(ctx, cfg, query, limit=n + 1)
     rows = await _in_worker(
         ctx, cfg, db.query_rows, cfg, sql, n, timeout=None if timeout_ms is None else timeout_ms / 1000,
         deadline_s=cfg.statement_timeout_s + DEADLINE_MARGIN_S,
@@ -155,25 +152,19 @@ async def run_sql(ctx: Context, *, source_id: str, query: str, limit: int | None
     return Outcome(data=rows.records, row_count=len(rows.records), columns=rows.columns, truncated=rows.truncated)
 
 
-def _checked(ctx: Context, cfg: DatabaseConfig, query: str) -> str:
-    """The read-only SELECT to run for `query` on `cfg`: checked, and regenerated from the check."""
-    allowed = _allowed(cfg)
+def _checked(ctx: Context, cfg: DatabaseConfig, query: str, *, limit: int | None = None) -> str:
+    """The read-only SELECT to run for `query` on `cfg`: checked, and regenerated from the check
+    (with its own LIMIT set to `limit` when given)."""
     checked = check_select(
-        query, dialect=cfg.dialect, default_schema=cfg.schema, allowed_tables=allowed,
-        max_chars=ctx.settings.max_query_chars,
+        query, dialect=cfg.dialect, default_schema=cfg.schema, allowed_tables=cfg.allowed_tables,
+        max_chars=ctx.settings.max_query_chars, limit=limit,
     )  # fmt: skip
     return checked.sql
 
 
-def _allowed(cfg: DatabaseConfig) -> frozenset[str] | None:
-    if cfg.tables is None:
-        return None
-    return frozenset(t if "." in t else f"{cfg.schema}.{t}" for t in cfg.tables)
-
-
 def _table_sql(cfg: DatabaseConfig, table: str) -> str:
     """`SELECT * FROM <schema>.<table>` with both names quoted for the source's dialect."""
-    schema = None if cfg.kind == "sqlite" else cfg.schema
+    schema = cfg.sql_schema
     ref = exp.Table(
         this=exp.to_identifier(table, quoted=True), db=exp.to_identifier(schema, quoted=True) if schema else None
     )
@@ -194,7 +185,10 @@ async def import_table(
     in batches; recorded as a job. Nothing is visible unless all of it worked. LINK: see link_table."""
     cfg = require_database(ctx, source_id)
     if mode == "LINK":
-        return await link_table(ctx, cfg, table=table, query=query, name=name)
+        async with recorded_job(ctx, job_id, "importTable", {"source": cfg.id, "mode": "LINK", "table": table}) as done:
+            record = await link_table(ctx, cfg, table=table, query=query, name=name)
+            done.made(record, rows_in=record.row_count)
+        return record
     if (table is None) == (query is None):
         raise BadInput("importTable needs either a table or a query, not both.")
     if table is not None:
@@ -205,15 +199,16 @@ async def import_table(
         assert query is not None
         sql = _checked(ctx, cfg, query)
         what = {"query": sql}
-    title = display_name(name) if name else display_name(table or f"{cfg.id} query")
+    title = display_name(name or table or f"{cfg.id} query")
     steps = {"source": cfg.id, "mode": "SNAPSHOT", **what}
 
     async def produce(parquet: Path) -> tuple[int, int, list[ColumnInfo]]:
-        rows, columns = await _in_worker(
-            ctx, cfg, db.snapshot, cfg, sql, parquet,
-            batch_rows=IMPORT_BATCH_ROWS, max_rows=ctx.settings.max_rows, progress=progress_file(parquet),
-            deadline_s=ctx.settings.import_timeout_s,
-        )  # fmt: skip
+        with ctx.resources.jobs.following(job_id, "reading", parquet) as progress:
+            rows, columns = await _in_worker(
+                ctx, cfg, db.snapshot, cfg, sql, parquet,
+                batch_rows=IMPORT_BATCH_ROWS, max_rows=ctx.settings.max_rows, progress=progress,
+                deadline_s=ctx.settings.import_timeout_s, timeout_message=import_timeout_message(ctx, "The import"),
+            )  # fmt: skip
         if len(columns) > ctx.settings.max_columns:
             raise TooLarge(f"The import has {len(columns):,} columns, more than {ctx.settings.max_columns:,}.")
         return rows, rows, columns
@@ -236,7 +231,7 @@ async def link_table(
     rows, columns = await _in_worker(
         ctx, cfg, link_shape, cfg, name_in_db, deadline_s=cfg.statement_timeout_s + DEADLINE_MARGIN_S
     )
-    title = display_name(name) if name else display_name(name_in_db)
+    title = display_name(name or name_in_db)
     origin = {"kind": "importTable", "mode": "LINK", "source": cfg.id, "table": name_in_db}
     res = ctx.resources
     dataset_id = res.metadata.reserve_dataset(

@@ -104,7 +104,11 @@ class DataDir:
                 continue
             for entry in folder.glob("v*.parquet"):
                 number = entry.stem[1:]
-                if number.isdigit() and int(number) < version - 1 and entry.stat().st_mtime < cutoff:
+                if not number.isdigit() or int(number) >= version - 1:
+                    continue
+                successor = folder / f"v{int(number) + 1}.parquet"  # committed when this one stopped being current
+                since = (successor if successor.exists() else entry).stat().st_mtime
+                if since < cutoff:
                     entry.unlink(missing_ok=True)
                     removed += 1
         return removed

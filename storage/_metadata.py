@@ -371,15 +371,18 @@ class MetadataStore:
 
     # jobs
 
-    def start_job(self, job_id: str, *, kind: str, steps: dict[str, Any]) -> JobRecord:
-        with self._tx() as conn:
-            conn.execute(
-                jobs.insert().values(
-                    id=job_id, kind=kind, status="running", steps=jsonutil.dumps(steps).decode(), started_at=_now()
+    def start_job(self, job_id: str, *, kind: str, steps: dict[str, Any]) -> bool:
+        """Record a job as running; False when a job with that id exists already."""
+        try:
+            with self._tx() as conn:
+                conn.execute(
+                    jobs.insert().values(
+                        id=job_id, kind=kind, status="running", steps=jsonutil.dumps(steps).decode(), started_at=_now()
+                    )
                 )
-            )
-            row = conn.execute(jobs.select().where(jobs.c.id == job_id)).one()
-        return _job(row)
+        except sa.exc.IntegrityError:
+            return False
+        return True
 
     def finish_job(
         self,
@@ -427,8 +430,6 @@ class MetadataStore:
             )
         return int(result.rowcount or 0)
 
-    # exports
-
     # API keys
 
     def add_key(self, name: str, key_hash: str) -> bool:
@@ -455,6 +456,8 @@ class MetadataStore:
         """Delete the key called `name`; False when there is none."""
         with self._tx() as conn:
             return conn.execute(api_keys.delete().where(api_keys.c.name == name)).rowcount > 0
+
+    # exports
 
     def add_export(self, record: ExportRecord) -> None:
         with self._tx() as conn:

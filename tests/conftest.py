@@ -19,13 +19,14 @@ from starlette.testclient import TestClient
 from upstream import Listener, Upstream
 
 from datagraph.app import create_app
+from datagraph.auth import KEY_PREFIX
 from datagraph.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 
-UPLOAD = """mutation($file: Upload!, $name: String) {
-  uploadDataset(file: $file, name: $name) {
+UPLOAD = """mutation($file: Upload!, $name: String, $replace: ID) {
+  uploadDataset(file: $file, name: $name, replace: $replace) {
     success error { code message }
     dataset { id name version rowCount columns { name dtype nullCount missingRate } preview { data } }
   }
@@ -33,10 +34,17 @@ UPLOAD = """mutation($file: Upload!, $name: String) {
 
 
 def upload_request(
-    content: bytes, filename: str, name: str | None = None, headers: dict[str, str] | None = None
+    content: bytes,
+    filename: str,
+    name: str | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    replace: str | None = None,
 ) -> Any:
-    """The keyword arguments of a GraphQL multipart `uploadDataset` POST (httpx)."""
-    ops = {"query": UPLOAD, "variables": {"file": None, "name": name}}
+    """The keyword arguments of a GraphQL multipart `uploadDataset` POST (httpx); with `replace`, the
+    upload is a new version of that dataset."""
+    variables = {"file": None, "name": name, **({"replace": replace} if replace else {})}
+    ops = {"query": UPLOAD, "variables": variables}
     return {
         "data": {"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
         "files": {"0": (filename, content, "application/octet-stream")},
@@ -148,15 +156,37 @@ def upload_over_http(base: str, path: Path, headers: dict[str, str] | None = Non
     return dataset_id
 
 
+def datagraph_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the `datagraph` command with `args`, as a user does; its output is captured as text."""
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/datagraph"), *args], capture_output=True, text=True, timeout=60, check=check
+    )
+
+
+def create_key(data_dir: Path, name: str) -> str:
+    """Make an API key called `name` with `datagraph keys create`; return the key it printed."""
+    out = datagraph_cli("keys", "create", "--name", name, "--data-dir", str(data_dir)).stdout
+    key = out.strip().splitlines()[-1]
+    assert key.startswith(KEY_PREFIX) and len(key) > 40, out
+    return key
+
+
+def require(missing: str | None, *, ci: str | None = None) -> None:
+    """Nothing when `missing` is None; else skip, saying what is missing, or under CI (which
+    provides everything) fail instead, saying also `ci`: how CI gets it."""
+    if missing is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing}, and CI needs it" + (f" ({ci})" if ci else ""))
+    pytest.skip(missing)
+
+
 def require_service(port: int, name: str) -> None:
     """Skip unless `name` listens on 127.0.0.1:`port`; under CI a missing service fails instead."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     except OSError:
-        message = f"{name} is not running on 127.0.0.1:{port}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}, and CI needs it (.ci/run starts it)")
-        pytest.skip(message)
+        require(f"{name} is not running on 127.0.0.1:{port}", ci=".ci/run starts it")
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import socket
+import threading
 
 from conftest import free_port
 
@@ -15,36 +16,32 @@ class TcpProxy:
     refused) and restored on the same port, or black-holed (connections stay open, bytes vanish)."""
 
     def __init__(self, target_port: int) -> None:
-        import socket
-        import threading
-
-        self._socket, self._threading = socket, threading
         self.target = target_port
         self.port = free_port()
-        self._listener: Any = None
-        self._conns: list[Any] = []
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self.black_hole = False
 
     def start(self) -> None:
-        listener = self._socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
         listener.settimeout(0.2)
         self._listener = listener
-        self._threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
-    def _accept(self, listener: Any) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         while self._listener is listener:
             try:
                 client, _ = listener.accept()
             except (TimeoutError, OSError):
                 continue
-            upstream = self._socket.create_connection(("127.0.0.1", self.target))
+            upstream = socket.create_connection(("127.0.0.1", self.target))
             with self._lock:
                 self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
-                self._threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    def _pipe(self, src: Any, dst: Any) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
                 if not self.black_hole:
@@ -56,12 +53,14 @@ class TcpProxy:
                 dst.close()
 
     def cut(self) -> None:
+        """Refuse new connections and reset the open ones; a second cut does nothing more."""
         listener, self._listener = self._listener, None
-        listener.close()
+        if listener is not None:
+            listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
         for conn in conns:
             with contextlib.suppress(OSError):
-                conn.shutdown(self._socket.SHUT_RDWR)  # wakes the threads blocked on it; close alone would not
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the threads blocked on it; close alone would not
             with contextlib.suppress(OSError):
                 conn.close()

@@ -269,14 +269,40 @@ def test_the_same_work_asked_twice_at_once_is_computed_once(tmp_path: Path) -> N
             '{ dataset(id: "diamonds") { groupBy(by: ["cut", "color"], aggregations: [{column: "price", fn: MEDIAN}]) { describe { %s } } } }'
             % META
         )
-        before = client.get("/readyz").json()["workers"]["jobs"]
-        answers: list[dict[str, Any]] = []
-        threads = [threading.Thread(target=lambda: answers.append(_answer(api, q))) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        jobs = client.get("/readyz").json()["workers"]["jobs"] - before
+        answers, jobs = _at_once(client, api, q)
     assert len(answers) == 4 and len({json.dumps(a["data"]) for a in answers}) == 1
     assert jobs == 1, f"{jobs} computations for one piece of work"
     assert sorted(a["cached"] for a in answers) == [False, True, True, True]
+
+
+def test_the_same_failing_work_asked_at_once_fails_once_for_all(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with _app(settings) as client:
+        api = Api(client, settings)
+        api.upload_ok(DATA / "titanic.csv")
+        q = (
+            '{ dataset(id: "titanic") { clean(steps: [{cast: {columns: ["age"], to: INT}}]) { describe { %s } } } }'
+            % META
+        )
+        answers, jobs = _at_once(client, api, q)
+    assert [a["error"]["code"] for a in answers] == ["BAD_INPUT"] * 4
+    assert jobs == 1, f"a problem that is not a deadline was computed {jobs} times"
+    assert [a["cached"] for a in answers] == [False] * 4  # a problem is never called cached
+
+
+def _at_once(client: TestClient, api: Api, query: str) -> tuple[list[dict[str, Any]], int]:
+    """Four requests for `query` released together; their answers and the worker jobs they cost."""
+    before = client.get("/readyz").json()["workers"]["jobs"]
+    answers: list[dict[str, Any]] = []
+    start = threading.Barrier(4)
+
+    def ask() -> None:
+        start.wait()
+        answers.append(_answer(api, query))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return answers, client.get("/readyz").json()["workers"]["jobs"] - before

@@ -11,7 +11,6 @@ import contextlib
 import email.utils
 import itertools
 import pickle
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -19,10 +18,13 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+from conftest import free_port
+from pydantic import ValidationError
 from upstream import Flood, Listener, Reply, Upstream
 
 from connectors.http import HttpClient, HttpSession, HttpSettings, HttpStats, NotModified
 from datagraph.errors import BadInput, SourceUnavailable, Timeout, TooLarge
+from datagraph.settings import Settings
 
 FAST = HttpSettings(
     connect_timeout_s=1.0,
@@ -167,9 +169,7 @@ def test_exhausted_retries_on_503_are_source_unavailable(upstream: Upstream) -> 
 
 
 def test_connection_refused_is_retried_then_source_unavailable() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     error, session = fetch(f"http://127.0.0.1:{port}/", replace(FAST, attempts=3))
     assert isinstance(error, SourceUnavailable)
     assert "could not be reached" in error.message and "three times" in error.message
@@ -388,3 +388,9 @@ def test_the_unspecified_address_is_refused_as_this_machine(upstream: Upstream, 
     error, _ = fetch(f"http://{host}:{upstream.port}/x")
     assert isinstance(error, BadInput) and "http_blocked_networks" in error.message
     assert upstream.count("/x") == 0
+
+
+def test_a_bad_blocked_network_stops_the_server_at_start_naming_it() -> None:
+    with pytest.raises(ValidationError, match="'banana' does not appear to be an IPv4 or IPv6 network"):
+        Settings(http_blocked_networks="10.0.0.0/8, banana")
+    assert Settings(http_blocked_networks=" 10.0.0.0/8 , ,fe80::/10").http_blocked_networks

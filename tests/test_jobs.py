@@ -154,3 +154,20 @@ def test_a_job_nobody_follows_any_more_is_cancelled_and_leaves_nothing(server: s
         assert time.monotonic() < deadline, "a worker is still busy with the cancelled job"
         time.sleep(0.2)
     assert list((work / "data" / "staging").glob("*")) == []  # no half-written file left behind
+
+
+def test_linking_a_table_is_a_job_too(server: str) -> None:
+    job = uuid.uuid4().hex
+    mutation = """mutation($j: ID!) { importTable(source: "big", table: "events", mode: LINK, jobId: $j) {
+      success job { id kind status } dataset { rowCount } } }"""
+    with Ws(server) as ws:
+        ws.subscribe(PROGRESS, {"j": job})
+        thread, out = _in_background(
+            lambda: httpx.post(server + "/graphql", json={"query": mutation, "variables": {"j": job}}, timeout=60)
+        )
+        events = _events_until_final(ws)
+        thread.join(60)
+    answer = out[0].json()["data"]["importTable"]
+    assert answer["success"] and answer["job"] == {"id": job, "kind": "importTable", "status": "SUCCEEDED"}
+    assert events[0]["stage"] == "started"
+    assert events[-1] == {**events[-1], "stage": "succeeded", "rowsProcessed": BIG_ROWS, "error": None}

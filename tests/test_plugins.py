@@ -476,43 +476,70 @@ class SyncJson(DataSourcePlugin):
 """
 
 
-def test_review_fixes_sync_http_secrets_clashes_and_parameter_identity(
-    tmp_path: Path, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def small(tmp_path: Path) -> Iterator[Api]:
+    """An app whose plugins folder holds SMALL, in small.py."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "small.py").write_text(SMALL)
+    with _app(tmp_path, folder) as client:
+        yield _api(client)
+
+
+def test_a_plain_def_fetch_gets_a_blocking_http_client_that_works(small: Api, upstream: Upstream) -> None:
+    upstream.always["/a"] = Reply(200, b'[{"a": 1}, {"a": 2}]')
+    first = _fetch(small, "sync_json", {"url": upstream.url("/a"), "scale": 2})
+    assert first["success"], first["error"]
+    data = small.data('{ dataset(id: "%s") { slice(limit: 2) { rows { data } } } }' % first["dataset"]["id"])
+    assert data["dataset"]["slice"]["rows"]["data"] == [{"a": 2.0}, {"a": 4.0}]
+
+
+def test_parameters_equal_in_value_name_the_same_dataset(small: Api, upstream: Upstream) -> None:
+    upstream.always["/a"] = Reply(200, b'[{"a": 1}, {"a": 2}]')
+    first = _fetch(small, "sync_json", {"url": upstream.url("/a"), "scale": 2})
+    same = _fetch(small, "sync_json", {"url": upstream.url("/a"), "scale": 2.0})  # 2 and 2.0: one dataset
+    assert (same["dataset"]["id"], same["dataset"]["version"]) == (first["dataset"]["id"], 1)
+
+
+def test_a_plugin_name_clash_is_listed_and_resolved_again_when_the_winner_goes(tmp_path: Path) -> None:
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "small.py").write_text(SMALL)
+    (folder / "zz_dup.py").write_text(SMALL)  # defines sync_json again: small.py keeps the name
+    with _app(tmp_path, folder) as client:
+        api = _api(client)
+        plugins = _plugins(api)
+        assert plugins["sync_json"]["file"] == "small.py" and plugins["zz_dup"]["status"] == "UNAVAILABLE"
+        assert "already used by small.py" in plugins["zz_dup"]["reason"]
+        (folder / "small.py").unlink()
+        _wait_for(api, lambda p: p.get("sync_json", {}).get("file") == "zz_dup.py")
+
+
+def test_a_secret_goes_only_to_its_hosts_and_jobs_never_show_header_values(
+    shipped: Api, upstream: Upstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DATAGRAPH_PLUGIN_TOKEN", "s3cret-value")
     monkeypatch.setenv("DATAGRAPH_PLUGIN_TOKEN_HOSTS", "api.example")  # not 127.0.0.1
-    folder = tmp_path / "plugins"
-    shutil.copytree(ROOT / "plugins", folder)
-    (folder / "small.py").write_text(SMALL)
-    (folder / "zz_dup.py").write_text(SMALL)  # defines sync_json again: small.py keeps the name
     upstream.always["/a"] = Reply(200, b'[{"a": 1}, {"a": 2}]')
+    secret = {"Authorization": "${DATAGRAPH_PLUGIN_TOKEN}"}
+    leak = _fetch(shipped, "http_json", {"url": upstream.url("/a"), "headers": secret})
+    assert leak["error"]["code"] == "BAD_INPUT" and "DATAGRAPH_PLUGIN_TOKEN_HOSTS" in leak["error"]["message"]
+    assert all("Authorization" not in h.headers for h in upstream.hits)
+    assert _fetch(shipped, "http_json", {"url": upstream.url("/a"), "headers": {"X-Key": "literal-key"}})["success"]
+    assert upstream.hits[-1].headers.get("X-Key") == "literal-key"
+    steps = json.dumps(shipped.data("{ jobs { steps } }")["jobs"])
+    assert "literal-key" not in steps and "s3cret" not in steps and "***" in steps
+
+
+def test_a_304_to_a_first_fetch_is_a_clear_problem(shipped: Api, upstream: Upstream) -> None:
     upstream.always["/fresh"] = Reply(304)
+    fresh = _fetch(shipped, "http_json", {"url": upstream.url("/fresh")})
+    assert fresh["error"]["code"] == "BAD_INPUT" and "304" in fresh["error"]["message"]
+
+
+def test_failed_fetches_are_counted_too(shipped: Api, upstream: Upstream) -> None:
     upstream.always["/down"] = Reply(503)
-    with _app(tmp_path, folder) as client:
-        api = _api(client)
-        # A plain `def fetch` gets a blocking client that works.
-        first = _fetch(api, "sync_json", {"url": upstream.url("/a"), "scale": 2})
-        assert first["success"], first["error"]
-        same = _fetch(api, "sync_json", {"url": upstream.url("/a"), "scale": 2.0})  # 2 and 2.0: one dataset
-        assert same["dataset"]["id"] == first["dataset"]["id"] and same["dataset"]["version"] == 1
-        # The clash is listed, and resolved again when the winner goes.
-        listed = api.data("{ plugins { name status reason file } }")["plugins"]
-        unavailable = {p["name"]: p["reason"] for p in listed if p["status"] == "UNAVAILABLE"}
-        assert "already used by small.py" in unavailable["zz_dup"]
-        (folder / "small.py").unlink()
-        _wait_for(api, lambda p: p.get("sync_json", {}).get("file") == "zz_dup.py")
-        # A secret goes only to the hosts it is meant for; jobs never show header values.
-        leak = _fetch(
-            api, "http_json", {"url": upstream.url("/a"), "headers": {"Authorization": "${DATAGRAPH_PLUGIN_TOKEN}"}}
-        )
-        assert leak["error"]["code"] == "BAD_INPUT" and "DATAGRAPH_PLUGIN_TOKEN_HOSTS" in leak["error"]["message"]
-        assert all("Authorization" not in h.headers for h in upstream.hits)
-        _fetch(api, "http_json", {"url": upstream.url("/a"), "headers": {"X-Key": "literal-key"}})
-        steps = json.dumps(api.data("{ jobs { steps } }")["jobs"])
-        assert "literal-key" not in steps and "s3cret" not in steps and "***" in steps
-        # A 304 to a first fetch is a clear problem; failed fetches are still counted.
-        fresh = _fetch(api, "http_json", {"url": upstream.url("/fresh")})
-        assert fresh["error"]["code"] == "BAD_INPUT" and "304" in fresh["error"]["message"]
-        assert _fetch(api, "http_json", {"url": upstream.url("/down")})["error"]["code"] == "SOURCE_UNAVAILABLE"
-        http = client.get("/readyz").json()["plugins"]["http"]
-        assert http["status"]["503"] == 3 and http["retries"] >= 2
+    assert _fetch(shipped, "http_json", {"url": upstream.url("/down")})["error"]["code"] == "SOURCE_UNAVAILABLE"
+    assert upstream.count("/down") == 3  # http_attempts
+    http = shipped.client.get("/readyz").json()["plugins"]["http"]
+    assert http["retries"] == 2 and http["status"] == {"503": 3}

@@ -76,6 +76,7 @@ sources:
             "sources.shop.pool_size",
         ),
         ("sources:\n  shop: {kind: mysql, url: 'postgresql://u:s3cret@h/db'}\n", "sources.shop.url"),
+        ("sources:\n  shop: {kind: mysql, url: 'mysql://u:s3cret@h:port/db'}\n", "sources.shop.url"),
         ("sources:\n  shop: {kind: postgresql, url: 'postgresql://u:${NOPE}@h/db'}\n", "NOPE"),
         ("sources:\n  uploads: {kind: sqlite, url: 'sqlite:///x.db'}\n", "sources.uploads"),
         ("sources:\n  shop: [kind, postgresql\n", "line"),
@@ -90,6 +91,37 @@ def test_a_bad_file_is_refused_with_a_message_naming_the_key_and_no_secret(
     message = str(caught.value)
     assert message.startswith("sources.yaml: ") and named in message, message
     assert "s3cret" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "schema"),
+    [
+        ("mysql://u:s3cret@db.example:3306", "mysql"),  # no database: the fallback, never the credentials
+        ("mysql://u:s3cret@db.example:3306/", "mysql"),
+        ("mysql://u:s3cret@db.example/crm?charset=utf8mb4", "crm"),
+        ("mariadb://u:pa/ss@db.example:3306/crm", "crm"),
+        ("mysql://u:s3cret@db.example/my%2Dcrm", "my-crm"),
+    ],
+)
+def test_a_mysql_schema_is_the_database_the_url_names(tmp_path: Path, url: str, schema: str) -> None:
+    (crm,) = load_sources(_write(tmp_path, f"sources:\n  crm: {{kind: mysql, url: '{url}'}}\n"), {})
+    assert crm.schema == schema
+
+
+def test_the_allowlist_is_qualified_once_for_every_use(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+sources:
+  shop: {kind: postgresql, url: "postgresql://u@h/shop", schema: sales, tables: [Orders, sales.customers, hr.staff]}
+  crm: {kind: mysql, url: "mysql://u@h/crm"}
+  local: {kind: sqlite, url: "sqlite:///local.sqlite", tables: [orders]}
+""",
+    )
+    shop, crm, local = load_sources(path, {})
+    assert shop.allowed_tables == frozenset({"sales.Orders", "sales.customers", "hr.staff"})
+    assert crm.allowed_tables is None and local.allowed_tables == frozenset({"main.orders"})
+    assert (shop.sql_schema, crm.sql_schema, local.sql_schema) == ("sales", "crm", None)
 
 
 def test_the_server_does_not_start_on_a_bad_sources_file(tmp_path: Path) -> None:
@@ -304,6 +336,20 @@ def test_status_tables_and_a_select_match_pandas(live: tuple[Api, dict[str, Any]
     assert [r["n"] for r in answer["data"]] == list(expected["count"])
 
 
+def test_a_schema_qualified_allowlist_entry_is_listed_queried_and_imported(tmp_path: Path, db: dict[str, Any]) -> None:
+    # sql() always took "schema.table"; the catalogue once compared bare names only and left it out.
+    extra = f"    tables: [{db['schema']}.tips]\n"
+    settings = make_settings(tmp_path, sources=_sources_file(tmp_path, db, extra=extra))
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        assert api.data('{ source(id: "live") { tables } }')["source"]["tables"] == ["tips"]
+        assert _sql(api, "SELECT count(*) AS n FROM tips")["data"] == [{"n": len(TIPS)}]
+        assert _sql(api, "SELECT v FROM secrets")["error"]["code"] == "READ_ONLY"
+        payload = api.data('mutation { importTable(source: "live", table: "tips") { %s } }' % PAYLOAD)["importTable"]
+        assert payload["success"], payload["error"]
+        assert payload["dataset"]["rowCount"] == len(TIPS)
+
+
 def test_a_snapshot_import_holds_the_same_rows_as_the_table(live: tuple[Api, dict[str, Any]]) -> None:
     api, _ = live
     payload = api.data('mutation { importTable(source: "live", table: "tips", name: "Tips copy") { %s } }' % PAYLOAD)[
@@ -478,6 +524,28 @@ def test_config_objects_pickle_for_the_workers() -> None:
     assert pickle.loads(pickle.dumps(cfg)) == cfg
 
 
+def test_a_snapshot_describes_its_columns_as_the_written_file_does(tmp_path: Path) -> None:
+    import sqlite3
+
+    import polars as pl
+
+    from connectors.databases import snapshot
+    from engine import lazy_column_infos
+
+    path = tmp_path / "mixed.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (a, b, c, d)")
+        # In batches of 3 a column's type changes along the way: all null, then integers, then floats.
+        rows = [(None, 1, "x", None), (None, None, "y", None), (None, 3, None, None), (1, 2.5, "z", None)]
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?, ?)", rows * 2 + [(2, None, None, None)])
+    cfg = DatabaseConfig("m", "M", "sqlite", f"sqlite:///{path}", "main", None, 5.0, 1)
+    for sql, expected_rows in (("SELECT * FROM t", 9), ("SELECT * FROM t WHERE 0", 0)):
+        out = tmp_path / f"out{expected_rows}.parquet"
+        total, columns = snapshot(cfg, sql, out, batch_rows=3, max_rows=100)
+        assert total == expected_rows and columns == lazy_column_infos(pl.scan_parquet(out))
+    assert [(c.dtype, c.null_count) for c in columns] == [("String", 0)] * 4  # the empty result
+
+
 def test_the_readme_sources_example_is_a_valid_file(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text("utf-8").split("## Database sources", 1)[1]
     block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
@@ -612,23 +680,25 @@ def test_a_source_that_goes_away_and_comes_back_answers_again(tmp_path: Path, pg
     proxy.start()
     via_proxy = {**pg, "url": f"postgresql://{READER}@127.0.0.1:{proxy.port}/test"}
     settings = make_settings(tmp_path, sources=_sources_file(tmp_path, via_proxy))
-    with TestClient(create_app(settings)) as client:
-        api = Api(client, settings)
-        assert _sql(api, "SELECT count(*) AS n FROM tips")["data"] == [{"n": len(TIPS)}]
+    try:
+        with TestClient(create_app(settings)) as client:
+            api = Api(client, settings)
+            assert _sql(api, "SELECT count(*) AS n FROM tips")["data"] == [{"n": len(TIPS)}]
+            proxy.cut()
+            started = time.monotonic()
+            down = _sql(api, "SELECT count(*) AS n FROM tips")
+            assert down["error"]["code"] == "SOURCE_UNAVAILABLE" and time.monotonic() - started < 5
+            checked = api.data('mutation { checkSource(id: "live") { success source { status } } }')["checkSource"]
+            assert checked == {"success": False, "source": {"status": "UNREACHABLE"}}
+            assert client.get("/readyz").json()["sources"] == {"live": "UNREACHABLE"}
+            proxy.start()  # the database is back: the first query after it works
+            assert _sql(api, "SELECT count(*) AS n FROM tips")["data"] == [{"n": len(TIPS)}]
+            assert api.data('mutation { checkSource(id: "live") { success source { status } } }')["checkSource"] == {
+                "success": True,
+                "source": {"status": "OK"},
+            }
+    finally:
         proxy.cut()
-        started = time.monotonic()
-        down = _sql(api, "SELECT count(*) AS n FROM tips")
-        assert down["error"]["code"] == "SOURCE_UNAVAILABLE" and time.monotonic() - started < 5
-        checked = api.data('mutation { checkSource(id: "live") { success source { status } } }')["checkSource"]
-        assert checked == {"success": False, "source": {"status": "UNREACHABLE"}}
-        assert client.get("/readyz").json()["sources"] == {"live": "UNREACHABLE"}
-        proxy.start()  # the database is back: the first query after it works
-        assert _sql(api, "SELECT count(*) AS n FROM tips")["data"] == [{"n": len(TIPS)}]
-        assert api.data('mutation { checkSource(id: "live") { success source { status } } }')["checkSource"] == {
-            "success": True,
-            "source": {"status": "OK"},
-        }
-    proxy.cut()
 
 
 def test_a_black_holed_source_meets_the_client_deadline_and_its_connection_is_not_reused(

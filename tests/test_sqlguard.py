@@ -370,6 +370,25 @@ def test_limited_refuses_a_bad_limit(limit: object) -> None:
 
 
 @pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT n FROM numbers ORDER BY n",
+        "SELECT n FROM numbers ORDER BY n LIMIT 5",
+        "SELECT n FROM numbers ORDER BY n LIMIT 50 OFFSET 3",
+        "SELECT n FROM numbers LIMIT (SELECT 30)",
+        "WITH low AS (SELECT n FROM numbers WHERE n < 5) SELECT n FROM low UNION ALL SELECT n FROM numbers",
+    ],
+)
+def test_check_select_with_a_limit_gives_what_limited_gives(numbers: sqlite3.Connection, query: str) -> None:
+    checked = check(query, "sqlite")
+    capped = check_select(query, dialect="sqlite", default_schema="main", allowed_tables=None, limit=10)
+    assert capped == CheckedSql(limited(checked.sql, 10, "sqlite"), checked.tables)
+    assert len(numbers.execute(capped.sql).fetchall()) <= 10
+    with pytest.raises(BadInput, match="row limit"):
+        check_select(query, dialect="sqlite", default_schema="main", allowed_tables=None, limit=-1)
+
+
+@pytest.mark.parametrize(
     ("dialect", "sql"),
     [
         ("postgres", "SELECT user"),

@@ -1,7 +1,7 @@
 // Talking to /graphql: JSON POSTs, and uploads as GraphQL multipart requests over XMLHttpRequest
 // (for upload progress). Every request carries Apollo-Require-Preflight (the server's CSRF guard
-// for multipart) and the API key when there is one; an UNAUTHENTICATED answer asks for a key and
-// sends the request again.
+// for multipart) and the API key when there is one; a refusal for want of a key (HTTP 401, with an
+// UNAUTHENTICATED error) asks for a key and sends the request again.
 
 import { apiKey, askForKey } from "./auth.js";
 import { UPLOAD } from "./queries.js";
@@ -32,35 +32,13 @@ function parse(status, text) {
   }
 }
 
-/** A Problem with code UNAUTHENTICATED anywhere in the answer's payloads (not in result data). */
-function refusedIn(value) {
-  if (!value || typeof value !== "object") return null;
-  if (Array.isArray(value)) {
-    for (const item of value) {
-      const found = refusedIn(item);
-      if (found) return found;
-    }
-    return null;
-  }
-  if (value.error?.code === "UNAUTHENTICATED") return value.error;
-  for (const [name, child] of Object.entries(value)) {
-    if (name === "data" && "success" in value) continue; // a Result's own data: the user's rows
-    const found = refusedIn(child);
-    if (found) return found;
-  }
-  return null;
-}
-
-/** The answer's first GraphQL error, or a Problem saying UNAUTHENTICATED, as an ApiError. */
+/** The answer's GraphQL errors as an ApiError (with the first one's code and path), or null. */
 function failureOf(body) {
   const errors = body?.errors ?? [];
-  if (errors.length) {
-    const first = errors[0];
-    const message = errors.map((e) => e.message).join(" ");
-    return new ApiError(message, first.extensions?.code ?? "GRAPHQL", first.path ?? null);
-  }
-  const refused = refusedIn(body?.data);
-  return refused ? new ApiError(refused.message, refused.code) : null;
+  if (!errors.length) return null;
+  const first = errors[0];
+  const message = errors.map((e) => e.message).join(" ");
+  return new ApiError(message, first.extensions?.code ?? "GRAPHQL", first.path ?? null);
 }
 
 /** Send `send()` again after the person gives a key, for as long as the server refuses it. */

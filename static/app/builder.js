@@ -3,7 +3,7 @@
 // API gives for a step is shown next to the menu that made it.
 
 import { graphql, unwrap } from "./api.js";
-import { $, $$, clearErrors, fillSelect, h, isNumeric, showError, showQuery } from "./dom.js";
+import { $, checkedIn, chips, clearErrors, fillSelect, h, isNumeric, showError, showQuery } from "./dom.js";
 import { COLUMNS } from "./queries.js";
 
 const OPS = {
@@ -91,21 +91,6 @@ export function initBuilder(app) {
 
   const dtypeOf = (name) => columns.find((c) => c.name === name)?.dtype ?? "";
   const columnItems = () => columns.map((c) => ({ value: c.name, label: `${c.name} (${c.dtype})` }));
-
-  function chips(container, names, checked, prefix) {
-    container.replaceChildren(
-      ...names.map((name, i) => {
-        const id = `${prefix}-${i}`;
-        return h(
-          "span",
-          { class: "chip" },
-          h("input", { type: "checkbox", id, value: name, checked: checked.has(name) }),
-          h("label", { for: id }, name),
-        );
-      }),
-    );
-  }
-  const checkedIn = (container) => $$("input:checked", container).map((i) => i.value);
 
   // Join ------------------------------------------------------------------------------------------
   function renderJoinChoices() {

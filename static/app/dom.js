@@ -78,6 +78,25 @@ export function fillSelect(select, items, { keep = true, fallback } = {}) {
   else if (fallback !== undefined && values.includes(fallback)) select.value = fallback;
 }
 
+/** Fill `container` with a checkbox chip per name in `names`, ticked when in the Set `checked`; the
+ * boxes' ids are `${prefix}-0`, `${prefix}-1`... */
+export function chips(container, names, checked, prefix) {
+  container.replaceChildren(
+    ...names.map((name, i) => {
+      const id = `${prefix}-${i}`;
+      return h(
+        "span",
+        { class: "chip" },
+        h("input", { type: "checkbox", id, value: name, checked: checked.has(name) }),
+        h("label", { for: id }, name),
+      );
+    }),
+  );
+}
+
+/** The names of the ticked chips in `container`, in order. */
+export const checkedIn = (container) => $$("input:checked", container).map((i) => i.value);
+
 /** Show `message` in the error slot `slot` (a <p class="error">), marking `control` invalid. */
 export function showError(slot, message, control) {
   slot.textContent = message;

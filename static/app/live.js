@@ -8,7 +8,6 @@ import { apiKey, askForKey } from "./auth.js";
 const PROTOCOL = "graphql-transport-ws";
 const FORBIDDEN = 4403;
 const KEEPALIVE_MS = 25_000;
-const utf8 = new TextDecoder();
 
 export class LiveConnection {
   /** `onStatus(state, text)`: "connecting" | "live" | "offline"; `onResume()`: called after a
@@ -35,8 +34,6 @@ export class LiveConnection {
     clearTimeout(this.timer);
     this.onStatus("connecting", "Connecting…");
     const socket = new WebSocket(this.url, PROTOCOL);
-    // The server may send its JSON in binary frames; read those as UTF-8 text.
-    socket.binaryType = "arraybuffer";
     this.socket = socket;
     this.acked = false;
     socket.addEventListener("open", () => {
@@ -77,10 +74,11 @@ export class LiveConnection {
     if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(message));
   }
 
+  /** One message from the server: JSON in a text frame, as graphql-transport-ws has it. */
   receive(frame) {
     let message;
     try {
-      message = JSON.parse(typeof frame === "string" ? frame : utf8.decode(frame));
+      message = JSON.parse(frame);
     } catch {
       return;
     }

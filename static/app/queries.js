@@ -36,7 +36,7 @@ export const RESULT = `query Result($id: ID!, $steps: [Step!]!, $limit: Int) {
       count { success data ${PROBLEM} }
       rows(limit: $limit) {
         success data ${PROBLEM}
-        meta { rowCount truncated columns { name dtype } }
+        meta { truncated columns { name dtype } }
       }
     }
   }
@@ -45,7 +45,7 @@ export const RESULT = `query Result($id: ID!, $steps: [Step!]!, $limit: Int) {
 export const DESCRIBE = `query Describe($id: ID!, $steps: [Step!]!) {
   dataset(id: $id) {
     pipeline(steps: $steps) {
-      describe { success data ${PROBLEM} meta { rowCount elapsedMs cached } }
+      describe { success data ${PROBLEM} }
     }
   }
 }`;
@@ -53,7 +53,7 @@ export const DESCRIBE = `query Describe($id: ID!, $steps: [Step!]!) {
 export const CHART = `query Chart($id: ID!, $steps: [Step!]!, $spec: ChartInput!) {
   dataset(id: $id) {
     pipeline(steps: $steps) {
-      chart(spec: $spec) { success data ${PROBLEM} meta { truncated } }
+      chart(spec: $spec) { success data ${PROBLEM} }
     }
   }
 }`;

@@ -3,7 +3,18 @@
 // result" that statistics, charts and exports work on.
 
 import { ApiError, graphql, unwrap } from "./api.js";
-import { $, $$, busy, clearErrors, formatNumber, h, newestOnly, recordsTable, showError, showQuery } from "./dom.js";
+import {
+  $,
+  busy,
+  checkedIn,
+  chips,
+  clearErrors,
+  formatNumber,
+  newestOnly,
+  recordsTable,
+  showError,
+  showQuery,
+} from "./dom.js";
 import { RESULT } from "./queries.js";
 
 const ROWS_SHOWN = 100;
@@ -65,16 +76,7 @@ export function initResult(app, builder) {
     $("#result-note").textContent =
       rows.meta.truncated ? `(showing the first ${formatNumber(rows.data.length)})` : "";
     const shown = new Set(state.columns.map((c) => c.name));
-    picker.replaceChildren(
-      ...state.allColumns.map((c, i) =>
-        h(
-          "span",
-          { class: "chip" },
-          h("input", { type: "checkbox", id: `keep-${i}`, value: c.name, checked: shown.has(c.name) }),
-          h("label", { for: `keep-${i}` }, c.name),
-        ),
-      ),
-    );
+    chips(picker, state.allColumns.map((c) => c.name), shown, "keep");
     $("#result-table").replaceChildren(recordsTable(rows.meta.columns, rows.data));
   }
 
@@ -87,7 +89,7 @@ export function initResult(app, builder) {
     busy(applyButton, () => run([]));
   });
   picker.addEventListener("change", () => {
-    const checked = $$("input:checked", picker).map((i) => i.value);
+    const checked = checkedIn(picker);
     const picked = checked.length === state.allColumns.length ? null : checked;
     run(state.base, { picked, from: "columns" });
   });

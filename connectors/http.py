@@ -80,6 +80,7 @@ class HttpStats:
     retries: int = 0
     blocked: int = 0  # connections refused by the blocked-networks guard
     status: dict[int, int] = field(default_factory=dict)  # upstream status code -> count
+    retried: dict[int, int] = field(default_factory=dict)  # status that caused a retry (0: no answer) -> count
 
     def merge(self, other: HttpStats) -> None:
         """Add another session's counts to these."""
@@ -88,6 +89,8 @@ class HttpStats:
         self.blocked += other.blocked
         for code, count in other.status.items():
             self.status[code] = self.status.get(code, 0) + count
+        for code, count in other.retried.items():
+            self.retried[code] = self.retried.get(code, 0) + count
 
 
 class HttpClient:
@@ -227,6 +230,7 @@ class HttpSession:
         for attempt in range(1, tries + 1):
             request = self._client.build_request("GET", url, headers=headers)
             wait: float | None = None
+            answered = 0  # the status that makes this try fail, if it got one
             try:
                 response = await self._attempt(request)
             except _Blocked:
@@ -250,7 +254,8 @@ class HttpSession:
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
-                failure = f"answered {_status(response.status_code)}"
+                answered = response.status_code
+                failure = f"answered {_status(answered)}"
                 wait = _retry_after(response.headers.get("retry-after"))
                 if wait is not None and wait > settings.retry_after_max_s:
                     raise SourceUnavailable(
@@ -266,6 +271,7 @@ class HttpSession:
                 raise self._timeout(host)
             log.info("upstream %s %s; retrying in %.2f s", host, failure, wait)
             self.stats.retries += 1
+            self.stats.retried[answered] = self.stats.retried.get(answered, 0) + 1
             await asyncio.sleep(wait)
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -42,6 +42,9 @@ from datagraph.auth import (
 from datagraph.context import Context, Resources
 from datagraph.errors import error_body, send_error
 from datagraph.events import EventBus
+from datagraph.metrics import CONTENT_TYPE, Metrics
+from datagraph.observe import Observe
+from datagraph.ratelimit import Limiter, RateLimit
 from datagraph.settings import Settings
 from datagraph.web import STATIC, web_routes
 from engine.runtime import Executor, ResultCache
@@ -263,8 +266,14 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def metrics(request: Request) -> Response:
+    res: Resources = request.app.state.resources
+    return Response(res.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
 async def readyz(request: Request) -> Response:
-    """Whether the server can answer: its metadata store, result cache and worker pool."""
+    """Whether the server can answer: its metadata store, result cache and worker pool; and how every
+    source is (a source that is down does not make the server unready: the others keep working)."""
     res: Resources = request.app.state.resources
     try:
         await asyncio.to_thread(res.metadata.ping)
@@ -276,10 +285,18 @@ async def readyz(request: Request) -> Response:
     cache = res.cache.stats
     checks = await asyncio.gather(*(res.databases.check(cfg) for cfg in res.databases.configs.values()))
     sources = {c.id: check.status for c, check in zip(res.databases.configs.values(), checks, strict=True)}
+    sources.update({f"plugin:{name}": "OK" for name in res.plugins.available()})
+    sources.update({f"plugin file:{stem}": "UNAVAILABLE" for stem, _ in res.plugins.unavailable()})
     body = {
         "status": "ok" if metadata == "ok" and pool.workers > 0 else "unavailable",
         "metadata": metadata,
-        "cache": {"backend": res.cache.backend, "hits": cache.hits, "misses": cache.misses},
+        "cache": {
+            "backend": res.cache.backend,
+            "status": await res.cache.check(),
+            "hits": cache.hits,
+            "misses": cache.misses,
+        },
+        "rateLimit": None if res.limiter is None else {"limit": res.limiter.describe(), "backend": res.limiter.backend},
         "workers": {
             "workers": pool.workers,
             "busy": pool.busy,
@@ -289,7 +306,6 @@ async def readyz(request: Request) -> Response:
             "crashed": pool.crashed,
         },
         "events": {"subscribers": res.events.subscribers, "published": res.events.published},
-        # A database that is down does not make the server unready: other sources keep working.
         "sources": sources,
         "plugins": {
             "available": len(res.plugins.available()),
@@ -337,20 +353,23 @@ async def _sweep_forever(res: Resources, every_s: float) -> None:
             log.exception("export sweep failed")
 
 
-async def open_resources(settings: Settings) -> Resources:
+async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
     """Create the data directory, metadata store, cache and worker pool; clear what a crash left behind."""
     files = DataDir(settings.data_dir)
     metadata = MetadataStore(settings.resolved_metadata_url)
     metadata.sweep_pending()
     metadata.sweep_jobs()
     files.sweep({r.id for r in metadata.list_datasets()}, metadata.export_tokens())
-    executor = Executor(settings.workers, memory_mb=settings.worker_memory_mb, timeout_s=settings.timeout_s)
+    executor = Executor(
+        settings.workers, memory_mb=settings.worker_memory_mb, timeout_s=settings.timeout_s, metrics=metrics
+    )
     await executor.start()
     cache = ResultCache(
         memory_bytes=settings.cache_memory_mb * 1024 * 1024,
         url=settings.cache_url,
         timeout_s=settings.cache_timeout_s,
         ttl_s=settings.cache_ttl_s,
+        metrics=metrics,
     )
     databases = DatabaseSources(configured_sources(settings.sources))
     plugins = PluginRegistry(Path(settings.plugins) if settings.plugins else None)
@@ -360,7 +379,8 @@ async def open_resources(settings: Settings) -> Resources:
     await events.start()
     res = Resources(
         settings=settings, metadata=metadata, files=files, executor=executor, cache=cache, databases=databases,
-        plugins=plugins, events=events, keys=KeyRing(metadata), jobs=JobTracker(events),
+        plugins=plugins, events=events, keys=KeyRing(metadata), jobs=JobTracker(events), metrics=metrics,
+        limiter=Limiter(settings) if settings.rate_limit else None,
     )  # fmt: skip
     if keys_required(settings) and res.keys.count() == 0:
         await res.close()
@@ -374,10 +394,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI application; resources are created when its lifespan starts."""
     settings = settings or Settings()
     view = GraphQLView(settings)
+    app_metrics = Metrics(settings.metrics_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        res = await open_resources(settings)
+        res = await open_resources(settings, app_metrics)
         app.state.resources = res
         sweeper = asyncio.create_task(_sweep_forever(res, 60))
         watcher = asyncio.create_task(res.plugins.watch(Context(res)))
@@ -399,11 +420,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         WebSocketRoute("/graphql", view),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics),
         Route("/exports/{token}", download_export),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(CancelOnDisconnect)
+    if settings.rate_limit:
+        app.add_middleware(RateLimit)
     if keys_required(settings):
         app.add_middleware(RequireKey)
     app.add_middleware(
@@ -412,4 +436,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         multipart_limit=settings.max_upload_bytes + 64 * 1024,
         settings=settings,
     )
+    app.add_middleware(Observe, metrics=app_metrics)
     return app

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -79,16 +80,22 @@ def main(argv: list[str] | None = None) -> None:
             with _store(settings) as store:
                 if not store.key_hashes():
                     sys.exit(f"datagraph: {NO_KEYS_MESSAGE}")
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if settings.metrics_dir:  # read by prometheus_client when it is first imported, just below
+            Path(settings.metrics_dir).mkdir(parents=True, exist_ok=True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.metrics_dir
         import uvicorn
 
         from datagraph.app import create_app
+        from datagraph.observe import configure_logging
 
+        configure_logging(settings.log_level, settings.log_format)
         uvicorn.run(
             create_app(settings),
             host=settings.host,
             port=settings.port,
+            log_config=None,  # uvicorn's loggers go through ours (text or JSON, with request ids)
             log_level=settings.log_level.lower(),
+            access_log=False,  # the app logs each request itself, with its id
             ws_max_size=1 << 20,
         )
 

@@ -13,6 +13,8 @@ from storage import DataDir, MetadataStore
 
 if TYPE_CHECKING:
     from datagraph.auth import KeyRing
+    from datagraph.metrics import Metrics
+    from datagraph.ratelimit import Limiter
     from resolvers.jobs import JobTracker
     from resolvers.plugins import PluginRegistry
     from resolvers.sources import DatabaseSources
@@ -34,6 +36,8 @@ class Resources:
     events: EventBus
     keys: KeyRing
     jobs: JobTracker
+    metrics: Metrics
+    limiter: Limiter | None  # None: no rate limit
 
     @property
     def ingest_limits(self) -> IngestLimits:
@@ -51,7 +55,10 @@ class Resources:
         await self.cache.close()
         await self.databases.close()
         await self.events.close()
+        if self.limiter is not None:
+            await self.limiter.close()
         self.metadata.close()
+        self.metrics.close()
 
 
 @dataclass(slots=True)

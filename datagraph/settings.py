@@ -101,7 +101,23 @@ class Settings(BaseSettings):
     graphiql: bool = Field(
         True, description="Serve the GraphiQL explorer on GET /graphql (in production mode only when given)."
     )
+    rate_limit: str = Field(
+        "2400/minute",
+        description="Budget per API key (per client address without keys), e.g. 2400/minute: a request costs 1,"
+        " an upload 20 more, each worker job or SQL statement it ran 5 more; empty: no limit.",
+    )
+    rate_limit_url: str = Field(
+        "", description="Where budgets are kept: empty for the cache's Redis when cache_url is one, else memory."
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning or error.")
+    log_format: str = Field(
+        "text", pattern="^(text|json)$", description="Log lines as text or as JSON objects (one a line)."
+    )
+    metrics_dir: str = Field(
+        "",
+        description="A folder shared by several server processes so /metrics in any of them sums all;"
+        " empty: one process.",
+    )
 
     @field_validator("http_blocked_networks")
     @classmethod
@@ -110,6 +126,15 @@ class Settings(BaseSettings):
         for cidr in filter(None, map(str.strip, value.split(","))):
             ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
         return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        if value.strip():
+            from limits import parse
+
+            parse(value)  # ValueError names what it could not read
+        return value.strip()
 
     @property
     def max_upload_bytes(self) -> int:

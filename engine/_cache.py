@@ -12,15 +12,19 @@ an entry is never stale, only unused; the LRU drops it when memory is needed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from aiocache import RedisCache
 from aiocache.base import BaseCache
 from aiocache.serializers import BaseSerializer
+
+if TYPE_CHECKING:
+    from datagraph.metrics import Metrics
 
 __all__ = ["CacheStats", "LruMemoryCache", "ResultCache"]
 
@@ -107,7 +111,16 @@ class CacheStats:
 class ResultCache:
     """get/set of result bytes by key: memory first, then Redis when configured."""
 
-    def __init__(self, *, memory_bytes: int, url: str = "", timeout_s: float = 0.25, ttl_s: int = 86_400) -> None:
+    def __init__(
+        self,
+        *,
+        memory_bytes: int,
+        url: str = "",
+        timeout_s: float = 0.25,
+        ttl_s: int = 86_400,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics
         self.memory = LruMemoryCache(memory_bytes, timeout=None)
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
@@ -129,6 +142,8 @@ class ResultCache:
             self.stats.misses += 1
         else:
             self.stats.hits += 1
+        if self.metrics:
+            self.metrics.cache.labels("miss" if value is None else "hit").inc()
         return value
 
     async def set(self, key: str, value: bytes) -> None:
@@ -141,6 +156,16 @@ class ResultCache:
         await self.memory.delete(key)
         if self._redis_usable():
             await self._on_redis("delete", _PREFIX + key)
+
+    async def check(self) -> str:
+        """ok, or for Redis that does not answer now: degraded (results are kept in memory meanwhile)."""
+        if self.redis is None:
+            return "ok"
+        try:
+            await asyncio.wait_for(self.redis.client.ping(), self.timeout_s)
+        except Exception:
+            return "degraded"
+        return "ok"
 
     def _redis_usable(self) -> bool:
         return self.redis is not None and time.monotonic() >= self._redis_down_until

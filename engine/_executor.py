@@ -20,12 +20,16 @@ import pickle
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from datagraph.errors import Timeout, TooLarge
+from datagraph.observe import current_request
+
+if TYPE_CHECKING:
+    from datagraph.metrics import Metrics
 
 __all__ = ["Executor", "PoolStats", "WorkerCrashed"]
 
@@ -91,8 +95,11 @@ class _Worker:
 class Executor:
     """A fixed number of worker processes; each runs one job at a time."""
 
-    def __init__(self, workers: int, *, memory_mb: int = 0, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self, workers: int, *, memory_mb: int = 0, timeout_s: float = 60.0, metrics: Metrics | None = None
+    ) -> None:
         self.size = workers
+        self.metrics = metrics
         self.memory_mb = memory_mb
         self.timeout_s = timeout_s
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
@@ -122,12 +129,16 @@ class Executor:
         )
         worker = _Worker(proc)
         self._all.add(worker)
+        if self.metrics:
+            self.metrics.workers.inc()
         self._idle.put_nowait(worker)  # a job sent before it is ready waits in its pipe
 
     def _retire(self, worker: _Worker) -> None:
         """Kill a worker, reap it in the background, and start another in its place."""
         worker.kill()
         self._all.discard(worker)
+        if self.metrics:
+            self.metrics.workers.dec()
         task = asyncio.ensure_future(self._reap(worker))
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
@@ -157,38 +168,35 @@ class Executor:
         limit = cap if timeout is None else min(timeout, cap)
         job = pickle.dumps((fn, args, kwargs), protocol=5)
         started = time.monotonic()
-        self._waiting += 1
-        try:
-            worker = await asyncio.wait_for(self._idle.get(), limit)
-        except TimeoutError:
-            raise self._timeout(limit, timeout_message) from None
-        finally:
-            self._waiting -= 1
-        self._busy += 1
+        request = current_request()
+        if request is not None:
+            request.jobs += 1  # the request's cost (rate limits)
+        with self._counted("_waiting", self.metrics.jobs_queued if self.metrics else None):
+            try:
+                worker = await asyncio.wait_for(self._idle.get(), limit)
+            except TimeoutError:
+                raise self._timeout(limit, timeout_message) from None
         self._jobs += 1
-        try:
+        if self.metrics:
+            self.metrics.jobs.inc()
+        with self._counted("_busy", self.metrics.workers_busy if self.metrics else None):
             remaining = max(0.0, limit - (time.monotonic() - started))
             try:
                 kind, value = await asyncio.wait_for(self._exchange(worker, job), remaining)
             except TimeoutError:
-                self._killed += 1
-                self._retire(worker)
+                self._lost(worker, "deadline")
                 log.warning("job %s passed its %.1f s deadline; worker %s killed", _name(fn), limit, worker.proc.pid)
                 raise self._timeout(limit, timeout_message) from None
             except asyncio.CancelledError:
-                self._killed += 1
-                self._retire(worker)
+                self._lost(worker, "cancelled")
                 log.info("job %s cancelled by its caller; worker %s killed", _name(fn), worker.proc.pid)
                 raise
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
-                self._crashed += 1
-                self._retire(worker)
+                self._lost(worker, "crashed")
                 code = await worker.proc.wait()
                 if await worker.ran_out_of_memory():  # a failed allocation under the cap aborts the process
                     raise self._memory() from None
                 raise WorkerCrashed(f"worker {worker.proc.pid} exited with {code} while running {_name(fn)}") from None
-        finally:
-            self._busy -= 1
         self._idle.put_nowait(worker)
         if kind == "ok":
             return value  # type: ignore[no-any-return]
@@ -197,6 +205,29 @@ class Executor:
         if kind == "memory":
             raise self._memory()
         raise WorkerCrashed(f"{_name(fn)} failed in a worker:\n{value}")
+
+    @contextlib.contextmanager
+    def _counted(self, attr: str, gauge: Any) -> Iterator[None]:
+        """Count one more in `attr` (and its gauge) while the block runs."""
+        setattr(self, attr, getattr(self, attr) + 1)
+        if gauge is not None:
+            gauge.inc()
+        try:
+            yield
+        finally:
+            setattr(self, attr, getattr(self, attr) - 1)
+            if gauge is not None:
+                gauge.dec()
+
+    def _lost(self, worker: _Worker, reason: str) -> None:
+        """A worker killed (deadline, cancelled) or dead (crashed): counted, and replaced."""
+        if reason == "crashed":
+            self._crashed += 1
+        else:
+            self._killed += 1
+        if self.metrics:
+            self.metrics.worker_kills.labels(reason).inc()
+        self._retire(worker)
 
     async def _exchange(self, worker: _Worker, job: bytes) -> tuple[str, Any]:
         if not worker.ready:
@@ -249,6 +280,8 @@ class Executor:
                 await worker.proc.wait()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(worker.stderr_done, 1.0)
+        if self.metrics:
+            self.metrics.workers.dec(len(self._all))
         self._all.clear()
         if self._reaping:
             await asyncio.gather(*self._reaping, return_exceptions=True)

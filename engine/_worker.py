@@ -34,10 +34,12 @@ def _read_exactly(stream: BinaryIO, n: int) -> bytes | None:
 
 def _answer(job: Any) -> tuple[str, Any]:
     from datagraph.errors import DatagraphError
+    from storage import storage_guard
 
     fn, args, kwargs = job
     try:
-        return "ok", fn(*args, **kwargs)
+        with storage_guard():  # a full disk is a problem to report (STORAGE_FULL), not a crash
+            return "ok", fn(*args, **kwargs)
     except DatagraphError as exc:
         return "problem", exc
     except MemoryError:

@@ -1,16 +1,19 @@
-"""Schema extensions: mask unexpected errors (only those), with an error id that is also logged."""
+"""Schema extensions: mask unexpected errors (only those), with an error id that is also logged;
+count operations by type and name."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 
 from graphql.error import GraphQLError
-from strawberry.extensions import MaskErrors
+from strawberry.extensions import MaskErrors, SchemaExtension
 
 from datagraph.errors import DatagraphError
+from datagraph.metrics import operation_label
 
-__all__ = ["MaskUnexpectedErrors"]
+__all__ = ["CountOperations", "MaskUnexpectedErrors"]
 
 log = logging.getLogger("datagraph")
 
@@ -29,7 +32,13 @@ class MaskUnexpectedErrors(MaskErrors):
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         error_id = uuid.uuid4().hex[:12]
-        log.error("unexpected error at %s (error id %s)", error.path, error_id, exc_info=error.original_error)
+        log.error(
+            "unexpected error at %s (error id %s)",
+            error.path,
+            error_id,
+            exc_info=error.original_error,
+            extra={"error_id": error_id},
+        )
         return GraphQLError(
             message=f"Something went wrong on the server (error id {error_id}); the error is logged.",
             nodes=error.nodes,
@@ -39,3 +48,15 @@ class MaskUnexpectedErrors(MaskErrors):
             original_error=None,
             extensions={"code": "INTERNAL", "errorId": error_id},
         )
+
+
+class CountOperations(SchemaExtension):
+    """datagraph_graphql_operations{type, name}: each operation that got past validation."""
+
+    def on_execute(self) -> Iterator[None]:
+        yield
+        ec = self.execution_context
+        resources = getattr(ec.context, "resources", None)
+        if resources is not None and ec.operation_type is not None:
+            kind = ec.operation_type.value
+            resources.metrics.operations.labels(kind, operation_label(ec.operation_name)).inc()

@@ -20,7 +20,7 @@ from strawberry.schema.config import StrawberryConfig
 from datagraph.auth import production_mode
 from datagraph.settings import Settings
 from gql.datasets import Dataset, Mutation, Query
-from gql.extensions import MaskUnexpectedErrors
+from gql.extensions import CountOperations, MaskUnexpectedErrors
 from gql.frames import View
 from gql.subscriptions import Subscription
 
@@ -44,6 +44,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         lambda: ParserCache(maxsize=256),
         lambda: ValidationCache(maxsize=256),
         MaskUnexpectedErrors,
+        CountOperations,
     ]
     return strawberry.Schema(
         query=Query,

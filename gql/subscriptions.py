@@ -130,11 +130,13 @@ class Subscription:
     async def dataset_events(
         self, info: strawberry.Info[Context, None], dataset: strawberry.ID | None = None
     ) -> AsyncGenerator[DatasetEventType, None]:
-        async with info.context.resources.events.subscribe() as queue:
-            while True:
-                event = await queue.get()
-                if event.kind != RESYNC and (dataset is None or event.dataset == str(dataset)):
-                    yield DatasetEventType.of(event)
+        res = info.context.resources
+        async with res.events.subscribe() as queue:
+            with res.metrics.subscriptions.track_inprogress():
+                while True:
+                    event = await queue.get()
+                    if event.kind != RESYNC and (dataset is None or event.dataset == str(dataset)):
+                        yield DatasetEventType.of(event)
 
     @strawberry.subscription(
         description="A pipeline's result now, then again after every change of a dataset it reads. Changes that"
@@ -151,14 +153,17 @@ class Subscription:
     ) -> AsyncGenerator[Result, None]:
         ctx = info.context
         wanted = result
-        async with ctx.resources.events.subscribe() as queue:  # before the first answer: no change is missed
-            while True:
-                outcome, reads = await _watched(ctx, str(dataset), steps, wanted, limit, chart)
-                yield to_result(outcome)
-                while (await queue.get()).dataset not in reads:  # RESYNC's "*" is in every watch's reads
-                    pass
-                while not queue.empty():  # a burst becomes one recompute, on the latest versions
-                    queue.get_nowait()
+        opened = ctx.resources.metrics.subscriptions.track_inprogress()
+        # Subscribed before the first answer: no change is missed.
+        async with ctx.resources.events.subscribe() as queue:
+            with opened:
+                while True:
+                    outcome, reads = await _watched(ctx, str(dataset), steps, wanted, limit, chart)
+                    yield to_result(outcome)
+                    while (await queue.get()).dataset not in reads:  # RESYNC's "*" is in every watch's reads
+                        pass
+                    while not queue.empty():  # a burst becomes one recompute, on the latest versions
+                        queue.get_nowait()
 
     @strawberry.subscription(
         description="A job's progress until it ends (uploadDataset, importTable, saveFrame, fetchPlugin): its"
@@ -172,7 +177,9 @@ class Subscription:
         res = info.context.resources
         job_id = str(job)
         waited = time.monotonic()
-        with res.events.subscribe_jobs() as queue, res.jobs.watching(job_id):  # before reading: nothing missed
+        opened = res.metrics.subscriptions.track_inprogress()
+        # Subscribed before reading: nothing is missed.
+        with res.events.subscribe_jobs() as queue, res.jobs.watching(job_id), opened:
             update = res.jobs.state(job_id) or _recorded_update(ds.get_job(info.context, job_id))
             while True:
                 if update is not None:

@@ -79,7 +79,7 @@ def cache_key(operation: str, arguments: dict[str, Any], plan_key: dict[str, Any
 
 def internal_problem(exc: BaseException, where: str) -> Problem:
     error_id = uuid.uuid4().hex[:12]
-    log.error("unexpected error in %s (error id %s)", where, error_id, exc_info=exc)
+    log.error("unexpected error in %s (error id %s)", where, error_id, exc_info=exc, extra={"error_id": error_id})
     return Problem("INTERNAL", f"Something went wrong on the server (error id {error_id}); the error is logged.")
 
 

@@ -144,6 +144,7 @@ async def _stage(ctx: Context, stream: AsyncReadable, dest: Path, job_id: str) -
                     " (setting max_upload_mb)."
                 )
             out.write(chunk)
+            ctx.resources.metrics.upload_bytes.inc(len(chunk))
             await ctx.resources.jobs.progress(job_id, "staging", size=written)
     return written
 
@@ -172,8 +173,9 @@ async def upload_dataset(
     dataset_id: str | None = None
     committed = False
     steps = {"filename": safe_filename, "name": title, **({"replace": replace} if replace else {})}
-    try:
-        async with recorded_job(ctx, job_id, "uploadDataset", steps) as done:
+    async with recorded_job(ctx, job_id, "uploadDataset", steps) as done:
+        # Cleaned up inside the job, before a failure is recorded: what it staged may have filled the disk.
+        try:
             size = await _stage(ctx, stream, staged, job_id)
             await res.jobs.progress(job_id, "parsing", size=size)
             fmt = await res.executor.run_io(sniff, staged, safe_filename, res.ingest_limits)
@@ -209,14 +211,14 @@ async def upload_dataset(
             )
             committed = True
             done.made(record, rows_in=record.row_count)
-        await res.events.publish("CREATED", record.id, record.version, record.row_count)
-        return record
-    finally:
-        staged.unlink(missing_ok=True)
-        parquet.unlink(missing_ok=True)
-        if dataset_id is not None and not committed:
-            res.metadata.discard_pending(dataset_id)
-            res.files.remove_dataset(dataset_id)
+        finally:
+            res.files.discard_staged(staged)
+            res.files.discard_staged(parquet)
+            if dataset_id is not None and not committed:
+                res.metadata.discard_pending(dataset_id)
+                res.files.remove_dataset(dataset_id)
+    await res.events.publish("CREATED", record.id, record.version, record.row_count)
+    return record
 
 
 async def _replace(
@@ -316,8 +318,9 @@ async def dataset_job(
     parquet = res.files.staging_path(".parquet")
     dataset_id: str | None = None
     committed = False
-    try:
-        async with recorded_job(ctx, job_id, kind, steps) as done:
+    async with recorded_job(ctx, job_id, kind, steps) as done:
+        # Cleaned up inside the job, before a failure is recorded: what it staged may have filled the disk.
+        try:
             with storage_guard():
                 produced = await produce(parquet)
                 await res.jobs.progress(job_id, "committing")
@@ -345,13 +348,13 @@ async def dataset_job(
                     event = "CREATED"
             committed = True
             done.made(record, rows_in=rows_in)
-        await res.events.publish(event, record.id, record.version, record.row_count)
-        return record
-    finally:
-        parquet.unlink(missing_ok=True)
-        if dataset_id is not None and not committed:
-            res.metadata.discard_pending(dataset_id)
-            res.files.remove_dataset(dataset_id)
+        finally:
+            res.files.discard_staged(parquet)
+            if dataset_id is not None and not committed:
+                res.metadata.discard_pending(dataset_id)
+                res.files.remove_dataset(dataset_id)
+    await res.events.publish(event, record.id, record.version, record.row_count)
+    return record
 
 
 @dataclass(slots=True)
@@ -407,6 +410,13 @@ async def commit_version(
     except LookupError:
         final.unlink(missing_ok=True)  # ours: the link above made it
         raise changed from None
+    except Exception:
+        # Not recorded (a full disk, a locked database)? Left there, the file would block every next version.
+        with contextlib.suppress(Exception):
+            now = res.metadata.get_dataset(record.id)
+            if now is None or now.version != version:
+                final.unlink(missing_ok=True)
+        raise
 
 
 async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord:
@@ -432,6 +442,6 @@ async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord
                 )
             new = await commit_version(ctx, record, staged, rows=total, columns=columns, origin=record.origin)
         finally:
-            staged.unlink(missing_ok=True)
+            res.files.discard_staged(staged)
     await res.events.publish("APPENDED", new.id, new.version, new.row_count)
     return new

@@ -35,7 +35,7 @@ from connectors.plugins import (
     run_plugin,
 )  # fmt: skip
 from datagraph import jsonutil
-from datagraph.context import Context
+from datagraph.context import Context, Resources
 from datagraph.errors import BadInput, DatagraphError, NotFound, Timeout
 from datagraph.settings import Settings
 from engine import ColumnInfo
@@ -273,9 +273,9 @@ async def fetch_plugin(
                     timeout_message=plugin_timeout_message(plugin, ctx.settings.plugin_timeout_s),
                 )  # fmt: skip
             except DatagraphError as exc:
-                registry.http.merge(getattr(exc, "http_stats", HttpStats()))  # failed fetches count too
+                _count(res, plugin, exc.code, getattr(exc, "http_stats", HttpStats()))  # failed fetches count too
                 raise
-            registry.http.merge(run.stats)
+            _count(res, plugin, "ok", run.stats)
             if run.not_modified and existing is None:
                 raise BadInput(f'The upstream of plugin "{plugin}" answered 304 Not Modified to a first fetch.')
             if existing is not None and (run.not_modified or run.data_hash == existing.origin.get("data_hash")):
@@ -288,3 +288,14 @@ async def fetch_plugin(
             ctx, job_id=job_id, kind="fetchPlugin", steps=steps, title=title, source_id=PLUGINS,
             origin=origin, produce=produce, into=existing,
         )  # fmt: skip
+
+
+def _count(res: Resources, plugin: str, outcome: str, stats: HttpStats) -> None:
+    """A fetch's outcome and its upstream requests, in the registry's totals and the metrics."""
+    res.plugins.http.merge(stats)
+    metrics = res.metrics
+    metrics.plugin_fetches.labels(plugin, outcome).inc()
+    for code, count in stats.status.items():
+        metrics.upstream_responses.labels(str(code)).inc(count)
+    for code, count in stats.retried.items():
+        metrics.upstream_retries.labels(str(code) if code else "none").inc(count)

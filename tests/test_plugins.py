@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 import pytest
 from conftest import ROOT, Api, make_settings
+from promtext import sample
 from starlette.testclient import TestClient
 from upstream import Listener, Reply, Upstream
 
@@ -207,6 +208,12 @@ def test_flaky_upstreams_are_retried_and_counted(shipped: Api, upstream: Upstrea
     assert upstream.count("/flaky") == 3 and time.monotonic() - started >= 1.0  # Retry-After honoured
     http = shipped.client.get("/readyz").json()["plugins"]["http"]
     assert http["retries"] == 2 and http["status"] == {"200": 1, "429": 1, "503": 1}
+    metrics = shipped.client.get("/metrics").text
+    for status in ("200", "429", "503"):
+        assert sample(metrics, "datagraph_upstream_responses_total", status=status) == 1
+    for status in ("429", "503"):  # each failed try caused one retry
+        assert sample(metrics, "datagraph_upstream_retries_total", status=status) == 1
+    assert sample(metrics, "datagraph_plugin_fetches_total", plugin="http_json", outcome="ok") == 1
     upstream.always["/gone"] = Reply(404)
     missing = _fetch(shipped, "http_json", {"url": upstream.url("/gone")})
     assert (
@@ -214,6 +221,9 @@ def test_flaky_upstreams_are_retried_and_counted(shipped: Api, upstream: Upstrea
         and "404" in missing["error"]["message"]
         and upstream.count("/gone") == 1
     )
+    metrics = shipped.client.get("/metrics").text
+    assert sample(metrics, "datagraph_plugin_fetches_total", plugin="http_json", outcome="BAD_INPUT") == 1
+    assert sample(metrics, "datagraph_upstream_retries_total", status="404") == 0
 
 
 def test_a_redirect_into_a_blocked_network_is_refused_without_a_packet_sent(

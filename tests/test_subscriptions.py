@@ -25,6 +25,7 @@ from conftest import (
     upload_over_http,
     upload_request,
 )
+from promtext import sample
 from starlette.testclient import TestClient
 from tcpproxy import TcpProxy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -128,15 +129,19 @@ def _subscribers(base: str) -> int:
     return count
 
 
+def _open_subscriptions(base: str) -> float:
+    return sample(httpx.get(base + "/metrics").text, "datagraph_subscriptions_open")
+
+
 def test_unsubscribing_stops_the_pushes_and_frees_the_subscriber(server: str, tips: str) -> None:
-    before = _subscribers(server)
+    before, gauge = _subscribers(server), _open_subscriptions(server)
     with Ws(server) as ws:
         ws.subscribe(WATCH_COUNT, {"d": tips})
         ws.next_data()
-        assert _subscribers(server) == before + 1
+        assert _subscribers(server) == before + 1 and _open_subscriptions(server) == gauge + 1
         ws.complete()
         time.sleep(0.3)
-        assert _subscribers(server) == before
+        assert _subscribers(server) == before and _open_subscriptions(server) == gauge
         _append(server, tips, 1)
         assert [m for m in ws.drain(1) if m["type"] == "next"] == []
 

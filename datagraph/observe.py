@@ -1,0 +1,147 @@
+"""Each request's id and cost, the logs that carry them, and the middleware that counts requests.
+
+Every HTTP request gets an id (the client's `X-Request-Id` when it is a plain token, else a new
+one), answered in the `X-Request-Id` header and put on every log line written while the request
+runs, including the one with the full traceback of a masked error and its error id.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from datagraph.metrics import Metrics
+
+__all__ = ["Observe", "RequestInfo", "configure_logging", "current_request", "route_label"]
+
+log = logging.getLogger("datagraph.access")
+_CLIENT_ID = re.compile(rb"^[A-Za-z0-9._-]{8,64}$")
+_ROUTES = ("/graphql", "/healthz", "/readyz", "/metrics")
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the server knows of the request it is working on."""
+
+    id: str
+    jobs: int = 0  # jobs run in worker processes for it (results not from the cache)
+
+
+_current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("datagraph_request", default=None)
+
+
+def current_request() -> RequestInfo | None:
+    """The request being answered, if any (tasks started while answering it inherit it)."""
+    return _current.get()
+
+
+def route_label(path: str) -> str:
+    """A bounded label for a path: export tokens and static files are not distinct routes."""
+    if path in _ROUTES or path == "/":
+        return path
+    for prefix in ("/exports/", "/static/"):
+        if path.startswith(prefix):
+            return prefix + "*"
+    return "(other)"
+
+
+class Observe:
+    """Outermost middleware: gives each request its id, logs one access line and counts it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"")
+        info = RequestInfo(given.decode() if _CLIENT_ID.match(given) else uuid.uuid4().hex[:16])
+        token = _current.set(info)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                msg["headers"] = [*msg.get("headers", []), (b"x-request-id", info.id.encode())]
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            _current.reset(token)
+            elapsed = time.perf_counter() - started
+            method, route = scope["method"], route_label(scope["path"])
+            self.metrics.http_requests.labels(method, route, str(status)).inc()
+            self.metrics.http_latency.labels(method, route).observe(elapsed)
+            log.info(
+                "%s %s %d %.1f ms",
+                method,
+                scope["path"],
+                status,
+                elapsed * 1000,
+                extra={"request_id": info.id, "status": status, "duration_ms": round(elapsed * 1000, 2)},
+            )
+
+
+class _RequestIdFilter(logging.Filter):
+    """Puts the current request's id on every record written while it runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "request_id", None) is None:
+            info = _current.get()
+            record.request_id = info.id if info else None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, request and error ids, traceback."""
+
+    _EXTRA = ("request_id", "error_id", "status", "duration_ms")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k in self._EXTRA if (v := getattr(record, k, None)) is not None})
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ids = " ".join(f"{k}={v}" for k in ("request_id", "error_id") if (v := getattr(record, k, None)))
+        return f"{line} [{ids}]" if ids else line
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Send every logger (uvicorn's too) to stderr, as text or JSON lines, with request ids."""
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,153 @@
+"""Rate limits per API key (or per client address when keys are off), with the `limits` library.
+
+Each request spends from its key's budget (setting `rate_limit`, e.g. `2400/minute`, over a
+sliding window): 1 for every request, 20 more for an upload, and 5 more for every job it ran in
+a worker process (uncached analysis, an import, a plugin fetch, saving a frame) or SQL statement
+it sent to a database. A cached read costs 1. What a request ran is known only once it has run,
+so that part is spent afterwards and the next request is refused once the budget is gone:
+`429`, `RATE_LIMITED`, with `Retry-After`. The budget lives in memory, or in Redis when
+`cache_url` (or `rate_limit_url`) is a redis:// URL, shared by every server process then.
+When Redis fails or is slow, budgets are kept in memory for a few seconds (logged): a limiter
+must not take the server down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from datagraph.auth import keys_required, presented_key
+from datagraph.errors import send_error
+from datagraph.observe import current_request
+
+if TYPE_CHECKING:
+    from datagraph.context import Resources
+    from datagraph.settings import Settings
+
+__all__ = ["EXEMPT_PATHS", "JOB_COST", "UPLOAD_COST", "Limiter", "RateLimit"]
+
+log = logging.getLogger("datagraph")
+UPLOAD_COST = 20
+JOB_COST = 5
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_STORAGE_TIMEOUT_S = 0.25
+_RETRY_S = 5.0
+T = TypeVar("T")
+
+
+class Limiter:
+    """Budgets by identity. Budgets in Redis fall back to memory for a few seconds whenever Redis
+    fails or is slow, so a Redis outage costs neither errors nor a wait on every request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.item: RateLimitItem = parse(settings.rate_limit)
+        url = settings.rate_limit_url or (settings.cache_url if settings.cache_url.startswith("redis") else "")
+        self.backend = "redis" if url else "memory"
+        self.memory = SlidingWindowCounterRateLimiter(MemoryStorage())
+        self.shared = (
+            SlidingWindowCounterRateLimiter(
+                RedisStorage("async+" + url, implementation="redispy", socket_timeout=_STORAGE_TIMEOUT_S)
+            )
+            if url
+            else None
+        )
+        self._shared_down_until = -math.inf
+
+    def describe(self) -> str:
+        """The budget in words: "2,400 per minute", "100 per 5 seconds"."""
+        per, n = self.item.GRANULARITY.name, self.item.multiples
+        return f"{self.item.amount:,} per {per}" if n == 1 else f"{self.item.amount:,} per {n} {per}s"
+
+    async def allow(self, who: str, cost: int) -> float | None:
+        """Spend `cost` from `who`'s budget; None when allowed, else the seconds until it may retry."""
+        return await self._on_storage(self._allow, who, cost)
+
+    async def spend(self, who: str, cost: int) -> None:
+        """Spend `cost` after the fact, up to what is left (the next request then waits)."""
+        await self._on_storage(self._spend, who, cost)
+
+    async def _allow(self, strategy: SlidingWindowCounterRateLimiter, who: str, cost: int) -> float | None:
+        if await strategy.hit(self.item, who, cost=cost):
+            return None
+        stats = await strategy.get_window_stats(self.item, who)
+        return max(1.0, stats.reset_time - time.time())
+
+    async def _spend(self, strategy: SlidingWindowCounterRateLimiter, who: str, cost: int) -> None:
+        if not await strategy.hit(self.item, who, cost=cost):
+            remaining = (await strategy.get_window_stats(self.item, who)).remaining
+            if remaining > 0:
+                await strategy.hit(self.item, who, cost=remaining)
+
+    async def _on_storage(self, op: Callable[..., Awaitable[T]], who: str, cost: int) -> T | None:
+        if self.shared is not None and time.monotonic() >= self._shared_down_until:
+            try:
+                return await asyncio.wait_for(op(self.shared, who, cost), _STORAGE_TIMEOUT_S * 2)
+            except Exception as exc:  # down or slow: budgets in memory for a while
+                log.warning(
+                    "rate limits: Redis failed (%s); keeping budgets in memory for %g s", type(exc).__name__, _RETRY_S
+                )
+                self._shared_down_until = time.monotonic() + _RETRY_S
+        return await op(self.memory, who, cost)
+
+    async def close(self) -> None:
+        for strategy in (self.memory, self.shared):
+            storage = strategy.storage if strategy is not None else None
+            timer = getattr(storage, "timer", None)  # the memory storage's expiry task
+            if timer is not None:
+                timer.cancel()
+            client = getattr(getattr(storage, "bridge", None), "storage", None)  # redis.asyncio.Redis
+            if client is not None:
+                await client.aclose()
+
+
+class RateLimit:
+    """Refuse requests over their key's budget (429, RATE_LIMITED, Retry-After); charge what they ran."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
+            await self.app(scope, receive, send)
+            return
+        res: Resources = scope["app"].state.resources
+        limiter = res.limiter
+        assert limiter is not None  # this middleware is there only with a rate limit
+        who = _identity(scope, keys_required(res.settings))
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        cost = 1 + (UPLOAD_COST if content_type.lower().startswith(b"multipart/") else 0)
+        wait = await limiter.allow(who, cost)
+        if wait is not None:
+            res.metrics.rate_limited.inc()
+            message = (
+                f"Too many requests: the budget of {limiter.describe()} (setting rate_limit) is spent;"
+                f" retry in {math.ceil(wait)} s."
+            )
+            await send_error(send, 429, message, "RATE_LIMITED", ((b"retry-after", str(math.ceil(wait)).encode()),))
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            info = current_request()
+            if info is not None and info.jobs:
+                await limiter.spend(who, JOB_COST * info.jobs)
+
+
+def _identity(scope: Scope, by_key: bool) -> str:
+    """Whose budget a request spends: its key's (hashed) when keys are required, else its address's."""
+    if by_key:
+        key = presented_key({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]})
+        if key:
+            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:24]
+    client = scope.get("client")
+    return "addr:" + (client[0] if client else "unknown")

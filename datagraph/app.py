@@ -23,8 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLRequestData
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
 from connectors.sources import configured_sources
@@ -38,6 +39,7 @@ from datagraph.auth import (
     keys_required,
     params_key,
     presented_key,
+    production_mode,
 )
 from datagraph.context import Context, Resources
 from datagraph.errors import error_body, send_error
@@ -194,6 +196,8 @@ class GraphQLView(GraphQL[Context, None]):
             build_schema(settings),
             graphql_ide="graphiql" if graphiql_served(settings) else None,
             multipart_uploads_enabled=True,
+            # GET needs no preflight: in production, queries come by POST only (mutations always do).
+            allow_queries_via_get=not production_mode(settings),
             subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
             connection_init_wait_timeout=dt.timedelta(seconds=settings.ws_init_timeout_s),
             max_subscriptions_per_connection=settings.ws_max_subscriptions,
@@ -221,6 +225,16 @@ class GraphQLView(GraphQL[Context, None]):
         # Text, not bytes: over a websocket, bytes go out as binary frames, which browser clients
         # of graphql-transport-ws (a Blob in event.data) cannot read.
         return jsonutil.dumps(data).decode("utf-8")
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        """At most `graphql_max_errors` errors in an answer (a query with 10,000 bad directives must not
+        make the server write 10,000 errors); the rest are counted."""
+        answer = await super().process_result(request, result)
+        errors, limit = answer.get("errors"), self.settings.graphql_max_errors
+        if errors and len(errors) > limit:
+            more = {"message": f"{len(errors) - limit} more errors not shown (setting graphql_max_errors)."}
+            answer["errors"] = [*errors[:limit], more]
+        return answer
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse((STATIC / "graphiql.html").read_text("utf-8"))

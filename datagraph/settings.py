@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(8, gt=0, description="Deepest GraphQL query accepted.")
     graphql_max_aliases: int = Field(15, gt=0, description="Most aliases in one GraphQL query.")
     graphql_max_tokens: int = Field(2_000, gt=0, description="Most tokens in one GraphQL query.")
+    graphql_max_field_repeats: int = Field(
+        10, gt=0, description="Most times one field may be selected in one selection set."
+    )
+    graphql_max_errors: int = Field(5, gt=0, description="Most errors one GraphQL answer lists; the rest are counted.")
     ws_init_timeout_s: float = Field(
         10, gt=0, description="Websocket: how long a client has to send connection_init, in seconds."
     )

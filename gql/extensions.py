@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
+from graphql import FieldNode, SelectionSetNode, ValidationRule
 from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors, SchemaExtension
 
 from datagraph.errors import DatagraphError
 from datagraph.metrics import operation_label
 
-__all__ = ["CountOperations", "MaskUnexpectedErrors"]
+__all__ = ["CountOperations", "MaskUnexpectedErrors", "field_repeats_rule"]
 
 log = logging.getLogger("datagraph")
 
@@ -60,3 +63,23 @@ class CountOperations(SchemaExtension):
         if resources is not None and ec.operation_type is not None:
             kind = ec.operation_type.value
             resources.metrics.operations.labels(kind, operation_label(ec.operation_name)).inc()
+
+
+def field_repeats_rule(limit: int) -> type[ValidationRule]:
+    """A validation rule: no field selected more than `limit` times in one selection set (500 copies
+    of `__typename` cost the server work for nothing; graphql-cop's field duplication check)."""
+
+    class FieldRepeats(ValidationRule):
+        def enter_selection_set(self, node: SelectionSetNode, *_args: Any) -> None:
+            names = Counter((s.alias or s.name).value for s in node.selections if isinstance(s, FieldNode))
+            for name, count in names.items():
+                if count > limit:
+                    self.report_error(
+                        GraphQLError(
+                            f"'{name}' is selected {count} times in one selection set; at most {limit}"
+                            " (setting graphql_max_field_repeats).",
+                            node,
+                        )
+                    )
+
+    return FieldRepeats

@@ -15,6 +15,7 @@ from typing import Any
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -203,7 +204,7 @@ class GraphQLView(GraphQL[Context, None]):
             max_subscriptions_per_connection=settings.ws_max_subscriptions,
             # Browsers on other origins may not subscribe (with the user's cookies) unless listed;
             # clients that send no Origin (scripts) and same-origin pages always may.
-            allowed_origins=[o.strip() for o in settings.ws_allowed_origins.split(",") if o.strip()],
+            allowed_origins=_origins(settings.ws_allowed_origins) + _origins(settings.cors_origins),
         )
         self.settings = settings
         self.keys_required = keys_required(settings)
@@ -263,6 +264,10 @@ class GraphQLView(GraphQL[Context, None]):
                     " mutations over HTTP.",
                 )
         return data
+
+
+def _origins(listed: str) -> list[str]:
+    return [o.strip() for o in listed.split(",") if o.strip()]
 
 
 def _asks_subscription(query: str, operation_name: str | None) -> bool:
@@ -450,5 +455,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         multipart_limit=settings.max_upload_bytes + 64 * 1024,
         settings=settings,
     )
+    if settings.cors_origins:  # outside the key check: a preflight carries no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=_origins(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type", "authorization", "x-api-key", "apollo-require-preflight", "x-request-id"],
+            expose_headers=["x-request-id", "retry-after"],
+            max_age=600,
+        )
     app.add_middleware(Observe, metrics=app_metrics)
     return app

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
         10, gt=0, description="Websocket: how long a client has to send connection_init, in seconds."
     )
     ws_max_subscriptions: int = Field(10, ge=1, description="Websocket: most subscriptions on one connection.")
+    cors_origins: str = Field(
+        "",
+        description="Other origins whose pages may call the API (comma-separated, CORS; also allowed to"
+        " subscribe); empty: same origin only.",
+    )
     ws_allowed_origins: str = Field(
         "", description="Websocket: other origins whose pages may subscribe (comma-separated); empty: same origin only."
     )

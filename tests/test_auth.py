@@ -183,3 +183,34 @@ def test_outside_production_the_schema_is_open_to_explore(tmp_path: Path) -> Non
     headers = {"X-API-Key": create_key(settings.data_dir, "dev")}
     with TestClient(create_app(settings)) as client:
         assert _errors(client, INTROSPECTION, headers) == []
+
+
+def test_cors_lets_the_listed_origins_call_the_api_and_no_other(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    key = create_key(data_dir, "front-end")
+    settings = make_settings(tmp_path, api_keys="on", cors_origins="https://app.example, https://other.example")
+    with TestClient(create_app(settings)) as client:
+        asks = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type, x-api-key"}
+        allowed = client.options("/graphql", headers={"Origin": "https://app.example", **asks})
+        assert allowed.status_code == 200  # a preflight carries no key, and needs none
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-api-key" in allowed.headers["access-control-allow-headers"].lower()
+        stranger = client.options("/graphql", headers={"Origin": "https://evil.example", **asks})
+        assert stranger.status_code == 400 and "access-control-allow-origin" not in stranger.headers
+        answer = client.post(
+            "/graphql",
+            json={"query": "{ datasets { id } }"},
+            headers={"Origin": "https://app.example", "X-API-Key": key},
+        )
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+        refused = client.post(
+            "/graphql", json={"query": "{ datasets { id } }"}, headers={"Origin": "https://app.example"}
+        )
+        assert refused.status_code == 401  # CORS lets the page ask; the key still decides
+    with TestClient(create_app(make_settings(tmp_path / "closed"))) as client:
+        closed = client.post(
+            "/graphql", json={"query": "{ datasets { id } }"}, headers={"Origin": "https://app.example"}
+        )
+        assert "access-control-allow-origin" not in closed.headers  # no origins listed: same origin only

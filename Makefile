@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 UV := .tools/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lint schema bench clean
+.PHONY: run test lint schema bench bench-all clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -30,7 +30,13 @@ lint: .venv/.synced
 schema: .venv/.synced
 	.venv/bin/datagraph schema > schema.graphql
 
+# `make bench`: the user journey beside the seed design's Flask + pandas server and the floor
+# (bench/journey.py; under 10 minutes on 2 cores). `make bench-all` adds the focused benchmarks
+# (bench/sources.py needs the PostgreSQL on 127.0.0.1:5432).
 bench: .venv/.synced
+	.venv/bin/python bench/journey.py
+
+bench-all: bench
 	.venv/bin/python bench/describe.py
 	.venv/bin/python bench/engine.py
 	.venv/bin/python bench/sources.py

@@ -15,6 +15,7 @@ from typing import Any
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -245,9 +246,13 @@ class GraphQLView(GraphQL[Context, None]):
         # Strawberry answers its HTTP refusals as plain text; clients parse JSON errors everywhere.
         try:
             return await super().run(request, **kwargs)
-        except HTTPException as exc:
+        except (HTTPException, StarletteHTTPException) as exc:  # the latter: Starlette's multipart parser
             code = "TOO_LARGE" if exc.status_code == 413 else "BAD_INPUT"
-            return Response(error_body(exc.reason, code), status_code=exc.status_code, media_type="application/json")
+            reason = exc.reason if isinstance(exc, HTTPException) else exc.detail
+            return Response(error_body(reason, code), status_code=exc.status_code, media_type="application/json")
+        finally:
+            if isinstance(request, Request):
+                await request.close()  # every uploaded part's temporary file, used or not
 
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
         data = await super().parse_http_body(request)

@@ -126,7 +126,7 @@ class RateLimit:
         who = _identity(scope, keys_required(res.settings))
         content_type = dict(scope["headers"]).get(b"content-type", b"")
         cost = 1 + (UPLOAD_COST if content_type.lower().startswith(b"multipart/") else 0)
-        wait = await limiter.allow(who, cost)
+        wait = await limiter.allow(who, min(cost, limiter.item.amount))  # a tiny budget still lets one through
         if wait is not None:
             res.metrics.rate_limited.inc()
             message = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 
@@ -121,3 +122,82 @@ def test_graphiql_is_served_from_local_files(api: Api) -> None:
     assert assets and all(a.startswith("/static/") for a in assets), assets
     for asset in assets:
         assert api.client.get(asset).status_code == 200, asset
+
+
+def test_fifty_directives_are_answered_with_at_most_five_errors(api: Api) -> None:
+    response = api.client.post(
+        "/graphql", json={"query": "{ sources { id } }".replace("id", "id" + " @skip(if: false)" * 50)}
+    )
+    body = response.json()
+    assert body.get("data") is None or body["data"] == {
+        "sources": [{"id": "uploads"}, {"id": "frames"}, {"id": "plugins"}]
+    }
+    unknown = api.client.post("/graphql", json={"query": "query { __typename " + "@aa " * 50 + "}"}).json()
+    assert len(unknown["errors"]) == 6 and "45 more errors" in unknown["errors"][-1]["message"]
+    assert "graphql_max_errors" in unknown["errors"][-1]["message"]
+    _still_serving(api)
+
+
+UPLOAD_OPS = json.dumps(
+    {
+        "query": "mutation($f: Upload!) { uploadDataset(file: $f) { success error { code message } } }",
+        "variables": {"f": None},
+    }
+)
+
+
+def _multipart(parts: list[tuple[str, bytes, str | None]], boundary: str = "b0undary") -> bytes:
+    body = b""
+    for name, content, filename in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+def _send_multipart(api: Api, body: bytes, content_type: str = "multipart/form-data; boundary=b0undary") -> dict:
+    response = api.client.post(
+        "/graphql", content=body, headers={"content-type": content_type, "Apollo-Require-Preflight": "true"}
+    )
+    assert response.status_code in (200, 400, 413), response.text
+    assert not LEAKS.search(response.text), response.text
+    answer: dict = response.json()
+    return answer
+
+
+def _refused(answer: dict) -> bool:
+    payload = (answer.get("data") or {}).get("uploadDataset")
+    return bool(answer.get("errors")) or (payload is not None and not payload["success"])
+
+
+CSV = b"a,b\n1,2\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        _multipart([("operations", UPLOAD_OPS.encode(), None), ("map", b'{"0": ["variables.f"]}', None)]
+                   + [(str(i), CSV, f"{i}.csv") for i in range(1001)]),
+        _multipart([("operations", b'{"query": "' + b" " * (2 * 1024 * 1024) + b'"}', None), ("map", b"{}", None)]),
+        _multipart([("operations", UPLOAD_OPS.encode(), None), ("map", b'{"0": ["variables.nothing"]}', None), ("0", CSV, "a.csv")]),
+        _multipart([("operations", UPLOAD_OPS.encode(), None), ("map", b'{"7": ["variables.f"]}', None), ("0", CSV, "a.csv")]),
+        _multipart([("operations", UPLOAD_OPS.encode(), None), ("map", b'{"0": ["variables.f"]}', None), ("0", CSV, "a.csv")])[:-40],
+        _multipart([("operations", UPLOAD_OPS.encode(), None), ("map", b'{"0": ["variables.f"]}', None),
+                    ("notes", b"x" * (19 * 1024 * 1024), None), ("0", CSV, "a.csv")]),
+    ],
+    ids=["1001-file-parts", "2-MiB-operations", "map-to-nothing", "map-to-a-missing-part", "truncated", "19-MiB-field"],
+)  # fmt: skip
+def test_hostile_multipart_requests_are_refused_and_leave_nothing(api: Api, body: bytes) -> None:
+    answer = _send_multipart(api, body)
+    assert _refused(answer), answer
+    assert api.data("{ datasets { id } }")["datasets"] == []
+    assert list((api.settings.data_dir / "staging").iterdir()) == []
+    _still_serving(api)
+
+
+def test_multipart_without_a_boundary_is_refused(api: Api) -> None:
+    body = _multipart(
+        [("operations", UPLOAD_OPS.encode(), None), ("map", b'{"0": ["variables.f"]}', None), ("0", CSV, "a.csv")]
+    )
+    answer = _send_multipart(api, body, content_type="multipart/form-data")
+    assert answer["errors"] and api.data("{ datasets { id } }")["datasets"] == []
+    _still_serving(api)

@@ -48,7 +48,7 @@ def _answer(job: Any) -> tuple[str, Any]:
         return "crash", traceback.format_exc()
 
 
-_NICENESS = 5
+_NICENESS = 10
 
 
 def main(memory_mb: int) -> None:

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +151,9 @@ def translate(exc: BaseException, cfg: DatabaseConfig) -> DatagraphError:
         if number == 1045 or (isinstance(state, str) and state.startswith("28")):
             return SourceUnavailable(f'The source "{cfg.id}" refused the server\'s credentials; check sources.yaml.')
         return SourceUnavailable(f'The source "{cfg.id}" did not answer; it may be down. Try again shortly.')
-    if (
-        number is None
-        and state is None
-        and (isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or isinstance(orig, OSError))
-    ):
+    # No code at all: the connection went away (psycopg's "server closed the connection", PyMySQL's
+    # InterfaceError(0, "") on a closed one), whether SQLAlchemy wrapped the error or a raw cursor raised it.
+    if number in (None, 0) and state is None and (isinstance(exc, _LOST) or isinstance(orig, _LOST)):
         return SourceUnavailable(f'The source "{cfg.id}" did not answer; it may be down. Try again shortly.')
     return BadInput(f'The source "{cfg.id}" refused the query as written.')
 
@@ -181,8 +179,13 @@ def read_only(cfg: DatabaseConfig) -> Iterator[Connection]:
                 conn.exec_driver_sql("START TRANSACTION READ ONLY")
             try:
                 yield conn
-            finally:
-                conn.rollback()
+            except BaseException:
+                # On a lost connection the rollback fails too (PyMySQL: InterfaceError(0, "")); the first
+                # error says what happened, so it is the one translated.
+                with suppress(*DRIVER_ERRORS):
+                    conn.rollback()
+                raise
+            conn.rollback()
     except DRIVER_ERRORS as exc:  # the caller's own failures (a full disk, ...) pass through as they are
         raise translate(exc, cfg) from None
 
@@ -197,6 +200,19 @@ def _driver_errors() -> tuple[type[BaseException], ...]:
 
 
 DRIVER_ERRORS = _driver_errors()
+
+
+def _lost_connection_errors() -> tuple[type[BaseException], ...]:
+    import psycopg
+    import pymysql
+
+    return (
+        sa.exc.OperationalError, sa.exc.InterfaceError, psycopg.OperationalError, psycopg.InterfaceError,
+        pymysql.err.OperationalError, pymysql.err.InterfaceError, OSError,
+    )  # fmt: skip
+
+
+_LOST = _lost_connection_errors()
 
 
 # ---- what callers run ---------------------------------------------------------------------------------------------
@@ -297,8 +313,11 @@ def _batches(conn: Connection, cfg: DatabaseConfig, sql: str, size: int) -> Iter
         yield names, rows  # at least once, so an empty result still names its columns
         while rows := cursor.fetchmany(size):
             yield names, rows
-    finally:
-        cursor.close()
+    except BaseException:
+        with suppress(Exception):  # after a lost connection PyMySQL's close() fails too (AttributeError)
+            cursor.close()
+        raise
+    cursor.close()
 
 
 def snapshot(

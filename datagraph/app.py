@@ -383,7 +383,12 @@ async def open_resources(settings: Settings, metrics: Metrics) -> Resources:
     metadata = MetadataStore(settings.resolved_metadata_url)
     metadata.sweep_pending()
     metadata.sweep_jobs()
-    files.sweep({r.id for r in metadata.list_datasets()}, metadata.export_tokens())
+    records = metadata.list_datasets()
+    files.sweep(
+        {r.id: r.version for r in records},
+        metadata.export_tokens(),
+        kept_uploads={str(r.origin["stored_as"]) for r in records if r.origin.get("stored_as")},
+    )
     executor = Executor(
         settings.workers, memory_mb=settings.worker_memory_mb, timeout_s=settings.timeout_s, metrics=metrics
     )

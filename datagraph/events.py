@@ -30,6 +30,7 @@ ANY_DATASET = "*"
 QUEUE_SIZE = 256
 # An event missed is a stale watch in another process: give Redis longer than a cache lookup gets.
 PUBLISH_TIMEOUT_S = 1.0
+PUBLISH_RETRY_S = 5.0  # after a failed publish, events stay local this long
 log = logging.getLogger("datagraph.events")
 
 
@@ -63,6 +64,7 @@ class EventBus:
     def __init__(self, redis_url: str = "", *, timeout_s: float = 0.25) -> None:
         self.redis_url = redis_url
         self.timeout_s = timeout_s
+        self._publish_down_until = 0.0
         self.origin = uuid.uuid4().hex  # our own messages come back from Redis: skip them
         self._queues: set[asyncio.Queue[DatasetEvent]] = set()
         self._job_queues: set[asyncio.Queue[JobUpdate]] = set()
@@ -113,12 +115,19 @@ class EventBus:
     async def _send(self, kind: str, event: DatasetEvent | JobUpdate) -> None:
         if not self.redis_url:
             return
+        if time.monotonic() < self._publish_down_until:
+            return  # Redis failed moments ago: do not make every upload wait on it again
         message = jsonutil.dumps({"origin": self.origin, "type": kind, **asdict(event)})
         try:
             client = await self._client()
             await asyncio.wait_for(client.publish(CHANNEL, message), max(self.timeout_s, PUBLISH_TIMEOUT_S))
         except Exception as exc:  # other processes miss this one; ours already have it
-            log.warning("publishing an event to Redis failed: %s", type(exc).__name__)
+            self._publish_down_until = time.monotonic() + PUBLISH_RETRY_S
+            log.warning(
+                "publishing an event to Redis failed (%s); not trying again for %g s",
+                type(exc).__name__,
+                PUBLISH_RETRY_S,
+            )
 
     async def _client(self) -> Any:
         if self._redis is None:

@@ -12,10 +12,13 @@ the caller mark the metadata row ready, so a crash leaves no half dataset visibl
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import shutil
+import sqlite3
 import time
 import uuid
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from datagraph.errors import StorageFull
@@ -36,6 +39,20 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _says_disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or the error it wraps, is a full disk: an OSError, SQLite's SQLITE_FULL (which
+    SQLAlchemy wraps), or the I/O error of a Rust library such as Polars, known only by its text."""
+    for err in (exc, exc.__cause__):
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return True
+        if isinstance(err, sqlite3.Error) and err.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            return True
+    return any(f"(os error {code})" in str(exc) for code in _FULL)
+
+
 class storage_guard:  # noqa: N801 - used as a context manager, reads like a statement
     """Turn a full disk into a clear `StorageFull` problem."""
 
@@ -43,7 +60,7 @@ class storage_guard:  # noqa: N801 - used as a context manager, reads like a sta
         return None
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc is not None and not isinstance(exc, StorageFull) and _says_disk_full(exc):
             raise StorageFull(
                 "The server's disk is full; the data was not saved. Free some space and try again."
             ) from exc
@@ -63,6 +80,13 @@ class DataDir:
 
     def staging_path(self, suffix: str = "") -> Path:
         return self.staging / f"{uuid.uuid4().hex}{suffix}"
+
+    def discard_staged(self, staged: Path) -> None:
+        """Remove a staging file and whatever was written beside it under its name (a worker's
+        `.tmp`, parts and progress files), which a worker killed mid-write leaves behind."""
+        staged.unlink(missing_ok=True)
+        for leftover in self.staging.glob(glob.escape(staged.stem) + ".*"):
+            leftover.unlink(missing_ok=True)
 
     def dataset_file(self, dataset_id: str, version: int) -> Path:
         return self.datasets / dataset_id / f"v{version}.parquet"
@@ -127,9 +151,16 @@ class DataDir:
         if stored_as and "/" not in stored_as and stored_as not in (".", ".."):
             (self.uploads / stored_as).unlink(missing_ok=True)
 
-    def sweep(self, ready_ids: set[str], export_tokens: set[str]) -> None:
+    def sweep(
+        self,
+        ready_ids: Collection[str] | Mapping[str, int],
+        export_tokens: set[str],
+        kept_uploads: Collection[str] | None = None,
+    ) -> None:
         """Remove what a crash may have left: staging files, and dataset folders or export files
-        that no metadata row names."""
+        that no metadata row names. When `ready_ids` maps each dataset to its current version, also
+        the versions past it (linked, then never recorded); given `kept_uploads` (the names rows
+        keep), also the raw uploads no row names (kept, then never recorded)."""
         for entry in self.exports.iterdir():
             if entry.name.split(".", 1)[0] not in export_tokens or entry.name.endswith(".tmp"):
                 entry.unlink(missing_ok=True)
@@ -141,3 +172,12 @@ class DataDir:
         for entry in self.datasets.iterdir():
             if entry.name not in ready_ids:
                 shutil.rmtree(entry, ignore_errors=True)
+            elif isinstance(ready_ids, Mapping):
+                for version in entry.glob("v*.parquet"):
+                    number = version.stem[1:]
+                    if number.isdigit() and int(number) > ready_ids[entry.name]:
+                        version.unlink(missing_ok=True)
+        if kept_uploads is not None:
+            for entry in self.uploads.iterdir():
+                if entry.name not in kept_uploads:
+                    entry.unlink(missing_ok=True)

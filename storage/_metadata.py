@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from datagraph import jsonutil
 from engine import ColumnInfo
+from storage._files import storage_guard
 
 __all__ = ["DatasetRecord", "ExportRecord", "JobRecord", "MetadataStore"]
 
@@ -239,7 +240,7 @@ class MetadataStore:
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
         try:
-            with self.engine.begin() as conn:
+            with storage_guard(), self.engine.begin() as conn:  # a full disk is STORAGE_FULL
                 yield conn
         finally:
             self._stamp.bump()  # also on failure: a commit may have happened before the error
@@ -247,10 +248,11 @@ class MetadataStore:
     # datasets
 
     def reserve_dataset(self, *, wanted_id: str, name: str, source_id: str, origin: dict[str, Any]) -> str:
-        """Insert a pending dataset row under `wanted_id`, or `wanted_id-2`, `-3`, ... if taken."""
+        """Insert a pending dataset row under `wanted_id`, or the first of `wanted_id-2`, `-3`, ... not
+        taken (one look-up, not one failed insert per taken id: uploads of one name stay quick)."""
         now = _now()
-        for n in range(1, 10_000):
-            candidate = wanted_id if n == 1 else f"{wanted_id}-{n}"
+        for _ in range(100):  # another process may take the same id between the look-up and the insert
+            candidate = self._free_id(wanted_id)
             try:
                 with self._tx() as conn:
                     conn.execute(
@@ -270,7 +272,21 @@ class MetadataStore:
                 return candidate
             except sa.exc.IntegrityError:
                 continue
-        raise RuntimeError("no free dataset id")  # pragma: no cover - 10,000 datasets of one name
+        raise RuntimeError("no free dataset id")  # pragma: no cover - 100 racing writers in a row
+
+    def _free_id(self, wanted_id: str) -> str:
+        pattern = wanted_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "-%"
+        with self.engine.connect() as conn:
+            query = sa.select(datasets.c.id).where(
+                sa.or_(datasets.c.id == wanted_id, datasets.c.id.like(pattern, escape="\\"))
+            )
+            taken = set(conn.execute(query).scalars())
+        if wanted_id not in taken:
+            return wanted_id
+        n = 2
+        while f"{wanted_id}-{n}" in taken:
+            n += 1
+        return f"{wanted_id}-{n}"
 
     def mark_ready(
         self, dataset_id: str, *, version: int, row_count: int, columns: list[ColumnInfo], origin: dict[str, Any]

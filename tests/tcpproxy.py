@@ -50,6 +50,8 @@ class TcpProxy:
             pass
         finally:
             with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_RDWR)  # wakes the thread reading it; close alone does not
+            with contextlib.suppress(OSError):
                 dst.close()
 
     def cut(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from leaks import Sweep
 from starlette.testclient import TestClient
 from upstream import Listener, Upstream
 
@@ -24,6 +25,7 @@ from datagraph.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
+SWEEP = Sweep()  # scans every response of the app for leaks; a leak fails the run (tests/leaks.py)
 
 UPLOAD = """mutation($file: Upload!, $name: String, $replace: ID) {
   uploadDataset(file: $file, name: $name, replace: $replace) {
@@ -92,6 +94,10 @@ class Api:
         return dataset_id
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(SWEEP, "leak-sweep")
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings on a fresh data directory, with no database sources or plugins unless given."""
     return Settings(**{"data_dir": tmp_path / "data", "sources": "", "plugins": "", **overrides})
@@ -129,6 +135,7 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None) ->
         env={**os.environ, **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"
+    SWEEP.serving(base)
     try:
         for _ in range(150):
             try:

@@ -69,7 +69,7 @@ def test_503_twice_then_200_succeeds_after_two_jittered_retries(upstream: Upstre
     response, session = fetch(upstream.url("/flaky"))
     assert response.content == b"ok"
     assert upstream.count("/flaky") == 3
-    assert session.stats == HttpStats(requests=3, retries=2, blocked=0, status={503: 2, 200: 1})
+    assert session.stats == HttpStats(requests=3, retries=2, blocked=0, status={503: 2, 200: 1}, retried={503: 2})
     first, second, third = upstream.times("/flaky")
     # Retry 0 waits up to 0.05 s, retry 1 up to min(0.1 cap, 0.05 x 2) s.
     assert second - first <= 0.05 + MARGIN / 5
@@ -84,7 +84,9 @@ def test_backoff_waits_are_capped(upstream: Upstream) -> None:
     times = upstream.times("/capped")
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) == 3 and all(gap <= 0.02 + 0.05 for gap in gaps), gaps
-    assert session.stats == HttpStats(requests=4, retries=3, status={503: 1, 502: 1, 504: 1, 200: 1})
+    assert session.stats == HttpStats(
+        requests=4, retries=3, status={503: 1, 502: 1, 504: 1, 200: 1}, retried={503: 1, 502: 1, 504: 1}
+    )
 
 
 def test_backoff_is_full_jitter_not_a_fixed_wait(upstream: Upstream) -> None:
@@ -165,7 +167,7 @@ def test_exhausted_retries_on_503_are_source_unavailable(upstream: Upstream) -> 
     assert isinstance(error, SourceUnavailable)
     assert error.message == ("The upstream 127.0.0.1 answered 503 Service Unavailable (four times); try again later.")
     assert upstream.count("/down") == 4
-    assert session.stats == HttpStats(requests=4, retries=3, status={503: 4})
+    assert session.stats == HttpStats(requests=4, retries=3, status={503: 4}, retried={503: 3})
 
 
 def test_connection_refused_is_retried_then_source_unavailable() -> None:
@@ -174,7 +176,7 @@ def test_connection_refused_is_retried_then_source_unavailable() -> None:
     assert isinstance(error, SourceUnavailable)
     assert "could not be reached" in error.message and "three times" in error.message
     assert str(port) not in error.message
-    assert session.stats == HttpStats(requests=3, retries=2, status={})
+    assert session.stats == HttpStats(requests=3, retries=2, status={}, retried={0: 2})  # 0: no answer
 
 
 def test_a_server_slower_than_the_read_timeout_is_retried(upstream: Upstream) -> None:
@@ -375,10 +377,12 @@ def test_cookies_an_upstream_sets_are_not_kept(upstream: Upstream) -> None:
 
 
 def test_stats_merge_and_survive_pickling() -> None:
-    a = HttpStats(requests=3, retries=2, blocked=0, status={503: 2, 200: 1})
-    b = pickle.loads(pickle.dumps(HttpStats(requests=2, retries=0, blocked=1, status={200: 1, 404: 1})))
+    a = HttpStats(requests=3, retries=2, blocked=0, status={503: 2, 200: 1}, retried={503: 2})
+    b = pickle.loads(
+        pickle.dumps(HttpStats(requests=3, retries=1, blocked=1, status={200: 2, 503: 1}, retried={503: 1}))
+    )
     a.merge(b)
-    assert a == HttpStats(requests=5, retries=2, blocked=1, status={503: 2, 200: 2, 404: 1})
+    assert a == HttpStats(requests=6, retries=3, blocked=1, status={503: 3, 200: 3}, retried={503: 3})
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "0", "[::]"])

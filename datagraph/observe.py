@@ -15,11 +15,12 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from datagraph.metrics import Metrics
+if TYPE_CHECKING:  # engine imports this module: prometheus_client stays out of the workers
+    from datagraph.metrics import Metrics
 
 __all__ = ["Observe", "RequestInfo", "configure_logging", "current_request", "route_label"]
 

@@ -116,7 +116,7 @@ class Floor:
 
 @contextlib.contextmanager
 def floor(work: Path, niceness: int = 0) -> Iterator[Floor]:
-    """The floor process; `niceness` as datagraph's workers run (5) makes it compete for a busy machine's
+    """The floor process; `niceness` as datagraph's workers run (10) makes it compete for a busy machine's
     cores as they do."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()

@@ -81,10 +81,10 @@ NOTES = {
     "describe": "**describe.** A few ms of HTTP, GraphQL and worker round trip are small beside the query.",
     "group_by": "**group-by.** Fixed per-request costs (HTTP, GraphQL, the worker round trip, 400 rows sent back"
     " and encoded) beside a query of a few hundred ms.",
-    "nice": "**Priority.** datagraph's workers run at niceness 5 (`engine/_worker.py`, so that cached answers stay"
+    "nice": "**Priority.** datagraph's workers run at niceness 10 (`engine/_worker.py`, so that cached answers stay"
     " fast while analyses run), the floor process at {floor_nice}. On a machine busy with other work, a nice-5"
     " process gets a fraction of the CPU a nice-0 one gets, so the describe, filter and group-by ratios swing"
-    " with the machine's other load; `--floor-nice 5` runs the floor at the workers' priority. On an otherwise"
+    " with the machine's other load; `--floor-nice 10` runs the floor at the workers' priority. On an otherwise"
     " idle machine niceness makes no difference.",
     "journey": "**The journey.** See the rows above: uploads dominate both.",
     "upload": "The seed's uploads include loading each file into SQLite, as the seed design asks (\"kept as a table"
@@ -236,7 +236,7 @@ def report(
         " reading 1M rows back from SQLite for every analysis), caches encoded answers in an LRU of 256 MiB and"
         " encodes rows with pandas' C encoder; see bench/seedserver.py. The floor's describe is"
         " `engine.describe` (one Polars select, pandas' numbers) in the floor process; the rest is plain"
-        f" Polars. The floor process runs at niceness {args.floor_nice}, datagraph's workers at 5, everything"
+        f" Polars. The floor process runs at niceness {args.floor_nice}, datagraph's workers at 10, everything"
         " else at 0. The three systems' answers are compared at every step.",
         "- Settings raised for the benchmark (each documented as a limit): datagraph `max_upload_mb` 1024"
         f" (`DATAGRAPH_MAX_UPLOAD_MB`) for the {sizes['mb']:.0f} MB upload, `rate_limit` 100000000/minute"

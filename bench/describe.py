@@ -99,6 +99,24 @@ def run_polars(csv: Path, work: Path) -> dict[str, float]:
     return {"load": t1 - t0, "describe": t2 - t1, "total": t2 - t0}
 
 
+def generate_users(path: Path, rows: int = 100_000) -> Path:
+    """The right side of the join: one row per user u0 .. u{rows-1}, a 5-value tier and a float."""
+    if path.exists():
+        return path
+    rng = np.random.default_rng(20261122)
+    tiers = np.array(["bronze", "silver", "gold", "platinum", "staff"])
+    frame = pl.DataFrame(
+        {
+            "user": [f"u{i}" for i in range(rows)],
+            "tier": tiers[rng.integers(0, 5, rows)],
+            "credit": rng.normal(500, 120, rows).round(2),
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_csv(path)
+    return path
+
+
 @contextlib.contextmanager
 def serve(data_dir: Path, *args: str) -> Iterator[tuple[httpx.Client, int]]:
     """The real server under uvicorn on loopback (upload limit raised for the big files; `args` are

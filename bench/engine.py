@@ -42,12 +42,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # ahead of bench/, so that `engine` is the package, not this file
 
-from describe import DATA, generate, serve, upload  # noqa: E402  (bench/describe.py)
+from describe import DATA, generate, generate_users, serve, upload  # noqa: E402  (bench/describe.py)
 
 import engine  # noqa: E402
 from datagraph import jsonutil  # noqa: E402
@@ -109,24 +108,6 @@ def cases(left: Source, right: Source) -> list[Case]:
         Case("join → groupBy tier, 2 aggs → rows", query(f"{JOIN} {{ {JOIN_GROUP} {{ {ROWS1000} }} }}"),
              rows(1000, join, join_group)),
     ]  # fmt: skip
-
-
-def generate_users(path: Path, rows: int = 100_000) -> Path:
-    """The right side of the join: one row per user u0 .. u{rows-1}, a 5-value tier and a float."""
-    if path.exists():
-        return path
-    rng = np.random.default_rng(20261122)
-    tiers = np.array(["bronze", "silver", "gold", "platinum", "staff"])
-    frame = pl.DataFrame(
-        {
-            "user": [f"u{i}" for i in range(rows)],
-            "tier": tiers[rng.integers(0, 5, rows)],
-            "credit": rng.normal(500, 120, rows).round(2),
-        }
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_csv(path)
-    return path
 
 
 def result_of(payload: dict[str, Any]) -> dict[str, Any]:

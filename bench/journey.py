@@ -52,26 +52,6 @@ RESULTS = ROOT / "bench" / "results"
 # ---- data ------------------------------------------------------------------------------------------------------
 
 
-def generate_users(path: Path, rows: int = 100_000) -> Path:
-    """The right side of the join: one row per user u0 .. u{rows-1}, a 5-value tier and a float."""
-    import numpy as np
-    import polars as pl
-
-    if not path.exists():
-        rng = np.random.default_rng(20261122)
-        tiers = np.array(["bronze", "silver", "gold", "platinum", "staff"])
-        frame = pl.DataFrame(
-            {
-                "user": [f"u{i}" for i in range(rows)],
-                "tier": tiers[rng.integers(0, 5, rows)],
-                "credit": rng.normal(500, 120, rows).round(2),
-            }
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.write_csv(path)
-    return path
-
-
 def generate_xlsx(csv: Path, path: Path, rows: int = 100_000) -> Path:
     """The first `rows` rows of the CSV as an .xlsx (dates as Excel dates); xlsxwriter takes ~20 s."""
     import polars as pl
@@ -89,7 +69,7 @@ def generate_xlsx(csv: Path, path: Path, rows: int = 100_000) -> Path:
 
 class Files:
     def __init__(self, rows: int) -> None:
-        from describe import generate  # bench/describe.py: the same 1M-row table as the other benchmarks
+        from describe import generate, generate_users  # bench/describe.py: the same tables as the other benchmarks
 
         DATA.mkdir(parents=True, exist_ok=True)
         self.csv = generate(DATA / f"mixed_{rows}.csv", rows)

@@ -135,6 +135,7 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None) ->
         env={**os.environ, **(env or {})},
     )
     base = f"http://127.0.0.1:{port}"
+    _SERVER_PIDS[base] = proc.pid
     SWEEP.serving(base)
     try:
         for _ in range(150):
@@ -150,6 +151,14 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None) ->
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
         log.close()
+
+
+_SERVER_PIDS: dict[str, int] = {}
+
+
+def server_pid(base: str) -> int:
+    """The pid of the `datagraph serve` that `running_server` started at `base`."""
+    return _SERVER_PIDS[base]
 
 
 def upload_over_http(base: str, path: Path, headers: dict[str, str] | None = None) -> str:

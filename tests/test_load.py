@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import DATA, ROOT, running_server, upload_request
+from conftest import DATA, ROOT, running_server, server_pid, upload_request
 
 from datagraph.auth import hash_key, new_key
 from storage import MetadataStore
@@ -58,20 +58,12 @@ def _probe(client: httpx.Client, query: str, until: float, pause_s: float) -> li
     return latencies
 
 
-def _server(port: int) -> psutil.Process:
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "serve" in cmdline and str(port) in cmdline:
-            return proc
-    raise AssertionError(f"no server on port {port}")
-
-
 def test_fifty_clients_for_a_minute(tmp_path: Path) -> None:
     keys = _keys(tmp_path / "data", CLIENTS + 2)
     probe_key, heavy_key, load_keys = keys[0], keys[1], keys[2:]
     (tmp_path / "keys.txt").write_text("\n".join(load_keys))
     with running_server(tmp_path, "--api-keys", "on", "--rate-limit", "600/minute") as base:
-        server = _server(int(base.rsplit(":", 1)[1]))
+        server = psutil.Process(server_pid(base))
         headers = {"X-API-Key": probe_key}
         with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
             ids = {}

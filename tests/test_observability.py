@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from conftest import DATA, Api, free_port, make_settings, require_service, running_server, upload_request
+from conftest import DATA, Api, free_port, make_settings, require_service, running_server, server_pid, upload_request
 from promtext import sample
 from starlette.testclient import TestClient
 
@@ -68,21 +68,13 @@ def test_every_request_gets_an_id_and_a_plain_client_id_is_kept(api: Api) -> Non
     assert refused.status_code == 400 and refused.headers["x-request-id"]
 
 
-def _busy_worker(server_pid: int) -> psutil.Process:
+def _busy_worker(pid: int) -> psutil.Process:
     """The server's worker process that is using the CPU now."""
     for _ in range(100):
-        for child in psutil.Process(server_pid).children():
+        for child in psutil.Process(pid).children():
             if child.cpu_percent(interval=0.05) > 50:
                 return child
     raise AssertionError("no worker got busy")
-
-
-def _server_pid(port: int) -> int:
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "serve" in cmdline and str(port) in cmdline:
-            return proc.pid
-    raise AssertionError(f"no server on port {port}")
 
 
 def test_json_logs_carry_the_request_id_and_the_error_id_the_client_saw(tmp_path: Path) -> None:
@@ -98,7 +90,7 @@ def test_json_logs_carry_the_request_id_and_the_error_id_the_client_saw(tmp_path
             )
         )
         asking.start()
-        os.kill(_busy_worker(_server_pid(int(base.rsplit(":", 1)[1]))).pid, signal.SIGKILL)
+        os.kill(_busy_worker(server_pid(base)).pid, signal.SIGKILL)
         asking.join(60)
         problem = answers[0].json()["data"]["dataset"]["join"]["sort"]["rows"]["error"]
         assert problem["code"] == "INTERNAL" and "error id" in problem["message"], problem

@@ -18,13 +18,6 @@ resolver is unexpected: it is logged in full and the client sees a generic INTER
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from datagraph import jsonutil
-
-if TYPE_CHECKING:
-    from starlette.types import Send
-
 __all__ = [
     "BadInput",
     "Cancelled",
@@ -36,8 +29,6 @@ __all__ = [
     "Timeout",
     "TooLarge",
     "UnsupportedFormat",
-    "error_body",
-    "send_error",
 ]
 
 
@@ -85,19 +76,3 @@ class SourceUnavailable(DatagraphError):
 
 class ReadOnly(DatagraphError):
     code = "READ_ONLY"
-
-
-def error_body(message: str, code: str) -> bytes:
-    """A GraphQL-shaped error answer for refusals made before GraphQL runs (limits, keys)."""
-    return jsonutil.dumps({"errors": [{"message": message, "extensions": {"code": code}}]})
-
-
-async def send_error(
-    send: Send, status: int, message: str, code: str, headers: tuple[tuple[bytes, bytes], ...] = ()
-) -> None:
-    """Answer an ASGI request with `error_body` and `status`, from a middleware."""
-    body = error_body(message, code)
-    length = str(len(body)).encode()
-    start = [(b"content-type", b"application/json"), (b"content-length", length), *headers]
-    await send({"type": "http.response.start", "status": status, "headers": start})
-    await send({"type": "http.response.body", "body": body})

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "settings_table"]
+__all__ = ["Settings", "graphiql_served", "keys_required", "production_mode", "settings_table"]
 
 
 class Settings(BaseSettings):
@@ -162,3 +162,31 @@ def settings_table() -> str:
         shown = "(empty)" if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
         lines.append(f"| `--{name.replace('_', '-')}` | `DATAGRAPH_{name.upper()}` | `{shown}` | {field.description} |")
     return "\n".join(lines)
+
+
+def keys_required(settings: Settings) -> bool:
+    """Whether requests must carry a key: always with `api_keys=on`, else when bound beyond loopback."""
+    if settings.api_keys == "on":
+        return True
+    host = settings.host.strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return True
+
+
+def production_mode(settings: Settings) -> bool:
+    """Whether to hide the schema (introspection, suggestions) and GraphiQL: `production`, or with
+    `auto`, whenever keys are required."""
+    if settings.production == "auto":
+        return keys_required(settings)
+    return settings.production == "on"
+
+
+def graphiql_served(settings: Settings) -> bool:
+    """GraphiQL is served as set, except in production mode, where it must be asked for explicitly."""
+    if production_mode(settings) and "graphiql" not in settings.model_fields_set:
+        return False
+    return settings.graphiql

@@ -1,12 +1,13 @@
 """Plans (steps -> one Polars LazyFrame) and the operations that collect them.
 
-Light on purpose: worker processes import this and nothing of the server. The pool that runs the
-operations and the result cache are in `engine.runtime`.
+Layer: below `connectors`, above `storage` (server -> gql -> resolvers -> connectors -> engine ->
+storage -> datagraph). Light on purpose: worker processes import this and nothing of the server.
+The pool that runs the operations, the result cache and the job tracker are in `engine.runtime`.
 """
 
 from engine._chart import CHART_KINDS, chart
-from engine._clean import Clean
-from engine._columns import ColumnInfo, column_infos, dtype_name
+from engine._clean import Cast, Clean, CleanStep, DropDuplicates, DropNulls, FillNulls, ParseDates, Rename, Trim
+from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
 from engine._ops import (
     EXPORT_FORMATS,
     Rows,
@@ -37,7 +38,6 @@ from engine._plan import (
     Source,
     Step,
     build,
-    check_columns,
 )
 
 __all__ = [
@@ -46,15 +46,20 @@ __all__ = [
     "EXPORT_FORMATS",
     "OPS",
     "Aggregation",
+    "Cast",
     "Clean",
+    "CleanStep",
     "ColumnInfo",
     "Condition",
+    "DropDuplicates",
+    "DropNulls",
+    "FillNulls",
     "Filter",
     "GroupBy",
     "Join",
+    "ParseDates",
     "Plan",
-    "PoolStats",
-    "ResultCache",
+    "Rename",
     "Rows",
     "Select",
     "Slice",
@@ -62,7 +67,7 @@ __all__ = [
     "SortKey",
     "Source",
     "Step",
-    "WorkerCrashed",
+    "Trim",
     "append_rows",
     "build",
     "chart",

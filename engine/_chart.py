@@ -18,9 +18,9 @@ from typing import Any
 import polars as pl
 
 from datagraph.errors import BadInput
-from engine._columns import dtype_name
+from engine._columns import check_columns, dtype_name
 from engine._ops import collect
-from engine._plan import AGG_FNS, Aggregation, Plan, _aggregate, build, check_columns
+from engine._plan import AGG_FNS, Aggregation, Plan, aggregate_expr, build
 
 __all__ = ["CHART_KINDS", "DEFAULT_BINS", "MAX_BINS", "VEGA_LITE_SCHEMA", "chart"]
 
@@ -180,7 +180,7 @@ def _measure(
         )
     name = _free(f"{y}_{fn.lower()}", taken)
     value_type = "temporal" if fn in _VALUE_FNS and role == "time" else "quantitative"
-    return fn, _aggregate(Aggregation(y, fn, alias=name), dtype), name, value_type, f"{fn.lower()} of {y}"
+    return fn, aggregate_expr(Aggregation(y, fn, alias=name), dtype), name, value_type, f"{fn.lower()} of {y}"
 
 
 def _scatter(

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import polars as pl
 
 from datagraph.errors import BadInput
-from engine._columns import dtype_name
+from engine._columns import check_columns, dtype_name, show_value, value_kind
 
 __all__ = [
     "CAST_TYPES",
@@ -181,43 +181,19 @@ def apply_clean(
 # --- checks shared by the steps ------------------------------------------------------------------
 
 
-def _kind(dtype: pl.DataType) -> str:
-    if dtype == pl.Boolean:
-        return "boolean"
-    if dtype.is_integer():
-        return "int"
-    if dtype.is_numeric():
-        return "float"
-    if dtype == pl.Date:
-        return "date"
-    if isinstance(dtype, pl.Datetime):
-        return "datetime"
-    if dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum)):
-        return "text"
-    return "other"
-
-
 def _columns(named: tuple[str, ...] | None, schema: Mapping[str, pl.DataType], where: str) -> list[str] | None:
     """The named columns, checked to exist (None when none are named)."""
     if named is None:
         return None
     if not named:
         raise BadInput(f"{where}: name at least one column, or leave columns out for all of them.")
-    from engine._plan import check_columns  # _plan imports this module
-
     check_columns(named, schema, where)
     return list(dict.fromkeys(named))
 
 
-def _show(value: Any) -> str:
-    text = f'"{value}"' if isinstance(value, str) else repr(value)
-    text = {"None": "null", "True": "true", "False": "false"}.get(text, text)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
 def _text_only(columns: Iterable[str], schema: Mapping[str, pl.DataType], where: str, hint: str) -> None:
     for column in columns:
-        if _kind(schema[column]) != "text":
+        if value_kind(schema[column]) != "text":
             raise BadInput(f'{where}: "{column}" is {dtype_name(schema[column])}, not text; {hint}.')
 
 
@@ -242,7 +218,7 @@ def _fill_nulls(frame: pl.LazyFrame, schema: dict[str, pl.DataType], s: FillNull
             raise BadInput(f"{where}: strategy {s.strategy} takes no value; leave value out.")
         if s.strategy == "FORWARD":
             return frame.with_columns(pl.col(c).forward_fill() for c in (named or list(schema)))
-        numeric = [c for c in schema if _kind(schema[c]) in ("int", "float")]
+        numeric = [c for c in schema if value_kind(schema[c]) in ("int", "float")]
         for column in named or ():
             if column not in numeric:
                 raise BadInput(f'{where}: MEAN needs a numeric column; "{column}" is {dtype_name(schema[column])}.')
@@ -253,18 +229,18 @@ def _fill_nulls(frame: pl.LazyFrame, schema: dict[str, pl.DataType], s: FillNull
     if s.value is None:
         raise BadInput(f"{where} needs a value, or strategy FORWARD or MEAN.")
     if not isinstance(s.value, (str, int, float)):
-        raise BadInput(f"{where}: value must be one number, text, true or false; got {_show(s.value)}.")
+        raise BadInput(f"{where}: value must be one number, text, true or false; got {show_value(s.value)}.")
     fills: list[pl.Expr] = []
     for column, dtype in schema.items():
         if named is not None and column not in named:
             continue
         literal = _fill_literal(s.value, dtype)
         # With no columns named, text fills only text columns (not dates that it might spell).
-        if named is None and (literal is None or (isinstance(s.value, str) and _kind(dtype) != "text")):
+        if named is None and (literal is None or (isinstance(s.value, str) and value_kind(dtype) != "text")):
             continue
         if literal is None:
             raise BadInput(
-                f'{where}: the value {_show(s.value)} does not fit "{column}" ({dtype_name(dtype)});'
+                f'{where}: the value {show_value(s.value)} does not fit "{column}" ({dtype_name(dtype)});'
                 f" it needs {_expected(dtype)}."
             )
         fills.append(pl.col(column).fill_null(pl.lit(literal, dtype=dtype)))
@@ -273,7 +249,7 @@ def _fill_nulls(frame: pl.LazyFrame, schema: dict[str, pl.DataType], s: FillNull
 
 def _fill_literal(value: Any, dtype: pl.DataType) -> Any:
     """`value` as a value of `dtype`, or None when it does not fit."""
-    kind = _kind(dtype)
+    kind = value_kind(dtype)
     if isinstance(value, bool):
         return value if kind == "boolean" else None
     if isinstance(value, (int, float)) and kind in ("int", "float"):
@@ -304,14 +280,12 @@ def _expected(dtype: pl.DataType) -> str:
         "text": "text",
         "date": 'a date like "2024-01-31"',
         "datetime": 'a timestamp like "2024-01-31T12:00:00"',
-    }.get(_kind(dtype), "a value of its type (FORWARD fills any column)")
+    }.get(value_kind(dtype), "a value of its type (FORWARD fills any column)")
 
 
 def _rename(frame: pl.LazyFrame, schema: dict[str, pl.DataType], s: Rename, where: str) -> pl.LazyFrame:
     if not s.pairs:
         raise BadInput(f"{where} needs at least one {{from, to}} pair.")
-    from engine._plan import check_columns  # _plan imports this module
-
     check_columns([old for old, _ in s.pairs], schema, where)
     mapping: dict[str, str] = {}
     for old, new in s.pairs:
@@ -344,7 +318,7 @@ def _trim(frame: pl.LazyFrame, schema: dict[str, pl.DataType], s: Trim, where: s
     named = _columns(s.columns, schema, where)
     if named is not None:
         _text_only(named, schema, where, "trim works on text")
-    columns = named if named is not None else [c for c, d in schema.items() if _kind(d) == "text"]
+    columns = named if named is not None else [c for c, d in schema.items() if value_kind(d) == "text"]
     return frame.with_columns(pl.col(c).cast(pl.String).str.strip_chars() for c in columns)
 
 
@@ -378,11 +352,11 @@ def _checked(frame: pl.LazyFrame, conversions: list[_Conversion]) -> pl.LazyFram
             source = sources[conversion.column]
             out = source.to_frame("v").select(conversion.convert(pl.col("v"))).to_series()
             failed = source.is_not_null() & out.is_null()
-            if _kind(source.dtype) == "text":  # blank text is a missing value, as on upload
+            if value_kind(source.dtype) == "text":  # blank text is a missing value, as on upload
                 failed = failed & (source.cast(pl.String).str.strip_chars() != "")
             bad = source.filter(failed)
             if bad.len():
-                shown = ", ".join(_show(v) for v in bad.unique(maintain_order=True).head(3).to_list())
+                shown = ", ".join(show_value(v) for v in bad.unique(maintain_order=True).head(3).to_list())
                 raise BadInput(conversion.failure(bad.len(), shown))
             if out.dtype.is_float():
                 out = out.fill_nan(None)  # "nan" text is a missing value, as on upload
@@ -414,7 +388,7 @@ def _cast(frame: pl.LazyFrame, schema: dict[str, pl.DataType], s: Cast, where: s
 
 def _cast_column(column: str, dtype: pl.DataType, to: str, where: str) -> pl.Expr | _Conversion:
     """A conversion that cannot fail as an expression; one that can as a `_Conversion`."""
-    kind, target, col = _kind(dtype), _TARGETS[to], pl.col(column)
+    kind, target, col = value_kind(dtype), _TARGETS[to], pl.col(column)
     if dtype == target:
         return col
     if to == "TEXT" and kind != "other":

@@ -1,21 +1,19 @@
-"""Column descriptions (name, dtype, null count, missing rate) as the API reports them."""
+"""Columns as the API reports and checks them: descriptions (name, dtype, null count, missing rate),
+the kind of value a column holds, and the messages that name a missing column or a bad value.
+
+Both plan building and cleaning use these, so each message is worded once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import cast
+from collections.abc import Collection, Iterable
+from typing import Any, cast
 
 import polars as pl
 
-__all__ = ["ColumnInfo", "column_infos", "dtype_name"]
+from datagraph.errors import BadInput
+from storage import ColumnInfo
 
-
-@dataclass(frozen=True, slots=True)
-class ColumnInfo:
-    name: str
-    dtype: str
-    null_count: int
-    missing_rate: float
+__all__ = ["ColumnInfo", "check_columns", "column_infos", "dtype_name", "show_value", "value_kind"]
 
 
 def dtype_name(dtype: pl.DataType) -> str:
@@ -45,3 +43,41 @@ def column_infos(frame: pl.DataFrame) -> list[ColumnInfo]:
         )
         for (name, dtype), n in zip(frame.schema.items(), nulls, strict=True)
     ]
+
+
+def check_columns(columns: Iterable[str], schema: Collection[str], where: str) -> None:
+    """Raise `BadInput` naming the first column not in `schema`, and listing the ones that are."""
+    for column in columns:
+        if column not in schema:
+            raise BadInput(f'{where}: there is no column "{column}". Columns: {_listing(schema)}.')
+
+
+def _listing(schema: Collection[str]) -> str:
+    names = list(schema)
+    shown = ", ".join(names[:25])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 25 else "")
+
+
+def value_kind(dtype: pl.DataType) -> str:
+    """What a column holds, as messages and checks speak of it: boolean, int, float, date, datetime,
+    text, or other."""
+    if dtype == pl.Boolean:
+        return "boolean"
+    if dtype.is_integer():
+        return "int"
+    if dtype.is_numeric():
+        return "float"
+    if dtype == pl.Date:
+        return "date"
+    if isinstance(dtype, pl.Datetime):
+        return "datetime"
+    if dtype == pl.String or isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return "text"
+    return "other"
+
+
+def show_value(value: Any) -> str:
+    """A value as a message quotes it: JSON-like (null, true, "text"), at most 60 characters."""
+    text = f'"{value}"' if isinstance(value, str) else repr(value)
+    text = {"None": "null", "True": "true", "False": "false"}.get(text, text)
+    return text if len(text) <= 60 else text[:57] + "..."

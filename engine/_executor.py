@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from datagraph.errors import Timeout, TooLarge
-from datagraph.observe import current_request
 
 if TYPE_CHECKING:
     from datagraph.metrics import Metrics
@@ -96,10 +95,19 @@ class Executor:
     """A fixed number of worker processes; each runs one job at a time."""
 
     def __init__(
-        self, workers: int, *, memory_mb: int = 0, timeout_s: float = 60.0, metrics: Metrics | None = None
+        self,
+        workers: int,
+        *,
+        memory_mb: int = 0,
+        timeout_s: float = 60.0,
+        metrics: Metrics | None = None,
+        on_job: Callable[[], None] | None = None,
     ) -> None:
+        """`on_job` is called in the caller's context each time a job is sent to a worker (the
+        server counts a request's jobs with it, for rate limits)."""
         self.size = workers
         self.metrics = metrics
+        self.on_job = on_job
         self.memory_mb = memory_mb
         self.timeout_s = timeout_s
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
@@ -168,9 +176,8 @@ class Executor:
         limit = cap if timeout is None else min(timeout, cap)
         job = pickle.dumps((fn, args, kwargs), protocol=5)
         started = time.monotonic()
-        request = current_request()
-        if request is not None:
-            request.jobs += 1  # the request's cost (rate limits)
+        if self.on_job is not None:
+            self.on_job()
         with self._counted("_waiting", self.metrics.jobs_queued if self.metrics else None):
             try:
                 worker = await asyncio.wait_for(self._idle.get(), limit)

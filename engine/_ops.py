@@ -17,8 +17,8 @@ import polars as pl
 
 from datagraph.errors import BadInput
 from engine._clean import translate_error
-from engine._columns import ColumnInfo, column_infos, dtype_name
-from engine._plan import Join, Plan, Slice, build, check_columns, join_right_side
+from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
+from engine._plan import Join, Plan, Slice, build, join_right_side
 
 __all__ = [
     "EXPORT_FORMATS",

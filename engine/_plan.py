@@ -9,7 +9,7 @@ before any data is read.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ import polars as pl
 
 from datagraph.errors import BadInput, NotFound
 from engine._clean import Clean, apply_clean, clean_key
-from engine._columns import dtype_name
+from engine._columns import check_columns, dtype_name, show_value, value_kind
 
 __all__ = [
     "AGG_FNS",
@@ -36,8 +36,8 @@ __all__ = [
     "SortKey",
     "Source",
     "Step",
+    "aggregate_expr",
     "build",
-    "check_columns",
     "join_right_side",
 ]
 
@@ -238,31 +238,10 @@ def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[st
     return frame, schema
 
 
-def check_columns(columns: Iterable[str], schema: Collection[str], where: str) -> None:
-    """Raise `BadInput` naming the first column not in `schema`, and listing the ones that are."""
-    for column in columns:
-        if column not in schema:
-            raise BadInput(f'{where}: there is no column "{column}". Columns: {_listing(schema)}.')
-
-
-def _listing(schema: Collection[str]) -> str:
-    names = list(schema)
-    shown = ", ".join(names[:25])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > 25 else "")
-
-
 def _kind(dtype: pl.DataType) -> str:
-    if dtype.is_numeric():
-        return "number"
-    if dtype == pl.Boolean:
-        return "boolean"
-    if dtype == pl.Date:
-        return "date"
-    if isinstance(dtype, pl.Datetime):
-        return "datetime"
-    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
-        return "text"
-    return "other"
+    """`value_kind`, with integers and floats both "number" (filter values compare across them)."""
+    kind = value_kind(dtype)
+    return "number" if kind in ("int", "float") else kind
 
 
 def _literal(value: Any, kind: str, cond: Condition, dtype: pl.DataType) -> Any:
@@ -283,15 +262,9 @@ def _literal(value: Any, kind: str, cond: Condition, dtype: pl.DataType) -> Any:
     if ok is None:
         raise BadInput(
             f'filter on "{cond.column}" ({dtype_name(dtype)}) with {cond.op} needs'
-            f" {expected.get(kind, 'a value of the column type')}, got {_show(value)}."
+            f" {expected.get(kind, 'a value of the column type')}, got {show_value(value)}."
         )
     return ok
-
-
-def _show(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else f'"{value}"'
-    text = {"None": "null", "True": "true", "False": "false"}.get(text, text)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
@@ -304,7 +277,7 @@ def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
     op, value = cond.op, cond.value
     if op in ("IS_NULL", "NOT_NULL"):
         if value is not None:
-            raise BadInput(f'filter: {op} takes no value (got {_show(value)} for "{cond.column}").')
+            raise BadInput(f'filter: {op} takes no value (got {show_value(value)} for "{cond.column}").')
         return col.is_null() if op == "IS_NULL" else col.is_not_null()
     if value is None:
         raise BadInput(
@@ -319,7 +292,9 @@ def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
         return compared
     if op in ("IN", "NOT_IN"):
         if not isinstance(value, list) or not value:
-            raise BadInput(f'filter on "{cond.column}" with {op} needs a non-empty list of values, got {_show(value)}.')
+            raise BadInput(
+                f'filter on "{cond.column}" with {op} needs a non-empty list of values, got {show_value(value)}.'
+            )
         literals = [_literal(v, kind, cond, dtype) for v in value]
         if kind == "number" and (
             dtype.is_float() or any(isinstance(v, float) and not v.is_integer() for v in literals)
@@ -333,7 +308,7 @@ def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
         return member if op == "IN" else ~member
     if op == "BETWEEN":
         if not isinstance(value, list) or len(value) != 2:
-            raise BadInput(f'filter on "{cond.column}" with BETWEEN needs [low, high], got {_show(value)}.')
+            raise BadInput(f'filter on "{cond.column}" with BETWEEN needs [low, high], got {show_value(value)}.')
         low, high = (_literal(v, kind, cond, dtype) for v in value)
         return col.is_between(pl.lit(low), pl.lit(high), closed="both")  # a bare string would name a column
     if kind != "text":
@@ -345,7 +320,7 @@ def _condition(cond: Condition, schema: Mapping[str, pl.DataType]) -> pl.Expr:
     return matched
 
 
-def _aggregate(agg: Aggregation, dtype: pl.DataType) -> pl.Expr:
+def aggregate_expr(agg: Aggregation, dtype: pl.DataType) -> pl.Expr:
     col = pl.col(agg.column)
     numeric = dtype.is_numeric() and dtype != pl.Boolean
     if agg.fn not in AGG_FNS:
@@ -385,7 +360,7 @@ def _group_by(
     ordered = any(a.fn in ("FIRST", "LAST") for a in step.aggregations)  # first/last in file order
     grouped = (
         frame.group_by(list(step.keys), maintain_order=ordered)
-        .agg(_aggregate(a, schema[a.column]) for a in step.aggregations)
+        .agg(aggregate_expr(a, schema[a.column]) for a in step.aggregations)
         .sort(list(step.keys), nulls_last=True, maintain_order=True)
     )
     return grouped, dict(grouped.collect_schema())

@@ -12,7 +12,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 import engine
-from engine._clean import Cast, CleanStep, DropDuplicates, DropNulls, FillNulls, ParseDates, Rename, Trim
+from engine import Cast, CleanStep, DropDuplicates, DropNulls, FillNulls, ParseDates, Rename, Trim
 
 __all__ = [
     "CastInput",

@@ -14,12 +14,12 @@ import strawberry
 from strawberry.scalars import JSON
 
 import engine
-from datagraph.context import Context
 from engine import Plan
 from gql.clean import CleanStepInput, to_clean
 from gql.results import Result, result
 from resolvers import Options, frames
 from resolvers import datasets as ds
+from resolvers.context import Context
 
 __all__ = [
     "CacheMode",

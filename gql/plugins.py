@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from enum import Enum
-from typing import cast
+from typing import Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
 
-from datagraph.context import Context
-from resolvers.plugins import PluginRegistry
+from connectors.registry import PluginRegistry
+from gql.datasets import DatasetPayload, dataset_payload
+from resolvers import Outcome, plugins
+from resolvers import Problem as OutcomeProblem
+from resolvers.context import Context
+from resolvers.jobs import DatasetOutcome, run_job
+from storage import DatasetRecord
 
-__all__ = ["Plugin", "PluginFetchInput", "PluginStatus", "list_plugins"]
+__all__ = ["Plugin", "PluginFetchInput", "PluginMutation", "PluginQuery", "PluginStatus", "list_plugins"]
 
 
 @strawberry.enum
@@ -69,3 +76,60 @@ def list_plugins(ctx: Context) -> list[Plugin]:
         for stem, reason in registry.unavailable()
     ]
     return listed + broken
+
+
+def _chosen(job_id: strawberry.ID | None) -> str | None:
+    return str(job_id) if job_id is not None else None
+
+
+@strawberry.type
+class PluginQuery:
+    @strawberry.field(description="The API-pull plugins in the plugins folder, and files there that failed to load.")
+    def plugins(self, info: strawberry.Info[Context, None]) -> list[Plugin]:
+        return list_plugins(info.context)
+
+
+@strawberry.type
+class PluginMutation:
+    @strawberry.mutation(
+        description="Run a plugin's fetch and store the result as a dataset (source plugins); the same plugin and"
+        " params again make a new version of that dataset, or keep the version when nothing changed."
+    )
+    async def fetch_plugin(
+        self,
+        info: strawberry.Info[Context, None],
+        plugin: str,
+        params: JSON | None = None,
+        name: str | None = None,
+        job_id: strawberry.ID | None = None,
+    ) -> DatasetPayload:
+        ctx = info.context
+
+        def work(job: str) -> Awaitable[DatasetRecord]:
+            return plugins.fetch_plugin(ctx, plugin=plugin, params=cast(Any, params), name=name, job_id=job)
+
+        return dataset_payload(ctx, await run_job(ctx, "fetchPlugin", work, _chosen(job_id)))
+
+    @strawberry.mutation(
+        description="Several plugin fetches at once, run in parallel (at most one per worker process at a time);"
+        " one payload per fetch, in order."
+    )
+    async def fetch_plugins(
+        self, info: strawberry.Info[Context, None], fetches: list[PluginFetchInput]
+    ) -> list[DatasetPayload]:
+        ctx = info.context
+        if len(fetches) > 20:
+            too_many = Outcome(problem=OutcomeProblem("BAD_INPUT", "fetchPlugins takes at most 20 fetches at once."))
+            return [dataset_payload(ctx, DatasetOutcome(too_many))]
+        limit = asyncio.Semaphore(ctx.settings.workers)
+
+        async def one(f: PluginFetchInput) -> DatasetPayload:
+            async with limit:
+                params = cast(Any, f.params)
+
+                def work(job: str) -> Awaitable[DatasetRecord]:
+                    return plugins.fetch_plugin(ctx, plugin=f.plugin, params=params, name=f.name, job_id=job)
+
+                return dataset_payload(ctx, await run_job(ctx, "fetchPlugin", work, None))
+
+        return list(await asyncio.gather(*(one(f) for f in fetches)))

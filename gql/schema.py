@@ -1,4 +1,7 @@
-"""The schema, composed from the domain modules. `schema.graphql` is generated from this."""
+"""The schema, composed from the domain modules' roots. Built when the app is made (`build_schema`);
+`schema.graphql` is generated from it by `datagraph schema`.
+
+Layer: below `server`, above `resolvers`; types are data and call resolvers."""
 
 from __future__ import annotations
 
@@ -16,15 +19,18 @@ from strawberry.extensions import (
 from strawberry.extensions.max_aliases import create_validator as alias_rule
 from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
 
-from datagraph.auth import production_mode
-from datagraph.settings import Settings
-from gql.datasets import Dataset, Mutation, Query
+from datagraph.settings import Settings, production_mode
+from gql.datasets import Dataset, DatasetMutation, DatasetQuery
 from gql.extensions import CountOperations, MaskUnexpectedErrors, field_repeats_rule
 from gql.frames import View
+from gql.jobs import JobQuery
+from gql.plugins import PluginMutation, PluginQuery
+from gql.sources import SourceMutation, SourceQuery
 from gql.subscriptions import Subscription
 
-__all__ = ["build_schema", "schema"]
+__all__ = ["build_schema"]
 
 
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
@@ -50,15 +56,13 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         MaskUnexpectedErrors,
         CountOperations,
     ]
+    query = merge_types("Query", (DatasetQuery, SourceQuery, PluginQuery, JobQuery))
+    mutation = merge_types("Mutation", (DatasetMutation, SourceMutation, PluginMutation))
     return strawberry.Schema(
-        query=Query,
-        mutation=Mutation,
+        query=query,
+        mutation=mutation,
         subscription=Subscription,
         types=[Dataset, View],
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=production),
     )
-
-
-# For `strawberry export-schema gql.schema:schema` and the drift test; building it touches no resources.
-schema = build_schema()

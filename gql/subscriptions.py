@@ -9,7 +9,6 @@ from enum import Enum
 
 import strawberry
 
-from datagraph.context import Context
 from datagraph.errors import BadInput
 from datagraph.events import ANY_DATASET, RESYNC, DatasetEvent, JobUpdate
 from engine import Plan
@@ -17,7 +16,8 @@ from gql.frames import ChartInput, StepInput, chart_spec, pipeline_plan
 from gql.results import Result
 from gql.results import result as to_result
 from resolvers import Options, Outcome, answer, frames
-from resolvers import datasets as ds
+from resolvers.context import Context
+from resolvers.jobs import get_job
 from storage import JobRecord
 
 __all__ = ["Subscription"]
@@ -180,7 +180,7 @@ class Subscription:
         opened = res.metrics.subscriptions.track_inprogress()
         # Subscribed before reading: nothing is missed.
         with res.events.subscribe_jobs() as queue, res.jobs.watching(job_id), opened:
-            update = res.jobs.state(job_id) or _recorded_update(ds.get_job(info.context, job_id))
+            update = res.jobs.state(job_id) or _recorded_update(get_job(info.context, job_id))
             while True:
                 if update is not None:
                     yield JobEvent.of(update)
@@ -194,7 +194,7 @@ class Subscription:
                     return
                 update = await _next_update(queue, job_id)
                 if update is None:  # quiet for a while: the record says whether it ended meanwhile
-                    recorded = _recorded_update(ds.get_job(info.context, job_id))
+                    recorded = _recorded_update(get_job(info.context, job_id))
                     update = recorded if recorded is not None and recorded.final else None
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from datagraph import jsonutil
-from datagraph.context import Context
 from datagraph.errors import BadInput, DatagraphError
 from engine import ColumnInfo
+from resolvers.context import Context
 
 __all__ = [
     "CACHE_MODES",

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import unicodedata
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import engine
-from connectors import IngestResult, ingest, sniff
+from connectors import ingest, sniff
 from connectors.linked import LinkedTable
-from datagraph.context import Context
-from datagraph.errors import BadInput, DatagraphError, NotFound, TooLarge
+from datagraph.errors import BadInput, NotFound, TooLarge
 from engine import ColumnInfo, Join, Plan, Source
-from resolvers.jobs import CANCELLED_MESSAGE, job_exists
-from storage import DatasetRecord, JobRecord, storage_guard
+from resolvers.context import Context
+from resolvers.jobs import recorded_job
+from storage import DatasetRecord, storage_guard
 
 __all__ = [
     "FRAMES",
     "UPLOADS",
+    "Produced",
     "SourceInfo",
     "append_rows",
     "commit_version",
@@ -35,12 +34,9 @@ __all__ = [
     "display_name",
     "find_source",
     "get_dataset",
-    "get_job",
     "join_step",
     "list_datasets",
-    "list_jobs",
     "list_sources",
-    "new_job_id",
     "require_dataset",
     "save_frame",
     "upload_dataset",
@@ -49,7 +45,6 @@ __all__ = [
 UPLOADS = "uploads"
 FRAMES = "frames"
 _CHUNK = 1 << 20
-_append_locks: dict[str, asyncio.Lock] = {}  # one change at a time per dataset in this process
 
 
 class AsyncReadable(Protocol):
@@ -161,6 +156,7 @@ async def upload_dataset(
     """Stage, sniff, parse and commit an uploaded file; nothing is visible unless all of it worked.
     With `replace`, the file becomes the next version of that dataset (REPLACED) instead."""
     res = ctx.resources
+    target = None
     if replace is not None:
         target = require_dataset(ctx, replace)
         if target.source_id != UPLOADS:
@@ -169,78 +165,29 @@ async def upload_dataset(
     safe_filename = f"{display_name(stem, fallback='upload')}.{ext[:10]}" if dot else display_name(ext[:100])
     title = display_name(name or safe_filename.rsplit(".", 1)[0])
     staged = res.files.staging_path(".upload")
-    parquet = res.files.staging_path(".parquet")
-    dataset_id: str | None = None
-    committed = False
     steps = {"filename": safe_filename, "name": title, **({"replace": replace} if replace else {})}
-    async with recorded_job(ctx, job_id, "uploadDataset", steps) as done:
-        # Cleaned up inside the job, before a failure is recorded: what it staged may have filled the disk.
-        try:
-            size = await _stage(ctx, stream, staged, job_id)
-            await res.jobs.progress(job_id, "parsing", size=size)
-            fmt = await res.executor.run_io(sniff, staged, safe_filename, res.ingest_limits)
-            origin = {"format": fmt, "filename": safe_filename, "bytes": size}
-            with storage_guard():
-                result = await res.executor.run(
-                    ingest,
-                    staged,
-                    fmt,
-                    parquet,
-                    res.ingest_limits,
-                    deadline_s=ctx.settings.import_timeout_s,
-                    timeout_message=import_timeout_message(ctx, "Reading the file"),
-                )
-            await res.jobs.progress(job_id, "committing", rows=result.row_count)
-            if replace is not None:
-                record = await _replace(ctx, replace, staged, parquet, fmt, origin, result)
-                done.made(record, rows_in=record.row_count)
-                return record
-            dataset_id = res.metadata.reserve_dataset(
-                wanted_id=dataset_slug(title), name=title, source_id=UPLOADS, origin=origin
-            )
-            with storage_guard():
-                # fsync and rename off the event loop: a large file's fsync takes a while.
-                await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
-                kept = await res.executor.run_io(res.files.keep_upload, staged, fmt)
-            record = res.metadata.mark_ready(
-                dataset_id,
-                version=1,
-                row_count=result.row_count,
-                columns=result.columns,
-                origin={**origin, "stored_as": kept, "job": job_id},
-            )
-            committed = True
-            done.made(record, rows_in=record.row_count)
-        finally:
-            res.files.discard_staged(staged)
-            res.files.discard_staged(parquet)
-            if dataset_id is not None and not committed:
-                res.metadata.discard_pending(dataset_id)
-                res.files.remove_dataset(dataset_id)
-    await res.events.publish("CREATED", record.id, record.version, record.row_count)
-    return record
+    origin: dict[str, Any] = {"filename": safe_filename}
 
+    async def produce(parquet: Path) -> Produced:
+        size = await _stage(ctx, stream, staged, job_id)
+        await res.jobs.progress(job_id, "parsing", size=size)
+        fmt = await res.executor.run_io(sniff, staged, safe_filename, res.ingest_limits)
+        origin.update(format=fmt, bytes=size)
+        result = await res.executor.run(
+            ingest,
+            staged,
+            fmt,
+            parquet,
+            res.ingest_limits,
+            deadline_s=ctx.settings.import_timeout_s,
+            timeout_message=import_timeout_message(ctx, "Reading the file"),
+        )
+        return Produced(result.row_count, result.row_count, result.columns, raw=(staged, fmt))
 
-async def _replace(
-    ctx: Context, dataset_id: str, staged: Path, parquet: Path, fmt: str, origin: dict[str, Any], result: IngestResult
-) -> DatasetRecord:
-    """Commit an upload, parsed into `parquet`, as the next version of `dataset_id`."""
-    res = ctx.resources
-    async with _append_locks.setdefault(dataset_id, asyncio.Lock()):
-        record = require_dataset(ctx, dataset_id)
-        with storage_guard():
-            kept = await res.executor.run_io(res.files.keep_upload, staged, fmt)
-        try:
-            new = await commit_version(
-                ctx, record, parquet, rows=result.row_count, columns=result.columns,
-                origin={**record.origin, **origin, "stored_as": kept},
-            )  # fmt: skip
-        except BaseException:
-            res.files.remove_upload(kept)
-            raise
-    res.files.remove_upload(str(record.origin.get("stored_as", "")))
-    await res.events.publish("REPLACED", new.id, new.version, new.row_count)
-    return new
+    return await dataset_job(
+        ctx, job_id=job_id, kind="uploadDataset", steps=steps, title=title, source_id=UPLOADS,
+        origin=origin, produce=produce, into=target, staged=(staged,),
+    )  # fmt: skip
 
 
 async def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
@@ -261,18 +208,6 @@ def import_timeout_message(ctx: Context, what: str) -> str:
     return f"{what} did not finish within {seconds:g} s and was stopped (setting import_timeout_s)."
 
 
-def new_job_id() -> str:
-    return uuid.uuid4().hex
-
-
-def get_job(ctx: Context, job_id: str) -> JobRecord | None:
-    return ctx.resources.metadata.get_job(job_id)
-
-
-def list_jobs(ctx: Context, limit: int) -> list[JobRecord]:
-    return ctx.resources.metadata.list_jobs(limit)
-
-
 async def save_frame(ctx: Context, *, plan: Plan, name: str, job_id: str) -> DatasetRecord:
     """Materialise a pipeline as a new dataset, as a transform job recorded in the metadata store
     (status, timings, row counts and its steps); nothing is visible unless all of it worked."""
@@ -280,20 +215,31 @@ async def save_frame(ctx: Context, *, plan: Plan, name: str, job_id: str) -> Dat
         raise BadInput("saveFrame needs a name for the new dataset.")
     steps = {"dataset": plan.source.dataset_id, **plan.key()}
 
-    async def produce(parquet: Path) -> tuple[int, int, list[ColumnInfo]]:
+    async def produce(parquet: Path) -> Produced:
         rows_in, rows_out, columns = await ctx.resources.executor.run(engine.materialise, plan, out=parquet)
         if rows_out > ctx.settings.max_rows:
             raise TooLarge(
                 f"The frame has {rows_out:,} rows, more than a dataset may hold ({ctx.settings.max_rows:,},"
                 " setting max_rows); filter or group it first."
             )
-        return rows_in, rows_out, columns
+        return Produced(rows_in, rows_out, columns)
 
     origin = {"kind": "saveFrame", "from": plan.source.dataset_id, "steps": steps["steps"]}
     return await dataset_job(
         ctx, job_id=job_id, kind="saveFrame", steps=steps, title=display_name(name), source_id=FRAMES,
         origin=origin, produce=produce,
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Produced:
+    """What a job's `produce` wrote: rows read, rows in the new Parquet file and its columns; for an
+    upload, the raw file it staged and its format, kept beside the dataset once committed."""
+
+    rows_in: int
+    rows_out: int
+    columns: list[ColumnInfo]
+    raw: tuple[Path, str] | None = None
 
 
 async def dataset_job(
@@ -305,92 +251,102 @@ async def dataset_job(
     title: str,
     source_id: str,
     origin: dict[str, Any],
-    produce: Callable[[Path], Awaitable[tuple[int, int, list[ColumnInfo]] | None]],
+    produce: Callable[[Path], Awaitable[Produced | None]],
     into: DatasetRecord | None = None,
+    staged: tuple[Path, ...] = (),
 ) -> DatasetRecord:
-    """A job that makes a dataset: recorded as started, `produce` writes the Parquet file (and says
-    rows in, rows out and the columns), then the file is committed and the row made visible, and the
-    job recorded as succeeded, or failed with the problem's message. Nothing half-made stays.
+    """The one commit path of every job that makes a dataset (upload, import, plugin fetch,
+    saveFrame): recorded as started, `produce` writes the Parquet file, then the file is committed
+    and the row made visible (CREATED), and the job recorded as succeeded, or failed with the
+    problem's message. Nothing half-made stays.
 
-    With `into`, the file becomes that dataset's next version (REFRESHED) instead of a new dataset
-    (CREATED); `produce` answering None there means nothing changed, and the version stays."""
+    With `into`, the file becomes that dataset's next version instead, one change at a time per
+    dataset (REPLACED for an upload, REFRESHED otherwise); `produce` answering None there means
+    nothing changed, and the version stays. Files in `staged` (a raw upload) are removed with the
+    job's own staging file, before the job's end is recorded."""
     res = ctx.resources
     parquet = res.files.staging_path(".parquet")
-    dataset_id: str | None = None
-    committed = False
     async with recorded_job(ctx, job_id, kind, steps) as done:
         # Cleaned up inside the job, before a failure is recorded: what it staged may have filled the disk.
         try:
             with storage_guard():
                 produced = await produce(parquet)
-                await res.jobs.progress(job_id, "committing")
+                await res.jobs.progress(job_id, "committing", rows=produced.rows_out if produced else None)
                 origin = {**origin, "kind": kind, "job": job_id}
-                if produced is None:
-                    if into is None:
+                if into is None:
+                    if produced is None:
                         raise ValueError("produce answered 'unchanged' for a dataset that does not exist yet")
-                    record = res.metadata.set_origin(into.id, {**into.origin, **origin})
-                    done.made(record, rows_in=into.row_count)
-                    return record
-                rows_in, rows_out, columns = produced
-                if into is not None:
-                    record = await commit_version(
-                        ctx, into, parquet, rows=rows_out, columns=columns, origin={**into.origin, **origin}
-                    )
-                    event = "REFRESHED"
-                else:
-                    dataset_id = res.metadata.reserve_dataset(
-                        wanted_id=dataset_slug(title), name=title, source_id=source_id, origin=origin
-                    )
-                    await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
-                    record = res.metadata.mark_ready(
-                        dataset_id, version=1, row_count=rows_out, columns=columns, origin=origin
-                    )
+                    record = await _commit_new(ctx, parquet, produced, title, source_id, origin)
                     event = "CREATED"
-            committed = True
-            done.made(record, rows_in=rows_in)
+                else:
+                    async with res.dataset_locks.hold(into.id):
+                        current = require_dataset(ctx, into.id)  # the latest version, after any change before us
+                        if produced is None:
+                            record = res.metadata.set_origin(current.id, {**current.origin, **origin})
+                            done.made(record, rows_in=current.row_count)
+                            return record
+                        record = await _commit_next(ctx, current, parquet, produced, origin)
+                    event = "REPLACED" if produced.raw else "REFRESHED"
+            done.made(record, rows_in=produced.rows_in)
         finally:
-            res.files.discard_staged(parquet)
-            if dataset_id is not None and not committed:
-                res.metadata.discard_pending(dataset_id)
-                res.files.remove_dataset(dataset_id)
+            for path in (parquet, *staged):
+                res.files.discard_staged(path)
     await res.events.publish(event, record.id, record.version, record.row_count)
     return record
 
 
-@dataclass(slots=True)
-class _JobEnd:
-    dataset_id: str | None = None
-    rows_in: int | None = None
-    rows_out: int | None = None
-
-    def made(self, record: DatasetRecord, *, rows_in: int | None) -> None:
-        self.dataset_id, self.rows_in, self.rows_out = record.id, rows_in, record.row_count
-
-
-@contextlib.asynccontextmanager
-async def recorded_job(ctx: Context, job_id: str, kind: str, steps: dict[str, Any]) -> AsyncIterator[_JobEnd]:
-    """A job recorded as started, then as succeeded with what the block says it made, or as failed
-    with the problem's message (or as cancelled); each change is also sent to jobProgress."""
+async def _keep_raw(ctx: Context, produced: Produced, origin: dict[str, Any]) -> dict[str, Any]:
+    """Keep an upload's raw file under a generated name; the origin that names it."""
+    if produced.raw is None:
+        return origin
     res = ctx.resources
-    if not res.metadata.start_job(job_id, kind=kind, steps=steps):
-        raise job_exists(job_id)  # the same id sent to two server processes at once
-    await res.jobs.progress(job_id, "started")
-    end = _JobEnd()
+    staged, fmt = produced.raw
+    kept = await res.executor.run_io(res.files.keep_upload, staged, fmt)
+    return {**origin, "stored_as": kept}
+
+
+async def _commit_new(
+    ctx: Context, parquet: Path, produced: Produced, title: str, source_id: str, origin: dict[str, Any]
+) -> DatasetRecord:
+    res = ctx.resources
+    dataset_id = res.metadata.reserve_dataset(
+        wanted_id=dataset_slug(title), name=title, source_id=source_id, origin=origin
+    )
+    committed = False
     try:
-        yield end
-    except BaseException as exc:
-        if isinstance(exc, DatagraphError):
-            message = exc.message
-        elif isinstance(exc, asyncio.CancelledError):
-            message = CANCELLED_MESSAGE
-        else:
-            message = "The job did not finish (it failed on the server)."
-        res.metadata.finish_job(job_id, error=message)
-        with contextlib.suppress(Exception):
-            await res.jobs.finished(job_id, error=message)
+        # fsync and rename off the event loop: a large file's fsync takes a while.
+        await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
+        origin = await _keep_raw(ctx, produced, origin)
+        record = res.metadata.mark_ready(
+            dataset_id, version=1, row_count=produced.rows_out, columns=produced.columns, origin=origin
+        )
+        committed = True
+        return record
+    finally:
+        if not committed:
+            res.metadata.discard_pending(dataset_id)
+            res.files.remove_dataset(dataset_id)
+            if "stored_as" in origin:
+                res.files.remove_upload(str(origin["stored_as"]))
+
+
+async def _commit_next(
+    ctx: Context, current: DatasetRecord, parquet: Path, produced: Produced, origin: dict[str, Any]
+) -> DatasetRecord:
+    res = ctx.resources
+    kept = await _keep_raw(ctx, produced, {})
+    try:
+        new = await commit_version(
+            ctx, current, parquet, rows=produced.rows_out, columns=produced.columns,
+            origin={**current.origin, **origin, **kept},
+        )  # fmt: skip
+    except BaseException:
+        if kept:
+            res.files.remove_upload(str(kept["stored_as"]))
         raise
-    res.metadata.finish_job(job_id, dataset_id=end.dataset_id, rows_in=end.rows_in, rows_out=end.rows_out)
-    await res.jobs.finished(job_id, rows=end.rows_out)
+    if kept:
+        res.files.remove_upload(str(current.origin.get("stored_as", "")))
+    return new
 
 
 async def commit_version(
@@ -429,7 +385,7 @@ async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord
         raise BadInput("appendRows needs rows: a non-empty list of objects, one per row ({column: value}).")
     if len(rows) > ctx.settings.rows_max:
         raise TooLarge(f"appendRows takes at most {ctx.settings.rows_max:,} rows at once (setting rows_max).")
-    async with _append_locks.setdefault(record.id, asyncio.Lock()):
+    async with res.dataset_locks.hold(record.id):
         record = require_dataset(ctx, dataset_id)  # the latest version, after any append before us
         staged = res.files.staging_path(".parquet")
         try:

@@ -12,10 +12,10 @@ import secrets
 from typing import Any
 
 import engine
-from datagraph.context import Context
 from datagraph.errors import BadInput
 from engine import Plan
 from resolvers._outcome import Options, Outcome, analysed
+from resolvers.context import Context
 from storage import ExportRecord
 
 __all__ = ["chart", "count", "describe", "explain", "export", "rows", "summary", "value_counts"]

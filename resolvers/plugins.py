@@ -1,10 +1,6 @@
-"""The plugin registry (the plugins folder, watched) and fetching a plugin into a dataset.
+"""Fetching a plugin into a dataset, and refreshing plugin datasets on their schedule.
 
-The registry keeps, for each `.py` file in the folder, its text and what a worker found in it:
-the plugins it defines, or why it is unavailable. A change to the folder (seen by watchfiles
-within about a second) re-inspects the changed files in a worker and swaps the file's entry in one
-assignment, so a fetch sees the old version or the new one, never a mix. A file that fails is
-listed under its stem as UNAVAILABLE; the other plugins and the server are not touched.
+The registry of plugin files (the folder, watched) is `connectors.registry`.
 
 `fetch_plugin` runs the plugin in a worker under `plugin_timeout_s` and the worker memory cap.
 The same plugin with the same parameters always lands in the same dataset: the first fetch makes
@@ -20,7 +16,6 @@ import datetime as dt
 import logging
 import re
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,34 +24,20 @@ from connectors.plugins import (
     PluginInfo,
     PluginLimits,
     PluginRun,
-    digest,
-    inspect_file,
     plugin_timeout_message,
     run_plugin,
 )  # fmt: skip
 from datagraph import jsonutil
-from datagraph.context import Context, Resources
-from datagraph.errors import BadInput, DatagraphError, NotFound, Timeout
+from datagraph.errors import BadInput, DatagraphError, NotFound
 from datagraph.settings import Settings
-from engine import ColumnInfo
-from resolvers.datasets import dataset_job, display_name
+from resolvers.context import Context, Resources
+from resolvers.datasets import Produced, dataset_job, display_name
 from storage import DatasetRecord
 
-__all__ = ["PLUGINS", "PluginFile", "PluginRegistry", "fetch_plugin", "http_settings", "refresh_forever"]
+__all__ = ["PLUGINS", "fetch_plugin", "http_settings", "refresh_forever"]
 
 PLUGINS = "plugins"  # the source id of datasets plugins make
-MAX_FILE_BYTES = 1 << 20
-INSPECT_TIMEOUT_S = 15.0
 log = logging.getLogger("datagraph.plugins")
-
-
-@dataclass(frozen=True, slots=True)
-class PluginFile:
-    stem: str
-    code: str
-    digest: str
-    plugins: tuple[PluginInfo, ...]
-    reason: str | None  # why the file is unavailable; None when it loaded
 
 
 def http_settings(settings: Settings) -> HttpSettings:
@@ -70,90 +51,6 @@ def http_settings(settings: Settings) -> HttpSettings:
         max_response_bytes=int(settings.http_max_response_mb * 1024 * 1024),
         blocked_networks=tuple(settings.http_blocked_networks.split(",")),  # checked by the client
     )
-
-
-class PluginRegistry:
-    """The plugins folder as the server knows it, kept current by `watch`."""
-
-    def __init__(self, folder: Path | None) -> None:
-        self.folder = folder
-        self.files: dict[str, PluginFile] = {}
-        self.http = HttpStats()  # outbound requests, retries and upstream statuses, summed over fetches
-        self._locks: dict[str, asyncio.Lock] = {}
-
-    def available(self) -> dict[str, tuple[PluginFile, PluginInfo]]:
-        """Every loaded plugin by name; a name two files define goes to the first file by name
-        (decided on each read, so deleting that file hands the name to the next one)."""
-        found: dict[str, tuple[PluginFile, PluginInfo]] = {}
-        for stem in sorted(self.files):
-            for info in self.files[stem].plugins:
-                found.setdefault(info.name, (self.files[stem], info))
-        return found
-
-    def unavailable(self) -> list[tuple[str, str]]:
-        """(file stem, reason) for files that failed to load or lost every name they define to another file."""
-        winners = {name: file.stem for name, (file, _) in self.available().items()}
-        out: list[tuple[str, str]] = []
-        for stem in sorted(self.files):
-            file = self.files[stem]
-            if file.reason:
-                out.append((stem, file.reason))
-            elif file.plugins and all(winners.get(p.name) != stem for p in file.plugins):
-                other = winners[file.plugins[0].name]
-                out.append((stem, f'the plugin name "{file.plugins[0].name}" is already used by {other}.py'))
-        return out
-
-    def lock(self, key: str) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
-
-    async def load(self, ctx: Context, path: Path) -> None:
-        """Inspect one file in a worker and swap its entry; remove it when the file is gone."""
-        stem = path.stem
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            self.files.pop(stem, None)
-            return
-        if len(raw) > MAX_FILE_BYTES:
-            self.files[stem] = PluginFile(stem, "", "", (), f"the file is over {MAX_FILE_BYTES // 1024} KiB")
-            return
-        code = raw.decode("utf-8", errors="replace")
-        known = self.files.get(stem)
-        if known is not None and known.digest == digest(code):
-            return
-        try:
-            plugins, reason = await ctx.resources.executor.run(inspect_file, stem, code, timeout=INSPECT_TIMEOUT_S)
-        except Timeout:
-            plugins, reason = [], f"loading it took longer than {INSPECT_TIMEOUT_S:g} s"
-        except Exception as exc:  # the worker died importing it (memory, a crash)
-            plugins, reason = [], getattr(exc, "message", type(exc).__name__)
-        self.files[stem] = PluginFile(stem, code, digest(code), tuple(plugins), reason)
-        log.info("plugin file %s: %s", stem, reason or ", ".join(p.name for p in plugins))
-
-    def _paths(self) -> list[Path]:
-        if self.folder is None or not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.glob("*.py") if not p.name.startswith(("_", ".")))
-
-    async def scan(self, ctx: Context) -> None:
-        """Load every file in the folder, and forget files that are gone."""
-        paths = self._paths()
-        for stem in set(self.files) - {p.stem for p in paths}:
-            self.files.pop(stem, None)
-        await asyncio.gather(*(self.load(ctx, p) for p in paths))
-
-    async def watch(self, ctx: Context) -> None:
-        """Follow the folder: a file added, edited or removed is reloaded within about a second."""
-        if self.folder is None:
-            return
-        import watchfiles
-
-        self.folder.mkdir(parents=True, exist_ok=True)
-        async for changes in watchfiles.awatch(self.folder, debounce=300, step=50, recursive=False):
-            paths = {Path(p) for _, p in changes if p.endswith(".py") and not Path(p).name.startswith(("_", "."))}
-            for path in sorted(paths):
-                with contextlib.suppress(Exception):  # one bad file never stops the watch
-                    await self.load(ctx, path)
 
 
 async def refresh_forever(ctx: Context, every_s: float = 1.0) -> None:
@@ -250,7 +147,7 @@ async def fetch_plugin(
         raise NotFound(f'There is no plugin "{plugin[:80]}"; available: {names}.')
     file, info = entry
     key = _key(info, params)
-    async with registry.lock(key):
+    async with registry.locks.hold(key):
         existing = _find(ctx, key)
         if existing is not None and info.cache_ttl_s and _age_s(existing) < info.cache_ttl_s:
             return existing  # fetched moments ago: the plugin asks not to call its upstream again yet
@@ -265,7 +162,7 @@ async def fetch_plugin(
         # The origin keeps the parameters as given (a refresh needs them); jobs show them redacted.
         origin = {"key": key, **steps, "params": params or {}, "fetched_at": _now_iso()}
 
-        async def produce(parquet: Path) -> tuple[int, int, list[ColumnInfo]] | None:
+        async def produce(parquet: Path) -> Produced | None:
             try:
                 run: PluginRun = await res.executor.run(
                     run_plugin, file.stem, file.code, plugin, params, parquet, limits, validators,
@@ -281,7 +178,7 @@ async def fetch_plugin(
             if existing is not None and (run.not_modified or run.data_hash == existing.origin.get("data_hash")):
                 return None  # the version stays
             origin.update(data_hash=run.data_hash, validators=run.validators)
-            return run.rows, run.rows, run.columns
+            return Produced(run.rows, run.rows, run.columns)
 
         title = display_name(name or plugin)
         return await dataset_job(

@@ -1,8 +1,7 @@
 """Database sources: their status and tables, read-only SQL, and imports into datasets.
 
-The configured sources come from `sources.yaml` (`connectors.sources`). Status is a `SELECT 1`
-with a short connect timeout, remembered for a few seconds so a page listing sources does not
-hammer a database; `checkSource` asks again at once. Queries and imports run in the worker pool,
+The configured sources come from `sources.yaml` (`connectors.sources`); their status checks are
+`connectors.database_sources`. Queries and imports run in the worker pool,
 so the server's deadline (the source's statement timeout plus a margin) kills a stuck one along
 with its connection.
 """
@@ -10,10 +9,7 @@ with its connection.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,78 +20,23 @@ from connectors import databases as db
 from connectors.linked import link_shape
 from connectors.sources import DatabaseConfig
 from connectors.sqlguard import check_select
-from datagraph.context import Context
-from datagraph.errors import BadInput, DatagraphError, NotFound, SourceUnavailable, TooLarge
-from engine import ColumnInfo
+from datagraph.errors import BadInput, NotFound, SourceUnavailable, TooLarge
 from resolvers._outcome import Outcome
-from resolvers.datasets import dataset_job, dataset_slug, display_name, import_timeout_message, recorded_job
+from resolvers.context import Context
+from resolvers.datasets import Produced, dataset_job, dataset_slug, display_name, import_timeout_message
+from resolvers.jobs import recorded_job
 from storage import DatasetRecord
 
 __all__ = [
-    "STATUS_TTL_S",
-    "DatabaseSources",
-    "SourceCheck",
     "import_table",
     "require_database",
     "run_sql",
     "table_names",
 ]
 
-STATUS_TTL_S = 10.0
 DEADLINE_MARGIN_S = 5.0  # the worker is killed this long after the statement timeout
 IMPORT_BATCH_ROWS = 50_000
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class SourceCheck:
-    status: str  # OK | UNREACHABLE | ERROR
-    problem: DatagraphError | None
-    checked_at: float
-
-
-class DatabaseSources:
-    """The configured databases and what the last check of each said."""
-
-    def __init__(self, configs: tuple[DatabaseConfig, ...]) -> None:
-        self.configs = {c.id: c for c in configs}
-        self._checks: dict[str, SourceCheck] = {}
-        self._locks = {c.id: asyncio.Lock() for c in configs}
-        # Checks and catalogues wait on the network: threads of their own, so a database that
-        # hangs can never hold up the file work (sniffing, commits) on the executor's threads.
-        self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="datagraph-sources")
-
-    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
-
-    def get(self, source_id: str) -> DatabaseConfig | None:
-        return self.configs.get(source_id)
-
-    async def check(self, cfg: DatabaseConfig, *, fresh: bool = False) -> SourceCheck:
-        """`SELECT 1` on the source (remembered for STATUS_TTL_S unless `fresh`)."""
-        async with self._locks[cfg.id]:
-            known = self._checks.get(cfg.id)
-            if known is not None and not fresh and time.monotonic() - known.checked_at < STATUS_TTL_S:
-                return known
-            try:
-                await asyncio.wait_for(self.in_thread(db.ping, cfg), db.CONNECT_TIMEOUT_S + 2)
-                check = SourceCheck("OK", None, time.monotonic())
-            except TimeoutError:
-                problem = SourceUnavailable(f'The source "{cfg.id}" did not answer within {db.CONNECT_TIMEOUT_S} s.')
-                check = SourceCheck("UNREACHABLE", problem, time.monotonic())
-            except SourceUnavailable as exc:
-                check = SourceCheck("UNREACHABLE", exc, time.monotonic())
-            except DatagraphError as exc:
-                check = SourceCheck("ERROR", exc, time.monotonic())
-            self._checks[cfg.id] = check
-            return check
-
-    def forget(self, source_id: str) -> None:
-        self._checks.pop(source_id, None)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(db.dispose_engines)
-        self._threads.shutdown(wait=False, cancel_futures=True)
 
 
 def require_database(ctx: Context, source_id: str) -> DatabaseConfig:
@@ -202,7 +143,7 @@ async def import_table(
     title = display_name(name or table or f"{cfg.id} query")
     steps = {"source": cfg.id, "mode": "SNAPSHOT", **what}
 
-    async def produce(parquet: Path) -> tuple[int, int, list[ColumnInfo]]:
+    async def produce(parquet: Path) -> Produced:
         with ctx.resources.jobs.following(job_id, "reading", parquet) as progress:
             rows, columns = await _in_worker(
                 ctx, cfg, db.snapshot, cfg, sql, parquet,
@@ -211,7 +152,7 @@ async def import_table(
             )  # fmt: skip
         if len(columns) > ctx.settings.max_columns:
             raise TooLarge(f"The import has {len(columns):,} columns, more than {ctx.settings.max_columns:,}.")
-        return rows, rows, columns
+        return Produced(rows, rows, columns)
 
     return await dataset_job(
         ctx, job_id=job_id, kind="importTable", steps=steps, title=title, source_id=cfg.id, origin=steps,

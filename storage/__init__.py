@@ -1,6 +1,11 @@
-"""Where datasets and their metadata live: the data directory and the metadata database."""
+"""Where datasets and their metadata live: the data directory (Parquet files, uploads, exports,
+staging, with atomic commits) and the metadata database (SQLAlchemy).
+
+The lowest floor above `datagraph`: it imports nothing else of the project.
+"""
 
 from storage._files import DataDir, storage_guard
-from storage._metadata import DatasetRecord, ExportRecord, JobRecord, MetadataStore
+from storage._metadata import MetadataStore
+from storage._tables import ColumnInfo, DatasetRecord, ExportRecord, JobRecord
 
-__all__ = ["DataDir", "DatasetRecord", "ExportRecord", "JobRecord", "MetadataStore", "storage_guard"]
+__all__ = ["ColumnInfo", "DataDir", "DatasetRecord", "ExportRecord", "JobRecord", "MetadataStore", "storage_guard"]

@@ -1,4 +1,5 @@
-"""The metadata store: datasets, their versions and exports, in SQLAlchemy Core tables.
+"""The metadata store: datasets, their versions, jobs, exports and keys, in SQLAlchemy Core tables
+(`storage._tables`).
 
 SQLite by default (WAL, busy timeout), any SQLAlchemy URL otherwise. A dataset row is written
 `pending` before its file exists and marked `ready` in one transaction after the file is in
@@ -12,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,157 +21,25 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 from datagraph import jsonutil
-from engine import ColumnInfo
 from storage._files import storage_guard
+from storage._tables import (
+    ColumnInfo,
+    DatasetRecord,
+    ExportRecord,
+    JobRecord,
+    api_keys,
+    datasets,
+    exports,
+    jobs,
+    tables,
+)
+from storage._tables import aware as _aware
+from storage._tables import dataset_record as _dataset
+from storage._tables import export_record as _export
+from storage._tables import job_record as _job
+from storage._tables import now as _now
 
 __all__ = ["DatasetRecord", "ExportRecord", "JobRecord", "MetadataStore"]
-
-_meta = sa.MetaData()
-
-datasets = sa.Table(
-    "datasets",
-    _meta,
-    sa.Column("id", sa.String(80), primary_key=True),
-    sa.Column("name", sa.String(200), nullable=False),
-    sa.Column("source_id", sa.String(80), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # pending | ready
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("row_count", sa.BigInteger, nullable=False, default=0),
-    sa.Column("columns", sa.Text, nullable=False, default="[]"),
-    sa.Column("origin", sa.Text, nullable=False, default="{}"),  # format, original file name, ...
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-exports = sa.Table(
-    "exports",
-    _meta,
-    sa.Column("token", sa.String(64), primary_key=True),
-    sa.Column("dataset_id", sa.String(80), nullable=False),
-    sa.Column("filename", sa.String(255), nullable=False),
-    sa.Column("format", sa.String(16), nullable=False),
-    sa.Column("rows", sa.BigInteger, nullable=False),
-    sa.Column("bytes", sa.BigInteger, nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
-jobs = sa.Table(
-    "jobs",
-    _meta,
-    sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("kind", sa.String(32), nullable=False),  # saveFrame, ...
-    sa.Column("status", sa.String(16), nullable=False),  # running | succeeded | failed
-    sa.Column("dataset_id", sa.String(80), nullable=True),  # what the job made
-    sa.Column("steps", sa.Text, nullable=False, default="{}"),  # the pipeline, as plain data
-    sa.Column("rows_in", sa.BigInteger, nullable=True),
-    sa.Column("rows_out", sa.BigInteger, nullable=True),
-    sa.Column("error", sa.Text, nullable=True),  # the problem's message when failed
-    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-)
-
-api_keys = sa.Table(
-    "api_keys",
-    _meta,
-    sa.Column("name", sa.String(80), primary_key=True),
-    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256 of the key; the key is never kept
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-)
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-
-@dataclass(frozen=True, slots=True)
-class DatasetRecord:
-    id: str
-    name: str
-    source_id: str
-    status: str
-    version: int
-    row_count: int
-    columns: tuple[ColumnInfo, ...]
-    origin: dict[str, Any]
-    created_at: dt.datetime
-    updated_at: dt.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ExportRecord:
-    token: str
-    dataset_id: str
-    filename: str
-    format: str
-    rows: int
-    bytes: int
-    created_at: dt.datetime
-    expires_at: dt.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class JobRecord:
-    id: str
-    kind: str
-    status: str
-    dataset_id: str | None
-    steps: dict[str, Any]
-    rows_in: int | None
-    rows_out: int | None
-    error: str | None
-    started_at: dt.datetime
-    finished_at: dt.datetime | None
-
-
-def _job(row: Any) -> JobRecord:
-    return JobRecord(
-        id=row.id,
-        kind=row.kind,
-        status=row.status,
-        dataset_id=row.dataset_id,
-        steps=jsonutil.loads(row.steps),
-        rows_in=row.rows_in,
-        rows_out=row.rows_out,
-        error=row.error,
-        started_at=_aware(row.started_at),
-        finished_at=_aware(row.finished_at) if row.finished_at else None,
-    )
-
-
-def _dataset(row: Any) -> DatasetRecord:
-    cols = tuple(ColumnInfo(**c) for c in jsonutil.loads(row.columns))
-    return DatasetRecord(
-        id=row.id,
-        name=row.name,
-        source_id=row.source_id,
-        status=row.status,
-        version=row.version,
-        row_count=row.row_count,
-        columns=cols,
-        origin=jsonutil.loads(row.origin),
-        created_at=_aware(row.created_at),
-        updated_at=_aware(row.updated_at),
-    )
-
-
-def _export(row: Any) -> ExportRecord:
-    return ExportRecord(
-        token=row.token,
-        dataset_id=row.dataset_id,
-        filename=row.filename,
-        format=row.format,
-        rows=row.rows,
-        bytes=row.bytes,
-        created_at=_aware(row.created_at),
-        expires_at=_aware(row.expires_at),
-    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -223,7 +92,7 @@ class MetadataStore:
         self.engine: Engine = sa.create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        _meta.create_all(self.engine)
+        tables.create_all(self.engine)
         self._stamp = _ChangeStamp(self.engine)
         self._records: dict[str, DatasetRecord] = {}
         self._records_stamp: tuple[int, int] | None = None

@@ -19,9 +19,9 @@ from leaks import Sweep
 from starlette.testclient import TestClient
 from upstream import Listener, Upstream
 
-from datagraph.app import create_app
-from datagraph.auth import KEY_PREFIX
 from datagraph.settings import Settings
+from server.app import create_app
+from server.auth import KEY_PREFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"

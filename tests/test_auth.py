@@ -15,8 +15,9 @@ from starlette.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 from wsclient import Ws, ws_open
 
-from datagraph.app import create_app
-from datagraph.auth import KEY_PREFIX, keys_required
+from server.app import create_app
+from datagraph.settings import keys_required
+from server.auth import KEY_PREFIX
 
 COUNT = "query($d: ID!) { frame(dataset: $d) { count { success data } } }"
 DATASETS = {"query": "{ datasets { id } }"}

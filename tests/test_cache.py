@@ -20,9 +20,9 @@ import redis
 from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
 
-from datagraph.app import create_app
 from datagraph.settings import Settings
 from engine.runtime import LruMemoryCache
+from server.app import create_app
 
 TIPS_ROWS = len(pd.read_csv(DATA / "tips.csv"))
 META = "success data error { code } meta { cached cacheKey }"

@@ -14,7 +14,7 @@ import pytest
 from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
 
-from datagraph.app import create_app
+from server.app import create_app
 
 RESULT = "chart(spec: $spec, cache: $cache) { success error { code message } data meta { rowCount } }"
 CHART = f"query($id: ID!, $spec: ChartInput!, $cache: CacheMode) {{ dataset(id: $id) {{ {RESULT} }} }}"

@@ -16,9 +16,9 @@ import pytest
 from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
 
-from datagraph.app import create_app
 from datagraph.errors import BadInput
 from engine._clean import translate_error
+from server.app import create_app
 
 CLEAN = """query($id: ID!, $steps: [CleanStep!]!) { dataset(id: $id) { clean(steps: $steps) {
   rows(limit: 10000) { success error { code message } data meta { rowCount columns { name dtype } cacheKey } } } } }"""

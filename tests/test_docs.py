@@ -14,9 +14,9 @@ import httpx
 import pytest
 from conftest import ROOT, running_server
 
-from datagraph.cli import load_settings, main
 from datagraph.settings import Settings, settings_table
-from gql.schema import schema
+from gql.schema import build_schema
+from server.cli import load_settings, main
 
 README = (ROOT / "README.md").read_text("utf-8")
 
@@ -102,7 +102,7 @@ def test_readme_settings_table_matches_the_code() -> None:
 
 
 def test_schema_graphql_is_generated_from_the_code() -> None:
-    assert (ROOT / "schema.graphql").read_text("utf-8").strip() == schema.as_str().strip()
+    assert (ROOT / "schema.graphql").read_text("utf-8").strip() == build_schema().as_str().strip()
 
 
 def test_settings_come_from_environment_and_command_line(monkeypatch: pytest.MonkeyPatch) -> None:

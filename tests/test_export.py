@@ -14,7 +14,7 @@ from conftest import DATA, Api, make_settings
 from polars.testing import assert_frame_equal
 from starlette.testclient import TestClient
 
-from datagraph.app import create_app
+from server.app import create_app
 
 EXPORT = """query($id: ID!, $f: ExportFormat) { dataset(id: $id) {
   filter(where: [{column: "size", op: GE, value: 4}]) { export(format: $f) { success error { code message } data meta { rowCount } } } } }"""

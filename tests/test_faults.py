@@ -52,9 +52,9 @@ from tcpproxy import TcpProxy
 from upstream import Reply, Upstream
 from wsclient import Ws
 
-from datagraph.app import create_app
 from datagraph.errors import StorageFull
 from datagraph.settings import Settings
+from server.app import create_app
 from storage import DataDir, MetadataStore
 
 TIPS_ROWS = 244
@@ -143,8 +143,8 @@ def _wait(check: Any, seconds: float, what: str) -> Any:
 _LAUNCHER = """
 import os, signal, sys, threading
 import uvicorn
-import datagraph.app
-from datagraph.cli import main
+import server.app
+from server.cli import main
 target, _, nth = os.environ.get("DG_TEST_KILL_AT", "").partition("#")
 left = [int(nth or 1)]
 def watch(frame, event, arg):

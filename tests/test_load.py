@@ -17,7 +17,7 @@ import psutil
 import pytest
 from conftest import DATA, ROOT, running_server, server_pid, upload_request
 
-from datagraph.auth import hash_key, new_key
+from server.auth import hash_key, new_key
 from storage import MetadataStore
 
 pytestmark = pytest.mark.e2e

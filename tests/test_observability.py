@@ -15,7 +15,7 @@ from conftest import DATA, Api, free_port, make_settings, require_service, runni
 from promtext import sample
 from starlette.testclient import TestClient
 
-from datagraph.app import create_app
+from server.app import create_app
 
 NAMED = 'query Fares { dataset(id: "%s") { describe(columns: ["fare"]) { success meta { cached } } } }'
 # Every diamond joined with every diamond of the same cut, sorted: many seconds in a worker.

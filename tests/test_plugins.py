@@ -19,7 +19,7 @@ from promtext import sample
 from starlette.testclient import TestClient
 from upstream import Listener, Reply, Upstream
 
-from datagraph.app import create_app
+from server.app import create_app
 
 PAYLOAD = "success error { code message } dataset { id name version rowCount source { id kind } columns { name dtype } } job { kind status }"
 FAST_HTTP = {

@@ -13,7 +13,7 @@ from conftest import DATA, Api, create_key, free_port, make_settings, require_se
 from promtext import sample
 from starlette.testclient import TestClient
 
-from datagraph.app import create_app
+from server.app import create_app
 
 DESCRIBE = '{ dataset(id: "%s") { describe(columns: ["fare"]%s) { success } } }'
 

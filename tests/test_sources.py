@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 from tcpproxy import TcpProxy
 
 from connectors.sources import DatabaseConfig, SourcesError, load_sources
-from datagraph.app import create_app
+from server.app import create_app
 
 TIPS = pd.read_csv(DATA / "tips.csv")
 RESULT = "success data error { code message } meta { rowCount truncated columns { name dtype } }"
@@ -128,7 +128,7 @@ def test_the_server_does_not_start_on_a_bad_sources_file(tmp_path: Path) -> None
     bad = _write(tmp_path, "sources:\n  shop: {kind: postgresql, url: 'postgresql://u:s3cret@h/db', pool: 3}\n")
     args = ["serve", "--sources", str(bad), "--data-dir", str(tmp_path / "d"), "--port", str(free_port())]
     done = subprocess.run(
-        [sys.executable, "-m", "datagraph.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
+        [sys.executable, "-m", "server.cli", *args], capture_output=True, text=True, timeout=60, cwd=ROOT
     )
     assert done.returncode != 0
     assert "sources.shop.pool" in done.stderr and "s3cret" not in done.stderr + done.stdout

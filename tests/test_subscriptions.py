@@ -31,7 +31,7 @@ from tcpproxy import TcpProxy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import Ws, ws_open
 
-from datagraph.app import create_app
+from server.app import create_app
 
 pytestmark = pytest.mark.e2e
 TIPS_ROWS = 244

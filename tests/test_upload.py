@@ -15,7 +15,7 @@ import xlwt
 from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
 
-from datagraph.app import create_app
+from server.app import create_app
 
 LIST = "{ datasets { id name } }"
 

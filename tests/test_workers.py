@@ -17,7 +17,7 @@ import pytest
 from conftest import DATA, Api, make_settings, running_server, upload_over_http
 from starlette.testclient import TestClient
 
-from datagraph.app import create_app
+from server.app import create_app
 
 # Every diamond joined with every diamond of the same cut (~830 million rows), then sorted: a
 # query that runs for many seconds of CPU in Polars and that Polars' own cancel() cannot stop.

@@ -26,13 +26,14 @@ from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from datagraph.auth import keys_required, presented_key
-from datagraph.errors import send_error
-from datagraph.observe import current_request
+from datagraph.settings import keys_required
+from server.auth import presented_key
+from server.observe import current_request
+from server.responses import send_error
 
 if TYPE_CHECKING:
-    from datagraph.context import Resources
     from datagraph.settings import Settings
+    from resolvers.context import Resources
 
 __all__ = ["EXEMPT_PATHS", "JOB_COST", "UPLOAD_COST", "Limiter", "RateLimit"]
 
@@ -121,7 +122,7 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         res: Resources = scope["app"].state.resources
-        limiter = res.limiter
+        limiter: Limiter | None = scope["app"].state.web.limiter
         assert limiter is not None  # this middleware is there only with a rate limit
         who = _identity(scope, keys_required(res.settings))
         content_type = dict(scope["headers"]).get(b"content-type", b"")

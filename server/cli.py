@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from connectors.sources import SourcesError, configured_sources
-from datagraph.auth import NO_KEYS_MESSAGE, hash_key, keys_required, new_key
-from datagraph.settings import Settings, settings_table
+from datagraph.settings import Settings, keys_required, settings_table
+from server.auth import NO_KEYS_MESSAGE, hash_key, new_key
 from storage import MetadataStore
 
 __all__ = ["main"]
@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "settings":
         print(settings_table())
     elif args.command == "schema":
-        from gql.schema import schema
+        from gql.schema import build_schema
 
-        print(schema.as_str())
+        print(build_schema().as_str())
     elif args.command == "keys":
         _keys(args, load_settings(args))
     else:
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> None:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = settings.metrics_dir
         import uvicorn
 
-        from datagraph.app import create_app
-        from datagraph.observe import configure_logging
+        from server.app import create_app
+        from server.observe import configure_logging
 
         configure_logging(settings.log_level, settings.log_format)
         uvicorn.run(

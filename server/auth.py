@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from datagraph.errors import send_error
+from server.responses import send_error
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
 
-    from datagraph.settings import Settings
     from storage import MetadataStore
 
 __all__ = [
@@ -32,13 +30,10 @@ __all__ = [
     "UNAUTHENTICATED_MESSAGE",
     "KeyRing",
     "RequireKey",
-    "graphiql_served",
     "hash_key",
-    "keys_required",
     "new_key",
     "params_key",
     "presented_key",
-    "production_mode",
 ]
 
 KEY_PREFIX = "dg_"
@@ -62,34 +57,6 @@ def new_key() -> str:
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-def keys_required(settings: Settings) -> bool:
-    """Whether requests must carry a key: always with `api_keys=on`, else when bound beyond loopback."""
-    if settings.api_keys == "on":
-        return True
-    host = settings.host.strip("[]")
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return True
-
-
-def production_mode(settings: Settings) -> bool:
-    """Whether to hide the schema (introspection, suggestions) and GraphiQL: `production`, or with
-    `auto`, whenever keys are required."""
-    if settings.production == "auto":
-        return keys_required(settings)
-    return settings.production == "on"
-
-
-def graphiql_served(settings: Settings) -> bool:
-    """GraphiQL is served as set, except in production mode, where it must be asked for explicitly."""
-    if production_mode(settings) and "graphiql" not in settings.model_fields_set:
-        return False
-    return settings.graphiql
 
 
 def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -154,7 +121,7 @@ class RequireKey:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        ring: KeyRing = scope["app"].state.resources.keys
+        ring: KeyRing = scope["app"].state.web.keys
         if ring.check(presented_key(headers)) is not None:
             await self.app(scope, receive, send)
             return

@@ -1,23 +1,23 @@
-"""The typed context every resolver receives: the server's resources plus the request's own facts."""
+"""The typed context every resolver receives: the server's resources plus the request's own facts.
+
+The server's top floor creates the resources in its lifespan and hands them down; nothing here
+knows about HTTP. Web state (API keys, rate limits) stays on the web application.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from connectors import IngestLimits
+from connectors.database_sources import DatabaseSources
+from connectors.registry import PluginRegistry
 from datagraph.events import EventBus
+from datagraph.locks import KeyedLocks
+from datagraph.metrics import Metrics
 from datagraph.settings import Settings
-from engine.runtime import Executor, ResultCache
+from engine.runtime import Executor, JobTracker, ResultCache
 from storage import DataDir, MetadataStore
-
-if TYPE_CHECKING:
-    from datagraph.auth import KeyRing
-    from datagraph.metrics import Metrics
-    from datagraph.ratelimit import Limiter
-    from resolvers.jobs import JobTracker
-    from resolvers.plugins import PluginRegistry
-    from resolvers.sources import DatabaseSources
 
 __all__ = ["Context", "Resources"]
 
@@ -34,10 +34,10 @@ class Resources:
     databases: DatabaseSources
     plugins: PluginRegistry
     events: EventBus
-    keys: KeyRing
     jobs: JobTracker
     metrics: Metrics
-    limiter: Limiter | None  # None: no rate limit
+    # One change at a time per dataset in this process (appends, replaced uploads).
+    dataset_locks: KeyedLocks = field(default_factory=KeyedLocks)
 
     @property
     def ingest_limits(self) -> IngestLimits:
@@ -55,8 +55,6 @@ class Resources:
         await self.cache.close()
         await self.databases.close()
         await self.events.close()
-        if self.limiter is not None:
-            await self.limiter.close()
         self.metadata.close()
         self.metrics.close()
 

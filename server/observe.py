@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-if TYPE_CHECKING:  # engine imports this module: prometheus_client stays out of the workers
+if TYPE_CHECKING:
     from datagraph.metrics import Metrics
 
-__all__ = ["Observe", "RequestInfo", "configure_logging", "current_request", "route_label"]
+__all__ = ["Observe", "RequestInfo", "configure_logging", "count_job", "current_request", "route_label"]
 
 log = logging.getLogger("datagraph.access")
 _CLIENT_ID = re.compile(rb"^[A-Za-z0-9._-]{8,64}$")
@@ -43,6 +43,13 @@ _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("d
 def current_request() -> RequestInfo | None:
     """The request being answered, if any (tasks started while answering it inherit it)."""
     return _current.get()
+
+
+def count_job() -> None:
+    """Count a job run in a worker process for the request being answered, if any (its rate cost)."""
+    info = _current.get()
+    if info is not None:
+        info.jobs += 1
 
 
 def route_label(path: str) -> str:

@@ -1,0 +1,137 @@
+"""The ASGI middleware that guards every HTTP request before GraphQL sees it: body limits while the
+body streams, the cross-site upload check, and cancelling the work of a client that went away."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from datagraph.settings import Settings
+from server.responses import send_error
+
+__all__ = ["CancelOnDisconnect", "GuardRequests"]
+
+log = logging.getLogger("datagraph")
+# A header a browser cannot send cross-site without a CORS preflight (CVE-2024-47082).
+_PREFLIGHT_HEADERS = (b"apollo-require-preflight", b"x-api-key", b"authorization")
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class GuardRequests:
+    """Bound request bodies while they stream (413 with a message naming the limit), and refuse
+    multipart requests that a browser could send cross-site."""
+
+    def __init__(self, app: ASGIApp, *, json_limit: int, multipart_limit: int, settings: Settings) -> None:
+        self.app = app
+        self.json_limit = json_limit
+        self.multipart_limit = multipart_limit
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        if multipart and not any(h in headers for h in _PREFLIGHT_HEADERS):
+            message = "Uploads must carry an 'Apollo-Require-Preflight: true' (or API key) header."
+            await send_error(send, 400, message, "BAD_INPUT")
+            return
+        limit = self.multipart_limit if multipart else self.json_limit
+        what = (
+            f"{self.settings.max_upload_mb:g} MiB upload limit (setting max_upload_mb)"
+            if multipart
+            else f"{self.settings.max_request_kb} KiB request limit (setting max_request_kb)"
+        )
+        message = f"The request is larger than the {what}."
+        try:
+            declared = int(headers.get(b"content-length", b"0") or 0)
+        except ValueError:
+            declared = 0
+        if declared > limit:
+            await send_error(send, 413, message, "TOO_LARGE")
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            msg = await receive()
+            if msg["type"] == "http.request":
+                received += len(msg.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await send_error(send, 413, message, "TOO_LARGE")
+
+
+class CancelOnDisconnect:
+    """Stop a request's work when its client goes away (RELIABILITY F12).
+
+    Once the request body has been read, a disconnect before the response is complete cancels the
+    handler; a job running in a worker process is killed with it, and nothing is cached.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        body_read = asyncio.Event()
+        responded = False
+
+        async def tracked_receive() -> Message:
+            msg = await receive()
+            if msg["type"] == "http.disconnect" or not msg.get("more_body", False):
+                body_read.set()
+            return msg
+
+        async def tracked_send(msg: Message) -> None:
+            nonlocal responded
+            await send(msg)
+            if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+                responded = True
+
+        async def client_gone() -> None:
+            await body_read.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        handler = asyncio.ensure_future(self.app(scope, tracked_receive, tracked_send))
+        watcher = asyncio.ensure_future(client_gone())
+        try:
+            await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            handler.cancel()
+            watcher.cancel()
+            raise
+        if handler.done():
+            watcher.cancel()
+            handler.result()
+            return
+        if responded:  # the disconnect that follows a complete response
+            await handler
+            return
+        log.info("client went away before its answer; cancelling %s", scope.get("path"))
+        handler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await handler

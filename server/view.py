@@ -1,0 +1,127 @@
+"""The GraphQL view: Strawberry's ASGI app with orjson, the local GraphiQL page, the websocket's key
+check, and the HTTP refusals answered as JSON."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from graphql import GraphQLError, OperationType, get_operation_ast, parse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types import ExecutionResult
+from strawberry.types.unset import UnsetType
+
+from datagraph import jsonutil
+from datagraph.settings import Settings, graphiql_served, keys_required, production_mode
+from gql.schema import build_schema
+from resolvers.context import Context
+from server.auth import UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
+from server.responses import error_body
+from server.web import STATIC
+
+__all__ = ["GraphQLView", "origins"]
+
+
+class GraphQLView(GraphQL[Context, None]):
+    """Strawberry's ASGI view with orjson, a local GraphiQL page and a query-length limit."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            build_schema(settings),
+            graphql_ide="graphiql" if graphiql_served(settings) else None,
+            multipart_uploads_enabled=True,
+            # GET needs no preflight: in production, queries come by POST only (mutations always do).
+            allow_queries_via_get=not production_mode(settings),
+            subscription_protocols=[GRAPHQL_TRANSPORT_WS_PROTOCOL],
+            connection_init_wait_timeout=dt.timedelta(seconds=settings.ws_init_timeout_s),
+            max_subscriptions_per_connection=settings.ws_max_subscriptions,
+            # Browsers on other origins may not subscribe (with the user's cookies) unless listed;
+            # clients that send no Origin (scripts) and same-origin pages always may.
+            allowed_origins=origins(settings.ws_allowed_origins) + origins(settings.cors_origins),
+        )
+        self.settings = settings
+        self.keys_required = keys_required(settings)
+        self.keys: KeyRing | None = None  # set when the app's lifespan has opened the metadata store
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        header_key = presented_key(request.headers) if isinstance(request, WebSocket) else None
+        return Context(
+            resources=request.app.state.resources, base_url=str(request.base_url).rstrip("/"), header_key=header_key
+        )
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        if self.keys_required:
+            key = params_key(context.connection_params) or context.header_key
+            if self.keys is None or self.keys.check(key) is None:
+                raise ConnectionRejectionError({"message": UNAUTHENTICATED_MESSAGE, "code": "UNAUTHENTICATED"})
+        return UnsetType()  # acknowledge with no payload
+
+    def encode_json(self, data: object) -> str:
+        # Text, not bytes: over a websocket, bytes go out as binary frames, which browser clients
+        # of graphql-transport-ws (a Blob in event.data) cannot read.
+        return jsonutil.dumps(data).decode("utf-8")
+
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        """At most `graphql_max_errors` errors in an answer (a query with 10,000 bad directives must not
+        make the server write 10,000 errors); the rest are counted."""
+        answer = await super().process_result(request, result)
+        errors, limit = answer.get("errors"), self.settings.graphql_max_errors
+        if errors and len(errors) > limit:
+            more = {"message": f"{len(errors) - limit} more errors not shown (setting graphql_max_errors)."}
+            answer["errors"] = [*errors[:limit], more]
+        return answer
+
+    async def render_graphql_ide(self, request: Request) -> HTMLResponse:
+        return HTMLResponse((STATIC / "graphiql.html").read_text("utf-8"))
+
+    # One override for both overloads (HTTP and websocket requests) of the base class's `run`.
+    async def run(self, request: Request | WebSocket, **kwargs: Any) -> Any:  # type: ignore[override]
+        # Strawberry answers its HTTP refusals as plain text; clients parse JSON errors everywhere.
+        try:
+            return await super().run(request, **kwargs)
+        except (HTTPException, StarletteHTTPException) as exc:  # the latter: Starlette's multipart parser
+            code = "TOO_LARGE" if exc.status_code == 413 else "BAD_INPUT"
+            reason = exc.reason if isinstance(exc, HTTPException) else exc.detail
+            return Response(error_body(reason, code), status_code=exc.status_code, media_type="application/json")
+        finally:
+            if isinstance(request, Request):
+                await request.close()  # every uploaded part's temporary file, used or not
+
+    async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
+        data = await super().parse_http_body(request)
+        for item in data if isinstance(data, list) else [data]:
+            if item.query and len(item.query) > self.settings.max_query_chars:
+                raise HTTPException(
+                    413,
+                    f"The query is longer than {self.settings.max_query_chars:,} characters (setting max_query_chars).",
+                )
+            if item.protocol == "http" and item.query and _asks_subscription(item.query, item.operation_name):
+                raise HTTPException(
+                    400,
+                    "Subscriptions run over a websocket (graphql-transport-ws) at /graphql; send queries and"
+                    " mutations over HTTP.",
+                )
+        return data
+
+
+def origins(listed: str) -> list[str]:
+    return [o.strip() for o in listed.split(",") if o.strip()]
+
+
+def _asks_subscription(query: str, operation_name: str | None) -> bool:
+    """Whether the operation to run is a subscription (parsed only when the word is there at all)."""
+    if "subscription" not in query:
+        return False
+    try:
+        operation = get_operation_ast(parse(query), operation_name)
+    except GraphQLError:
+        return False  # validation answers it in the usual way
+    return operation is not None and operation.operation == OperationType.SUBSCRIPTION

@@ -1,0 +1,186 @@
+"""The metadata database's tables (SQLAlchemy Core) and the frozen records read from them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from datagraph import jsonutil
+
+__all__ = [
+    "ColumnInfo",
+    "DatasetRecord",
+    "ExportRecord",
+    "JobRecord",
+    "api_keys",
+    "aware",
+    "dataset_record",
+    "datasets",
+    "export_record",
+    "exports",
+    "job_record",
+    "jobs",
+    "now",
+    "tables",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnInfo:
+    """A column as the API reports it: name, dtype name, null count and missing rate."""
+
+    name: str
+    dtype: str
+    null_count: int
+    missing_rate: float
+
+
+tables = sa.MetaData()
+
+datasets = sa.Table(
+    "datasets",
+    tables,
+    sa.Column("id", sa.String(80), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("source_id", sa.String(80), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | ready
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("row_count", sa.BigInteger, nullable=False, default=0),
+    sa.Column("columns", sa.Text, nullable=False, default="[]"),
+    sa.Column("origin", sa.Text, nullable=False, default="{}"),  # format, original file name, ...
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+exports = sa.Table(
+    "exports",
+    tables,
+    sa.Column("token", sa.String(64), primary_key=True),
+    sa.Column("dataset_id", sa.String(80), nullable=False),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("bytes", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+jobs = sa.Table(
+    "jobs",
+    tables,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False),  # saveFrame, ...
+    sa.Column("status", sa.String(16), nullable=False),  # running | succeeded | failed
+    sa.Column("dataset_id", sa.String(80), nullable=True),  # what the job made
+    sa.Column("steps", sa.Text, nullable=False, default="{}"),  # the pipeline, as plain data
+    sa.Column("rows_in", sa.BigInteger, nullable=True),
+    sa.Column("rows_out", sa.BigInteger, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),  # the problem's message when failed
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    tables,
+    sa.Column("name", sa.String(80), primary_key=True),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256 of the key; the key is never kept
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def aware(value: dt.datetime) -> dt.datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetRecord:
+    id: str
+    name: str
+    source_id: str
+    status: str
+    version: int
+    row_count: int
+    columns: tuple[ColumnInfo, ...]
+    origin: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRecord:
+    token: str
+    dataset_id: str
+    filename: str
+    format: str
+    rows: int
+    bytes: int
+    created_at: dt.datetime
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: str
+    kind: str
+    status: str
+    dataset_id: str | None
+    steps: dict[str, Any]
+    rows_in: int | None
+    rows_out: int | None
+    error: str | None
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+def job_record(row: Any) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        kind=row.kind,
+        status=row.status,
+        dataset_id=row.dataset_id,
+        steps=jsonutil.loads(row.steps),
+        rows_in=row.rows_in,
+        rows_out=row.rows_out,
+        error=row.error,
+        started_at=aware(row.started_at),
+        finished_at=aware(row.finished_at) if row.finished_at else None,
+    )
+
+
+def dataset_record(row: Any) -> DatasetRecord:
+    cols = tuple(ColumnInfo(**c) for c in jsonutil.loads(row.columns))
+    return DatasetRecord(
+        id=row.id,
+        name=row.name,
+        source_id=row.source_id,
+        status=row.status,
+        version=row.version,
+        row_count=row.row_count,
+        columns=cols,
+        origin=jsonutil.loads(row.origin),
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
+    )
+
+
+def export_record(row: Any) -> ExportRecord:
+    return ExportRecord(
+        token=row.token,
+        dataset_id=row.dataset_id,
+        filename=row.filename,
+        format=row.format,
+        rows=row.rows,
+        bytes=row.bytes,
+        created_at=aware(row.created_at),
+        expires_at=aware(row.expires_at),
+    )

@@ -30,12 +30,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from connectors.http import NotModified  # raised by `http` on a 304: nothing changed since the last fetch
-
 __all__ = ["DTYPES", "DataSourcePlugin", "Http", "NotModified", "Param", "ParamError", "validate_params"]
 
 # The column types a plugin may declare in `schema` (the API's dtype names).
 DTYPES = ("Int64", "Float64", "String", "Boolean", "Date", "Datetime")
+
+
+class NotModified(Exception):
+    """Raised by `http` on a 304: the upstream's data did not change since the validators given."""
+
+
 _TYPES: dict[type, str] = {
     str: "string",
     int: "integer",

@@ -15,8 +15,8 @@ from starlette.testclient import TestClient
 from websockets.exceptions import ConnectionClosed
 from wsclient import Ws, ws_open
 
-from server.app import create_app
 from datagraph.settings import keys_required
+from server.app import create_app
 from server.auth import KEY_PREFIX
 
 COUNT = "query($d: ID!) { frame(dataset: $d) { count { success data } } }"

@@ -26,6 +26,7 @@ lint: .venv/.synced
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
 
 schema: .venv/.synced
 	.venv/bin/datagraph schema > schema.graphql

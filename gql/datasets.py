@@ -30,6 +30,7 @@ __all__ = [
     "DatasetQuery",
     "Source",
     "SourceStatus",
+    "chosen_job",
     "dataset_payload",
     "source_check",
     "source_type",
@@ -168,7 +169,8 @@ def dataset_payload(ctx: Context, done: DatasetOutcome) -> DatasetPayload:
     return DatasetPayload(success=done.outcome.success, dataset=dataset, meta=r.meta, error=r.error, job=job)
 
 
-def _chosen(job_id: strawberry.ID | None) -> str | None:
+def chosen_job(job_id: strawberry.ID | None) -> str | None:
+    """The jobId a client chose for a mutation, if it chose one."""
     return str(job_id) if job_id is not None else None
 
 
@@ -216,7 +218,7 @@ class DatasetMutation:
             )  # fmt: skip
 
         try:
-            return dataset_payload(info.context, await run_job(info.context, "uploadDataset", work, _chosen(job_id)))
+            return dataset_payload(info.context, await run_job(info.context, "uploadDataset", work, chosen_job(job_id)))
         finally:
             await upload.close()  # the multipart parser's spooled temp file
 
@@ -237,7 +239,7 @@ class DatasetMutation:
             plan = pipeline_plan(ctx, str(dataset), steps)
             return await ds.save_frame(ctx, plan=plan, name=name, job_id=job)
 
-        return dataset_payload(ctx, await run_job(ctx, "saveFrame", work, _chosen(job_id)))
+        return dataset_payload(ctx, await run_job(ctx, "saveFrame", work, chosen_job(job_id)))
 
     @strawberry.mutation(
         description="Append records ({column: value}, checked against the columns; all or nothing) as the"

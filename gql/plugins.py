@@ -11,7 +11,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from connectors.registry import PluginRegistry
-from gql.datasets import DatasetPayload, dataset_payload
+from gql.datasets import DatasetPayload, chosen_job, dataset_payload
 from resolvers import Outcome, plugins
 from resolvers import Problem as OutcomeProblem
 from resolvers.context import Context
@@ -78,10 +78,6 @@ def list_plugins(ctx: Context) -> list[Plugin]:
     return listed + broken
 
 
-def _chosen(job_id: strawberry.ID | None) -> str | None:
-    return str(job_id) if job_id is not None else None
-
-
 @strawberry.type
 class PluginQuery:
     @strawberry.field(description="The API-pull plugins in the plugins folder, and files there that failed to load.")
@@ -108,7 +104,7 @@ class PluginMutation:
         def work(job: str) -> Awaitable[DatasetRecord]:
             return plugins.fetch_plugin(ctx, plugin=plugin, params=cast(Any, params), name=name, job_id=job)
 
-        return dataset_payload(ctx, await run_job(ctx, "fetchPlugin", work, _chosen(job_id)))
+        return dataset_payload(ctx, await run_job(ctx, "fetchPlugin", work, chosen_job(job_id)))
 
     @strawberry.mutation(
         description="Several plugin fetches at once, run in parallel (at most one per worker process at a time);"

@@ -8,7 +8,7 @@ from enum import Enum
 import strawberry
 
 from datagraph.errors import NotFound
-from gql.datasets import DatasetPayload, Source, dataset_payload, source_check, source_type
+from gql.datasets import DatasetPayload, Source, chosen_job, dataset_payload, source_check, source_type
 from gql.results import Meta, Problem, Result, result
 from resolvers import Outcome, answer, sources
 from resolvers import datasets as ds
@@ -31,10 +31,6 @@ class SourcePayload:
     source: Source | None
     meta: Meta
     error: Problem | None
-
-
-def _chosen(job_id: strawberry.ID | None) -> str | None:
-    return str(job_id) if job_id is not None else None
 
 
 @strawberry.type
@@ -83,7 +79,7 @@ class SourceMutation:
                 mode=(mode or ImportMode.SNAPSHOT).value,
             )  # fmt: skip
 
-        return dataset_payload(ctx, await run_job(ctx, "importTable", work, _chosen(job_id)))
+        return dataset_payload(ctx, await run_job(ctx, "importTable", work, chosen_job(job_id)))
 
     @strawberry.mutation(description="Check a database source now (SELECT 1) and answer with its status.")
     async def check_source(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> SourcePayload:

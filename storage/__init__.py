@@ -1,7 +1,8 @@
 """Where datasets and their metadata live: the data directory (Parquet files, uploads, exports,
 staging, with atomic commits) and the metadata database (SQLAlchemy).
 
-Layer: the lowest above `datagraph`; it imports nothing else of the project (server -> gql -> resolvers -> connectors -> engine -> storage -> datagraph).
+Layer: the lowest above `datagraph`; it imports nothing else of the project
+(server -> gql -> resolvers -> connectors -> engine -> storage -> datagraph).
 """
 
 from storage._files import DataDir, storage_guard

@@ -42,6 +42,13 @@ def test_the_worker_side_of_the_engine_loads_nothing_of_the_server() -> None:
     assert out.stdout.strip() == ""
 
 
+def test_the_command_loads_no_metrics_library_before_it_reads_the_metrics_dir() -> None:
+    # prometheus_client reads PROMETHEUS_MULTIPROC_DIR once, when first imported.
+    code = "import sys, server.cli; print('prometheus_client' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "plugins").glob("*.py")), ids=lambda p: p.name)
 def test_shipped_plugins_import_only_the_ground_floor(path: Path) -> None:
     tree = ast.parse(path.read_text("utf-8"))
@@ -63,6 +70,7 @@ def _lint(tree: Path) -> subprocess.CompletedProcess[str]:
     """`lint-imports` with the project's own contracts over the packages written under `tree`."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["tool"]["importlinter"]
     lines = ["[importlinter]", "root_packages =", *(f"    {p}" for p in PACKAGES)]
+    lines.append(f"include_external_packages = {config['include_external_packages']}")
     for i, contract in enumerate(config["contracts"]):
         lines.append(f"[importlinter:contract:{i}]")
         for key, value in contract.items():
@@ -96,6 +104,13 @@ def test_the_layer_contract_refuses_a_back_arrow_even_for_type_checking(tmp_path
     result = _lint(tmp_path)
     assert result.returncode != 0
     assert "engine is not allowed to import resolvers" in result.stdout
+
+
+def test_the_plain_function_contract_refuses_a_resolver_that_imports_strawberry(tmp_path: Path) -> None:
+    _packages(tmp_path, {"resolvers.frames": "import strawberry\n"})
+    result = _lint(tmp_path)
+    assert result.returncode != 0
+    assert "resolvers is not allowed to import strawberry" in result.stdout
 
 
 def test_the_cycle_contract_refuses_two_modules_that_import_each_other(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ UV_VERSION := 0.13.8
 UV := .tools/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lint schema bench bench-all clean
+.PHONY: run test lint coverage schema bench bench-all clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -27,6 +27,11 @@ lint: .venv/.synced
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 	.venv/bin/lint-imports --no-cache
+
+# Line coverage of the source packages over every test (both tiers), for notes that restructure the suite.
+coverage: .venv/.synced
+	.venv/bin/python -m pytest -p no:cacheprovider -q $(foreach p,server gql resolvers connectors engine storage datagraph,--cov=$(p)) \
+		--cov-report=term --cov-report=json:coverage.json $(PYTEST_ARGS)
 
 schema: .venv/.synced
 	.venv/bin/datagraph schema > schema.graphql

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20, gt=0, description="Largest file an upload may carry, in MiB.")
     max_request_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB.")
     max_query_chars: int = Field(20_000, gt=0, description="Longest GraphQL query text, in characters.")
+    max_steps: int = Field(
+        200,
+        gt=0,
+        description="Most transform steps in one plan (pipeline and clean steps, chained transforms), checked"
+        " before the plan is built.",
+    )
     max_columns: int = Field(2_000, gt=0, description="Most columns an uploaded file may have.")
     max_rows: int = Field(5_000_000, gt=0, description="Most rows an uploaded file may have.")
     xlsx_max_uncompressed_mb: int = Field(200, gt=0, description="Largest total uncompressed size of an .xlsx, in MiB.")

@@ -38,6 +38,8 @@ from engine._plan import (
     Source,
     Step,
     build,
+    step_size,
+    too_many_steps,
 )
 
 __all__ = [
@@ -81,6 +83,8 @@ __all__ = [
     "lazy_column_infos",
     "materialise",
     "rows",
+    "step_size",
     "summary",
+    "too_many_steps",
     "value_counts",
 ]

@@ -39,6 +39,8 @@ __all__ = [
     "aggregate_expr",
     "build",
     "join_right_side",
+    "step_size",
+    "too_many_steps",
 ]
 
 OPS = (
@@ -155,12 +157,25 @@ class Plan:
 
     source: Source
     steps: tuple[Step, ...] = ()
+    # Why the plan may not run (too many steps), said instead of every result; its steps are not kept.
+    refused: str | None = None
 
-    def then(self, step: Step) -> Plan:
-        return Plan(self.source, (*self.steps, step))
+    def then(self, *steps: Step) -> Plan:
+        return Plan(self.source, (*self.steps, *steps), self.refused)
+
+    def refuse(self, message: str) -> Plan:
+        """The same source with no steps, answering `message` (BAD_INPUT) for every result."""
+        return Plan(self.source, (), message)
+
+    @property
+    def size(self) -> int:
+        """How many steps the plan has, a clean step counting each of its own (setting max_steps)."""
+        return sum(step_size(s) for s in self.steps)
 
     def key(self) -> dict[str, Any]:
         """Canonical plain-data form: what the result cache hashes."""
+        if self.refused is not None:
+            return {"refused": self.refused}
         key: dict[str, Any] = {
             "datasets": {s.dataset_id: s.key() for s in self.sources()},
             "steps": [_step_key(s) for s in self.steps],
@@ -183,6 +198,21 @@ class Plan:
         return found
 
 
+def step_size(step: Step) -> int:
+    """A step's weight against max_steps: a clean step weighs as many steps as it has."""
+    return max(1, len(step.steps)) if isinstance(step, Clean) else 1
+
+
+def too_many_steps(size: int, limit: int) -> str | None:
+    """The message refusing a plan of `size` steps, or None when it is within `limit`."""
+    if size <= limit:
+        return None
+    return (
+        f"A plan may have at most {limit:,} steps (setting max_steps); this one has {size:,}."
+        " Save part of it with saveFrame and go on from there."
+    )
+
+
 def _step_key(step: Step) -> dict[str, Any]:
     if isinstance(step, Filter):
         return {"filter": [[c.column, c.op, c.value] for c in step.conditions]}
@@ -202,6 +232,8 @@ def _step_key(step: Step) -> dict[str, Any]:
 def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
     """The plan as one LazyFrame, and its output schema; raise `BadInput` on the first wrong step.
     `head`: see `Source.scan`."""
+    if plan.refused is not None:
+        raise BadInput(plan.refused)
     frame, steps = plan.source.scan(plan.steps, head=head)
     schema: dict[str, pl.DataType] = dict(frame.collect_schema())
     for step in steps:

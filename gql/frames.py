@@ -14,6 +14,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 import engine
+from datagraph.errors import BadInput
 from engine import Plan
 from gql.clean import CleanStepInput, to_clean
 from gql.results import Result, result
@@ -35,6 +36,7 @@ __all__ = [
     "StepInput",
     "View",
     "chart_spec",
+    "count_steps",
     "pipeline_plan",
     "to_steps",
 ]
@@ -167,11 +169,17 @@ class StepInput:
 
 
 def pipeline_plan(ctx: Context, dataset_id: str, steps: list[StepInput] | None) -> Plan:
-    """The plan of `steps` over the dataset's current version."""
+    """The plan of `steps` over the dataset's current version (BAD_INPUT past max_steps)."""
+    refused = engine.too_many_steps(count_steps(steps or []), ctx.settings.max_steps)
+    if refused is not None:
+        raise BadInput(refused)
     plan = ds.dataset_plan(ctx, ds.require_dataset(ctx, dataset_id))
-    for step in to_steps(ctx, steps or []):
-        plan = plan.then(step)
-    return plan
+    return plan.then(*to_steps(ctx, steps or []))
+
+
+def count_steps(steps: list[StepInput]) -> int:
+    """How many steps a pipeline has against max_steps, counted before any is converted."""
+    return sum(max(1, len(s.clean)) if isinstance(s.clean, list) else 1 for s in steps)
 
 
 def chart_spec(spec: ChartInput) -> dict[str, Any]:
@@ -239,10 +247,12 @@ class Frame:
     label: strawberry.Private[str]
 
     def _then(self, *steps: engine.Step) -> View:
-        plan = self.plan
-        for step in steps:
-            plan = plan.then(step)
-        return View(plan=plan, label=self.label)
+        return View(plan=self.plan.then(*steps), label=self.label)
+
+    def _refused(self, ctx: Context, adding: int) -> View | None:
+        """A view whose every result answers BAD_INPUT, when `adding` steps would pass max_steps."""
+        refused = engine.too_many_steps(self.plan.size + adding, ctx.settings.max_steps)
+        return View(plan=self.plan.refuse(refused), label=self.label) if refused is not None else None
 
     @strawberry.field(description="Keep the rows matching every condition.")
     def filter(self, where: list[ConditionInput]) -> Frame:
@@ -277,12 +287,12 @@ class Frame:
     @strawberry.field(
         description="Drop or fill nulls, cast, rename, drop duplicates, trim text, parse dates; in order."
     )
-    def clean(self, steps: list[CleanStepInput]) -> Frame:
-        return self._then(to_clean(steps))
+    def clean(self, info: strawberry.Info[Context, None], steps: list[CleanStepInput]) -> Frame:
+        return self._refused(info.context, max(1, len(steps))) or self._then(to_clean(steps))
 
     @strawberry.field(description="The same transforms as data, applied in order.")
     def pipeline(self, info: strawberry.Info[Context, None], steps: list[StepInput]) -> Frame:
-        return self._then(*to_steps(info.context, steps))
+        return self._refused(info.context, count_steps(steps)) or self._then(*to_steps(info.context, steps))
 
     @strawberry.field(description="Records {column: value}; meta.truncated when more rows follow.")
     async def rows(

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["canonical_hash", "dumps", "loads"]
+__all__ = ["canonical_hash", "depth_over", "dumps", "loads"]
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -38,3 +38,21 @@ def loads(data: bytes | str) -> Any:
 def canonical_hash(value: Any) -> str:
     """sha256 of the value's canonical JSON (sorted keys), as hex."""
     return hashlib.sha256(orjson.dumps(value, default=_default, option=_OPTIONS | orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def depth_over(value: Any, limit: int) -> bool:
+    """Whether `value` (plain JSON data) nests lists and objects more than `limit` deep; walked
+    without recursion, so a hostile value cannot exhaust the stack, and stopped at the first too-deep one."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False

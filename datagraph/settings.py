@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20, gt=0, description="Largest file an upload may carry, in MiB.")
     max_request_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB.")
     max_query_chars: int = Field(20_000, gt=0, description="Longest GraphQL query text, in characters.")
+    max_json_depth: int = Field(
+        64, gt=0, description="Deepest nesting of lists and objects in a JSON body, variable or JSON value."
+    )
     max_steps: int = Field(
         200,
         gt=0,

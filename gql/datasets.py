@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Awaitable
 from enum import Enum
-from typing import cast
 
 import strawberry
 from starlette.datastructures import UploadFile
@@ -17,7 +16,8 @@ from datagraph.errors import DatagraphError
 from gql.frames import CacheMode, Frame, StepInput, pipeline_plan
 from gql.jobs import Job
 from gql.results import Column, Meta, Problem, ProblemCode, Result, column, result
-from resolvers import Options, frames, sources
+from resolvers import Options, Outcome, frames, sources
+from resolvers import Problem as OutcomeProblem
 from resolvers import datasets as ds
 from resolvers.context import Context
 from resolvers.jobs import DatasetOutcome, changed, run_job
@@ -209,7 +209,10 @@ class DatasetMutation:
         replace: strawberry.ID | None = None,
         job_id: strawberry.ID | None = None,
     ) -> DatasetPayload:
-        upload = cast(UploadFile, file)  # under Starlette, an Upload is Starlette's UploadFile
+        if not isinstance(file, UploadFile):  # under Starlette, an Upload is Starlette's UploadFile
+            message = "file must be a file sent as a part of a multipart request, mapped onto variables.file."
+            return dataset_payload(info.context, DatasetOutcome(Outcome(problem=OutcomeProblem("BAD_INPUT", message))))
+        upload = file
 
         def work(job: str) -> Awaitable[DatasetRecord]:
             return ds.upload_dataset(

@@ -9,14 +9,14 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from graphql import FieldNode, SelectionSetNode, ValidationRule
+from graphql import FieldNode, ListValueNode, ObjectValueNode, SelectionSetNode, ValidationRule
 from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors, SchemaExtension
 
 from datagraph.errors import DatagraphError
 from datagraph.metrics import operation_label
 
-__all__ = ["CountOperations", "MaskUnexpectedErrors", "field_repeats_rule"]
+__all__ = ["CountOperations", "MaskUnexpectedErrors", "field_repeats_rule", "value_depth_rule"]
 
 log = logging.getLogger("datagraph")
 
@@ -83,3 +83,36 @@ def field_repeats_rule(limit: int) -> type[ValidationRule]:
                     )
 
     return FieldRepeats
+
+
+def value_depth_rule(limit: int) -> type[ValidationRule]:
+    """A validation rule: no list or object literal in the query nested deeper than `limit` (the
+    same bound `max_json_depth` puts on variables), reported once per operation."""
+
+    class ValueDepth(ValidationRule):
+        depth = 0
+        reported = False
+
+        def enter_list_value(self, node: ListValueNode, *_args: Any) -> None:
+            self._deeper(node)
+
+        def leave_list_value(self, *_args: Any) -> None:
+            self.depth -= 1
+
+        def enter_object_value(self, node: ObjectValueNode, *_args: Any) -> None:
+            self._deeper(node)
+
+        def leave_object_value(self, *_args: Any) -> None:
+            self.depth -= 1
+
+        def _deeper(self, node: ListValueNode | ObjectValueNode) -> None:
+            self.depth += 1
+            if self.depth > limit and not self.reported:
+                self.reported = True
+                self.report_error(
+                    GraphQLError(
+                        f"A value nests lists or objects deeper than {limit} levels (setting max_json_depth).", node
+                    )
+                )
+
+    return ValueDepth

@@ -23,7 +23,7 @@ from strawberry.tools import merge_types
 
 from datagraph.settings import Settings, production_mode
 from gql.datasets import Dataset, DatasetMutation, DatasetQuery
-from gql.extensions import CountOperations, MaskUnexpectedErrors, field_repeats_rule
+from gql.extensions import CountOperations, MaskUnexpectedErrors, field_repeats_rule, value_depth_rule
 from gql.frames import View
 from gql.jobs import JobQuery
 from gql.plugins import PluginMutation, PluginQuery
@@ -44,6 +44,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         depth_rule(s.graphql_max_depth, None),
         alias_rule(s.graphql_max_aliases),
         field_repeats_rule(s.graphql_max_field_repeats),
+        value_depth_rule(s.max_json_depth),
     ]
     production = production_mode(s)
     if production:  # the schema is not for strangers: no introspection, no "Did you mean ...?"

@@ -4,6 +4,7 @@ check, and the HTTP refusals answered as JSON."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
@@ -95,6 +96,38 @@ class GraphQLView(GraphQL[Context, None]):
             if isinstance(request, Request):
                 await request.close()  # every uploaded part's temporary file, used or not
 
+    def decode_json(self, data: str | bytes) -> object:
+        """orjson (its own nesting limit stops a body nested thousands deep without exhausting the
+        stack), then at most `max_json_depth` levels: deeper values would overflow later encoders.
+        Too deep is a JSONDecodeError, so a websocket message that deep closes its socket (4400)."""
+        try:
+            value = jsonutil.loads(data)
+        except json.JSONDecodeError as exc:  # orjson's own error is a JSONDecodeError
+            if "depth limit" in exc.msg:
+                raise _TooDeep(self.settings.max_json_depth) from None
+            raise
+        if jsonutil.depth_over(value, self.settings.max_json_depth):
+            raise _TooDeep(self.settings.max_json_depth)
+        return value
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return self.decode_json(data)
+        except _TooDeep as exc:
+            raise HTTPException(400, exc.msg) from None
+        except json.JSONDecodeError:
+            raise HTTPException(400, "The request body is not valid JSON.") from None
+
+    async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, str]:
+        try:
+            return await super().parse_multipart(request)
+        except (TypeError, ValueError, IndexError, AttributeError):
+            raise HTTPException(
+                400,
+                "The multipart map must point each file at a null in operations (like variables.file, or"
+                " variables.files.0).",
+            ) from None
+
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
         data = await super().parse_http_body(request)
         for item in data if isinstance(data, list) else [data]:
@@ -112,6 +145,13 @@ class GraphQLView(GraphQL[Context, None]):
         return data
 
 
+class _TooDeep(json.JSONDecodeError):
+    def __init__(self, limit: int) -> None:
+        message = f"The JSON nests lists or objects deeper than {limit} levels (setting max_json_depth)."
+        super().__init__(message, "", 0)
+        self.msg = message
+
+
 def origins(listed: str) -> list[str]:
     return [o.strip() for o in listed.split(",") if o.strip()]
 
@@ -122,6 +162,6 @@ def _asks_subscription(query: str, operation_name: str | None) -> bool:
         return False
     try:
         operation = get_operation_ast(parse(query), operation_name)
-    except GraphQLError:
+    except (GraphQLError, RecursionError):
         return False  # validation answers it in the usual way
     return operation is not None and operation.operation == OperationType.SUBSCRIPTION

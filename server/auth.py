@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from storage import MetadataStore
 
 __all__ = [
+    "KEYS_TTL_S",
     "KEY_PREFIX",
+    "KEY_WATCH_S",
     "NO_KEYS_MESSAGE",
     "UNAUTHENTICATED_MESSAGE",
     "KeyRing",
@@ -42,8 +44,10 @@ NO_KEYS_MESSAGE = (
     " create one with `datagraph keys create --name NAME` (with the same --data-dir or --metadata-url)."
 )
 UNAUTHENTICATED_MESSAGE = "A valid API key is required (header 'Authorization: Bearer KEY' or 'X-API-Key: KEY')."
-# Revoking a key takes effect in every server process within this long.
-KEYS_TTL_S = 1.0
+# Revoking a key takes effect in every server process within this long (open websockets included:
+# their key is checked again every KEY_WATCH_S).
+KEYS_TTL_S = 0.75
+KEY_WATCH_S = 0.2
 # Open without a key: the web page and its files (it asks for the key), liveness, and export links
 # (each is an unguessable, expiring token that a browser follows without headers).
 _PUBLIC_PREFIXES = ("/static/", "/exports/")

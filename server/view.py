@@ -3,8 +3,11 @@ check, and the HTTP refusals answered as JSON."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
+import logging
 from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
@@ -24,11 +27,13 @@ from datagraph import jsonutil
 from datagraph.settings import Settings, graphiql_served, keys_required, production_mode
 from gql.schema import build_schema
 from resolvers.context import Context
-from server.auth import UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
+from server.auth import KEY_WATCH_S, UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
 from server.responses import error_body
 from server.web import STATIC
 
 __all__ = ["GraphQLView", "origins"]
+
+log = logging.getLogger("datagraph")
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -54,9 +59,12 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         header_key = presented_key(request.headers) if isinstance(request, WebSocket) else None
-        return Context(
+        context = Context(
             resources=request.app.state.resources, base_url=str(request.base_url).rstrip("/"), header_key=header_key
         )
+        if isinstance(request, WebSocket):
+            request.state.datagraph_context = context  # for the key watch, which sees connection_init's payload
+        return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         if self.keys_required:
@@ -86,6 +94,9 @@ class GraphQLView(GraphQL[Context, None]):
     # One override for both overloads (HTTP and websocket requests) of the base class's `run`.
     async def run(self, request: Request | WebSocket, **kwargs: Any) -> Any:  # type: ignore[override]
         # Strawberry answers its HTTP refusals as plain text; clients parse JSON errors everywhere.
+        watch = None
+        if isinstance(request, WebSocket) and self.keys_required and self.keys is not None:
+            watch = asyncio.create_task(_close_when_key_revoked(request, self.keys))
         try:
             return await super().run(request, **kwargs)
         except (HTTPException, StarletteHTTPException) as exc:  # the latter: Starlette's multipart parser
@@ -93,6 +104,8 @@ class GraphQLView(GraphQL[Context, None]):
             reason = exc.reason if isinstance(exc, HTTPException) else exc.detail
             return Response(error_body(reason, code), status_code=exc.status_code, media_type="application/json")
         finally:
+            if watch is not None:
+                watch.cancel()
             if isinstance(request, Request):
                 await request.close()  # every uploaded part's temporary file, used or not
 
@@ -143,6 +156,23 @@ class GraphQLView(GraphQL[Context, None]):
                     " mutations over HTTP.",
                 )
         return data
+
+
+async def _close_when_key_revoked(ws: WebSocket, keys: KeyRing) -> None:
+    """Close a websocket (4403) within a second of its key being revoked: every KEY_WATCH_S, once
+    connection_init has said which key it uses, the key is checked again (the ring re-reads the
+    keys at most every KEYS_TTL_S)."""
+    while True:
+        await asyncio.sleep(KEY_WATCH_S)
+        context: Context | None = getattr(ws.state, "datagraph_context", None)
+        if context is None or not (context.connection_params or context.header_key):
+            continue  # before connection_init (whose own wait is bounded)
+        key = params_key(context.connection_params) or context.header_key
+        if keys.check(key) is None:
+            log.info("closing a websocket whose API key was revoked")
+            with contextlib.suppress(RuntimeError):  # already closing
+                await ws.close(4403, "The API key was revoked.")
+            return
 
 
 class _TooDeep(json.JSONDecodeError):

@@ -238,8 +238,8 @@ def list_tables(cfg: DatabaseConfig) -> list[str]:
         raise translate(exc, cfg) from None
     if cfg.allowed_tables is None:
         return sorted(set(names))
-    allowed = {t.lower() for t in cfg.allowed_tables}
-    return sorted({n for n in names if f"{cfg.schema}.{n}".lower() in allowed})
+    # Exactly as the database spells them: in PostgreSQL "ALLOWED_T" and allowed_t are two tables.
+    return sorted({n for n in names if f"{cfg.schema}.{n}" in cfg.allowed_tables})
 
 
 def _run(conn: Connection, sql: str) -> sa.CursorResult[Any]:

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from connectors.databases import read_only
 from connectors.pushdown import Pushed, count_query, push_down
 from connectors.sources import DatabaseConfig
-from datagraph.errors import DatagraphError, SourceUnavailable, TooLarge
+from datagraph.errors import DatagraphError, ReadOnly, SourceUnavailable, TooLarge
 from engine import ColumnInfo, Step, dtype_name
 
 __all__ = ["LinkedTable", "fetch_frame", "link_shape", "polars_type"]
@@ -125,11 +125,20 @@ class LinkedTable:
     max_rows: int
 
     def _cfg(self) -> DatabaseConfig:
-        if self.config is None:
+        """The source's configuration as it is now: checked on every query, so a table taken off the
+        source's allowlist (or a source taken out of sources.yaml) stops answering at the next start."""
+        cfg = self.config
+        if cfg is None:
             raise SourceUnavailable(
                 f'The dataset is linked to the source "{self.source_id}", which is no longer in sources.yaml.'
             )
-        return self.config
+        allowed = cfg.allowed_tables
+        if allowed is not None and f"{cfg.schema}.{self.table}" not in allowed:
+            raise ReadOnly(
+                f'The dataset is linked to the table "{self.table}", which the source "{self.source_id}" no longer'
+                " allows (its tables list in sources.yaml)."
+            )
+        return cfg
 
     @contextmanager
     def _connection(self) -> Iterator[sa.Connection]:

@@ -72,8 +72,8 @@ class DatabaseConfig:
     @property
     def allowed_tables(self) -> frozenset[str] | None:
         """The allowlist as "schema.table" (a bare name qualified with `schema`), or None for every
-        table in `schema`. sql() checks queries against it; the catalogue lists the tables of `schema`
-        it names, whatever their case."""
+        table in `schema`. Names match exactly as the database spells them, for SQL, imports and
+        linked tables alike."""
         if self.tables is None:
             return None
         return frozenset(t if "." in t else f"{self.schema}.{t}" for t in self.tables)

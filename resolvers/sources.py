@@ -60,10 +60,9 @@ async def table_names(ctx: Context, cfg: DatabaseConfig) -> list[str]:
 async def _known_table(ctx: Context, cfg: DatabaseConfig, table: str) -> str:
     """The table's name as the database spells it, if the source has it and allows reading it."""
     known = await table_names(ctx, cfg)
-    match = [t for t in known if t == table] or [t for t in known if t.lower() == table.lower()]
-    if not match:
+    if table not in known:  # exactly as the database spells it
         raise NotFound(f'The source "{cfg.id}" has no table "{table[:80]}" it allows reading.')
-    return match[0]
+    return table
 
 
 async def _in_worker(

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20, gt=0, description="Largest file an upload may carry, in MiB.")
     max_request_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB.")
     max_query_chars: int = Field(20_000, gt=0, description="Longest GraphQL query text, in characters.")
+    allowed_hosts: str = Field(
+        "",
+        description="Host names the server answers besides loopback ones while API keys are off"
+        " (comma-separated; * for any), so a DNS-rebinding page cannot read the API.",
+    )
     max_json_depth: int = Field(
         64, gt=0, description="Deepest nesting of lists and objects in a JSON body, variable or JSON value."
     )

@@ -12,6 +12,7 @@ from typing import Any
 from connectors import IngestLimits
 from connectors.database_sources import DatabaseSources
 from connectors.registry import PluginRegistry
+from datagraph.errors import BadInput
 from datagraph.events import EventBus
 from datagraph.locks import KeyedLocks
 from datagraph.metrics import Metrics
@@ -62,12 +63,20 @@ class Resources:
 @dataclass(slots=True)
 class Context:
     """Per request: the shared resources and the URL the client reached us at (for links). On a
-    websocket, also the key its upgrade request carried and, once received, `connection_init`'s payload."""
+    websocket, also the key its upgrade request carried and, once received, `connection_init`'s payload.
+    `read_only` requests (GET queries, which a page on another site can make a browser send) may not
+    write anything or reach a database: no exports, no SQL."""
 
     resources: Resources
     base_url: str = ""
     header_key: str | None = None
     connection_params: dict[str, Any] = field(default_factory=dict)
+    read_only: bool = False
+
+    def refuse_if_read_only(self, what: str) -> None:
+        """BAD_INPUT for `what` (which writes or reaches a database) in a read-only request."""
+        if self.read_only:
+            raise BadInput(f"{what} cannot run in a GET request (it may not change anything); send it as a POST.")
 
     @property
     def settings(self) -> Settings:

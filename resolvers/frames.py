@@ -14,11 +14,14 @@ from typing import Any
 import engine
 from datagraph.errors import BadInput
 from engine import Plan
-from resolvers._outcome import Options, Outcome, analysed
+from resolvers._outcome import Options, Outcome, Problem, analysed
 from resolvers.context import Context
 from storage import ExportRecord
 
 __all__ = ["chart", "count", "describe", "explain", "export", "rows", "summary", "value_counts"]
+
+
+_READ_ONLY_EXPORT = "export writes a file, so it cannot run in a GET request; send the query as a POST."
 
 
 def _check_limit(ctx: Context, where: str, limit: int | None, offset: int | None, default: int) -> tuple[int, int]:
@@ -114,6 +117,8 @@ async def explain(ctx: Context, *, plan: Plan, options: Options) -> Outcome:
 async def export(ctx: Context, *, plan: Plan, fmt: str, name: str, options: Options) -> Outcome:
     """Write the frame to a file and answer with a download link that expires. A cached export is
     answered only while its file has at least a tenth of its lifetime left."""
+    if ctx.read_only:
+        return Outcome(problem=Problem("BAD_INPUT", _READ_ONLY_EXPORT))
     metadata = ctx.resources.metadata
 
     async def work(timeout: float | None) -> Outcome:

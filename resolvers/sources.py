@@ -77,6 +77,7 @@ async def _in_worker(
 
 async def run_sql(ctx: Context, *, source_id: str, query: str, limit: int | None, timeout_ms: int | None) -> Outcome:
     """One read-only SELECT against a source, at most `limit` rows (1,000 by default)."""
+    ctx.refuse_if_read_only("sql")
     cfg = require_database(ctx, source_id)
     cap = ctx.settings.rows_max
     n = 1000 if limit is None else limit

@@ -15,7 +15,7 @@ from datagraph.metrics import Metrics
 from datagraph.settings import Settings, keys_required
 from server.auth import RequireKey
 from server.endpoints import download_export, healthz, metrics, readyz
-from server.middleware import CancelOnDisconnect, GuardRequests
+from server.middleware import CancelOnDisconnect, GuardRequests, HostGuard
 from server.observe import Observe
 from server.ratelimit import RateLimit
 from server.resources import running
@@ -63,6 +63,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         multipart_limit=settings.max_upload_bytes + 64 * 1024,
         settings=settings,
     )
+    if not keys_required(settings):  # with keys on, the key is the guard
+        hosts = frozenset(h.strip().lower() for h in settings.allowed_hosts.split(",") if h.strip())
+        app.add_middleware(HostGuard, allowed=hosts)
     if settings.cors_origins:  # outside the key check: a preflight carries no key
         app.add_middleware(
             CORSMiddleware,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from datagraph.settings import Settings
 from server.responses import send_error
 
-__all__ = ["CancelOnDisconnect", "GuardRequests"]
+__all__ = ["CancelOnDisconnect", "GuardRequests", "HostGuard", "host_allowed"]
 
 log = logging.getLogger("datagraph")
 # A header a browser cannot send cross-site without a CORS preflight (CVE-2024-47082).
@@ -135,3 +136,50 @@ class CancelOnDisconnect:
         handler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await handler
+
+
+def host_allowed(host_header: str, allowed: frozenset[str]) -> bool:
+    """Whether a request addressed to `host_header` (host[:port]) is for this server: a loopback
+    name or address, or one of `allowed` ("*" allows any)."""
+    if "*" in allowed:
+        return True
+    host = host_header.strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    host = host.rstrip(".")
+    if host == "localhost" or host.endswith(".localhost") or host in allowed:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class HostGuard:
+    """With API keys off, answer only requests addressed to a loopback host (or `allowed_hosts`):
+    a page on another site that rebinds its own name to 127.0.0.1 sends its own name as Host, and
+    is refused, so it cannot read this server from the user's browser (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp, *, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if host_allowed(host, self.allowed):
+            await self.app(scope, receive, send)
+            return
+        log.info("refused a request addressed to another host")
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "This host is not served."})
+            return
+        message = (
+            "This server answers requests addressed to localhost or a loopback address only (setting"
+            " allowed_hosts names others)."
+        )
+        await send_error(send, 421, message, "BAD_INPUT")

@@ -60,7 +60,10 @@ class GraphQLView(GraphQL[Context, None]):
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         header_key = presented_key(request.headers) if isinstance(request, WebSocket) else None
         context = Context(
-            resources=request.app.state.resources, base_url=str(request.base_url).rstrip("/"), header_key=header_key
+            resources=request.app.state.resources,
+            base_url=str(request.base_url).rstrip("/"),
+            header_key=header_key,
+            read_only=isinstance(request, Request) and request.method == "GET",
         )
         if isinstance(request, WebSocket):
             request.state.datagraph_context = context  # for the key watch, which sees connection_init's payload

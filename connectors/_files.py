@@ -14,6 +14,7 @@ import csv
 import io
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +128,54 @@ def _check_xlsx(path: Path, limits: IngestLimits) -> None:
                 f"The workbook part {i.filename!r} is compressed more than {limits.xlsx_max_ratio}:1;"
                 " it looks like a zip bomb."
             )
+    _inflate_all(path, infos, limits)
+
+
+_INFLATE_CHUNK = 1 << 16
+
+
+def _inflate_all(path: Path, infos: list[zipfile.ZipInfo], limits: IngestLimits) -> None:
+    """Inflate every part for real, counting the bytes that come out rather than trusting the sizes
+    the archive declares: a part whose header says 1 KiB but inflates to gigabytes stops at the
+    uncompressed cap (or the ratio limit), and a part that inflates to other than its declared
+    size is refused, so the parser never meets it."""
+    total = 0
+    with open(path, "rb") as raw:
+        for info in infos:
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise UnsupportedFormat(f"The workbook part {info.filename!r} uses a compression Excel does not.")
+            raw.seek(info.header_offset)
+            header = raw.read(30)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise BadInput("The file looks like an .xlsx workbook but its zip structure is damaged.")
+            raw.seek(int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little"), 1)
+            inflater = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
+            left, size = info.compress_size, 0
+            while left > 0 or (inflater is not None and inflater.unconsumed_tail):
+                chunk = inflater.unconsumed_tail if inflater is not None and inflater.unconsumed_tail else b""
+                if not chunk:
+                    chunk = raw.read(min(_INFLATE_CHUNK, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
+                out = len(inflater.decompress(chunk, _INFLATE_CHUNK)) if inflater is not None else len(chunk)
+                size += out
+                total += out
+                if total > limits.xlsx_max_uncompressed:
+                    mib = limits.xlsx_max_uncompressed // (1024 * 1024)
+                    raise TooLarge(f"The workbook expands to more than {mib} MiB, the limit.")
+                if size > 65536 and size > limits.xlsx_max_ratio * max(info.compress_size, 1):
+                    raise TooLarge(
+                        f"The workbook part {info.filename!r} is compressed more than {limits.xlsx_max_ratio}:1;"
+                        " it looks like a zip bomb."
+                    )
+                if inflater is not None and inflater.eof:
+                    break
+            if size != info.file_size:
+                raise BadInput(
+                    f"The workbook part {info.filename!r} does not match the size its archive declares; the file is"
+                    " damaged or crafted."
+                )
 
 
 def ingest(src: Path, fmt: str, out: Path, limits: IngestLimits) -> IngestResult:

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(
         64, gt=0, description="Deepest nesting of lists and objects in a JSON body, variable or JSON value."
     )
+    max_result_mb: float = Field(
+        64,
+        ge=0,
+        description="Largest answer a worker may send back for one result (rows, sql, describe, charts ...),"
+        " in MiB; over it is TOO_LARGE, found in the worker. 0: no cap.",
+    )
     max_steps: int = Field(
         200,
         gt=0,

@@ -102,9 +102,12 @@ class Executor:
         timeout_s: float = 60.0,
         metrics: Metrics | None = None,
         on_job: Callable[[], None] | None = None,
+        result_mb: float = 0,
     ) -> None:
         """`on_job` is called in the caller's context each time a job is sent to a worker (the
-        server counts a request's jobs with it, for rate limits)."""
+        server counts a request's jobs with it, for rate limits). An answer over `result_mb` (0: no
+        cap) is refused in the worker as TOO_LARGE, before its bytes reach this process."""
+        self.result_bytes = int(result_mb * 1024 * 1024)
         self.size = workers
         self.metrics = metrics
         self.on_job = on_job
@@ -130,6 +133,7 @@ class Executor:
             "-m",
             "engine._worker",
             str(self.memory_mb),
+            str(self.result_bytes),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

@@ -1,11 +1,13 @@
 """A worker process: runs one job at a time for the server, under a memory cap.
 
-Started as `python -m engine._worker MEMORY_MB` by `engine.Executor`. Jobs arrive on stdin and
+Started as `python -m engine._worker MEMORY_MB RESULT_BYTES` by `engine.Executor`. Jobs arrive on stdin and
 answers leave on the original stdout, each framed as an 8-byte big-endian length and a pickle;
 fd 1 is pointed at stderr so nothing a library prints can corrupt the stream. A job is
 `(fn, args, kwargs)` with `fn` a module-level function; the answer is `("ok", value)`,
 `("problem", exc)` for a `DatagraphError`, `("memory", None)` for a `MemoryError`, or
-`("crash", traceback_text)`. The server kills this process when a job overruns its deadline.
+`("crash", traceback_text)`. An answer whose pickle is over RESULT_BYTES is replaced here by a
+TOO_LARGE problem, so its bytes never reach the server process. The server kills this process when
+a job overruns its deadline.
 """
 
 from __future__ import annotations
@@ -51,7 +53,18 @@ def _answer(job: Any) -> tuple[str, Any]:
 _NICENESS = 10
 
 
-def main(memory_mb: int) -> None:
+def _too_large(result_bytes: int) -> bytes:
+    from datagraph.errors import TooLarge
+
+    mib = result_bytes / (1024 * 1024)
+    problem = TooLarge(
+        f"The answer is larger than {mib:g} MiB (setting max_result_mb); ask for fewer rows or columns,"
+        " or filter or group first."
+    )
+    return pickle.dumps(("problem", problem), protocol=5)
+
+
+def main(memory_mb: int, result_bytes: int = 0) -> None:
     # Below the server process: on a busy machine, answers from the cache, the event stream and
     # the API's own work come before long analyses (cached-read p99 under load, tests/test_load.py).
     os.nice(_NICENESS)
@@ -76,8 +89,10 @@ def main(memory_mb: int) -> None:
             data = pickle.dumps(answer, protocol=5)
         except Exception:
             data = pickle.dumps(("crash", traceback.format_exc()), protocol=5)
+        if result_bytes and len(data) > result_bytes:
+            data = _too_large(result_bytes)
         out.write(_HEADER.pack(len(data)) + data)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    main(*(int(a) for a in sys.argv[1:3]))

@@ -77,6 +77,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         timeout_s=settings.timeout_s,
         metrics=metrics,
         on_job=count_job,
+        result_mb=settings.max_result_mb,
     )
     await executor.start()
     cache = ResultCache(

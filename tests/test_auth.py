@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DATA, ROOT, create_key, datagraph_cli, make_settings, running_server, upload_over_http
 from starlette.testclient import TestClient
+from support import DATA, ROOT, create_key, datagraph_cli, make_settings, running_server, upload_over_http
 from websockets.exceptions import ConnectionClosed
 from wsclient import Ws, ws_open
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pandas as pd
 import pytest
-from conftest import DATA, create_key, require, running_server, upload_over_http
+from support import DATA, create_key, require, running_server, upload_over_http
 
 try:
     from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright

@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 import pytest
 import redis
-from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings
 
 from datagraph.app import create_app
 from datagraph.settings import Settings

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api
 
 DESCRIBE = "query($id: ID!) { dataset(id: $id) { describe { success error { message } data } } }"
 NUMERIC_KEYS = {"count": "count", "mean": "mean", "std": "std", "min": "min", "p25": "25%", "p50": "50%", "p75": "75%", "max": "max"}  # fmt: skip

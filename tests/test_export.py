@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import polars as pl
 import pytest
-from conftest import DATA, Api, make_settings
 from polars.testing import assert_frame_equal
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings
 
 from datagraph.app import create_app
 

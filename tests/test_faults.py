@@ -35,7 +35,8 @@ import httpx
 import pytest
 import redis
 import sqlalchemy as sa
-from conftest import (
+from starlette.testclient import TestClient
+from support import (
     DATA,
     ROOT,
     Api,
@@ -47,7 +48,6 @@ from conftest import (
     upload_over_http,
     upload_request,
 )
-from starlette.testclient import TestClient
 from tcpproxy import TcpProxy
 from upstream import Reply, Upstream
 from wsclient import Ws
@@ -810,7 +810,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     cache.flushdb()
     work = tmp_path_factory.mktemp("disconnect")
     try:
-        with running_server(work, "--cache-url", "redis://127.0.0.1:6379/12") as base:
+        with running_server(work, "--cache-url", "redis://127.0.0.1:6379/12", workers=2) as base:
             upload_over_http(base, DATA / "diamonds.csv")
             yield Live(base, work / "data", cache, set(cache.keys("datagraph:result:*")))
     finally:

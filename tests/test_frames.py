@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api
 
 COUNT = "query($id: ID!, $w: [Condition!]!) { dataset(id: $id) { filter(where: $w) { count { success error { code message } data } } } }"
 

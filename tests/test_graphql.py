@@ -7,7 +7,7 @@ import re
 import sqlite3
 
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api
 
 LEAKS = re.compile(r"Traceback|Errno|/work/|/tmp/|site-packages|\.py\b|polars|sqlalchemy", re.IGNORECASE)
 

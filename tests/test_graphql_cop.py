@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import create_key, running_server
+from support import create_key, running_server
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api
 
 GROUP = """query($id: ID!, $by: [String!]!, $aggs: [Aggregation!]!) { dataset(id: $id) {
   groupBy(by: $by, aggregations: $aggs) { rows(limit: 10000) { success error { code message } data } } } }"""

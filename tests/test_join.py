@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api
 
 RESULT = "success data error { code message } meta { rowCount cacheKey matchRate columns { name dtype } }"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import DATA, ROOT, running_server, server_pid, upload_request
+from support import DATA, ROOT, running_server, server_pid, upload_request
 
 from datagraph.auth import hash_key, new_key
 from storage import MetadataStore
@@ -62,7 +62,7 @@ def test_fifty_clients_for_a_minute(tmp_path: Path) -> None:
     keys = _keys(tmp_path / "data", CLIENTS + 2)
     probe_key, heavy_key, load_keys = keys[0], keys[1], keys[2:]
     (tmp_path / "keys.txt").write_text("\n".join(load_keys))
-    with running_server(tmp_path, "--api-keys", "on", "--rate-limit", "600/minute") as base:
+    with running_server(tmp_path, "--api-keys", "on", "--rate-limit", "600/minute", workers=2) as base:
         server = psutil.Process(server_pid(base))
         headers = {"X-API-Key": probe_key}
         with httpx.Client(base_url=base, headers=headers, timeout=60) as client:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 import psutil
-from conftest import DATA, Api, free_port, make_settings, require_service, running_server, server_pid, upload_request
 from promtext import sample
 from starlette.testclient import TestClient
+from support import DATA, Api, free_port, make_settings, require_service, running_server, server_pid, upload_request
 
 from datagraph.app import create_app
 
@@ -78,7 +78,7 @@ def _busy_worker(pid: int) -> psutil.Process:
 
 
 def test_json_logs_carry_the_request_id_and_the_error_id_the_client_saw(tmp_path: Path) -> None:
-    with running_server(tmp_path, "--log-format", "json", "--workers", "1") as base:
+    with running_server(tmp_path, "--log-format", "json", workers=1) as base:
         diamonds = httpx.post(
             base + "/graphql", **upload_request((DATA / "diamonds.csv").read_bytes(), "diamonds.csv"), timeout=60
         ).json()["data"]["uploadDataset"]["dataset"]["id"]
@@ -112,7 +112,10 @@ def test_metrics_of_several_server_processes_add_up(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     options = ("--metrics-dir", str(shared))
-    with running_server(tmp_path / "a", *options) as a, running_server(tmp_path / "b", *options) as b:
+    with (
+        running_server(tmp_path / "a", *options, workers=2) as a,
+        running_server(tmp_path / "b", *options, workers=2) as b,
+    ):
         for base, times in ((a, 3), (b, 2)):
             for _ in range(times):
                 assert httpx.get(base + "/readyz").status_code == 200

@@ -14,9 +14,9 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import ROOT, Api, make_settings
 from promtext import sample
 from starlette.testclient import TestClient
+from support import ROOT, Api, make_settings
 from upstream import Listener, Reply, Upstream
 
 from datagraph.app import create_app

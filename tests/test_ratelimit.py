@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import DATA, Api, create_key, free_port, make_settings, require_service, running_server, upload_request
 from promtext import sample
 from starlette.testclient import TestClient
+from support import DATA, Api, create_key, free_port, make_settings, require_service, running_server, upload_request
 
 from datagraph.app import create_app
 

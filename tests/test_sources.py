@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import DATA, ROOT, Api, free_port, make_settings, require_service
 from starlette.testclient import TestClient
+from support import DATA, ROOT, Api, free_port, make_settings, require_service
 from tcpproxy import TcpProxy
 
 from connectors.sources import DatabaseConfig, SourcesError, load_sources

@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import (
+from promtext import sample
+from starlette.testclient import TestClient
+from support import (
     DATA,
     ROOT,
     Api,
@@ -25,8 +27,6 @@ from conftest import (
     upload_over_http,
     upload_request,
 )
-from promtext import sample
-from starlette.testclient import TestClient
 from tcpproxy import TcpProxy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import Ws, ws_open

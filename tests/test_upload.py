@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 import xlsxwriter
 import xlwt
-from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings
 
 from datagraph.app import create_app
 

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from conftest import DATA, Api, make_settings, running_server, upload_over_http
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings, running_server, upload_over_http
 
 from datagraph.app import create_app
 
@@ -159,7 +159,7 @@ def test_a_worker_that_dies_mid_query_fails_the_query_clearly_and_is_replaced(di
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("live")
-    with running_server(work) as base:
+    with running_server(work, workers=2) as base:
         upload_over_http(base, DATA / "diamonds.csv")
         yield base
 

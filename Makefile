@@ -1,4 +1,5 @@
-# Two commands set everything up: `make run` serves the app, `make test` runs every test.
+# Two commands set everything up: `make run` serves the app, `make test` runs the everyday tests
+# (`make test-slow` the slow tier: load, fuzz, browser, kill/restart faults; `make test-all` both).
 # The environment lives in .venv/, built by uv from uv.lock; uv itself is installed from the
 # package index into .tools/ (nothing global).
 PYTHON ?= python3.11
@@ -6,7 +7,7 @@ UV_VERSION := 0.13.8
 UV := .tools/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lint schema bench bench-all clean
+.PHONY: run test test-slow test-all lint schema bench bench-all clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -20,7 +21,13 @@ run: .venv/.synced
 	.venv/bin/datagraph serve $(ARGS)
 
 test: lint
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# pytest exits 5 when it selects no test (say, PYTEST_ARGS naming a file with no slow test): not a failure.
+test-slow: .venv/.synced
+	.venv/bin/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-all: test test-slow
 
 lint: .venv/.synced
 	.venv/bin/ruff check .

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import SWEEP, Api, make_settings, serving
+from support import DATA, SWEEP, Api, ingested, make_settings, serving
 from upstream import Listener, Upstream
 
 from datagraph.settings import Settings
+from engine import Source
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,6 +36,14 @@ def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     asserts a first, uncached answer asks for `cache: BYPASS`."""
     with serving(make_settings(tmp_path_factory.mktemp("shared"))) as app:
         yield app
+
+
+@pytest.fixture(scope="session")
+def shared_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Source]:
+    """Each shared CSV parsed once per session as an upload is, into Parquet: the engine's `Source`
+    by file stem ("titanic"), for testing operations in-process."""
+    folder = tmp_path_factory.mktemp("shared-data")
+    return {path.stem: ingested(path, folder, path.stem) for path in sorted(DATA.glob("*.csv"))}
 
 
 @pytest.fixture

@@ -20,9 +20,12 @@ import pytest
 from leaks import Sweep
 from starlette.testclient import TestClient
 
+from connectors import IngestLimits, ingest, sniff
+from datagraph import jsonutil
 from datagraph.app import create_app
 from datagraph.auth import KEY_PREFIX
 from datagraph.settings import Settings
+from engine import Source
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -113,6 +116,33 @@ def serving(settings: Settings) -> Iterator[Api]:
     """The real app on `settings`, its lifespan running (workers, cache, ...), as an `Api`."""
     with TestClient(create_app(settings)) as client:
         yield Api(client, settings)
+
+
+def ingested(content: bytes | Path, folder: Path, dataset_id: str) -> Source:
+    """A file parsed as an upload is parsed (the worker's `connectors.ingest`, run in this process) into
+    a Parquet file in `folder`: the engine's `Source` of dataset `dataset_id`, version 1. For testing
+    the engine's operations in-process, where their semantics live, without an app."""
+    if isinstance(content, Path):
+        raw = content
+    else:
+        raw = folder / f"{dataset_id}.csv"
+        raw.write_bytes(content)
+    defaults = Settings(sources="", plugins="")
+    limits = IngestLimits(
+        max_columns=defaults.max_columns,
+        max_rows=defaults.max_rows,
+        xlsx_max_uncompressed=defaults.xlsx_max_uncompressed_mb * 1024 * 1024,
+        xlsx_max_ratio=defaults.xlsx_max_ratio,
+        xlsx_max_entries=defaults.xlsx_max_entries,
+    )
+    out = folder / f"{dataset_id}.parquet"
+    ingest(raw, sniff(raw, raw.name, limits), out, limits)
+    return Source(dataset_id, 1, out)
+
+
+def as_json(value: Any) -> Any:
+    """`value` as a client receives it: through the app's JSON encoding (NaN as null, dates as ISO text)."""
+    return jsonutil.loads(jsonutil.dumps(value))
 
 
 def free_port() -> int:

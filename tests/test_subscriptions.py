@@ -59,7 +59,8 @@ def _append(base: str, dataset: str, n: int = 1) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("subscriptions")
-    with running_server(work, "--ws-init-timeout-s", "1", "--ws-max-subscriptions", "3") as base:
+    # Two workers: appends land while a watch recomputes on the other (so changes pile up and coalesce).
+    with running_server(work, "--ws-init-timeout-s", "1", "--ws-max-subscriptions", "3", workers=2) as base:
         yield base
 
 

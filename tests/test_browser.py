@@ -28,7 +28,7 @@ except ImportError:  # every test skips (or, under CI, fails) in _require_browse
 else:
     PLAYWRIGHT = True
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # the slow tier: a real browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -227,6 +227,7 @@ def _jobs(api: Api) -> list[list[str]]:
 # ---- F9: kill -9 mid-upload or mid-commit --------------------------------------------------------------------
 
 
+@pytest.mark.slow  # kill/restart fault
 def test_f9_kill_9_mid_upload_leaves_nothing_after_restart(tmp_path: Path) -> None:
     content = _random_csv(60_000)  # 2 MiB: staged in two 1 MiB chunks
     data_dir = tmp_path / "data"
@@ -250,6 +251,7 @@ NEW_DATASET_KILLS = {
 }
 
 
+@pytest.mark.slow  # kill/restart fault
 @pytest.mark.parametrize("kill_at", NEW_DATASET_KILLS)
 def test_f9_kill_9_mid_commit_shows_no_half_dataset_after_restart(tmp_path: Path, kill_at: str) -> None:
     data_dir = tmp_path / "data"
@@ -270,6 +272,7 @@ def test_f9_kill_9_mid_commit_shows_no_half_dataset_after_restart(tmp_path: Path
         assert_nothing_left(data_dir)
 
 
+@pytest.mark.slow  # kill/restart fault
 def test_f9_kill_9_mid_replace_keeps_the_old_version_and_the_next_change_works(tmp_path: Path) -> None:
     # Killed with the replacement's raw upload kept and its version 2 linked beside version 1, before
     # the row moves on (a kill before the link leaves the same, less version 2).
@@ -380,6 +383,7 @@ def test_f8_a_full_disk_under_the_metadata_store_is_storage_full(tmp_path: Path)
 # ---- F10: a worker dies during an upload ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # kill/restart fault
 def test_f10_a_worker_killed_while_parsing_an_upload_fails_the_job_and_is_replaced(tmp_path: Path) -> None:
     before = _worker_pids()
     settings = make_settings(tmp_path, workers=1)
@@ -471,6 +475,7 @@ def test_f11_fifty_concurrent_writers_in_two_processes_corrupt_and_lose_nothing(
     assert made == {job: dataset_id for job, _, dataset_id in jobs}  # each job names the dataset it made
 
 
+@pytest.mark.slow  # two server processes
 def test_f11_fifty_concurrent_uploads_through_two_server_processes_on_one_data_directory(tmp_path: Path) -> None:
     content = (DATA / "tips.csv").read_bytes()
     data_dir = tmp_path / "data"

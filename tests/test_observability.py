@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from promtext import sample
 from starlette.testclient import TestClient
 from support import DATA, Api, free_port, make_settings, require_service, running_server, server_pid, upload_request
@@ -77,6 +78,7 @@ def _busy_worker(pid: int) -> psutil.Process:
     raise AssertionError("no worker got busy")
 
 
+@pytest.mark.slow  # kill/restart fault
 def test_json_logs_carry_the_request_id_and_the_error_id_the_client_saw(tmp_path: Path) -> None:
     with running_server(tmp_path, "--log-format", "json", workers=1) as base:
         diamonds = httpx.post(
@@ -107,6 +109,7 @@ def test_json_logs_carry_the_request_id_and_the_error_id_the_client_saw(tmp_path
     assert len(access) == 1 and access[0]["status"] == 200 and access[0]["duration_ms"] > 0
 
 
+@pytest.mark.slow  # two server processes
 def test_metrics_of_several_server_processes_add_up(tmp_path: Path) -> None:
     shared = tmp_path / "metrics"
     (tmp_path / "a").mkdir()

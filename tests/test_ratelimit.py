@@ -86,6 +86,7 @@ def test_each_key_has_its_own_budget(tmp_path: Path) -> None:
         assert wrong.status_code == 401
 
 
+@pytest.mark.slow  # two server processes
 def test_budgets_in_redis_are_shared_by_server_processes(tmp_path: Path) -> None:
     require_service(6379, "Redis")
     data_dir = tmp_path / "data"

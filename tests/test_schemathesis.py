@@ -29,14 +29,15 @@ from schemathesis.core.failures import FailureGroup
 from schemathesis.generation import GenerationMode
 from schemathesis.graphql import nodes
 from schemathesis.hooks import HookContext, HookDispatcher, HookScope
-from support import DATA, ROOT, running_server, upload_over_http
+from support import DATA, ROOT, budget, running_server, upload_over_http
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # the slow tier: a fuzz budget
 
-# Examples per operation and mode. 16 operations: about 550 requests, 20-25 s here; the soft budget
-# stops sending (the count says so) on a much slower machine before pytest's 120 s timeout.
-POSITIVE_EXAMPLES = 25
-NEGATIVE_EXAMPLES = 10
+# Examples per operation and mode, the full budget under CI (16 operations: about 550 requests, 20-25 s
+# here) and about half elsewhere; the soft budget stops sending (the count says so) on a much slower
+# machine before pytest's 120 s timeout.
+POSITIVE_EXAMPLES = budget(12, 25)
+NEGATIVE_EXAMPLES = budget(5, 10)
 BUDGET_S = 75.0
 SERVER_ENV = {
     "DATAGRAPH_SOURCES": "",

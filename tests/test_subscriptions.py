@@ -93,6 +93,7 @@ def test_dataset_events_say_what_changed(server: str, tips: str) -> None:
         assert ws.next_data()["datasetEvents"]["kind"] == "DELETED"
 
 
+@pytest.mark.slow  # inherently long (a self-join watch, 12 appends)
 def test_a_burst_of_changes_is_coalesced_and_the_last_push_is_current(server: str) -> None:
     # A watch that takes far longer to compute (a self-join of 830 million rows, counted: seconds)
     # than an append takes to land: changes pile up while it runs, and each recompute takes in all.
@@ -192,6 +193,7 @@ def test_append_rows_checks_every_value_and_is_all_or_nothing(tmp_path: Path) ->
         assert row["tip"] == 2.5 and row["day"] == "Mon" and row["total_bill"] is None
 
 
+@pytest.mark.slow  # two server processes
 def test_a_change_through_one_process_is_pushed_by_another(tmp_path: Path) -> None:
     require_service(5432, "PostgreSQL")
     require_service(6379, "Redis")
@@ -310,6 +312,7 @@ def test_unsubscribing_from_a_watch_nobody_else_wants_stops_its_work(server: str
             time.sleep(0.1)
 
 
+@pytest.mark.slow  # two server processes
 def test_watches_recompute_after_the_event_stream_comes_back(tmp_path: Path) -> None:
     """Process B reads events through a proxy to Redis; while it is cut, A appends (B misses the
     event); once B reads again, its watches recompute and push the current result."""
@@ -350,6 +353,7 @@ def test_a_frame_over_the_limit_closes_that_connection_only(server: str, tips: s
         assert other.next_data()["watch"]["data"] == {"count": SUNDAY}
 
 
+@pytest.mark.slow  # inherently long (30 appends, 37 MB of pushes)
 def test_a_subscriber_that_stops_reading_does_not_hold_up_the_others(server: str) -> None:
     diamonds = upload_over_http(server, DATA / "diamonds.csv")
     big = "subscription($d: ID!) { watch(dataset: $d, result: ROWS, limit: 10000) { success data } }"

@@ -113,6 +113,7 @@ def test_timeout_ms_must_be_positive(diamonds: Api) -> None:
     assert "timeoutMs" in answer["dataset"]["count"]["error"]["message"]
 
 
+@pytest.mark.slow  # kill fault, inherently long
 def test_a_memory_bomb_kills_a_worker_not_the_server(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, worker_memory_mb=2048, workers=POOL)
     with TestClient(create_app(settings)) as client:
@@ -138,6 +139,7 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow  # kill/restart fault
 def test_a_worker_that_dies_mid_query_fails_the_query_clearly_and_is_replaced(diamonds: Api) -> None:
     api = diamonds
     before = set(_children())

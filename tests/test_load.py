@@ -1,6 +1,6 @@
-"""Fifty clients on a real server for a minute (half that outside CI; loopback only, bounded in time): cached reads,
-uncached analysis and uploads, while one query runs for 30 s in a worker and one greedy client
-spends its budget. Nothing fails but the intended rate limits, the server's memory stays flat,
+"""Fifty clients on a real server for a minute (half that outside CI; loopback only, bounded in
+time): cached reads, uncached analysis and uploads, while one query runs for 30 s in a worker and
+one greedy client spends its budget. Nothing fails but the intended rate limits, the server's memory stays flat,
 and cached reads stay quick (their p99 under load and idle are printed)."""
 
 from __future__ import annotations

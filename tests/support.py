@@ -23,9 +23,10 @@ from starlette.testclient import TestClient
 from connectors import IngestLimits, ingest, sniff
 from datagraph import jsonutil
 from datagraph.app import create_app
-from datagraph.auth import KEY_PREFIX
+from datagraph.auth import KEY_PREFIX, hash_key, new_key
 from datagraph.settings import Settings
 from engine import Source
+from storage import MetadataStore
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
@@ -217,6 +218,20 @@ def create_key(data_dir: Path, name: str) -> str:
     out = datagraph_cli("keys", "create", "--name", name, "--data-dir", str(data_dir)).stdout
     key = out.strip().splitlines()[-1]
     assert key.startswith(KEY_PREFIX) and len(key) > 40, out
+    return key
+
+
+def add_key(data_dir: Path, name: str) -> str:
+    """An API key called `name`, recorded as `datagraph keys create` records it (hashed, in the data
+    directory's metadata store) but in this process: for tests where the key is only a means (the
+    command itself is tested with `create_key`, and costs a process start)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = MetadataStore(Settings(data_dir=data_dir, sources="", plugins="").resolved_metadata_url)
+    try:
+        key = new_key()
+        assert store.add_key(name, hash_key(key)), f"there is already a key called {name!r}"
+    finally:
+        store.close()
     return key
 
 

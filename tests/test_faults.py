@@ -643,11 +643,11 @@ def _count(api: Api, over: float) -> dict[str, Any]:
 @pytest.mark.parametrize("fault", ["cut", "black-hole"])
 def test_f3_redis_lost_mid_run_is_never_a_user_visible_error(tmp_path: Path, fault: str) -> None:
     require_service(6379, "Redis")
-    direct = redis.Redis(port=6379, db=13)
+    direct = redis.Redis(port=6379, db=14)  # each module its own Redis database
     direct.flushdb()
     proxy = TcpProxy(6379)
     proxy.start()
-    settings = make_settings(tmp_path, cache_url=f"redis://127.0.0.1:{proxy.port}/13", cache_timeout_s=0.2)
+    settings = make_settings(tmp_path, cache_url=f"redis://127.0.0.1:{proxy.port}/14", cache_timeout_s=0.2)
     try:
         with TestClient(create_app(settings)) as client:
             api = Api(client, settings)
@@ -811,11 +811,11 @@ class Live:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     require_service(6379, "Redis")
-    cache = redis.Redis(port=6379, db=12)
+    cache = redis.Redis(port=6379, db=11)  # each module its own Redis database
     cache.flushdb()
     work = tmp_path_factory.mktemp("disconnect")
     try:
-        with running_server(work, "--cache-url", "redis://127.0.0.1:6379/12", workers=2) as base:
+        with running_server(work, "--cache-url", "redis://127.0.0.1:6379/11", workers=2) as base:
             upload_over_http(base, DATA / "diamonds.csv")
             yield Live(base, work / "data", cache, set(cache.keys("datagraph:result:*")))
     finally:

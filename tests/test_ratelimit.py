@@ -102,7 +102,8 @@ def test_budgets_in_redis_are_shared_by_server_processes(tmp_path: Path) -> None
     data_dir.mkdir()
     key = add_key(data_dir, "shared")  # a new key: its budget in Redis starts empty
     headers = {"X-API-Key": key}
-    shared = {"api_keys": "on", "rate_limit": "6/minute", "rate_limit_url": "redis://127.0.0.1:6379/0"}
+    limit_in = "redis://127.0.0.1:6379/10"  # this module's own Redis database
+    shared = {"api_keys": "on", "rate_limit": "6/minute", "rate_limit_url": limit_in}
     with _client(tmp_path, **shared) as one, _client(tmp_path, **shared) as two:
         for client in (one, two, one, two, one, two):
             assert client.post("/graphql", json={"query": "{ datasets { id } }"}, headers=headers).status_code == 200

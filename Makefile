@@ -20,8 +20,11 @@ $(UV):
 run: .venv/.synced
 	.venv/bin/datagraph serve $(ARGS)
 
+# The everyday tier on two pytest-xdist workers, a test module each at a time (module-scoped apps stay
+# shared; each module has its own Redis database, ports and data directories). XDIST=0: in one process.
+XDIST ?= 2
 test: lint
-	.venv/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m "not slow" -n $(XDIST) --dist loadfile $(PYTEST_ARGS)
 
 # pytest exits 5 when it selects no test (say, PYTEST_ARGS naming a file with no slow test): not a failure.
 test-slow: .venv/.synced

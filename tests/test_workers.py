@@ -113,7 +113,6 @@ def test_timeout_ms_must_be_positive(diamonds: Api) -> None:
     assert "timeoutMs" in answer["dataset"]["count"]["error"]["message"]
 
 
-@pytest.mark.slow  # kill fault, inherently long
 def test_a_memory_bomb_kills_a_worker_not_the_server(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, worker_memory_mb=2048, workers=POOL)
     with TestClient(create_app(settings)) as client:

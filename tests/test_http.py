@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-from conftest import free_port
 from pydantic import ValidationError
+from support import free_port
 from upstream import Flood, Listener, Reply, Upstream
 
 from connectors.http import HttpClient, HttpSession, HttpSettings, HttpStats, NotModified

@@ -1,4 +1,5 @@
-# Two commands set everything up: `make run` serves the app, `make test` runs every test.
+# Two commands set everything up: `make run` serves the app, `make test` runs the everyday tests
+# (`make test-slow` the slow tier: load, fuzz, browser, kill/restart faults; `make test-all` both).
 # The environment lives in .venv/, built by uv from uv.lock; uv itself is installed from the
 # package index into .tools/ (nothing global).
 PYTHON ?= python3.11
@@ -6,7 +7,7 @@ UV_VERSION := 0.13.8
 UV := .tools/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test lint coverage schema bench bench-all clean
+.PHONY: run test test-slow test-all lint coverage schema bench bench-all clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -19,8 +20,17 @@ $(UV):
 run: .venv/.synced
 	.venv/bin/datagraph serve $(ARGS)
 
+# The everyday tier on two pytest-xdist workers, a test module each at a time (module-scoped apps stay
+# shared; each module has its own Redis database, ports and data directories). XDIST=0: in one process.
+XDIST ?= 2
 test: lint
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -m "not slow" -n $(XDIST) --dist loadfile $(PYTEST_ARGS)
+
+# pytest exits 5 when it selects no test (say, PYTEST_ARGS naming a file with no slow test): not a failure.
+test-slow: .venv/.synced
+	.venv/bin/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-all: test test-slow
 
 lint: .venv/.synced
 	.venv/bin/ruff check .

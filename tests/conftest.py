@@ -1,106 +1,21 @@
-"""Shared fixtures: a real app (lifespan and all) on a fresh data directory, and GraphQL helpers."""
+"""Fixtures and hooks only (helpers are in support.py): a real app (lifespan and all) on a fresh data
+directory, per test or shared by a module's tests that only read, and the scripted upstreams."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from leaks import Sweep
-from starlette.testclient import TestClient
+from support import DATA, SWEEP, Api, ingested, make_settings, serving
 from upstream import Listener, Upstream
 
 from datagraph.settings import Settings
-from server.app import create_app
-from server.auth import KEY_PREFIX
-
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
-SWEEP = Sweep()  # scans every response of the app for leaks; a leak fails the run (tests/leaks.py)
-
-UPLOAD = """mutation($file: Upload!, $name: String, $replace: ID) {
-  uploadDataset(file: $file, name: $name, replace: $replace) {
-    success error { code message }
-    dataset { id name version rowCount columns { name dtype nullCount missingRate } preview { data } }
-  }
-}"""
-
-
-def upload_request(
-    content: bytes,
-    filename: str,
-    name: str | None = None,
-    headers: dict[str, str] | None = None,
-    *,
-    replace: str | None = None,
-) -> Any:
-    """The keyword arguments of a GraphQL multipart `uploadDataset` POST (httpx); with `replace`, the
-    upload is a new version of that dataset."""
-    variables = {"file": None, "name": name, **({"replace": replace} if replace else {})}
-    ops = {"query": UPLOAD, "variables": variables}
-    return {
-        "data": {"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
-        "files": {"0": (filename, content, "application/octet-stream")},
-        "headers": {"Apollo-Require-Preflight": "true"} if headers is None else headers,
-    }
-
-
-class Api:
-    """A GraphQL client over the real ASGI app."""
-
-    def __init__(self, client: TestClient, settings: Settings) -> None:
-        self.client = client
-        self.settings = settings
-
-    def query(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        response = self.client.post("/graphql", json={"query": query, "variables": variables or {}})
-        body: dict[str, Any] = response.json()
-        return body
-
-    def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        body = self.query(query, variables)
-        assert "errors" not in body, body["errors"]
-        result: dict[str, Any] = body["data"]
-        return result
-
-    def upload_raw(self, content: bytes, filename: str, name: str | None = None, **headers: str) -> Any:
-        return self.client.post("/graphql", **upload_request(content, filename, name, headers or None))
-
-    def upload(self, content: bytes | Path, filename: str | None = None, name: str | None = None) -> dict[str, Any]:
-        """Upload and return the `uploadDataset` payload."""
-        if isinstance(content, Path):
-            filename = filename or content.name
-            content = content.read_bytes()
-        assert filename is not None
-        response = self.upload_raw(content, filename, name)
-        body = response.json()
-        assert "errors" not in body, body
-        payload: dict[str, Any] = body["data"]["uploadDataset"]
-        return payload
-
-    def upload_ok(self, content: bytes | Path, filename: str | None = None, name: str | None = None) -> str:
-        payload = self.upload(content, filename, name)
-        assert payload["success"], payload["error"]
-        dataset_id: str = payload["dataset"]["id"]
-        return dataset_id
+from engine import Source
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SWEEP, "leak-sweep")
-
-
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    """Settings on a fresh data directory, with no database sources or plugins unless given."""
-    return Settings(**{"data_dir": tmp_path / "data", "sources": "", "plugins": "", **overrides})
 
 
 @pytest.fixture
@@ -110,99 +25,25 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def api(settings: Settings) -> Iterator[Api]:
-    with TestClient(create_app(settings)) as client:
-        yield Api(client, settings)
+    """An app of the test's own: for tests that change what is stored or assert what is left."""
+    with serving(settings) as app:
+        yield app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture(scope="module")
+def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One app for the module's tests that only read (datasette's module-scoped app): a test that
+    asserts a first, uncached answer asks for `cache: BYPASS`."""
+    with serving(make_settings(tmp_path_factory.mktemp("shared"))) as app:
+        yield app
 
 
-@contextlib.contextmanager
-def running_server(work: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """A real `datagraph serve` under uvicorn on loopback, as a user starts it; yields its base URL."""
-    port = free_port()
-    log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
-    command = [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(work / "data"), *args]
-    proc = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        cwd=work,
-        env={**os.environ, **(env or {})},
-    )
-    base = f"http://127.0.0.1:{port}"
-    _SERVER_PIDS[base] = proc.pid
-    SWEEP.serving(base)
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(base + "/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server did not answer /healthz: " + (work / "server.log").read_text())
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-        log.close()
-
-
-_SERVER_PIDS: dict[str, int] = {}
-
-
-def server_pid(base: str) -> int:
-    """The pid of the `datagraph serve` that `running_server` started at `base`."""
-    return _SERVER_PIDS[base]
-
-
-def upload_over_http(base: str, path: Path, headers: dict[str, str] | None = None) -> str:
-    """Upload a file to a running server over HTTP; return the dataset id."""
-    response = httpx.post(
-        base + "/graphql", **upload_request(path.read_bytes(), path.name, headers=headers), timeout=60
-    )
-    payload = response.json()["data"]["uploadDataset"]
-    assert payload["success"], payload
-    dataset_id: str = payload["dataset"]["id"]
-    return dataset_id
-
-
-def datagraph_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run the `datagraph` command with `args`, as a user does; its output is captured as text."""
-    return subprocess.run(
-        [str(ROOT / ".venv/bin/datagraph"), *args], capture_output=True, text=True, timeout=60, check=check
-    )
-
-
-def create_key(data_dir: Path, name: str) -> str:
-    """Make an API key called `name` with `datagraph keys create`; return the key it printed."""
-    out = datagraph_cli("keys", "create", "--name", name, "--data-dir", str(data_dir)).stdout
-    key = out.strip().splitlines()[-1]
-    assert key.startswith(KEY_PREFIX) and len(key) > 40, out
-    return key
-
-
-def require(missing: str | None, *, ci: str | None = None) -> None:
-    """Nothing when `missing` is None; else skip, saying what is missing, or under CI (which
-    provides everything) fail instead, saying also `ci`: how CI gets it."""
-    if missing is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{missing}, and CI needs it" + (f" ({ci})" if ci else ""))
-    pytest.skip(missing)
-
-
-def require_service(port: int, name: str) -> None:
-    """Skip unless `name` listens on 127.0.0.1:`port`; under CI a missing service fails instead."""
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        require(f"{name} is not running on 127.0.0.1:{port}", ci=".ci/run starts it")
+@pytest.fixture(scope="session")
+def shared_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Source]:
+    """Each shared CSV parsed once per session as an upload is, into Parquet: the engine's `Source`
+    by file stem ("titanic"), for testing operations in-process."""
+    folder = tmp_path_factory.mktemp("shared-data")
+    return {path.stem: ingested(path, folder, path.stem) for path in sorted(DATA.glob("*.csv"))}
 
 
 @pytest.fixture

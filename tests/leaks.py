@@ -126,7 +126,8 @@ class Sweep:
     """A pytest plugin that scans every response of the app under test (TestClient's `testserver`
     and the servers registered with `serving`) over httpx, httpx2 (TestClient's), requests and
     websockets. Other hosts (the tests' fake upstreams, the app's own outbound calls) and /static/
-    assets are skipped. A leak fails the run at its end, listed with its test and request."""
+    assets are skipped. A leak fails the run at its end, listed with its test and request (under
+    pytest-xdist each worker sweeps its tests and the controller adds up and reports)."""
 
     def __init__(self) -> None:
         self.apps: set[str] = set()  # host:port of each real server of the app
@@ -245,8 +246,25 @@ class Sweep:
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         self.patch.undo()
+        output = getattr(session.config, "workeroutput", None)
+        if output is not None:  # a pytest-xdist worker: its findings go to the controller, which reports
+            output["leak_sweep"] = {
+                "scanned": self.scanned,
+                "leaks": [[leak.node, leak.request, leak.found.kind, leak.found.text, leak.found.context]
+                          for leak in self.leaks],
+            }  # fmt: skip
         if self.leaks:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """pytest-xdist's controller: add up what a worker's sweep scanned and found."""
+        found = getattr(node, "workeroutput", {}).get("leak_sweep")
+        if found is None:
+            return
+        for channel, count in found["scanned"].items():
+            self.scanned[channel] += count
+        self.leaks += [Leak(test, request, Found(*rest)) for test, request, *rest in found["leaks"]]
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         report = terminalreporter

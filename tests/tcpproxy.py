@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 
-from conftest import free_port
+from support import free_port
 
 __all__ = ["TcpProxy"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DATA, ROOT, create_key, datagraph_cli, make_settings, running_server, upload_over_http
 from starlette.testclient import TestClient
+from support import DATA, ROOT, add_key, create_key, datagraph_cli, make_settings, running_server, upload_over_http
 from websockets.exceptions import ConnectionClosed
 from wsclient import Ws, ws_open
 
@@ -81,7 +81,7 @@ def _unauthenticated(response: httpx.Response) -> None:
 
 def test_http_requests_need_a_valid_key(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, api_keys="on", graphiql=True)  # GraphiQL asked for, as production needs
-    key = create_key(settings.data_dir, "script")
+    key = add_key(settings.data_dir, "script")
     with TestClient(create_app(settings)) as client:
         _unauthenticated(client.post("/graphql", json=DATASETS))
         _unauthenticated(client.post("/graphql", json=DATASETS, headers={"X-API-Key": key + "x"}))
@@ -104,8 +104,8 @@ def test_http_requests_need_a_valid_key(tmp_path: Path) -> None:
 
 def test_a_revoked_key_stops_working_within_a_second(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, api_keys="on")
-    create_key(settings.data_dir, "keep")
-    key = create_key(settings.data_dir, "old")
+    add_key(settings.data_dir, "keep")
+    key = add_key(settings.data_dir, "old")
     with TestClient(create_app(settings)) as client:
         headers = {"X-API-Key": key}
         assert client.post("/graphql", json=DATASETS, headers=headers).status_code == 200
@@ -118,7 +118,7 @@ def test_a_revoked_key_stops_working_within_a_second(tmp_path: Path) -> None:
 
 
 def test_websockets_authenticate_with_connection_params(tmp_path: Path) -> None:
-    key = create_key(tmp_path / "data", "browser")
+    key = add_key(tmp_path / "data", "browser")
     with running_server(tmp_path, "--api-keys", "on") as base:
         assert httpx.post(base + "/graphql", json=DATASETS).status_code == 401
         tips = upload_over_http(base, DATA / "tips.csv", headers={"X-API-Key": key})
@@ -163,7 +163,7 @@ def _errors(client: TestClient, body: dict[str, str], headers: dict[str, str]) -
 
 def test_production_mode_hides_the_schema_and_graphiql(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, api_keys="on")  # production: auto follows the keys
-    headers = {"X-API-Key": create_key(settings.data_dir, "prod")}
+    headers = {"X-API-Key": add_key(settings.data_dir, "prod")}
     with TestClient(create_app(settings)) as client:
         refused = _errors(client, INTROSPECTION, headers)
         assert refused and "introspection" in str(refused[0]["message"]).lower()
@@ -181,7 +181,7 @@ def test_outside_production_the_schema_is_open_to_explore(tmp_path: Path) -> Non
         assert "Did you mean" in str(_errors(client, TYPO, {}))
         assert "graphiql" in client.get("/graphql", headers={"Accept": "text/html"}).text.lower()
     settings = make_settings(tmp_path, api_keys="on", production="off")
-    headers = {"X-API-Key": create_key(settings.data_dir, "dev")}
+    headers = {"X-API-Key": add_key(settings.data_dir, "dev")}
     with TestClient(create_app(settings)) as client:
         assert _errors(client, INTROSPECTION, headers) == []
 
@@ -189,7 +189,7 @@ def test_outside_production_the_schema_is_open_to_explore(tmp_path: Path) -> Non
 def test_cors_lets_the_listed_origins_call_the_api_and_no_other(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    key = create_key(data_dir, "front-end")
+    key = add_key(data_dir, "front-end")
     settings = make_settings(tmp_path, api_keys="on", cors_origins="https://app.example, https://other.example")
     with TestClient(create_app(settings)) as client:
         asks = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type, x-api-key"}

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pandas as pd
 import pytest
-from conftest import DATA, create_key, require, running_server, upload_over_http
+from support import DATA, add_key, require, running_server, upload_over_http
 
 try:
     from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -28,7 +28,7 @@ except ImportError:  # every test skips (or, under CI, fails) in _require_browse
 else:
     PLAYWRIGHT = True
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # the slow tier: a real browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -517,7 +517,7 @@ def test_the_page_follows_changes_to_the_dataset_live(session: Session) -> None:
 def test_a_server_that_needs_a_key_gets_it_from_a_small_form(browser: Browser, tmp_path: Path) -> None:
     work = tmp_path / "keyed"
     work.mkdir()
-    key = create_key(work / "data", "browser")
+    key = add_key(work / "data", "browser")
     # The requests refused for want of a key are logged by the browser as failed loads.
     with (
         running_server(work, "--api-keys", "on") as server,

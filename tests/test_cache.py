@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 import pytest
 import redis
-from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings
 
 from datagraph.settings import Settings
 from engine.runtime import LruMemoryCache
@@ -104,6 +104,7 @@ def test_a_new_dataset_under_the_same_id_is_never_answered_from_the_old_entry(ti
     assert fresh["cached"] is False and fresh["data"] == {"count": 2}
 
 
+@pytest.mark.slow  # two server processes
 def test_a_dataset_replaced_by_another_server_process_is_seen_at_once(tmp_path: Path) -> None:
     # Two servers on one data directory (one SQLite metadata file). The first keeps the dataset's
     # record in memory; the second replaces the dataset; the first must answer from the new one.

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings
 
 from server.app import create_app
 

@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pytest
-from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings
 
 from datagraph.errors import BadInput
 from engine._clean import translate_error

@@ -1,19 +1,39 @@
-"""describe answers the numbers pandas' describe(include="all") gives, on every shared CSV."""
+"""describe answers the numbers pandas' describe(include="all") gives, on every shared CSV: checked on
+the engine in-process (the same code the workers run), and through the API for the wiring."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api, as_json, make_settings, serving
+
+import engine
+from engine import Plan, Source
 
 DESCRIBE = "query($id: ID!) { dataset(id: $id) { describe { success error { message } data } } }"
 NUMERIC_KEYS = {"count": "count", "mean": "mean", "std": "std", "min": "min", "p25": "25%", "p50": "50%", "p75": "75%", "max": "max"}  # fmt: skip
 TEMPORAL_KEYS = {k: v for k, v in NUMERIC_KEYS.items() if k != "std"}
 TEXT_KEYS = {"count": "count", "unique": "unique", "top": "top", "freq": "freq"}
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One app for the module (its tests only read): tips and titanic uploaded once."""
+    with serving(make_settings(tmp_path_factory.mktemp("describe"))) as app:
+        for name in ("tips.csv", "titanic.csv"):
+            app.upload_ok(DATA / name)
+        yield app
+
+
+def _describe(source: Source) -> list[dict[str, Any]]:
+    """describe of a whole dataset, run by the engine in this process, as the API answers it."""
+    answer: list[dict[str, Any]] = as_json(engine.describe(Plan(source)))
+    return answer
 
 
 def _oracle(path: Path, temporal: set[str]) -> pd.DataFrame:
@@ -35,11 +55,8 @@ def _same(ours: Any, theirs: Any) -> bool:
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in DATA.glob("*.csv")))
-def test_describe_matches_pandas_on_shared_csv(api: Api, name: str) -> None:
-    dataset_id = api.upload_ok(DATA / name)
-    answer = api.data(DESCRIBE, {"id": dataset_id})["dataset"]["describe"]
-    assert answer["success"], answer["error"]
-    stats = {row["column"]: row for row in answer["data"]}
+def test_describe_matches_pandas_on_shared_csv(shared_data: dict[str, Source], name: str) -> None:
+    stats = {row["column"]: row for row in _describe(shared_data[name.removesuffix(".csv")])}
     temporal = {c for c, row in stats.items() if row["dtype"] in ("Date", "Datetime")}
     oracle = _oracle(DATA / name, temporal)
     assert list(stats) == list(oracle.columns)
@@ -58,9 +75,8 @@ def test_describe_matches_pandas_on_shared_csv(api: Api, name: str) -> None:
     assert compared >= 4 * len(stats)
 
 
-def test_taxis_timestamps_are_described_as_datetimes(api: Api) -> None:
-    dataset_id = api.upload_ok(DATA / "taxis.csv")
-    rows = api.data(DESCRIBE, {"id": dataset_id})["dataset"]["describe"]["data"]
+def test_taxis_timestamps_are_described_as_datetimes(shared_data: dict[str, Source]) -> None:
+    rows = _describe(shared_data["taxis"])
     pickup = next(r for r in rows if r["column"] == "pickup")
     assert pickup["dtype"] == "Datetime"
     assert pickup["min"] < pickup["p50"] < pickup["max"]
@@ -68,20 +84,24 @@ def test_taxis_timestamps_are_described_as_datetimes(api: Api) -> None:
 
 
 def test_describe_selected_columns_and_unknown_column(api: Api) -> None:
-    dataset_id = api.upload_ok(DATA / "tips.csv")
     q = "query($id: ID!, $c: [String!]) { dataset(id: $id) { describe(columns: $c) { success error { code message } data } } }"
-    ok = api.data(q, {"id": dataset_id, "c": ["tip", "day"]})["dataset"]["describe"]
+    ok = api.data(q, {"id": "tips", "c": ["tip", "day"]})["dataset"]["describe"]
     assert [r["column"] for r in ok["data"]] == ["tip", "day"]
-    bad = api.data(q, {"id": dataset_id, "c": ["tip", "tips"]})["dataset"]["describe"]
+    whole = api.data(DESCRIBE, {"id": "tips"})["dataset"]["describe"]  # through the API as in-process
+    assert whole["success"], whole["error"]
+    oracle = pd.read_csv(DATA / "tips.csv").describe(include="all")
+    assert [r["column"] for r in whole["data"]] == list(oracle.columns)
+    tip = next(r for r in whole["data"] if r["column"] == "tip")
+    assert all(_same(tip[ours], oracle["tip"][theirs]) for ours, theirs in NUMERIC_KEYS.items()), tip
+    bad = api.data(q, {"id": "tips", "c": ["tip", "tips"]})["dataset"]["describe"]
     assert bad["success"] is False and bad["data"] is None
     assert bad["error"]["code"] == "BAD_INPUT" and '"tips"' in bad["error"]["message"]
 
 
 def test_describe_of_a_filtered_frame_matches_pandas(api: Api) -> None:
-    dataset_id = api.upload_ok(DATA / "titanic.csv")
     q = """query($id: ID!) { dataset(id: $id) {
       filter(where: [{column: "age", op: GT, value: 18}]) { describe(columns: ["fare", "class"]) { data } } } }"""
-    rows = {r["column"]: r for r in api.data(q, {"id": dataset_id})["dataset"]["filter"]["describe"]["data"]}
+    rows = {r["column"]: r for r in api.data(q, {"id": "titanic"})["dataset"]["filter"]["describe"]["data"]}
     frame = pd.read_csv(DATA / "titanic.csv")
     adults = frame[frame["age"] > 18]
     assert math.isclose(rows["fare"]["mean"], adults["fare"].mean(), rel_tol=1e-9)

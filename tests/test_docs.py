@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, running_server
+from support import ROOT, running_server
 
 from datagraph.settings import Settings, settings_table
 from gql.schema import build_schema

@@ -5,19 +5,28 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import polars as pl
 import pytest
-from conftest import DATA, Api, make_settings
 from polars.testing import assert_frame_equal
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings, serving
 
 from server.app import create_app
 
 EXPORT = """query($id: ID!, $f: ExportFormat) { dataset(id: $id) {
   filter(where: [{column: "size", op: GE, value: 4}]) { export(format: $f) { success error { code message } data meta { rowCount } } } } }"""
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One app for the module's tests that only read and export (each export has its own link)."""
+    with serving(make_settings(tmp_path_factory.mktemp("export"))) as app:
+        app.upload_ok(DATA / "tips.csv")
+        yield app
 
 
 def _read(fmt: str, content: bytes) -> pl.DataFrame:
@@ -32,7 +41,7 @@ def _read(fmt: str, content: bytes) -> pl.DataFrame:
 
 @pytest.mark.parametrize("fmt", ["CSV", "PARQUET", "XLSX", "JSON"])
 def test_export_downloads_the_filtered_rows(api: Api, fmt: str) -> None:
-    dataset_id = api.upload_ok(DATA / "tips.csv")
+    dataset_id = "tips"
     answer = api.data(EXPORT, {"id": dataset_id, "f": fmt})["dataset"]["filter"]["export"]
     assert answer["success"], answer["error"]
     data = answer["data"]

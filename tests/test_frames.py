@@ -1,19 +1,39 @@
-"""Frames: every filter operator, select, sort, slice, rows and count, checked against pandas."""
+"""Frames: every filter operator, select, sort, slice, rows and count, checked against pandas. The
+filter operators are counted by the engine in-process (the same code the workers run); the rest goes
+through one app for the module."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api, make_settings, serving
+
+import engine
+from engine import Condition, Filter, Plan, Source
 
 COUNT = "query($id: ID!, $w: [Condition!]!) { dataset(id: $id) { filter(where: $w) { count { success error { code message } data } } } }"
 
 
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One app for the module (its tests only read): titanic and taxis uploaded once."""
+    with serving(make_settings(tmp_path_factory.mktemp("frames"))) as app:
+        for name in ("titanic.csv", "taxis.csv"):
+            app.upload_ok(DATA / name)
+        yield app
+
+
 @pytest.fixture
-def titanic(api: Api) -> str:
-    return api.upload_ok(DATA / "titanic.csv")
+def titanic() -> str:
+    return "titanic"
+
+
+def _count_here(source: Source, where: list[dict[str, Any]]) -> int:
+    """The filtered count from the engine in this process."""
+    return engine.count(Plan(source, (Filter(tuple(Condition(**c) for c in where)),)))
 
 
 def _count(api: Api, dataset_id: str, where: list[dict[str, Any]]) -> dict[str, Any]:
@@ -54,19 +74,17 @@ FILTERS = [
 
 @pytest.mark.parametrize(("condition", "mask"), FILTERS, ids=[f"{f[0]['op']}-{f[0]['column']}" for f in FILTERS])
 def test_each_operator_counts_what_pandas_counts(
-    api: Api, titanic: str, condition: dict[str, Any], mask: pd.Series
+    shared_data: dict[str, Source], condition: dict[str, Any], mask: pd.Series
 ) -> None:
-    answer = _count(api, titanic, [condition])
-    assert answer["success"], answer["error"]
     expected = int(mask.sum())
     assert 0 < expected < len(T) or condition["value"] == "(.*)"
-    assert answer["data"] == {"count": expected}
+    assert _count_here(shared_data["titanic"], [condition]) == expected
 
 
-def test_ne_and_not_in_leave_out_missing_values(api: Api, titanic: str) -> None:
+def test_ne_and_not_in_leave_out_missing_values(shared_data: dict[str, Source]) -> None:
     # Missing values match no comparison (as in SQL); use IS_NULL to find them.
-    answer = _count(api, titanic, [{"column": "deck", "op": "NE", "value": "C"}])
-    assert answer["data"] == {"count": int((T["deck"].notna() & (T["deck"] != "C")).sum())}
+    counted = _count_here(shared_data["titanic"], [{"column": "deck", "op": "NE", "value": "C"}])
+    assert counted == int((T["deck"].notna() & (T["deck"] != "C")).sum())
 
 
 def test_conditions_are_anded_and_chained_filters_compose(api: Api, titanic: str) -> None:
@@ -158,7 +176,7 @@ def test_bad_select_and_sort_are_problems_not_errors(api: Api, titanic: str) -> 
 
 
 def test_dates_filter_with_iso_text(api: Api) -> None:
-    taxis = api.upload_ok(DATA / "taxis.csv")
+    taxis = "taxis"
     frame = pd.read_csv(DATA / "taxis.csv", parse_dates=["pickup"])
     where = [{"column": "pickup", "op": "GE", "value": "2019-03-15T00:00:00"}]
     assert _count(api, taxis, where)["data"] == {"count": int((frame["pickup"] >= "2019-03-15").sum())}

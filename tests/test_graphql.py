@@ -1,4 +1,7 @@
-"""GraphQL hardening: limits on depth, aliases, tokens and size; malformed requests; error masking."""
+"""GraphQL hardening: limits on depth, aliases, tokens and size; malformed requests; error masking.
+
+Tests that only ask share one app (`shared_api`); those that break files or assert that a refused
+request left nothing behind have their own (`api`)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import re
 import sqlite3
 
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api
 
 LEAKS = re.compile(r"Traceback|Errno|/work/|/tmp/|site-packages|\.py\b|polars|sqlalchemy", re.IGNORECASE)
 
@@ -21,43 +24,43 @@ def _still_serving(api: Api) -> None:
     assert api.data("{ sources { id } }")["sources"] == [{"id": "uploads"}, {"id": "frames"}, {"id": "plugins"}]
 
 
-def test_depth_bomb_is_refused(api: Api) -> None:
+def test_depth_bomb_is_refused(shared_api: Api) -> None:
     inner = "count { data }"
     for _ in range(10):
         inner = f"filter(where: []) {{ {inner} }}"
-    body = api.query(f'{{ dataset(id: "x") {{ {inner} }} }}')
+    body = shared_api.query(f'{{ dataset(id: "x") {{ {inner} }} }}')
     assert body.get("data") is None and "exceeds maximum operation depth" in body["errors"][0]["message"]
-    _still_serving(api)
+    _still_serving(shared_api)
 
 
-def test_five_thousand_nested_braces_are_refused(api: Api) -> None:
-    status, text = _post(api, {"query": "{" * 5000 + "}" * 5000})
+def test_five_thousand_nested_braces_are_refused(shared_api: Api) -> None:
+    status, text = _post(shared_api, {"query": "{" * 5000 + "}" * 5000})
     assert status in (200, 400) and "errors" in text and not LEAKS.search(text)
-    _still_serving(api)
+    _still_serving(shared_api)
 
 
-def test_too_many_aliases_also_through_fragments(api: Api) -> None:
+def test_too_many_aliases_also_through_fragments(shared_api: Api) -> None:
     many = " ".join(f"a{i}: sources {{ id }}" for i in range(16))
-    assert "aliases" in api.query(f"{{ {many} }}")["errors"][0]["message"]
+    assert "aliases" in shared_api.query(f"{{ {many} }}")["errors"][0]["message"]
     fragment = "fragment F on Query { " + " ".join(f"b{i}: sources {{ id }}" for i in range(10)) + " }"
     spread = " ".join(f"x{i}: __typename" for i in range(1)) + " ...F ...F"
-    body = api.query(f"{{ {spread} }} {fragment}")
+    body = shared_api.query(f"{{ {spread} }} {fragment}")
     assert body.get("data") is None and "aliases" in body["errors"][0]["message"]
 
 
-def test_three_thousand_duplicate_fields_hit_the_token_limit(api: Api) -> None:
-    body = api.query("{ sources { " + "id " * 3000 + "} }")
+def test_three_thousand_duplicate_fields_hit_the_token_limit(shared_api: Api) -> None:
+    body = shared_api.query("{ sources { " + "id " * 3000 + "} }")
     assert body.get("data") is None and "token" in body["errors"][0]["message"].lower()
 
 
-def test_long_query_and_large_bodies_are_refused_with_the_limit_named(api: Api) -> None:
-    status, text = _post(api, {"query": "{ sources { id } }" + " " * 20_001})
+def test_long_query_and_large_bodies_are_refused_with_the_limit_named(shared_api: Api) -> None:
+    status, text = _post(shared_api, {"query": "{ sources { id } }" + " " * 20_001})
     assert status == 413 and "20,000 characters" in text and "max_query_chars" in text
-    status, text = _post(api, {"query": "#" + "c" * (5 * 1024 * 1024) + "\n{ sources { id } }"})
+    status, text = _post(shared_api, {"query": "#" + "c" * (5 * 1024 * 1024) + "\n{ sources { id } }"})
     assert status == 413 and "256 KiB" in text and "max_request_kb" in text
-    status, text = _post(api, {"query": "{ sources { id } }", "variables": {"v": "x" * (2 * 1024 * 1024)}})
+    status, text = _post(shared_api, {"query": "{ sources { id } }", "variables": {"v": "x" * (2 * 1024 * 1024)}})
     assert status == 413
-    _still_serving(api)
+    _still_serving(shared_api)
 
 
 @pytest.mark.parametrize(
@@ -71,23 +74,23 @@ def test_long_query_and_large_bodies_are_refused_with_the_limit_named(api: Api) 
     ],
     ids=["malformed-json", "query-not-string", "variables-list", "urlencoded", "batch"],
 )
-def test_malformed_requests_get_400_without_internals(api: Api, content: bytes, ctype: str) -> None:
-    response = api.client.post("/graphql", content=content, headers={"content-type": ctype})
+def test_malformed_requests_get_400_without_internals(shared_api: Api, content: bytes, ctype: str) -> None:
+    response = shared_api.client.post("/graphql", content=content, headers={"content-type": ctype})
     assert response.status_code == 400
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_INPUT"
     assert not LEAKS.search(response.text)
-    _still_serving(api)
+    _still_serving(shared_api)
 
 
-def test_get_cannot_run_a_mutation(api: Api) -> None:
-    response = api.client.get("/graphql", params={"query": 'mutation { deleteDataset(id: "x") { success } }'})
+def test_get_cannot_run_a_mutation(shared_api: Api) -> None:
+    response = shared_api.client.get("/graphql", params={"query": 'mutation { deleteDataset(id: "x") { success } }'})
     assert response.status_code in (400, 405)
-    ok = api.client.get("/graphql", params={"query": "{ sources { id } }"})
+    ok = shared_api.client.get("/graphql", params={"query": "{ sources { id } }"})
     assert ok.json() == {"data": {"sources": [{"id": "uploads"}, {"id": "frames"}, {"id": "plugins"}]}}
 
 
-def test_validation_errors_are_not_masked(api: Api) -> None:
-    body = api.query("{ helo }")
+def test_validation_errors_are_not_masked(shared_api: Api) -> None:
+    body = shared_api.query("{ helo }")
     assert "Cannot query field 'helo'" in body["errors"][0]["message"]
 
 
@@ -115,27 +118,27 @@ def test_corrupt_metadata_is_masked_not_leaked(api: Api) -> None:
     _still_serving(api)
 
 
-def test_graphiql_is_served_from_local_files(api: Api) -> None:
-    page = api.client.get("/graphql", headers={"accept": "text/html"})
+def test_graphiql_is_served_from_local_files(shared_api: Api) -> None:
+    page = shared_api.client.get("/graphql", headers={"accept": "text/html"})
     assert page.status_code == 200 and "graphiql" in page.text.lower()
     assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
     assert assets and all(a.startswith("/static/") for a in assets), assets
     for asset in assets:
-        assert api.client.get(asset).status_code == 200, asset
+        assert shared_api.client.get(asset).status_code == 200, asset
 
 
-def test_fifty_directives_are_answered_with_at_most_five_errors(api: Api) -> None:
-    response = api.client.post(
+def test_fifty_directives_are_answered_with_at_most_five_errors(shared_api: Api) -> None:
+    response = shared_api.client.post(
         "/graphql", json={"query": "{ sources { id } }".replace("id", "id" + " @skip(if: false)" * 50)}
     )
     body = response.json()
     assert body.get("data") is None or body["data"] == {
         "sources": [{"id": "uploads"}, {"id": "frames"}, {"id": "plugins"}]
     }
-    unknown = api.client.post("/graphql", json={"query": "query { __typename " + "@aa " * 50 + "}"}).json()
+    unknown = shared_api.client.post("/graphql", json={"query": "query { __typename " + "@aa " * 50 + "}"}).json()
     assert len(unknown["errors"]) == 6 and "45 more errors" in unknown["errors"][-1]["message"]
     assert "graphql_max_errors" in unknown["errors"][-1]["message"]
-    _still_serving(api)
+    _still_serving(shared_api)
 
 
 UPLOAD_OPS = json.dumps(

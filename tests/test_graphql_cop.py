@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import create_key, running_server
+from support import add_key, running_server
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +77,7 @@ def _ok(response: httpx.Response) -> bool:
 @pytest.fixture(scope="module")
 def cop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cop]:
     work: Path = tmp_path_factory.mktemp("graphql-cop")
-    key = create_key(work / "data", "graphql-cop")
+    key = add_key(work / "data", "graphql-cop")
     with running_server(work, "--api-keys", "on") as base:  # production mode: auto, on with keys
         headers = {"User-Agent": "graphql-cop/1.14", "X-API-Key": key}
         yield Cop(base + "/graphql", headers)

@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
-from conftest import free_port
 from pydantic import ValidationError
+from support import free_port
 from upstream import Flood, Listener, Reply, Upstream
 
 from connectors.http import HttpClient, HttpSession, HttpSettings, HttpStats, NotModified
@@ -101,7 +101,8 @@ def test_backoff_is_full_jitter_not_a_fixed_wait(upstream: Upstream) -> None:
     asyncio.run(main())
     times = upstream.times("/j")
     gaps = [times[i + 1] - times[i] for i in range(0, 24, 2)]
-    assert all(gap <= 0.1 + 0.05 for gap in gaps), gaps
+    # The cap, with room for a busy machine (the everyday tier runs two test processes at once).
+    assert all(gap <= 0.1 + 0.2 for gap in gaps), gaps
     # Uniform on [0, 0.1]: twelve waits all above 0.06 s has probability 0.4^12 (2e-5).
     assert min(gaps) < 0.06, gaps
     assert max(gaps) - min(gaps) > 0.01, gaps

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import DATA, running_server, upload_over_http, upload_request
+from support import DATA, running_server, upload_over_http, upload_request
 from wsclient import Ws
 
 pytestmark = pytest.mark.e2e

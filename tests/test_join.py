@@ -1,13 +1,19 @@
 """join(right, on, how): row counts and values as pandas merges them, name clashes suffixed,
-the match rate in summary, and clear problems for wrong keys."""
+the match rate in summary, and clear problems for wrong keys. The pandas merges are checked on the
+engine in-process (the same code the workers run); the rest goes through one app for the module."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api, as_json, ingested, make_settings, serving
+
+import engine
+from engine import Join, Plan, Source
 
 RESULT = "success data error { code message } meta { rowCount cacheKey matchRate columns { name dtype } }"
 
@@ -20,27 +26,39 @@ def _frame(api: Api, chain: str, result: str) -> dict[str, Any]:
     return answer
 
 
-@pytest.fixture
-def titanic(api: Api) -> tuple[Api, pd.DataFrame, pd.DataFrame]:
+def _classes() -> tuple[pd.DataFrame, pd.DataFrame]:
     """titanic, and a per-class table that lacks one class (so not every left row matches)."""
     left = pd.read_csv(DATA / "titanic.csv")
     right = left.groupby("class", as_index=False).agg(fare=("fare", "mean"), who=("who", "first"))
-    right = right[right["class"] != "Second"]
-    api.upload_ok(DATA / "titanic.csv")
-    api.upload_ok(right.to_csv(index=False).encode(), "classes.csv")
-    return api, left, right
+    return left, right[right["class"] != "Second"]
+
+
+@pytest.fixture(scope="module")
+def titanic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, pd.DataFrame, pd.DataFrame]]:
+    """One app for the module (its tests only read) with titanic and classes uploaded once."""
+    left, right = _classes()
+    with serving(make_settings(tmp_path_factory.mktemp("join"))) as api:
+        api.upload_ok(DATA / "titanic.csv")
+        api.upload_ok(right.to_csv(index=False).encode(), "classes.csv")
+        yield api, left, right
+
+
+@pytest.fixture(scope="module")
+def classes(tmp_path_factory: pytest.TempPathFactory) -> Source:
+    """The per-class table as an engine `Source`, for joins run in this process."""
+    _, right = _classes()
+    return ingested(right.to_csv(index=False).encode(), tmp_path_factory.mktemp("classes"), "classes")
 
 
 @pytest.mark.parametrize("how", ["INNER", "LEFT"])
-def test_join_counts_and_values_match_pandas(titanic: tuple[Api, pd.DataFrame, pd.DataFrame], how: str) -> None:
-    api, left, right = titanic
-    chain = f'join(right: "classes", on: ["class"], how: {how})'
+def test_join_counts_and_values_match_pandas(shared_data: dict[str, Source], classes: Source, how: str) -> None:
+    left, right = _classes()
+    plan = Plan(shared_data["titanic"], (Join(classes, ("class",), how),))
     expected = left.merge(right, on="class", how=how.lower(), suffixes=("", "_right"))
-    counted = _frame(api, chain, "count")
-    assert counted["data"] == {"count": len(expected)}
-    rows = _frame(api, chain, f"rows(limit: {len(expected)})")
-    assert [c["name"] for c in rows["meta"]["columns"]] == list(expected.columns)
-    got = pd.DataFrame(rows["data"])
+    assert engine.count(plan) == len(expected)
+    rows = engine.rows(plan, limit=len(expected), offset=0)
+    assert [c.name for c in rows.columns] == list(expected.columns)
+    got = pd.DataFrame(as_json(rows.records))
     # Left rows keep their order; compare the values the right side brought.
     pd.testing.assert_series_equal(got["fare_right"], expected["fare_right"].reset_index(drop=True), check_names=False)
     assert got["who_right"].fillna("").tolist() == expected["who_right"].fillna("").tolist()
@@ -83,25 +101,23 @@ def test_the_steps_form_builds_the_same_plan(titanic: tuple[Api, pd.DataFrame, p
     assert nested["meta"]["cacheKey"] == steps["meta"]["cacheKey"] and nested["data"] == steps["data"]
 
 
-def test_a_self_join_on_several_keys_counts_as_pandas(api: Api) -> None:
-    api.upload_ok(DATA / "tips.csv")
+def test_a_self_join_on_several_keys_counts_as_pandas(shared_data: dict[str, Source]) -> None:
     tips = pd.read_csv(DATA / "tips.csv")
-    q = '{ dataset(id: "tips") { join(right: "tips", on: ["day", "time", "size"], how: LEFT) { count { data } } } }'
+    plan = Plan(shared_data["tips"], (Join(shared_data["tips"], ("day", "time", "size"), "LEFT"),))
     expected = len(tips.merge(tips, on=["day", "time", "size"], how="left"))
-    assert api.data(q)["dataset"]["join"]["count"]["data"] == {"count": expected}
+    assert engine.count(plan) == expected
 
 
-def test_missing_keys_never_match(api: Api) -> None:
-    api.upload_ok(b"k,a\n1,x\n,y\n2,z\n", "l.csv")
-    api.upload_ok(b"k,b\n1,p\n,q\n", "r.csv")
-    q = '{ dataset(id: "l") { join(right: "r", on: ["k"], how: LEFT) { rows { data } summary { data } } } }'
-    join = api.data(q)["dataset"]["join"]
-    assert join["rows"]["data"] == [
+def test_missing_keys_never_match(tmp_path: Path) -> None:
+    left = ingested(b"k,a\n1,x\n,y\n2,z\n", tmp_path, "l")
+    right = ingested(b"k,b\n1,p\n,q\n", tmp_path, "r")
+    plan = Plan(left, (Join(right, ("k",), "LEFT"),))
+    assert as_json(engine.rows(plan, limit=100, offset=0).records) == [
         {"k": 1, "a": "x", "b": "p"},
         {"k": None, "a": "y", "b": None},
         {"k": 2, "a": "z", "b": None},
     ]
-    assert join["summary"]["data"]["joins"][0]["matchedLeftRows"] == 1
+    assert engine.summary(plan)["joins"][0]["matchedLeftRows"] == 1
 
 
 @pytest.mark.parametrize(
@@ -123,7 +139,8 @@ def test_bad_joins_are_clear_problems(
         assert word in answer["error"]["message"]
 
 
-def test_keys_of_different_kinds_are_refused(api: Api) -> None:
+def test_keys_of_different_kinds_are_refused(titanic: tuple[Api, pd.DataFrame, pd.DataFrame]) -> None:
+    api, _, _ = titanic
     api.upload_ok(b"k,a\n1,x\n", "l.csv")
     api.upload_ok(b"k,b\nx,p\n", "r.csv")
     answer = api.data('{ dataset(id: "l") { join(right: "r", on: ["k"]) { count { error { code message } } } } }')

@@ -81,8 +81,9 @@ def test_json_answers_are_scanned_unescaped() -> None:
     assert {found.kind for found in find_leaks(body_text(body))} == {"traceback", "path"}
 
 
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["serial", "xdist"])
 def test_a_run_whose_app_leaks_fails_and_names_the_test_and_request(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: list[str]
 ) -> None:
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
     pytester.makeconftest(
@@ -117,7 +118,7 @@ def test_a_run_whose_app_leaks_fails_and_names_the_test_and_request(
                 assert client.post("/", content="boom").status_code == 200
         """
     )
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *workers)  # under xdist the controller reports
     result.assert_outcomes(passed=2)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import httpx
 import psutil
-from conftest import DATA, Api, free_port, make_settings, require_service, running_server, server_pid, upload_request
+import pytest
 from promtext import sample
 from starlette.testclient import TestClient
+from support import DATA, Api, free_port, make_settings, require_service, running_server, server_pid, upload_request
 
 from server.app import create_app
 
@@ -77,8 +78,9 @@ def _busy_worker(pid: int) -> psutil.Process:
     raise AssertionError("no worker got busy")
 
 
+@pytest.mark.slow  # kill/restart fault
 def test_json_logs_carry_the_request_id_and_the_error_id_the_client_saw(tmp_path: Path) -> None:
-    with running_server(tmp_path, "--log-format", "json", "--workers", "1") as base:
+    with running_server(tmp_path, "--log-format", "json", workers=1) as base:
         diamonds = httpx.post(
             base + "/graphql", **upload_request((DATA / "diamonds.csv").read_bytes(), "diamonds.csv"), timeout=60
         ).json()["data"]["uploadDataset"]["dataset"]["id"]
@@ -107,12 +109,16 @@ def test_json_logs_carry_the_request_id_and_the_error_id_the_client_saw(tmp_path
     assert len(access) == 1 and access[0]["status"] == 200 and access[0]["duration_ms"] > 0
 
 
+@pytest.mark.slow  # two server processes
 def test_metrics_of_several_server_processes_add_up(tmp_path: Path) -> None:
     shared = tmp_path / "metrics"
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     options = ("--metrics-dir", str(shared))
-    with running_server(tmp_path / "a", *options) as a, running_server(tmp_path / "b", *options) as b:
+    with (
+        running_server(tmp_path / "a", *options, workers=2) as a,
+        running_server(tmp_path / "b", *options, workers=2) as b,
+    ):
         for base, times in ((a, 3), (b, 2)):
             for _ in range(times):
                 assert httpx.get(base + "/readyz").status_code == 200

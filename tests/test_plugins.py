@@ -14,9 +14,9 @@ from typing import Any
 
 import polars as pl
 import pytest
-from conftest import ROOT, Api, make_settings
 from promtext import sample
 from starlette.testclient import TestClient
+from support import ROOT, Api, make_settings
 from upstream import Listener, Reply, Upstream
 
 from server.app import create_app
@@ -40,9 +40,20 @@ def _app(tmp_path: Path, folder: Path, **overrides: Any) -> TestClient:
 
 @pytest.fixture
 def shipped(tmp_path: Path) -> Iterator[Api]:
+    """An app of the test's own with the shipped plugins: for tests that fetch, or count what was fetched."""
     folder = tmp_path / "plugins"
     shutil.copytree(ROOT / "plugins", folder)
     with _app(tmp_path, folder) as client:
+        yield _api(client)
+
+
+@pytest.fixture(scope="module")
+def shipped_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One app with the shipped plugins for the module's tests that store nothing (listings, refusals)."""
+    work = tmp_path_factory.mktemp("shipped")
+    folder = work / "plugins"
+    shutil.copytree(ROOT / "plugins", folder)
+    with _app(work, folder) as client:
         yield _api(client)
 
 
@@ -73,8 +84,8 @@ def _wait_for(api: Api, check: Any, seconds: float = 8) -> dict[str, dict[str, A
 # ---- the shipped plugins ---------------------------------------------------------------------------------------
 
 
-def test_the_shipped_plugins_are_listed_with_their_parameters(shipped: Api) -> None:
-    plugins = _plugins(shipped)
+def test_the_shipped_plugins_are_listed_with_their_parameters(shipped_shared: Api) -> None:
+    plugins = _plugins(shipped_shared)
     assert {"http_json", "http_csv", "open_meteo"} <= set(plugins)
     assert all(p["status"] == "AVAILABLE" and p["reason"] is None for p in plugins.values())
     url = next(p for p in plugins["http_json"]["params"] if p["name"] == "url")
@@ -85,7 +96,7 @@ def test_the_shipped_plugins_are_listed_with_their_parameters(shipped: Api) -> N
         "default": None,
         "description": "The API's URL (http or https).",
     }
-    sources = {s["id"]: s["kind"] for s in shipped.data("{ sources { id kind } }")["sources"]}
+    sources = {s["id"]: s["kind"] for s in shipped_shared.data("{ sources { id kind } }")["sources"]}
     assert sources["plugins"] == "PLUGIN"
 
 
@@ -193,9 +204,9 @@ def test_open_meteo_turns_the_hourly_answer_into_rows(shipped: Api, upstream: Up
     ],
 )
 def test_parameters_are_checked_before_fetch_runs(
-    shipped: Api, upstream: Upstream, params: dict[str, Any], words: str
+    shipped_shared: Api, upstream: Upstream, params: dict[str, Any], words: str
 ) -> None:
-    payload = _fetch(shipped, "open_meteo", {**params, "base_url": upstream.url("/never")})
+    payload = _fetch(shipped_shared, "open_meteo", {**params, "base_url": upstream.url("/never")})
     assert payload["error"]["code"] == "BAD_INPUT" and words in payload["error"]["message"], payload["error"]
     assert upstream.count("/never") == 0
 
@@ -367,7 +378,9 @@ def misbehaving(tmp_path: Path) -> Iterator[Api]:
     folder = tmp_path / "plugins"
     folder.mkdir()
     (folder / "misbehaving.py").write_text(MISBEHAVING)
-    with _app(tmp_path, folder, plugin_timeout_s=2, worker_memory_mb=2048) as client:
+    # Two workers, as the tests are about the pool: fetches run side by side, and one that is killed
+    # at its deadline leaves the other worker ready for the next fetch.
+    with _app(tmp_path, folder, plugin_timeout_s=2, worker_memory_mb=2048, workers=2) as client:
         yield _api(client)
 
 
@@ -541,9 +554,9 @@ def test_a_secret_goes_only_to_its_hosts_and_jobs_never_show_header_values(
     assert "literal-key" not in steps and "s3cret" not in steps and "***" in steps
 
 
-def test_a_304_to_a_first_fetch_is_a_clear_problem(shipped: Api, upstream: Upstream) -> None:
+def test_a_304_to_a_first_fetch_is_a_clear_problem(shipped_shared: Api, upstream: Upstream) -> None:
     upstream.always["/fresh"] = Reply(304)
-    fresh = _fetch(shipped, "http_json", {"url": upstream.url("/fresh")})
+    fresh = _fetch(shipped_shared, "http_json", {"url": upstream.url("/fresh")})
     assert fresh["error"]["code"] == "BAD_INPUT" and "304" in fresh["error"]["message"]
 
 

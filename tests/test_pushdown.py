@@ -15,9 +15,9 @@ from typing import Any
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from conftest import DATA, require_service
 from polars.testing import assert_frame_equal
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from support import DATA, require_service
 
 from connectors.linked import fetch_frame
 from connectors.pushdown import Pushed, count_query, push_down

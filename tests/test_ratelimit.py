@@ -9,9 +9,18 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import DATA, Api, create_key, free_port, make_settings, require_service, running_server, upload_request
 from promtext import sample
 from starlette.testclient import TestClient
+from support import (
+    DATA,
+    Api,
+    add_key,
+    free_port,
+    make_settings,
+    require_service,
+    running_server,
+    upload_request,
+)
 
 from server.app import create_app
 
@@ -76,7 +85,7 @@ def test_an_upload_costs_more_than_a_query(tmp_path: Path, titanic_bytes: bytes)
 def test_each_key_has_its_own_budget(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    keys = [create_key(data_dir, name) for name in ("greedy", "modest")]
+    keys = [add_key(data_dir, name) for name in ("greedy", "modest")]
     with _client(tmp_path, api_keys="on", rate_limit="10/minute") as client:
         greedy, modest = ({"Authorization": f"Bearer {key}"} for key in keys)
         assert _until_refused(client, ("{ datasets { id } }" for _ in range(100)), greedy) == 10
@@ -86,13 +95,15 @@ def test_each_key_has_its_own_budget(tmp_path: Path) -> None:
         assert wrong.status_code == 401
 
 
+@pytest.mark.slow  # two server processes
 def test_budgets_in_redis_are_shared_by_server_processes(tmp_path: Path) -> None:
     require_service(6379, "Redis")
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    key = create_key(data_dir, "shared")  # a new key: its budget in Redis starts empty
+    key = add_key(data_dir, "shared")  # a new key: its budget in Redis starts empty
     headers = {"X-API-Key": key}
-    shared = {"api_keys": "on", "rate_limit": "6/minute", "rate_limit_url": "redis://127.0.0.1:6379/0"}
+    limit_in = "redis://127.0.0.1:6379/10"  # this module's own Redis database
+    shared = {"api_keys": "on", "rate_limit": "6/minute", "rate_limit_url": limit_in}
     with _client(tmp_path, **shared) as one, _client(tmp_path, **shared) as two:
         for client in (one, two, one, two, one, two):
             assert client.post("/graphql", json={"query": "{ datasets { id } }"}, headers=headers).status_code == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import DATA, Api
+from support import DATA, Api
 
 SAVE = """mutation($steps: [Step!]!, $name: String!) {
   saveFrame(dataset: "titanic", steps: $steps, name: $name) {

@@ -15,8 +15,8 @@ from typing import Any
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import DATA, ROOT, Api, free_port, make_settings, require_service
 from starlette.testclient import TestClient
+from support import DATA, ROOT, Api, free_port, make_settings, require_service, serving
 from tcpproxy import TcpProxy
 
 from connectors.sources import DatabaseConfig, SourcesError, load_sources
@@ -279,7 +279,7 @@ def maria() -> Iterator[dict[str, Any]]:
         admin.dispose()
 
 
-@pytest.fixture(params=["pg", "maria"])
+@pytest.fixture(scope="module", params=["pg", "maria"])
 def db(request: pytest.FixtureRequest) -> dict[str, Any]:
     info: dict[str, Any] = request.getfixturevalue(request.param)
     return info
@@ -298,11 +298,14 @@ def _sources_file(tmp_path: Path, db: dict[str, Any], *, timeout_s: float = 5, e
     return str(path)
 
 
-@pytest.fixture
-def live(tmp_path: Path, db: dict[str, Any]) -> Iterator[tuple[Api, dict[str, Any]]]:
-    settings = make_settings(tmp_path, sources=_sources_file(tmp_path, db, timeout_s=2))
-    with TestClient(create_app(settings)) as client:
-        yield Api(client, settings), db
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, db: dict[str, Any]) -> Iterator[tuple[Api, dict[str, Any]]]:
+    """One app per database for the module: its tests read the source (or link or snapshot it under
+    names of their own), and those that try to change it assert it stayed as it was."""
+    work = tmp_path_factory.mktemp(f"live-{db['kind']}")
+    settings = make_settings(work, sources=_sources_file(work, db, timeout_s=2))
+    with serving(settings) as api:
+        yield api, db
 
 
 def _fingerprint(db: dict[str, Any]) -> tuple[Any, ...]:
@@ -432,14 +435,10 @@ def test_bad_sql_is_refused_and_the_data_is_unchanged(live: tuple[Api, dict[str,
     assert _fingerprint(db) == before
 
 
-def test_the_databases_own_permissions_hold_under_the_guard(live: tuple[Api, dict[str, Any]]) -> None:
+def test_the_databases_own_permissions_hold_under_the_guard(tmp_path: Path, db: dict[str, Any]) -> None:
     # An allowlist that names a table the database user may not read: the guard lets it through,
     # the SELECT-only grant stops it, and the answer is in our words.
-    api, db = live
-    settings = make_settings(
-        api.settings.data_dir.parent / "second",
-        sources=_sources_file(api.settings.data_dir.parent, db, extra="    tables: [tips, secrets]\n"),
-    )
+    settings = make_settings(tmp_path, sources=_sources_file(tmp_path, db, extra="    tables: [tips, secrets]\n"))
     with TestClient(create_app(settings)) as client:
         answer = Api(client, settings).data('{ sql(source: "live", query: "SELECT v FROM secrets") { %s } }' % RESULT)[
             "sql"

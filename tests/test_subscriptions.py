@@ -15,7 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from conftest import (
+from promtext import sample
+from starlette.testclient import TestClient
+from support import (
     DATA,
     ROOT,
     Api,
@@ -25,8 +27,6 @@ from conftest import (
     upload_over_http,
     upload_request,
 )
-from promtext import sample
-from starlette.testclient import TestClient
 from tcpproxy import TcpProxy
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsclient import Ws, ws_open
@@ -59,7 +59,8 @@ def _append(base: str, dataset: str, n: int = 1) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("subscriptions")
-    with running_server(work, "--ws-init-timeout-s", "1", "--ws-max-subscriptions", "3") as base:
+    # Two workers: appends land while a watch recomputes on the other (so changes pile up and coalesce).
+    with running_server(work, "--ws-init-timeout-s", "1", "--ws-max-subscriptions", "3", workers=2) as base:
         yield base
 
 
@@ -92,6 +93,7 @@ def test_dataset_events_say_what_changed(server: str, tips: str) -> None:
         assert ws.next_data()["datasetEvents"]["kind"] == "DELETED"
 
 
+@pytest.mark.slow  # inherently long (a self-join watch, 12 appends)
 def test_a_burst_of_changes_is_coalesced_and_the_last_push_is_current(server: str) -> None:
     # A watch that takes far longer to compute (a self-join of 830 million rows, counted: seconds)
     # than an append takes to land: changes pile up while it runs, and each recompute takes in all.
@@ -191,6 +193,7 @@ def test_append_rows_checks_every_value_and_is_all_or_nothing(tmp_path: Path) ->
         assert row["tip"] == 2.5 and row["day"] == "Mon" and row["total_bill"] is None
 
 
+@pytest.mark.slow  # two server processes
 def test_a_change_through_one_process_is_pushed_by_another(tmp_path: Path) -> None:
     require_service(5432, "PostgreSQL")
     require_service(6379, "Redis")
@@ -309,6 +312,7 @@ def test_unsubscribing_from_a_watch_nobody_else_wants_stops_its_work(server: str
             time.sleep(0.1)
 
 
+@pytest.mark.slow  # two server processes
 def test_watches_recompute_after_the_event_stream_comes_back(tmp_path: Path) -> None:
     """Process B reads events through a proxy to Redis; while it is cut, A appends (B misses the
     event); once B reads again, its watches recompute and push the current result."""
@@ -349,6 +353,7 @@ def test_a_frame_over_the_limit_closes_that_connection_only(server: str, tips: s
         assert other.next_data()["watch"]["data"] == {"count": SUNDAY}
 
 
+@pytest.mark.slow  # inherently long (30 appends, 37 MB of pushes)
 def test_a_subscriber_that_stops_reading_does_not_hold_up_the_others(server: str) -> None:
     diamonds = upload_over_http(server, DATA / "diamonds.csv")
     big = "subscription($d: ID!) { watch(dataset: $d, result: ROWS, limit: 10000) { success data } }"

@@ -1,10 +1,14 @@
-"""Uploads: CSV, XLSX and XLS become datasets; every bad file gets a clear problem and leaves nothing."""
+"""Uploads: CSV, XLSX and XLS become datasets; every bad file gets a clear problem and leaves nothing.
+
+Tests that upload a file of their own and read it back share one app (`shared`); those that assert
+what the server holds, or that a refused upload left nothing behind, have their own (`api`)."""
 
 from __future__ import annotations
 
 import io
 import re
 import zipfile
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,12 +16,19 @@ import polars as pl
 import pytest
 import xlsxwriter
 import xlwt
-from conftest import DATA, Api, make_settings
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings, serving
 
 from server.app import create_app
 
 LIST = "{ datasets { id name } }"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One app for the tests that upload a file of their own and read it back."""
+    with serving(make_settings(tmp_path_factory.mktemp("upload"))) as app:
+        yield app
 
 
 def _xlsx(rows: list[list[object]]) -> bytes:
@@ -61,8 +72,8 @@ def _assert_clean(api: Api, payload: dict, code: str, *words: str) -> None:
     assert list((root / "uploads").iterdir()) == []
 
 
-def test_csv_upload_answers_id_rows_columns_and_preview(api: Api) -> None:
-    payload = api.upload(DATA / "penguins.csv")
+def test_csv_upload_answers_id_rows_columns_and_preview(shared: Api) -> None:
+    payload = shared.upload(DATA / "penguins.csv")
     assert payload["success"] and payload["error"] is None
     ds = payload["dataset"]
     assert ds["id"] == "penguins" and ds["name"] == "penguins" and ds["version"] == 1
@@ -76,11 +87,11 @@ def test_csv_upload_answers_id_rows_columns_and_preview(api: Api) -> None:
     assert preview == expected
 
 
-def test_xlsx_upload_infers_types_from_the_whole_column(api: Api) -> None:
+def test_xlsx_upload_infers_types_from_the_whole_column(shared: Api) -> None:
     rows: list[list[object]] = [["n", "x", "label", "when"]]
     rows += [[i, i, f"r{i}", "2024-01-02"] for i in range(150)]
     rows.append([150, 46.6, "NA", "2024-02-03"])  # a float after 150 ints; NA is missing
-    payload = api.upload(_xlsx(rows), "measure.xlsx")
+    payload = shared.upload(_xlsx(rows), "measure.xlsx")
     assert payload["success"], payload["error"]
     columns = {c["name"]: c for c in payload["dataset"]["columns"]}
     assert columns["x"]["dtype"] == "Float64"
@@ -88,18 +99,18 @@ def test_xlsx_upload_infers_types_from_the_whole_column(api: Api) -> None:
     assert columns["label"]["nullCount"] == 1
     assert columns["when"]["dtype"] == "Date"
     q = 'query { dataset(id: "measure") { filter(where: [{column: "x", op: BETWEEN, value: [46.5, 46.7]}]) { rows { data } } } }'
-    assert api.data(q)["dataset"]["filter"]["rows"]["data"] == [
+    assert shared.data(q)["dataset"]["filter"]["rows"]["data"] == [
         {"n": 150, "x": 46.6, "label": None, "when": "2024-02-03"}
     ]
 
 
-def test_xls_upload_keeps_fractions(api: Api) -> None:
+def test_xls_upload_keeps_fractions(shared: Api) -> None:
     rows: list[list[object]] = [["city", "temp"]] + [[f"c{i}", i] for i in range(120)] + [["last", 46.6]]
-    payload = api.upload(_xls(rows), "old.xls")
+    payload = shared.upload(_xls(rows), "old.xls")
     assert payload["success"], payload["error"]
     assert payload["dataset"]["rowCount"] == 121
     q = 'query { dataset(id: "old") { filter(where: [{column: "city", op: EQ, value: "last"}]) { rows { data } } } }'
-    assert api.data(q)["dataset"]["filter"]["rows"]["data"] == [{"city": "last", "temp": 46.6}]
+    assert shared.data(q)["dataset"]["filter"]["rows"]["data"] == [{"city": "last", "temp": 46.6}]
 
 
 def test_name_argument_and_same_name_get_distinct_ids(api: Api) -> None:
@@ -260,9 +271,9 @@ def test_multipart_without_preflight_header_is_refused(api: Api) -> None:
     ],
     ids=["bom", "mixed-line-endings", "cr-only", "semicolons", "short-row", "unnamed-column"],
 )
-def test_awkward_but_valid_csv_reads(api: Api, content: bytes, expected: list[dict]) -> None:
-    dataset_id = api.upload_ok(content, "awkward.csv")
-    rows = api.data("query($id: ID!) { dataset(id: $id) { rows { data } } }", {"id": dataset_id})
+def test_awkward_but_valid_csv_reads(shared: Api, content: bytes, expected: list[dict]) -> None:
+    dataset_id = shared.upload_ok(content, "awkward.csv")
+    rows = shared.data("query($id: ID!) { dataset(id: $id) { rows { data } } }", {"id": dataset_id})
     assert rows["dataset"]["rows"]["data"] == expected
 
 

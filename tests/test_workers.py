@@ -14,9 +14,10 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
-from conftest import DATA, Api, make_settings, running_server, upload_over_http
 from starlette.testclient import TestClient
+from support import DATA, Api, make_settings, running_server, upload_over_http
 
+from datagraph.settings import Settings
 from server.app import create_app
 
 # Every diamond joined with every diamond of the same cut (~830 million rows), then sorted: a
@@ -25,6 +26,12 @@ HEAVY = """{ dataset(id: "diamonds") { join(right: "diamonds", on: ["cut"]) {
   sort(by: [{column: "price_right"}]) { rows(limit: 5%s) { success data error { code message } meta { cached } } } } } }"""
 DIAMONDS_ROWS = len(pd.read_csv(DATA / "diamonds.csv"))
 LIGHT = '{ dataset(id: "diamonds") { count(cache: BYPASS) { success data } } }'
+POOL = 2  # these tests are about the pool: one worker is killed while the other carries on
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, workers=POOL)
 
 
 def _children() -> list[int]:
@@ -52,7 +59,7 @@ def _pool(api: Api) -> dict[str, Any]:
     deadline = time.monotonic() + 5
     while True:
         workers: dict[str, Any] = api.client.get("/readyz").json()["workers"]
-        if workers["workers"] == 2 or time.monotonic() > deadline:
+        if workers["workers"] == POOL or time.monotonic() > deadline:
             return workers
         time.sleep(0.05)
 
@@ -88,7 +95,7 @@ def test_a_query_past_its_deadline_is_killed_and_the_next_one_works(diamonds: Ap
 
 
 def test_the_server_deadline_applies_without_timeout_ms_and_caps_it(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, timeout_s=1)
+    settings = make_settings(tmp_path, timeout_s=1, workers=POOL)
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         api.upload_ok(DATA / "diamonds.csv")
@@ -107,7 +114,7 @@ def test_timeout_ms_must_be_positive(diamonds: Api) -> None:
 
 
 def test_a_memory_bomb_kills_a_worker_not_the_server(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, worker_memory_mb=2048)
+    settings = make_settings(tmp_path, worker_memory_mb=2048, workers=POOL)
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         api.upload_ok(DATA / "diamonds.csv")
@@ -131,6 +138,7 @@ def _rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow  # kill/restart fault
 def test_a_worker_that_dies_mid_query_fails_the_query_clearly_and_is_replaced(diamonds: Api) -> None:
     api = diamonds
     before = set(_children())
@@ -159,7 +167,7 @@ def test_a_worker_that_dies_mid_query_fails_the_query_clearly_and_is_replaced(di
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     work = tmp_path_factory.mktemp("live")
-    with running_server(work) as base:
+    with running_server(work, workers=POOL) as base:
         upload_over_http(base, DATA / "diamonds.csv")
         yield base
 

@@ -1,0 +1,253 @@
+"""What the tests share besides fixtures: the GraphQL client over the real app, settings on a fresh
+data directory, a real `datagraph serve` on loopback, the CLI, and the checks that skip (or, under
+CI, fail) when something the test needs is missing. conftest.py holds only fixtures and hooks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from leaks import Sweep
+from starlette.testclient import TestClient
+
+from connectors import IngestLimits, ingest, sniff
+from datagraph import jsonutil
+from datagraph.settings import Settings
+from engine import Source
+from server.app import create_app
+from server.auth import KEY_PREFIX, hash_key, new_key
+from storage import MetadataStore
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data"
+SWEEP = Sweep()  # scans every response of the app for leaks; a leak fails the run (tests/leaks.py)
+# Under CI the fixed budgets (load seconds, fuzz examples) are the full ones; elsewhere shorter.
+FULL_BUDGETS = bool(os.environ.get("CI"))
+
+UPLOAD = """mutation($file: Upload!, $name: String, $replace: ID) {
+  uploadDataset(file: $file, name: $name, replace: $replace) {
+    success error { code message }
+    dataset { id name version rowCount columns { name dtype nullCount missingRate } preview { data } }
+  }
+}"""
+
+
+def budget(everyday: int, full: int) -> int:
+    """A fixed budget (seconds, examples): `full` under CI, `everyday` elsewhere."""
+    return full if FULL_BUDGETS else everyday
+
+
+def upload_request(
+    content: bytes,
+    filename: str,
+    name: str | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    replace: str | None = None,
+) -> Any:
+    """The keyword arguments of a GraphQL multipart `uploadDataset` POST (httpx); with `replace`, the
+    upload is a new version of that dataset."""
+    variables = {"file": None, "name": name, **({"replace": replace} if replace else {})}
+    ops = {"query": UPLOAD, "variables": variables}
+    return {
+        "data": {"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
+        "files": {"0": (filename, content, "application/octet-stream")},
+        "headers": {"Apollo-Require-Preflight": "true"} if headers is None else headers,
+    }
+
+
+class Api:
+    """A GraphQL client over the real ASGI app."""
+
+    def __init__(self, client: TestClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    def query(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self.client.post("/graphql", json={"query": query, "variables": variables or {}})
+        body: dict[str, Any] = response.json()
+        return body
+
+    def data(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = self.query(query, variables)
+        assert "errors" not in body, body["errors"]
+        result: dict[str, Any] = body["data"]
+        return result
+
+    def upload_raw(self, content: bytes, filename: str, name: str | None = None, **headers: str) -> Any:
+        return self.client.post("/graphql", **upload_request(content, filename, name, headers or None))
+
+    def upload(self, content: bytes | Path, filename: str | None = None, name: str | None = None) -> dict[str, Any]:
+        """Upload and return the `uploadDataset` payload."""
+        if isinstance(content, Path):
+            filename = filename or content.name
+            content = content.read_bytes()
+        assert filename is not None
+        response = self.upload_raw(content, filename, name)
+        body = response.json()
+        assert "errors" not in body, body
+        payload: dict[str, Any] = body["data"]["uploadDataset"]
+        return payload
+
+    def upload_ok(self, content: bytes | Path, filename: str | None = None, name: str | None = None) -> str:
+        payload = self.upload(content, filename, name)
+        assert payload["success"], payload["error"]
+        dataset_id: str = payload["dataset"]["id"]
+        return dataset_id
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings on a fresh data directory, with no database sources or plugins unless given, and one
+    worker process (each costs a second of CPU to start): tests about the pool ask for more."""
+    return Settings(**{"data_dir": tmp_path / "data", "sources": "", "plugins": "", "workers": 1, **overrides})
+
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[Api]:
+    """The real app on `settings`, its lifespan running (workers, cache, ...), as an `Api`."""
+    with TestClient(create_app(settings)) as client:
+        yield Api(client, settings)
+
+
+def ingested(content: bytes | Path, folder: Path, dataset_id: str) -> Source:
+    """A file parsed as an upload is parsed (the worker's `connectors.ingest`, run in this process) into
+    a Parquet file in `folder`: the engine's `Source` of dataset `dataset_id`, version 1. For testing
+    the engine's operations in-process, where their semantics live, without an app."""
+    if isinstance(content, Path):
+        raw = content
+    else:
+        raw = folder / f"{dataset_id}.csv"
+        raw.write_bytes(content)
+    defaults = Settings(sources="", plugins="")
+    limits = IngestLimits(
+        max_columns=defaults.max_columns,
+        max_rows=defaults.max_rows,
+        xlsx_max_uncompressed=defaults.xlsx_max_uncompressed_mb * 1024 * 1024,
+        xlsx_max_ratio=defaults.xlsx_max_ratio,
+        xlsx_max_entries=defaults.xlsx_max_entries,
+    )
+    out = folder / f"{dataset_id}.parquet"
+    ingest(raw, sniff(raw, raw.name, limits), out, limits)
+    return Source(dataset_id, 1, out)
+
+
+def as_json(value: Any) -> Any:
+    """`value` as a client receives it: through the app's JSON encoding (NaN as null, dates as ISO text)."""
+    return jsonutil.loads(jsonutil.dumps(value))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(work: Path, *args: str, env: dict[str, str] | None = None, workers: int | None = 1) -> Iterator[str]:
+    """A real `datagraph serve` under uvicorn on loopback, as a user starts it; yields its base URL.
+    It has `workers` worker processes (None: as the environment or the default says)."""
+    port = free_port()
+    log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
+    pool = ["--workers", str(workers)] if workers is not None else []
+    command = [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(work / "data")]
+    proc = subprocess.Popen(
+        [*command, *pool, *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=work,
+        env={**os.environ, **(env or {})},
+    )
+    base = f"http://127.0.0.1:{port}"
+    _SERVER_PIDS[base] = proc.pid
+    SWEEP.serving(base)
+    try:
+        for _ in range(150):
+            try:
+                if httpx.get(base + "/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not answer /healthz: " + (work / "server.log").read_text())
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        log.close()
+
+
+_SERVER_PIDS: dict[str, int] = {}
+
+
+def server_pid(base: str) -> int:
+    """The pid of the `datagraph serve` that `running_server` started at `base`."""
+    return _SERVER_PIDS[base]
+
+
+def upload_over_http(base: str, path: Path, headers: dict[str, str] | None = None) -> str:
+    """Upload a file to a running server over HTTP; return the dataset id."""
+    response = httpx.post(
+        base + "/graphql", **upload_request(path.read_bytes(), path.name, headers=headers), timeout=60
+    )
+    payload = response.json()["data"]["uploadDataset"]
+    assert payload["success"], payload
+    dataset_id: str = payload["dataset"]["id"]
+    return dataset_id
+
+
+def datagraph_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the `datagraph` command with `args`, as a user does; its output is captured as text."""
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/datagraph"), *args], capture_output=True, text=True, timeout=60, check=check
+    )
+
+
+def create_key(data_dir: Path, name: str) -> str:
+    """Make an API key called `name` with `datagraph keys create`; return the key it printed."""
+    out = datagraph_cli("keys", "create", "--name", name, "--data-dir", str(data_dir)).stdout
+    key = out.strip().splitlines()[-1]
+    assert key.startswith(KEY_PREFIX) and len(key) > 40, out
+    return key
+
+
+def add_key(data_dir: Path, name: str) -> str:
+    """An API key called `name`, recorded as `datagraph keys create` records it (hashed, in the data
+    directory's metadata store) but in this process: for tests where the key is only a means (the
+    command itself is tested with `create_key`, and costs a process start)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = MetadataStore(Settings(data_dir=data_dir, sources="", plugins="").resolved_metadata_url)
+    try:
+        key = new_key()
+        assert store.add_key(name, hash_key(key)), f"there is already a key called {name!r}"
+    finally:
+        store.close()
+    return key
+
+
+def require(missing: str | None, *, ci: str | None = None) -> None:
+    """Nothing when `missing` is None; else skip, saying what is missing, or under CI (which
+    provides everything) fail instead, saying also `ci`: how CI gets it."""
+    if missing is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{missing}, and CI needs it" + (f" ({ci})" if ci else ""))
+    pytest.skip(missing)
+
+
+def require_service(port: int, name: str) -> None:
+    """Skip unless `name` listens on 127.0.0.1:`port`; under CI a missing service fails instead."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        require(f"{name} is not running on 127.0.0.1:{port}", ci=".ci/run starts it")

@@ -108,8 +108,11 @@ class Api:
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings on a fresh data directory, with no database sources or plugins unless given, and one
-    worker process (each costs a second of CPU to start): tests about the pool ask for more."""
-    return Settings(**{"data_dir": tmp_path / "data", "sources": "", "plugins": "", "workers": 1, **overrides})
+    worker process (each costs a second of CPU to start): tests about the pool ask for more. The
+    TestClient's host name is allowed (setting allowed_hosts)."""
+    defaults = {"data_dir": tmp_path / "data", "sources": "", "plugins": "", "workers": 1}
+    # Starlette's TestClient sends "Host: testserver"; a real server on loopback needs no entry.
+    return Settings(**{**defaults, "allowed_hosts": "testserver", **overrides})
 
 
 @contextlib.contextmanager

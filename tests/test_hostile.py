@@ -1,0 +1,352 @@
+"""What one hostile or careless request can do (issue 16): plans with thousands of steps, answers
+of hundreds of MB, workbooks that lie about their sizes, JSON nested thousands deep, a key revoked
+under an open websocket, a DNS-rebinding page, GET requests with side effects, and table names
+that differ from the allowlist only in case. Each is refused in the user's terms and the server
+keeps serving."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import xlsxwriter
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+from support import DATA, Api, add_key, make_settings, require_service, serving
+
+from server.app import create_app
+from storage import MetadataStore
+
+COUNT = '{ dataset(id: "tips") { pipeline(steps: $steps) { count { success data error { code message } } } } }'
+RESULT = "success data error { code message }"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One app with small limits (5 steps, 1.5 KiB answers), tips uploaded once; its tests only read."""
+    settings = make_settings(tmp_path_factory.mktemp("small"), max_steps=5, max_result_mb=1.5 / 1024)
+    with serving(settings) as api:
+        api.upload_ok(DATA / "tips.csv")
+        yield api
+
+
+def _steps(n: int) -> list[dict[str, Any]]:
+    return [{"filter": [{"column": "tip", "op": "GE", "value": 0}]}] * n
+
+
+def _count(api: Api, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    query = "query($steps: [Step!]!) " + COUNT
+    answer: dict[str, Any] = api.data(query, {"steps": steps})["dataset"]["pipeline"]["count"]
+    return answer
+
+
+# ---- 1. steps per plan -------------------------------------------------------------------------------
+
+
+def test_a_pipeline_within_max_steps_runs_and_one_past_it_is_refused_before_it_is_built(small: Api) -> None:
+    assert _count(small, _steps(5)) == {"success": True, "data": {"count": 244}, "error": None}
+    refused = _count(small, _steps(5000))
+    assert refused["success"] is False and refused["error"]["code"] == "BAD_INPUT"
+    assert "at most 5 steps (setting max_steps)" in refused["error"]["message"]
+    assert "5,000" in refused["error"]["message"]
+
+
+def test_chained_transforms_and_clean_steps_count_against_max_steps(small: Api) -> None:
+    chained = small.data(
+        '{ dataset(id: "tips") { filter(where: [{column: "tip", op: GE, value: 0}]) {'
+        ' pipeline(steps: [{select: ["tip"]}, {select: ["tip"]}, {select: ["tip"]}, {select: ["tip"]},'
+        ' {select: ["tip"]}]) { count { success error { code message } } } } } }'
+    )["dataset"]["filter"]["pipeline"]["count"]
+    assert chained["success"] is False and "max_steps" in chained["error"]["message"]
+    cleans = [{"trim": {"columns": ["day"]}}] * 6
+    cleaned = small.data(
+        'query($c: [CleanStep!]!) { dataset(id: "tips") { clean(steps: $c) { count { success error { code } } } } }',
+        {"c": cleans},
+    )["dataset"]["clean"]["count"]
+    assert cleaned == {"success": False, "error": {"code": "BAD_INPUT"}}
+
+
+def test_save_frame_refuses_too_many_steps_and_makes_nothing(small: Api) -> None:
+    query = (
+        'mutation($steps: [Step!]!) { saveFrame(dataset: "tips", name: "many", steps: $steps)'
+        " { success error { code message } dataset { id } } }"
+    )
+    payload = small.data(query, {"steps": _steps(6)})["saveFrame"]
+    assert payload["success"] is False and payload["error"]["code"] == "BAD_INPUT"
+    assert "max_steps" in payload["error"]["message"] and payload["dataset"] is None
+    assert [d["id"] for d in small.data("{ datasets { id } }")["datasets"]] == ["tips"]
+
+
+# ---- 2. bytes per answer -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        "rows(limit: 244, cache: BYPASS)",
+        'chart(spec: {kind: SCATTER, x: "total_bill", y: "tip"}, cache: BYPASS)',
+        'pipeline(steps: [{select: ["total_bill"]}]) { valueCounts(column: "total_bill", limit: 1000, cache: BYPASS)',
+    ],
+)
+def test_an_answer_over_max_result_mb_is_too_large_and_small_ones_still_work(small: Api, field: str) -> None:
+    closing = " }" if field.startswith("pipeline") else ""
+    got = small.data('{ dataset(id: "tips") { %s { %s }%s } }' % (field, RESULT, closing))["dataset"]
+    answer = next(iter(got.values()))
+    answer = answer.get("valueCounts", answer)
+    assert answer["success"] is False and answer["error"]["code"] == "TOO_LARGE", answer
+    assert "max_result_mb" in answer["error"]["message"]
+    assert small.data('{ dataset(id: "tips") { rows(limit: 3) { success } } }')["dataset"]["rows"]["success"]
+
+
+# ---- 4. workbooks that lie about their sizes ---------------------------------------------------------
+
+
+def _lying_workbook(tmp_path: Path) -> bytes:
+    """A real workbook plus a part of 200 MiB of zeros whose headers say it is 1,000 bytes."""
+    good = tmp_path / "good.xlsx"
+    book = xlsxwriter.Workbook(str(good))
+    book.add_worksheet().write_row(0, 0, ["a", "b"])
+    book.close()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("xl/media/big.bin", b"\0" * (200 * 1024 * 1024))
+    data = bytearray(buf.getvalue())
+    name = b"xl/media/big.bin"
+    for signature, name_at, size_at, skip in ((b"PK\x03\x04", 26, 22, 30), (b"PK\x01\x02", 28, 24, 46)):
+        pos = data.find(signature)
+        while pos >= 0:
+            (length,) = struct.unpack_from("<H", data, pos + name_at)
+            if data[pos + skip : pos + skip + length] == name:
+                struct.pack_into("<I", data, pos + size_at, 1000)
+            pos = data.find(signature, pos + 4)
+    return bytes(data)
+
+
+def test_a_workbook_part_that_lies_about_its_size_is_stopped_by_what_it_inflates_to(api: Api, tmp_path: Path) -> None:
+    payload = api.upload(_lying_workbook(tmp_path), "bomb.xlsx")
+    assert payload["success"] is False and payload["error"]["code"] == "TOO_LARGE", payload
+    assert "zip bomb" in payload["error"]["message"]
+    staging = api.settings.data_dir / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []
+    assert api.data("{ datasets { id } }")["datasets"] == []
+
+
+# ---- 5. deep and malformed input ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("depth", [65, 5_000, 100_000])
+def test_json_nested_past_max_json_depth_is_bad_input_naming_the_setting(small: Api, depth: int) -> None:
+    value = "[" * depth + "]" * depth
+    body = '{"query": "query($v: JSON) { __typename }", "variables": {"v": %s}}' % value
+    response = small.client.post("/graphql", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == "BAD_INPUT" and "max_json_depth" in error["message"]
+
+
+def test_a_literal_nested_past_max_json_depth_is_refused_by_validation(small: Api) -> None:
+    deep = "[" * 70 + "1" + "]" * 70
+    body = small.query(
+        '{ dataset(id: "tips") { filter(where: [{column: "tip", op: IN, value: %s}]) { count { success } } } }' % deep
+    )
+    assert body["data"] is None and "max_json_depth" in body["errors"][0]["message"]
+
+
+def test_filter_values_within_the_depth_are_answered_as_problems(small: Api) -> None:
+    deep = json.loads("[" * 60 + "1" + "]" * 60)
+    query = 'query($v: JSON) { dataset(id: "tips") { filter(where: [{column: "tip", op: IN, value: $v}]) { count { %s } } } }'
+    answer = small.data(query % RESULT, {"v": deep})["dataset"]["filter"]["count"]
+    assert answer["error"]["code"] == "BAD_INPUT"
+
+
+@pytest.mark.parametrize(
+    ("variables", "mapping"),
+    [
+        ({"file": "x"}, ["variables.file.deeper"]),
+        ({"file": None}, ["variables.0.file"]),
+        ({"file": [1]}, ["variables.file.9"]),
+    ],
+)
+def test_a_multipart_map_through_non_objects_is_bad_input(small: Api, variables: Any, mapping: list[str]) -> None:
+    operations = {
+        "query": "mutation($file: Upload!) { uploadDataset(file: $file) { success } }",
+        "variables": variables,
+    }
+    response = small.client.post(
+        "/graphql",
+        data={"operations": json.dumps(operations), "map": json.dumps({"0": mapping})},
+        files={"0": ("t.csv", b"a\n1\n", "text/csv")},
+        headers={"Apollo-Require-Preflight": "true"},
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_INPUT"
+
+
+def test_a_string_where_an_upload_is_expected_is_bad_input(small: Api) -> None:
+    body = small.query(
+        "mutation($file: Upload!) { uploadDataset(file: $file) { success error { code message } } }",
+        {"file": "not a file"},
+    )
+    payload = body["data"]["uploadDataset"]
+    assert payload["success"] is False and payload["error"]["code"] == "BAD_INPUT"
+    assert "multipart" in payload["error"]["message"]
+
+
+def test_a_websocket_message_nested_too_deep_closes_only_that_socket(small: Api) -> None:
+    with small.client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+        ws.send_text('{"type": "connection_init", "payload": %s}' % ("[" * 5000 + "]" * 5000))
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+        assert closed.value.code == 4400
+    assert small.data("{ __typename }") == {"__typename": "Query"}
+
+
+# ---- 7. revoked keys on open websockets --------------------------------------------------------------
+
+
+def test_a_revoked_key_closes_its_open_websocket_within_a_second(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, api_keys="on")
+    key = add_key(settings.data_dir, "phone")
+    with TestClient(create_app(settings)) as client:
+        with client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+            ws.send_json({"type": "connection_init", "payload": {"apiKey": key}})
+            assert ws.receive_json()["type"] == "connection_ack"
+            ws.send_json(
+                {"id": "1", "type": "subscribe", "payload": {"query": "subscription { datasetEvents { kind } }"}}
+            )
+            store = MetadataStore(settings.resolved_metadata_url)
+            try:
+                assert store.revoke_key("phone")
+            finally:
+                store.close()
+            revoked = time.monotonic()
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_text()
+            assert closed.value.code == 4403
+            assert time.monotonic() - revoked < 1.5
+
+
+# ---- 8. DNS rebinding and GET side effects -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "192.168.1.20", "127.0.0.1.evil.example"])
+def test_with_keys_off_a_request_for_another_host_is_refused(small: Api, host: str) -> None:
+    response = small.client.post("/graphql", json={"query": "{ __typename }"}, headers={"host": host})
+    assert response.status_code == 421
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_INPUT"
+    assert "allowed_hosts" in response.json()["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8000", "127.0.0.1:8000", "[::1]:8000", "app.localhost"])
+def test_with_keys_off_loopback_hosts_are_answered(small: Api, host: str) -> None:
+    response = small.client.post("/graphql", json={"query": "{ __typename }"}, headers={"host": host})
+    assert response.json() == {"data": {"__typename": "Query"}}
+
+
+def test_a_websocket_for_another_host_is_closed(small: Api) -> None:
+    with pytest.raises(WebSocketDisconnect) as closed:  # noqa: SIM117
+        with small.client.websocket_connect(
+            "/graphql", subprotocols=["graphql-transport-ws"], headers={"host": "evil.example"}
+        ):
+            pass
+    assert closed.value.code == 1008
+
+
+def test_with_keys_on_any_host_may_ask_with_a_key(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, api_keys="on", allowed_hosts="")
+    key = add_key(settings.data_dir, "k")
+    with TestClient(create_app(settings)) as client:
+        response = client.post(
+            "/graphql", json={"query": "{ __typename }"}, headers={"host": "api.example", "x-api-key": key}
+        )
+        assert response.json() == {"data": {"__typename": "Query"}}
+
+
+def test_get_queries_may_not_export(small: Api) -> None:
+    query = '{ dataset(id: "tips") { export(format: CSV) { success error { code message } } } }'
+    response = small.client.get("/graphql", params={"query": query})
+    answer = response.json()["data"]["dataset"]["export"]
+    assert answer["success"] is False and answer["error"]["code"] == "BAD_INPUT"
+    assert "POST" in answer["error"]["message"]
+    assert (
+        not (small.settings.data_dir / "exports").exists()
+        or list((small.settings.data_dir / "exports").iterdir()) == []
+    )
+
+
+# ---- 9. allowlists match names exactly ---------------------------------------------------------------
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def cased(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A schema with allowed_t (allowed) and "ALLOWED_T" (a different table, with a secret)."""
+    require_service(5432, "PostgreSQL")
+    schema = f"dg_case_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        conn.exec_driver_sql(f"CREATE TABLE {schema}.allowed_t (v TEXT)")
+        conn.exec_driver_sql(f"INSERT INTO {schema}.allowed_t VALUES ('fine')")
+        conn.exec_driver_sql(f'CREATE TABLE {schema}."ALLOWED_T" (v TEXT)')
+        conn.exec_driver_sql(f"INSERT INTO {schema}.\"ALLOWED_T\" VALUES ('secret')")
+    try:
+        yield tmp_path, schema
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def _cased_sources(folder: Path, schema: str, tables: str) -> str:
+    path = folder / "sources.yaml"
+    path.write_text(
+        f"sources:\n  db:\n    kind: postgresql\n    url: {PG_ADMIN}\n    schema: {schema}\n    tables: {tables}\n"
+    )
+    return str(path)
+
+
+def test_an_allowlist_names_tables_exactly_as_the_database_spells_them(cased: tuple[Path, str]) -> None:
+    folder, schema = cased
+    with serving(make_settings(folder, sources=_cased_sources(folder, schema, "[allowed_t]"))) as api:
+        assert api.data('{ source(id: "db") { tables } }')["source"]["tables"] == ["allowed_t"]
+        sql = api.data('{ sql(source: "db", query: "SELECT v FROM \\"ALLOWED_T\\"") { %s } }' % RESULT)["sql"]
+        assert sql["success"] is False and sql["error"]["code"] == "READ_ONLY"
+        imported = api.data('mutation { importTable(source: "db", table: "ALLOWED_T") { success error { code } } }')[
+            "importTable"
+        ]
+        assert imported == {"success": False, "error": {"code": "NOT_FOUND"}}
+        linked = api.data(
+            'mutation { importTable(source: "db", table: "ALLOWED_T", mode: LINK) { success error { code } } }'
+        )["importTable"]
+        assert linked == {"success": False, "error": {"code": "NOT_FOUND"}}
+        fine = api.data('{ sql(source: "db", query: "SELECT v FROM allowed_t") { %s } }' % RESULT)["sql"]
+        assert fine["data"] == [{"v": "fine"}]
+
+
+def test_a_linked_table_taken_off_the_allowlist_stops_answering_after_a_restart(cased: tuple[Path, str]) -> None:
+    folder, schema = cased
+    settings = make_settings(folder, sources=_cased_sources(folder, schema, "[allowed_t]"))
+    with serving(settings) as api:
+        linked = api.data(
+            'mutation { importTable(source: "db", table: "allowed_t", mode: LINK) { success dataset { id } } }'
+        )["importTable"]
+        assert linked["success"], linked
+        dataset = linked["dataset"]["id"]
+    narrowed = make_settings(folder, sources=_cased_sources(folder, schema, "[]"))
+    with serving(narrowed) as api:
+        rows = api.data('{ dataset(id: "%s") { rows { %s } } }' % (dataset, RESULT))["dataset"]["rows"]
+        assert rows["success"] is False and rows["error"]["code"] == "READ_ONLY"
+        assert "no longer" in rows["error"]["message"]

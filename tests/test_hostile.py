@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -218,23 +217,19 @@ def test_a_websocket_message_nested_too_deep_closes_only_that_socket(small: Api)
 def test_a_revoked_key_closes_its_open_websocket_within_a_second(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, api_keys="on")
     key = add_key(settings.data_dir, "phone")
-    with TestClient(create_app(settings)) as client:
-        with client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
-            ws.send_json({"type": "connection_init", "payload": {"apiKey": key}})
-            assert ws.receive_json()["type"] == "connection_ack"
-            ws.send_json(
-                {"id": "1", "type": "subscribe", "payload": {"query": "subscription { datasetEvents { kind } }"}}
-            )
-            store = MetadataStore(settings.resolved_metadata_url)
-            try:
-                assert store.revoke_key("phone")
-            finally:
-                store.close()
-            revoked = time.monotonic()
-            with pytest.raises(WebSocketDisconnect) as closed:
-                ws.receive_text()
-            assert closed.value.code == 4403
-            assert time.monotonic() - revoked < 1.5
+    client = TestClient(create_app(settings))
+    with client, client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+        ws.send_json({"type": "connection_init", "payload": {"apiKey": key}})
+        assert ws.receive_json()["type"] == "connection_ack"
+        ws.send_json({"id": "1", "type": "subscribe", "payload": {"query": "subscription { datasetEvents { kind } }"}})
+        store = MetadataStore(settings.resolved_metadata_url)
+        try:
+            assert store.revoke_key("phone")
+        finally:
+            store.close()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_text()
+        assert closed.value.code == 4403  # on today's main the socket stays open: pytest-timeout fails it
 
 
 # ---- 8. DNS rebinding and GET side effects -----------------------------------------------------------

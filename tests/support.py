@@ -1,6 +1,7 @@
 """What the tests share besides fixtures: the GraphQL client over the real app, settings on a fresh
-data directory, a real `datagraph serve` on loopback, the CLI, and the checks that skip (or, under
-CI, fail) when something the test needs is missing. conftest.py holds only fixtures and hooks."""
+data directory, a real `datagraph serve` on loopback, the CLI and API keys, files ingested for the
+engine in-process, the fixed budgets of the slow tier, and the checks that skip (or, under CI, fail)
+when something the test needs is missing. conftest.py holds only fixtures and hooks."""
 
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ UPLOAD = """mutation($file: Upload!, $name: String, $replace: ID) {
 }"""
 
 
-def budget(everyday: int, full: int) -> int:
-    """A fixed budget (seconds, examples): `full` under CI, `everyday` elsewhere."""
-    return full if FULL_BUDGETS else everyday
+def budget(short: int, full: int) -> int:
+    """A fixed budget of the slow tier (load seconds, fuzz examples): `full` under CI, `short` elsewhere."""
+    return full if FULL_BUDGETS else short
 
 
 def upload_request(

@@ -5,6 +5,7 @@ when something the test needs is missing. conftest.py holds only fixtures and ho
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -105,6 +106,18 @@ class Api:
         assert payload["success"], payload["error"]
         dataset_id: str = payload["dataset"]["id"]
         return dataset_id
+
+    def warm_workers(self) -> None:
+        """Return once every worker of the app's pool has started (each has answered a job): a test
+        whose deadlines are a second or two is not to be charged a worker's imports on a busy machine."""
+        executor = self.client.app.state.resources.executor  # type: ignore[attr-defined]
+
+        async def pids() -> list[int]:
+            return list(await asyncio.gather(*(executor.run(os.getpid, deadline_s=120) for _ in range(executor.size))))
+
+        assert self.client.portal is not None, "the app is not running (use TestClient as a context manager)"
+        started = self.client.portal.call(pids)
+        assert len(set(started)) == executor.size, started
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -35,6 +35,9 @@ __all__ = ["Executor", "PoolStats", "WorkerCrashed"]
 T = TypeVar("T")
 log = logging.getLogger("datagraph.workers")
 _HEADER = struct.Struct(">Q")
+# How long a new worker may take to start (import Polars) before a job sent to it gives up; the
+# start-up does not count against the job's deadline (a busy machine starts workers slowly).
+_STARTUP_S = 60.0
 
 
 class WorkerCrashed(Exception):
@@ -191,8 +194,13 @@ class Executor:
         if self.metrics:
             self.metrics.jobs.inc()
         with self._counted("_busy", self.metrics.workers_busy if self.metrics else None):
-            remaining = max(0.0, limit - (time.monotonic() - started))
             try:
+                if not worker.ready:  # a replacement still starting: its start-up is not the job's time
+                    starting = time.monotonic()
+                    await asyncio.wait_for(worker.read_frame(), _STARTUP_S)
+                    worker.ready = True
+                    started += time.monotonic() - starting
+                remaining = max(0.0, limit - (time.monotonic() - started))
                 kind, value = await asyncio.wait_for(self._exchange(worker, job), remaining)
             except TimeoutError:
                 self._lost(worker, "deadline")

@@ -1,9 +1,11 @@
 """What the tests share besides fixtures: the GraphQL client over the real app, settings on a fresh
-data directory, a real `datagraph serve` on loopback, the CLI, and the checks that skip (or, under
-CI, fail) when something the test needs is missing. conftest.py holds only fixtures and hooks."""
+data directory, a real `datagraph serve` on loopback, the CLI and API keys, files ingested for the
+engine in-process, the fixed budgets of the slow tier, and the checks that skip (or, under CI, fail)
+when something the test needs is missing. conftest.py holds only fixtures and hooks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -42,9 +44,9 @@ UPLOAD = """mutation($file: Upload!, $name: String, $replace: ID) {
 }"""
 
 
-def budget(everyday: int, full: int) -> int:
-    """A fixed budget (seconds, examples): `full` under CI, `everyday` elsewhere."""
-    return full if FULL_BUDGETS else everyday
+def budget(short: int, full: int) -> int:
+    """A fixed budget of the slow tier (load seconds, fuzz examples): `full` under CI, `short` elsewhere."""
+    return full if FULL_BUDGETS else short
 
 
 def upload_request(
@@ -104,6 +106,18 @@ class Api:
         assert payload["success"], payload["error"]
         dataset_id: str = payload["dataset"]["id"]
         return dataset_id
+
+    def warm_workers(self) -> None:
+        """Return once every worker of the app's pool has started (each has answered a job): a test
+        whose deadlines are a second or two is not to be charged a worker's imports on a busy machine."""
+        executor = self.client.app.state.resources.executor  # type: ignore[attr-defined]
+
+        async def pids() -> list[int]:
+            return list(await asyncio.gather(*(executor.run(os.getpid, deadline_s=120) for _ in range(executor.size))))
+
+        assert self.client.portal is not None, "the app is not running (use TestClient as a context manager)"
+        started = self.client.portal.call(pids)
+        assert len(set(started)) == executor.size, started
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -728,7 +728,9 @@ def plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         http_attempts=3, http_backoff_s=0.05, http_backoff_cap_s=0.1, http_blocked_networks="127.0.0.2/32",
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:
-        yield Api(client, settings)
+        api = Api(client, settings)
+        api.warm_workers()  # the 1 s deadline is the plugins' own, not the workers' start-up
+        yield api
 
 
 def _switch(api: Api, tmp_path: Path, mode: str) -> dict[str, Any]:

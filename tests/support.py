@@ -136,6 +136,16 @@ def serving(settings: Settings) -> Iterator[Api]:
         yield Api(client, settings)
 
 
+@contextlib.contextmanager
+def serving_with(folder: Path, *files: str) -> Iterator[Api]:
+    """The real app on a fresh data directory in `folder`, with these shared CSVs uploaded once:
+    for a module's tests that only read."""
+    with serving(make_settings(folder)) as app:
+        for name in files:
+            app.upload_ok(DATA / name)
+        yield app
+
+
 def ingested(content: bytes | Path, folder: Path, dataset_id: str) -> Source:
     """A file parsed as an upload is parsed (the worker's `connectors.ingest`, run in this process) into
     a Parquet file in `folder`: the engine's `Source` of dataset `dataset_id`, version 1. For testing

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from support import DATA, Api, make_settings, serving
+from support import DATA, Api, serving_with
 
 import engine
 from engine import Condition, Filter, Plan, Source
@@ -20,9 +20,7 @@ COUNT = "query($id: ID!, $w: [Condition!]!) { dataset(id: $id) { filter(where: $
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """One app for the module (its tests only read): titanic and taxis uploaded once."""
-    with serving(make_settings(tmp_path_factory.mktemp("frames"))) as app:
-        for name in ("titanic.csv", "taxis.csv"):
-            app.upload_ok(DATA / name)
+    with serving_with(tmp_path_factory.mktemp("frames"), "titanic.csv", "taxis.csv") as app:
         yield app
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from support import DATA, Api, as_json, make_settings, serving
+from support import DATA, Api, as_json, serving_with
 
 import engine
 from datagraph.errors import BadInput
@@ -25,9 +25,7 @@ PANDAS_FN = {"COUNT": "count", "SUM": "sum", "MEAN": "mean", "MEDIAN": "median",
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """One app for the module (its tests only read): tips and titanic uploaded once."""
-    with serving(make_settings(tmp_path_factory.mktemp("groupby"))) as app:
-        for name in ("tips.csv", "titanic.csv"):
-            app.upload_ok(DATA / name)
+    with serving_with(tmp_path_factory.mktemp("groupby"), "tips.csv", "titanic.csv") as app:
         yield app
 
 

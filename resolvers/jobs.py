@@ -1,5 +1,6 @@
 """Mutations that make or change a dataset, in one call each: `changed` for short changes (append,
-delete), `dataset_job` for long work run as a job (upload, import, plugin fetch, saveFrame).
+delete), `run_job` for long work run as a job (upload, import, plugin fetch, saveFrame), whose
+work commits through the one path they share (`resolvers.datasets.dataset_job`).
 
 A job's id is checked (a client may choose it, to follow `jobProgress` before sending the
 mutation), the job is tracked in this process (progress, cancel when its last follower leaves),

@@ -305,6 +305,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, db: dict[str, Any]) -> Iterat
     work = tmp_path_factory.mktemp(f"live-{db['kind']}")
     settings = make_settings(work, sources=_sources_file(work, db, timeout_s=2))
     with serving(settings) as api:
+        api.warm_workers()  # the first test's 7 s client deadline is for its query, not the worker's start-up
         yield api, db
 
 

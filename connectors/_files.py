@@ -1,10 +1,11 @@
 """Uploaded files: recognise the format by content, check the limits, parse into a Parquet file.
 
 `sniff` runs in the server on a staged file and reads only its first bytes (and, for .xlsx, the
-zip central directory). `ingest` is the heavy part: it reads the whole file with Polars (Excel
-through calamine), types every column from all of its values, turns pandas' missing-value tokens
-into nulls, recognises ISO dates, and writes Parquet. It takes and returns plain data so that it
-can run in a worker.
+zip central directory and the sizes it declares). `ingest` is the heavy part, run in a worker: it
+inflates a workbook's parts for real first (the declared sizes may lie), reads the whole file with
+Polars (Excel through calamine), types every column from all of its values, turns pandas'
+missing-value tokens into nulls, recognises ISO dates, and writes Parquet. It takes and returns
+plain data so that it can run in a worker.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import io
 import re
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import polars as pl
 
@@ -107,70 +110,60 @@ def _describe(fmt: str) -> str:
 
 
 def _check_xlsx(path: Path, limits: IngestLimits) -> None:
-    """Refuse zip bombs before any XML is parsed: entry count, total size, compression ratio."""
+    """Refuse zip bombs before any XML is parsed, by what the archive declares: entry count, total
+    size, compression ratio (`ingest` checks again by what the parts really inflate to)."""
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError) as exc:
-        raise BadInput("The file looks like an .xlsx workbook but its zip structure is damaged.") from exc
+        raise _damaged() from exc
     names = {i.filename for i in infos}
     if "xl/workbook.xml" not in names and "xl/workbook.bin" not in names:
         raise UnsupportedFormat("The file is a zip archive but not an Excel workbook.")
     if len(infos) > limits.xlsx_max_entries:
         raise TooLarge(f"The workbook has {len(infos)} parts; the limit is {limits.xlsx_max_entries}.")
-    total = sum(i.file_size for i in infos)
+    _check_sizes(sum(i.file_size for i in infos), limits)
+    for i in infos:
+        _check_ratio(i, i.file_size, limits)
+
+
+def _damaged() -> BadInput:
+    return BadInput("The file looks like an .xlsx workbook but its zip structure is damaged.")
+
+
+def _check_sizes(total: int, limits: IngestLimits) -> None:
     if total > limits.xlsx_max_uncompressed:
         mib = limits.xlsx_max_uncompressed // (1024 * 1024)
-        raise TooLarge(f"The workbook expands to {total // (1024 * 1024)} MiB; the limit is {mib} MiB.")
-    for i in infos:
-        if i.file_size > 65536 and i.file_size > limits.xlsx_max_ratio * max(i.compress_size, 1):
-            raise TooLarge(
-                f"The workbook part {i.filename!r} is compressed more than {limits.xlsx_max_ratio}:1;"
-                " it looks like a zip bomb."
-            )
-    _inflate_all(path, infos, limits)
+        raise TooLarge(f"The workbook expands to more than {mib} MiB, the limit.")
+
+
+def _check_ratio(info: zipfile.ZipInfo, size: int, limits: IngestLimits) -> None:
+    if size > 65536 and size > limits.xlsx_max_ratio * max(info.compress_size, 1):
+        raise TooLarge(
+            f"The workbook part {info.filename!r} is compressed more than {limits.xlsx_max_ratio}:1;"
+            " it looks like a zip bomb."
+        )
 
 
 _INFLATE_CHUNK = 1 << 16
 
 
-def _inflate_all(path: Path, infos: list[zipfile.ZipInfo], limits: IngestLimits) -> None:
-    """Inflate every part for real, counting the bytes that come out rather than trusting the sizes
-    the archive declares: a part whose header says 1 KiB but inflates to gigabytes stops at the
-    uncompressed cap (or the ratio limit), and a part that inflates to other than its declared
-    size is refused, so the parser never meets it."""
+def _inflate_all(path: Path, limits: IngestLimits) -> None:
+    """In the worker, before calamine parses it: inflate every part of a workbook for real,
+    counting the bytes that come out rather than trusting the sizes the archive declares. A part
+    whose header says 1 KiB but inflates to gigabytes stops at the uncompressed cap (or the ratio
+    limit), and a part that inflates to other than its declared size is refused, so the parser
+    never meets it."""
+    with zipfile.ZipFile(path) as zf:  # sniff has checked it opens
+        infos = zf.infolist()
     total = 0
     with open(path, "rb") as raw:
         for info in infos:
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-                raise UnsupportedFormat(f"The workbook part {info.filename!r} uses a compression Excel does not.")
-            raw.seek(info.header_offset)
-            header = raw.read(30)
-            if len(header) < 30 or header[:4] != b"PK\x03\x04":
-                raise BadInput("The file looks like an .xlsx workbook but its zip structure is damaged.")
-            raw.seek(int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little"), 1)
-            inflater = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
-            left, size = info.compress_size, 0
-            while left > 0 or (inflater is not None and inflater.unconsumed_tail):
-                chunk = inflater.unconsumed_tail if inflater is not None and inflater.unconsumed_tail else b""
-                if not chunk:
-                    chunk = raw.read(min(_INFLATE_CHUNK, left))
-                    if not chunk:
-                        break
-                    left -= len(chunk)
-                out = len(inflater.decompress(chunk, _INFLATE_CHUNK)) if inflater is not None else len(chunk)
-                size += out
-                total += out
-                if total > limits.xlsx_max_uncompressed:
-                    mib = limits.xlsx_max_uncompressed // (1024 * 1024)
-                    raise TooLarge(f"The workbook expands to more than {mib} MiB, the limit.")
-                if size > 65536 and size > limits.xlsx_max_ratio * max(info.compress_size, 1):
-                    raise TooLarge(
-                        f"The workbook part {info.filename!r} is compressed more than {limits.xlsx_max_ratio}:1;"
-                        " it looks like a zip bomb."
-                    )
-                if inflater is not None and inflater.eof:
-                    break
+            size = 0
+            for n in _inflated(raw, info):
+                size, total = size + n, total + n
+                _check_sizes(total, limits)
+                _check_ratio(info, size, limits)
             if size != info.file_size:
                 raise BadInput(
                     f"The workbook part {info.filename!r} does not match the size its archive declares; the file is"
@@ -178,8 +171,37 @@ def _inflate_all(path: Path, infos: list[zipfile.ZipInfo], limits: IngestLimits)
                 )
 
 
+def _inflated(raw: BinaryIO, info: zipfile.ZipInfo) -> Iterator[int]:
+    """The sizes of the pieces (64 KiB at most) one part inflates to, from its local header on."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise UnsupportedFormat(f"The workbook part {info.filename!r} uses a compression Excel does not.")
+    raw.seek(info.header_offset)
+    header = raw.read(30)
+    if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        raise _damaged()
+    raw.seek(int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little"), 1)
+    inflater = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
+    left, pending = info.compress_size, b""
+    while True:
+        if not pending:
+            pending = raw.read(min(_INFLATE_CHUNK, left)) if left > 0 else b""
+            if not pending:
+                return
+            left -= len(pending)
+        if inflater is None:
+            yield len(pending)
+            pending = b""
+            continue
+        yield len(inflater.decompress(pending, _INFLATE_CHUNK))
+        if inflater.eof:
+            return
+        pending = inflater.unconsumed_tail
+
+
 def ingest(src: Path, fmt: str, out: Path, limits: IngestLimits) -> IngestResult:
     """Parse `src` (already sniffed as `fmt`) and write it to `out` as Parquet."""
+    if fmt == "xlsx":
+        _inflate_all(src, limits)
     frame = _read_csv(src, limits) if fmt == "csv" else _read_excel(src, limits)
     if frame.width > limits.max_columns:
         raise TooLarge(f"The file has {frame.width} columns; the limit is {limits.max_columns}.")

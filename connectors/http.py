@@ -39,7 +39,7 @@ from connectors._guard import Blocked, GuardedTransport, networks
 from datagraph.errors import BadInput, SourceUnavailable, Timeout, TooLarge
 from datagraph.plugin import NotModified
 
-__all__ = ["HttpClient", "HttpSession", "HttpSettings", "HttpStats", "NotModified"]
+__all__ = ["HttpClient", "HttpSession", "HttpSettings", "HttpStats", "NotModified", "backoff_wait"]
 
 log = logging.getLogger("datagraph.http")
 
@@ -258,8 +258,7 @@ class HttpSession:
             if attempt == tries:
                 raise SourceUnavailable(f"The upstream {host} {failure} ({_times(tries)}); try again later.")
             if wait is None:
-                cap = min(settings.backoff_cap_s, settings.backoff_s * 2 ** (attempt - 1))
-                wait = random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
+                wait = backoff_wait(settings, attempt)
             if self._deadline is not None and time.monotonic() + wait > self._deadline:
                 raise self._timeout(host)
             log.info("upstream %s %s; retrying in %.2f s", host, failure, wait)
@@ -324,6 +323,13 @@ class HttpSession:
         return Timeout(
             f"The upstream {host} did not answer within {self._deadline_s:g} s, the plugin's deadline; try again later."
         )
+
+
+def backoff_wait(settings: HttpSettings, attempt: int) -> float:
+    """Full jitter: the wait after failed attempt `attempt` (1 for the first) is uniform on
+    [0, min(cap, base * 2**(attempt - 1))]."""
+    cap = min(settings.backoff_cap_s, settings.backoff_s * 2 ** (attempt - 1))
+    return random.uniform(0, cap)  # noqa: S311 - jitter, not cryptography
 
 
 def _checked_url(url: str, params: dict[str, Any] | None) -> httpx.URL:

@@ -16,8 +16,7 @@ from datagraph.errors import DatagraphError
 from gql.frames import CacheMode, Frame, StepInput, pipeline_plan
 from gql.jobs import Job
 from gql.results import Column, Meta, Problem, ProblemCode, Result, column, result
-from resolvers import Options, Outcome, frames, sources
-from resolvers import Problem as OutcomeProblem
+from resolvers import Options, frames, sources
 from resolvers import datasets as ds
 from resolvers.context import Context
 from resolvers.jobs import DatasetOutcome, changed, run_job
@@ -211,7 +210,7 @@ class DatasetMutation:
     ) -> DatasetPayload:
         if not isinstance(file, UploadFile):  # under Starlette, an Upload is Starlette's UploadFile
             message = "file must be a file sent as a part of a multipart request, mapped onto variables.file."
-            return dataset_payload(info.context, DatasetOutcome(Outcome(problem=OutcomeProblem("BAD_INPUT", message))))
+            return dataset_payload(info.context, DatasetOutcome.refused(message))
         upload = file
 
         def work(job: str) -> Awaitable[DatasetRecord]:

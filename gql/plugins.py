@@ -12,8 +12,7 @@ from strawberry.scalars import JSON
 
 from connectors.registry import PluginRegistry
 from gql.datasets import DatasetPayload, chosen_job, dataset_payload
-from resolvers import Outcome, plugins
-from resolvers import Problem as OutcomeProblem
+from resolvers import plugins
 from resolvers.context import Context
 from resolvers.jobs import DatasetOutcome, run_job
 from storage import DatasetRecord
@@ -115,8 +114,7 @@ class PluginMutation:
     ) -> list[DatasetPayload]:
         ctx = info.context
         if len(fetches) > 20:
-            too_many = Outcome(problem=OutcomeProblem("BAD_INPUT", "fetchPlugins takes at most 20 fetches at once."))
-            return [dataset_payload(ctx, DatasetOutcome(too_many))]
+            return [dataset_payload(ctx, DatasetOutcome.refused("fetchPlugins takes at most 20 fetches at once."))]
         limit = asyncio.Semaphore(ctx.settings.workers)
 
         async def one(f: PluginFetchInput) -> DatasetPayload:

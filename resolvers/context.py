@@ -20,7 +20,7 @@ from datagraph.settings import Settings
 from engine.runtime import Executor, JobTracker, ResultCache
 from storage import DataDir, MetadataStore
 
-__all__ = ["Context", "Resources"]
+__all__ = ["Context", "Resources", "read_only_message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +76,13 @@ class Context:
     def refuse_if_read_only(self, what: str) -> None:
         """BAD_INPUT for `what` (which writes or reaches a database) in a read-only request."""
         if self.read_only:
-            raise BadInput(f"{what} cannot run in a GET request (it may not change anything); send it as a POST.")
+            raise BadInput(read_only_message(what))
 
     @property
     def settings(self) -> Settings:
         return self.resources.settings
+
+
+def read_only_message(what: str) -> str:
+    """Why `what` is refused in a read-only (GET) request."""
+    return f"{what} cannot run in a GET request (it writes or reaches a database); send the query as a POST."

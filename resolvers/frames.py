@@ -15,13 +15,10 @@ import engine
 from datagraph.errors import BadInput
 from engine import Plan
 from resolvers._outcome import Options, Outcome, Problem, analysed
-from resolvers.context import Context
+from resolvers.context import Context, read_only_message
 from storage import ExportRecord
 
 __all__ = ["chart", "count", "describe", "explain", "export", "rows", "summary", "value_counts"]
-
-
-_READ_ONLY_EXPORT = "export writes a file, so it cannot run in a GET request; send the query as a POST."
 
 
 def _check_limit(ctx: Context, where: str, limit: int | None, offset: int | None, default: int) -> tuple[int, int]:
@@ -118,7 +115,7 @@ async def export(ctx: Context, *, plan: Plan, fmt: str, name: str, options: Opti
     """Write the frame to a file and answer with a download link that expires. A cached export is
     answered only while its file has at least a tenth of its lifetime left."""
     if ctx.read_only:
-        return Outcome(problem=Problem("BAD_INPUT", _READ_ONLY_EXPORT))
+        return Outcome(problem=Problem("BAD_INPUT", read_only_message("export")))  # before the cache, too
     metadata = ctx.resources.metadata
 
     async def work(timeout: float | None) -> Outcome:

@@ -19,7 +19,7 @@ from typing import Any
 
 from datagraph.errors import DatagraphError
 from engine.runtime import CANCELLED_MESSAGE, checked_job_id, job_exists
-from resolvers._outcome import Outcome, answer
+from resolvers._outcome import Outcome, Problem, answer
 from resolvers.context import Context
 from storage import DatasetRecord, JobRecord
 
@@ -33,6 +33,11 @@ class DatasetOutcome:
     outcome: Outcome
     dataset: DatasetRecord | None = None
     job: JobRecord | None = None
+
+    @classmethod
+    def refused(cls, message: str) -> DatasetOutcome:
+        """A mutation refused before any work (BAD_INPUT)."""
+        return cls(Outcome(problem=Problem("BAD_INPUT", message)))
 
 
 def new_job_id() -> str:

@@ -56,6 +56,10 @@ class GraphQLView(GraphQL[Context, None]):
         self.settings = settings
         self.keys_required = keys_required(settings)
         self.keys: KeyRing | None = None  # set when the app's lifespan has opened the metadata store
+        # Open websockets and their contexts (which hold connection_init's payload), watched by one
+        # task while there are any, so a revoked key closes its sockets within a second.
+        self._sockets: dict[WebSocket, Context] = {}
+        self._key_watch: asyncio.Task[None] | None = None
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         header_key = presented_key(request.headers) if isinstance(request, WebSocket) else None
@@ -65,8 +69,10 @@ class GraphQLView(GraphQL[Context, None]):
             header_key=header_key,
             read_only=isinstance(request, Request) and request.method == "GET",
         )
-        if isinstance(request, WebSocket):
-            request.state.datagraph_context = context  # for the key watch, which sees connection_init's payload
+        if isinstance(request, WebSocket) and self.keys_required:
+            self._sockets[request] = context
+            if self._key_watch is None or self._key_watch.done():
+                self._key_watch = asyncio.create_task(self._close_revoked())
         return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
@@ -97,9 +103,6 @@ class GraphQLView(GraphQL[Context, None]):
     # One override for both overloads (HTTP and websocket requests) of the base class's `run`.
     async def run(self, request: Request | WebSocket, **kwargs: Any) -> Any:  # type: ignore[override]
         # Strawberry answers its HTTP refusals as plain text; clients parse JSON errors everywhere.
-        watch = None
-        if isinstance(request, WebSocket) and self.keys_required and self.keys is not None:
-            watch = asyncio.create_task(_close_when_key_revoked(request, self.keys))
         try:
             return await super().run(request, **kwargs)
         except (HTTPException, StarletteHTTPException) as exc:  # the latter: Starlette's multipart parser
@@ -107,10 +110,26 @@ class GraphQLView(GraphQL[Context, None]):
             reason = exc.reason if isinstance(exc, HTTPException) else exc.detail
             return Response(error_body(reason, code), status_code=exc.status_code, media_type="application/json")
         finally:
-            if watch is not None:
-                watch.cancel()
+            if isinstance(request, WebSocket):
+                self._sockets.pop(request, None)
             if isinstance(request, Request):
                 await request.close()  # every uploaded part's temporary file, used or not
+
+    async def _close_revoked(self) -> None:
+        """Every KEY_WATCH_S while websockets are open, check each one's key again (the ring re-reads
+        the keys at most every KEYS_TTL_S) and close those whose key was revoked (4403)."""
+        while self._sockets:
+            await asyncio.sleep(KEY_WATCH_S)
+            if self.keys is None:
+                continue
+            for ws, context in list(self._sockets.items()):
+                if not (context.connection_params or context.header_key):
+                    continue  # before connection_init (whose own wait is bounded)
+                if self.keys.check(params_key(context.connection_params) or context.header_key) is None:
+                    log.info("closing a websocket whose API key was revoked")
+                    self._sockets.pop(ws, None)
+                    with contextlib.suppress(RuntimeError):  # already closing
+                        await ws.close(4403, "The API key was revoked.")
 
     def decode_json(self, data: str | bytes) -> object:
         """orjson (its own nesting limit stops a body nested thousands deep without exhausting the
@@ -159,23 +178,6 @@ class GraphQLView(GraphQL[Context, None]):
                     " mutations over HTTP.",
                 )
         return data
-
-
-async def _close_when_key_revoked(ws: WebSocket, keys: KeyRing) -> None:
-    """Close a websocket (4403) within a second of its key being revoked: every KEY_WATCH_S, once
-    connection_init has said which key it uses, the key is checked again (the ring re-reads the
-    keys at most every KEYS_TTL_S)."""
-    while True:
-        await asyncio.sleep(KEY_WATCH_S)
-        context: Context | None = getattr(ws.state, "datagraph_context", None)
-        if context is None or not (context.connection_params or context.header_key):
-            continue  # before connection_init (whose own wait is bounded)
-        key = params_key(context.connection_params) or context.header_key
-        if keys.check(key) is None:
-            log.info("closing a websocket whose API key was revoked")
-            with contextlib.suppress(RuntimeError):  # already closing
-                await ws.close(4403, "The API key was revoked.")
-            return
 
 
 class _TooDeep(json.JSONDecodeError):

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from support import free_port
 from upstream import Flood, Listener, Reply, Upstream
 
-from connectors.http import HttpClient, HttpSession, HttpSettings, HttpStats, NotModified
+from connectors.http import HttpClient, HttpSession, HttpSettings, HttpStats, NotModified, backoff_wait
 from datagraph.errors import BadInput, SourceUnavailable, Timeout, TooLarge
 from datagraph.settings import Settings
 
@@ -101,11 +101,22 @@ def test_backoff_is_full_jitter_not_a_fixed_wait(upstream: Upstream) -> None:
     asyncio.run(main())
     times = upstream.times("/j")
     gaps = [times[i + 1] - times[i] for i in range(0, 24, 2)]
-    # The cap, with room for a busy machine (the everyday tier runs two test processes at once).
+    # The waits happen on the wire and vary; their exact bounds are checked without a clock below
+    # (a busy machine adds its own delay to every gap).
     assert all(gap <= 0.1 + 0.2 for gap in gaps), gaps
     # Uniform on [0, 0.1]: twelve waits all above 0.06 s has probability 0.4^12 (2e-5).
     assert min(gaps) < 0.06, gaps
     assert max(gaps) - min(gaps) > 0.01, gaps
+
+
+def test_the_backoff_wait_is_uniform_up_to_the_exponential_cap() -> None:
+    settings = replace(FAST, backoff_s=0.1, backoff_cap_s=0.3)
+    for attempt, cap in [(1, 0.1), (2, 0.2), (3, 0.3), (6, 0.3)]:
+        waits = [backoff_wait(settings, attempt) for _ in range(2000)]
+        assert all(0 <= w <= cap for w in waits), attempt
+        # Full jitter, not a fixed or halved wait: both ends of [0, cap] are reached.
+        assert min(waits) < cap * 0.05 and max(waits) > cap * 0.95, attempt
+        assert abs(sum(waits) / len(waits) - cap / 2) < cap * 0.05, attempt
 
 
 def test_429_with_retry_after_seconds_waits_that_long(upstream: Upstream) -> None:

@@ -86,6 +86,18 @@ class Settings(BaseSettings):
     timeout_s: float = Field(
         60, gt=0, description="Deadline of one analysis or parsing job, in seconds; timeoutMs can lower it per request."
     )
+    min_timeout_ms: int = Field(
+        250,
+        ge=1,
+        description="Shortest timeoutMs a request may ask for, in ms; below it is BAD_INPUT (a deadline that short"
+        " only stops workers).",
+    )
+    finish_grace_s: float = Field(
+        2,
+        ge=0,
+        description="How long an analysis whose requester went away may run on to finish into the cache, in"
+        " seconds, before its worker is stopped (0: at once).",
+    )
     worker_memory_mb: int = Field(
         8_192, ge=0, description="Address-space cap of each worker process, in MiB (0: no cap); a query over it stops."
     )

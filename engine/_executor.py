@@ -105,15 +105,26 @@ class Executor:
         timeout_s: float = 60.0,
         metrics: Metrics | None = None,
         on_job: Callable[[], None] | None = None,
+        on_kill: Callable[[], None] | None = None,
         result_mb: float = 0,
+        respawn_every_s: float = 1.0,
     ) -> None:
-        """`on_job` is called in the caller's context each time a job is sent to a worker (the
-        server counts a request's jobs with it, for rate limits). An answer over `result_mb` (0: no
-        cap) is refused in the worker as TOO_LARGE, before its bytes reach this process."""
+        """`on_job` is called in the caller's context each time a job is sent to a worker, and
+        `on_kill` each time a job of the caller's is stopped at its deadline (the server charges
+        a request's jobs and stops to its rate budget with them). An answer over `result_mb` (0: no
+        cap) is refused in the worker as TOO_LARGE, before its bytes reach this process.
+
+        Starting a worker costs about half a second of CPU (importing Polars), so workers killed in
+        a burst are replaced at most one per `respawn_every_s` once the first `workers` replacements
+        are spent: a storm of stopped jobs costs a bounded share of the CPU, not all of it."""
         self.result_bytes = int(result_mb * 1024 * 1024)
         self.size = workers
         self.metrics = metrics
         self.on_job = on_job
+        self.on_kill = on_kill
+        self.respawn_every_s = respawn_every_s
+        self._respawn_tokens = float(workers)
+        self._respawn_at = time.monotonic()
         self.memory_mb = memory_mb
         self.timeout_s = timeout_s
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
@@ -125,6 +136,7 @@ class Executor:
         self._killed = 0
         self._crashed = 0
         self._closed = False
+        self._closing = asyncio.Event()
         self._reaping: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -162,8 +174,26 @@ class Executor:
         with contextlib.suppress(Exception):
             await worker.proc.wait()
             await asyncio.wait_for(worker.stderr_done, 1.0)
+        delay = self._respawn_delay()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
         if not self._closed:
             await self._spawn()
+
+    def _respawn_delay(self) -> float:
+        """How long the next replacement waits: a token bucket of `workers` replacements, refilled one
+        per `respawn_every_s`."""
+        now = time.monotonic()
+        if self.respawn_every_s > 0:
+            self._respawn_tokens = min(
+                float(self.size), self._respawn_tokens + (now - self._respawn_at) / self.respawn_every_s
+            )
+        else:
+            self._respawn_tokens = float(self.size)
+        self._respawn_at = now
+        self._respawn_tokens -= 1
+        return max(0.0, -self._respawn_tokens * self.respawn_every_s)
 
     async def run(
         self,
@@ -204,6 +234,8 @@ class Executor:
                 kind, value = await asyncio.wait_for(self._exchange(worker, job), remaining)
             except TimeoutError:
                 self._lost(worker, "deadline")
+                if self.on_kill is not None:
+                    self.on_kill()
                 log.warning("job %s passed its %.1f s deadline; worker %s killed", _name(fn), limit, worker.proc.pid)
                 raise self._timeout(limit, timeout_message) from None
             except asyncio.CancelledError:
@@ -287,6 +319,7 @@ class Executor:
 
     async def close(self) -> None:
         self._closed = True
+        self._closing.set()
         for worker in list(self._all):
             with contextlib.suppress(Exception):
                 worker.stdin.close()

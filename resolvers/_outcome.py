@@ -30,6 +30,7 @@ __all__ = [
     "answer",
     "cache_key",
     "internal_problem",
+    "timeout_seconds",
 ]
 
 log = logging.getLogger("datagraph")
@@ -151,12 +152,7 @@ async def analysed(
     async def run() -> Outcome:
         if options.cache not in CACHE_MODES:
             raise BadInput(f"cache must be one of {', '.join(CACHE_MODES)}.")
-        timeout = None
-        if options.timeout_ms is not None:
-            if options.timeout_ms <= 0:
-                raise BadInput("timeoutMs must be a positive number of milliseconds.")
-            timeout = options.timeout_ms / 1000
-        return await work(timeout)
+        return await work(timeout_seconds(ctx, options.timeout_ms))
 
     async def run_and_store() -> Outcome:
         outcome = await answer(key, run, where=operation)
@@ -164,47 +160,74 @@ async def analysed(
             await cache.set(key, _encode(outcome))
         return outcome
 
-    if options.cache == "USE":
-        outcome = await _shared(key, run_and_store)
-    else:
-        outcome = await run_and_store()
+    grace = ctx.settings.finish_grace_s
+    outcome = await _shared(key if options.cache == "USE" else None, run_and_store, grace)
     outcome.elapsed_ms = (time.perf_counter() - started) * 1000
     return outcome
+
+
+def timeout_seconds(ctx: Context, timeout_ms: int | None) -> float | None:
+    """A request's own deadline in seconds (None: the server's), refused below `min_timeout_ms`: a
+    deadline of a millisecond does nothing but stop a worker that then has to be started again."""
+    if timeout_ms is None:
+        return None
+    floor = ctx.settings.min_timeout_ms
+    if timeout_ms < floor:
+        raise BadInput(f"timeoutMs must be at least {floor:,} milliseconds (setting min_timeout_ms).")
+    return timeout_ms / 1000
 
 
 @dataclass(slots=True)
 class _Inflight:
     task: asyncio.Task[Outcome]
     waiters: int = 0
+    stop: asyncio.TimerHandle | None = None
 
 
 # Work under way, by cache key: a request that finds its key here waits for that answer instead of
 # computing it again (watches of one pipeline recompute together after each change). The work runs
-# in a task of its own and is cancelled (its worker killed) only when the last request waiting for
-# it goes away: a watch unsubscribed, a client disconnected.
+# in a task of its own. When the last request waiting for it goes away (a watch unsubscribed, a
+# client disconnected), it runs on for `finish_grace_s` to finish into the cache (a request for the
+# same answer meanwhile joins it) and only then is stopped, its worker killed: a client that leaves
+# at once makes the server stop no short job, so leaving is no lever to make it restart workers.
 _inflight: dict[str, _Inflight] = {}
 
 
-async def _shared(key: str, make: Callable[[], Awaitable[Outcome]]) -> Outcome:
-    entry = _inflight.get(key)
+async def _shared(key: str | None, make: Callable[[], Awaitable[Outcome]], grace_s: float) -> Outcome:
+    """`make()` in a task of its own, shared by the requests for `key` (None: not shared)."""
+    entry = _inflight.get(key) if key is not None else None
     mine = entry is None
     if entry is None:
         entry = _Inflight(asyncio.ensure_future(make()))
-        _inflight[key] = entry
-        entry.task.add_done_callback(lambda _: _forget(key, entry))
+        if key is not None:
+            _inflight[key] = entry
+            entry.task.add_done_callback(lambda _: _forget(key, entry))
+    if entry.stop is not None:  # it was about to be stopped: this request wants it after all
+        entry.stop.cancel()
+        entry.stop = None
     entry.waiters += 1
     try:
         outcome = await asyncio.shield(entry.task)
     finally:
         entry.waiters -= 1
         if entry.waiters == 0 and not entry.task.done():
-            entry.task.cancel()
-            _forget(key, entry)  # now, not when the task ends: a request arriving meanwhile starts afresh
+            if grace_s > 0:
+                entry.stop = asyncio.get_running_loop().call_later(grace_s, _stop, key, entry)
+            else:
+                _stop(key, entry)
     if mine:
         return outcome
     if outcome.problem is not None and outcome.problem.code == "TIMEOUT":
         return await make()  # the deadline may have been the other request's own: try with ours
     return replace(outcome, cached=outcome.success, columns=list(outcome.columns))
+
+
+def _stop(key: str | None, entry: _Inflight) -> None:
+    """Stop work nobody waits for any more (its worker is killed); a request for it from now on starts afresh."""
+    if entry.waiters == 0 and not entry.task.done():
+        entry.task.cancel()
+    if key is not None:
+        _forget(key, entry)
 
 
 def _forget(key: str, entry: _Inflight) -> None:

@@ -21,7 +21,7 @@ from connectors.linked import link_shape
 from connectors.sources import DatabaseConfig
 from connectors.sqlguard import check_select
 from datagraph.errors import BadInput, NotFound, SourceUnavailable, TooLarge
-from resolvers._outcome import Outcome
+from resolvers._outcome import Outcome, timeout_seconds
 from resolvers.context import Context
 from resolvers.datasets import Produced, dataset_job, dataset_slug, display_name, import_timeout_message
 from resolvers.jobs import recorded_job
@@ -83,11 +83,10 @@ async def run_sql(ctx: Context, *, source_id: str, query: str, limit: int | None
     n = 1000 if limit is None else limit
     if n < 0 or n > cap:
         raise BadInput(f"limit must be between 0 and {cap:,} (setting rows_max).")
-    if timeout_ms is not None and timeout_ms <= 0:
-        raise BadInput("timeoutMs must be a positive number of milliseconds.")
+    timeout = timeout_seconds(ctx, timeout_ms)
     sql = _checked(ctx, cfg, query, limit=n + 1)
     rows = await _in_worker(
-        ctx, cfg, db.query_rows, cfg, sql, n, timeout=None if timeout_ms is None else timeout_ms / 1000,
+        ctx, cfg, db.query_rows, cfg, sql, n, timeout=timeout,
         deadline_s=cfg.statement_timeout_s + DEADLINE_MARGIN_S,
     )  # fmt: skip
     return Outcome(data=rows.records, row_count=len(rows.records), columns=rows.columns, truncated=rows.truncated)

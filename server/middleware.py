@@ -11,6 +11,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datagraph.settings import Settings
+from server.observe import count_stop
 from server.responses import send_error
 
 __all__ = ["CancelOnDisconnect", "GuardRequests", "HostGuard", "host_allowed"]
@@ -87,7 +88,8 @@ class CancelOnDisconnect:
     """Stop a request's work when its client goes away (RELIABILITY F12).
 
     Once the request body has been read, a disconnect before the response is complete cancels the
-    handler; a job running in a worker process is killed with it, and nothing is cached.
+    handler, and the request is charged a stop (rate limits). An analysis it was waiting for runs on
+    for `finish_grace_s` to finish into the cache, then is stopped; other jobs are stopped at once.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -133,6 +135,7 @@ class CancelOnDisconnect:
             await handler
             return
         log.info("client went away before its answer; cancelling %s", scope.get("path"))
+        count_stop()
         handler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await handler

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from datagraph.metrics import Metrics
 
-__all__ = ["Observe", "RequestInfo", "configure_logging", "count_job", "current_request", "route_label"]
+__all__ = ["Observe", "RequestInfo", "configure_logging", "count_job", "count_stop", "current_request", "route_label"]
 
 log = logging.getLogger("datagraph.access")
 _CLIENT_ID = re.compile(rb"^[A-Za-z0-9._-]{8,64}$")
@@ -35,6 +35,7 @@ class RequestInfo:
 
     id: str
     jobs: int = 0  # jobs run in worker processes for it (results not from the cache)
+    stops: int = 0  # jobs of its stopped at their deadline, and its answer abandoned by its client
 
 
 _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("datagraph_request", default=None)
@@ -50,6 +51,14 @@ def count_job() -> None:
     info = _current.get()
     if info is not None:
         info.jobs += 1
+
+
+def count_stop() -> None:
+    """Count a job of the request being answered stopped at its deadline, or the request abandoned
+    by its client while its work ran (each can cost a worker restart; its rate cost)."""
+    info = _current.get()
+    if info is not None:
+        info.stops += 1
 
 
 def route_label(path: str) -> str:

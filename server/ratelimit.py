@@ -35,11 +35,12 @@ if TYPE_CHECKING:
     from datagraph.settings import Settings
     from resolvers.context import Resources
 
-__all__ = ["EXEMPT_PATHS", "JOB_COST", "UPLOAD_COST", "Limiter", "RateLimit"]
+__all__ = ["EXEMPT_PATHS", "JOB_COST", "STOP_COST", "UPLOAD_COST", "Limiter", "RateLimit"]
 
 log = logging.getLogger("datagraph")
 UPLOAD_COST = 20
 JOB_COST = 5
+STOP_COST = 50  # a job stopped at its deadline, or a request abandoned mid-work: a worker may restart
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _STORAGE_TIMEOUT_S = 0.25
 _RETRY_S = 5.0
@@ -140,8 +141,8 @@ class RateLimit:
             await self.app(scope, receive, send)
         finally:
             info = current_request()
-            if info is not None and info.jobs:
-                await limiter.spend(who, JOB_COST * info.jobs)
+            if info is not None and (info.jobs or info.stops):
+                await limiter.spend(who, JOB_COST * info.jobs + STOP_COST * info.stops)
 
 
 def _identity(scope: Scope, by_key: bool) -> str:

@@ -21,7 +21,7 @@ from engine.runtime import Executor, JobTracker, ResultCache
 from resolvers.context import Context, Resources
 from resolvers.plugins import refresh_forever
 from server.auth import NO_KEYS_MESSAGE, KeyRing
-from server.observe import count_job
+from server.observe import count_job, count_stop
 from server.ratelimit import Limiter
 from storage import DataDir, MetadataStore
 
@@ -77,6 +77,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         timeout_s=settings.timeout_s,
         metrics=metrics,
         on_job=count_job,
+        on_kill=count_stop,
         result_mb=settings.max_result_mb,
     )
     await executor.start()

@@ -3,6 +3,7 @@ deadline, when they exceed their memory cap, or when the client goes away; the p
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -17,7 +18,9 @@ import pytest
 from starlette.testclient import TestClient
 from support import DATA, Api, make_settings, running_server, upload_over_http
 
+from datagraph.errors import Timeout
 from datagraph.settings import Settings
+from engine.runtime import Executor, PoolStats
 from server.app import create_app
 
 # Every diamond joined with every diamond of the same cut (~830 million rows), then sorted: a
@@ -107,10 +110,55 @@ def test_the_server_deadline_applies_without_timeout_ms_and_caps_it(tmp_path: Pa
         assert api.data(LIGHT)["dataset"]["count"]["success"] is True
 
 
-def test_timeout_ms_must_be_positive(diamonds: Api) -> None:
-    answer = diamonds.data('{ dataset(id: "diamonds") { count(timeoutMs: 0) { success error { code message } } } }')
-    assert answer["dataset"]["count"]["error"]["code"] == "BAD_INPUT"
-    assert "timeoutMs" in answer["dataset"]["count"]["error"]["message"]
+@pytest.mark.parametrize("ms", [0, 1, 249])
+def test_a_timeout_ms_below_the_floor_is_refused_before_any_job_runs(diamonds: Api, ms: int) -> None:
+    """`timeoutMs: 1` would only stop a worker, which then has to be started again (issue 16, item 3)."""
+    before = _pool(diamonds)
+    answer = diamonds.data(HEAVY % f", timeoutMs: {ms}")["dataset"]["join"]["sort"]["rows"]
+    assert answer["error"]["code"] == "BAD_INPUT", answer
+    assert "at least 250 milliseconds (setting min_timeout_ms)" in answer["error"]["message"]
+    after = _pool(diamonds)
+    assert (after["jobs"], after["killed"]) == (before["jobs"], before["killed"])
+
+
+def test_the_sql_field_has_the_same_floor_for_timeout_ms(tmp_path: Path) -> None:
+    shop = Path(__file__).parent.parent / "examples" / "shop.sqlite"
+    (tmp_path / "sources.yaml").write_text(f"sources:\n  shop: {{kind: sqlite, url: 'sqlite:///{shop}'}}\n")
+    settings = make_settings(tmp_path, sources=str(tmp_path / "sources.yaml"))
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        query = (
+            '{ sql(source: "shop", query: "SELECT 1 AS one", timeoutMs: %d) { success data error { code message } } }'
+        )
+        refused = api.data(query % 10)["sql"]
+        assert refused["error"]["code"] == "BAD_INPUT" and "min_timeout_ms" in refused["error"]["message"]
+        assert api.data(query % 30000)["sql"] == {"success": True, "data": [{"one": 1}], "error": None}
+
+
+def test_a_storm_of_killed_workers_is_replaced_at_a_bounded_pace() -> None:
+    """Starting a worker costs ~0.5 s of CPU: past the first `workers` replacements, one per
+    `respawn_every_s`, so a kill storm cannot spend the machine on restarts."""
+
+    async def storm() -> tuple[PoolStats, list[str]]:
+        pool = Executor(1, respawn_every_s=3600)
+        await pool.start()
+        codes = []
+        try:
+            for _ in range(3):
+                try:
+                    await pool.run(time.sleep, 30, timeout=0.3)
+                except Timeout as exc:
+                    codes.append(exc.code)
+            await asyncio.sleep(0.5)
+            return pool.stats(), codes
+        finally:
+            await asyncio.wait_for(pool.close(), 30)  # a replacement waiting its turn does not hold up closing
+
+    stats, codes = asyncio.run(storm())
+    assert codes == ["TIMEOUT"] * 3
+    # The first kill is replaced at once; the second's replacement waits its turn, so the third
+    # job times out in the queue without a worker to kill.
+    assert (stats.killed, stats.workers) == (2, 0), stats
 
 
 def test_a_memory_bomb_kills_a_worker_not_the_server(tmp_path: Path) -> None:
@@ -176,7 +224,7 @@ def test_a_client_that_disconnects_cancels_its_job(live: str) -> None:
     ready = httpx.get(live + "/readyz").json()["workers"]
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(live + "/graphql", json={"query": HEAVY % ""}, timeout=1.0)
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 10  # it runs on for finish_grace_s (2 s) first, then is stopped
     workers = ready
     while time.monotonic() < deadline:
         workers = httpx.get(live + "/readyz").json()["workers"]
@@ -187,3 +235,39 @@ def test_a_client_that_disconnects_cancels_its_job(live: str) -> None:
     assert workers["busy"] == 0 and workers["workers"] == 2
     answer = httpx.post(live + "/graphql", json={"query": LIGHT}, timeout=30).json()
     assert answer["data"]["dataset"]["count"]["data"] == {"count": DIAMONDS_ROWS}
+
+
+# Every diamond joined with every diamond of the same carat (~50 million rows), sorted: about a
+# second of work, short enough to finish within a generous grace after its client has left.
+MEDIUM = """{ dataset(id: "diamonds") { join(right: "diamonds", on: ["carat"]) {
+  sort(by: [{column: "price_right"}]) { rows(limit: 3) { success data meta { cached } } } } } }"""
+
+
+def test_a_short_job_whose_client_left_finishes_into_the_cache(tmp_path: Path) -> None:
+    with running_server(tmp_path, "--finish-grace-s", "60", workers=1) as base:
+        upload_over_http(base, DATA / "diamonds.csv")
+        ready = httpx.get(base + "/readyz").json()["workers"]
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/graphql", json={"query": MEDIUM}, timeout=0.2)
+        deadline = time.monotonic() + 60
+        while httpx.get(base + "/readyz").json()["workers"]["busy"]:
+            assert time.monotonic() < deadline, "the abandoned job never finished"
+            time.sleep(0.1)
+        after = httpx.get(base + "/readyz").json()["workers"]
+        assert after["killed"] == ready["killed"] and after["jobs"] == ready["jobs"] + 1, after
+        again = httpx.post(base + "/graphql", json={"query": MEDIUM}, timeout=60).json()
+        rows = again["data"]["dataset"]["join"]["sort"]["rows"]
+        assert rows["success"] is True and rows["meta"]["cached"] is True and len(rows["data"]) == 3
+
+
+def test_stopped_jobs_are_charged_to_the_rate_budget(tmp_path: Path) -> None:
+    """A job stopped at its deadline costs 50 on top of the request (1) and the job (5)."""
+    settings = make_settings(tmp_path, workers=POOL, rate_limit="120/minute")
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        api.upload_ok(DATA / "diamonds.csv")  # 21 of the budget
+        for _ in range(2):  # 56 each
+            rows = api.data(HEAVY % ", timeoutMs: 250")["dataset"]["join"]["sort"]["rows"]
+            assert rows["error"]["code"] == "TIMEOUT"
+        refused = client.post("/graphql", json={"query": LIGHT})
+        assert refused.status_code == 429 and refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"

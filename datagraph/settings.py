@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         description="Most transform steps in one plan (pipeline and clean steps, chained transforms), checked"
         " before the plan is built.",
     )
+    max_input_values: int = Field(
+        5_000,
+        gt=0,
+        description="Most values in one request's GraphQL variables, counted by their declared types (a JSON"
+        " value counts once); checked before they are coerced.",
+    )
     max_columns: int = Field(2_000, gt=0, description="Most columns an uploaded file may have.")
     max_rows: int = Field(5_000_000, gt=0, description="Most rows an uploaded file may have.")
     xlsx_max_uncompressed_mb: int = Field(200, gt=0, description="Largest total uncompressed size of an .xlsx, in MiB.")

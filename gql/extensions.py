@@ -1,5 +1,5 @@
 """Schema extensions: mask unexpected errors (only those), with an error id that is also logged;
-count operations by type and name."""
+count operations by type and name; bound the variables' size before they are coerced."""
 
 from __future__ import annotations
 
@@ -9,14 +9,26 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from graphql import FieldNode, ListValueNode, ObjectValueNode, SelectionSetNode, ValidationRule
+from graphql import (
+    FieldNode,
+    GraphQLInputObjectType,
+    GraphQLList,
+    GraphQLNonNull,
+    ListValueNode,
+    ObjectValueNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationRule,
+    type_from_ast,
+)
 from graphql.error import GraphQLError
 from strawberry.extensions import MaskErrors, SchemaExtension
 
 from datagraph.errors import DatagraphError
 from datagraph.metrics import operation_label
+from engine import too_many_steps
 
-__all__ = ["CountOperations", "MaskUnexpectedErrors", "field_repeats_rule", "value_depth_rule"]
+__all__ = ["BoundVariables", "CountOperations", "MaskUnexpectedErrors", "field_repeats_rule", "value_depth_rule"]
 
 log = logging.getLogger("datagraph")
 
@@ -116,3 +128,57 @@ def value_depth_rule(limit: int) -> type[ValidationRule]:
                 )
 
     return ValueDepth
+
+
+class BoundVariables(SchemaExtension):
+    """Refuse variables too big to coerce before they are coerced: turning input values into Python
+    objects costs the event loop about 10 us each, so a 256 KiB body of 3,000 pipeline steps held
+    every other client up for a third of a second. Counted by the operation's declared types (a
+    JSON scalar is one value however big), stopping at the limit; a list of `Step`s longer than
+    `max_steps` is refused with that setting's message. Put it after ValidationCache, which
+    replaces the errors it finds."""
+
+    def __init__(self, *, max_values: int, max_steps: int) -> None:
+        super().__init__()
+        self.max_values = max_values
+        self.max_steps = max_steps
+
+    def on_validate(self) -> Iterator[None]:
+        ec = self.execution_context
+        if ec.variables and ec.graphql_document is not None:
+            message = self._too_big(ec.variables, ec.graphql_document.definitions, ec.schema._schema)
+            if message is not None:
+                error = GraphQLError(message, extensions={"code": "BAD_INPUT"})
+                ec.pre_execution_errors = [*(ec.pre_execution_errors or []), error]
+        yield
+
+    def _too_big(self, variables: dict[str, Any], definitions: Any, schema: Any) -> str | None:
+        stack: list[tuple[Any, Any]] = []  # (value, its declared GraphQL input type)
+        for definition in definitions:
+            if isinstance(definition, OperationDefinitionNode):
+                for var in definition.variable_definitions or ():
+                    declared = type_from_ast(schema, var.type)
+                    if declared is not None and var.variable.name.value in variables:
+                        stack.append((variables[var.variable.name.value], declared))
+        count = 0
+        while stack:
+            value, kind = stack.pop()
+            count += 1
+            if count > self.max_values:
+                return (
+                    f"The variables hold more than {self.max_values:,} values (setting max_input_values);"
+                    " send less at a time."
+                )
+            while isinstance(kind, GraphQLNonNull):
+                kind = kind.of_type
+            if isinstance(kind, GraphQLList) and isinstance(value, list):
+                item = kind.of_type
+                while isinstance(item, GraphQLNonNull):
+                    item = item.of_type
+                if getattr(item, "name", None) == "Step" and (refused := too_many_steps(len(value), self.max_steps)):
+                    return refused
+                stack.extend((v, kind.of_type) for v in value)
+            elif isinstance(kind, GraphQLInputObjectType) and isinstance(value, dict):
+                fields = kind.fields
+                stack.extend((v, fields[k].type) for k, v in value.items() if k in fields)
+        return None

@@ -23,7 +23,7 @@ from strawberry.tools import merge_types
 
 from datagraph.settings import Settings, production_mode
 from gql.datasets import Dataset, DatasetMutation, DatasetQuery
-from gql.extensions import CountOperations, MaskUnexpectedErrors, field_repeats_rule, value_depth_rule
+from gql.extensions import BoundVariables, CountOperations, MaskUnexpectedErrors, field_repeats_rule, value_depth_rule
 from gql.frames import View
 from gql.jobs import JobQuery
 from gql.plugins import PluginMutation, PluginQuery
@@ -54,6 +54,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         lambda: AddValidationRules(rules),
         lambda: ParserCache(maxsize=256),
         lambda: ValidationCache(maxsize=256),
+        lambda: BoundVariables(max_values=s.max_input_values, max_steps=s.max_steps),
         MaskUnexpectedErrors,
         CountOperations,
     ]

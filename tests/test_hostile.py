@@ -9,18 +9,23 @@ from __future__ import annotations
 import io
 import json
 import struct
+import subprocess
+import sys
+import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import xlsxwriter
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from support import DATA, Api, add_key, make_settings, require_service, serving
+from support import DATA, Api, add_key, make_settings, require_service, running_server, serving, upload_over_http
 
 from server.app import create_app
 from storage import MetadataStore
@@ -31,8 +36,11 @@ RESULT = "success data error { code message }"
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """One app with small limits (5 steps, 1.5 KiB answers), tips uploaded once; its tests only read."""
-    settings = make_settings(tmp_path_factory.mktemp("small"), max_steps=5, max_result_mb=1.5 / 1024)
+    """One app with small limits (5 steps, 1.5 KiB answers, 500 input values), tips uploaded once; its
+    tests only read."""
+    settings = make_settings(
+        tmp_path_factory.mktemp("small"), max_steps=5, max_result_mb=1.5 / 1024, max_input_values=500
+    )
     with serving(settings) as api:
         api.upload_ok(DATA / "tips.csv")
         yield api
@@ -51,12 +59,32 @@ def _count(api: Api, steps: list[dict[str, Any]]) -> dict[str, Any]:
 # ---- 1. steps per plan -------------------------------------------------------------------------------
 
 
+def _refused_before_graphql(api: Api, query: str, variables: dict[str, Any]) -> str:
+    """The message of a request refused before its variables were coerced (a GraphQL error, no data)."""
+    body = api.query(query, variables)
+    assert body["data"] is None and len(body["errors"]) == 1, body
+    assert body["errors"][0]["extensions"]["code"] == "BAD_INPUT"
+    message: str = body["errors"][0]["message"]
+    return message
+
+
 def test_a_pipeline_within_max_steps_runs_and_one_past_it_is_refused_before_it_is_built(small: Api) -> None:
     assert _count(small, _steps(5)) == {"success": True, "data": {"count": 244}, "error": None}
-    refused = _count(small, _steps(5000))
-    assert refused["success"] is False and refused["error"]["code"] == "BAD_INPUT"
-    assert "at most 5 steps (setting max_steps)" in refused["error"]["message"]
-    assert "5,000" in refused["error"]["message"]
+    # A list of steps in the variables is counted before GraphQL turns it into objects: 5,000 steps
+    # cost no more than 5 (coercing them held the event loop for a third of a second).
+    message = _refused_before_graphql(small, "query($steps: [Step!]!) " + COUNT, {"steps": _steps(5000)})
+    assert "at most 5 steps (setting max_steps)" in message and "5,000" in message
+
+
+def test_variables_past_max_input_values_are_refused_before_they_are_coerced(small: Api) -> None:
+    query = 'query($w: [Condition!]!) { dataset(id: "tips") { filter(where: $w) { count { success data } } } }'
+    where = [{"column": "tip", "op": "GE", "value": 0}] * 40  # 161 values counted by type
+    assert small.data(query, {"w": where})["dataset"]["filter"]["count"] == {"success": True, "data": {"count": 244}}
+    message = _refused_before_graphql(small, query, {"w": where * 50})
+    assert "more than 500 values (setting max_input_values)" in message
+    # A JSON value counts once however big it is: an IN list of 20,000 values is one value.
+    big_in = [{"column": "size", "op": "IN", "value": list(range(20_000))}]
+    assert small.data(query, {"w": big_in})["dataset"]["filter"]["count"]["success"] is True
 
 
 def test_chained_transforms_and_clean_steps_count_against_max_steps(small: Api) -> None:
@@ -79,7 +107,10 @@ def test_save_frame_refuses_too_many_steps_and_makes_nothing(small: Api) -> None
         'mutation($steps: [Step!]!) { saveFrame(dataset: "tips", name: "many", steps: $steps)'
         " { success error { code message } dataset { id } } }"
     )
-    payload = small.data(query, {"steps": _steps(6)})["saveFrame"]
+    assert "max_steps" in _refused_before_graphql(small, query, {"steps": _steps(6)})
+    # Steps that pass the count in the variables but not with the clean steps inside them.
+    cleaning = [{"clean": [{"trim": {"columns": ["day"]}}] * 3}] * 2
+    payload = small.data(query, {"steps": cleaning})["saveFrame"]
     assert payload["success"] is False and payload["error"]["code"] == "BAD_INPUT"
     assert "max_steps" in payload["error"]["message"] and payload["dataset"] is None
     assert [d["id"] for d in small.data("{ datasets { id } }")["datasets"]] == ["tips"]
@@ -345,3 +376,85 @@ def test_a_linked_table_taken_off_the_allowlist_stops_answering_after_a_restart(
         rows = api.data('{ dataset(id: "%s") { rows { %s } } }' % (dataset, RESULT))["dataset"]["rows"]
         assert rows["success"] is False and rows["error"]["code"] == "READ_ONLY"
         assert "no longer" in rows["error"]["message"]
+
+
+# ---- items 1-3 together, against a real server -------------------------------------------------------
+
+# A probe in a process of its own (its timing is not disturbed by the hostile threads of this one):
+# GET /healthz every 20 ms for the given seconds, printing each latency in ms.
+_PROBE = """
+import sys, time, httpx
+base, seconds = sys.argv[1], float(sys.argv[2])
+with httpx.Client(base_url=base, timeout=5) as client:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        started = time.perf_counter()
+        assert client.get("/healthz").status_code == 200
+        print((time.perf_counter() - started) * 1000, flush=True)
+        time.sleep(0.02)
+"""
+_HEAVY = """{ dataset(id: "diamonds") { join(right: "diamonds", on: ["cut"]) {
+  sort(by: [{column: "price_right"}]) { rows(limit: 5%s) { success error { code } } } } } }"""
+
+
+def _hostile(base: str, kind: int, until: float, seen: dict[str, int]) -> None:
+    """Items 1-3 in a loop: plans with thousands of steps, answers over the byte cap, and deadlines as a
+    lever (the shortest timeoutMs, and clients that leave at once)."""
+    steps = json.dumps([{"filter": [{"column": "tip", "op": "GE", "value": 0}]}] * 3000)
+    with httpx.Client(base_url=base, timeout=10) as client:
+        while time.monotonic() < until:
+            try:
+                if kind == 0:
+                    body = {"query": "query($steps: [Step!]!) " + COUNT, "variables": {"steps": json.loads(steps)}}
+                    refused = client.post("/graphql", json=body).json()["errors"][0]["extensions"]["code"]
+                    seen[refused] = seen.get(refused, 0) + 1
+                elif kind == 1:
+                    query = (
+                        '{ dataset(id: "diamonds") { rows(limit: 10000, cache: BYPASS) { success error { code } } } }'
+                    )
+                    got = client.post("/graphql", json={"query": query}).json()["data"]["dataset"]["rows"]
+                    seen[got["error"]["code"]] = seen.get(got["error"]["code"], 0) + 1
+                elif kind == 2:
+                    got = client.post("/graphql", json={"query": _HEAVY % ", timeoutMs: 250, cache: BYPASS"}).json()
+                    code = got["data"]["dataset"]["join"]["sort"]["rows"]["error"]["code"]
+                    seen[code] = seen.get(code, 0) + 1
+                else:
+                    client.post("/graphql", json={"query": _HEAVY % ", cache: BYPASS"}, timeout=0.05)
+            except httpx.TimeoutException:
+                seen["left"] = seen.get("left", 0) + 1
+
+
+@pytest.mark.slow
+def test_healthz_stays_fast_while_a_hostile_client_runs_items_1_to_3(tmp_path: Path) -> None:
+    seconds = 10.0
+    # No rate limit: the other guards alone must hold (a budget would stop the client sooner).
+    with running_server(tmp_path, "--rate-limit", "", "--max-result-mb", "0.5", workers=2) as base:
+        upload_over_http(base, DATA / "tips.csv")
+        upload_over_http(base, DATA / "diamonds.csv")
+        before = httpx.get(base + "/readyz").json()["workers"]
+        probe = subprocess.Popen([sys.executable, "-c", _PROBE, base, str(seconds)], stdout=subprocess.PIPE, text=True)
+        until = time.monotonic() + seconds
+        seen: dict[str, int] = {}
+        threads = [threading.Thread(target=_hostile, args=(base, k, until, seen)) for k in (0, 1, 2, 3, 3)]
+        for thread in threads:
+            thread.start()
+        out, _ = probe.communicate(timeout=seconds + 30)
+        for thread in threads:
+            thread.join(30)
+        assert probe.returncode == 0
+        latencies = sorted(float(line) for line in out.split())
+        p99 = latencies[int(len(latencies) * 0.99) - 1]
+        after = httpx.get(base + "/readyz").json()["workers"]
+        kills = after["killed"] - before["killed"]
+        print(
+            f"healthz: {len(latencies)} probes, p50 {latencies[len(latencies) // 2]:.1f} ms, p99 {p99:.1f} ms;"
+            f" hostile answers {seen}; workers killed {kills}"
+        )
+        assert len(latencies) > 200
+        assert p99 < 50, f"/healthz p99 {p99:.1f} ms under hostile load"
+        # Every kind of hostile request was answered as the refusal it is.
+        assert seen.get("BAD_INPUT", 0) and seen.get("TOO_LARGE", 0) and seen.get("TIMEOUT", 0) and seen.get("left", 0)
+        # Killed workers were replaced at a bounded pace: 2 at once, then one a second.
+        assert kills <= 2 + seconds + 3, kills
+        ok = httpx.post(base + "/graphql", json={"query": '{ dataset(id: "tips") { count { data } } }'}, timeout=60)
+        assert ok.json()["data"]["dataset"]["count"]["data"] == {"count": 244}

@@ -114,16 +114,17 @@ class Executor:
         a request's jobs and stops to its rate budget with them). An answer over `result_mb` (0: no
         cap) is refused in the worker as TOO_LARGE, before its bytes reach this process.
 
-        Starting a worker costs about half a second of CPU (importing Polars), so workers killed in
-        a burst are replaced at most one per `respawn_every_s` once the first `workers` replacements
-        are spent: a storm of stopped jobs costs a bounded share of the CPU, not all of it."""
+        Starting a worker costs about half a second of CPU (importing Polars), so killed workers are
+        replaced at once up to a burst of `max(4, 2 * workers)`, then at most one per
+        `respawn_every_s`: a storm of stopped jobs costs a bounded share of the CPU, not all of it."""
         self.result_bytes = int(result_mb * 1024 * 1024)
         self.size = workers
         self.metrics = metrics
         self.on_job = on_job
         self.on_kill = on_kill
         self.respawn_every_s = respawn_every_s
-        self._respawn_tokens = float(workers)
+        self._respawn_burst = float(max(4, 2 * workers))
+        self._respawn_tokens = self._respawn_burst
         self._respawn_at = time.monotonic()
         self.memory_mb = memory_mb
         self.timeout_s = timeout_s
@@ -182,15 +183,14 @@ class Executor:
             await self._spawn()
 
     def _respawn_delay(self) -> float:
-        """How long the next replacement waits: a token bucket of `workers` replacements, refilled one
-        per `respawn_every_s`."""
+        """How long the next replacement waits: a token bucket of `max(4, 2 * workers)` replacements,
+        refilled one per `respawn_every_s`."""
         now = time.monotonic()
         if self.respawn_every_s > 0:
-            self._respawn_tokens = min(
-                float(self.size), self._respawn_tokens + (now - self._respawn_at) / self.respawn_every_s
-            )
+            refill = (now - self._respawn_at) / self.respawn_every_s
+            self._respawn_tokens = min(self._respawn_burst, self._respawn_tokens + refill)
         else:
-            self._respawn_tokens = float(self.size)
+            self._respawn_tokens = self._respawn_burst
         self._respawn_at = now
         self._respawn_tokens -= 1
         return max(0.0, -self._respawn_tokens * self.respawn_every_s)

@@ -21,8 +21,9 @@ Every check fails closed:
   any function);
 - every table is in the allowed set or, without one, in the default schema. An unqualified name is
   a CTE only where a WITH in scope defines it; any other is qualified with the default schema, so
-  PostgreSQL's search_path cannot turn `pg_authid` into `pg_catalog.pg_authid`. MariaDB's
-  SEQUENCE engine tables (`seq_1_to_1000000000`) are refused wherever they are asked for;
+  PostgreSQL's search_path cannot turn `pg_authid` into `pg_catalog.pg_authid`. Tables the engine
+  makes up (MariaDB's `seq_1_to_1000000000`, SQLite's `sqlite_schema` and `pragma_database_list`)
+  are refused wherever they are asked for;
 - on PostgreSQL, a qualified name `t.x` must be a column of t (`_pgnames`): otherwise PostgreSQL
   calls a function x on t's row.
 Under all of it the connector pins PostgreSQL's search_path to `pg_catalog, pg_temp`, so the bare
@@ -94,9 +95,17 @@ _ALLOWED_TYPES = frozenset({
     _T.DATE, _T.TIME, _T.TIMETZ, _T.TIMESTAMP, _T.TIMESTAMPTZ, _T.DATETIME, _T.YEAR, _T.INTERVAL,
 })  # fmt: skip
 
-# MariaDB's SEQUENCE engine makes up a table for any name like seq_1_to_1000000000 or
-# seq_1_to_9_step_2, in any database, with as many rows as the name asks for (measured on 10.11).
-_SEQUENCE_TABLE = re.compile(r"seq_[0-9]+_to_[0-9]", re.IGNORECASE)
+# Tables the engines make up in any database, whatever it holds (measured): MariaDB's SEQUENCE
+# engine answers any name like seq_1_to_1000000000 or seq_1_to_9_step_2 with as many rows as it asks
+# for; SQLite answers its schema table and its eponymous virtual tables (pragma_database_list names
+# the database file's path; dbstat, json_each, ...). Refused, allowlisted or not.
+_MADE_UP_TABLES = {
+    "mysql": (re.compile(r"seq_[0-9]+_to_[0-9]", re.IGNORECASE), "MariaDB's SEQUENCE engine makes up its rows"),
+    "sqlite": (
+        re.compile(r"sqlite_|pragma_|(dbstat|json_each|json_tree|generate_series)$", re.IGNORECASE),
+        "SQLite makes it up: it is no table of the database's",
+    ),
+}
 
 # Bare words the databases answer with the session's user or role rather than a column.
 _SESSION_NAMES = frozenset({"user", "current_role", "current_user", "session_user", "system_user"})
@@ -328,10 +337,9 @@ def _inspect(tree: exp.Expr, dialect: Dialect, default_schema: str, allowed: fro
             raise ReadOnly(f"Table {_short(key)} is not one this source allows.")
         if (key not in allowed) if allowed is not None else schema != default:
             raise ReadOnly(f"Table {key} is not one this source allows.")
-        if dialect_name == "mysql" and _SEQUENCE_TABLE.match(name):
-            raise ReadOnly(
-                f"Table {_short(key)} is not one this source allows (MariaDB's SEQUENCE engine makes up its rows)."
-            )
+        made_up, why = _MADE_UP_TABLES.get(dialect_name, (None, ""))
+        if made_up is not None and made_up.match(name):
+            raise ReadOnly(f"Table {_short(key)} is not one this source allows ({why}).")
         found.add(key)
     return tuple(sorted(found))
 

@@ -559,6 +559,29 @@ def test_mariadb_sequence_engine_tables_are_refused(sql: str, allowed: frozenset
     assert check("WITH seq_1_to_3 AS (SELECT 1 AS seq) SELECT seq FROM seq_1_to_3", "mysql").tables == ()
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM pragma_database_list",  # names the database file's absolute path
+        "SELECT file FROM main.PRAGMA_DATABASE_LIST",
+        "SELECT sql FROM sqlite_master",
+        "SELECT sql FROM sqlite_schema WHERE name = 'numbers'",
+        "SELECT * FROM pragma_compile_options",
+        "SELECT * FROM dbstat",
+        "SELECT value FROM json_each WHERE json = '[1, 2]'",
+    ],
+)
+def test_sqlite_tables_the_engine_makes_up_are_refused(sql: str, tmp_path: Path) -> None:
+    path = tmp_path / "shop.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE numbers (n INTEGER)")
+        assert connection.execute(sql).fetchall()  # SQLite answers it in any database
+    assert "SQLite makes it up" in refused(sql, "sqlite", ReadOnly)
+    assert "makes it up" in refused(
+        "SELECT * FROM sqlite_schema", "sqlite", ReadOnly, frozenset({"main.sqlite_schema"})
+    )
+
+
 # ---- the same gaps against the real databases ---------------------------------------------------------------------
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -34,7 +34,9 @@ from connectors.sources import DatabaseConfig
 from datagraph.errors import BadInput, DatagraphError, ReadOnly, SourceUnavailable, Timeout, TooLarge
 from engine import ColumnInfo, Rows, column_infos, dtype_name
 
-__all__ = ["dispose_engines", "list_tables", "ping", "query_rows", "read_only", "snapshot", "translate"]
+__all__ = [
+    "dispose_engines", "list_tables", "ping", "query_rows", "read_only", "snapshot", "table_columns", "translate",
+]  # fmt: skip
 
 log = logging.getLogger("datagraph.databases")
 
@@ -168,8 +170,11 @@ def read_only(cfg: DatabaseConfig) -> Iterator[Connection]:
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                 ms = int(cfg.statement_timeout_s * 1000)
                 conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")  # an int we made, not user text
-                quoted = '"' + cfg.schema.replace('"', '""') + '"'  # from sources.yaml, quoted all the same
-                conn.exec_driver_sql(f"SET LOCAL search_path = {quoted}")
+                # The guard qualifies every table with its schema, so the path needs none of the user's
+                # schemas. Pinned to the built-ins, nothing planted in a schema someone can write to (a
+                # lower(varchar), an operator, a type) can shadow one (CVE-2018-1058). pg_temp goes last, as
+                # PostgreSQL's docs advise; functions and operators are never looked up there anyway.
+                conn.exec_driver_sql("SET LOCAL search_path = pg_catalog, pg_temp")
             elif cfg.kind == "mysql":
                 conn.exec_driver_sql("ROLLBACK")  # SQLAlchemy's implicit transaction, if any
                 if getattr(conn.dialect, "is_mariadb", False):
@@ -240,6 +245,27 @@ def list_tables(cfg: DatabaseConfig) -> list[str]:
         return sorted(set(names))
     # Exactly as the database spells them: in PostgreSQL "ALLOWED_T" and allowed_t are two tables.
     return sorted({n for n in names if f"{cfg.schema}.{n}" in cfg.allowed_tables})
+
+
+_COLUMNS_SQL = sa.text(
+    "SELECT n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute AS a"
+    " JOIN pg_catalog.pg_class AS c ON c.oid = a.attrelid"
+    " JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace"
+    " WHERE a.attnum > 0 AND NOT a.attisdropped AND n.nspname || '.' || c.relname = ANY(:keys)"
+    " ORDER BY n.nspname, c.relname, a.attnum"
+)
+
+
+def table_columns(cfg: DatabaseConfig, tables: Sequence[str]) -> dict[str, list[str]]:
+    """The columns of PostgreSQL tables named "schema.table", in their order, read from the catalogue
+    now; a table it does not have is left out. (The guard needs them: see connectors._pgnames.)"""
+    if cfg.kind != "postgresql":
+        raise ValueError("table_columns reads PostgreSQL's catalogue")
+    found: dict[str, list[str]] = {}
+    with read_only(cfg) as conn:
+        for schema, table, column in conn.execute(_COLUMNS_SQL, {"keys": list(tables)}):
+            found.setdefault(f"{schema}.{table}", []).append(column)
+    return found
 
 
 def _run(conn: Connection, sql: str) -> sa.CursorResult[Any]:

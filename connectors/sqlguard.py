@@ -14,9 +14,20 @@ Every check fails closed:
 - every function is on an allowlist of sqlglot classes: names sqlglot does not know (`pg_sleep`,
   `dblink`) are `exp.Anonymous` and refused, and so are known classes left off the list
   (`read_csv`, `generate_series`);
+- functions are called by their bare name: `pg_catalog.unnest(...)` or `public.f(...)` could be
+  anything of that name, so no schema-qualified call, in FROM or anywhere else, and no `(x).name`;
+- a cast is to a built-in type (or an array of one): not to a catalogue type (`oid`, `regclass`,
+  ...: they read the catalogue), a schema-qualified or user-defined type (a domain's CHECK can call
+  any function);
 - every table is in the allowed set or, without one, in the default schema. An unqualified name is
   a CTE only where a WITH in scope defines it; any other is qualified with the default schema, so
-  PostgreSQL's search_path cannot turn `pg_authid` into `pg_catalog.pg_authid`.
+  PostgreSQL's search_path cannot turn `pg_authid` into `pg_catalog.pg_authid`. Tables the engine
+  makes up (MariaDB's `seq_1_to_1000000000`, SQLite's `sqlite_schema` and `pragma_database_list`)
+  are refused wherever they are asked for;
+- on PostgreSQL, a qualified name `t.x` must be a column of t (`_pgnames`): otherwise PostgreSQL
+  calls a function x on t's row.
+Under all of it the connector pins PostgreSQL's search_path to `pg_catalog, pg_temp`, so the bare
+names resolve to the built-ins and nothing planted in a user schema can shadow one.
 """
 
 from __future__ import annotations
@@ -29,9 +40,10 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
 from sqlglot.tokenizer_core import TokenType
 
+from connectors._pgnames import ColumnsOf, check_qualified_columns, visible_cte
 from datagraph.errors import BadInput, ReadOnly, TooLarge
 
-__all__ = ["DIALECTS", "CheckedSql", "check_select", "limited"]
+__all__ = ["DIALECTS", "CheckedSql", "ColumnsOf", "check_select", "limited"]
 
 DIALECTS = ("postgres", "mysql", "sqlite")
 
@@ -69,6 +81,31 @@ _REFUSED: dict[type[exp.Expr], str] = {
 _NAMES: dict[type[exp.Expr], str] = {exp.TruncateTable: "TRUNCATE", exp.LoadData: "LOAD DATA", exp.Transaction: "BEGIN"}
 
 _QUERY_ROOTS = (exp.Select, exp.SetOperation, exp.Subquery)
+
+# The types a cast may name: built-in scalars, and arrays of them (an array's element type is a node
+# of its own, checked in its turn). Anything else sqlglot parses as USERDEFINED (a domain, whose
+# CHECK can call any function; `pg_catalog.regclass`; `"MyType"`) or as a catalogue type (oid,
+# regclass, regrole, ...: a cast to one reads the catalogue) and is refused.
+_T = exp.DType
+_ALLOWED_TYPES = frozenset({
+    _T.TINYINT, _T.SMALLINT, _T.MEDIUMINT, _T.INT, _T.BIGINT, _T.UTINYINT, _T.USMALLINT, _T.UMEDIUMINT,
+    _T.UINT, _T.UBIGINT, _T.DECIMAL, _T.UDECIMAL, _T.FLOAT, _T.DOUBLE, _T.BOOLEAN,
+    _T.CHAR, _T.NCHAR, _T.VARCHAR, _T.NVARCHAR, _T.BPCHAR, _T.TEXT, _T.CHARACTER_SET,
+    _T.BINARY, _T.VARBINARY, _T.BLOB, _T.UUID, _T.JSON, _T.JSONB, _T.INET, _T.ARRAY,
+    _T.DATE, _T.TIME, _T.TIMETZ, _T.TIMESTAMP, _T.TIMESTAMPTZ, _T.DATETIME, _T.YEAR, _T.INTERVAL,
+})  # fmt: skip
+
+# Tables the engines make up in any database, whatever it holds (measured): MariaDB's SEQUENCE
+# engine answers any name like seq_1_to_1000000000 or seq_1_to_9_step_2 with as many rows as it asks
+# for; SQLite answers its schema table and its eponymous virtual tables (pragma_database_list names
+# the database file's path; dbstat, json_each, ...). Refused, allowlisted or not.
+_MADE_UP_TABLES = {
+    "mysql": (re.compile(r"seq_[0-9]+_to_[0-9]", re.IGNORECASE), "MariaDB's SEQUENCE engine makes up its rows"),
+    "sqlite": (
+        re.compile(r"sqlite_|pragma_|(dbstat|json_each|json_tree|generate_series)$", re.IGNORECASE),
+        "SQLite makes it up: it is no table of the database's",
+    ),
+}
 
 # Bare words the databases answer with the session's user or role rather than a column.
 _SESSION_NAMES = frozenset({"user", "current_role", "current_user", "session_user", "system_user"})
@@ -148,10 +185,13 @@ def check_select(
     allowed_tables: frozenset[str] | None,
     max_chars: int = 20_000,
     limit: int | None = None,
+    columns: ColumnsOf | None = None,
 ) -> CheckedSql:
     """Check that `text` is one read-only query over allowed tables; raise `BadInput`, `TooLarge`
     or `ReadOnly` naming what is wrong. `allowed_tables` of None allows any table in `default_schema`.
-    With `limit`, `sql` returns at most that many rows, as `limited` makes it (without parsing again)."""
+    With `limit`, `sql` returns at most that many rows, as `limited` makes it (without parsing again).
+    On PostgreSQL `columns` lists the columns of the tables the query reads, asked only when the
+    query has a qualified name `t.x`; without it no such name is accepted."""
     if len(text) > max_chars:
         raise TooLarge(f"The SQL is {len(text):,} characters long; the limit is {max_chars:,}.")
     if not text.strip():
@@ -167,6 +207,8 @@ def check_select(
         again = _parse_one(sql, sql_dialect)
         if _inspect(again, sql_dialect, default_schema, allowed_tables) != tables:
             raise BadInput("The SQL could not be checked safely; try writing it more simply.")
+        if dialect == "postgres":
+            check_qualified_columns(again, sql_dialect, tables, columns)
     except RecursionError:
         raise BadInput("The SQL is nested too deeply.") from None
     except SqlglotError:
@@ -250,10 +292,16 @@ def _inspect(tree: exp.Expr, dialect: Dialect, default_schema: str, allowed: fro
             raise ReadOnly(f"{_describe(node)} is not allowed in a read-only query.")
         if isinstance(node, exp.With) and node.args.get("recursive"):
             raise ReadOnly("WITH RECURSIVE is not allowed in a read-only query.")
-    named = _ALLOWED_NAMES.get(type(dialect).__name__.lower(), frozenset())
+    dialect_name = type(dialect).__name__.lower()
+    named = _ALLOWED_NAMES.get(dialect_name, frozenset())
     for node in nodes:
-        if isinstance(node, exp.Cast | exp.TryCast) and node.to.sql(dialect=dialect).lower().startswith("reg"):
-            raise ReadOnly("Casts to the database's catalogue types (regclass, regrole, ...) are not allowed.")
+        if isinstance(node, exp.ObjectIdentifier) or (isinstance(node, exp.DataType) and _is_catalogue_type(node)):
+            raise ReadOnly("Casts to the database's catalogue types (oid, regclass, regrole, ...) are not allowed.")
+        if isinstance(node, exp.DataType) and node.this not in _ALLOWED_TYPES:
+            raise ReadOnly(
+                f"A cast to {_short(node.sql(dialect=dialect))} is not allowed: cast to a built-in type such as"
+                " integer, numeric, text, date or timestamp."
+            )
         named_session = isinstance(node, exp.Column) and not node.table and node.name.lower() in _SESSION_NAMES
         if named_session and not node.this.quoted:
             raise ReadOnly(f"{node.name.upper()} is not allowed: it names the database session.")
@@ -262,11 +310,20 @@ def _inspect(tree: exp.Expr, dialect: Dialect, default_schema: str, allowed: fro
             continue  # an ordinary built-in sqlglot has no class for, called by its bare name
         if isinstance(node, exp.Func) and type(node) not in _ALLOWED_FUNCTIONS:
             raise ReadOnly(f"Function {_function_name(node, dialect)} is not allowed.")
+    for node in nodes:
+        if isinstance(node, exp.Dot):  # (t).f, ('pg_authid').regclass: PostgreSQL calls f(t), regclass(...)
+            raise ReadOnly(
+                f"{_short(node.sql(dialect=dialect))} is not allowed: PostgreSQL may read (x).name as a call"
+                " of the function name on x. Name columns as table.column."
+            )
     default = _normalize(_schema_identifier(default_schema, dialect), dialect)
     found: set[str] = set()
     for table in [n for n in nodes if isinstance(n, exp.Table)]:
-        if isinstance(table.this, exp.Func):
-            continue  # FROM unnest(...): the function was checked above
+        if isinstance(table.this, exp.Func):  # FROM unnest(...): the function was checked above
+            if table.args.get("db") or table.args.get("catalog"):
+                qualified = table.sql(dialect=dialect, comments=False).split("(", 1)[0].strip().lower()
+                raise ReadOnly(f"Function {_short(qualified)} is not allowed: call it by its bare name.")
+            continue
         if not isinstance(table.this, exp.Identifier) or table.args.get("catalog"):
             raise ReadOnly(f"Name tables as schema.table or table, not {_short(table.sql(dialect=dialect))}.")
         name = _normalize(table.this, dialect)
@@ -280,25 +337,27 @@ def _inspect(tree: exp.Expr, dialect: Dialect, default_schema: str, allowed: fro
             raise ReadOnly(f"Table {_short(key)} is not one this source allows.")
         if (key not in allowed) if allowed is not None else schema != default:
             raise ReadOnly(f"Table {key} is not one this source allows.")
+        made_up, why = _MADE_UP_TABLES.get(dialect_name, (None, ""))
+        if made_up is not None and made_up.match(name):
+            raise ReadOnly(f"Table {_short(key)} is not one this source allows ({why}).")
         found.add(key)
     return tuple(sorted(found))
 
 
 def _is_cte(table: exp.Table, name: str, dialect: Dialect) -> bool:
     """True when a WITH in scope defines `name`: a CTE sees the ones before it, the query body all."""
-    child: exp.Expr = table
-    parent = table.parent
-    while parent is not None:
-        visible: list[exp.Expr] = []
-        with_ = parent.args.get("with_")
-        if isinstance(parent, exp.With) and isinstance(child, exp.CTE):
-            visible = parent.expressions[: next(i for i, c in enumerate(parent.expressions) if c is child)]
-        elif isinstance(parent, exp.Query) and isinstance(with_, exp.With) and with_ is not child:
-            visible = with_.expressions
-        if any(_normalize(cte.args["alias"].this, dialect) == name for cte in visible):
-            return True
-        child, parent = parent, parent.parent
-    return False
+    return visible_cte(table, name, lambda identifier: _normalize(identifier, dialect)) is not None
+
+
+def _is_catalogue_type(node: exp.DataType) -> bool:
+    """`pg_catalog.regclass`, `"regrole"`, `oid`: however it is spelled, a type that reads the catalogue."""
+    if node.this != exp.DType.USERDEFINED:
+        return False
+    last = node.args.get("kind")
+    while isinstance(last, exp.Dot):
+        last = last.expression
+    name = last.name.lower() if isinstance(last, exp.Expr) else str(last or "").lower()
+    return name.startswith("reg") or name == "oid"
 
 
 def _normalize(identifier: exp.Identifier, dialect: Dialect) -> str:

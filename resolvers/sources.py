@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,7 +85,7 @@ async def run_sql(ctx: Context, *, source_id: str, query: str, limit: int | None
     if n < 0 or n > cap:
         raise BadInput(f"limit must be between 0 and {cap:,} (setting rows_max).")
     timeout = timeout_seconds(ctx, timeout_ms)
-    sql = _checked(ctx, cfg, query, limit=n + 1)
+    sql = await _checked(ctx, cfg, query, limit=n + 1)
     rows = await _in_worker(
         ctx, cfg, db.query_rows, cfg, sql, n, timeout=timeout,
         deadline_s=cfg.statement_timeout_s + DEADLINE_MARGIN_S,
@@ -92,14 +93,28 @@ async def run_sql(ctx: Context, *, source_id: str, query: str, limit: int | None
     return Outcome(data=rows.records, row_count=len(rows.records), columns=rows.columns, truncated=rows.truncated)
 
 
-def _checked(ctx: Context, cfg: DatabaseConfig, query: str, *, limit: int | None = None) -> str:
+async def _checked(ctx: Context, cfg: DatabaseConfig, query: str, *, limit: int | None = None) -> str:
     """The read-only SELECT to run for `query` on `cfg`: checked, and regenerated from the check
-    (with its own LIMIT set to `limit` when given)."""
-    checked = check_select(
-        query, dialect=cfg.dialect, default_schema=cfg.schema, allowed_tables=cfg.allowed_tables,
-        max_chars=ctx.settings.max_query_chars, limit=limit,
-    )  # fmt: skip
-    return checked.sql
+    (with its own LIMIT set to `limit` when given). On PostgreSQL the check may read the columns of
+    the tables the query names (a qualified name that is no column calls a function), so it runs on
+    the sources' threads."""
+
+    def check() -> str:
+        return check_select(
+            query, dialect=cfg.dialect, default_schema=cfg.schema, allowed_tables=cfg.allowed_tables,
+            max_chars=ctx.settings.max_query_chars, limit=limit,
+            columns=partial(db.table_columns, cfg) if cfg.kind == "postgresql" else None,
+        ).sql  # fmt: skip
+
+    if cfg.kind != "postgresql":
+        return check()
+    try:
+        return await asyncio.wait_for(ctx.resources.databases.in_thread(check), cfg.statement_timeout_s)
+    except TimeoutError:
+        raise SourceUnavailable(f'The source "{cfg.id}" did not list the columns of its tables in time.') from None
+    except SourceUnavailable:
+        ctx.resources.databases.forget(cfg.id)
+        raise
 
 
 def _table_sql(cfg: DatabaseConfig, table: str) -> str:
@@ -133,11 +148,11 @@ async def import_table(
         raise BadInput("importTable needs either a table or a query, not both.")
     if table is not None:
         table = await _known_table(ctx, cfg, table)
-        sql = _checked(ctx, cfg, _table_sql(cfg, table))
+        sql = await _checked(ctx, cfg, _table_sql(cfg, table))
         what = {"table": table}
     else:
         assert query is not None
-        sql = _checked(ctx, cfg, query)
+        sql = await _checked(ctx, cfg, query)
         what = {"query": sql}
     title = display_name(name or table or f"{cfg.id} query")
     steps = {"source": cfg.id, "mode": "SNAPSHOT", **what}

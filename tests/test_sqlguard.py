@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from support import make_settings, require_service, serving
 
+from connectors import databases
+from connectors.sources import DatabaseConfig
 from connectors.sqlguard import CheckedSql, check_select, limited
 from datagraph.errors import BadInput, DatagraphError, ReadOnly, TooLarge
 
 DEFAULT_SCHEMA = {"postgres": "public", "mysql": "shop", "sqlite": "main"}
+ORDERS = ("id", "customer_id", "total", "note", "data", "tags", "created_at", "ordered_at", "status")
+# The columns of the tables these queries read (PostgreSQL checks a qualified name `t.x` against them).
+COLUMNS = {"public.orders": ORDERS, "public.customers": ("id", "name"), "public.archived_orders": ORDERS}
+
+
+def columns_of(tables: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    return {t: COLUMNS[t] for t in tables if t in COLUMNS}
 
 
 def check(sql: str, dialect: str = "postgres", allowed: frozenset[str] | None = None) -> CheckedSql:
-    return check_select(sql, dialect=dialect, default_schema=DEFAULT_SCHEMA[dialect], allowed_tables=allowed)
+    return check_select(
+        sql, dialect=dialect, default_schema=DEFAULT_SCHEMA[dialect], allowed_tables=allowed, columns=columns_of
+    )
 
 
 def refused(sql: str, dialect: str, error: type[DatagraphError], allowed: frozenset[str] | None = None) -> str:
@@ -425,3 +444,271 @@ def test_ordinary_builtins_sqlglot_does_not_know_are_allowed_by_name(dialect: st
 )
 def test_named_builtins_stay_within_their_dialect_and_bare_name(dialect: str, sql: str, function: str) -> None:
     assert function in refused(sql, dialect, ReadOnly)
+
+
+# ---- issue 16, item 10: catalogue casts, qualified functions, functional notation, sequence tables -----------
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 'pg_authid'::pg_catalog.regclass",
+        "SELECT CAST('pg_authid' AS pg_catalog.regclass)",
+        "SELECT 10::pg_catalog.regrole::text",
+        "SELECT 'lower'::pg_catalog.regproc",
+        "SELECT 1::pg_catalog.oid",
+        "SELECT '1'::oid",
+        "SELECT id::oid FROM orders",
+        "SELECT 'x'::public.mood",  # a domain's CHECK can call any function
+        "SELECT 'x'::mood",
+        "SELECT ARRAY['x']::public.mood[]",
+        "SELECT '(1,x)'::pg_catalog.pg_authid",
+        "SELECT 'x'::information_schema.sql_identifier",
+        "SELECT 'x'::pg_catalog.text",  # built in, but named through a schema
+    ],
+)
+def test_casts_to_catalogue_user_defined_or_schema_qualified_types_are_refused(sql: str) -> None:
+    message = refused(sql, "postgres", ReadOnly)
+    assert "cast" in message.lower()
+
+
+def test_casts_to_built_in_types_stay_allowed_while_others_are_refused() -> None:
+    checked = check(
+        "SELECT CAST(total AS numeric(10, 2)), id::text, note::varchar(5), created_at::date, created_at::timestamptz,"
+        " id::bigint, (total > 1)::boolean, ARRAY[id]::int[], data::jsonb, CAST(id AS double precision) FROM orders"
+    )
+    assert checked.tables == ("public.orders",)
+    assert check("SELECT CAST(total AS SIGNED), CAST(note AS CHAR(3)) FROM orders", "mysql").tables == ("shop.orders",)
+    refused("SELECT CAST(total AS pg_catalog.numeric) FROM orders", "postgres", ReadOnly)
+
+
+@pytest.mark.parametrize(
+    ("sql", "function"),
+    [
+        ("SELECT * FROM pg_catalog.unnest(ARRAY[1])", "pg_catalog.unnest"),
+        ("SELECT u FROM public.unnest(ARRAY[1]) AS u", "public.unnest"),
+        ("SELECT x FROM pg_catalog.unnest(ARRAY[1]) WITH ORDINALITY AS u(x, n)", "pg_catalog.unnest"),
+        ("SELECT o.id FROM orders AS o JOIN public.unnest(ARRAY[1]) AS u ON TRUE", "public.unnest"),
+    ],
+)
+def test_schema_qualified_functions_in_from_are_refused(sql: str, function: str) -> None:
+    assert refused(sql, "postgres", ReadOnly) == f"Function {function} is not allowed: call it by its bare name."
+
+
+# Each shape reads a real column (accepted) or a name that is no column, which PostgreSQL would call
+# as a function on the row (refused): `t.row_to_json` is row_to_json(t), `o.count` is count(o).
+FUNCTIONAL_NOTATION = [
+    "SELECT orders.{} FROM orders",
+    "SELECT o.{} FROM orders AS o",
+    "SELECT public.orders.{} FROM orders",
+    "SELECT c.name FROM customers AS c WHERE EXISTS (SELECT 1 FROM orders AS o WHERE o.{} IS NOT NULL)",
+    "WITH recent AS (SELECT id, total FROM orders) SELECT recent.{} FROM recent",
+    "WITH everything AS (SELECT * FROM orders) SELECT e.{} FROM everything AS e",
+    "SELECT s.{} FROM (SELECT o.* FROM orders AS o) AS s",
+    "SELECT s.{} FROM (SELECT id, total AS amount FROM orders UNION ALL SELECT id, 1 FROM customers) AS s",
+    "SELECT x.{} FROM (SELECT * FROM orders JOIN customers ON customers.id = orders.customer_id) AS x",
+]
+
+
+@pytest.mark.parametrize("shape", FUNCTIONAL_NOTATION)
+def test_qualified_names_must_be_columns_so_postgresql_functional_notation_is_refused(shape: str) -> None:
+    assert check(shape.format("id")).tables  # a real column, however the FROM item is made
+    for name in ("row_to_json", "count", "planted", '"Id"'):
+        message = refused(shape.format(name), "postgres", BadInput)
+        assert "is not a column of" in message and "function" in message
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT (o).planted FROM orders AS o",
+        "SELECT (o.note).upper FROM orders AS o",
+        "SELECT ('pg_authid').regclass",  # regclass('pg_authid'), a catalogue cast in disguise
+    ],
+)
+def test_field_selection_on_an_expression_is_refused(sql: str) -> None:
+    assert "(x).name" in refused(sql, "postgres", ReadOnly)
+
+
+def test_qualified_names_are_checked_against_renamed_and_missing_columns() -> None:
+    # AS o(a) renames orders' first column: o.id is then no column of o, but o.a and o.total are.
+    assert check("SELECT o.a, o.total FROM orders AS o(a)").tables == ("public.orders",)
+    refused("SELECT o.id FROM orders AS o(a)", "postgres", BadInput)
+    assert check("SELECT u.x, u.n FROM orders, unnest(tags) WITH ORDINALITY AS u(x, n)").tables
+    refused("SELECT u.row_to_json FROM orders, unnest(tags) AS u(x)", "postgres", BadInput)
+    refused("SELECT s.count FROM (SELECT count(*) FROM orders) AS s", "postgres", BadInput)  # unnamed: unknown
+    refused("SELECT nowhere.id FROM orders", "postgres", BadInput)
+    # Without the columns of its tables a qualified name cannot be checked, and is refused.
+    with pytest.raises(BadInput, match="not a column"):
+        check_select("SELECT o.id FROM orders AS o", dialect="postgres", default_schema="public", allowed_tables=None)
+
+
+@pytest.mark.parametrize(
+    ("sql", "allowed"),
+    [
+        ("SELECT * FROM seq_1_to_1000000000", None),
+        ("SELECT count(*) FROM shop.seq_1_to_100000 AS a, shop.seq_1_to_100000 AS b", None),
+        ("SELECT * FROM seq_1_to_9_step_2", None),
+        ("SELECT id FROM orders WHERE id IN (SELECT seq FROM seq_1_to_3)", None),
+        ("SELECT * FROM seq_1_to_3", frozenset({"shop.seq_1_to_3"})),  # even when listed
+    ],
+)
+def test_mariadb_sequence_engine_tables_are_refused(sql: str, allowed: frozenset[str] | None) -> None:
+    message = refused(sql, "mysql", ReadOnly, allowed)
+    assert "seq_1_to_" in message and "SEQUENCE" in message
+    assert check("WITH seq_1_to_3 AS (SELECT 1 AS seq) SELECT seq FROM seq_1_to_3", "mysql").tables == ()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM pragma_database_list",  # names the database file's absolute path
+        "SELECT file FROM main.PRAGMA_DATABASE_LIST",
+        "SELECT sql FROM sqlite_master",
+        "SELECT sql FROM sqlite_schema WHERE name = 'numbers'",
+        "SELECT * FROM pragma_compile_options",
+        "SELECT * FROM dbstat",
+        "SELECT value FROM json_each WHERE json = '[1, 2]'",
+    ],
+)
+def test_sqlite_tables_the_engine_makes_up_are_refused(sql: str, tmp_path: Path) -> None:
+    path = tmp_path / "shop.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE numbers (n INTEGER)")
+        assert connection.execute(sql).fetchall()  # SQLite answers it in any database
+    assert "SQLite makes it up" in refused(sql, "sqlite", ReadOnly)
+    assert "makes it up" in refused(
+        "SELECT * FROM sqlite_schema", "sqlite", ReadOnly, frozenset({"main.sqlite_schema"})
+    )
+
+
+# ---- the same gaps against the real databases ---------------------------------------------------------------------
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306"
+
+
+def _config(kind: str, url: str, schema: str) -> DatabaseConfig:
+    return DatabaseConfig(
+        id=f"guard_{kind}", name=schema, kind=kind, url=url, schema=schema, tables=None, statement_timeout_s=10,
+        pool_size=1,
+    )  # fmt: skip
+
+
+def _through_the_connector(cfg: DatabaseConfig, query: str) -> list[dict[str, Any]]:
+    """`query` as the `sql` field runs it: checked (reading the columns on PostgreSQL), then read-only."""
+    checked = check_select(
+        query, dialect=cfg.dialect, default_schema=cfg.schema, allowed_tables=cfg.allowed_tables, limit=11,
+        columns=partial(databases.table_columns, cfg) if cfg.kind == "postgresql" else None,
+    )  # fmt: skip
+    return databases.query_rows(cfg, checked.sql, 10).records
+
+
+@dataclass
+class Planted:
+    """A PostgreSQL schema with a table t and functions planted beside it, and a way to run SQL there
+    the way the connector did before search_path was pinned (the schema first, pg_catalog implied)."""
+
+    cfg: DatabaseConfig
+    admin: sa.Engine
+
+    def raw(self, query: str) -> list[Any]:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'SET LOCAL search_path = "{self.cfg.schema}"')
+            return [tuple(row) for row in conn.exec_driver_sql(query.format(schema=self.cfg.schema))]
+
+
+@pytest.fixture(scope="module")
+def planted() -> Iterator[Planted]:
+    require_service(5432, "PostgreSQL")
+    schema = f"dg_planted_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_URL)
+    planted = "LANGUAGE sql AS $$ SELECT 'PLANTED'::text $$"
+    with admin.begin() as conn:
+        for statement in [
+            f"CREATE SCHEMA {schema}",
+            f"CREATE TABLE {schema}.t (id int, name varchar(20))",
+            f"INSERT INTO {schema}.t VALUES (1, 'Ann'), (2, 'Bob')",
+            f"CREATE FUNCTION {schema}.planted({schema}.t) RETURNS text {planted}",
+            f"CREATE FUNCTION {schema}.lower(varchar) RETURNS text {planted}",
+            f"CREATE FUNCTION {schema}.unnest(int[]) RETURNS SETOF text {planted}",
+            f"CREATE FUNCTION {schema}.always(varchar, varchar) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$",
+            f"CREATE OPERATOR {schema}.= (LEFTARG = varchar, RIGHTARG = varchar, FUNCTION = {schema}.always)",
+        ]:
+            conn.exec_driver_sql(statement)
+    try:
+        yield Planted(_config("postgresql", PG_URL, schema), admin)
+    finally:
+        databases.dispose_engines()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+@pytest.mark.parametrize(
+    ("query", "leak", "refusal"),
+    [
+        ("SELECT 10::pg_catalog.regrole::text AS r", "postgres", ReadOnly),  # a role's name from the catalogue
+        ("SELECT 'pg_authid'::pg_catalog.regclass::oid::text AS r", "1260", ReadOnly),
+        ("SELECT t.planted AS r FROM t", "PLANTED", BadInput),  # planted(t), through functional notation
+        ("SELECT {schema}.t.planted AS r FROM t", "PLANTED", BadInput),
+        ("SELECT (t).planted AS r FROM t", "PLANTED", ReadOnly),
+        ("SELECT t.row_to_json::text AS r FROM t", '"name":"Ann"', BadInput),  # row_to_json(t), off the list
+        ("SELECT r FROM {schema}.unnest(ARRAY[1]) AS r", "PLANTED", ReadOnly),
+    ],
+)
+def test_postgresql_gaps_reproduced_are_refused(
+    planted: Planted, query: str, leak: str, refusal: type[DatagraphError]
+) -> None:
+    assert leak in str(planted.raw(query))  # what the source answered before
+    with pytest.raises(refusal):
+        _through_the_connector(planted.cfg, query.format(schema=planted.cfg.schema))
+
+
+def test_search_path_is_pinned_so_a_planted_function_or_operator_cannot_shadow_a_builtin(planted: Planted) -> None:
+    # lower(varchar) and varchar = varchar in the source's schema fit a varchar column better than the
+    # built-ins (text): with the schema on the path they won (CVE-2018-1058).
+    assert planted.raw("SELECT lower(name) FROM t ORDER BY id") == [("PLANTED",), ("PLANTED",)]
+    assert planted.raw("SELECT id FROM t WHERE name = 'nobody' ORDER BY id") == [(1,), (2,)]
+    rows = _through_the_connector(planted.cfg, "SELECT lower(name) AS low, t.id FROM t WHERE name = 'Ann'")
+    assert rows == [{"low": "ann", "id": 1}]
+    with databases.read_only(planted.cfg) as conn:
+        assert conn.exec_driver_sql("SHOW search_path").scalar() == "pg_catalog, pg_temp"
+
+
+def test_sql_answers_functional_notation_with_a_problem_and_reads_qualified_columns(
+    planted: Planted, tmp_path: Path
+) -> None:
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(f"sources:\n  db:\n    kind: postgresql\n    url: {PG_URL}\n    schema: {planted.cfg.schema}\n")
+    query = '{ sql(source: "db", query: "%s") { success data error { code message } } }'
+    with serving(make_settings(tmp_path, sources=str(sources))) as api:
+        notation = api.data(query % "SELECT t.planted FROM t")["sql"]
+        assert notation["success"] is False and notation["error"]["code"] == "BAD_INPUT"
+        assert notation["error"]["message"].startswith("t.planted is not a column of t")
+        fine = api.data(query % "SELECT t.id, lower(t.name) AS low FROM t ORDER BY t.id")["sql"]
+        assert fine["data"] == [{"id": 1, "low": "ann"}, {"id": 2, "low": "bob"}]
+
+
+@pytest.fixture(scope="module")
+def mariadb() -> Iterator[DatabaseConfig]:
+    require_service(3306, "MariaDB")
+    name = f"dg_guard_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(MARIADB_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield _config("mysql", f"{MARIADB_URL}/{name}", name)
+    finally:
+        databases.dispose_engines()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name}")
+        admin.dispose()
+
+
+def test_mariadb_sequence_table_reproduced_is_refused(mariadb: DatabaseConfig) -> None:
+    with databases.read_only(mariadb) as conn:  # the SEQUENCE engine answers in an empty database
+        assert conn.exec_driver_sql(f"SELECT count(*) FROM {mariadb.schema}.seq_1_to_100000").scalar() == 100_000
+    for query in ("SELECT count(*) AS n FROM seq_1_to_100000", f"SELECT * FROM {mariadb.schema}.seq_1_to_3"):
+        with pytest.raises(ReadOnly, match="SEQUENCE"):
+            _through_the_connector(mariadb, query)

@@ -9,6 +9,10 @@ so that part is spent afterwards and the next request is refused once the budget
 `cache_url` (or `rate_limit_url`) is a redis:// URL, shared by every server process then.
 When Redis fails or is slow, budgets are kept in memory for a few seconds (logged): a limiter
 must not take the server down with it.
+
+Websockets spend from the same budget (server/wsgate.py): opening one costs 1, as a request does,
+and each operation sent over it what the same request over HTTP costs. Open websockets are also
+counted per key or address (`SocketCounts`, setting `max_ws_per_client`), in each server process.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
     from datagraph.settings import Settings
     from resolvers.context import Resources
 
-__all__ = ["EXEMPT_PATHS", "JOB_COST", "UPLOAD_COST", "Limiter", "RateLimit", "identity"]
+__all__ = ["EXEMPT_PATHS", "JOB_COST", "UPLOAD_COST", "Limiter", "RateLimit", "SocketCounts", "identity"]
 
 log = logging.getLogger("datagraph")
 UPLOAD_COST = 20
@@ -160,3 +164,26 @@ def identity(scope: Scope, key: str | None) -> str:
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+class SocketCounts:
+    """Open websockets per identity, at most `cap` each, in this server process."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._open: dict[str, int] = {}
+
+    def enter(self, who: str) -> bool:
+        """Count one more open websocket for `who`; False (and nothing counted) when it has `cap`."""
+        if self._open.get(who, 0) >= self.cap:
+            return False
+        self._open[who] = self._open.get(who, 0) + 1
+        return True
+
+    def leave(self, who: str) -> None:
+        """One of `who`'s websockets closed (synchronous: it runs in a cancelled task's cleanup too)."""
+        left = self._open.get(who, 0) - 1
+        if left > 0:
+            self._open[who] = left
+        else:
+            self._open.pop(who, None)

@@ -30,6 +30,7 @@ from resolvers.context import Context
 from server.auth import KEY_WATCH_S, UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
 from server.responses import capped_errors, error_body, query_too_long
 from server.web import STATIC
+from server.wsgate import GatedTransportWS
 
 __all__ = ["GraphQLView", "origins"]
 
@@ -37,7 +38,10 @@ log = logging.getLogger("datagraph")
 
 
 class GraphQLView(GraphQL[Context, None]):
-    """Strawberry's ASGI view with orjson, a local GraphiQL page and a query-length limit."""
+    """Strawberry's ASGI view with orjson, a local GraphiQL page and a query-length limit; over a
+    websocket, operations pass the same gates (server/wsgate.py)."""
+
+    graphql_transport_ws_handler_class = GatedTransportWS
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(

@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         10, gt=0, description="Websocket: how long a client has to send connection_init, in seconds."
     )
     ws_max_subscriptions: int = Field(10, ge=1, description="Websocket: most subscriptions on one connection.")
+    max_ws_per_client: int = Field(
+        16,
+        ge=1,
+        description="Websocket: most open websockets per API key (per client address without keys) in one server"
+        " process; the next is closed with 4429 until one closes.",
+    )
     cors_origins: str = Field(
         "",
         description="Other origins whose pages may call the API (comma-separated, CORS; also allowed to"

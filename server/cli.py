@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
             log_config=None,  # uvicorn's loggers go through ours (text or JSON, with request ids)
             log_level=settings.log_level.lower(),
             access_log=False,  # the app logs each request itself, with its id
-            ws_max_size=1 << 20,
+            # Messages over max_request_kb are closed by the app (1009, naming the setting); far larger
+            # ones by uvicorn, before it has read them whole.
+            ws_max_size=max(1 << 20, 2 * settings.max_request_kb * 1024),
         )
 
 

@@ -1,5 +1,6 @@
 """The ASGI middleware that guards every HTTP request before GraphQL sees it: body limits while the
-body streams, the cross-site upload check, and cancelling the work of a client that went away."""
+body streams (and the same limit on each websocket message), the cross-site upload check, and
+cancelling the work of a client that went away."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ class _BodyTooLarge(Exception):
 
 class GuardRequests:
     """Bound request bodies while they stream (413 with a message naming the limit), and refuse
-    multipart requests that a browser could send cross-site."""
+    multipart requests that a browser could send cross-site. A websocket message over the JSON limit
+    closes its socket (1009, the close code for a message too big) before anything reads it."""
 
     def __init__(self, app: ASGIApp, *, json_limit: int, multipart_limit: int, settings: Settings) -> None:
         self.app = app
@@ -36,6 +38,9 @@ class GuardRequests:
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._guard_messages(scope, receive, send)
+            return
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
@@ -82,6 +87,40 @@ class GuardRequests:
             if started:
                 raise
             await send_error(send, 413, message, "TOO_LARGE")
+
+    async def _guard_messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.json_limit
+        # A close frame's reason has room for 123 bytes.
+        reason = f"The message is larger than the {self.settings.max_request_kb} KiB limit (setting max_request_kb)."
+        closed = False
+
+        async def limited_receive() -> Message:
+            nonlocal closed
+            msg = await receive()
+            if msg["type"] == "websocket.receive" and _message_over(msg, limit):
+                log.info("closing a websocket that sent a message over max_request_kb")
+                closed = True
+                await send({"type": "websocket.close", "code": _TOO_BIG, "reason": reason})
+                return {"type": "websocket.disconnect", "code": _TOO_BIG, "reason": reason}
+            return msg
+
+        async def guarded_send(msg: Message) -> None:
+            if not closed:  # what the app still sends after the close goes nowhere
+                await send(msg)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+
+_TOO_BIG = 1009  # RFC 6455: a message too big to process (uvicorn closes with it past ws_max_size too)
+
+
+def _message_over(msg: Message, limit: int) -> bool:
+    data = msg.get("bytes")
+    if data is not None:
+        return len(data) > limit
+    text: str = msg.get("text") or ""
+    # UTF-8 takes one to four bytes a character: count the bytes only when that decides it.
+    return len(text) > limit or (len(text) * 4 > limit and len(text.encode("utf-8", "surrogatepass")) > limit)
 
 
 class CancelOnDisconnect:

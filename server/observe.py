@@ -7,6 +7,7 @@ runs, including the one with the full traceback of a masked error and its error 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import datetime as dt
 import json
@@ -14,6 +15,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 if TYPE_CHECKING:
     from datagraph.metrics import Metrics
 
-__all__ = ["Observe", "RequestInfo", "configure_logging", "count_job", "count_stop", "current_request", "route_label"]
+__all__ = [
+    "Observe",
+    "RequestInfo",
+    "answering",
+    "configure_logging",
+    "count_job",
+    "count_stop",
+    "current_request",
+    "new_request_id",
+    "route_label",
+]
 
 log = logging.getLogger("datagraph.access")
 _CLIENT_ID = re.compile(rb"^[A-Za-z0-9._-]{8,64}$")
@@ -44,6 +56,21 @@ _current: contextvars.ContextVar[RequestInfo | None] = contextvars.ContextVar("d
 def current_request() -> RequestInfo | None:
     """The request being answered, if any (tasks started while answering it inherit it)."""
     return _current.get()
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+@contextlib.contextmanager
+def answering(info: RequestInfo) -> Iterator[RequestInfo]:
+    """`info` is the request being answered for the block: a websocket operation, in its own task
+    (HTTP requests get theirs from `Observe`)."""
+    token = _current.set(info)
+    try:
+        yield info
+    finally:
+        _current.reset(token)
 
 
 def count_job() -> None:
@@ -83,7 +110,7 @@ class Observe:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"")
-        info = RequestInfo(given.decode() if _CLIENT_ID.match(given) else uuid.uuid4().hex[:16])
+        info = RequestInfo(given.decode() if _CLIENT_ID.match(given) else new_request_id())
         token = _current.set(info)
         started = time.perf_counter()
         status = 500

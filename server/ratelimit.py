@@ -9,6 +9,10 @@ so that part is spent afterwards and the next request is refused once the budget
 `cache_url` (or `rate_limit_url`) is a redis:// URL, shared by every server process then.
 When Redis fails or is slow, budgets are kept in memory for a few seconds (logged): a limiter
 must not take the server down with it.
+
+Websockets spend from the same budget (server/wsgate.py): opening one costs 1, as a request does,
+and each operation sent over it what the same request over HTTP costs. Open websockets are also
+counted per key or address (`SocketCounts`, setting `max_ws_per_client`), in each server process.
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ if TYPE_CHECKING:
     from datagraph.settings import Settings
     from resolvers.context import Resources
 
-__all__ = ["EXEMPT_PATHS", "JOB_COST", "STOP_COST", "UPLOAD_COST", "Limiter", "RateLimit"]
+__all__ = [
+    "EXEMPT_PATHS",
+    "JOB_COST",
+    "STOP_COST",
+    "UPLOAD_COST",
+    "Limiter",
+    "RateLimit",
+    "SocketCounts",
+    "identity",
+]
 
 log = logging.getLogger("datagraph")
 UPLOAD_COST = 20
@@ -69,6 +82,13 @@ class Limiter:
         """The budget in words: "2,400 per minute", "100 per 5 seconds"."""
         per, n = self.item.GRANULARITY.name, self.item.multiples
         return f"{self.item.amount:,} per {per}" if n == 1 else f"{self.item.amount:,} per {n} {per}s"
+
+    def refusal(self, wait: float) -> str:
+        """Why a request over budget is refused, and when to try again."""
+        return (
+            f"Too many requests: the budget of {self.describe()} (setting rate_limit) is spent;"
+            f" retry in {math.ceil(wait)} s."
+        )
 
     async def allow(self, who: str, cost: int) -> float | None:
         """Spend `cost` from `who`'s budget; None when allowed, else the seconds until it may retry."""
@@ -125,17 +145,15 @@ class RateLimit:
         res: Resources = scope["app"].state.resources
         limiter: Limiter | None = scope["app"].state.web.limiter
         assert limiter is not None  # this middleware is there only with a rate limit
-        who = _identity(scope, keys_required(res.settings))
+        key = presented_key(_headers(scope)) if keys_required(res.settings) else None
+        who = identity(scope, key)
         content_type = dict(scope["headers"]).get(b"content-type", b"")
         cost = 1 + (UPLOAD_COST if content_type.lower().startswith(b"multipart/") else 0)
         wait = await limiter.allow(who, min(cost, limiter.item.amount))  # a tiny budget still lets one through
         if wait is not None:
             res.metrics.rate_limited.inc()
-            message = (
-                f"Too many requests: the budget of {limiter.describe()} (setting rate_limit) is spent;"
-                f" retry in {math.ceil(wait)} s."
-            )
-            await send_error(send, 429, message, "RATE_LIMITED", ((b"retry-after", str(math.ceil(wait)).encode()),))
+            retry = ((b"retry-after", str(math.ceil(wait)).encode()),)
+            await send_error(send, 429, limiter.refusal(wait), "RATE_LIMITED", retry)
             return
         try:
             await self.app(scope, receive, send)
@@ -145,11 +163,37 @@ class RateLimit:
                 await limiter.spend(who, JOB_COST * info.jobs + STOP_COST * info.stops)
 
 
-def _identity(scope: Scope, by_key: bool) -> str:
-    """Whose budget a request spends: its key's (hashed) when keys are required, else its address's."""
-    if by_key:
-        key = presented_key({k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]})
-        if key:
-            return "key:" + hashlib.sha256(key.encode()).hexdigest()[:24]
+def identity(scope: Scope, key: str | None) -> str:
+    """Whose budget a request (or websocket) spends: its key's (hashed) when keys are required and
+    `key` is the one it presented, else its client address's."""
+    if key:
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:24]
     client = scope.get("client")
     return "addr:" + (client[0] if client else "unknown")
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+class SocketCounts:
+    """Open websockets per identity, at most `cap` each, in this server process."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._open: dict[str, int] = {}
+
+    def enter(self, who: str) -> bool:
+        """Count one more open websocket for `who`; False (and nothing counted) when it has `cap`."""
+        if self._open.get(who, 0) >= self.cap:
+            return False
+        self._open[who] = self._open.get(who, 0) + 1
+        return True
+
+    def leave(self, who: str) -> None:
+        """One of `who`'s websockets closed (synchronous: it runs in a cancelled task's cleanup too)."""
+        left = self._open.get(who, 0) - 1
+        if left > 0:
+            self._open[who] = left
+        else:
+            self._open.pop(who, None)

@@ -22,7 +22,7 @@ from resolvers.context import Context, Resources
 from resolvers.plugins import refresh_forever
 from server.auth import NO_KEYS_MESSAGE, KeyRing
 from server.observe import count_job, count_stop
-from server.ratelimit import Limiter
+from server.ratelimit import Limiter, SocketCounts
 from storage import DataDir, MetadataStore
 
 __all__ = ["WebState", "open_resources", "running"]
@@ -32,10 +32,12 @@ log = logging.getLogger("datagraph")
 
 @dataclass(frozen=True, slots=True)
 class WebState:
-    """What only the web layer uses: the API keys and the rate limiter (None: no rate limit)."""
+    """What only the web layer uses: the API keys, the rate limiter (None: no rate limit) and the
+    count of open websockets per key or address."""
 
     keys: KeyRing
     limiter: Limiter | None
+    sockets: SocketCounts
 
     async def close(self) -> None:
         if self.limiter is not None:
@@ -98,7 +100,11 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         settings=settings, metadata=metadata, files=files, executor=executor, cache=cache, databases=databases,
         plugins=plugins, events=events, jobs=JobTracker(events), metrics=metrics,
     )  # fmt: skip
-    web = WebState(keys=KeyRing(metadata), limiter=Limiter(settings) if settings.rate_limit else None)
+    web = WebState(
+        keys=KeyRing(metadata),
+        limiter=Limiter(settings) if settings.rate_limit else None,
+        sockets=SocketCounts(settings.max_ws_per_client),
+    )
     if keys_required(settings) and web.keys.count() == 0:
         await web.close()
         await res.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.types import Send
 
 from datagraph import jsonutil
 
-__all__ = ["error_body", "send_error"]
+__all__ = ["capped_errors", "error_body", "query_too_long", "send_error"]
 
 
 def error_body(message: str, code: str) -> bytes:
@@ -23,3 +25,17 @@ async def send_error(
     start = [(b"content-type", b"application/json"), (b"content-length", length), *headers]
     await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
+
+
+def query_too_long(query: object, limit: int) -> str | None:
+    """Why a query text is refused for its length (setting max_query_chars), or None."""
+    if isinstance(query, str) and len(query) > limit:
+        return f"The query is longer than {limit:,} characters (setting max_query_chars)."
+    return None
+
+
+def capped_errors(errors: list[Any], limit: int) -> list[Any]:
+    """At most `limit` errors (setting graphql_max_errors), and one that counts the rest."""
+    if len(errors) <= limit:
+        return errors
+    return [*errors[:limit], {"message": f"{len(errors) - limit} more errors not shown (setting graphql_max_errors)."}]

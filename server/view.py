@@ -28,8 +28,9 @@ from datagraph.settings import Settings, graphiql_served, keys_required, product
 from gql.schema import build_schema
 from resolvers.context import Context
 from server.auth import KEY_WATCH_S, UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
-from server.responses import error_body
+from server.responses import capped_errors, error_body, query_too_long
 from server.web import STATIC
+from server.wsgate import GatedTransportWS
 
 __all__ = ["GraphQLView", "origins"]
 
@@ -37,7 +38,10 @@ log = logging.getLogger("datagraph")
 
 
 class GraphQLView(GraphQL[Context, None]):
-    """Strawberry's ASGI view with orjson, a local GraphiQL page and a query-length limit."""
+    """Strawberry's ASGI view with orjson, a local GraphiQL page and a query-length limit; over a
+    websocket, operations pass the same gates (server/wsgate.py)."""
+
+    graphql_transport_ws_handler_class = GatedTransportWS
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(
@@ -91,10 +95,8 @@ class GraphQLView(GraphQL[Context, None]):
         """At most `graphql_max_errors` errors in an answer (a query with 10,000 bad directives must not
         make the server write 10,000 errors); the rest are counted."""
         answer = await super().process_result(request, result)
-        errors, limit = answer.get("errors"), self.settings.graphql_max_errors
-        if errors and len(errors) > limit:
-            more = {"message": f"{len(errors) - limit} more errors not shown (setting graphql_max_errors)."}
-            answer["errors"] = [*errors[:limit], more]
+        if errors := answer.get("errors"):
+            answer["errors"] = capped_errors(errors, self.settings.graphql_max_errors)
         return answer
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
@@ -166,11 +168,8 @@ class GraphQLView(GraphQL[Context, None]):
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
         data = await super().parse_http_body(request)
         for item in data if isinstance(data, list) else [data]:
-            if item.query and len(item.query) > self.settings.max_query_chars:
-                raise HTTPException(
-                    413,
-                    f"The query is longer than {self.settings.max_query_chars:,} characters (setting max_query_chars).",
-                )
+            if too_long := query_too_long(item.query, self.settings.max_query_chars):
+                raise HTTPException(413, too_long)
             if item.protocol == "http" and item.query and _asks_subscription(item.query, item.operation_name):
                 raise HTTPException(
                     400,

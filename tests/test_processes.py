@@ -299,6 +299,9 @@ def test_a_server_registers_beats_again_when_taken_for_dead_and_leaves_cleanly(t
 def test_a_slow_upload_and_a_slow_plugin_fetch_survive_another_process_starting(
     tmp_path: Path, upstream: Upstream
 ) -> None:
+    """A (one worker) holds a plugin fetch whose upstream has not answered yet, and an upload staged
+    and waiting for that worker; B starts on the same data directory and PostgreSQL metadata. Both
+    jobs stay running, the staged file stays, and both datasets land, readable through A and B."""
     require_service(5432, "PostgreSQL")
     name = f"dg_procs_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")

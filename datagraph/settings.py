@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     metadata_url: str = Field(
         "", description="SQLAlchemy URL of the metadata database; empty means a SQLite file in the data directory."
     )
+    heartbeat_s: float = Field(
+        5,
+        gt=0,
+        description="How often a server process records in the metadata database that it is alive, in seconds;"
+        " one silent for 3 times this is dead, and sweeps remove what it left.",
+    )
     sources: str = Field(
         "sources.yaml",
         description="The sources file (databases to read); empty for none. A missing default file means none.",

@@ -1,12 +1,16 @@
 """What the server starts once and stops on shutdown: the resolvers' resources (metadata, files,
 pool, cache, sources, plugins, events, jobs), the web state (API keys, rate limits), and the
-background duties (sweeps, the plugin folder's watch, plugin refreshes)."""
+background duties (the heartbeat, sweeps, the plugin folder's watch, plugin refreshes).
+
+Each server process registers under an id of its own in the metadata database and keeps a
+heartbeat there; sweeps remove only what dead processes left (`storage.sweep_leftovers`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +27,13 @@ from resolvers.plugins import refresh_forever
 from server.auth import NO_KEYS_MESSAGE, KeyRing
 from server.observe import count_job, count_stop
 from server.ratelimit import Limiter, SocketCounts
-from storage import DataDir, MetadataStore
+from storage import DataDir, MetadataStore, Processes, sweep_leftovers
 
 __all__ = ["WebState", "open_resources", "running"]
 
 log = logging.getLogger("datagraph")
+
+STALE_BEATS = 3  # a process whose heartbeat is this many periods old is dead
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,27 +58,62 @@ def _sweep_exports(res: Resources) -> None:
         res.metadata.delete_export(record.token)
 
 
-async def _sweep_forever(res: Resources, every_s: float) -> None:
+def _sweep_leftovers(settings: Settings, metadata: MetadataStore, files: DataDir, processes: Processes, *,
+                     starting: bool = False) -> None:  # fmt: skip
+    swept = sweep_leftovers(
+        metadata, files, processes, stale_s=settings.heartbeat_s * STALE_BEATS,
+        deadline_s=settings.import_timeout_s, starting=starting,
+    )  # fmt: skip
+    if swept.dead or swept.pending or swept.jobs:
+        log.warning(
+            "swept what %d dead server process(es) left: %d pending dataset(s), %d job(s) marked failed",
+            len(swept.dead), len(swept.pending), swept.jobs,
+        )  # fmt: skip
+
+
+async def _sweep_forever(res: Resources, processes: Processes, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
         try:
             await asyncio.to_thread(_sweep_exports, res)
+            await asyncio.to_thread(_sweep_leftovers, res.settings, res.metadata, res.files, processes)
         except Exception:  # a failed sweep is retried next time; it must not stop the server
-            log.exception("export sweep failed")
+            log.exception("a sweep failed")
 
 
-async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resources, WebState]:
-    """Create the data directory, metadata store, cache and worker pool; clear what a crash left behind."""
-    files = DataDir(settings.data_dir)
-    metadata = MetadataStore(settings.resolved_metadata_url)
-    metadata.sweep_pending()
-    metadata.sweep_jobs()
-    records = metadata.list_datasets()
-    files.sweep(
-        {r.id: r.version for r in records},
-        metadata.export_tokens(),
-        kept_uploads={str(r.origin["stored_as"]) for r in records if r.origin.get("stored_as")},
-    )
+async def _beat_forever(processes: Processes, every_s: float) -> None:
+    """Keep this process's heartbeat fresh, so other processes leave its work alone."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            if not await asyncio.to_thread(processes.beat):
+                log.warning(
+                    "this server process was taken for dead (no heartbeat for %g s) and has registered again;"
+                    " what it was staging may have been swept",
+                    every_s * STALE_BEATS,
+                )
+        except Exception:  # the database is away: try again next time
+            log.exception("heartbeat failed")
+
+
+def _leave(files: DataDir, processes: Processes) -> None:
+    """On a clean shutdown: this process's staging area, then its row, go."""
+    try:
+        files.remove_staging_area()
+        processes.leave()
+    except Exception:  # a dead process's leftovers are swept by the next one
+        log.exception("could not unregister this server process")
+
+
+async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resources, WebState, Processes]:
+    """Create the data directory, metadata store, cache and worker pool; register this process
+    (its heartbeat starts with `running`) and clear what dead ones left behind."""
+    process_id = uuid.uuid4().hex
+    files = DataDir(settings.data_dir, process_id)
+    metadata = MetadataStore(settings.resolved_metadata_url, owner=process_id)
+    processes = Processes(metadata.engine, process_id)
+    processes.join()
+    _sweep_leftovers(settings, metadata, files, processes, starting=True)
     executor = Executor(
         settings.workers,
         memory_mb=settings.worker_memory_mb,
@@ -107,19 +148,21 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
     )
     if keys_required(settings) and web.keys.count() == 0:
         await web.close()
+        _leave(files, processes)
         await res.close()
         raise RuntimeError(NO_KEYS_MESSAGE)
     await plugins.scan(executor)
     _sweep_exports(res)
-    return res, web
+    return res, web, processes
 
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[Resources, WebState]]:
     """The resources and web state, with the background duties running, for the block."""
-    res, web = await open_resources(settings, metrics)
+    res, web, processes = await open_resources(settings, metrics)
     duties = [
-        asyncio.create_task(_sweep_forever(res, 60)),
+        asyncio.create_task(_beat_forever(processes, settings.heartbeat_s)),
+        asyncio.create_task(_sweep_forever(res, processes, 60)),
         asyncio.create_task(res.plugins.watch(res.executor)),
         asyncio.create_task(refresh_forever(Context(res))),
     ]
@@ -131,4 +174,5 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[R
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*duties)
         await web.close()
+        await asyncio.to_thread(_leave, res.files, processes)
         await res.close()

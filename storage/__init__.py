@@ -1,5 +1,6 @@
 """Where datasets and their metadata live: the data directory (Parquet files, uploads, exports,
-staging, with atomic commits) and the metadata database (SQLAlchemy).
+staging, with atomic commits), the metadata database (SQLAlchemy), the server processes sharing
+them (heartbeats) and the sweep of what crashed work left behind.
 
 Layer: the lowest above `datagraph`; it imports nothing else of the project
 (server -> gql -> resolvers -> connectors -> engine -> storage -> datagraph).
@@ -7,6 +8,19 @@ Layer: the lowest above `datagraph`; it imports nothing else of the project
 
 from storage._files import DataDir, storage_guard
 from storage._metadata import MetadataStore
+from storage._processes import Processes
+from storage._sweep import Swept, sweep_leftovers
 from storage._tables import ColumnInfo, DatasetRecord, ExportRecord, JobRecord
 
-__all__ = ["ColumnInfo", "DataDir", "DatasetRecord", "ExportRecord", "JobRecord", "MetadataStore", "storage_guard"]
+__all__ = [
+    "ColumnInfo",
+    "DataDir",
+    "DatasetRecord",
+    "ExportRecord",
+    "JobRecord",
+    "MetadataStore",
+    "Processes",
+    "Swept",
+    "storage_guard",
+    "sweep_leftovers",
+]

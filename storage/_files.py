@@ -1,6 +1,7 @@
 """The data directory: staged uploads, kept raw files, dataset Parquet files and exports.
 
-    <data>/staging/    files being received or written; never read by queries; emptied at start-up
+    <data>/staging/<process>/    files being received or written, one folder per server process;
+                       never read by queries; a dead process's folder is removed by a sweep
     <data>/uploads/    raw uploads, kept under generated names (<uuid>.<ext>)
     <data>/datasets/<id>/v<n>.parquet    one file per dataset version
     <data>/exports/    export files, named by their unguessable token
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import math
 import os
 import shutil
 import sqlite3
@@ -67,11 +69,14 @@ class storage_guard:  # noqa: N801 - used as a context manager, reads like a sta
 
 
 class DataDir:
-    """Paths and atomic moves inside the data directory."""
+    """Paths and atomic moves inside the data directory. `owner` is the server process's id: its
+    staging area is `staging/<owner>/` (a fresh id when not given)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, owner: str | None = None) -> None:
         self.root = root.resolve()
+        self.owner = owner or uuid.uuid4().hex
         self.staging = self.root / "staging"
+        self.staging_area = self.staging / self.owner  # made when first used, removed on a clean shutdown
         self.uploads = self.root / "uploads"
         self.datasets = self.root / "datasets"
         self.exports = self.root / "exports"
@@ -79,14 +84,40 @@ class DataDir:
             d.mkdir(parents=True, exist_ok=True)
 
     def staging_path(self, suffix: str = "") -> Path:
-        return self.staging / f"{uuid.uuid4().hex}{suffix}"
+        """A new file name in this process's staging area."""
+        self.staging_area.mkdir(parents=True, exist_ok=True)  # again, should a sweep have taken it
+        return self.staging_area / f"{uuid.uuid4().hex}{suffix}"
 
     def discard_staged(self, staged: Path) -> None:
         """Remove a staging file and whatever was written beside it under its name (a worker's
         `.tmp`, parts and progress files), which a worker killed mid-write leaves behind."""
         staged.unlink(missing_ok=True)
-        for leftover in self.staging.glob(glob.escape(staged.stem) + ".*"):
+        for leftover in staged.parent.glob(glob.escape(staged.stem) + ".*"):
             leftover.unlink(missing_ok=True)
+
+    def remove_staging_area(self, owner: str | None = None) -> None:
+        """Remove a process's staging area (this one's by default) with everything in it."""
+        owner = owner or self.owner
+        if owner and "/" not in owner and owner not in (".", ".."):
+            shutil.rmtree(self.staging / owner, ignore_errors=True)
+
+    def sweep_staging(self, live: Collection[str], *, before: float = math.inf) -> None:
+        """Remove what no live process is staging: the staging areas of processes not in `live`
+        (this one is always live) and loose files (from versions before staging areas), each only
+        when last changed before `before` (a timestamp). Dead processes' areas are removed by name,
+        whatever their age (`remove_staging_area`)."""
+        for entry in self.staging.iterdir():
+            if entry.name == self.owner or entry.name in live:
+                continue
+            try:
+                if entry.stat().st_mtime >= before:
+                    continue
+            except FileNotFoundError:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def dataset_file(self, dataset_id: str, version: int) -> Path:
         return self.datasets / dataset_id / f"v{version}.parquet"
@@ -156,28 +187,36 @@ class DataDir:
         ready_ids: Collection[str] | Mapping[str, int],
         export_tokens: set[str],
         kept_uploads: Collection[str] | None = None,
+        *,
+        before: float = math.inf,
     ) -> None:
-        """Remove what a crash may have left: staging files, and dataset folders or export files
-        that no metadata row names. When `ready_ids` maps each dataset to its current version, also
+        """Remove what a crash may have left: dataset folders or export files that no metadata row
+        names. When `ready_ids` maps each dataset to its current version (a pending one to 0), also
         the versions past it (linked, then never recorded); given `kept_uploads` (the names rows
-        keep), also the raw uploads no row names (kept, then never recorded)."""
+        keep), also the raw uploads no row names (kept, then never recorded). Only what was last
+        changed before `before` (a timestamp) goes: a live process may be about to write the row
+        that names a newer one."""
+
+        def old(entry: Path) -> bool:
+            try:
+                return entry.stat().st_mtime < before
+            except FileNotFoundError:
+                return False
+
         for entry in self.exports.iterdir():
-            if entry.name.split(".", 1)[0] not in export_tokens or entry.name.endswith(".tmp"):
-                entry.unlink(missing_ok=True)
-        for entry in self.staging.iterdir():
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
+            unnamed = entry.name.split(".", 1)[0] not in export_tokens or entry.name.endswith(".tmp")
+            if unnamed and old(entry):
                 entry.unlink(missing_ok=True)
         for entry in self.datasets.iterdir():
             if entry.name not in ready_ids:
-                shutil.rmtree(entry, ignore_errors=True)
+                if old(entry):
+                    shutil.rmtree(entry, ignore_errors=True)
             elif isinstance(ready_ids, Mapping):
                 for version in entry.glob("v*.parquet"):
                     number = version.stem[1:]
-                    if number.isdigit() and int(number) > ready_ids[entry.name]:
+                    if number.isdigit() and int(number) > ready_ids[entry.name] and old(version):
                         version.unlink(missing_ok=True)
         if kept_uploads is not None:
             for entry in self.uploads.iterdir():
-                if entry.name not in kept_uploads:
+                if entry.name not in kept_uploads and old(entry):
                     entry.unlink(missing_ok=True)

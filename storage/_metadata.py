@@ -3,7 +3,12 @@
 
 SQLite by default (WAL, busy timeout), any SQLAlchemy URL otherwise. A dataset row is written
 `pending` before its file exists and marked `ready` in one transaction after the file is in
-place, so a crash in between leaves a pending row that the start-up sweep removes.
+place, so a crash in between leaves a pending row that a sweep removes. Pending rows and running
+jobs name the server process that owns them (`owner`), so a sweep removes only those of processes
+that are dead (`storage._processes`).
+
+The tables are made when missing; a column added since (nullable, such as `owner`) is added to an
+existing table when the store opens.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
@@ -27,10 +32,12 @@ from storage._tables import (
     DatasetRecord,
     ExportRecord,
     JobRecord,
+    add_missing_columns,
     api_keys,
     datasets,
     exports,
     jobs,
+    processes,
     tables,
 )
 from storage._tables import aware as _aware
@@ -86,13 +93,16 @@ class _ChangeStamp:
 
 
 class MetadataStore:
-    """Datasets and exports, kept in a SQL database through SQLAlchemy Core."""
+    """Datasets and exports, kept in a SQL database through SQLAlchemy Core. `owner` (the server
+    process's id) is recorded on the pending rows and running jobs this store writes."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, owner: str | None = None) -> None:
         self.engine: Engine = sa.create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         tables.create_all(self.engine)
+        add_missing_columns(self.engine)
+        self.owner = owner
         self._stamp = _ChangeStamp(self.engine)
         self._records: dict[str, DatasetRecord] = {}
         self._records_stamp: tuple[int, int] | None = None
@@ -136,6 +146,7 @@ class MetadataStore:
                             origin=jsonutil.dumps(origin).decode(),
                             created_at=now,
                             updated_at=now,
+                            owner=self.owner,
                         )
                     )
                 return candidate
@@ -247,11 +258,30 @@ class MetadataStore:
             conn.execute(exports.delete().where(exports.c.dataset_id == dataset_id))
         return [_export(r) for r in rows]
 
-    def sweep_pending(self) -> list[str]:
-        """Remove the rows of uploads that never finished (a crash mid-commit); return their ids."""
-        with self._tx() as conn:
-            ids = [r.id for r in conn.execute(sa.select(datasets.c.id).where(datasets.c.status == "pending"))]
-            conn.execute(datasets.delete().where(datasets.c.status == "pending"))
+    def dataset_versions(self) -> dict[str, int]:
+        """Every dataset row's id and version, pending ones (version 0) included."""
+        with self.engine.connect() as conn:
+            return {row.id: row.version for row in conn.execute(sa.select(datasets.c.id, datasets.c.version))}
+
+    def sweep_pending(self, remove_files: Callable[[str], None], *, before: dt.datetime) -> list[str]:
+        """Remove the pending rows no live process will finish: those whose owner is no registered
+        process, and owner-less ones (from before owners were recorded) made before `before`. Each
+        dataset's files go first (`remove_files`), while its row still keeps the id from reuse.
+        Return the ids."""
+        orphaned = sa.and_(
+            datasets.c.status == "pending",
+            sa.or_(
+                sa.and_(datasets.c.owner.is_not(None), datasets.c.owner.not_in(sa.select(processes.c.id))),
+                sa.and_(datasets.c.owner.is_(None), datasets.c.created_at < before),
+            ),
+        )
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(sa.select(datasets.c.id).where(orphaned)).scalars())
+        for dataset_id in ids:
+            remove_files(dataset_id)
+        if ids:
+            with self._tx() as conn:
+                conn.execute(datasets.delete().where(orphaned, datasets.c.id.in_(ids)))
         return ids
 
     # jobs
@@ -262,7 +292,12 @@ class MetadataStore:
             with self._tx() as conn:
                 conn.execute(
                     jobs.insert().values(
-                        id=job_id, kind=kind, status="running", steps=jsonutil.dumps(steps).decode(), started_at=_now()
+                        id=job_id,
+                        kind=kind,
+                        status="running",
+                        steps=jsonutil.dumps(steps).decode(),
+                        started_at=_now(),
+                        owner=self.owner,
                     )
                 )
         except sa.exc.IntegrityError:
@@ -305,12 +340,19 @@ class MetadataStore:
             rows = conn.execute(jobs.select().order_by(jobs.c.started_at.desc(), jobs.c.id).limit(limit)).all()
         return [_job(r) for r in rows]
 
-    def sweep_jobs(self) -> int:
-        """Mark jobs a crash left running as failed; return how many."""
+    def sweep_jobs(self, *, before: dt.datetime) -> int:
+        """Mark as failed the running jobs no live process will finish: those whose owner is no
+        registered process, and owner-less ones started before `before`; return how many."""
         with self._tx() as conn:
             result = conn.execute(
                 jobs.update()
-                .where(jobs.c.status == "running")
+                .where(
+                    jobs.c.status == "running",
+                    sa.or_(
+                        sa.and_(jobs.c.owner.is_not(None), jobs.c.owner.not_in(sa.select(processes.c.id))),
+                        sa.and_(jobs.c.owner.is_(None), jobs.c.started_at < before),
+                    ),
+                )
                 .values(status="failed", error="The server stopped while this job ran.", finished_at=_now())
             )
         return int(result.rowcount or 0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from datagraph import jsonutil
 
@@ -15,6 +16,7 @@ __all__ = [
     "DatasetRecord",
     "ExportRecord",
     "JobRecord",
+    "add_missing_columns",
     "api_keys",
     "aware",
     "dataset_record",
@@ -24,6 +26,7 @@ __all__ = [
     "job_record",
     "jobs",
     "now",
+    "processes",
     "tables",
 ]
 
@@ -53,6 +56,7 @@ datasets = sa.Table(
     sa.Column("origin", sa.Text, nullable=False, default="{}"),  # format, original file name, ...
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("owner", sa.String(40), nullable=True),  # the server process that made the row (while pending)
 )
 
 exports = sa.Table(
@@ -82,6 +86,19 @@ jobs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),  # the problem's message when failed
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("owner", sa.String(40), nullable=True),  # the server process that runs it
+)
+
+# The server processes sharing this database (and a data directory): each writes its heartbeat_at
+# with the database's clock every `heartbeat_s`; a sweep takes one silent for long for dead.
+processes = sa.Table(
+    "processes",
+    tables,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),  # the host name and pid namespace its pid means something in
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 api_keys = sa.Table(
@@ -91,6 +108,26 @@ api_keys = sa.Table(
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256 of the key; the key is never kept
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+def add_missing_columns(engine: Engine) -> None:
+    """Add the (nullable) columns a table made by an older version lacks; idempotent, and safe when
+    several processes start at once (one of them adds the column, the others find it there)."""
+    for table in tables.sorted_tables:
+        for column in table.columns:
+            if column.name in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                continue
+            assert column.nullable, f"{table.name}.{column.name}: only nullable columns are added to existing tables"
+            quote = engine.dialect.identifier_preparer.quote
+            ddl = (
+                f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {column.type.compile(engine.dialect)}"
+            )
+            try:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql(ddl)
+            except sa.exc.DBAPIError:
+                if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+                    raise  # not another process adding it at the same moment
 
 
 def now() -> dt.datetime:

@@ -168,6 +168,13 @@ def ingested(content: bytes | Path, folder: Path, dataset_id: str) -> Source:
     return Source(dataset_id, 1, out)
 
 
+def staged_files(data_dir: Path) -> list[Path]:
+    """The files in `data_dir`'s staging folder, in any process's staging area (`staging/<process>/`;
+    a running process's empty area is no leftover)."""
+    staging = data_dir / "staging"
+    return sorted(p for p in staging.rglob("*") if p.is_file()) if staging.exists() else []
+
+
 def as_json(value: Any) -> Any:
     """`value` as a client receives it: through the app's JSON encoding (NaN as null, dates as ISO text)."""
     return jsonutil.loads(jsonutil.dumps(value))

@@ -45,6 +45,7 @@ from support import (
     require,
     require_service,
     running_server,
+    staged_files,
     upload_over_http,
     upload_request,
 )
@@ -71,7 +72,7 @@ def assert_nothing_left(where: Settings | Path) -> None:
     with its Parquet file whole; every dataset folder, file and kept upload is named by a row; no
     export file without its row; and SQLite's integrity check of the metadata store says ok."""
     root = Path(where.data_dir if isinstance(where, Settings) else where)
-    staging = sorted(p.name for p in (root / "staging").iterdir())
+    staging = [p.name for p in staged_files(root)]
     assert staging == [], f"files left in staging: {staging}"
     with contextlib.closing(sqlite3.connect(root / "datagraph.sqlite3")) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -235,7 +236,7 @@ def test_f9_kill_9_mid_upload_leaves_nothing_after_restart(tmp_path: Path) -> No
     with serve(tmp_path, kill_at="JobTracker.progress#2") as server, pytest.raises(httpx.HTTPError):
         _post_upload(server.base, content, "big.csv")
     assert server.proc.returncode == -signal.SIGKILL
-    assert [p.stat().st_size for p in (data_dir / "staging").iterdir()] == [1 << 20], "not killed mid-staging"
+    assert [p.stat().st_size for p in staged_files(data_dir)] == [1 << 20], "not killed mid-staging"
     with restarted(tmp_path) as api:
         assert api.data(LIST)["datasets"] == []
         assert _jobs(api) == [["uploadDataset", "FAILED", SWEPT_JOB]]
@@ -581,7 +582,7 @@ def _import_cut_short(live: LiveSource, fault: str) -> dict[str, Any]:
     thread = threading.Thread(target=lambda: answers.append(_payload(live.api, IMPORT)))
     thread.start()
     try:
-        _wait(lambda: list(staging.glob("*.part*.parquet")), 20, "the import wrote no batch")
+        _wait(lambda: list(staging.rglob("*.part*.parquet")), 20, "the import wrote no batch")
         if fault == "cut":
             live.proxy.cut()
         else:

@@ -10,7 +10,7 @@ import re
 import sqlite3
 
 import pytest
-from support import DATA, Api
+from support import DATA, Api, staged_files
 
 LEAKS = re.compile(r"Traceback|Errno|/work/|/tmp/|site-packages|\.py\b|polars|sqlalchemy", re.IGNORECASE)
 
@@ -193,7 +193,7 @@ def test_hostile_multipart_requests_are_refused_and_leave_nothing(api: Api, body
     answer = _send_multipart(api, body)
     assert _refused(answer), answer
     assert api.data("{ datasets { id } }")["datasets"] == []
-    assert list((api.settings.data_dir / "staging").iterdir()) == []
+    assert staged_files(api.settings.data_dir) == []
     _still_serving(api)
 
 

@@ -25,7 +25,17 @@ import sqlalchemy as sa
 import xlsxwriter
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from support import DATA, Api, add_key, make_settings, require_service, running_server, serving, upload_over_http
+from support import (
+    DATA,
+    Api,
+    add_key,
+    make_settings,
+    require_service,
+    running_server,
+    serving,
+    staged_files,
+    upload_over_http,
+)
 
 from server.app import create_app
 from storage import MetadataStore
@@ -167,8 +177,7 @@ def test_a_workbook_part_that_lies_about_its_size_is_stopped_by_what_it_inflates
     payload = api.upload(_lying_workbook(tmp_path), "bomb.xlsx")
     assert payload["success"] is False and payload["error"]["code"] == "TOO_LARGE", payload
     assert "zip bomb" in payload["error"]["message"]
-    staging = api.settings.data_dir / "staging"
-    assert not staging.exists() or list(staging.iterdir()) == []
+    assert staged_files(api.settings.data_dir) == []
     assert api.data("{ datasets { id } }")["datasets"] == []
 
 

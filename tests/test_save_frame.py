@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from support import DATA, Api
+from support import DATA, Api, staged_files
 
 SAVE = """mutation($steps: [Step!]!, $name: String!) {
   saveFrame(dataset: "titanic", steps: $steps, name: $name) {
@@ -72,7 +72,7 @@ def test_a_failing_pipeline_records_a_failed_job_and_makes_no_dataset(titanic: A
     assert job["status"] == "FAILED" and job["error"] == payload["error"]["message"] and job["dataset"] is None
     ids = [d["id"] for d in titanic.data("{ datasets { id } }")["datasets"]]
     assert ids == ["titanic"]
-    assert not list((titanic.settings.data_dir / "staging").iterdir())
+    assert not staged_files(titanic.settings.data_dir)
 
 
 def test_save_frame_of_an_unknown_dataset_or_without_a_name(titanic: Api) -> None:

@@ -17,7 +17,7 @@ import pytest
 import xlsxwriter
 import xlwt
 from starlette.testclient import TestClient
-from support import DATA, Api, make_settings, serving
+from support import DATA, Api, make_settings, serving, staged_files
 
 from server.app import create_app
 
@@ -67,7 +67,7 @@ def _assert_clean(api: Api, payload: dict, code: str, *words: str) -> None:
     assert str(api.settings.data_dir.resolve()) not in message
     assert api.data(LIST)["datasets"] == []
     root = api.settings.data_dir
-    assert list((root / "staging").iterdir()) == []
+    assert staged_files(root) == []
     assert list((root / "datasets").iterdir()) == []
     assert list((root / "uploads").iterdir()) == []
 
@@ -249,7 +249,7 @@ def test_chunked_upload_without_content_length_is_cut_at_the_limit(tmp_path: Pat
             headers={"content-type": f"multipart/form-data; boundary={boundary}", "Apollo-Require-Preflight": "1"},
         )
         assert response.status_code == 413
-        assert list((settings.data_dir / "staging").iterdir()) == []
+        assert staged_files(settings.data_dir) == []
 
 
 def test_multipart_without_preflight_header_is_refused(api: Api) -> None:

@@ -94,6 +94,24 @@ class Settings(BaseSettings):
     xlsx_max_entries: int = Field(1_000, gt=0, description="Most entries (files) inside an .xlsx.")
     rows_max: int = Field(10_000, gt=0, description="Most rows a single result may return.")
     export_ttl_s: int = Field(3_600, gt=0, description="How long an export's download link stays valid, in seconds.")
+    export_quota_mb: int = Field(
+        2_048,
+        gt=0,
+        description="Most disk space all unexpired exports may take together, in MiB: past it the oldest are"
+        " removed (their links answer NOT_FOUND), and one export larger than it is TOO_LARGE.",
+    )
+    keep_versions: int = Field(
+        10,
+        ge=1,
+        description="Versions of each dataset kept on disk, the current one included; an older one is removed a"
+        " few minutes after it stops being one of them.",
+    )
+    compact_parts: int = Field(
+        16,
+        ge=2,
+        description="Parts a dataset version made by appendRows may have before they are compacted into one file"
+        " in the background; at four times this an append rewrites the dataset whole.",
+    )
     workers: int = Field(2, ge=1, description="Worker processes that parse uploads and run analysis.")
     timeout_s: float = Field(
         60, gt=0, description="Deadline of one analysis or parsing job, in seconds; timeoutMs can lower it per request."

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,12 +220,7 @@ def materialise(plan: Plan, *, out: Path) -> tuple[int, int, list[ColumnInfo]]:
     else:
         data, counted = collect(frame, pl.scan_parquet(plan.source.path).select(pl.len()))
         source_rows = int(counted.item())
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        data.write_parquet(tmp, compression="lz4")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_parquet(data, out)
     return source_rows, data.height, column_infos(data)
 
 
@@ -302,20 +298,47 @@ def _column_values(name: str, dtype: pl.DataType, values: list[Any]) -> pl.Serie
         raise
 
 
-def append_rows(source: Path, rows: list[dict[str, Any]], *, out: Path) -> tuple[int, list[ColumnInfo]]:
-    """The dataset at `source` with `rows` after it, written to `out`: every row checked against the
-    columns (a missing key is null, an unknown one or a value of the wrong type is refused)."""
-    current = pl.scan_parquet(source)
-    schema = current.collect_schema()
+def _appended(schema: Mapping[str, pl.DataType], rows: list[dict[str, Any]]) -> pl.DataFrame:
+    """`rows` as a frame of the dataset's columns: every row checked against them (a missing key is
+    null, an unknown one or a value of the wrong type is refused)."""
     unknown = sorted({key for row in rows for key in row} - set(schema))
     if unknown:
         raise BadInput(f'appendRows: the dataset has no column "{unknown[0]}". Columns: {", ".join(schema)}.')
-    added = pl.DataFrame([_column_values(n, t, [row.get(n) for row in rows]) for n, t in schema.items()])
+    return pl.DataFrame([_column_values(n, t, [row.get(n) for row in rows]) for n, t in schema.items()])
+
+
+def _write_parquet(frame: pl.LazyFrame | pl.DataFrame, out: Path) -> None:
+    """Write `frame` to `out` through a temporary name beside it, so `out` is whole or absent."""
     tmp = out.with_name(out.name + ".tmp")
     try:
-        pl.concat([current, added.lazy()], how="vertical").sink_parquet(tmp, compression="lz4")
+        if isinstance(frame, pl.LazyFrame):
+            frame.sink_parquet(tmp, compression="lz4")
+        else:
+            frame.write_parquet(tmp, compression="lz4")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def append_rows(source: Path, rows: list[dict[str, Any]], *, out: Path) -> tuple[int, list[ColumnInfo]]:
+    """The dataset at `source` with `rows` after it, written whole to `out`; (rows, columns)."""
+    current = pl.scan_parquet(source)
+    added = _appended(current.collect_schema(), rows)
+    _write_parquet(pl.concat([current, added.lazy()], how="vertical"), out)
     written = pl.scan_parquet(out)
     return int(written.select(pl.len()).collect().item()), lazy_column_infos(written)
+
+
+def append_part(source: Path, rows: list[dict[str, Any]], *, out: Path) -> list[ColumnInfo]:
+    """Only `rows`, typed as the columns of the dataset at `source` (read from its first file's
+    footer, not its data), written to `out` as the dataset's next part; their columns."""
+    first = next(iter(sorted(source.glob("p*.parquet")))) if source.is_dir() else source
+    added = _appended(pl.read_parquet_schema(first), rows)
+    _write_parquet(added, out)
+    return column_infos(added)
+
+
+def compact(parts: list[Path], *, out: Path) -> int:
+    """The rows of `parts`, in order, written to `out` as one file; how many there are."""
+    _write_parquet(pl.scan_parquet(parts), out)
+    return int(pl.scan_parquet(out).select(pl.len()).collect().item())

@@ -6,6 +6,7 @@ knows about HTTP. Web state (API keys, rate limits) stays on the web application
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ class Resources:
     metrics: Metrics
     # One change at a time per dataset in this process (appends, replaced uploads).
     dataset_locks: KeyedLocks = field(default_factory=KeyedLocks)
+    # Background compactions of appended parts under way, by dataset id (at most one each).
+    compactions: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
 
     @property
     def ingest_limits(self) -> IngestLimits:
@@ -52,6 +55,9 @@ class Resources:
         )
 
     async def close(self) -> None:
+        for task in list(self.compactions.values()):
+            task.cancel()
+        await asyncio.gather(*self.compactions.values(), return_exceptions=True)
         await self.executor.close()
         await self.cache.close()
         await self.databases.close()

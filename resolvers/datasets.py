@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable
@@ -15,7 +17,7 @@ from connectors import ingest, sniff
 from connectors.linked import LinkedTable
 from datagraph.errors import BadInput, NotFound, TooLarge
 from engine import ColumnInfo, Join, Plan, Source
-from resolvers.context import Context
+from resolvers.context import Context, Resources
 from resolvers.jobs import recorded_job
 from storage import DatasetRecord, storage_guard
 
@@ -26,6 +28,8 @@ __all__ = [
     "SourceInfo",
     "append_rows",
     "commit_version",
+    "compact_dataset",
+    "compact_soon",
     "dataset_job",
     "dataset_plan",
     "dataset_slug",
@@ -41,6 +45,8 @@ __all__ = [
     "save_frame",
     "upload_dataset",
 ]
+
+log = logging.getLogger("datagraph")
 
 UPLOADS = "uploads"
 FRAMES = "frames"
@@ -95,7 +101,7 @@ def dataset_source(ctx: Context, record: DatasetRecord) -> Source:
         config = ctx.resources.databases.get(record.source_id)
         link = LinkedTable(record.source_id, str(record.origin["table"]), config, ctx.settings.max_rows)
         return Source(record.id, record.version, Path(), generation=generation, link=link)
-    path = ctx.resources.files.dataset_file(record.id, record.version)
+    path = ctx.resources.files.version_path(record.id, record.version)
     return Source(record.id, record.version, path, generation=generation)
 
 
@@ -201,6 +207,41 @@ async def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
     res.files.remove_upload(str(record.origin.get("stored_as", "")))
     await res.events.publish("DELETED", record.id, record.version, 0)
     return record
+
+
+def compact_soon(res: Resources, dataset_id: str) -> None:
+    """Compact the dataset's current version in the background, unless that is under way already."""
+    running = res.compactions.get(dataset_id)
+    if running is None or running.done():
+        task = asyncio.create_task(compact_dataset(res, dataset_id))
+        res.compactions[dataset_id] = task
+        task.add_done_callback(
+            lambda t: res.compactions.pop(dataset_id, None) if res.compactions.get(dataset_id) is t else None
+        )
+
+
+async def compact_dataset(res: Resources, dataset_id: str) -> bool:
+    """Write the dataset's current version, kept as appended parts, as one file beside them, which
+    queries read from then on (same rows, same version, so cached answers stay valid); True when
+    done. A failure (a full disk, a deadline) leaves the parts, which still answer every query."""
+    record = res.metadata.get_dataset(dataset_id)
+    if record is None or record.status != "ready" or record.origin.get("mode") == "LINK":
+        return False
+    parts = res.files.version_parts(record.id, record.version)
+    if len(parts) < 2:
+        return False
+    staged = res.files.staging_path(".parquet")
+    try:
+        with storage_guard():
+            await res.executor.run(engine.compact, parts, out=staged, deadline_s=res.settings.import_timeout_s)
+            return await res.executor.run_io(res.files.commit_compacted, staged, record.id, record.version)
+    except Exception:
+        log.warning(
+            "could not compact dataset %s v%d; its parts still answer", record.id, record.version, exc_info=True
+        )
+        return False
+    finally:
+        res.files.discard_staged(staged)
 
 
 def import_timeout_message(ctx: Context, what: str) -> str:
@@ -350,29 +391,51 @@ async def _commit_next(
 
 
 async def commit_version(
-    ctx: Context, record: DatasetRecord, staged: Path, *, rows: int, columns: list[ColumnInfo], origin: dict[str, Any]
+    ctx: Context,
+    record: DatasetRecord,
+    staged: Path,
+    *,
+    rows: int,
+    columns: list[ColumnInfo],
+    origin: dict[str, Any],
+    appended: bool = False,
 ) -> DatasetRecord:
-    """Make the fully written `staged` file the next version of `record`: commit it beside the
-    others under a name no other writer has taken, then move the metadata row on, if nobody else
-    did meanwhile. Older versions stay for queries still reading them; a sweep removes them later."""
+    """Make the fully written `staged` file the next version of `record` (with `appended`, the
+    rows after the current version's, which the new version links to instead of copying): claim the
+    number beside the others, then move the metadata row on, if nobody else did meanwhile. Older
+    versions stay for queries still reading them; a sweep removes them later."""
     res = ctx.resources
     version = record.version + 1
-    final = res.files.dataset_file(record.id, version)
     changed = BadInput(f'The dataset "{record.id}" changed meanwhile (another change came first); try again.')
-    if not await res.executor.run_io(res.files.commit_new, staged, final):
+    if appended:
+        won = await res.executor.run_io(res.files.commit_appended, staged, record.id, version) is not None
+    else:
+        won = await res.executor.run_io(res.files.commit_version, staged, record.id, version)
+    if not won:
         raise changed  # another writer (another server process) made this version first
     try:
         return res.metadata.add_version(record.id, version=version, row_count=rows, columns=columns, origin=origin)
     except LookupError:
-        final.unlink(missing_ok=True)  # ours: the link above made it
+        res.files.remove_version(record.id, version)  # ours: the claim above made it
         raise changed from None
     except Exception:
-        # Not recorded (a full disk, a locked database)? Left there, the file would block every next version.
+        # Not recorded (a full disk, a locked database)? Left there, it would block every next version.
         with contextlib.suppress(Exception):
             now = res.metadata.get_dataset(record.id)
             if now is None or now.version != version:
-                final.unlink(missing_ok=True)
+                res.files.remove_version(record.id, version)
         raise
+
+
+def _merged_columns(before: tuple[ColumnInfo, ...], added: list[ColumnInfo], rows: int) -> list[ColumnInfo]:
+    """A dataset's columns after an append (`rows` in all), from its columns before it and those of
+    the rows added: no row is read twice."""
+    added_nulls = {c.name: c.null_count for c in added}
+    merged = []
+    for column in before:
+        nulls = column.null_count + added_nulls.get(column.name, 0)
+        merged.append(ColumnInfo(column.name, column.dtype, nulls, nulls / rows if rows else 0.0))
+    return merged
 
 
 async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord:
@@ -387,17 +450,29 @@ async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord
         raise TooLarge(f"appendRows takes at most {ctx.settings.rows_max:,} rows at once (setting rows_max).")
     async with res.dataset_locks.hold(record.id):
         record = require_dataset(ctx, dataset_id)  # the latest version, after any append before us
+        total = record.row_count + len(rows)
+        if total > ctx.settings.max_rows:
+            raise TooLarge(
+                f"The dataset would have {total:,} rows, more than {ctx.settings.max_rows:,} (setting max_rows)."
+            )
+        current = res.files.version_path(record.id, record.version)
+        parts = len(res.files.version_parts(record.id, record.version))
         staged = res.files.staging_path(".parquet")
         try:
             with storage_guard():
-                current = res.files.dataset_file(record.id, record.version)
-                total, columns = await res.executor.run(engine.append_rows, current, rows, out=staged)
-            if total > ctx.settings.max_rows:
-                raise TooLarge(
-                    f"The dataset would have {total:,} rows, more than {ctx.settings.max_rows:,} (setting max_rows)."
-                )
-            new = await commit_version(ctx, record, staged, rows=total, columns=columns, origin=record.origin)
+                if parts + 1 < 4 * ctx.settings.compact_parts:
+                    # Only the new rows are written; the new version links the current one's parts.
+                    added = await res.executor.run(engine.append_part, current, rows, out=staged)
+                    columns = _merged_columns(record.columns, added, total)
+                    new = await commit_version(
+                        ctx, record, staged, rows=total, columns=columns, origin=record.origin, appended=True
+                    )
+                else:  # compaction has fallen far behind (it failed, or is slow): rewrite it whole
+                    total, columns = await res.executor.run(engine.append_rows, current, rows, out=staged)
+                    new = await commit_version(ctx, record, staged, rows=total, columns=columns, origin=record.origin)
         finally:
             res.files.discard_staged(staged)
+    if parts + 1 >= ctx.settings.compact_parts:
+        compact_soon(res, new.id)
     await res.events.publish("APPENDED", new.id, new.version, new.row_count)
     return new

@@ -12,10 +12,10 @@ import secrets
 from typing import Any
 
 import engine
-from datagraph.errors import BadInput
+from datagraph.errors import BadInput, TooLarge
 from engine import Plan
 from resolvers._outcome import Options, Outcome, Problem, analysed
-from resolvers.context import Context, read_only_message
+from resolvers.context import Context, Resources, read_only_message
 from storage import ExportRecord
 
 __all__ = ["chart", "count", "describe", "explain", "export", "rows", "summary", "value_counts"]
@@ -111,6 +111,19 @@ async def explain(ctx: Context, *, plan: Plan, options: Options) -> Outcome:
     return await analysed(ctx, "explain", {}, plan.key(), work, options)
 
 
+def _keep_exports_within(res: Resources, quota: int, made: str) -> int:
+    """Remove the oldest exports until all of them take at most `quota` bytes (never the one just
+    `made`, which fits on its own); return how many went. Their links answer NOT_FOUND from then on."""
+    total, removed = 0, 0
+    for record in res.metadata.exports_newest_first():
+        total += record.bytes
+        if total > quota and record.token != made:
+            res.metadata.delete_export(record.token)  # the row first: the link stops answering at once
+            res.files.export_file(record.token, record.filename.rsplit(".", 1)[-1]).unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 async def export(ctx: Context, *, plan: Plan, fmt: str, name: str, options: Options) -> Outcome:
     """Write the frame to a file and answer with a download link that expires. A cached export is
     answered only while its file has at least a tenth of its lifetime left."""
@@ -125,6 +138,13 @@ async def export(ctx: Context, *, plan: Plan, fmt: str, name: str, options: Opti
         token = secrets.token_urlsafe(32)
         out = ctx.resources.files.export_file(token, ext)
         n_rows, n_bytes = await ctx.resources.executor.run(engine.export, plan, fmt=fmt, out=out, timeout=timeout)
+        quota = ctx.settings.export_quota_mb * 1024 * 1024
+        if n_bytes > quota:
+            out.unlink(missing_ok=True)
+            raise TooLarge(
+                f"The export would take {n_bytes / 2**20:,.1f} MiB, more than the {ctx.settings.export_quota_mb:,} MiB"
+                " all exports may take together (setting export_quota_mb); filter or select fewer columns first."
+            )
         now = dt.datetime.now(dt.UTC)
         record = ExportRecord(
             token=token,
@@ -137,6 +157,7 @@ async def export(ctx: Context, *, plan: Plan, fmt: str, name: str, options: Opti
             expires_at=now + dt.timedelta(seconds=ctx.settings.export_ttl_s),
         )
         metadata.add_export(record)
+        await ctx.resources.executor.run_io(_keep_exports_within, ctx.resources, quota, token)
         data: dict[str, Any] = {
             "token": token,
             "url": f"{ctx.base_url}/exports/{token}",

@@ -23,6 +23,7 @@ from datagraph.metrics import Metrics
 from datagraph.settings import Settings, keys_required
 from engine.runtime import Executor, JobTracker, ResultCache
 from resolvers.context import Context, Resources
+from resolvers.datasets import compact_soon
 from resolvers.plugins import refresh_forever
 from server.auth import NO_KEYS_MESSAGE, KeyRing
 from server.observe import count_job, count_stop
@@ -50,12 +51,19 @@ class WebState:
             await self.limiter.close()
 
 
-def _sweep_exports(res: Resources) -> None:
-    """Expired exports, and dataset versions two or more behind that stopped being current a while ago."""
-    res.files.sweep_versions({r.id: r.version for r in res.metadata.list_datasets()}, grace_s=300)
+VERSION_GRACE_S = 300  # a version past its keeping, or compacted, stays this long for queries reading it
+
+
+def _sweep_exports(res: Resources) -> list[str]:
+    """Expired exports, dataset versions past `keep_versions` (and parts folders compacted) that
+    stopped being current a while ago; return the datasets whose current version waits for compaction."""
+    current = {r.id: r.version for r in res.metadata.list_datasets()}
+    res.files.sweep_versions(current, keep=res.settings.keep_versions, grace_s=VERSION_GRACE_S)
     for record in res.metadata.expired_exports():
         res.files.export_file(record.token, record.filename.rsplit(".", 1)[-1]).unlink(missing_ok=True)
         res.metadata.delete_export(record.token)
+    threshold = res.settings.compact_parts
+    return [d for d, v in current.items() if len(res.files.version_parts(d, v)) >= threshold]
 
 
 def _sweep_leftovers(settings: Settings, metadata: MetadataStore, files: DataDir, processes: Processes, *,
@@ -75,7 +83,8 @@ async def _sweep_forever(res: Resources, processes: Processes, every_s: float) -
     while True:
         await asyncio.sleep(every_s)
         try:
-            await asyncio.to_thread(_sweep_exports, res)
+            for dataset_id in await asyncio.to_thread(_sweep_exports, res):
+                compact_soon(res, dataset_id)  # one a previous process left, or whose compaction failed
             await asyncio.to_thread(_sweep_leftovers, res.settings, res.metadata, res.files, processes)
         except Exception:  # a failed sweep is retried next time; it must not stop the server
             log.exception("a sweep failed")
@@ -152,7 +161,8 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         await res.close()
         raise RuntimeError(NO_KEYS_MESSAGE)
     await plugins.scan(executor)
-    _sweep_exports(res)
+    for dataset_id in _sweep_exports(res):
+        compact_soon(res, dataset_id)
     return res, web, processes
 
 

@@ -3,15 +3,21 @@
     <data>/staging/<process>/    files being received or written, one folder per server process;
                        never read by queries; a dead process's folder is removed by a sweep
     <data>/uploads/    raw uploads, kept under generated names (<uuid>.<ext>)
-    <data>/datasets/<id>/v<n>.parquet    one file per dataset version
+    <data>/datasets/<id>/v<n>.parquet    a dataset version as one file, or
+    <data>/datasets/<id>/v<n>/p<k>.parquet    a version as parts: the previous version's parts
+                       (hard links, no copy) and the rows appended after them; compaction later
+                       writes the same rows as v<n>.parquet, which readers then take instead
     <data>/exports/    export files, named by their unguessable token
 
 Commit is write-to-staging, fsync, `os.replace` into place, fsync the directory; only then does
-the caller mark the metadata row ready, so a crash leaves no half dataset visible.
+the caller mark the metadata row ready, so a crash leaves no half dataset visible. Every writer of a
+dataset's next version first claims its number by making the folder `v<n>/` (one `mkdir`, which
+only one writer of any server process sharing the folder wins).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import glob
 import math
@@ -42,6 +48,21 @@ def _fsync_file(path: Path) -> None:
 
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+_PART = "p{:06d}.parquet"
+
+
+def _version_number(entry: Path) -> int | None:
+    """The version an entry of a dataset folder holds (`v3.parquet`, `v3/`), or None."""
+    name = entry.name.removesuffix(".parquet") if entry.name.endswith(".parquet") else entry.name
+    number = name[1:]
+    return int(number) if name.startswith("v") and number.isdigit() else None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return None
 
 
 def _says_disk_full(exc: BaseException) -> bool:
@@ -120,7 +141,26 @@ class DataDir:
                 entry.unlink(missing_ok=True)
 
     def dataset_file(self, dataset_id: str, version: int) -> Path:
+        """A version's one-file form (which may not exist: see `version_path`)."""
         return self.datasets / dataset_id / f"v{version}.parquet"
+
+    def parts_folder(self, dataset_id: str, version: int) -> Path:
+        """A version's parts form, and the folder whose creation claims the version number."""
+        return self.datasets / dataset_id / f"v{version}"
+
+    def version_path(self, dataset_id: str, version: int) -> Path:
+        """What a query scans for a version: its one file when there is one (written whole, or
+        compacted), else its parts folder (Polars reads the parts in name order)."""
+        single = self.dataset_file(dataset_id, version)
+        if single.exists():
+            return single
+        folder = self.parts_folder(dataset_id, version)
+        return folder if any(folder.glob("p*.parquet")) else single
+
+    def version_parts(self, dataset_id: str, version: int) -> list[Path]:
+        """The files that make a version, in row order (one when it is a single file)."""
+        path = self.version_path(dataset_id, version)
+        return sorted(path.glob("p*.parquet")) if path.is_dir() else [path]
 
     def export_file(self, token: str, ext: str) -> Path:
         return self.exports / f"{token}.{ext}"
@@ -148,23 +188,100 @@ class DataDir:
             _fsync_dir(final.parent)
         return True
 
-    def sweep_versions(self, current: dict[str, int], *, grace_s: float) -> int:
-        """Remove dataset versions older than the one before the current, once they have not been
-        current for `grace_s` (queries that started on them have long finished); return how many."""
+    def _claim(self, dataset_id: str, version: int) -> Path | None:
+        """Make `v<version>/`, the claim on that number; None when another writer made it (or a
+        one-file form of it exists, from before claims)."""
+        folder = self.parts_folder(dataset_id, version)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with storage_guard():
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                return None
+        if self.dataset_file(dataset_id, version).exists():
+            folder.rmdir()
+            return None
+        return folder
+
+    def commit_version(self, staged: Path, dataset_id: str, version: int) -> bool:
+        """Commit a whole new version written to `staged` as `v<version>.parquet`, if this writer
+        wins the claim on the number; False (nothing changed) when another writer did."""
+        claim = self._claim(dataset_id, version)
+        if claim is None:
+            return False
+        try:
+            committed = self.commit_new(staged, self.dataset_file(dataset_id, version))
+        finally:
+            with contextlib.suppress(OSError):
+                claim.rmdir()  # the claim has served: the file is the version from now on
+        return committed
+
+    def commit_appended(self, staged: Path, dataset_id: str, version: int) -> int | None:
+        """Make version `version` the parts of version `version - 1` (hard links: no data copied)
+        followed by the rows written to `staged`, if this writer wins the claim on the number;
+        return how many parts it has, or None (nothing changed) when another writer won."""
+        before = self.version_parts(dataset_id, version - 1)
+        claim = self._claim(dataset_id, version)
+        if claim is None:
+            return None
+        try:
+            with storage_guard():
+                _fsync_file(staged)
+                for i, part in enumerate(before):
+                    os.link(part, claim / _PART.format(i))
+                os.link(staged, claim / _PART.format(len(before)))
+                _fsync_dir(claim)
+                _fsync_dir(claim.parent)
+        except BaseException:
+            shutil.rmtree(claim, ignore_errors=True)
+            raise
+        staged.unlink()
+        return len(before) + 1
+
+    def commit_compacted(self, staged: Path, dataset_id: str, version: int) -> bool:
+        """Give version `version` (kept as parts) its one-file form, the same rows in one file
+        written to `staged`; False when another process did it first. The parts folder stays
+        until `sweep_versions` finds it unused."""
+        return self.commit_new(staged, self.dataset_file(dataset_id, version))
+
+    def remove_version(self, dataset_id: str, version: int) -> None:
+        """Remove both forms of a version (one never recorded, or past its keeping)."""
+        self.dataset_file(dataset_id, version).unlink(missing_ok=True)
+        shutil.rmtree(self.parts_folder(dataset_id, version), ignore_errors=True)
+
+    def _versions(self, dataset_id: str) -> dict[int, list[Path]]:
+        """The versions in a dataset's folder, each with its entries (a file, a parts folder, both)."""
+        found: dict[int, list[Path]] = {}
+        folder = self.datasets / dataset_id
+        if folder.is_dir():
+            for entry in folder.iterdir():
+                number = _version_number(entry)
+                if number is not None:
+                    found.setdefault(number, []).append(entry)
+        return found
+
+    def sweep_versions(self, current: Mapping[str, int], *, keep: int = 2, grace_s: float) -> int:
+        """Remove the versions of each dataset past the newest `keep` (the current one is always
+        kept), each once it has not been current for `grace_s` (queries that started on it have long
+        finished), and the parts folders of versions compacted at least `grace_s` ago; return how
+        many entries went."""
         removed = 0
         cutoff = time.time() - grace_s
         for dataset_id, version in current.items():
-            folder = self.datasets / dataset_id
-            if not folder.is_dir():
-                continue
-            for entry in folder.glob("v*.parquet"):
-                number = entry.stem[1:]
-                if not number.isdigit() or int(number) >= version - 1:
+            found = self._versions(dataset_id)
+            for number, entries in sorted(found.items()):
+                if number <= version - max(keep, 1):
+                    # Committed when this one stopped being current: the next version's entries.
+                    times = [t for e in found.get(number + 1, []) if (t := _mtime(e)) is not None]
+                    times = times or [t for e in entries if (t := _mtime(e)) is not None]
+                    if times and max(times) < cutoff:
+                        self.remove_version(dataset_id, number)
+                        removed += len(entries)
                     continue
-                successor = folder / f"v{int(number) + 1}.parquet"  # committed when this one stopped being current
-                since = (successor if successor.exists() else entry).stat().st_mtime
-                if since < cutoff:
-                    entry.unlink(missing_ok=True)
+                single = self.dataset_file(dataset_id, number)
+                parts = self.parts_folder(dataset_id, number)
+                if number <= version and parts.is_dir() and (t := _mtime(single)) is not None and t < cutoff:
+                    shutil.rmtree(parts, ignore_errors=True)  # compacted: readers take the file now
                     removed += 1
         return removed
 
@@ -212,10 +329,9 @@ class DataDir:
                 if old(entry):
                     shutil.rmtree(entry, ignore_errors=True)
             elif isinstance(ready_ids, Mapping):
-                for version in entry.glob("v*.parquet"):
-                    number = version.stem[1:]
-                    if number.isdigit() and int(number) > ready_ids[entry.name] and old(version):
-                        version.unlink(missing_ok=True)
+                for number, versions in self._versions(entry.name).items():
+                    if number > ready_ids[entry.name] and all(old(v) for v in versions):
+                        self.remove_version(entry.name, number)
         if kept_uploads is not None:
             for entry in self.uploads.iterdir():
                 if entry.name not in kept_uploads and old(entry):

@@ -401,6 +401,12 @@ class MetadataStore:
             rows = conn.execute(exports.select().where(exports.c.expires_at < now)).all()
         return [_export(r) for r in rows]
 
+    def exports_newest_first(self) -> list[ExportRecord]:
+        """Every export, the newest first (for the quota: the oldest go first)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(exports.select().order_by(exports.c.created_at.desc(), exports.c.token)).all()
+        return [_export(r) for r in rows]
+
     def export_tokens(self) -> set[str]:
         with self.engine.connect() as conn:
             return {r.token for r in conn.execute(sa.select(exports.c.token))}

@@ -88,16 +88,19 @@ def assert_nothing_left(where: Settings | Path) -> None:
         if origin.get("mode") == "LINK":
             continue
         current = root / "datasets" / dataset_id / f"v{version}.parquet"
-        assert current.is_file(), f"dataset {dataset_id} v{version} has no file"
-        with current.open("rb") as fh:
-            head = fh.read(4)
-            fh.seek(-4, os.SEEK_END)
-            assert head == fh.read(4) == b"PAR1", f"dataset {dataset_id} v{version} is not a whole Parquet file"
+        parts = sorted((root / "datasets" / dataset_id / f"v{version}").glob("p*.parquet"))  # appended rows
+        assert current.is_file() or parts, f"dataset {dataset_id} v{version} has no file"
+        for file in [current] if current.is_file() else parts:
+            with file.open("rb") as fh:
+                head = fh.read(4)
+                fh.seek(-4, os.SEEK_END)
+                assert head == fh.read(4) == b"PAR1", f"dataset {dataset_id} v{version} is not a whole Parquet file"
     for folder in (root / "datasets").iterdir():
         assert folder.name in versions, f"a dataset folder no row names: {folder.name}"
         for file in folder.iterdir():
             number = file.name.removeprefix("v").removesuffix(".parquet")
             assert number.isdigit() and int(number) <= versions[folder.name], f"a file no row names: {file}"
+            assert file.is_file() or any(file.iterdir()), f"an empty version folder: {file}"
     uploads = {p.name for p in (root / "uploads").iterdir()}
     assert uploads <= kept, f"kept uploads no row names: {sorted(uploads - kept)}"
     assert kept <= uploads, f"rows whose kept upload is gone: {sorted(kept - uploads)}"
@@ -359,15 +362,45 @@ def test_f7_f8_a_full_disk_answers_storage_full_and_leaves_nothing(tmp_path: Pat
             assert_nothing_left(settings)
 
 
+def _fill(filler: Path) -> None:
+    """Write `filler` until its disk is full (unbuffered: nothing is left to flush on close)."""
+    with filler.open("ab", buffering=0) as fh, contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+
+
+def test_f8_a_full_disk_answers_append_rows_with_storage_full_and_the_version_stays(tmp_path: Path) -> None:
+    append = """mutation($r: JSON!) { appendRows(dataset: "big", rows: $r) {
+      success error { code message } dataset { version rowCount } } }"""
+    with small_disk(tmp_path / "data", "8m"):
+        settings = make_settings(tmp_path, compact_parts=2)  # every append asks for a compaction
+        with TestClient(create_app(settings)) as client:
+            api = Api(client, settings)
+            assert api.upload_ok(_random_csv(20_000), "big.csv") == "big"
+            filler = settings.data_dir / "filler"
+            _fill(filler)
+            payload = _payload(api, append, {"r": [{"key": "k", "x": 1.5}]})
+            assert payload["success"] is False and payload["error"]["code"] == "STORAGE_FULL", payload["error"]
+            assert "disk is full" in payload["error"]["message"] and str(tmp_path) not in payload["error"]["message"]
+            assert api.data(LIST)["datasets"] == [{"id": "big", "version": 1, "rowCount": 20_000}]
+            filler.unlink()
+            assert_nothing_left(settings)
+            first = _payload(api, append, {"r": [{"key": "k", "x": 1.5}]})
+            assert first["success"], first["error"]
+            # Its compaction may run into the full disk too: the parts keep answering.
+            _fill(filler)
+            count = api.data('{ dataset(id: "big") { count(cache: BYPASS) { data } } }')["dataset"]["count"]
+            assert count["data"] == {"count": 20_001}
+            filler.unlink()
+            assert_nothing_left(settings)
+
+
 def test_f8_a_full_disk_under_the_metadata_store_is_storage_full(tmp_path: Path) -> None:
     with small_disk(tmp_path / "disk", "1m") as disk:
         store = MetadataStore(f"sqlite:///{disk / 'meta.sqlite3'}")
         try:
             filler = disk / "filler"
-            with filler.open("wb") as fh, contextlib.suppress(OSError):
-                while True:
-                    fh.write(b"\0" * 65536)
-                    fh.flush()
+            _fill(filler)
             with pytest.raises(StorageFull):
                 for n in range(200):  # WAL frames already there take a few small writes
                     store.reserve_dataset(wanted_id=f"d{n}", name="d", source_id="uploads", origin={})

@@ -253,6 +253,17 @@ class DatasetMutation:
         done = await changed("appendRows", ds.append_rows(info.context, str(dataset), rows))
         return dataset_payload(info.context, done)
 
+    @strawberry.mutation(
+        description="Give a dataset another display name; its id, version, data, saved queries and links stay."
+    )
+    async def rename_dataset(
+        self, info: strawberry.Info[Context, None], id: strawberry.ID, name: str
+    ) -> DatasetPayload:
+        async def work() -> DatasetRecord:
+            return ds.rename_dataset(info.context, str(id), name)
+
+        return dataset_payload(info.context, await changed("renameDataset", work()))
+
     @strawberry.mutation(description="Delete a dataset and its files; the payload names what was deleted.")
     async def delete_dataset(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> DatasetPayload:
         async def work() -> DatasetRecord:

@@ -41,6 +41,7 @@ __all__ = [
     "join_step",
     "list_datasets",
     "list_sources",
+    "rename_dataset",
     "require_dataset",
     "save_frame",
     "upload_dataset",
@@ -242,6 +243,17 @@ async def compact_dataset(res: Resources, dataset_id: str) -> bool:
         return False
     finally:
         res.files.discard_staged(staged)
+
+
+def rename_dataset(ctx: Context, dataset_id: str, name: str) -> DatasetRecord:
+    """Give a dataset another display name: its id, version, data and links stay as they are."""
+    record = require_dataset(ctx, dataset_id)
+    if not isinstance(name, str) or not name.strip():
+        raise BadInput("renameDataset needs a name: some text (its id stays the same).")
+    renamed = ctx.resources.metadata.rename_dataset(record.id, display_name(name, fallback=record.name))
+    if renamed is None:
+        raise NotFound(f'There is no dataset "{_clip(dataset_id)}".')
+    return renamed
 
 
 def import_timeout_message(ctx: Context, what: str) -> str:

@@ -210,6 +210,19 @@ class MetadataStore:
             row = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).one()
         return _dataset(row)
 
+    def rename_dataset(self, dataset_id: str, name: str) -> DatasetRecord | None:
+        """Give a ready dataset another display name (its id and version stay); None when it is gone."""
+        with self._tx() as conn:
+            updated = conn.execute(
+                datasets.update()
+                .where(datasets.c.id == dataset_id, datasets.c.status == "ready")
+                .values(name=name, updated_at=_now())
+            )
+            if updated.rowcount != 1:
+                return None
+            row = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).one()
+        return _dataset(row)
+
     def set_origin(self, dataset_id: str, origin: dict[str, Any]) -> DatasetRecord:
         """Replace a dataset's origin (where it came from, when it was last fetched); same version."""
         with self._tx() as conn:

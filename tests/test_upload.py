@@ -320,3 +320,29 @@ def test_delete_dataset_removes_its_files_only_and_unknown_id_is_not_found(api: 
     again = api.data(q, {"id": "tips"})["deleteDataset"]
     assert again["success"] is False and again["error"]["code"] == "NOT_FOUND" and '"tips"' in again["error"]["message"]
     assert api.data('{ dataset(id: "tips") { id } }')["dataset"] is None
+
+
+RENAME = """mutation($id: ID!, $n: String!) { renameDataset(id: $id, name: $n) {
+  success error { code message } dataset { id name version rowCount } } }"""
+
+
+def test_rename_dataset_changes_the_name_only_and_refuses_what_is_no_name(tmp_path: Path) -> None:
+    with serving(make_settings(tmp_path)) as api:
+        api.upload_ok(DATA / "tips.csv")
+        url = api.data('{ dataset(id: "tips") { export { data } } }')["dataset"]["export"]["data"]["url"]
+        done = api.data(RENAME, {"id": "tips", "n": "  Tips by day\u202e/../x  "})["renameDataset"]
+        assert done["success"], done["error"]
+        # The id, version and data stay; the name is cleaned as an upload's is (no path, no bidi override).
+        assert done["dataset"] == {"id": "tips", "name": "x", "version": 1, "rowCount": 244}
+        done = api.data(RENAME, {"id": "tips", "n": "Tips by day " + "y" * 200})["renameDataset"]
+        assert done["success"] and done["dataset"]["name"] == ("Tips by day " + "y" * 200)[:100]
+        assert api.data(LIST)["datasets"] == [{"id": "tips", "name": done["dataset"]["name"]}]
+        assert api.client.get(url).status_code == 200  # links made before stay valid
+        assert api.data('{ dataset(id: "tips") { count { data } } }')["dataset"]["count"]["data"] == {"count": 244}
+        for name in ("", "   "):
+            refused = api.data(RENAME, {"id": "tips", "n": name})["renameDataset"]
+            assert refused["success"] is False and refused["error"]["code"] == "BAD_INPUT"
+        missing = api.data(RENAME, {"id": "nope", "n": "x"})["renameDataset"]
+        assert missing["error"]["code"] == "NOT_FOUND" and '"nope"' in missing["error"]["message"]
+        # A new upload of the old name still gets a fresh id: ids never follow names.
+        assert api.upload_ok(DATA / "tips.csv") == "tips-2"

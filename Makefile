@@ -1,4 +1,5 @@
-# Two commands set everything up: `make run` serves the app, `make test` runs the everyday tests
+# Two commands set everything up: `make run` serves the app (runtime dependencies only), `make test`
+# runs the everyday tests (adding the dev group)
 # (`make test-slow` the slow tier: load, fuzz, browser, kill/restart faults; `make test-all` both).
 # The environment lives in .venv/, built by uv from uv.lock; uv itself is installed from the
 # package index into .tools/ (nothing global).
@@ -13,11 +14,17 @@ $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-.venv/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --python $(PYTHON)
+# Serving needs the runtime dependencies only (`make run`: about 45 packages); the tests, linters
+# and benchmarks add the dev group (`make test`). --inexact: `make run` after `make test` keeps it.
+.venv/.runtime: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --no-dev --inexact --python $(PYTHON)
 	touch $@
 
-run: .venv/.synced
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@ .venv/.runtime
+
+run: .venv/.runtime
 	.venv/bin/datagraph serve $(ARGS)
 
 # The everyday tier on two pytest-xdist workers, a test module each at a time (module-scoped apps stay

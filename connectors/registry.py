@@ -110,7 +110,6 @@ class PluginRegistry:
             return
         import watchfiles
 
-        self.folder.mkdir(parents=True, exist_ok=True)
         async for changes in watchfiles.awatch(self.folder, debounce=300, step=50, recursive=False):
             paths = {Path(p) for _, p in changes if p.endswith(".py") and not Path(p).name.startswith(("_", "."))}
             for path in sorted(paths):

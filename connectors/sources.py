@@ -91,26 +91,23 @@ class _Source(BaseModel):
     pool_size: int = Field(5, ge=1, le=50)
 
 
-class _File(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sources: dict[str, _Source] = Field(default_factory=dict)
-
-
-def _expand(value: Any, where: str, env: Mapping[str, str]) -> Any:
+def _expand(value: Any, where: str, env: Mapping[str, str], missing: list[str]) -> Any:
+    """`value` with `${VAR}` replaced from `env`; each variable that is not set is added to
+    `missing` as "<yaml path>: ..." (and replaced by nothing, so the rest can still be checked)."""
     if isinstance(value, str):
 
         def var(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in env:
-                raise SourcesError(f"{where}: the environment variable {name} is not set")
+                missing.append(f"{where}: the environment variable {name} is not set")
+                return ""
             return env[name]
 
         return _VAR.sub(var, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{where}.{k}" if where else str(k), env) for k, v in value.items()}
+        return {k: _expand(v, f"{where}.{k}" if where else str(k), env, missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand(v, f"{where}[{i}]", env) for i, v in enumerate(value)]
+        return [_expand(v, f"{where}[{i}]", env, missing) for i, v in enumerate(value)]
     return value
 
 
@@ -140,7 +137,8 @@ def _schema(source_id: str, spec: _Source, url: str) -> str:
 
 
 def load_sources(path: Path, env: Mapping[str, str] | None = None) -> tuple[DatabaseConfig, ...]:
-    """The database sources in `path`, checked; `SourcesError` names the file and the key."""
+    """The database sources in `path`, checked; `SourcesError` names the file and, for every
+    problem in it (all of them at once, not the first), its place as a YAML path."""
     try:
         return _load(path, os.environ if env is None else env)
     except SourcesError as exc:
@@ -159,33 +157,58 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:
         return ()
     if not isinstance(raw, dict):
         raise SourcesError("expected a mapping with a 'sources' key")
-    try:
-        parsed = _File.model_validate(_expand(raw, "", env))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise SourcesError(f"{loc}: {first['msg']}") from None
+    problems: list[str] = []
+    unknown = sorted(str(k) for k in raw if k != "sources")
+    problems += [f"{k[:40]}: not a key of this file (it has one: sources)" for k in unknown]
+    sources = raw.get("sources") or {}
+    if not isinstance(sources, dict):
+        problems.append("sources: expected a mapping of source ids to sources")
+        sources = {}
     configs = []
-    for source_id, spec in parsed.sources.items():
-        if not _ID.match(source_id) or source_id in RESERVED_IDS:
-            raise SourcesError(
-                f"sources.{source_id[:40]}: a source id is lower-case letters, digits, '-' and '_',"
+    for source_id, given in sources.items():
+        where = f"sources.{str(source_id)[:40]}"
+        if not isinstance(source_id, str) or not _ID.match(source_id) or source_id in RESERVED_IDS:
+            problems.append(
+                f"{where}: a source id is lower-case letters, digits, '-' and '_',"
                 f" starts with a letter, and is not one of {', '.join(sorted(RESERVED_IDS))}"
             )
-        url = _driver_url(source_id, spec, path.parent)
-        tables = tuple(spec.tables) if spec.tables is not None else None
+        if not isinstance(given, dict):
+            problems.append(f"{where}: expected a mapping (kind, url and the optional keys)")
+            continue
+        missing: list[str] = []
+        expanded = _expand(given, where, env, missing)
+        problems += missing
+        try:
+            spec = _Source.model_validate(expanded)
+        except ValidationError as exc:
+            for error in exc.errors():
+                loc = ".".join(str(p) for p in error["loc"])
+                problems.append(f"{where}{'.' + loc if loc else ''}: {error['msg']}")
+            continue
+        if missing:
+            continue  # its URL is incomplete: any other complaint about it would mislead
+        try:
+            url = _driver_url(str(source_id), spec, path.parent)
+            schema = _schema(str(source_id), spec, url)
+        except SourcesError as exc:
+            problems.append(str(exc))
+            continue
         configs.append(
             DatabaseConfig(
-                id=source_id,
-                name=spec.name or source_id,
+                id=str(source_id),
+                name=spec.name or str(source_id),
                 kind=spec.kind,
                 url=url,
-                schema=_schema(source_id, spec, url),
-                tables=tables,
+                schema=schema,
+                tables=tuple(spec.tables) if spec.tables is not None else None,
                 statement_timeout_s=spec.statement_timeout_s,
                 pool_size=spec.pool_size,
             )
         )
+    if len(problems) == 1:
+        raise SourcesError(problems[0])
+    if problems:
+        raise SourcesError(f"{len(problems)} problems:\n" + "\n".join(f"  {p}" for p in problems))
     return tuple(configs)
 
 

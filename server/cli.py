@@ -42,6 +42,18 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The `datagraph` command. Output piped into a reader that stops early (`datagraph settings |
+    head`) ends it quietly, as other command-line tools do, not with a traceback."""
+    try:
+        _main(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again when it flushes stdout at exit: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="datagraph", description="A personal data-analysis server.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="Serve the GraphQL API.")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from connectors.database_sources import DatabaseSources
 from connectors.registry import PluginRegistry
+from connectors.sources import DEFAULT_FILE as SOURCES_DEFAULT
 from connectors.sources import configured_sources
 from datagraph.events import EventBus
 from datagraph.metrics import Metrics
@@ -34,6 +35,7 @@ __all__ = ["WebState", "open_resources", "running"]
 
 log = logging.getLogger("datagraph")
 
+PLUGINS_DEFAULT = Settings.model_fields["plugins"].default  # a folder beside where the server starts
 STALE_BEATS = 3  # a process whose heartbeat is this many periods old is dead
 
 
@@ -114,10 +116,46 @@ def _leave(files: DataDir, processes: Processes) -> None:
         log.exception("could not unregister this server process")
 
 
+def _plugins_folder(settings: Settings) -> Path | None:
+    """The plugins folder to load and watch: None when the setting is empty, or when it is the
+    default and no such folder is where the server started (it is not made for the user; a folder
+    named explicitly is)."""
+    if not settings.plugins:
+        return None
+    folder = Path(settings.plugins)
+    if not folder.is_dir() and settings.plugins == PLUGINS_DEFAULT:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _report_start(settings: Settings, *, created: bool, sources: list[str], plugins: PluginRegistry) -> None:
+    """Say at start-up which data directory, sources file and plugins folder are in use, as absolute
+    paths, and what was not found: a server started from another folder says so instead of silently
+    running without the checkout's sources and plugins."""
+    here = Path.cwd()
+    state = "created now" if created else "existing"
+    log.info("data directory: %s (%s)", settings.data_dir.resolve(), state)
+    if not settings.sources:
+        log.info("sources file: none (setting sources is empty)")
+    elif settings.sources == SOURCES_DEFAULT and not Path(settings.sources).exists():
+        log.info("sources file: none (no %s in %s; setting sources names one)", SOURCES_DEFAULT, here)
+    else:
+        listed = ", ".join(sources) or "no databases"
+        log.info("sources file: %s (%s)", Path(settings.sources).resolve(), listed)
+    if plugins.folder is None:
+        why = "setting plugins is empty" if not settings.plugins else f"no {PLUGINS_DEFAULT}/ folder in {here}"
+        log.info("plugins folder: none (%s)", why)
+    else:
+        names = ", ".join(sorted(plugins.available())) or "no plugins yet"
+        log.info("plugins folder: %s (%s)", plugins.folder.resolve(), names)
+
+
 async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resources, WebState, Processes]:
     """Create the data directory, metadata store, cache and worker pool; register this process
     (its heartbeat starts with `running`) and clear what dead ones left behind."""
     process_id = uuid.uuid4().hex
+    data_dir_existed = settings.data_dir.is_dir()
     files = DataDir(settings.data_dir, process_id)
     metadata = MetadataStore(settings.resolved_metadata_url, owner=process_id)
     processes = Processes(metadata.engine, process_id)
@@ -140,8 +178,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         ttl_s=settings.cache_ttl_s,
         metrics=metrics,
     )
-    databases = DatabaseSources(configured_sources(settings.sources))
-    plugins = PluginRegistry(Path(settings.plugins) if settings.plugins else None)
+    sources = configured_sources(settings.sources)
+    databases = DatabaseSources(sources)
+    plugins = PluginRegistry(_plugins_folder(settings))
     events = EventBus(
         settings.cache_url if settings.cache_url.startswith("redis") else "", timeout_s=settings.cache_timeout_s
     )
@@ -161,6 +200,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         await res.close()
         raise RuntimeError(NO_KEYS_MESSAGE)
     await plugins.scan(executor)
+    _report_start(settings, created=not data_dir_existed, sources=[c.id for c in sources], plugins=plugins)
     for dataset_id in _sweep_exports(res):
         compact_soon(res, dataset_id)
     return res, web, processes

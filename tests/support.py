@@ -206,19 +206,24 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None, wo
     _SERVER_PIDS[base] = proc.pid
     SWEEP.serving(base)
     try:
-        for _ in range(150):
-            try:
-                if httpx.get(base + "/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the server did not answer /healthz: " + (work / "server.log").read_text())
+        wait_until_serving(base, work / "server.log")
         yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(10)
         log.close()
+
+
+def wait_until_serving(base: str, log: Path, seconds: float = 15) -> None:
+    """Return once the server at `base` answers /healthz; fail with its log after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/healthz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    pytest.fail("the server did not answer /healthz: " + log.read_text())
 
 
 _SERVER_PIDS: dict[str, int] = {}

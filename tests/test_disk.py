@@ -12,7 +12,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-import sqlalchemy as sa
 from support import DATA, Api, make_settings, require_service, running_server, serving, upload_request
 
 from storage import DataDir
@@ -239,59 +237,52 @@ def test_a_disk_setting_out_of_range_is_refused(tmp_path: Path, setting: str) ->
 
 
 @pytest.mark.slow  # two server processes
-def test_two_processes_appending_to_one_dataset_lose_no_row_and_make_no_version_twice(tmp_path: Path) -> None:
+def test_two_processes_appending_to_one_dataset_lose_no_row_and_make_no_version_twice(
+    tmp_path: Path, scratch_postgres: str
+) -> None:
     """Two servers on one data directory and PostgreSQL metadata, four clients appending to the same
     dataset through both, compaction running in both (every third part). Each append either lands
     or answers "changed meanwhile; try again"; every row that landed is there once, in the order of
     the versions, and both servers count the same."""
     require_service(5432, "PostgreSQL")
-    name = f"dg_disk_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    env = {"DATAGRAPH_METADATA_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"}
+    env = {"DATAGRAPH_METADATA_URL": scratch_postgres}
     args = ("--data-dir", str(tmp_path / "shared"), "--compact-parts", "3")
     landed: list[int] = []
     refused: list[str] = []
-    try:
-        for folder in ("a", "b"):
-            (tmp_path / folder).mkdir()
-        with (
-            running_server(tmp_path / "a", *args, env=env) as first,
-            running_server(tmp_path / "b", *args, env=env) as second,
-        ):
-            made = httpx.post(
-                first + "/graphql", timeout=60, **upload_request((DATA / "tips.csv").read_bytes(), "tips.csv")
-            )
-            assert made.json()["data"]["uploadDataset"]["success"], made.text
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    with (
+        running_server(tmp_path / "a", *args, env=env) as first,
+        running_server(tmp_path / "b", *args, env=env) as second,
+    ):
+        made = httpx.post(
+            first + "/graphql", timeout=60, **upload_request((DATA / "tips.csv").read_bytes(), "tips.csv")
+        )
+        assert made.json()["data"]["uploadDataset"]["success"], made.text
 
-            def client(n: int) -> None:
-                for k in range(8):
-                    base = (first, second)[(n + k) % 2]
-                    mark = 1000 + n * 100 + k
-                    payload = _post(base, APPEND, {"d": "tips", "r": [{"size": mark}]})["appendRows"]
-                    if payload["success"]:
-                        landed.append(mark)
-                    else:
-                        refused.append(payload["error"]["message"])
+        def client(n: int) -> None:
+            for k in range(8):
+                base = (first, second)[(n + k) % 2]
+                mark = 1000 + n * 100 + k
+                payload = _post(base, APPEND, {"d": "tips", "r": [{"size": mark}]})["appendRows"]
+                if payload["success"]:
+                    landed.append(mark)
+                else:
+                    refused.append(payload["error"]["message"])
 
-            threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
-            assert landed, refused
-            assert all("changed meanwhile" in m for m in refused), refused
-            for base in (first, second):
-                rows = _post(base, ROWS, {"d": "tips"})["dataset"]["rows"]["data"]
-                marks = [r["size"] for r in rows[244:]]
-                assert sorted(marks) == sorted(landed) and len(rows) == 244 + len(landed)
-                info = _post(base, COLUMNS, {"d": "tips"})["dataset"]
-                assert info["version"] == 1 + len(landed) and info["rowCount"] == 244 + len(landed)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.dispose()
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert landed, refused
+        assert all("changed meanwhile" in m for m in refused), refused
+        for base in (first, second):
+            rows = _post(base, ROWS, {"d": "tips"})["dataset"]["rows"]["data"]
+            marks = [r["size"] for r in rows[244:]]
+            assert sorted(marks) == sorted(landed) and len(rows) == 244 + len(landed)
+            info = _post(base, COLUMNS, {"d": "tips"})["dataset"]
+            assert info["version"] == 1 + len(landed) and info["rowCount"] == 244 + len(landed)
 
 
 def _post(base: str, query: str, variables: dict[str, Any]) -> dict[str, Any]:

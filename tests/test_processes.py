@@ -297,20 +297,16 @@ def test_a_server_registers_beats_again_when_taken_for_dead_and_leaves_cleanly(t
 
 @pytest.mark.slow  # two server processes
 def test_a_slow_upload_and_a_slow_plugin_fetch_survive_another_process_starting(
-    tmp_path: Path, upstream: Upstream
+    tmp_path: Path, upstream: Upstream, scratch_postgres: str
 ) -> None:
     """A (one worker) holds a plugin fetch whose upstream has not answered yet, and an upload staged
     and waiting for that worker; B starts on the same data directory and PostgreSQL metadata. Both
     jobs stay running, the staged file stays, and both datasets land, readable through A and B."""
     require_service(5432, "PostgreSQL")
-    name = f"dg_procs_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
     shared = tmp_path / "shared-data"
     plugins = tmp_path / "plugins"
     shutil.copytree(ROOT / "plugins", plugins)
-    env = {"DATAGRAPH_METADATA_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"}
+    env = {"DATAGRAPH_METADATA_URL": scratch_postgres}
     release = threading.Event()
 
     def held(_: Any) -> Reply:  # the upstream answers once the test lets it
@@ -355,9 +351,6 @@ def test_a_slow_upload_and_a_slow_plugin_fetch_survive_another_process_starting(
                         assert _gql(base, JOB, {"j": job})["job"]["status"] == "SUCCEEDED"
     finally:
         release.set()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.dispose()
 
 
 FETCH = """mutation($p: JSON!, $j: ID!) { fetchPlugin(plugin: "http_json", params: $p, jobId: $j) {

@@ -9,12 +9,11 @@ import fcntl
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from support import DATA, ROOT, free_port, upload_request
+from support import DATA, ROOT, free_port, upload_request, wait_until_serving
 
 from connectors.sources import SourcesError, load_sources
 
@@ -84,15 +83,7 @@ def _serve(cwd: Path, *args: str) -> str:
             cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            else:
-                pytest.fail("the server did not start: " + (cwd / "server.log").read_text())
+            wait_until_serving(f"http://127.0.0.1:{port}", cwd / "server.log", 30)
         finally:
             proc.terminate()
             proc.wait(20)
@@ -151,12 +142,7 @@ def test_serving_needs_only_the_runtime_dependencies(tmp_path: Path) -> None:
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(base + "/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_serving(base, tmp_path / "server.log", 30)
         made = httpx.post(base + "/graphql", timeout=60, **upload_request((DATA / "tips.csv").read_bytes(), "tips.csv"))
         assert made.json()["data"]["uploadDataset"]["success"], made.text
         query = """{ dataset(id: "tips") { describe { success } export(format: XLSX) { success }

@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from promtext import sample
 from starlette.testclient import TestClient
 from support import (
@@ -194,35 +192,26 @@ def test_append_rows_checks_every_value_and_is_all_or_nothing(tmp_path: Path) ->
 
 
 @pytest.mark.slow  # two server processes
-def test_a_change_through_one_process_is_pushed_by_another(tmp_path: Path) -> None:
+def test_a_change_through_one_process_is_pushed_by_another(tmp_path: Path, scratch_postgres: str) -> None:
     require_service(5432, "PostgreSQL")
     require_service(6379, "Redis")
-    name = f"dg_events_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
     shared = tmp_path / "shared-data"
     env = {
-        "DATAGRAPH_METADATA_URL": f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}",
+        "DATAGRAPH_METADATA_URL": scratch_postgres,
         "DATAGRAPH_CACHE_URL": "redis://127.0.0.1:6379/13",
     }
-    try:
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        with (
-            running_server(tmp_path / "a", "--data-dir", str(shared), env=env) as first,
-            running_server(tmp_path / "b", "--data-dir", str(shared), env=env) as second,
-        ):
-            dataset = upload_over_http(first, DATA / "tips.csv")
-            with Ws(second) as ws:
-                ws.subscribe(WATCH_COUNT, {"d": dataset})
-                assert ws.next_data()["watch"]["data"] == {"count": SUNDAY}  # the second sees the first's upload
-                assert _append(first, dataset, 4)["success"]
-                assert ws.next_data()["watch"]["data"] == {"count": SUNDAY + 4}
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.dispose()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        running_server(tmp_path / "a", "--data-dir", str(shared), env=env) as first,
+        running_server(tmp_path / "b", "--data-dir", str(shared), env=env) as second,
+    ):
+        dataset = upload_over_http(first, DATA / "tips.csv")
+        with Ws(second) as ws:
+            ws.subscribe(WATCH_COUNT, {"d": dataset})
+            assert ws.next_data()["watch"]["data"] == {"count": SUNDAY}  # the second sees the first's upload
+            assert _append(first, dataset, 4)["success"]
+            assert ws.next_data()["watch"]["data"] == {"count": SUNDAY + 4}
 
 
 def test_the_readme_subscription_example_runs(server: str, tips: str) -> None:

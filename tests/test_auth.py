@@ -137,7 +137,7 @@ def test_websockets_authenticate_with_connection_params(tmp_path: Path) -> None:
 
 
 def test_the_readme_keys_example_runs_as_written(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text("utf-8").split("## API keys", 1)[1]
+    readme = (ROOT / "docs/security.md").read_text("utf-8").split("## API keys", 1)[1]
     block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
     outputs = []
     for line in block.strip().splitlines():

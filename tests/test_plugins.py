@@ -468,7 +468,7 @@ def test_refresh_and_cache_ttl_are_honoured(tmp_path: Path, upstream: Upstream) 
 
 
 def test_the_readme_walkthrough_runs_as_written(tmp_path: Path, upstream: Upstream) -> None:
-    section = (ROOT / "README.md").read_text("utf-8").split("## Plugins", 1)[1].split("\n## ", 1)[0]
+    section = (ROOT / "docs/plugins.md").read_text("utf-8").split("# Plugins", 1)[1].split("\n## ", 1)[0]
     plugin = section.split("```python\n", 1)[1].split("```", 1)[0]
     queries = [block.split("```", 1)[0] for block in section.split("```gql\n")[1:]]
     assert len(plugin.splitlines()) <= 25 and len(queries) == 3

@@ -547,7 +547,7 @@ def test_a_snapshot_describes_its_columns_as_the_written_file_does(tmp_path: Pat
 
 
 def test_the_readme_sources_example_is_a_valid_file(tmp_path: Path) -> None:
-    readme = (ROOT / "README.md").read_text("utf-8").split("## Database sources", 1)[1]
+    readme = (ROOT / "docs/databases.md").read_text("utf-8").split("# Database sources", 1)[1]
     block = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
     (warehouse,) = load_sources(_write(tmp_path, block), {"WAREHOUSE_USER": "u", "WAREHOUSE_PASSWORD": "p"})
     assert warehouse.tables == ("events", "accounts") and warehouse.pool_size == 5

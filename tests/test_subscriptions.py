@@ -215,7 +215,7 @@ def test_a_change_through_one_process_is_pushed_by_another(tmp_path: Path, scrat
 
 
 def test_the_readme_subscription_example_runs(server: str, tips: str) -> None:
-    readme = (ROOT / "README.md").read_text("utf-8")
+    readme = (ROOT / "docs/live.md").read_text("utf-8")
     query = readme.split("```graphql-ws\n", 1)[1].split("```", 1)[0].replace('"tips"', json.dumps(tips))
     with Ws(server) as ws:
         ws.subscribe(query, {})

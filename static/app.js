@@ -14,6 +14,7 @@ import { initExport } from "./app/export.js";
 import { LiveConnection } from "./app/live.js";
 import { EVENTS } from "./app/queries.js";
 import { initResult } from "./app/result.js";
+import { initTheme } from "./app/theme.js";
 
 function createApp() {
   const listeners = new Map();
@@ -51,8 +52,9 @@ const data = initData(app, live);
 const builder = initBuilder(app);
 const result = initResult(app, builder);
 initDescribe(app);
-initChart(app);
+const chart = initChart(app);
 initExport(app);
+initTheme(() => chart.redraw()); // the chart takes its colours from the theme
 
 /** Bring the page up to date: the list, and the dataset shown (after a reconnection or a new key). */
 async function refresh() {

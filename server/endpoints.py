@@ -24,6 +24,15 @@ _EXPORT_TYPES = {
     "JSON": "application/json",
 }
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _download_name(asked: str | None, filename: str) -> str:
+    """The file name a download is saved under: `?name=` (the web page names an export after what
+    it holds, "titanic-filtered-by-class"), reduced to letters, digits, dots, dashes and
+    underscores, with the export's own extension; else the export's own name."""
+    stem = _NAME_UNSAFE.sub("-", asked or "").strip(".-")[:100]
+    return f"{stem}.{filename.rsplit('.', 1)[-1]}" if stem else filename
 
 
 async def healthz(request: Request) -> Response:
@@ -99,4 +108,5 @@ async def download_export(request: Request) -> Response:
         return JSONResponse(
             {"error": {"code": "NOT_FOUND", "message": "This export's file is gone; export again."}}, 404
         )
-    return FileResponse(path, media_type=_EXPORT_TYPES.get(record.format), filename=record.filename)
+    filename = _download_name(request.query_params.get("name"), record.filename)
+    return FileResponse(path, media_type=_EXPORT_TYPES.get(record.format), filename=filename)

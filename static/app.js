@@ -14,6 +14,7 @@ import { initExport } from "./app/export.js";
 import { LiveConnection } from "./app/live.js";
 import { EVENTS } from "./app/queries.js";
 import { initResult } from "./app/result.js";
+import { initTheme } from "./app/theme.js";
 
 function createApp() {
   const listeners = new Map();
@@ -51,8 +52,9 @@ const data = initData(app, live);
 const builder = initBuilder(app);
 const result = initResult(app, builder);
 initDescribe(app);
-initChart(app);
+const chart = initChart(app);
 initExport(app);
+initTheme(() => chart.redraw()); // the chart takes its colours from the theme
 
 /** Bring the page up to date: the list, and the dataset shown (after a reconnection or a new key). */
 async function refresh() {
@@ -60,6 +62,14 @@ async function refresh() {
   const wanted = app.state.current?.id ?? decodeURIComponent(location.hash.slice(1));
   if (wanted && app.state.datasets.some((d) => d.id === wanted)) await data.open(wanted);
 }
+
+// A link to another dataset (`/#penguins`) followed on an open page, or the back button, opens it.
+window.addEventListener("hashchange", async () => {
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  if (!wanted || wanted === app.state.current?.id) return;
+  await data.refreshList();
+  if (app.state.datasets.some((d) => d.id === wanted)) await data.open(wanted);
+});
 
 live.subscribe(EVENTS, {}, {
   next({ data: payload, errors }) {

@@ -385,7 +385,10 @@ def test_describe_filter_group_chart_and_export_agree_with_pandas(session: Sessi
         page.get_by_role("button", name="Export and download").click()
     saved = tmp_path / "export.csv"
     download.value.save_as(saved)
-    link = re.compile("^" + re.escape(session.server) + r"/exports/[A-Za-z0-9_-]+$")
+    # The link names the file after what it holds, and the server saves it under that name.
+    link = re.compile(
+        "^" + re.escape(session.server) + rf"/exports/[A-Za-z0-9_-]+\?name={dataset}-filtered-by-age-grouped-by-class$"
+    )
     expect(page.locator("#export-link a")).to_have_attribute("href", link)
     pd.testing.assert_frame_equal(pd.read_csv(saved), expected, check_exact=False, rtol=1e-12)
     session.shot("export")

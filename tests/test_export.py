@@ -57,6 +57,22 @@ def test_export_downloads_the_filtered_rows(api: Api, fmt: str) -> None:
     assert_frame_equal(_read(fmt, response.content), expected, check_dtypes=False)
 
 
+@pytest.mark.parametrize(
+    ("asked", "saved"),
+    [
+        ("tips-filtered-by-day", "tips-filtered-by-day.csv"),
+        ("../../etc/passwd", "etc-passwd.csv"),  # no path, and the export's own extension
+        ('a"b;c\r\nd.exe', "a-b-c-d.exe.csv"),
+        ("...", "tips.csv"),  # nothing left: the export's own name
+    ],
+)
+def test_an_export_downloads_under_the_name_asked_for(api: Api, asked: str, saved: str) -> None:
+    url = api.data(EXPORT, {"id": "tips", "f": "CSV"})["dataset"]["filter"]["export"]["data"]["url"]
+    response = api.client.get(url, params={"name": asked})
+    assert response.status_code == 200
+    assert response.headers["content-disposition"] == f'attachment; filename="{saved}"'
+
+
 def test_csv_export_escapes_formula_cells(api: Api) -> None:
     csv = b'name,amount,note\n=cmd|calc,-5,+1\n@SUM(A1),3,"\ttab"\nplain,4,-x\n'
     dataset_id = api.upload_ok(csv, "risky.csv")

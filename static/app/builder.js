@@ -1,5 +1,5 @@
 // Section 2's menus: join another dataset, filter rows (column, operator, value), group by
-// columns with summaries. They become `steps` for the API's pipeline(steps:), and an error the
+// columns with summaries, sort the outcome by one column. They become `steps` for the API's pipeline(steps:), and an error the
 // API gives for a step is shown next to the menu that made it.
 
 import { graphql, unwrap } from "./api.js";
@@ -73,6 +73,8 @@ export function initBuilder(app) {
   const filterList = $("#filter-rows");
   const groupKeys = $("#group-keys");
   const aggList = $("#agg-rows");
+  const sortColumn = $("#sort-column");
+  const sortOrder = $("#sort-order");
   let columns = []; // what the menus offer: the dataset's columns, with the joined ones after a join
   let made = []; // for each step last built, the menu it came from
   const refreshers = new WeakMap(); // filter or summary row -> refill its column menu
@@ -239,6 +241,27 @@ export function initBuilder(app) {
     columns = next;
     chips(groupKeys, columns.map((c) => c.name), new Set(checkedIn(groupKeys)), "group-key");
     for (const li of [...filterList.children, ...aggList.children]) refreshers.get(li)();
+    renderSort();
+  }
+
+  // Sort ------------------------------------------------------------------------------------------
+  /** The columns the sort can use: those the result will have (after a group-by, its keys and
+   * its summaries' output columns). */
+  function sortItems() {
+    const by = checkedIn(groupKeys);
+    const aggRows = [...aggList.children];
+    if (!by.length && !aggRows.length) return columnItems();
+    const outputs = aggRows.map((li) => `${$(".a-column", li).value}_${$(".a-fn", li).value.toLowerCase()}`);
+    return [...by, ...outputs].map((name) => ({ value: name, label: name }));
+  }
+
+  function renderSort() {
+    fillSelect(sortColumn, [{ value: "", label: "the data's own order" }, ...sortItems()]);
+  }
+
+  function sortStep() {
+    if (!sortColumn.value) return null;
+    return { sort: [{ column: sortColumn.value, descending: sortOrder.value === "desc" }] };
   }
 
   // The steps, and errors back to their menus ----------------------------------------------------
@@ -262,6 +285,11 @@ export function initBuilder(app) {
       const aggregations = aggRows.map((li) => ({ column: $(".a-column", li).value, fn: $(".a-fn", li).value }));
       out.push({ groupBy: { by, aggregations } });
       made.push({ kind: "groupBy", rows: aggRows });
+    }
+    const sort = sortStep();
+    if (sort) {
+      out.push(sort);
+      made.push({ kind: "sort" });
     }
     return out;
   }
@@ -287,6 +315,10 @@ export function initBuilder(app) {
       else showError($("#group-error"), message);
       return true;
     }
+    if (source?.kind === "sort") {
+      showError($("#sort-error"), message, sortColumn);
+      return true;
+    }
     if (source?.kind === "join") {
       showError($("#join-error"), message, joinRight);
       return true;
@@ -299,6 +331,8 @@ export function initBuilder(app) {
     filterList.replaceChildren();
     aggList.replaceChildren();
     groupKeys.replaceChildren();
+    sortColumn.value = "";
+    sortOrder.value = "asc";
     clearErrors($("#shape"));
     renderJoinKeys();
     setColumns(state.current?.columns ?? []);
@@ -309,6 +343,10 @@ export function initBuilder(app) {
   joinKeys.addEventListener("change", joinChanged);
   $("#add-filter").addEventListener("click", addFilter);
   $("#add-agg").addEventListener("click", addAggregation);
+  // Grouping changes the columns a sort can use (the listeners above have run by the time these
+  // events bubble up here: a summary is added or removed first).
+  for (const name of ["change", "click"]) $("#group").addEventListener(name, renderSort);
+  sortColumn.addEventListener("change", () => clearErrors($("#sort")));
   app.on("datasets", () => {
     renderJoinChoices();
     renderJoinKeys();

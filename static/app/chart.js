@@ -5,6 +5,7 @@ import { graphql, unwrap } from "./api.js";
 import { $, busy, clearErrors, fillSelect, formatNumber, h, newestOnly, showError, showQuery } from "./dom.js";
 import { CHART } from "./queries.js";
 import { scopeOf } from "./result.js";
+import { cssColour } from "./theme.js";
 
 const VENDOR = ["vega/vega.min.js", "vega-lite/vega-lite.min.js", "vega-embed/vega-embed.min.js"];
 // Which fields each kind of chart takes.
@@ -17,6 +18,51 @@ const FIELDS = {
 };
 
 let vega = null;
+const SHORT_LABEL = 12; // characters: labels this short stay level under their bars
+
+/** The spec as the page draws it: as wide as its card, in the page's colours, short labels level,
+ * and, when y is already a group-by's summary (one value per bar), titled by that column alone
+ * rather than "mean of fare_mean". Only the look changes: the values are the API's. */
+function styled(spec, sent, state) {
+  const out = { ...spec };
+  const single = !out.layer && !out.facet && !out.hconcat && !out.vconcat && !out.concat;
+  if (single) {
+    out.width = "container";
+    out.height = 320;
+    out.autosize = { type: "fit", contains: "padding" };
+  }
+  const grouped = state.applied.findLast((s) => s.groupBy || s.select)?.groupBy;
+  const summaries = grouped?.aggregations.map((a) => a.alias ?? `${a.column}_${a.fn.toLowerCase()}`) ?? [];
+  const y = out.encoding?.y;
+  const keys = new Set(grouped?.by ?? []);
+  const onePerBar = keys.has(sent.x) && (!sent.color || keys.has(sent.color)) && keys.size <= 1 + (sent.color ? 1 : 0);
+  if (!sent.aggregate && sent.y && summaries.includes(sent.y) && onePerBar && y) {
+    out.encoding = { ...out.encoding, y: { ...y, title: sent.y } };
+    out.title = `${sent.y} by ${sent.x}${sent.color && sent.color !== sent.x ? ` and ${sent.color}` : ""}`;
+  }
+  const x = out.encoding?.x;
+  if (x && ["nominal", "ordinal"].includes(x.type)) {
+    const labels = (out.data?.values ?? []).map((row) => String(row[x.field] ?? ""));
+    const longest = Math.max(0, ...labels.map((l) => l.length));
+    out.encoding = { ...out.encoding, x: { ...x, axis: { ...(x.axis ?? {}), labelAngle: longest <= SHORT_LABEL ? 0 : -40 } } };
+  }
+  return out;
+}
+
+/** The page's theme, for vega: text, lines and background from its CSS variables. */
+function themed() {
+  const text = cssColour("--text");
+  const muted = cssColour("--muted");
+  const line = cssColour("--line");
+  return {
+    background: "transparent",
+    font: "system-ui, sans-serif",
+    title: { color: text, fontSize: 14 },
+    axis: { labelColor: muted, titleColor: text, domainColor: muted, tickColor: muted, gridColor: line },
+    legend: { labelColor: muted, titleColor: text },
+    view: { stroke: line },
+  };
+}
 
 /** Load vega, vega-lite and vega-embed once, in order (they are UMD scripts that set globals). */
 function loadVega() {
@@ -93,7 +139,7 @@ export function initChart(app) {
     try {
       const [data, embed] = await Promise.all([graphql(CHART, variables), loadVega()]);
       if (!newest()) return;
-      const vegaLite = unwrap(data.dataset.pipeline.chart);
+      const vegaLite = styled(unwrap(data.dataset.pipeline.chart), sent, state);
       drawn?.finalize();
       drawn = null;
       const target = h("div");
@@ -103,11 +149,8 @@ export function initChart(app) {
         ast: true, // vega's expression interpreter: no eval, so the page's CSP needs no 'unsafe-eval'
         actions: { export: true, source: false, compiled: false, editor: false },
         downloadFileName: `${state.current.id}-chart`,
-        // The page's look, not the spec's content: a roomier default size and the page's font.
-        config: {
-          font: "system-ui, sans-serif",
-          view: { continuousWidth: 560, continuousHeight: 300, discreteWidth: { step: 44 } },
-        },
+        // The page's look, not the spec's content: its theme's colours and font.
+        config: themed(),
       });
       if (!newest()) {
         embedded.finalize(); // a newer chart took its place meanwhile
@@ -144,4 +187,5 @@ export function initChart(app) {
     }
   });
   showFields();
+  return { redraw: () => drawn && draw() };
 }

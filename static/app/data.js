@@ -1,10 +1,11 @@
 // Section 1: uploading a file (drop or pick, with progress: the bytes sent, then the server's stages
 // followed over jobProgress), the dataset picker, and the chosen dataset's facts, column summary
-// (missing-rate bars) and first rows.
+// (missing-rate bars) and first rows; renaming and deleting it; a first file suggested while there
+// is none.
 
 import { ApiError, graphql, unwrap, upload, uploadCommand } from "./api.js";
 import { $, clearErrors, fillSelect, formatNumber, h, newestOnly, recordsTable, showError, showQuery } from "./dom.js";
-import { DATASET, DATASETS, JOB_PROGRESS } from "./queries.js";
+import { DATASET, DATASETS, DELETE, JOB_PROGRESS, RENAME } from "./queries.js";
 
 export function initData(app, live) {
   const { state } = app;
@@ -33,14 +34,20 @@ export function initData(app, live) {
     app.emit("datasets");
   }
 
+  /** The picker shows the dataset that is open, and only it: with none open (or the open one gone
+   * from the list), a "Choose a dataset…" entry is selected, so choosing any dataset opens it. */
   function renderList() {
     const items = state.datasets.map((d) => ({
       value: d.id,
       label: `${d.name} (${d.id}) · ${formatNumber(d.rowCount)} rows`,
     }));
+    const shown = state.current && state.datasets.some((d) => d.id === state.current.id) ? state.current.id : "";
     if (!items.length) items.push({ value: "", label: "No datasets yet: upload a file" });
-    else if (!state.current) items.unshift({ value: "", label: "Choose a dataset…" });
-    fillSelect(select, items, { fallback: state.current?.id ?? "" });
+    else if (!shown) items.unshift({ value: "", label: "Choose a dataset…" });
+    fillSelect(select, items, { keep: false, fallback: shown });
+    $("#empty-state").hidden = state.datasets.length > 0;
+    $("#dataset-actions").hidden = !state.current;
+    if (!state.current) closeRename();
   }
 
   /** Show a dataset. `changed` is false when the same dataset is shown again after a change. */
@@ -69,6 +76,7 @@ export function initData(app, live) {
 
   function forget() {
     state.current = null;
+    closeRename();
     $("#dataset-view").hidden = true;
     $("#dataset-facts").hidden = true;
     history.replaceState(null, "", location.pathname);
@@ -106,7 +114,8 @@ export function initData(app, live) {
 
   async function send(file) {
     clearErrors(drop);
-    showQuery(queryPre, uploadCommand(file.name));
+    showQuery($("#upload-command"), uploadCommand(file.name));
+    $("#upload-curl").hidden = false;
     progress.hidden = false;
     cancel.hidden = false;
     cancel.disabled = false;
@@ -157,14 +166,17 @@ export function initData(app, live) {
           if (!seen) showProgress(share, following ? "Storing the file…" : `Reading ${file.name}…`, true);
         },
       }).finally(() => stop?.()); // the answer came, so the job has ended: leaving does not cancel it
-      const { name, rowCount } = payload.dataset;
-      showProgress(100, `${file.name} is now the dataset “${name}” (${formatNumber(rowCount)} rows).`);
+      // The id the server gave (a second penguins.csv is "penguins-2"): the name the API knows it by.
+      const { id, rowCount } = payload.dataset;
+      showProgress(100, `${file.name} is now the dataset “${id}” (${formatNumber(rowCount)} rows).`);
       await refreshList();
       await open(payload.dataset.id);
     } catch (error) {
+      // Refused or cancelled: no bar left standing half full.
       status.textContent = "";
+      progress.hidden = true;
+      progress.value = 0;
       if (cancelled && error.code === "CANCELLED") {
-        progress.hidden = true;
         status.textContent = `Upload cancelled: ${file.name} was not saved.`;
       } else {
         showError(uploadError, error.message, input);
@@ -204,6 +216,76 @@ export function initData(app, live) {
     if (select.value) open(select.value);
   });
 
+  // Rename and delete ------------------------------------------------------------------------
+  const renameForm = $("#rename-form");
+  const renameInput = $("#rename-input");
+  const datasetStatus = $("#dataset-status");
+
+  function closeRename() {
+    renameForm.hidden = true;
+    clearErrors(renameForm);
+  }
+
+  $("#rename-open").addEventListener("click", () => {
+    datasetStatus.textContent = "";
+    renameForm.hidden = false;
+    renameInput.value = state.current.name;
+    renameInput.focus();
+    renameInput.select();
+  });
+  $("#rename-cancel").addEventListener("click", () => {
+    closeRename();
+    $("#rename-open").focus();
+  });
+  renameForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    clearErrors(renameForm);
+    const variables = { id: state.current.id, name: renameInput.value.trim() };
+    showQuery(queryPre, RENAME, variables);
+    try {
+      const payload = (await graphql(RENAME, variables)).renameDataset;
+      if (!payload.success) throw new ApiError(payload.error?.message ?? "The rename failed.", payload.error?.code);
+      closeRename();
+      datasetStatus.textContent = `Renamed: “${payload.dataset.name}” (its id stays ${payload.dataset.id}).`;
+      await refreshList();
+      await open(payload.dataset.id);
+      $("#rename-open").focus();
+    } catch (error) {
+      showError($("#rename-error"), error.message, renameInput);
+    }
+  });
+
+  const deleteDialog = $("#delete-dialog");
+  let deleting = null; // the id this page is deleting: its DELETED event is no news here
+  $("#delete-open").addEventListener("click", () => {
+    datasetStatus.textContent = "";
+    const { id, name } = state.current;
+    $("#delete-text").textContent =
+      `“${name}” (${id}) and every version of it will be deleted, for everyone who uses this server.`;
+    deleteDialog.showModal();
+    $("#delete-cancel").focus();
+  });
+  $("#delete-cancel").addEventListener("click", () => deleteDialog.close());
+  $("#delete-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    deleteDialog.close();
+    const { id, name } = state.current;
+    showQuery(queryPre, DELETE, { id });
+    deleting = id;
+    try {
+      const payload = (await graphql(DELETE, { id })).deleteDataset;
+      if (!payload.success) throw new ApiError(payload.error?.message ?? "The delete failed.", payload.error?.code);
+    } catch (error) {
+      deleting = null;
+      showError(datasetError, error.message, select);
+      return;
+    }
+    forget();
+    datasetStatus.textContent = `Deleted “${name}” (${id}).`;
+    await refreshList();
+    select.focus();
+  });
+
   /** A dataset event from the live connection. */
   async function changed(event) {
     if (event.kind !== "APPENDED" || !state.datasets.some((d) => d.id === event.dataset)) await refreshList();
@@ -215,7 +297,7 @@ export function initData(app, live) {
     if (event.dataset !== state.current?.id) return;
     if (event.kind === "DELETED") {
       forget();
-      showError(datasetError, `The dataset "${event.dataset}" was deleted.`, select);
+      if (event.dataset !== deleting) showError(datasetError, `The dataset "${event.dataset}" was deleted.`, select);
     } else {
       await open(event.dataset);
     }

@@ -41,7 +41,9 @@ export function initDescribe(app) {
       if (!newest()) return;
       const rows = unwrap(data.dataset.pipeline.describe);
       const columns = STATS.filter((s) => rows.some((r) => r[s.name] !== undefined));
-      out.replaceChildren(recordsTable(columns, rows, { caption: `Statistics of ${rows.length} columns` }));
+      const table = recordsTable(columns, rows, { caption: `Statistics of ${rows.length} columns` });
+      table.classList.add("stats"); // compact, and long values wrap: the whole table fits the card
+      out.replaceChildren(table);
       shown = true;
     } catch (error) {
       if (!newest()) return;

@@ -23,6 +23,14 @@ export const UPLOAD = `mutation Upload($file: Upload!, $jobId: ID) {
   }
 }`;
 
+export const RENAME = `mutation Rename($id: ID!, $name: String!) {
+  renameDataset(id: $id, name: $name) { success ${PROBLEM} dataset { id name } }
+}`;
+
+export const DELETE = `mutation Delete($id: ID!) {
+  deleteDataset(id: $id) { success ${PROBLEM} }
+}`;
+
 /** The columns a pipeline gives, without running it (for the menus after a join). */
 export const COLUMNS = `query Columns($id: ID!, $steps: [Step!]!) {
   dataset(id: $id) {

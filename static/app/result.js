@@ -27,6 +27,7 @@ export function scopeOf(state) {
     if (step.join) parts.push(`joined with “${step.join.right}” on ${step.join.on.join(", ")}`);
     if (step.filter) parts.push(`filtered (${step.filter.length} condition${step.filter.length === 1 ? "" : "s"})`);
     if (step.groupBy) parts.push(`grouped by ${step.groupBy.by.join(", ") || "nothing"}`);
+    if (step.sort) parts.push(`sorted by ${step.sort.map((k) => k.column + (k.descending ? " (descending)" : "")).join(", ")}`);
     if (step.select) parts.push(`${step.select.length} column${step.select.length === 1 ? "" : "s"} kept`);
   }
   return `Works on ${parts.join(", ")}: ${formatNumber(state.count)} rows.`;

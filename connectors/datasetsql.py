@@ -81,7 +81,7 @@ _ALLOWED_NAMES = frozenset({
 # Exact classes, not subclasses; each one checked to run in Polars 2.1 as this module generates it.
 _ALLOWED_FUNCTIONS: frozenset[type[exp.Func]] = frozenset({
     # logic, conditionals and types
-    exp.And, exp.Or, exp.Xor, exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Greatest, exp.Least,
+    exp.And, exp.Or, exp.Case, exp.If, exp.Coalesce, exp.Nullif, exp.Greatest, exp.Least,
     exp.Exists, exp.Cast, exp.TryCast,
     # aggregates
     exp.Count, exp.Sum, exp.Avg, exp.Min, exp.Max, exp.Median, exp.Stddev, exp.StddevSamp,

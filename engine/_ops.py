@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 import polars as pl
 
 from datagraph.errors import BadInput
-from engine._clean import translate_error
+from engine._clean import Clean, translate_error
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
 from engine._plan import Join, Plan, Slice, SqlRoot, build, join_right_side
 from engine._sql import sql_error
@@ -54,7 +54,7 @@ def collect(*frames: pl.LazyFrame) -> list[pl.DataFrame]:
         translated = translate_error(exc)
         if translated is None:
             raise
-        raise translated from None
+        raise translated from exc  # the cause: SQL that failed a cast is told in SQL's terms (sql_errors)
 
 
 def sql_errors(op: Callable[P, R]) -> Callable[P, R]:
@@ -65,13 +65,19 @@ def sql_errors(op: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(op)
     def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        plan = args[0] if args else None
+        if not (isinstance(plan, Plan) and isinstance(plan.source, SqlRoot)):
+            return op(*args, **kwargs)
         try:
             return op(*args, **kwargs)
         except pl.exceptions.PolarsError as exc:
-            plan = args[0] if args else None
-            if isinstance(plan, Plan) and isinstance(plan.source, SqlRoot):
-                raise sql_error(exc, plan.source.paths()) from None
-            raise
+            raise sql_error(exc, plan.source.paths()) from None
+        except BadInput as exc:
+            # `collect` tells a failed conversion as a clean step's; with none in the plan, the SQL failed it.
+            cleaned = any(isinstance(step, Clean) for step in plan.steps)
+            if cleaned or not isinstance(exc.__cause__, pl.exceptions.PolarsError):
+                raise
+            raise sql_error(exc.__cause__, plan.source.paths()) from None
 
     return run
 

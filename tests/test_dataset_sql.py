@@ -193,8 +193,8 @@ def test_every_allowed_function_has_an_expression_that_runs() -> None:
             covered.add(type(node))
             if isinstance(node, exp.Anonymous):
                 names.add(node.name.lower())
-    assert datasetsql._ALLOWED_FUNCTIONS <= covered, datasetsql._ALLOWED_FUNCTIONS - covered
-    assert datasetsql._ALLOWED_NAMES <= names, datasetsql._ALLOWED_NAMES - names
+    assert not datasetsql._ALLOWED_FUNCTIONS - covered, "allowed, never shown to run"
+    assert not datasetsql._ALLOWED_NAMES - names, "allowed, never shown to run"
 
 
 # ---- the guard ------------------------------------------------------------------------------------
@@ -246,7 +246,9 @@ def test_guard_names_tables_by_dataset_id_and_writes_them_quoted() -> None:
         'WITH a AS (SELECT * FROM Penguins) SELECT * FROM a JOIN "seattle-weather" w ON a.x = w.x -- note'
     )
     assert checked.tables == ("penguins", "seattle-weather")
-    assert checked.sql == 'WITH a AS (SELECT * FROM "penguins") SELECT * FROM a JOIN "seattle-weather" AS w ON a.x = w.x'
+    assert (
+        checked.sql == 'WITH a AS (SELECT * FROM "penguins") SELECT * FROM a JOIN "seattle-weather" AS w ON a.x = w.x'
+    )
 
 
 FILE_READERS = ["read_csv", "read_parquet", "read_json", "read_ipc", "read_ndjson", "read_delta", "read_excel"]
@@ -354,7 +356,9 @@ def test_every_frame_field_works_on_the_result(api: Api) -> None:
 
 
 def test_export_downloads_the_query_result(api: Api) -> None:
-    query = """query($q: String!) { datasetSql(query: $q) { export(format: CSV) { success error { message } data } } }"""
+    query = (
+        """query($q: String!) { datasetSql(query: $q) { export(format: CSV) { success error { message } data } } }"""
+    )
     sql = "SELECT sex, day, SUM(tip) AS tips FROM tips GROUP BY sex, day ORDER BY sex, day"
     answer = api.data(query, {"q": sql})["datasetSql"]["export"]
     assert answer["success"], answer["error"]
@@ -434,7 +438,7 @@ def test_appending_a_row_to_a_dataset_the_query_reads_changes_the_answer(own: Ap
     assert _rows(own, sql)["meta"]["cached"]
     row = {"total_bill": 10.0, "tip": 100.0, "sex": "Female", "smoker": "No", "day": "Fri", "time": "Dinner", "size": 2}
     appended = own.data(
-        "mutation($r: JSON!) { appendRows(dataset: \"tips\", rows: $r) { success error { message } } }", {"r": [row]}
+        'mutation($r: JSON!) { appendRows(dataset: "tips", rows: $r) { success error { message } } }', {"r": [row]}
     )["appendRows"]
     assert appended["success"], appended["error"]
     after = _rows(own, sql)

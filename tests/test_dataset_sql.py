@@ -325,6 +325,7 @@ def test_every_frame_field_works_on_the_result(api: Api) -> None:
       count { data }
       valueCounts(column: "island") { data }
       explain { success data }
+      summary { success data }
       filter(where: [{column: "n", op: GT, value: 50}]) {
         sort(by: [{column: "n", descending: true}]) { rows { success data } } }
       groupBy(by: ["island"], aggregations: [{column: "n", fn: SUM, alias: "penguins"}]) { rows { data } }
@@ -346,7 +347,10 @@ def test_every_frame_field_works_on_the_result(api: Api) -> None:
     assert {v["island"] for v in frame["chart"]["data"]["data"]["values"]} == {"Biscoe", "Dream", "Torgersen"}
     assert frame["count"]["data"] == {"count": len(counted)}
     assert {v["value"]: v["count"] for v in frame["valueCounts"]["data"]} == {"Biscoe": 2, "Dream": 2, "Torgersen": 1}
-    assert frame["explain"]["success"] and "penguins" in frame["explain"]["data"]["plan"]
+    plan = frame["explain"]["data"]["plan"]
+    assert frame["explain"]["success"] and "dataset penguins v1" in plan
+    assert str(api.settings.data_dir.resolve()) not in plan and ".parquet" not in plan
+    assert frame["summary"]["success"] and frame["summary"]["data"]["rows"] == len(counted)
     over_50 = counted[counted["n"] > 50].sort_values("n", ascending=False)
     assert [r["n"] for r in frame["filter"]["sort"]["rows"]["data"]] == over_50["n"].tolist()
     totals = {r["island"]: r["penguins"] for r in frame["groupBy"]["rows"]["data"]}
@@ -449,6 +453,14 @@ def test_appending_a_row_to_a_dataset_the_query_reads_changes_the_answer(own: Ap
     }  # fmt: skip
 
 
+def test_a_query_past_its_deadline_is_stopped(own: Api) -> None:
+    query = """query($q: String!) { datasetSql(query: $q) {
+      count(timeoutMs: 500, cache: BYPASS) { success error { code message } } } }"""
+    sql = "SELECT * FROM tips a, tips b, tips c, tips d WHERE a.tip + b.tip > c.tip * d.size"
+    answer = own.data(query, {"q": sql})["datasetSql"]["count"]
+    assert not answer["success"] and answer["error"]["code"] == "TIMEOUT", answer
+
+
 SAVE = """mutation($q: String, $d: ID, $steps: [Step!]!) {
   saveFrame(sql: $q, dataset: $d, steps: $steps, name: "big tippers") {
     success error { code message } dataset { id rowCount columns { name } } } }"""
@@ -469,3 +481,25 @@ def test_save_frame_materialises_the_query_and_its_steps(own: Api) -> None:
     assert not refused["success"] and "read_csv" in refused["error"]["message"]
     both = own.data(SAVE, {"q": "SELECT * FROM tips", "d": "tips", "steps": []})["saveFrame"]
     assert not both["success"] and both["error"]["code"] == "BAD_INPUT"
+
+
+def _successes(node: object) -> list[bool]:
+    if isinstance(node, dict):
+        found = [node["success"]] if "success" in node else []
+        return found + [s for value in node.values() for s in _successes(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _successes(value)]
+    return []
+
+
+def test_the_docs_examples_run_as_written(own: Api) -> None:
+    own.upload_ok(DATA / "penguins.csv")
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "dataset-sql.md").read_text("utf-8")
+    blocks = [block.split("```", 1)[0] for block in doc.split("```graphql\n")[1:]]
+    assert len(blocks) == 3
+    for block in blocks:
+        answer = own.data(block)
+        successes = _successes(answer)
+        assert successes and all(successes), answer
+    heaviest = own.data(blocks[0])["datasetSql"]["rows"]["data"]
+    assert [r["species"] for r in heaviest] == _heaviest_by_pandas()["species"].tolist()

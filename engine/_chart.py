@@ -19,7 +19,7 @@ import polars as pl
 
 from datagraph.errors import BadInput
 from engine._columns import check_columns, dtype_name
-from engine._ops import collect
+from engine._ops import collect, sql_errors
 from engine._plan import AGG_FNS, Aggregation, Plan, aggregate_expr, build
 
 __all__ = ["CHART_KINDS", "DEFAULT_BINS", "MAX_BINS", "VEGA_LITE_SCHEMA", "chart"]
@@ -47,6 +47,7 @@ class _Drawn:
     layer: list[dict[str, Any]] | None = None
 
 
+@sql_errors
 def chart(
     plan: Plan,
     *,

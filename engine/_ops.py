@@ -7,19 +7,21 @@ the executor can run them wherever it runs work.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import polars as pl
 
 from datagraph.errors import BadInput
-from engine._clean import translate_error
+from engine._clean import Clean, translate_error
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
-from engine._plan import Join, Plan, Slice, build, join_right_side
+from engine._plan import Join, Plan, Slice, SqlRoot, build, join_right_side
+from engine._sql import sql_error
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -30,9 +32,13 @@ __all__ = [
     "explain",
     "export",
     "rows",
+    "sql_errors",
     "summary",
     "value_counts",
 ]
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 EXPORT_FORMATS = {"CSV": "csv", "PARQUET": "parquet", "XLSX": "xlsx", "JSON": "json"}
 # Cells a spreadsheet would run as a formula (OWASP CSV injection): prefixed with ' on CSV export.
@@ -48,7 +54,32 @@ def collect(*frames: pl.LazyFrame) -> list[pl.DataFrame]:
         translated = translate_error(exc)
         if translated is None:
             raise
-        raise translated from None
+        raise translated from exc  # the cause: SQL that failed a cast is told in SQL's terms (sql_errors)
+
+
+def sql_errors(op: Callable[P, R]) -> Callable[P, R]:
+    """Wrap a result operation whose first argument is a plan: on a plan over SQL, an error Polars
+    raises while running the user's query (a failed cast, a type mismatch) is a `BadInput` in the
+    user's terms, not a crash. Other plans are checked step by step before they run, so there an
+    error from Polars stays unexpected."""
+
+    @functools.wraps(op)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        plan = args[0] if args else None
+        if not (isinstance(plan, Plan) and isinstance(plan.source, SqlRoot)):
+            return op(*args, **kwargs)
+        try:
+            return op(*args, **kwargs)
+        except pl.exceptions.PolarsError as exc:
+            raise sql_error(exc, plan.source.paths()) from None
+        except BadInput as exc:
+            # `collect` tells a failed conversion as a clean step's; with none in the plan, the SQL failed it.
+            cleaned = any(isinstance(step, Clean) for step in plan.steps)
+            if cleaned or not isinstance(exc.__cause__, pl.exceptions.PolarsError):
+                raise
+            raise sql_error(exc.__cause__, plan.source.paths()) from None
+
+    return run
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +89,7 @@ class Rows:
     truncated: bool
 
 
+@sql_errors
 def rows(plan: Plan, *, limit: int, offset: int) -> Rows:
     """Up to `limit` rows after `offset`; `truncated` when more follow."""
     frame, _ = build(plan.then(Slice(offset, limit + 1)))  # a step, so a linked table pushes the LIMIT down
@@ -67,6 +99,7 @@ def rows(plan: Plan, *, limit: int, offset: int) -> Rows:
     return Rows(records=page.to_dicts(), columns=column_infos(page), truncated=truncated)
 
 
+@sql_errors
 def count(plan: Plan) -> int:
     if plan.source.link is not None:
         counted = plan.source.link.count(plan.steps)
@@ -84,6 +117,7 @@ def _is_numeric(dtype: pl.DataType) -> bool:
     return dtype.is_numeric() and dtype != pl.Boolean
 
 
+@sql_errors
 def describe(plan: Plan, *, columns: list[str] | None = None) -> list[dict[str, Any]]:
     """pandas `describe(include="all")` per column, from one lazy select.
 
@@ -147,6 +181,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@sql_errors
 def export(plan: Plan, *, fmt: str, out: Path) -> tuple[int, int]:
     """Write the plan's result to `out` (via a temporary name); return (rows, bytes)."""
     frame, schema = build(plan)
@@ -173,6 +208,7 @@ def export(plan: Plan, *, fmt: str, out: Path) -> tuple[int, int]:
     return data.height, out.stat().st_size
 
 
+@sql_errors
 def value_counts(plan: Plan, *, column: str, limit: int) -> tuple[list[dict[str, Any]], int]:
     """The most frequent values of `column` (missing values left out, as pandas does), most
     frequent first, ties by value; and how many distinct values there are in all."""
@@ -190,6 +226,7 @@ def value_counts(plan: Plan, *, column: str, limit: int) -> tuple[list[dict[str,
     return records, top.height
 
 
+@sql_errors
 def explain(plan: Plan) -> dict[str, Any]:
     """The optimised plan as text and the output columns, without reading any data (a linked
     table: the SQL the database runs and how many steps it covers, then the Polars plan)."""
@@ -204,12 +241,14 @@ def explain(plan: Plan) -> dict[str, Any]:
         }
     frame, schema = build(plan)
     text = frame.explain()
-    # The plan names the Parquet file; show the dataset instead of a server path.
-    text = text.replace(str(plan.source.path), f"dataset {plan.source.dataset_id} v{plan.source.version}")
+    # The plan names the Parquet files; show the datasets instead of server paths.
+    for source in plan.sources():
+        text = text.replace(str(source.path), f"dataset {source.dataset_id} v{source.version}")
     text = re.sub(r"(?<![\w.])/[^\s\]\)\"',]+", "<path>", text)
     return {"plan": text, "columns": [{"name": n, "dtype": dtype_name(d)} for n, d in schema.items()]}
 
 
+@sql_errors
 def materialise(plan: Plan, *, out: Path) -> tuple[int, int, list[ColumnInfo]]:
     """Write the plan's result as Parquet to `out` (via a temporary name); return (rows read from
     the source, rows written, columns)."""
@@ -217,13 +256,15 @@ def materialise(plan: Plan, *, out: Path) -> tuple[int, int, list[ColumnInfo]]:
     if plan.source.link is not None:  # the database counts its table
         (data,) = collect(frame)
         source_rows = plan.source.link.count(()) or 0
-    else:
-        data, counted = collect(frame, pl.scan_parquet(plan.source.path).select(pl.len()))
-        source_rows = int(counted.item())
+    else:  # the rows of the plan's own dataset, or of every dataset its SQL reads
+        read = plan.source.tables if isinstance(plan.source, SqlRoot) else (plan.source,)
+        data, *counted = collect(frame, *(pl.scan_parquet(s.path).select(pl.len()) for s in read))
+        source_rows = sum(int(c.item()) for c in counted)
     _write_parquet(data, out)
     return source_rows, data.height, column_infos(data)
 
 
+@sql_errors
 def summary(plan: Plan) -> dict[str, Any]:
     """Rows and columns of the plan's result; for each join, the rows on each side and how many
     left rows matched at least one right row (the match rate)."""

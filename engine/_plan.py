@@ -16,9 +16,10 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from datagraph.errors import BadInput, NotFound
+from datagraph.errors import BadInput, NotFound, TooLarge
 from engine._clean import Clean, apply_clean, clean_key
 from engine._columns import check_columns, dtype_name, show_value, value_kind
+from engine._sql import run_sql
 
 __all__ = [
     "AGG_FNS",
@@ -35,6 +36,7 @@ __all__ = [
     "Sort",
     "SortKey",
     "Source",
+    "SqlRoot",
     "Step",
     "aggregate_expr",
     "build",
@@ -84,6 +86,29 @@ class Source:
         if self.link is not None:
             return self.link.scan(steps, head=head)
         return pl.scan_parquet(self.path), steps
+
+
+@dataclass(frozen=True, slots=True)
+class SqlRoot:
+    """Checked SQL over dataset versions (`connectors.datasetsql`), each registered as a table named by
+    its dataset id: a plan root in place of a `Source`, which steps chain on as on any other."""
+
+    sql: str
+    tables: tuple[Source, ...]
+    link: None = None  # never a linked table: those are refused before a plan is made
+
+    @property
+    def dataset_id(self) -> str:
+        """The first dataset the query reads: what an export of it belongs to."""
+        return self.tables[0].dataset_id if self.tables else ""
+
+    def scan(self, steps: tuple[Step, ...] = (), *, head: int | None = None) -> tuple[pl.LazyFrame, tuple[Step, ...]]:
+        """The query's rows (raising `BadInput` for SQL Polars refuses) and the steps to apply."""
+        frame, _ = run_sql(self.sql, self.paths())
+        return frame, steps
+
+    def paths(self) -> dict[str, Path]:
+        return {t.dataset_id: t.path for t in self.tables}
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,17 +180,18 @@ Step = Filter | Select | Sort | Slice | GroupBy | Join | Clean
 class Plan:
     """A dataset version and the steps applied to it, in order."""
 
-    source: Source
+    source: Source | SqlRoot
     steps: tuple[Step, ...] = ()
     # Why the plan may not run (too many steps), said instead of every result; its steps are not kept.
     refused: str | None = None
+    refused_code: str = "BAD_INPUT"  # or NOT_FOUND, TOO_LARGE (refused SQL over datasets)
 
     def then(self, *steps: Step) -> Plan:
-        return Plan(self.source, (*self.steps, *steps), self.refused)
+        return Plan(self.source, (*self.steps, *steps), self.refused, self.refused_code)
 
-    def refuse(self, message: str) -> Plan:
-        """The same source with no steps, answering `message` (BAD_INPUT) for every result."""
-        return Plan(self.source, (), message)
+    def refuse(self, message: str, code: str = "BAD_INPUT") -> Plan:
+        """The same source with no steps, answering `message` (a problem of `code`) for every result."""
+        return Plan(self.source, (), message, code)
 
     @property
     def size(self) -> int:
@@ -175,11 +201,13 @@ class Plan:
     def key(self) -> dict[str, Any]:
         """Canonical plain-data form: what the result cache hashes."""
         if self.refused is not None:
-            return {"refused": self.refused}
+            return {"refused": self.refused, "code": self.refused_code}
         key: dict[str, Any] = {
             "datasets": {s.dataset_id: s.key() for s in self.sources()},
             "steps": [_step_key(s) for s in self.steps],
         }
+        if isinstance(self.source, SqlRoot):
+            key["sql"] = self.source.sql
         if self.live:
             key["live"] = True
         return key
@@ -190,8 +218,8 @@ class Plan:
         return any(s.link is not None for s in self.sources())
 
     def sources(self) -> list[Source]:
-        """Every dataset version the plan reads: its own, then each joined one."""
-        found = [self.source]
+        """Every dataset version the plan reads: its own (an SQL root's tables), then each joined one."""
+        found = list(self.source.tables) if isinstance(self.source, SqlRoot) else [self.source]
         for step in self.steps:
             if isinstance(step, Join) and step.right not in found:
                 found.append(step.right)
@@ -233,7 +261,7 @@ def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[st
     """The plan as one LazyFrame, and its output schema; raise `BadInput` on the first wrong step.
     `head`: see `Source.scan`."""
     if plan.refused is not None:
-        raise BadInput(plan.refused)
+        raise {"NOT_FOUND": NotFound, "TOO_LARGE": TooLarge}.get(plan.refused_code, BadInput)(plan.refused)
     frame, steps = plan.source.scan(plan.steps, head=head)
     schema: dict[str, pl.DataType] = dict(frame.collect_schema())
     for step in steps:

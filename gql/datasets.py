@@ -13,10 +13,10 @@ from strawberry.scalars import JSON
 
 from connectors.database_sources import SourceCheck
 from datagraph.errors import DatagraphError
-from gql.frames import CacheMode, Frame, StepInput, pipeline_plan
+from gql.frames import CacheMode, Frame, StepInput, View, pipeline_plan, sql_pipeline_plan
 from gql.jobs import Job
 from gql.results import Column, Meta, Problem, ProblemCode, Result, column, result
-from resolvers import Options, frames, sources
+from resolvers import Options, dataset_sql, frames, sources
 from resolvers import datasets as ds
 from resolvers.context import Context
 from resolvers.jobs import DatasetOutcome, changed, run_job
@@ -193,6 +193,15 @@ class DatasetQuery:
         record = ds.get_dataset(info.context, str(id))
         return Dataset.of(info.context, record) if record else None
 
+    @strawberry.field(
+        description="One read-only SELECT over datasets (Polars SQL; tables are dataset ids, double-quoted where"
+        ' an id is not a plain identifier: "seattle-weather"), as a frame like any other. Window functions, CTEs'
+        " and joins work; functions that read files or the network, and anything but one SELECT, are refused"
+        " with a problem in each result."
+    )
+    def dataset_sql(self, info: strawberry.Info[Context, None], query: str) -> Frame:
+        return View(plan=dataset_sql.dataset_sql_view(info.context, query), label="sql")
+
 
 @strawberry.type
 class DatasetMutation:
@@ -225,20 +234,26 @@ class DatasetMutation:
             await upload.close()  # the multipart parser's spooled temp file
 
     @strawberry.mutation(
-        description="Materialise a pipeline over a dataset as a new dataset (a transform job, in payload.job)."
+        description="Materialise a pipeline over a dataset, or over the result of `sql` (SQL over datasets, as"
+        " datasetSql), as a new dataset (a transform job, in payload.job). Give dataset or sql, not both."
     )
     async def save_frame(
         self,
         info: strawberry.Info[Context, None],
-        dataset: strawberry.ID,
+        dataset: strawberry.ID | None = None,
+        *,
         steps: list[StepInput],
         name: str,
+        sql: str | None = None,
         job_id: strawberry.ID | None = None,
     ) -> DatasetPayload:
         ctx = info.context
+        if (dataset is None) == (sql is None):
+            message = "saveFrame takes either dataset (a dataset id) or sql (SQL over datasets), and not both."
+            return dataset_payload(ctx, DatasetOutcome.refused(message))
 
         async def work(job: str) -> DatasetRecord:
-            plan = pipeline_plan(ctx, str(dataset), steps)
+            plan = sql_pipeline_plan(ctx, sql, steps) if sql is not None else pipeline_plan(ctx, str(dataset), steps)
             return await ds.save_frame(ctx, plan=plan, name=name, job_id=job)
 
         return dataset_payload(ctx, await run_job(ctx, "saveFrame", work, chosen_job(job_id)))

@@ -18,7 +18,7 @@ from datagraph.errors import BadInput
 from engine import Plan
 from gql.clean import CleanStepInput, to_clean
 from gql.results import Result, result
-from resolvers import Options, frames
+from resolvers import Options, dataset_sql, frames
 from resolvers import datasets as ds
 from resolvers.context import Context
 
@@ -38,6 +38,7 @@ __all__ = [
     "chart_spec",
     "count_steps",
     "pipeline_plan",
+    "sql_pipeline_plan",
     "to_steps",
 ]
 
@@ -175,6 +176,14 @@ def pipeline_plan(ctx: Context, dataset_id: str, steps: list[StepInput] | None) 
         raise BadInput(refused)
     plan = ds.dataset_plan(ctx, ds.require_dataset(ctx, dataset_id))
     return plan.then(*to_steps(ctx, steps or []))
+
+
+def sql_pipeline_plan(ctx: Context, query: str, steps: list[StepInput] | None) -> Plan:
+    """The plan of `steps` over the result of SQL over datasets (BAD_INPUT past max_steps)."""
+    refused = engine.too_many_steps(count_steps(steps or []), ctx.settings.max_steps)
+    if refused is not None:
+        raise BadInput(refused)
+    return dataset_sql.dataset_sql_plan(ctx, query).then(*to_steps(ctx, steps or []))
 
 
 def count_steps(steps: list[StepInput]) -> int:

@@ -131,8 +131,8 @@ async def analysed(
     """`answer` for a result field: look in the cache first (mode USE), run `work` with the request's
     deadline in seconds on a miss, and store a success (unless BYPASS). Problems are never cached,
     and a cancelled request stores nothing."""
-    if "refused" in plan_key:  # too many steps: nothing is built, run or cached
-        return Outcome(problem=Problem("BAD_INPUT", str(plan_key["refused"])))
+    if "refused" in plan_key:  # too many steps, refused SQL: nothing is built, run or cached
+        return Outcome(problem=Problem(str(plan_key.get("code", "BAD_INPUT")), str(plan_key["refused"])))
     key = cache_key(operation, arguments, plan_key)
     if plan_key.get("live"):  # a linked table changes without a new version: never cached
         options = Options(cache="BYPASS", timeout_ms=options.timeout_ms) if options.cache in CACHE_MODES else options

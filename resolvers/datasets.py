@@ -278,6 +278,8 @@ async def save_frame(ctx: Context, *, plan: Plan, name: str, job_id: str) -> Dat
         return Produced(rows_in, rows_out, columns)
 
     origin = {"kind": "saveFrame", "from": plan.source.dataset_id, "steps": steps["steps"]}
+    if "sql" in steps:  # a frame over SQL: the checked query it starts from, and the datasets it read
+        origin.update(sql=steps["sql"], reads=sorted(steps["datasets"]))
     return await dataset_job(
         ctx, job_id=job_id, kind="saveFrame", steps=steps, title=display_name(name), source_id=FRAMES,
         origin=origin, produce=produce,

@@ -47,11 +47,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         yield base, work
 
 
-def _with_tips(base: str) -> None:
-    """Upload examples/tips.csv as `tips` unless the tour did already (tests may run alone)."""
+def _with_tips(base: str, *more: str) -> None:
+    """Upload examples/tips.csv as `tips` unless the tour did already (tests may run alone), and
+    the other examples named (`penguins`) unless there."""
     listed = httpx.post(base + "/graphql", json={"query": "{ datasets { id } }"}).json()["data"]["datasets"]
-    if not any(d["id"] == "tips" for d in listed):
-        assert upload_over_http(base, ROOT / "examples/tips.csv") == "tips"
+    for name in ("tips", *more):
+        if not any(d["id"] == name for d in listed):
+            assert upload_over_http(base, ROOT / f"examples/{name}.csv") == name
 
 
 def _successes(node: object) -> list[bool]:
@@ -91,7 +93,7 @@ def test_readme_curl_tour_runs_as_written(server: tuple[str, Path]) -> None:
 @pytest.mark.e2e
 def test_readme_graphql_examples_answer_without_errors(server: tuple[str, Path]) -> None:
     base, _ = server
-    _with_tips(base)
+    _with_tips(base, "penguins")  # the SQL examples ask which penguins are heaviest
     blocks = [(path.name, query) for path in DOCS for query in _blocks("graphql", path.read_text("utf-8"))]
     assert len(blocks) >= 15  # 10 before the docs split, one in the README, four in datasets.md
     assert {"README.md", "datasets.md", "queries.md", "databases.md"} <= {name for name, _ in blocks}

@@ -241,7 +241,10 @@ class DataDir:
     def commit_compacted(self, staged: Path, dataset_id: str, version: int) -> bool:
         """Give version `version` (kept as parts) its one-file form, the same rows in one file
         written to `staged`; False when another process did it first. The parts folder stays
-        until `sweep_versions` finds it unused."""
+        until `sweep_versions` finds it unused. False too when the version is gone meanwhile (the
+        dataset deleted, or the version pruned): its folder is not made again."""
+        if not self.parts_folder(dataset_id, version).is_dir():
+            return False
         return self.commit_new(staged, self.dataset_file(dataset_id, version))
 
     def remove_version(self, dataset_id: str, version: int) -> None:

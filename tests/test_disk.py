@@ -195,6 +195,11 @@ def test_two_writers_of_the_same_version_one_wins_whatever_its_form(tmp_path: Pa
         pl.DataFrame({"a": [1, 2, 3]}).write_parquet(path)
     assert [first.commit_compacted(one, "d", 2), second.commit_compacted(other, "d", 2)] == [True, False]
     assert first.version_path("d", 2) == first.dataset_file("d", 2)
+    # A compaction that finishes after its dataset was deleted does not bring the folder back.
+    late = first.staging_path(".parquet")
+    pl.DataFrame({"a": [1]}).write_parquet(late)
+    first.remove_dataset("d")
+    assert first.commit_compacted(late, "d", 3) is False and not (first.datasets / "d").exists()
 
 
 def test_exports_stay_within_the_quota_the_oldest_going_first(tmp_path: Path) -> None:

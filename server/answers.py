@@ -96,6 +96,8 @@ class AnswerCache:
         self.used = 0
         self.hits = 0
         self.stored = 0
+        self._stamp: tuple[int, int] | None = None  # the metadata's change stamp when last compared
+        self._stamps: dict[str, tuple[Any, ...]] = {}  # each dataset's stamp then
         # Stand-ins for the patched values while an answer is split into its template: a random
         # string no answer can contain by chance.
         nonce = uuid.uuid4().hex
@@ -140,10 +142,11 @@ class AnswerCache:
             request.variables,
             request.operation,
         )
-        versions: DatasetVersions = scope["app"].state.resources.events.versions
+        resources = scope["app"].state.resources
+        versions: DatasetVersions = resources.events.versions
         answer = self.entries.get(key)
         if answer is not None:
-            if versions.unchanged(answer.reads, answer.resets):
+            if self._others_heard(resources) and versions.unchanged(answer.reads, answer.resets):
                 self.entries.move_to_end(key)
                 self.hits += 1
                 body = answer.body(jsonutil.dumps((time.perf_counter() - started) * 1000))
@@ -154,6 +157,23 @@ class AnswerCache:
             self._drop(key)
         await self._miss(scope, receive, send, key, request, versions)
 
+    def _others_heard(self, resources: Any) -> bool:
+        """Whether changes made by other processes have reached `versions`. A SQLite metadata file
+        says cheaply when anything was committed; then the datasets' stamps show which changed.
+        Without one, only Redis events carry them: without Redis, nothing is served."""
+        stamp = resources.metadata.change_stamp()
+        if stamp is None:
+            return bool(resources.events.redis_url)
+        if stamp != self._stamp:
+            stamps = resources.metadata.dataset_stamps()
+            versions: DatasetVersions = resources.events.versions
+            for dataset in stamps.keys() | self._stamps.keys():
+                if stamps.get(dataset) != self._stamps.get(dataset):
+                    versions.changed(dataset)
+            self._stamps = stamps
+            self._stamp = stamp
+        return True
+
     async def _miss(
         self,
         scope: Scope,
@@ -163,6 +183,7 @@ class AnswerCache:
         request: _Request,
         versions: DatasetVersions,
     ) -> None:
+        self._others_heard(scope["app"].state.resources)  # before the reads are counted
         reads = ReadLog(versions)
         scope[READS_SCOPE_KEY] = reads
         status = 0

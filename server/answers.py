@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datagraph import jsonutil
 from datagraph.answers import DatasetVersions, ReadLog
+from datagraph.metrics import Metrics, operation_label
 from server.auth import KEY_SCOPE_KEY
 
 __all__ = ["READS_SCOPE_KEY", "AnswerCache"]
@@ -74,6 +75,7 @@ class _Answer:
     reads: tuple[tuple[str, int], ...]
     resets: int
     size: int
+    counters: tuple[Any, ...] = ()  # the metrics a hit counts (the operation, a cache hit), bound once
 
     def body(self, elapsed: bytes) -> bytes:
         chunks = self.chunks
@@ -87,8 +89,11 @@ class _Answer:
 class AnswerCache:
     """Serve a stored whole answer while every dataset it read is unchanged; store fit answers on a miss."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int, schema: GraphQLSchema, get_queries: bool) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, schema: GraphQLSchema, get_queries: bool, metrics: Metrics
+    ) -> None:
         self.app = app
+        self.metrics = metrics
         self.max_bytes = max_bytes
         self.schema = schema
         self.get_queries = get_queries  # whether GET may carry queries (not in production)
@@ -149,6 +154,8 @@ class AnswerCache:
             if self._others_heard(resources) and versions.unchanged(answer.reads, answer.resets):
                 self.entries.move_to_end(key)
                 self.hits += 1
+                for counter in answer.counters:
+                    counter.inc()
                 body = answer.body(jsonutil.dumps((time.perf_counter() - started) * 1000))
                 headers = [*answer.headers, (b"content-length", str(len(body)).encode())]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -211,7 +218,8 @@ class AnswerCache:
         headers: list[tuple[bytes, bytes]],
         reads: ReadLog,
     ) -> None:
-        if not self._reads_datasets_only(request):
+        label = self._reads_datasets_only(request)
+        if label is None:
             return
         try:
             answer = jsonutil.loads(body)
@@ -244,6 +252,7 @@ class AnswerCache:
         if size > self.max_bytes:
             return
         template.size = size
+        template.counters = (self.metrics.operations.labels("query", label), self.metrics.cache.labels("hit"))
         self._drop(key)
         while self.entries and self.used + size > self.max_bytes:
             self._drop(next(iter(self.entries)))
@@ -251,18 +260,19 @@ class AnswerCache:
         self.used += size
         self.stored += 1
 
-    def _reads_datasets_only(self, request: _Request) -> bool:
-        """Whether the operation is a query whose every field reads datasets or the dataset list."""
+    def _reads_datasets_only(self, request: _Request) -> str | None:
+        """The operation's metrics label when it is a query whose every field reads datasets or the
+        dataset list, else None."""
         try:
             document = parse(request.query, no_location=True)
         except GraphQLError:
-            return False
+            return None
         operation = get_operation_ast(document, request.operation)
         if operation is None or operation.operation != OperationType.QUERY:
-            return False
+            return None
         fields = _DatasetFieldsOnly(TypeInfo(self.schema))
         visit(document, TypeInfoVisitor(fields.type_info, fields))
-        return fields.ok
+        return operation_label(operation.name.value if operation.name else None) if fields.ok else None
 
     def _drop(self, key: tuple[Any, ...]) -> None:
         answer = self.entries.pop(key, None)

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_bytes=settings.answer_cache_mb * 1024 * 1024,
             schema=view.schema._schema,  # type: ignore[attr-defined]
             get_queries=not production_mode(settings),
+            metrics=app_metrics,
         )
     if settings.rate_limit:
         app.add_middleware(RateLimit)

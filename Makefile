@@ -58,6 +58,7 @@ schema: .venv/.synced
 # (bench/sources.py needs the PostgreSQL on 127.0.0.1:5432).
 bench: .venv/.synced
 	.venv/bin/python bench/journey.py
+	.venv/bin/python bench/wire.py
 
 bench-all: bench
 	.venv/bin/python bench/describe.py

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from datagraph import jsonutil
+from datagraph.answers import DatasetVersions
 
 __all__ = ["ANY_DATASET", "CHANNEL", "RESYNC", "DatasetEvent", "EventBus", "JobUpdate"]
 
@@ -71,6 +72,8 @@ class EventBus:
         self._redis: Any = None
         self._reader: asyncio.Task[None] | None = None
         self.published = 0
+        # Changes per dataset, kept current by every event delivered here (the answer cache's check).
+        self.versions = DatasetVersions()
 
     async def start(self) -> None:
         if self.redis_url:
@@ -93,6 +96,11 @@ class EventBus:
         return len(self._queues)
 
     def _deliver(self, event: DatasetEvent | JobUpdate) -> None:
+        if isinstance(event, DatasetEvent):
+            if event.kind == RESYNC:
+                self.versions.reset()
+            else:
+                self.versions.changed(event.dataset)
         queues: set[Any] = self._job_queues if isinstance(event, JobUpdate) else self._queues
         for queue in list(queues):
             if queue.full():  # a slow subscriber loses its oldest event, not the others' time
@@ -106,6 +114,12 @@ class EventBus:
         self._deliver(event)
         await self._send("dataset", event)
         return event
+
+    async def touch(self, dataset: str) -> None:
+        """A change subscribers are not told of (a new display name), but answers that read the
+        dataset are stale after it, here and in other processes."""
+        self.versions.changed(dataset)
+        await self._send("touch", DatasetEvent("TOUCHED", dataset, 0, 0, time.time()))
 
     async def publish_job(self, update: JobUpdate) -> None:
         """Tell every `jobProgress` subscriber, here and in other processes, where a job is."""
@@ -174,6 +188,9 @@ class EventBus:
             if body.pop("origin", None) == self.origin:
                 return
             kind = body.pop("type", "dataset")
+            if kind == "touch":
+                self.versions.changed(str(body["dataset"]))
+                return
             self._deliver(JobUpdate(**body) if kind == "job" else DatasetEvent(**body))
         except (ValueError, TypeError, KeyError):
             log.warning("ignored a garbled dataset event from Redis")

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["canonical_hash", "depth_over", "dumps", "loads"]
+__all__ = ["canonical", "canonical_hash", "depth_over", "dumps", "loads"]
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
@@ -33,6 +33,11 @@ def dumps(value: Any) -> bytes:
 
 def loads(data: bytes | str) -> Any:
     return orjson.loads(data)
+
+
+def canonical(value: Any) -> bytes:
+    """The value's canonical JSON (sorted keys)."""
+    return orjson.dumps(value, default=_default, option=_OPTIONS | orjson.OPT_SORT_KEYS)
 
 
 def canonical_hash(value: Any) -> str:

@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         "", description="Result cache: empty for memory only, or a redis:// URL shared by several servers."
     )
     cache_memory_mb: int = Field(256, ge=0, description="Memory the in-process result cache may use, in MiB (LRU).")
+    answer_cache_mb: int = Field(
+        64,
+        ge=0,
+        description="Memory for whole GraphQL answers served without running them again while the datasets they"
+        " read are unchanged, in MiB (LRU; 0: off). Several processes need a redis:// cache_url for it.",
+    )
     cache_timeout_s: float = Field(0.25, gt=0, description="Longest a Redis cache operation may take, in seconds.")
     cache_ttl_s: int = Field(86_400, gt=0, description="How long a cached result is kept, in seconds.")
     chart_max_points: int = Field(5_000, gt=0, description="Most data points a chart spec carries inline.")

@@ -165,7 +165,7 @@ def dataset_payload(ctx: Context, done: DatasetOutcome) -> DatasetPayload:
     r = result(done.outcome)
     dataset = Dataset.of(ctx, done.dataset) if done.dataset is not None else None
     job = Job(record=done.job) if done.job is not None else None
-    return DatasetPayload(success=done.outcome.success, dataset=dataset, meta=r.meta, error=r.error, job=job)
+    return DatasetPayload(success=done.outcome.success, dataset=dataset, meta=r.about, error=r.failure, job=job)
 
 
 def chosen_job(job_id: strawberry.ID | None) -> str | None:
@@ -275,7 +275,7 @@ class DatasetMutation:
         self, info: strawberry.Info[Context, None], id: strawberry.ID, name: str
     ) -> DatasetPayload:
         async def work() -> DatasetRecord:
-            return ds.rename_dataset(info.context, str(id), name)
+            return await ds.rename_dataset(info.context, str(id), name)
 
         return dataset_payload(info.context, await changed("renameDataset", work()))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -10,6 +11,7 @@ from strawberry.scalars import JSON
 from engine import ColumnInfo
 from resolvers import Outcome
 from resolvers import Problem as PlainProblem
+from resolvers.context import Context
 
 __all__ = ["Column", "Meta", "Problem", "ProblemCode", "Result", "column", "problem", "result"]
 
@@ -44,14 +46,29 @@ class Column:
     missing_rate: float
 
 
+# The two fields a stored whole answer patches (server/answers.py): where they are is recorded.
+def _elapsed_ms(root: Meta, info: strawberry.Info[Context, None]) -> float:
+    if (reads := info.context.reads) is not None:
+        reads.mark(tuple(info.path.as_list()), "elapsedMs")
+    return root.took_ms
+
+
+def _cached(root: Meta, info: strawberry.Info[Context, None]) -> bool:
+    if (reads := info.context.reads) is not None:
+        reads.mark(tuple(info.path.as_list()), "cached")
+    return root.from_cache
+
+
 @strawberry.type(description="Facts about a result: its size, columns, timing and cache state.")
 class Meta:
     row_count: int | None
     columns: list[Column]
-    elapsed_ms: float
-    cached: bool
-    cache_key: str
-    truncated: bool
+    took_ms: strawberry.Private[float]
+    from_cache: strawberry.Private[bool]
+    elapsed_ms: float = strawberry.field(resolver=_elapsed_ms)
+    cached: bool = strawberry.field(resolver=_cached)
+    cache_key: str = ""
+    truncated: bool = False
     match_rate: float | None = strawberry.field(
         default=None, description="For a joined frame's summary: the share of left rows that found a match."
     )
@@ -59,10 +76,36 @@ class Meta:
 
 @strawberry.type(description="Every analysis answer: success, data (JSON), meta, and a problem when it failed.")
 class Result:
-    success: bool
-    data: JSON | None
-    meta: Meta
-    error: Problem | None
+    ok: strawberry.Private[bool]
+    value: strawberry.Private[Any]
+    about: strawberry.Private[Meta]
+    failure: strawberry.Private[Problem | None]
+
+    # A failed result is never kept as part of a whole answer, whichever of its fields were asked for.
+    @strawberry.field
+    def success(self, info: strawberry.Info[Context, None]) -> bool:
+        _note(info, self.ok)
+        return self.ok
+
+    @strawberry.field
+    def data(self, info: strawberry.Info[Context, None]) -> JSON | None:
+        _note(info, self.ok)
+        return self.value  # type: ignore[no-any-return]
+
+    @strawberry.field
+    def meta(self, info: strawberry.Info[Context, None]) -> Meta:
+        _note(info, self.ok)
+        return self.about
+
+    @strawberry.field
+    def error(self, info: strawberry.Info[Context, None]) -> Problem | None:
+        _note(info, self.ok)
+        return self.failure
+
+
+def _note(info: strawberry.Info[Context, None], ok: bool) -> None:
+    if not ok and (reads := info.context.reads) is not None:
+        reads.refuse("a result failed")
 
 
 def column(info: ColumnInfo) -> Column:
@@ -77,8 +120,8 @@ def meta(outcome: Outcome) -> Meta:
     return Meta(
         row_count=outcome.row_count,
         columns=[column(c) for c in outcome.columns],
-        elapsed_ms=outcome.elapsed_ms,
-        cached=outcome.cached,
+        took_ms=outcome.elapsed_ms,
+        from_cache=outcome.cached,
         cache_key=outcome.cache_key,
         truncated=outcome.truncated,
         match_rate=outcome.match_rate,
@@ -87,8 +130,8 @@ def meta(outcome: Outcome) -> Meta:
 
 def result(outcome: Outcome) -> Result:
     return Result(
-        success=outcome.success,
-        data=outcome.data if outcome.success else None,
-        meta=meta(outcome),
-        error=problem(outcome.problem),
+        ok=outcome.success,
+        value=outcome.data if outcome.success else None,
+        about=meta(outcome),
+        failure=problem(outcome.problem),
     )

@@ -97,5 +97,5 @@ class SourceMutation:
         outcome = await answer("", work, where="checkSource")
         r = result(outcome)
         return SourcePayload(
-            success=outcome.success, source=source_type(found) if found else None, meta=r.meta, error=r.error
+            success=outcome.success, source=source_type(found) if found else None, meta=r.about, error=r.failure
         )

@@ -13,6 +13,7 @@ from typing import Any
 from connectors import IngestLimits
 from connectors.database_sources import DatabaseSources
 from connectors.registry import PluginRegistry
+from datagraph.answers import ReadLog
 from datagraph.errors import BadInput
 from datagraph.events import EventBus
 from datagraph.locks import KeyedLocks
@@ -71,13 +72,16 @@ class Context:
     """Per request: the shared resources and the URL the client reached us at (for links). On a
     websocket, also the key its upgrade request carried and, once received, `connection_init`'s payload.
     `read_only` requests (GET queries, which a page on another site can make a browser send) may not
-    write anything or reach a database: no exports, no SQL."""
+    write anything or reach a database: no exports, no SQL. `reads`, when the answer cache records this
+    operation, is told of every dataset looked up and of anything that makes the answer unfit to keep."""
 
     resources: Resources
     base_url: str = ""
     header_key: str | None = None
     connection_params: dict[str, Any] = field(default_factory=dict)
     read_only: bool = False
+    # Set when the answer cache may store this operation's answer: what it read (see datagraph/answers.py).
+    reads: ReadLog | None = None
 
     def refuse_if_read_only(self, what: str) -> None:
         """BAD_INPUT for `what` (which writes or reaches a database) in a read-only request."""

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import engine
 from connectors import ingest, sniff
 from connectors.linked import LinkedTable
+from datagraph.answers import ANY_DATASET
 from datagraph.errors import BadInput, NotFound, TooLarge
 from engine import ColumnInfo, Join, Plan, Source
 from resolvers.context import Context, Resources
@@ -77,11 +78,15 @@ def find_source(ctx: Context, source_id: str) -> SourceInfo | None:
 
 
 def list_datasets(ctx: Context, *, source_id: str | None = None) -> list[DatasetRecord]:
+    if ctx.reads is not None:
+        ctx.reads.dataset(ANY_DATASET)
     records = ctx.resources.metadata.list_datasets()
     return [r for r in records if source_id is None or r.source_id == source_id]
 
 
 def get_dataset(ctx: Context, dataset_id: str) -> DatasetRecord | None:
+    if ctx.reads is not None:  # before the lookup: a change from now on makes the answer stale
+        ctx.reads.dataset(dataset_id)
     return ctx.resources.metadata.get_dataset(dataset_id)
 
 
@@ -99,6 +104,8 @@ def dataset_plan(ctx: Context, record: DatasetRecord) -> Plan:
 def dataset_source(ctx: Context, record: DatasetRecord) -> Source:
     generation = record.created_at.isoformat()
     if record.origin.get("mode") == "LINK":
+        if ctx.reads is not None:  # its rows change without an event
+            ctx.reads.refuse("a linked table")
         config = ctx.resources.databases.get(record.source_id)
         link = LinkedTable(record.source_id, str(record.origin["table"]), config, ctx.settings.max_rows)
         return Source(record.id, record.version, Path(), generation=generation, link=link)
@@ -245,7 +252,7 @@ async def compact_dataset(res: Resources, dataset_id: str) -> bool:
         res.files.discard_staged(staged)
 
 
-def rename_dataset(ctx: Context, dataset_id: str, name: str) -> DatasetRecord:
+async def rename_dataset(ctx: Context, dataset_id: str, name: str) -> DatasetRecord:
     """Give a dataset another display name: its id, version, data and links stay as they are."""
     record = require_dataset(ctx, dataset_id)
     if not isinstance(name, str) or not name.strip():
@@ -253,6 +260,7 @@ def rename_dataset(ctx: Context, dataset_id: str, name: str) -> DatasetRecord:
     renamed = ctx.resources.metadata.rename_dataset(record.id, display_name(name, fallback=record.name))
     if renamed is None:
         raise NotFound(f'There is no dataset "{_clip(dataset_id)}".')
+    await ctx.resources.events.touch(record.id)  # answers that showed the old name are stale
     return renamed
 
 

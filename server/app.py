@@ -12,7 +12,8 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from datagraph.metrics import Metrics
-from datagraph.settings import Settings, keys_required
+from datagraph.settings import Settings, keys_required, production_mode
+from server.answers import AnswerCache
 from server.auth import RequireKey
 from server.endpoints import download_export, healthz, metrics, readyz
 from server.middleware import CancelOnDisconnect, GuardRequests, HostGuard
@@ -53,6 +54,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.add_middleware(CancelOnDisconnect)
+    if settings.answer_cache_mb > 0:  # inside every gate: a hit passes them all first
+        app.add_middleware(
+            AnswerCache,
+            max_bytes=settings.answer_cache_mb * 1024 * 1024,
+            schema=view.schema._schema,  # type: ignore[attr-defined]
+            get_queries=not production_mode(settings),
+            metrics=app_metrics,
+        )
     if settings.rate_limit:
         app.add_middleware(RateLimit)
     if keys_required(settings):

@@ -113,6 +113,9 @@ class KeyRing:
         return len(self._current())
 
 
+KEY_SCOPE_KEY = "datagraph.key"
+
+
 class RequireKey:
     """Refuse HTTP requests without a valid key (401, UNAUTHENTICATED), except on public paths and the
     GraphiQL page itself. Websockets pass here and are checked at `connection_init`."""
@@ -126,7 +129,8 @@ class RequireKey:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         ring: KeyRing = scope["app"].state.web.keys
-        if ring.check(presented_key(headers)) is not None:
+        if (name := ring.check(presented_key(headers))) is not None:
+            scope[KEY_SCOPE_KEY] = name  # whose answers the answer cache may give this request
             await self.app(scope, receive, send)
             return
         challenge = ((b"www-authenticate", b'Bearer realm="datagraph"'),)

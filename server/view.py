@@ -27,6 +27,7 @@ from datagraph import jsonutil
 from datagraph.settings import Settings, graphiql_served, keys_required, production_mode
 from gql.schema import build_schema
 from resolvers.context import Context
+from server.answers import READS_SCOPE_KEY
 from server.auth import KEY_WATCH_S, UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
 from server.responses import capped_errors, error_body, query_too_long
 from server.web import STATIC
@@ -72,6 +73,7 @@ class GraphQLView(GraphQL[Context, None]):
             base_url=str(request.base_url).rstrip("/"),
             header_key=header_key,
             read_only=isinstance(request, Request) and request.method == "GET",
+            reads=request.scope.get(READS_SCOPE_KEY) if isinstance(request, Request) else None,
         )
         if isinstance(request, WebSocket) and self.keys_required:
             self._sockets[request] = context

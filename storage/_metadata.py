@@ -236,6 +236,25 @@ class MetadataStore:
         with self._tx() as conn:
             conn.execute(datasets.delete().where(datasets.c.id == dataset_id, datasets.c.status == "pending"))
 
+    def change_stamp(self) -> tuple[int, int] | None:
+        """A value that moves whenever the database may have changed (any process's commit), or None
+        where there is no cheap way to tell (every database but a SQLite file)."""
+        return self._stamp.read()
+
+    def dataset_stamps(self) -> dict[str, tuple[Any, ...]]:
+        """Per ready dataset, what changes when it does: its version, name, row count and times."""
+        columns = (
+            datasets.c.id,
+            datasets.c.version,
+            datasets.c.name,
+            datasets.c.row_count,
+            datasets.c.created_at,
+            datasets.c.updated_at,
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(*columns).where(datasets.c.status == "ready"))
+            return {row[0]: tuple(row[1:]) for row in rows}
+
     def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
         stamp = self._stamp.read()  # before the query: a write in between makes the next read miss
         if stamp is not None and stamp == self._records_stamp:

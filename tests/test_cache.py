@@ -148,7 +148,7 @@ def test_the_memory_cache_is_bounded_by_bytes_and_drops_the_least_recently_used(
 
 
 def test_the_cache_budget_setting_bounds_the_servers_cache(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, cache_memory_mb=0)
+    settings = make_settings(tmp_path, cache_memory_mb=0, answer_cache_mb=0)  # both caches off
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         api.upload_ok(DATA / "tips.csv")

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from server.responses import send_error
+from server.responses import header, send_error
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -142,7 +142,7 @@ class RequireKey:
         if path in _PUBLIC_PATHS or path.startswith(_PUBLIC_PREFIXES):
             return True
         if path == "/graphql" and scope["method"] == "GET":  # the explorer page (no query); its queries carry the key
-            accept = dict(scope["headers"]).get(b"accept", b"")
+            accept = header(scope, b"accept")
             asks = "query" in parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
             return not asks and (b"text/html" in accept or b"*/*" in accept)  # as Strawberry decides
         return False

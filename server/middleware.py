@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from datagraph.settings import Settings
 from server.observe import count_stop
-from server.responses import send_error
+from server.responses import header, send_error
 
 __all__ = ["CancelOnDisconnect", "GuardRequests", "HostGuard", "host_allowed"]
 
@@ -44,9 +44,16 @@ class GuardRequests:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
-        if multipart and not any(h in headers for h in _PREFLIGHT_HEADERS):
+        content_type, length, preflight = b"", b"", False
+        for key, value in scope["headers"]:  # one pass: no dict of the headers per request
+            if key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                length = value
+            elif key in _PREFLIGHT_HEADERS:
+                preflight = True
+        multipart = content_type.lower().startswith(b"multipart/")
+        if multipart and not preflight:
             message = "Uploads must carry an 'Apollo-Require-Preflight: true' (or API key) header."
             await send_error(send, 400, message, "BAD_INPUT")
             return
@@ -58,7 +65,7 @@ class GuardRequests:
         )
         message = f"The request is larger than the {what}."
         try:
-            declared = int(headers.get(b"content-length", b"0") or 0)
+            declared = int(length or 0)
         except ValueError:
             declared = 0
         if declared > limit:
@@ -207,13 +214,19 @@ class HostGuard:
     def __init__(self, app: ASGIApp, *, allowed: frozenset[str]) -> None:
         self.app = app
         self.allowed = allowed
+        self._seen: dict[bytes, bool] = {}  # Host header -> answered?
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-        if host_allowed(host, self.allowed):
+        host = header(scope, b"host")
+        allowed = self._seen.get(host)
+        if allowed is None:
+            allowed = host_allowed(host.decode("latin-1"), self.allowed)
+            if len(self._seen) < 256:  # the few names this server is reached by; never grows past that
+                self._seen[host] = allowed
+        if allowed:
             await self.app(scope, receive, send)
             return
         log.info("refused a request addressed to another host")

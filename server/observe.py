@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import itertools
 import json
 import logging
 import re
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.responses import header
 
 if TYPE_CHECKING:
     from datagraph.metrics import Metrics
@@ -58,8 +61,13 @@ def current_request() -> RequestInfo | None:
     return _current.get()
 
 
+_ID_PREFIX = uuid.uuid4().hex[:6]  # this process's; a counter follows it (cheaper than a uuid a request)
+_ID_COUNTER = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return uuid.uuid4().hex[:16]
+    """A request id unique across processes: this process's random prefix and a counter (16 hex)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFF:010x}"
 
 
 @contextlib.contextmanager
@@ -104,12 +112,27 @@ class Observe:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # The metrics' children by (method, route, status): looked up by label every request otherwise.
+        # Bounded: methods and statuses are few, and routes are `route_label`'s few.
+        self._labelled: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _children(self, method: str, route: str, status: int) -> tuple[Any, Any]:
+        key = (method, route, status)
+        found = self._labelled.get(key)
+        if found is None:
+            found = (
+                self.metrics.http_requests.labels(method, route, str(status)),
+                self.metrics.http_latency.labels(method, route),
+            )
+            if len(self._labelled) < 1024:  # a client inventing methods does not grow it
+                self._labelled[key] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"")
+        given = header(scope, b"x-request-id")
         info = RequestInfo(given.decode() if _CLIENT_ID.match(given) else new_request_id())
         token = _current.set(info)
         started = time.perf_counter()
@@ -128,8 +151,9 @@ class Observe:
             _current.reset(token)
             elapsed = time.perf_counter() - started
             method, route = scope["method"], route_label(scope["path"])
-            self.metrics.http_requests.labels(method, route, str(status)).inc()
-            self.metrics.http_latency.labels(method, route).observe(elapsed)
+            counted, timed = self._children(method, route, status)
+            counted.inc()
+            timed.observe(elapsed)
             log.info(
                 "%s %s %d %.1f ms",
                 method,

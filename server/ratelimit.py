@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from datagraph.settings import keys_required
 from server.auth import presented_key
 from server.observe import current_request
-from server.responses import send_error
+from server.responses import header, send_error
 
 if TYPE_CHECKING:
     from datagraph.settings import Settings
@@ -147,7 +147,7 @@ class RateLimit:
         assert limiter is not None  # this middleware is there only with a rate limit
         key = presented_key(_headers(scope)) if keys_required(res.settings) else None
         who = identity(scope, key)
-        content_type = dict(scope["headers"]).get(b"content-type", b"")
+        content_type = header(scope, b"content-type")
         cost = 1 + (UPLOAD_COST if content_type.lower().startswith(b"multipart/") else 0)
         wait = await limiter.allow(who, min(cost, limiter.item.amount))  # a tiny budget still lets one through
         if wait is not None:

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.types import Send
+from starlette.types import Scope, Send
 
 from datagraph import jsonutil
 
-__all__ = ["capped_errors", "error_body", "query_too_long", "send_error"]
+__all__ = ["capped_errors", "error_body", "header", "query_too_long", "send_error"]
+
+
+def header(scope: Scope, name: bytes) -> bytes:
+    """The first value of header `name` (lower case) in an ASGI scope, or b"": one pass over the
+    list, without copying it into a dict on every request."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return b""
 
 
 def error_body(message: str, code: str) -> bytes:

@@ -194,3 +194,23 @@ def test_pages_stay_in_order_while_datasets_are_added(tmp_path: Path) -> None:
         third = ids(app, limit=4, offset=8)
         assert first + second + third == [*(f"d{i}" for i in range(9)), added]
         assert app.data("{ datasetCount }")["datasetCount"] == 10
+
+
+def test_postgresql_pages_searches_and_counts_the_same(scratch_postgres: str) -> None:
+    """The store on PostgreSQL (its LIKE is case-sensitive, ILIKE is not): the indexes, a page, a
+    search with wildcards as plain characters, in any case, and the count."""
+    store = MetadataStore(scratch_postgres)
+    try:
+        for dataset_id, name in TRICKY.items():
+            add_ready(store, dataset_id, name)
+        add_ready(store, "upper", "SHOUTED Name", "frames")
+        assert {"ix_datasets_listing", "ix_datasets_source_listing"} <= _index_names(scratch_postgres)
+        assert [r.id for r in store.list_datasets(limit=2, offset=1)] == ["juice-plain", "under"]
+        assert [r.id for r in store.list_datasets(search="0%")] == ["juice-pct"]
+        assert [r.id for r in store.list_datasets(search="_")] == ["under"]
+        assert [r.id for r in store.list_datasets(search="k\\s")] == ["slash"]
+        assert [r.id for r in store.list_datasets(search="shouted name", source_id="frames")] == ["upper"]
+        assert store.count_datasets(search="TOTALS") == 2 and store.count_datasets(source_id="frames") == 1
+    finally:
+        store.close()
+    MetadataStore(scratch_postgres).close()  # opened again: the indexes are there, nothing to do

@@ -63,6 +63,7 @@ export function initData(app, live) {
     }
     prev.disabled = offset === 0;
     next.disabled = offset + state.datasets.length >= total;
+    $("#dataset-pager").hidden = offset === 0 && total <= PAGE_SIZE; // one page: nothing to page through
   }
 
   let typing = null;

@@ -54,11 +54,14 @@ schema: .venv/.synced
 	.venv/bin/datagraph schema > schema.graphql
 
 # `make bench`: the user journey beside the seed design's Flask + pandas server and the floor
-# (bench/journey.py; under 10 minutes on 2 cores). `make bench-all` adds the focused benchmarks
+# (bench/journey.py; under 10 minutes on 2 cores), then listing 100 of 100,000 datasets against 100 of 100
+# (bench/listing.py, about a minute) and a cached answer against a bare Starlette app under wrk
+# (bench/wire.py, about a minute). `make bench-all` adds the focused benchmarks
 # (bench/sources.py needs the PostgreSQL on 127.0.0.1:5432).
 bench: .venv/.synced
 	.venv/bin/python bench/journey.py
 	.venv/bin/python bench/wire.py
+	.venv/bin/python bench/listing.py
 
 bench-all: bench
 	.venv/bin/python bench/describe.py

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     xlsx_max_ratio: int = Field(100, gt=0, description="Highest compression ratio of any entry in an .xlsx.")
     xlsx_max_entries: int = Field(1_000, gt=0, description="Most entries (files) inside an .xlsx.")
     rows_max: int = Field(10_000, gt=0, description="Most rows a single result may return.")
+    datasets_max_page: int = Field(
+        1_000, gt=0, description="Most datasets one page of the datasets query may ask for (its limit argument)."
+    )
     export_ttl_s: int = Field(3_600, gt=0, description="How long an export's download link stays valid, in seconds.")
     export_quota_mb: int = Field(
         2_048,

@@ -7,12 +7,14 @@ from collections.abc import Awaitable
 from enum import Enum
 
 import strawberry
+from graphql import GraphQLError
 from starlette.datastructures import UploadFile
 from strawberry.file_uploads import Upload
 from strawberry.scalars import JSON
 
 from connectors.database_sources import SourceCheck
-from datagraph.errors import DatagraphError
+from datagraph.errors import BadInput, DatagraphError
+from engine import Plan
 from gql.frames import CacheMode, Frame, StepInput, View, pipeline_plan, sql_pipeline_plan
 from gql.jobs import Job
 from gql.results import Column, Meta, Problem, ProblemCode, Result, column, result
@@ -81,14 +83,31 @@ class Source:
         except DatagraphError:  # gone since the check: status and problem say so from now on
             return []
 
-    @strawberry.field
-    def datasets(self, info: strawberry.Info[Context, None]) -> list[Dataset]:
-        return [Dataset.of(info.context, r) for r in ds.list_datasets(info.context, source_id=str(self.id))]
+    @strawberry.field(description="This source's datasets, oldest first; paged and searched as Query.datasets.")
+    def datasets(
+        self,
+        info: strawberry.Info[Context, None],
+        limit: int | None = None,
+        offset: int | None = 0,
+        search: str | None = None,
+    ) -> list[Dataset]:
+        return listed(info.context, limit=limit, offset=offset, search=search, source_id=str(self.id))
 
 
 async def source_check(ctx: Context, source_id: str, *, fresh: bool = False) -> SourceCheck | None:
     cfg = ctx.resources.databases.get(source_id)
     return await ctx.resources.databases.check(cfg, fresh=fresh) if cfg else None
+
+
+def listed(
+    ctx: Context, *, limit: int | None, offset: int | None, search: str | None, source_id: str | None
+) -> list[Dataset]:
+    """A page of datasets; a limit or offset out of bounds is a BAD_INPUT error (a list has no payload)."""
+    try:
+        records = ds.list_datasets(ctx, limit=limit, offset=offset, search=search, source_id=source_id)
+    except BadInput as exc:
+        raise GraphQLError(exc.message, extensions={"code": exc.code}) from None
+    return [Dataset.of(ctx, r) for r in records]
 
 
 def source_type(info: ds.SourceInfo) -> Source:
@@ -98,10 +117,24 @@ def source_type(info: ds.SourceInfo) -> Source:
 @strawberry.type(description="A stored table; every Frame field works on it.")
 class Dataset(Frame):
     record: strawberry.Private[DatasetRecord]
+    context: strawberry.Private[Context]
+    _plan: strawberry.Private[Plan | None] = None
 
     @classmethod
     def of(cls, ctx: Context, record: DatasetRecord) -> Dataset:
-        return cls(plan=ds.dataset_plan(ctx, record), label=record.name, record=record)
+        return cls(plan=None, label=record.name, record=record, context=ctx)  # type: ignore[arg-type]  # made on use
+
+    # The plan is made when a Frame field asks for it, not for each dataset of a list: making it looks
+    # for the version's files on disk, which was most of what listing cost per dataset (issue 18).
+    @property  # type: ignore[misc]  # a property standing for the Frame field plan, with its setter
+    def plan(self) -> Plan:
+        if self._plan is None:
+            self._plan = ds.dataset_plan(self.context, self.record)
+        return self._plan
+
+    @plan.setter
+    def plan(self, value: Plan | None) -> None:
+        self._plan = value
 
     @strawberry.field
     def id(self) -> strawberry.ID:
@@ -184,9 +217,31 @@ class DatasetQuery:
         found = ds.find_source(info.context, str(id))
         return source_type(found) if found else None
 
-    @strawberry.field(description="Every ready dataset, oldest first.")
-    def datasets(self, info: strawberry.Info[Context, None]) -> list[Dataset]:
-        return [Dataset.of(info.context, r) for r in ds.list_datasets(info.context)]
+    @strawberry.field(
+        description="Ready datasets, oldest first (then by id): every one, or a page of `limit` (at most the"
+        " setting datasets_max_page) from `offset`; `search` keeps those whose id or name contains it (any case),"
+        " `source` those of one source. datasetCount gives the total for paging."
+    )
+    def datasets(
+        self,
+        info: strawberry.Info[Context, None],
+        limit: int | None = None,
+        offset: int | None = 0,
+        search: str | None = None,
+        source: strawberry.ID | None = None,
+    ) -> list[Dataset]:
+        source_id = str(source) if source is not None else None
+        return listed(info.context, limit=limit, offset=offset, search=search, source_id=source_id)
+
+    @strawberry.field(description="How many datasets `datasets` lists with the same search and source, all pages.")
+    def dataset_count(
+        self, info: strawberry.Info[Context, None], search: str | None = None, source: strawberry.ID | None = None
+    ) -> int:
+        source_id = str(source) if source is not None else None
+        try:
+            return ds.count_datasets(info.context, search=search, source_id=source_id)
+        except BadInput as exc:
+            raise GraphQLError(exc.message, extensions={"code": exc.code}) from None
 
     @strawberry.field(description="One dataset by id, or null when there is none.")
     def dataset(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> Dataset | None:

@@ -31,6 +31,7 @@ __all__ = [
     "commit_version",
     "compact_dataset",
     "compact_soon",
+    "count_datasets",
     "dataset_job",
     "dataset_plan",
     "dataset_slug",
@@ -77,11 +78,41 @@ def find_source(ctx: Context, source_id: str) -> SourceInfo | None:
     return next((s for s in list_sources(ctx) if s.id == source_id), None)
 
 
-def list_datasets(ctx: Context, *, source_id: str | None = None) -> list[DatasetRecord]:
+def list_datasets(
+    ctx: Context,
+    *,
+    limit: int | None = None,
+    offset: int | None = 0,
+    search: str | None = None,
+    source_id: str | None = None,
+) -> list[DatasetRecord]:
+    """Ready datasets, oldest first: a page of at most `limit` (None: every one) from `offset`, of those
+    whose id or name contains `search` (any case) and of `source_id`. BAD_INPUT for a negative offset,
+    and for a limit under 1 or over the setting datasets_max_page."""
+    cap = ctx.settings.datasets_max_page
+    if limit is not None and not 1 <= limit <= cap:
+        raise BadInput(f"limit must be between 1 and {cap:,} (setting datasets_max_page); page with offset.")
+    if offset is not None and offset < 0:
+        raise BadInput("offset must be 0 or more.")
+    if ctx.reads is not None:  # the answer cache: any change to the list makes this answer stale
+        ctx.reads.dataset(ANY_DATASET)
+    return ctx.resources.metadata.list_datasets(
+        limit=limit, offset=offset or 0, search=_searched(search), source_id=source_id
+    )
+
+
+def count_datasets(ctx: Context, *, search: str | None = None, source_id: str | None = None) -> int:
+    """How many datasets `list_datasets` lists with the same search and source (for paging)."""
     if ctx.reads is not None:
         ctx.reads.dataset(ANY_DATASET)
-    records = ctx.resources.metadata.list_datasets()
-    return [r for r in records if source_id is None or r.source_id == source_id]
+    return ctx.resources.metadata.count_datasets(search=_searched(search), source_id=source_id)
+
+
+def _searched(search: str | None) -> str | None:
+    text = (search or "").strip()
+    if len(text) > 200:
+        raise BadInput("search takes at most 200 characters (an id or a part of a name).")
+    return text or None
 
 
 def get_dataset(ctx: Context, dataset_id: str) -> DatasetRecord | None:

@@ -60,7 +60,7 @@ async def refresh_forever(ctx: Context, every_s: float = 1.0) -> None:
         available = ctx.resources.plugins.available()
         if not any(info.refresh_s for _, info in available.values()):
             continue  # nothing asks to be refreshed: no need to read the datasets every second
-        for record in ctx.resources.metadata.list_datasets():
+        for record in ctx.resources.metadata.list_datasets(source_id=PLUGINS):
             plugin = str(record.origin.get("plugin", ""))
             if record.source_id != PLUGINS or plugin not in available:
                 continue
@@ -125,7 +125,7 @@ def _age_s(record: DatasetRecord) -> float:
 
 
 def _find(ctx: Context, key: str) -> DatasetRecord | None:
-    found = [r for r in ctx.resources.metadata.list_datasets() if r.source_id == PLUGINS and r.origin.get("key") == key]
+    found = [r for r in ctx.resources.metadata.list_datasets(source_id=PLUGINS) if r.origin.get("key") == key]
     return found[0] if found else None
 
 

@@ -20,7 +20,8 @@ function createApp() {
   const listeners = new Map();
   return {
     state: {
-      datasets: [], // [{id, name, version, rowCount, columns}]
+      datasets: [], // the page of the list shown: [{id, name, version, rowCount, columns}]
+      datasetTotal: 0, // datasets matching the search, on every page
       current: null, // the dataset shown, with its columns and preview
       base: [], // the steps of the current result, without the column pick
       picked: null, // the columns kept (a select step), or null for all
@@ -60,7 +61,7 @@ initTheme(() => chart.redraw()); // the chart takes its colours from the theme
 async function refresh() {
   await data.refreshList();
   const wanted = app.state.current?.id ?? decodeURIComponent(location.hash.slice(1));
-  if (wanted && app.state.datasets.some((d) => d.id === wanted)) await data.open(wanted);
+  if (wanted) await data.open(wanted, { quiet: true }); // on any page of the list, or none
 }
 
 // A link to another dataset (`/#penguins`) followed on an open page, or the back button, opens it.
@@ -68,7 +69,7 @@ window.addEventListener("hashchange", async () => {
   const wanted = decodeURIComponent(location.hash.slice(1));
   if (!wanted || wanted === app.state.current?.id) return;
   await data.refreshList();
-  if (app.state.datasets.some((d) => d.id === wanted)) await data.open(wanted);
+  await data.open(wanted, { quiet: true });
 });
 
 live.subscribe(EVENTS, {}, {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +17,7 @@ __all__ = [
     "ExportRecord",
     "JobRecord",
     "add_missing_columns",
+    "add_missing_indexes",
     "api_keys",
     "aware",
     "dataset_record",
@@ -57,6 +58,10 @@ datasets = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("owner", sa.String(40), nullable=True),  # the server process that made the row (while pending)
+    # The listing's order (oldest first, then id), read from the index instead of sorting every row:
+    # a page of `datasets(limit:)` costs the same at 100 or 100,000 datasets. The second serves `source:`.
+    sa.Index("ix_datasets_listing", "status", "created_at", "id"),
+    sa.Index("ix_datasets_source_listing", "source_id", "status", "created_at", "id"),
 )
 
 exports = sa.Table(
@@ -130,6 +135,20 @@ def add_missing_columns(engine: Engine) -> None:
                     raise  # not another process adding it at the same moment
 
 
+def add_missing_indexes(engine: Engine) -> None:
+    """Make the indexes a table made by an older version lacks (`create_all` makes a table's indexes only
+    with the table); idempotent, and safe when several processes start at once."""
+    for table in tables.sorted_tables:
+        for index in table.indexes:
+            if index.name in {i["name"] for i in sa.inspect(engine).get_indexes(table.name)}:
+                continue
+            try:
+                index.create(engine, checkfirst=True)
+            except sa.exc.DBAPIError:
+                if index.name not in {i["name"] for i in sa.inspect(engine).get_indexes(table.name)}:
+                    raise  # not another process making it at the same moment
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -141,16 +160,36 @@ def aware(value: dt.datetime) -> dt.datetime:
 
 @dataclass(frozen=True, slots=True)
 class DatasetRecord:
+    """A dataset's metadata row. Its columns and origin are kept as the stored JSON and parsed on first
+    use: a list of datasets asks for neither, and parsing them was most of its cost per dataset."""
+
     id: str
     name: str
     source_id: str
     status: str
     version: int
     row_count: int
-    columns: tuple[ColumnInfo, ...]
-    origin: dict[str, Any]
+    columns_json: str = field(repr=False)
+    origin_json: str = field(repr=False)
     created_at: dt.datetime
     updated_at: dt.datetime
+    _columns: tuple[ColumnInfo, ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _origin: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def columns(self) -> tuple[ColumnInfo, ...]:
+        if self._columns is None:
+            parsed = tuple(ColumnInfo(**c) for c in jsonutil.loads(self.columns_json))
+            object.__setattr__(self, "_columns", parsed)  # a cache of what the frozen fields say
+        assert self._columns is not None
+        return self._columns
+
+    @property
+    def origin(self) -> dict[str, Any]:
+        if self._origin is None:
+            object.__setattr__(self, "_origin", jsonutil.loads(self.origin_json))
+        assert self._origin is not None
+        return self._origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +234,6 @@ def job_record(row: Any) -> JobRecord:
 
 
 def dataset_record(row: Any) -> DatasetRecord:
-    cols = tuple(ColumnInfo(**c) for c in jsonutil.loads(row.columns))
     return DatasetRecord(
         id=row.id,
         name=row.name,
@@ -203,8 +241,8 @@ def dataset_record(row: Any) -> DatasetRecord:
         status=row.status,
         version=row.version,
         row_count=row.row_count,
-        columns=cols,
-        origin=jsonutil.loads(row.origin),
+        columns_json=row.columns,
+        origin_json=row.origin,
         created_at=aware(row.created_at),
         updated_at=aware(row.updated_at),
     )

@@ -17,10 +17,27 @@ from wsclient import Ws, ws_open
 
 from datagraph.settings import keys_required
 from server.app import create_app
-from server.auth import KEY_PREFIX
+from server.auth import KEY_PREFIX, KeyRing, hash_key, new_key
+from storage import MetadataStore
 
 COUNT = "query($d: ID!) { frame(dataset: $d) { count { success data } } }"
 DATASETS = {"query": "{ datasets { id } }"}
+
+
+def test_each_of_many_keys_is_found_by_one_look_up(tmp_path: Path) -> None:
+    """The key ring finds a key by its hash (a dict look-up per request, not a scan of every key)."""
+    store = MetadataStore(f"sqlite:///{tmp_path / 'keys.sqlite3'}")
+    keys = {f"k{i}": new_key() for i in range(300)}
+    for name, key in keys.items():
+        assert store.add_key(name, hash_key(key))
+    ring = KeyRing(store)
+    try:
+        assert ring.count() == 300
+        assert all(ring.check(key) == name for name, key in keys.items())
+        assert ring.check(new_key()) is None and ring.check("") is None and ring.check(None) is None
+        assert ring.check(keys["k7"] + "x") is None and ring.check(hash_key(keys["k7"])) is None
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(

@@ -560,3 +560,47 @@ def test_a_server_that_needs_a_key_gets_it_from_a_small_form(browser: Browser, t
         assert body["data"]["appendRows"]["success"], body
         expect(page.locator("#dataset-rows")).to_have_text("245")
         session.shot("with-key")
+
+
+SAVE = "mutation($d: ID!, $n: String!) { saveFrame(dataset: $d, steps: [], name: $n) { success dataset { id } } }"
+
+
+def test_the_picker_shows_a_page_at_a_time_and_its_search_finds_any_dataset(browser: Browser, tmp_path: Path) -> None:
+    """121 datasets (tips and 120 saved frames of it) on a server of the test's own: the picker lists
+    the oldest 50, pages on, and the search box finds part 117 wherever it is."""
+    _require_browser()
+    with running_server(tmp_path) as base:
+        tips = upload_over_http(base, DATA / "tips.csv")
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for i in range(1, 121):
+                body = client.post("/graphql", json={"query": SAVE, "variables": {"d": tips, "n": f"Part {i:03d}"}})
+                assert body.json()["data"]["saveFrame"]["success"], body.text
+        with open_session(browser, base, tmp_path) as session:
+            page = session.open()
+            status = page.locator("#dataset-page")
+            options = page.locator("#dataset-select option")
+            expect(status).to_have_text("Datasets 1–50 of 121")
+            expect(options).to_have_count(51)  # "Choose a dataset…" and the page
+            expect(page.locator('#dataset-select option[value="part-049"]')).to_have_count(1)
+            expect(page.get_by_role("button", name="Previous datasets")).to_be_disabled()
+            session.shot("first-page")
+
+            page.get_by_role("button", name="Next datasets").click()
+            expect(status).to_have_text("Datasets 51–100 of 121")
+            expect(page.locator('#dataset-select option[value="part-050"]')).to_have_count(1)
+            expect(page.locator('#dataset-select option[value="part-049"]')).to_have_count(0)
+            page.get_by_role("button", name="Next datasets").click()
+            expect(status).to_have_text("Datasets 101–121 of 121")
+            expect(page.get_by_role("button", name="Next datasets")).to_be_disabled()
+
+            page.get_by_label("Find a dataset").fill("PART 117")
+            expect(status).to_have_text("Datasets 1–1 of 1 matching “PART 117”")
+            page.get_by_label("Dataset", exact=True).select_option("part-117")
+            expect(page.locator("#dataset-rows")).to_have_text(shown(len(TIPS)))
+            expect(page).to_have_url(re.compile(r"#part-117$"))
+            session.shot("found-117")
+
+            page.get_by_label("Find a dataset").fill("no such thing")
+            expect(status).to_have_text("No dataset matches “no such thing”.")
+            expect(page.locator("#dataset-select")).to_have_value("part-117")  # the open one stays
+            expect(page.locator("#empty-state")).to_be_hidden()

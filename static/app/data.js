@@ -7,6 +7,8 @@ import { ApiError, graphql, unwrap, upload, uploadCommand } from "./api.js";
 import { $, clearErrors, fillSelect, formatNumber, h, newestOnly, recordsTable, showError, showQuery } from "./dom.js";
 import { DATASET, DATASETS, DELETE, JOB_PROGRESS, RENAME } from "./queries.js";
 
+const PAGE_SIZE = 50; // datasets in a page of the picker
+
 export function initData(app, live) {
   const { state } = app;
   const select = $("#dataset-select");
@@ -21,37 +23,90 @@ export function initData(app, live) {
   const asked = newestOnly();
   let cancelUpload = null; // set while an upload runs
 
+  const search = $("#dataset-search");
+  const pageText = $("#dataset-page");
+  const prev = $("#datasets-prev");
+  const next = $("#datasets-next");
+  const listed = newestOnly();
+  let offset = 0; // where the page shown starts in the list
+
+  /** Ask for the page of the list at `offset` (oldest first), of the datasets the search box matches. */
   async function refreshList() {
-    showQuery(queryPre, DATASETS);
+    const variables = { limit: PAGE_SIZE, offset, search: search.value.trim() || null };
+    showQuery(queryPre, DATASETS, variables);
+    const newest = listed();
     try {
-      const data = await graphql(DATASETS);
+      const data = await graphql(DATASETS, variables);
+      if (!newest()) return;
       state.datasets = data.datasets;
+      state.datasetTotal = data.datasetCount;
+      if (!data.datasets.length && offset > 0 && data.datasetCount > 0) {
+        offset = Math.max(0, Math.floor((data.datasetCount - 1) / PAGE_SIZE) * PAGE_SIZE); // the page emptied
+        return refreshList();
+      }
     } catch (error) {
-      showError(datasetError, error.message, select);
+      if (newest()) showError(datasetError, error.message, select);
       return;
     }
     renderList();
     app.emit("datasets");
   }
 
+  function renderPager() {
+    const total = state.datasetTotal;
+    const searched = search.value.trim();
+    if (!total) pageText.textContent = searched ? `No dataset matches “${searched}”.` : "";
+    else {
+      const last = offset + state.datasets.length;
+      const of = searched ? `${formatNumber(total)} matching “${searched}”` : formatNumber(total);
+      pageText.textContent = `Datasets ${formatNumber(offset + 1)}–${formatNumber(last)} of ${of}`;
+    }
+    prev.disabled = offset === 0;
+    next.disabled = offset + state.datasets.length >= total;
+    $("#dataset-pager").hidden = offset === 0 && total <= PAGE_SIZE; // one page: nothing to page through
+  }
+
+  let typing = null;
+  search.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+      offset = 0;
+      refreshList();
+    }, 250);
+  });
+  prev.addEventListener("click", () => {
+    offset = Math.max(0, offset - PAGE_SIZE);
+    refreshList();
+  });
+  next.addEventListener("click", () => {
+    offset += PAGE_SIZE;
+    refreshList();
+  });
+
   /** The picker shows the dataset that is open, and only it: with none open (or the open one gone
    * from the list), a "Choose a dataset…" entry is selected, so choosing any dataset opens it. */
   function renderList() {
-    const items = state.datasets.map((d) => ({
-      value: d.id,
-      label: `${d.name} (${d.id}) · ${formatNumber(d.rowCount)} rows`,
-    }));
-    const shown = state.current && state.datasets.some((d) => d.id === state.current.id) ? state.current.id : "";
-    if (!items.length) items.push({ value: "", label: "No datasets yet: upload a file" });
+    const label = (d) => `${d.name} (${d.id}) · ${formatNumber(d.rowCount)} rows`;
+    const items = state.datasets.map((d) => ({ value: d.id, label: label(d) }));
+    const current = state.current;
+    // The open dataset stays in the picker when the page or the search leaves it out.
+    if (current && !state.datasets.some((d) => d.id === current.id)) {
+      items.unshift({ value: current.id, label: label(current) });
+    }
+    const shown = current ? current.id : "";
+    const none = !state.datasetTotal && !search.value.trim();
+    if (!items.length) items.push({ value: "", label: none ? "No datasets yet: upload a file" : "No dataset matches" });
     else if (!shown) items.unshift({ value: "", label: "Choose a dataset…" });
     fillSelect(select, items, { keep: false, fallback: shown });
-    $("#empty-state").hidden = state.datasets.length > 0;
+    renderPager();
+    $("#empty-state").hidden = !none;
     $("#dataset-actions").hidden = !state.current;
     if (!state.current) closeRename();
   }
 
-  /** Show a dataset. `changed` is false when the same dataset is shown again after a change. */
-  async function open(id) {
+  /** Show a dataset. `changed` is false when the same dataset is shown again after a change. With
+   * `quiet` (a dataset named by the address), one that is not there is no error worth showing. */
+  async function open(id, { quiet = false } = {}) {
     clearErrors($(".picker"));
     const changed = id !== state.current?.id;
     const newest = asked();
@@ -63,6 +118,7 @@ export function initData(app, live) {
       if (!dataset) throw new ApiError(`There is no dataset "${id}" (any more).`, "NOT_FOUND");
     } catch (error) {
       if (!newest()) return;
+      if (quiet && error.code === "NOT_FOUND" && !state.current) return;
       showError(datasetError, error.message, select);
       if (error.code === "NOT_FOUND") forget();
       return;

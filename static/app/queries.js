@@ -3,8 +3,10 @@
 
 const PROBLEM = "error { code message }";
 
-export const DATASETS = `query Datasets {
-  datasets { id name version rowCount columns { name dtype } }
+/** A page of the dataset list (oldest first), and how many there are in all for the same search. */
+export const DATASETS = `query Datasets($limit: Int, $offset: Int, $search: String) {
+  datasets(limit: $limit, offset: $offset, search: $search) { id name version rowCount columns { name dtype } }
+  datasetCount(search: $search)
 }`;
 
 export const DATASET = `query Dataset($id: ID!) {

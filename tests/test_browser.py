@@ -592,6 +592,12 @@ def test_the_picker_shows_a_page_at_a_time_and_its_search_finds_any_dataset(brow
             page.get_by_role("button", name="Next datasets").click()
             expect(status).to_have_text("Datasets 101–121 of 121")
             expect(page.get_by_role("button", name="Next datasets")).to_be_disabled()
+            # A join may name any dataset, not only those on the picker's page.
+            page.get_by_label("Dataset", exact=True).select_option("part-117")
+            expect(page.locator("#dataset-rows")).to_have_text(shown(len(TIPS)))
+            join = page.locator("#join-right")
+            for far in ("tips", "part-001", "part-049", "part-120"):
+                expect(join.locator(f'option[value="{far}"]')).to_have_count(1)
 
             page.get_by_label("Find a dataset").fill("PART 117")
             expect(status).to_have_text("Datasets 1–1 of 1 matching “PART 117”")

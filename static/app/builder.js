@@ -4,7 +4,7 @@
 
 import { graphql, unwrap } from "./api.js";
 import { $, checkedIn, chips, clearErrors, fillSelect, h, isNumeric, showError, showQuery } from "./dom.js";
-import { COLUMNS } from "./queries.js";
+import { COLUMNS, JOINABLE } from "./queries.js";
 
 const OPS = {
   EQ: "equals",
@@ -95,13 +95,30 @@ export function initBuilder(app) {
   const columnItems = () => columns.map((c) => ({ value: c.name, label: `${c.name} (${c.dtype})` }));
 
   // Join ------------------------------------------------------------------------------------------
+  // What a join may name is not only the picker's page: the first 1,000 datasets, plus the page (and
+  // so whatever the picker's search found), in the order of the list.
+  let joinable = [];
+  const joinChoices = () => {
+    const all = new Map(joinable.map((d) => [d.id, d]));
+    for (const d of state.datasets) all.set(d.id, d);
+    return [...all.values()];
+  };
+
+  async function loadJoinable() {
+    try {
+      joinable = (await graphql(JOINABLE, {})).datasets;
+    } catch {
+      joinable = []; // the picker's page still offers its datasets
+    }
+  }
+
   function renderJoinChoices() {
-    const others = state.datasets.map((d) => ({ value: d.id, label: `${d.name} (${d.id})` }));
+    const others = joinChoices().map((d) => ({ value: d.id, label: `${d.name} (${d.id})` }));
     fillSelect(joinRight, [{ value: "", label: "No join" }, ...others]);
   }
 
   function renderJoinKeys() {
-    const right = state.datasets.find((d) => d.id === joinRight.value);
+    const right = joinChoices().find((d) => d.id === joinRight.value);
     const hint = $("#join-hint");
     if (!right || !state.current) {
       joinKeys.replaceChildren();
@@ -347,7 +364,10 @@ export function initBuilder(app) {
   // events bubble up here: a summary is added or removed first).
   for (const name of ["change", "click"]) $("#group").addEventListener(name, renderSort);
   sortColumn.addEventListener("change", () => clearErrors($("#sort")));
-  app.on("datasets", () => {
+  app.on("datasets", async () => {
+    renderJoinChoices();
+    renderJoinKeys();
+    await loadJoinable();
     renderJoinChoices();
     renderJoinKeys();
   });

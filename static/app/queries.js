@@ -9,6 +9,12 @@ export const DATASETS = `query Datasets($limit: Int, $offset: Int, $search: Stri
   datasetCount(search: $search)
 }`;
 
+/** The datasets a join may name: the first page of the largest size the server allows (the picker's
+ * own page, and what its search found, are added to these). */
+export const JOINABLE = `query Joinable {
+  datasets(limit: 1000) { id name columns { name dtype } }
+}`;
+
 export const DATASET = `query Dataset($id: ID!) {
   dataset(id: $id) {
     id name version rowCount updatedAt

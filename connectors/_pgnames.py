@@ -22,7 +22,13 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from datagraph.errors import BadInput
 
-__all__ = ["ColumnsOf", "check_qualified_columns", "visible_cte"]
+__all__ = ["MAX_CTES", "MAX_TABLES", "ColumnsOf", "check_qualified_columns", "too_many", "visible_cte"]
+
+# Past these a query is refused before its names are resolved: each table looks through the CTEs in
+# scope, so a query of thousands of each (20,000 characters hold 600 CTEs and 5,000 tables) would
+# keep the server busy for half a minute before anything ran.
+MAX_TABLES = 256
+MAX_CTES = 64
 
 # The columns of each "schema.table" asked for, in the table's order; a table it does not know is left out.
 ColumnsOf = Callable[[tuple[str, ...]], Mapping[str, Sequence[str]]]
@@ -30,6 +36,23 @@ ColumnsOf = Callable[[tuple[str, ...]], Mapping[str, Sequence[str]]]
 # A `SELECT *` over `SELECT *`s can double its columns at each step; no select list of PostgreSQL's
 # holds more than this, so past it they are not counted (and nothing is read through them).
 _MAX_COLUMNS = 1664
+
+
+def too_many(nodes: list[exp.Expr]) -> str | None:
+    """Why a query's tree is too big to check cheaply, if it is: more than MAX_TABLES tables or
+    MAX_CTES CTEs, or two CTEs of the same name in one WITH."""
+    tables = sum(1 for n in nodes if isinstance(n, exp.Table))
+    if tables > MAX_TABLES:
+        return f"The SQL names {tables:,} tables; at most {MAX_TABLES} may be read in one query."
+    withs = [n for n in nodes if isinstance(n, exp.With)]
+    ctes = sum(len(w.expressions) for w in withs)
+    if ctes > MAX_CTES:
+        return f"The SQL defines {ctes:,} CTEs (WITH ... AS); at most {MAX_CTES} are allowed."
+    for with_ in withs:
+        names = [str(cte.alias_or_name).lower() for cte in with_.expressions]
+        if len(set(names)) != len(names):
+            return "A WITH defines the same name twice; give each CTE its own name."
+    return None
 
 
 def visible_cte(table: exp.Table, name: str, normalize: Callable[[exp.Identifier], str]) -> exp.CTE | None:

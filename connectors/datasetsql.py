@@ -35,7 +35,7 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
 from sqlglot.generators.postgres import PostgresGenerator
 
-from connectors._pgnames import visible_cte
+from connectors._pgnames import too_many, visible_cte
 from datagraph.errors import BadInput, TooLarge
 
 __all__ = ["MAX_SQL_CHARS", "CheckedDatasetSql", "check_dataset_sql"]
@@ -131,6 +131,14 @@ class CheckedDatasetSql:
     tables: tuple[str, ...]
 
 
+# What a table may carry besides its name, its alias and its joins: nothing else (sqlglot reads these;
+# Polars may read the same text otherwise, as `FROM ONLY a`, which it takes for table ONLY aliased a).
+_TABLE_MODIFIERS = (
+    "only", "sample", "version", "when", "changes", "ordinality", "partition", "hints",
+    "rows_from", "pivots", "laterals", "format", "pattern", "scope_resolution", "indexed", "system_time",
+)  # fmt: skip
+
+
 def check_dataset_sql(text: str, *, max_chars: int = MAX_SQL_CHARS) -> CheckedDatasetSql:
     """Check that `text` is one read-only query over datasets; raise `BadInput` (or `TooLarge`)
     naming what is wrong."""
@@ -138,6 +146,10 @@ def check_dataset_sql(text: str, *, max_chars: int = MAX_SQL_CHARS) -> CheckedDa
         raise TooLarge(f"The SQL is {len(text):,} characters long; the limit is {max_chars:,}.")
     if not text.strip():
         raise BadInput("The SQL is empty: write one SELECT query over datasets.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput("The SQL holds a character that is not valid text (a lone surrogate).") from None
     try:
         tree = _parse_one(text)
         tables = _inspect(tree)
@@ -182,6 +194,8 @@ def _inspect(tree: exp.Expr) -> tuple[str, ...]:
     if not isinstance(tree, _QUERY_ROOTS) or not isinstance(tree.unnest(), _QUERY_ROOTS):
         raise BadInput(f"Only a SELECT query is allowed, not {_describe(tree)}.")
     nodes = list(tree.walk())
+    if (why := too_many(nodes)) is not None:
+        raise BadInput(why)
     for node in nodes:
         if type(node).__module__ in _STATEMENT_MODULES or isinstance(node, tuple(_REFUSED)):
             raise BadInput(f"{_describe(node)} is not allowed in SQL over datasets.")
@@ -195,6 +209,8 @@ def _inspect(tree: exp.Expr) -> tuple[str, ...]:
                 f"Function {_function_name(node)} is not allowed: SQL over datasets reads only datasets,"
                 " named by id, and calls no function that reads files or the network."
             )
+        if isinstance(node, exp.DataType) and node.this == exp.DataType.Type.DECIMAL and not _decimal_ok(node):
+            raise BadInput("DECIMAL(p, s) takes a precision from 1 to 38 and a scale from 0 to the precision.")
         if isinstance(node, exp.DataType) and node.this not in _ALLOWED_TYPES:
             raise BadInput(
                 f"A cast to {_short(node.sql(dialect=_DIALECT))} is not allowed: cast to a built-in type such as"
@@ -205,6 +221,12 @@ def _inspect(tree: exp.Expr) -> tuple[str, ...]:
         if not isinstance(table.this, exp.Identifier):
             what = _short(table.sql(dialect=_DIALECT, comments=False))
             raise BadInput(f"FROM {what} is not allowed: name a dataset by its id.")
+        modifiers = [k for k in _TABLE_MODIFIERS if table.args.get(k)]
+        if modifiers:
+            raise BadInput(
+                f"FROM {_short(table.sql(dialect=_DIALECT, comments=False))} is not allowed: a table is a dataset id,"
+                " with an alias at most (no ONLY, TABLESAMPLE, PARTITION, time travel or ordinality)."
+            )
         if table.args.get("db") or table.args.get("catalog"):
             raise BadInput(
                 f"Table {_short(table.sql(dialect=_DIALECT, comments=False))} is not allowed: name a dataset by its"
@@ -223,9 +245,26 @@ def _inspect(tree: exp.Expr) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
+def _decimal_ok(node: exp.DataType) -> bool:
+    """Whether a DECIMAL's precision and scale are ones the engine takes (others made it panic)."""
+    numbers = []
+    for param in node.expressions:
+        value = param.this if isinstance(param, exp.DataTypeParam) else param
+        text = value.name if isinstance(value, exp.Expr) else str(value)
+        if not text.isdigit():
+            return False
+        numbers.append(int(text))
+    if len(numbers) > 2:
+        return False
+    precision = numbers[0] if numbers else 38
+    scale = numbers[1] if len(numbers) == 2 else 0
+    return 1 <= precision <= 38 and 0 <= scale <= precision
+
+
 def _normalize(identifier: exp.Identifier) -> str:
-    """The name as PostgreSQL reads it: unquoted names fold to lower case."""
-    return str(_DIALECT.normalize_identifier(identifier.copy()).name)
+    """The name as PostgreSQL reads it: unquoted names fold to lower case (without copying the node)."""
+    name = str(identifier.name)
+    return name if identifier.args.get("quoted") else name.lower()
 
 
 def _describe(node: exp.Expr) -> str:

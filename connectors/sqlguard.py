@@ -40,7 +40,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
 from sqlglot.tokenizer_core import TokenType
 
-from connectors._pgnames import ColumnsOf, check_qualified_columns, visible_cte
+from connectors._pgnames import ColumnsOf, check_qualified_columns, too_many, visible_cte
 from datagraph.errors import BadInput, ReadOnly, TooLarge
 
 __all__ = ["DIALECTS", "CheckedSql", "ColumnsOf", "check_select", "limited"]
@@ -287,6 +287,8 @@ def _inspect(tree: exp.Expr, dialect: Dialect, default_schema: str, allowed: fro
     if not isinstance(tree, _QUERY_ROOTS) or not isinstance(tree.unnest(), _QUERY_ROOTS):
         raise ReadOnly(f"Only a SELECT query is allowed, not {_describe(tree)}.")
     nodes = list(tree.walk())
+    if (why := too_many(nodes)) is not None:
+        raise BadInput(why)
     for node in nodes:
         if type(node).__module__ in _STATEMENT_MODULES or isinstance(node, tuple(_REFUSED)):
             raise ReadOnly(f"{_describe(node)} is not allowed in a read-only query.")

@@ -48,6 +48,16 @@ def _answer(job: Any) -> tuple[str, Any]:
         return "memory", None
     except Exception:
         return "crash", traceback.format_exc()
+    except BaseException as exc:  # a Rust panic in Polars (pyo3's PanicException) is no Exception
+        if type(exc).__name__ != "PanicException":
+            raise
+        from datagraph.errors import BadInput
+
+        # That query's own bug, found in the engine: an answer, not a dead worker (and no panic text).
+        return "problem", BadInput(
+            "The data engine could not run this (it stopped on an internal error); try writing it differently,"
+            " for example with other casts or arguments."
+        )
 
 
 _NICENESS = 10

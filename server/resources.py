@@ -169,6 +169,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         on_job=count_job,
         on_kill=count_stop,
         result_mb=settings.max_result_mb,
+        idle_s=settings.worker_idle_s,
     )
     await executor.start()
     cache = ResultCache(

@@ -9,6 +9,7 @@ import decimal
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import orjson
 import polars as pl
 import pytest
@@ -52,6 +53,73 @@ def test_a_page_is_the_bytes_the_records_encoded_to(plan: Plan) -> None:
             reference.columns,
             reference.truncated,
         )
+
+
+def _native_frame() -> pl.DataFrame:
+    """Columns of the types Polars writes itself: floats from every range (NaN, infinities, -0.0,
+    subnormals, the largest), text with control and non-ASCII characters, timestamps in us and ms."""
+    rng = np.random.default_rng(18)
+    n = 4000
+    extremes = [
+        0.0,
+        -0.0,
+        1.0,
+        0.1,
+        1e16,
+        1e17,
+        1e21,
+        1e22,
+        1.5e-7,
+        5e-324,
+        1.7976931348623157e308,
+        math.nan,
+        math.inf,
+        -math.inf,
+    ]
+    floats = np.concatenate(
+        [rng.normal(0, 1e6, n // 2), np.exp(rng.uniform(-700, 700, n // 2 - len(extremes))), extremes]
+    )
+    moments = [
+        dt.datetime(1, 1, 1) + dt.timedelta(microseconds=int(m)) for m in rng.integers(0, 315_537_897_599_999_999, n)
+    ]
+    moments[:4] = [
+        dt.datetime(2024, 1, 31),
+        dt.datetime(1970, 1, 1, 0, 0, 0, 10),
+        dt.datetime(999, 5, 5, 1, 1, 1, 500000),
+        None,
+    ]  # type: ignore[list-item]
+    return pl.DataFrame(
+        {
+            "x": floats,
+            "s": ["".join(chr(c) for c in rng.integers(0, 0x2FF, 6)) + '"\\/✓' for _ in range(n)],
+            "i": rng.integers(-(2**63), 2**63 - 1, n),
+            "u": pl.Series(rng.integers(0, 2**63, n), dtype=pl.UInt64) * 2,
+            "small": pl.Series(rng.integers(-128, 127, n), dtype=pl.Int8),
+            "b": [None if k % 7 == 0 else bool(k % 2) for k in range(n)],
+            "at": moments,
+            "ms": pl.Series(moments).cast(pl.Datetime("ms")),
+            "day": [m.date() if m is not None else None for m in moments],
+            "nothing": [None] * n,
+            'odd "name"\n': rng.random(n),
+        }
+    )
+
+
+def test_polars_writes_the_same_bytes_as_the_records_encode_to() -> None:
+    frame = _native_frame()
+    assert engine.records_json(frame) == jsonutil.dumps(frame.to_dicts())
+    assert engine.records_json(frame.head(0)) == jsonutil.dumps([]) == b"[]"
+
+
+def test_other_column_types_are_encoded_through_python_values() -> None:
+    frame = FRAME.with_columns(
+        pl.col("x").cast(pl.Float32).alias("f32"),
+        pl.col("at").dt.replace_time_zone("Europe/Paris").alias("zoned"),
+        pl.col("at").cast(pl.Datetime("ns")).alias("ns"),
+        pl.col("text").cast(pl.Categorical).alias("cat"),
+        pl.col("n").map_elements(lambda v: [v], return_dtype=pl.List(pl.Int64)).alias("listed"),
+    )
+    assert engine.records_json(frame) == jsonutil.dumps(frame.to_dicts())
 
 
 def test_nan_inf_dates_and_decimals_encode_as_before(plan: Plan) -> None:

@@ -55,6 +55,8 @@ class PoolStats:
     jobs: int
     killed: int
     crashed: int
+    # Whether the pool can take jobs: it has a worker, or starts them on demand (an idle pool has none).
+    ready: bool = True
 
 
 class _Worker:
@@ -180,10 +182,18 @@ class Executor:
             self.metrics.workers.dec()
         with contextlib.suppress(Exception):
             worker.stdin.close()
-        log.info("worker %s idle for %g s; stopped", worker.proc.pid, self.idle_s)
+        log.info("worker %s idle; stopped", worker.proc.pid)
         task = asyncio.ensure_future(self._reap(worker, replace=False))
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
+
+    def release_idle(self) -> None:
+        """Stop every idle worker now (an on-demand pool only): the server's start-up work (plugin
+        files inspected in workers) need not leave workers behind it."""
+        if self.idle_s <= 0:
+            return
+        while not self._idle.empty():
+            self._dismiss(self._idle.get_nowait())
 
     async def _start_one(self) -> None:
         """Start a worker for a job that finds none free, while the pool is under its size."""
@@ -379,6 +389,7 @@ class Executor:
             jobs=self._jobs,
             killed=self._killed,
             crashed=self._crashed,
+            ready=not self._closed and (bool(self._all) or self.idle_s > 0),
         )
 
     async def close(self) -> None:

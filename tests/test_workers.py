@@ -279,14 +279,28 @@ def test_workers_start_with_the_first_job_and_stop_when_idle(tmp_path: Path) -> 
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         assert _readyz(api)["workers"] == 0 and not set(_children()) - others, "a worker started before any job"
+        assert client.get("/readyz").status_code == 200  # a pool with no worker yet is ready: it starts them
         api.upload_ok(DATA / "tips.csv")
         assert _readyz(api)["workers"] == 1  # one job at a time needs one worker
         expected = len(pd.read_csv(DATA / "tips.csv"))
         for _ in range(2):  # idle: stopped; the next job starts one again and answers right
             _wait_for(lambda: _readyz(api)["workers"] == 0 and not set(_children()) - others)
+            assert client.get("/readyz").status_code == 200
             count = api.data('{ dataset(id: "tips") { count(cache: BYPASS) { success data } } }')["dataset"]["count"]
             assert count == {"success": True, "data": {"count": expected}}
             assert _readyz(api)["workers"] == 1
+
+
+def test_the_workers_that_inspected_plugins_at_start_up_do_not_stay(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name in ("one", "two"):  # each inspected in a worker at start-up, side by side
+        (plugins / f"{name}.py").write_text("")
+    settings = make_settings(tmp_path, workers=POOL, worker_idle_s=3600, plugins=str(plugins))
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        assert _readyz(api)["jobs"] == 2 and _readyz(api)["workers"] == 0
+        assert client.get("/readyz").status_code == 200
 
 
 def test_an_on_demand_pool_kills_at_the_deadline_and_carries_on() -> None:

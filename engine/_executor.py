@@ -196,14 +196,36 @@ class Executor:
             self._dismiss(self._idle.get_nowait())
 
     async def _start_one(self) -> None:
-        """Start a worker for a job that finds none free, while the pool is under its size."""
+        """Start a worker for a job that finds none free, while the pool is under its size. It joins
+        the free workers once started, so the job takes whichever comes first: a busy worker that
+        finishes in milliseconds, or this one after its half second of imports."""
         self._starting += 1
         try:
-            await self._spawn()
+            worker = await self._spawn(queue=False)
         finally:
             self._starting -= 1
+        task = asyncio.ensure_future(self._when_ready(worker))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
 
-    async def _spawn(self) -> None:
+    async def _when_ready(self, worker: _Worker) -> None:
+        try:
+            await asyncio.wait_for(worker.read_frame(), _STARTUP_S)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            if self._closed:  # closing ended it; `close` accounts for it
+                return
+            self._crashed += 1
+            log.warning("worker %s did not start", worker.proc.pid)
+            worker.kill()
+            self._dismiss(worker)
+            return
+        if self._closed:
+            return
+        worker.ready = True
+        worker.idle_since = time.monotonic()
+        self._idle.put_nowait(worker)
+
+    async def _spawn(self, *, queue: bool = True) -> _Worker:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -219,7 +241,9 @@ class Executor:
         self._all.add(worker)
         if self.metrics:
             self.metrics.workers.inc()
-        self._idle.put_nowait(worker)  # a job sent before it is ready waits in its pipe
+        if queue:
+            self._idle.put_nowait(worker)  # a job sent before it is ready waits in its pipe
+        return worker
 
     def _retire(self, worker: _Worker) -> None:
         """Kill a worker, reap it in the background, and start another in its place."""
@@ -286,13 +310,16 @@ class Executor:
         started = time.monotonic()
         if self.on_job is not None:
             self.on_job()
-        if self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed:
+        starting = self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed
+        if starting:
             await self._start_one()
         with self._counted("_waiting", self.metrics.jobs_queued if self.metrics else None):
-            try:
-                worker = await asyncio.wait_for(self._idle.get(), limit)
+            try:  # waiting for a worker this job started is its start-up, not the job's time
+                worker = await asyncio.wait_for(self._idle.get(), limit + _STARTUP_S if starting else limit)
             except TimeoutError:
                 raise self._timeout(limit, timeout_message) from None
+        if starting:
+            started = time.monotonic()
         self._jobs += 1
         if self.metrics:
             self.metrics.jobs.inc()

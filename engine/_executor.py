@@ -310,15 +310,15 @@ class Executor:
         started = time.monotonic()
         if self.on_job is not None:
             self.on_job()
-        starting = self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed
-        if starting:
+        spawned = self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed
+        if spawned:
             await self._start_one()
         with self._counted("_waiting", self.metrics.jobs_queued if self.metrics else None):
             try:  # waiting for a worker this job started is its start-up, not the job's time
-                worker = await asyncio.wait_for(self._idle.get(), limit + _STARTUP_S if starting else limit)
+                worker = await asyncio.wait_for(self._idle.get(), limit + _STARTUP_S if spawned else limit)
             except TimeoutError:
                 raise self._timeout(limit, timeout_message) from None
-        if starting:
+        if spawned:
             started = time.monotonic()
         self._jobs += 1
         if self.metrics:

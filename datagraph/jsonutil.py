@@ -9,12 +9,32 @@ from typing import Any
 
 import orjson
 
-__all__ = ["canonical", "canonical_hash", "depth_over", "dumps", "loads"]
+__all__ = ["Encoded", "canonical", "canonical_hash", "depth_over", "dumps", "loads"]
 
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
+class Encoded:
+    """A value already encoded as JSON bytes (by `dumps`), written out as it is, never decoded again:
+    a page of rows encoded in a worker passes through the cache and the response untouched."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Encoded) and other.raw == self.raw
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Encoded({len(self.raw)} bytes)"
+
+
 def _default(value: Any) -> Any:
+    if isinstance(value, Encoded):
+        return orjson.Fragment(value.raw)
     if isinstance(value, decimal.Decimal):
         return float(value) if value.is_finite() else None
     if isinstance(value, dt.timedelta):

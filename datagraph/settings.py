@@ -116,6 +116,12 @@ class Settings(BaseSettings):
         " in the background; at four times this an append rewrites the dataset whole.",
     )
     workers: int = Field(2, ge=1, description="Worker processes that parse uploads and run analysis.")
+    worker_idle_s: float = Field(
+        120,
+        ge=0,
+        description="Seconds a worker may sit idle before it is stopped; workers start with the jobs that need"
+        " them, so an idle server is one process. 0: the whole pool starts with the server and stays.",
+    )
     timeout_s: float = Field(
         60, gt=0, description="Deadline of one analysis or parsing job, in seconds; timeoutMs can lower it per request."
     )

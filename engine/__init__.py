@@ -10,6 +10,7 @@ from engine._clean import Cast, Clean, CleanStep, DropDuplicates, DropNulls, Fil
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
 from engine._ops import (
     EXPORT_FORMATS,
+    Page,
     Rows,
     append_part,
     append_rows,
@@ -20,6 +21,8 @@ from engine._ops import (
     export,
     lazy_column_infos,
     materialise,
+    page,
+    records_json,
     rows,
     summary,
     value_counts,
@@ -62,6 +65,7 @@ __all__ = [
     "Filter",
     "GroupBy",
     "Join",
+    "Page",
     "ParseDates",
     "Plan",
     "Rename",
@@ -88,6 +92,8 @@ __all__ = [
     "export",
     "lazy_column_infos",
     "materialise",
+    "page",
+    "records_json",
     "rows",
     "step_size",
     "summary",

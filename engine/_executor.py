@@ -1,4 +1,7 @@
-"""Where analysis and parsing run: a pool of pre-spawned worker processes with a deadline per job.
+"""Where analysis and parsing run: a pool of worker processes with a deadline per job.
+
+Workers start on demand (a job that finds none free starts one, up to the pool's size) and one
+idle for `idle_s` is stopped, so an idle server is one process.
 
 Polars cannot be relied on to stop a running query, so a job that overruns its deadline (or
 whose caller goes away) has its worker SIGKILLed; a replacement is spawned at once and the
@@ -52,12 +55,15 @@ class PoolStats:
     jobs: int
     killed: int
     crashed: int
+    # Whether the pool can take jobs: it has a worker, or starts them on demand (an idle pool has none).
+    ready: bool = True
 
 
 class _Worker:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.ready = False
+        self.idle_since = time.monotonic()
         self.last_words: collections.deque[str] = collections.deque(maxlen=20)
         self.stderr_done = asyncio.ensure_future(self._forward_stderr())
 
@@ -95,7 +101,7 @@ class _Worker:
 
 
 class Executor:
-    """A fixed number of worker processes; each runs one job at a time."""
+    """Up to `workers` worker processes, started when jobs need them; each runs one job at a time."""
 
     def __init__(
         self,
@@ -108,6 +114,7 @@ class Executor:
         on_kill: Callable[[], None] | None = None,
         result_mb: float = 0,
         respawn_every_s: float = 1.0,
+        idle_s: float = 0,
     ) -> None:
         """`on_job` is called in the caller's context each time a job is sent to a worker, and
         `on_kill` each time a job of the caller's is stopped at its deadline (the server charges
@@ -116,7 +123,9 @@ class Executor:
 
         Starting a worker costs about half a second of CPU (importing Polars), so killed workers are
         replaced at once up to a burst of `max(4, 2 * workers)`, then at most one per
-        `respawn_every_s`: a storm of stopped jobs costs a bounded share of the CPU, not all of it."""
+        `respawn_every_s`: a storm of stopped jobs costs a bounded share of the CPU, not all of it.
+        With `idle_s`, workers start on demand and one left idle for `idle_s` seconds is stopped (the
+        next job starts one); 0: all start with the pool and stay."""
         self.result_bytes = int(result_mb * 1024 * 1024)
         self.size = workers
         self.metrics = metrics
@@ -139,11 +148,84 @@ class Executor:
         self._closed = False
         self._closing = asyncio.Event()
         self._reaping: set[asyncio.Task[None]] = set()
+        self.idle_s = idle_s
+        self._starting = 0  # workers being started for a job, or replacing a stopped one
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await asyncio.gather(*(self._spawn() for _ in range(self.size)))
+        """With `idle_s`, workers start with the jobs that need them and the sweep that stops idle ones
+        begins; without, the whole pool starts now and stays (the pre-started pool)."""
+        if self.idle_s > 0:
+            self._sweeper = asyncio.ensure_future(self._sweep_idle())
+        else:
+            await asyncio.gather(*(self._spawn() for _ in range(self.size)))
 
-    async def _spawn(self) -> None:
+    async def _sweep_idle(self) -> None:
+        every = max(0.05, min(self.idle_s / 4, 5.0))
+        while not self._closed:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            kept: list[_Worker] = []
+            while not self._idle.empty():  # no await in between: no job takes a worker meanwhile
+                worker = self._idle.get_nowait()
+                if now - worker.idle_since >= self.idle_s and worker.proc.returncode is None:
+                    self._dismiss(worker)
+                else:
+                    kept.append(worker)
+            for worker in kept:
+                self._idle.put_nowait(worker)
+
+    def _dismiss(self, worker: _Worker) -> None:
+        """Stop an idle worker (end of its input: it exits) without replacing it."""
+        self._all.discard(worker)
+        if self.metrics:
+            self.metrics.workers.dec()
+        with contextlib.suppress(Exception):
+            worker.stdin.close()
+        log.info("worker %s idle; stopped", worker.proc.pid)
+        task = asyncio.ensure_future(self._reap(worker, replace=False))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    def release_idle(self) -> None:
+        """Stop every idle worker now (an on-demand pool only): the server's start-up work (plugin
+        files inspected in workers) need not leave workers behind it."""
+        if self.idle_s <= 0:
+            return
+        while not self._idle.empty():
+            self._dismiss(self._idle.get_nowait())
+
+    async def _start_one(self) -> None:
+        """Start a worker for a job that finds none free, while the pool is under its size. It joins
+        the free workers once started, so the job takes whichever comes first: a busy worker that
+        finishes in milliseconds, or this one after its half second of imports."""
+        self._starting += 1
+        try:
+            worker = await self._spawn(queue=False)
+        finally:
+            self._starting -= 1
+        task = asyncio.ensure_future(self._when_ready(worker))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
+    async def _when_ready(self, worker: _Worker) -> None:
+        try:
+            await asyncio.wait_for(worker.read_frame(), _STARTUP_S)
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            if self._closed:  # closing ended it; `close` accounts for it
+                return
+            self._crashed += 1
+            log.warning("worker %s did not start", worker.proc.pid)
+            worker.kill()
+            self._dismiss(worker)
+            return
+        if self._closed:
+            return
+        worker.ready = True
+        worker.idle_since = time.monotonic()
+        self._idle.put_nowait(worker)
+
+    async def _spawn(self, *, queue: bool = True) -> _Worker:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -159,7 +241,9 @@ class Executor:
         self._all.add(worker)
         if self.metrics:
             self.metrics.workers.inc()
-        self._idle.put_nowait(worker)  # a job sent before it is ready waits in its pipe
+        if queue:
+            self._idle.put_nowait(worker)  # a job sent before it is ready waits in its pipe
+        return worker
 
     def _retire(self, worker: _Worker) -> None:
         """Kill a worker, reap it in the background, and start another in its place."""
@@ -167,20 +251,31 @@ class Executor:
         self._all.discard(worker)
         if self.metrics:
             self.metrics.workers.dec()
+        self._starting += 1  # its replacement, counted from now so that no job starts another meanwhile
         task = asyncio.ensure_future(self._reap(worker))
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
 
-    async def _reap(self, worker: _Worker) -> None:
+    async def _reap(self, worker: _Worker, *, replace: bool = True) -> None:
+        if not replace:
+            try:
+                await asyncio.wait_for(worker.proc.wait(), 5.0)
+            except TimeoutError:
+                worker.kill()
         with contextlib.suppress(Exception):
             await worker.proc.wait()
             await asyncio.wait_for(worker.stderr_done, 1.0)
-        delay = self._respawn_delay()
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), delay)
-        if not self._closed:
-            await self._spawn()
+        if not replace:
+            return
+        try:
+            delay = self._respawn_delay()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
+            if not self._closed:
+                await self._spawn()
+        finally:
+            self._starting -= 1
 
     def _respawn_delay(self) -> float:
         """How long the next replacement waits: a token bucket of `max(4, 2 * workers)` replacements,
@@ -215,11 +310,16 @@ class Executor:
         started = time.monotonic()
         if self.on_job is not None:
             self.on_job()
+        spawned = self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed
+        if spawned:
+            await self._start_one()
         with self._counted("_waiting", self.metrics.jobs_queued if self.metrics else None):
-            try:
-                worker = await asyncio.wait_for(self._idle.get(), limit)
+            try:  # waiting for a worker this job started is its start-up, not the job's time
+                worker = await asyncio.wait_for(self._idle.get(), limit + _STARTUP_S if spawned else limit)
             except TimeoutError:
                 raise self._timeout(limit, timeout_message) from None
+        if spawned:
+            started = time.monotonic()
         self._jobs += 1
         if self.metrics:
             self.metrics.jobs.inc()
@@ -248,6 +348,7 @@ class Executor:
                 if await worker.ran_out_of_memory():  # a failed allocation under the cap aborts the process
                     raise self._memory() from None
                 raise WorkerCrashed(f"worker {worker.proc.pid} exited with {code} while running {_name(fn)}") from None
+        worker.idle_since = time.monotonic()
         self._idle.put_nowait(worker)
         if kind == "ok":
             return value  # type: ignore[no-any-return]
@@ -315,11 +416,16 @@ class Executor:
             jobs=self._jobs,
             killed=self._killed,
             crashed=self._crashed,
+            ready=not self._closed and (bool(self._all) or self.idle_s > 0),
         )
 
     async def close(self) -> None:
         self._closed = True
         self._closing.set()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         for worker in list(self._all):
             with contextlib.suppress(Exception):
                 worker.stdin.close()

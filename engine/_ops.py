@@ -17,6 +17,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import polars as pl
 
+from datagraph import jsonutil
 from datagraph.errors import BadInput
 from engine._clean import Clean, translate_error
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
@@ -25,12 +26,15 @@ from engine._sql import sql_error
 
 __all__ = [
     "EXPORT_FORMATS",
+    "Page",
     "Rows",
     "collect",
     "count",
     "describe",
     "explain",
     "export",
+    "page",
+    "records_json",
     "rows",
     "sql_errors",
     "summary",
@@ -89,14 +93,66 @@ class Rows:
     truncated: bool
 
 
+def _slice(plan: Plan, limit: int, offset: int) -> tuple[pl.DataFrame, bool]:
+    """Up to `limit` rows after `offset`, and whether more follow."""
+    frame, _ = build(plan.then(Slice(offset, limit + 1)))  # a step, so a linked table pushes the LIMIT down
+    (found,) = collect(frame)
+    return found.head(limit), found.height > limit
+
+
 @sql_errors
 def rows(plan: Plan, *, limit: int, offset: int) -> Rows:
     """Up to `limit` rows after `offset`; `truncated` when more follow."""
-    frame, _ = build(plan.then(Slice(offset, limit + 1)))  # a step, so a linked table pushes the LIMIT down
-    (page,) = collect(frame)
-    truncated = page.height > limit
-    page = page.head(limit)
-    return Rows(records=page.to_dicts(), columns=column_infos(page), truncated=truncated)
+    found, truncated = _slice(plan, limit, offset)
+    return Rows(records=found.to_dicts(), columns=column_infos(found), truncated=truncated)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of rows already encoded as a JSON array of records (`jsonutil.dumps` of `rows`' records)."""
+
+    json: bytes
+    count: int
+    columns: list[ColumnInfo]
+    truncated: bool
+
+
+@sql_errors
+def page(plan: Plan, *, limit: int, offset: int) -> Page:
+    """`rows`, encoded to JSON where it runs (in a worker): bytes cross the pipe instead of a pickle of
+    Python objects, and the server writes them into the response without decoding them."""
+    found, truncated = _slice(plan, limit, offset)
+    return Page(records_json(found), found.height, column_infos(found), truncated)
+
+
+# Column types Polars' own JSON writer encodes exactly as `jsonutil.dumps` encodes the Python values
+# `to_dicts` gives (shortest round-trip floats, NaN and infinities as null, the same string escapes),
+# checked byte for byte by tests/test_rows_encoding.py; timestamps become ISO text first, as Python's
+# `isoformat` writes them.
+_NATIVE_JSON = (
+    pl.Int8, pl.Int16, pl.Int32, pl.Int64, pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64,
+    pl.Float64, pl.String, pl.Boolean, pl.Date, pl.Null,
+)  # fmt: skip
+
+
+def _iso(name: str) -> pl.Expr:
+    col = pl.col(name)
+    whole = col.dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return (
+        pl.when(col.dt.microsecond() == 0).then(whole).otherwise(col.dt.strftime("%Y-%m-%dT%H:%M:%S%.6f")).alias(name)
+    )
+
+
+def records_json(frame: pl.DataFrame) -> bytes:
+    """`jsonutil.dumps(frame.to_dicts())`, byte for byte: written by Polars (about 4x faster) when
+    every column is of a type whose encoding is known to match, else through Python objects."""
+    stamps = [
+        n for n, d in frame.schema.items() if isinstance(d, pl.Datetime) and d.time_zone is None and d.time_unit != "ns"
+    ]
+    native = frame.width > 0 and all(isinstance(d, _NATIVE_JSON) or n in stamps for n, d in frame.schema.items())
+    if not native:
+        return jsonutil.dumps(frame.to_dicts())
+    return frame.with_columns(_iso(n) for n in stamps).write_json().encode() if stamps else frame.write_json().encode()
 
 
 @sql_errors

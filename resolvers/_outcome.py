@@ -38,7 +38,7 @@ log = logging.getLogger("datagraph")
 # Part of every cache key: bump when a result's meaning changes for the same arguments.
 ENGINE_VERSION = "2"
 CACHE_MODES = ("USE", "REFRESH", "BYPASS")
-_ENVELOPE = b"dg1:"  # cached values start with this; anything else is a miss
+_ENVELOPE = b"dg2:"  # cached values start with this; anything else is a miss
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,20 +99,32 @@ async def answer(key: str, work: Callable[[], Awaitable[Outcome]], *, where: str
 
 
 def _encode(outcome: Outcome) -> bytes:
+    """The envelope, the meta as one line of JSON, a newline, then the data's JSON. Data that came
+    encoded (a page of rows) is stored as it is and comes back `Encoded`, so a hit is not decoded."""
     columns = [[c.name, c.dtype, c.null_count, c.missing_rate] for c in outcome.columns]
-    body = {"d": outcome.data, "n": outcome.row_count, "c": columns, "t": outcome.truncated, "m": outcome.match_rate}
-    return _ENVELOPE + jsonutil.dumps(body)
+    encoded = isinstance(outcome.data, jsonutil.Encoded)
+    head = {"n": outcome.row_count, "c": columns, "t": outcome.truncated, "m": outcome.match_rate, "e": encoded}
+    data = outcome.data.raw if isinstance(outcome.data, jsonutil.Encoded) else jsonutil.dumps(outcome.data)
+    return b"".join((_ENVELOPE, jsonutil.dumps(head), b"\n", data))  # orjson's JSON holds no raw newline
 
 
 def _decode(raw: bytes) -> Outcome | None:
     """The cached outcome, or None for anything that is not one of ours (a garbled entry is a miss)."""
     if not raw.startswith(_ENVELOPE):
         return None
+    head_end = raw.find(b"\n", len(_ENVELOPE))
+    if head_end < 0:
+        return None
     try:
-        body = jsonutil.loads(raw[len(_ENVELOPE) :])
-        columns = [ColumnInfo(name, dtype, nulls, rate) for name, dtype, nulls, rate in body["c"]]
+        head = jsonutil.loads(raw[len(_ENVELOPE) : head_end])
+        data = raw[head_end + 1 :]
+        columns = [ColumnInfo(name, dtype, nulls, rate) for name, dtype, nulls, rate in head["c"]]
         return Outcome(
-            data=body["d"], row_count=body["n"], columns=columns, truncated=bool(body["t"]), match_rate=body["m"]
+            data=jsonutil.Encoded(data) if head["e"] is True else jsonutil.loads(data),
+            row_count=head["n"],
+            columns=columns,
+            truncated=bool(head["t"]),
+            match_rate=head["m"],
         )
     except (ValueError, KeyError, TypeError):
         return None

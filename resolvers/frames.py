@@ -13,6 +13,7 @@ from typing import Any
 
 import engine
 from datagraph.errors import BadInput, TooLarge
+from datagraph.jsonutil import Encoded
 from engine import Plan
 from resolvers._outcome import Options, Outcome, Problem, analysed
 from resolvers.context import Context, Resources, read_only_message
@@ -42,8 +43,8 @@ async def rows(
 
     async def work(timeout: float | None) -> Outcome:
         lim, off = _check_limit(ctx, "rows", limit, offset, default)
-        page = await ctx.resources.executor.run(engine.rows, plan, limit=lim, offset=off, timeout=timeout)
-        return Outcome(data=page.records, row_count=len(page.records), columns=page.columns, truncated=page.truncated)
+        page = await ctx.resources.executor.run(engine.page, plan, limit=lim, offset=off, timeout=timeout)
+        return Outcome(data=Encoded(page.json), row_count=page.count, columns=page.columns, truncated=page.truncated)
 
     args = {"limit": default if limit is None else limit, "offset": offset or 0}
     return await analysed(ctx, "rows", args, plan.key(), work, options)

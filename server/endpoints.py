@@ -63,7 +63,7 @@ async def readyz(request: Request) -> Response:
     sources.update({f"plugin:{name}": "OK" for name in res.plugins.available()})
     sources.update({f"plugin file:{stem}": "UNAVAILABLE" for stem, _ in res.plugins.unavailable()})
     body = {
-        "status": "ok" if metadata == "ok" and pool.workers > 0 else "unavailable",
+        "status": "ok" if metadata == "ok" and pool.ready else "unavailable",
         "metadata": metadata,
         "cache": {
             "backend": res.cache.backend,

@@ -169,6 +169,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         on_job=count_job,
         on_kill=count_stop,
         result_mb=settings.max_result_mb,
+        idle_s=settings.worker_idle_s,
     )
     await executor.start()
     cache = ResultCache(
@@ -200,6 +201,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         await res.close()
         raise RuntimeError(NO_KEYS_MESSAGE)
     await plugins.scan(executor)
+    executor.release_idle()  # the plugin inspections' workers go: an idle server is one process
     _report_start(settings, created=not data_dir_existed, sources=[c.id for c in sources], plugins=plugins)
     for dataset_id in _sweep_exports(res):
         compact_soon(res, dataset_id)

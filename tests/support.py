@@ -122,9 +122,11 @@ class Api:
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings on a fresh data directory, with no database sources or plugins unless given, and one
-    worker process (each costs a second of CPU to start): tests about the pool ask for more. The
-    TestClient's host name is allowed (setting allowed_hosts)."""
-    defaults = {"data_dir": tmp_path / "data", "sources": "", "plugins": "", "workers": 1}
+    worker process (each costs a second of CPU to start), started with the app and never stopped for
+    idleness (worker_idle_s 0: tests about the pool count its workers): tests about the pool ask for
+    more, tests of the on-demand pool for a worker_idle_s. The TestClient's host name is allowed
+    (setting allowed_hosts)."""
+    defaults = {"data_dir": tmp_path / "data", "sources": "", "plugins": "", "workers": 1, "worker_idle_s": 0}
     # Starlette's TestClient sends "Host: testserver"; a real server on loopback needs no entry.
     return Settings(**{**defaults, "allowed_hosts": "testserver", **overrides})
 
@@ -189,10 +191,11 @@ def free_port() -> int:
 @contextlib.contextmanager
 def running_server(work: Path, *args: str, env: dict[str, str] | None = None, workers: int | None = 1) -> Iterator[str]:
     """A real `datagraph serve` under uvicorn on loopback, as a user starts it; yields its base URL.
-    It has `workers` worker processes (None: as the environment or the default says)."""
+    It has `workers` worker processes, started with it and never stopped for idleness (None: as the
+    environment or the defaults say: started on demand, stopped when idle)."""
     port = free_port()
     log = open(work / "server.log", "w")  # noqa: SIM115 - closed below
-    pool = ["--workers", str(workers)] if workers is not None else []
+    pool = ["--workers", str(workers), "--worker-idle-s", "0"] if workers is not None else []
     command = [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--data-dir", str(work / "data")]
     proc = subprocess.Popen(
         [*command, *pool, *args],

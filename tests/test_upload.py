@@ -277,6 +277,57 @@ def test_awkward_but_valid_csv_reads(shared: Api, content: bytes, expected: list
     assert rows["dataset"]["rows"]["data"] == expected
 
 
+def test_a_quoted_field_may_hold_newlines_and_separators(shared: Api) -> None:
+    content = b'a,b,c\n1,"two\nlines, and ""quotes""",2024-01-31\n3,"x",2024-02-01\n'
+    dataset_id = shared.upload_ok(content, "quoted.csv")
+    query = "query($id: ID!) { dataset(id: $id) { columns { name dtype } rows { data } } }"
+    found = shared.data(query, {"id": dataset_id})["dataset"]
+    assert [c["dtype"] for c in found["columns"]] == ["Int64", "String", "Date"]
+    assert found["rows"]["data"] == [
+        {"a": 1, "b": 'two\nlines, and "quotes"', "c": "2024-01-31"},
+        {"a": 3, "b": "x", "c": "2024-02-01"},
+    ]
+
+
+# The type of a column is decided by all of its values: past the sample that suggests a type (the
+# first 1,000 present values) and past the head read at once (10,000 rows), a last value that does
+# not fit changes it, as in pandas.
+_LONG = 15_000
+
+
+@pytest.mark.parametrize(
+    ("values", "last", "dtype", "expected"),
+    [
+        ("{i}", "2.5", "Float64", 2.5),
+        ("{i}", "n/a", "Int64", None),  # a missing-value token is missing, not a misfit
+        ("{i}.5", "seven", "String", "seven"),
+        ("true", "maybe", "String", "maybe"),
+        ("2024-01-02", "2024-13-45", "String", "2024-13-45"),
+        ("2024-01-02T03:04:05", "yesterday", "String", "yesterday"),
+    ],
+    ids=[
+        "int-then-float",
+        "int-then-missing",
+        "float-then-text",
+        "bool-then-text",
+        "date-then-bad-date",
+        "datetime-then-text",
+    ],
+)
+def test_a_csv_column_is_typed_by_every_value_up_to_the_last_line(
+    shared: Api, values: str, last: str, dtype: str, expected: object
+) -> None:
+    lines = [f"{i},{values.format(i=i)}" for i in range(_LONG - 1)] + [f"{_LONG - 1},{last}"]
+    dataset_id = shared.upload_ok(("n,v\n" + "\n".join(lines) + "\n").encode(), "long.csv")
+    query = (
+        "query($id: ID!, $o: Int!) { dataset(id: $id) { rowCount columns { name dtype } rows(offset: $o) { data } } }"
+    )
+    found = shared.data(query, {"id": dataset_id, "o": _LONG - 1})["dataset"]
+    assert found["rowCount"] == _LONG
+    assert [c["dtype"] for c in found["columns"]] == ["Int64", dtype]
+    assert found["rows"]["data"] == [{"n": _LONG - 1, "v": expected}]
+
+
 def test_datasets_survive_a_restart_and_crash_leftovers_are_swept(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     with TestClient(create_app(settings)) as client:

@@ -271,3 +271,71 @@ def test_stopped_jobs_are_charged_to_the_rate_budget(tmp_path: Path) -> None:
             assert rows["error"]["code"] == "TIMEOUT"
         refused = client.post("/graphql", json={"query": LIGHT})
         assert refused.status_code == 429 and refused.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+
+
+def test_workers_start_with_the_first_job_and_stop_when_idle(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, workers=POOL, worker_idle_s=0.5)
+    others = set(_children())  # processes an earlier test left to be reaped are not this app's
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        assert _readyz(api)["workers"] == 0 and not set(_children()) - others, "a worker started before any job"
+        assert client.get("/readyz").status_code == 200  # a pool with no worker yet is ready: it starts them
+        api.upload_ok(DATA / "tips.csv")
+        assert _readyz(api)["workers"] == 1  # one job at a time needs one worker
+        expected = len(pd.read_csv(DATA / "tips.csv"))
+        for _ in range(2):  # idle: stopped; the next job starts one again and answers right
+            _wait_for(lambda: _readyz(api)["workers"] == 0 and not set(_children()) - others)
+            assert client.get("/readyz").status_code == 200
+            count = api.data('{ dataset(id: "tips") { count(cache: BYPASS) { success data } } }')["dataset"]["count"]
+            assert count == {"success": True, "data": {"count": expected}}
+            assert _readyz(api)["workers"] == 1
+
+
+def test_the_workers_that_inspected_plugins_at_start_up_do_not_stay(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name in ("one", "two"):  # each inspected in a worker at start-up, side by side
+        (plugins / f"{name}.py").write_text("")
+    settings = make_settings(tmp_path, workers=POOL, worker_idle_s=3600, plugins=str(plugins))
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        assert _readyz(api)["jobs"] == 2 and _readyz(api)["workers"] == 0
+        assert client.get("/readyz").status_code == 200
+
+
+def test_an_on_demand_pool_kills_at_the_deadline_and_carries_on() -> None:
+    async def jobs() -> tuple[list[str], int, PoolStats, PoolStats]:
+        pool = Executor(1, idle_s=0.5)
+        await pool.start()
+        try:
+            assert pool.stats().workers == 0
+            codes = []
+            for _ in range(2):
+                try:
+                    await pool.run(time.sleep, 30, timeout=0.5)
+                except Timeout as exc:
+                    codes.append(exc.code)
+            pid = await pool.run(os.getpid, deadline_s=120)
+            busy = pool.stats()
+            while pool.stats().workers:  # idle: stopped, not replaced
+                await asyncio.sleep(0.05)
+            return codes, pid, busy, pool.stats()
+        finally:
+            await asyncio.wait_for(pool.close(), 30)
+
+    codes, pid, busy, idle = asyncio.run(jobs())
+    assert codes == ["TIMEOUT"] * 2 and pid not in (0, os.getpid())
+    assert (busy.killed, busy.workers, idle.workers, idle.jobs) == (2, 1, 0, 3)
+
+
+def _readyz(api: Api) -> dict[str, Any]:
+    workers: dict[str, Any] = api.client.get("/readyz").json()["workers"]
+    return workers
+
+
+def _wait_for(condition: Any, seconds: float = 30) -> None:
+    """Poll `condition` (a generous bound for a busy machine: this asserts what happens, not how fast)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.1)

@@ -57,27 +57,27 @@ LABELS = {
 
 # Why a target is missed, from profiling the server path; shown only for the targets a run misses.
 NOTES = {
-    "memory": "**Peak memory.** datagraph's peak comes while a worker parses the upload: `connectors/_files.py`"
-    " reads the whole CSV as text and then casts the columns in memory, several times the file's size, on top"
-    " of three Python processes that each load Polars (the tree's idle RSS is more than 3x the seed's). describe"
-    " is the next highest (n-unique over 1M distinct strings). A streaming ingest (type the columns in one"
-    " `scan_csv` pass, then `sink_parquet`) would bound the worker; fewer or lazily started workers would lower"
-    " the idle floor.",
+    "memory": "**Peak memory.** The upload streams to Parquet now and workers start on demand (the idle tree is"
+    " one process, about 150 MiB), so datagraph's peak comes during describe: a worker computing n-unique and"
+    " top values over the ~1M-distinct text column (about 400 MiB on its own), on top of the server process"
+    " (about 160 MiB). Below 0.7x the seed's needs describe's distinct counts in less memory (approximate or"
+    " streaming counts, which would change pandas' exact numbers) or a worker that gives its memory back.",
     "cached": "**Cached queries.** A cache hit is a dictionary lookup on both servers, so both sit near the HTTP"
     " round trip (`GET /healthz`, the floor column); 20x faster than the seed's own hit would be below a"
     " loopback HTTP request. Read as a repeated query against the seed's first run of it, datagraph's cache is"
-    " far past 20x (the row under the pass). Left to gain: a hit decodes the stored JSON and encodes it again"
-    " (about 2 ms for a 230 kB page; `orjson.Fragment` would pass the stored bytes through), and the cached"
-    " export takes two requests (the link, then the file from disk) against the seed's one answer from memory.",
+    " far past 20x (the row under the pass). The answer cache serves stored bytes (bench/wire.py: a hit at the"
+    " bare app's p50); the cached export still takes two requests (the link, then the file from disk) against"
+    " the seed's one answer from memory.",
     "rows": "**1,000 rows.** The seed slices a DataFrame it keeps in memory; datagraph reads the page from Parquet"
-    " in a worker (the floor column: the read alone is about as long as the seed's whole answer), turns it into"
-    " Python objects (`to_dicts`), pickles them back to the server and encodes them. 5x faster than an in-memory"
-    " slice needs the page in memory. Encoding the page to JSON in the worker and passing the bytes through"
-    " (`orjson.Fragment`) would remove most of the gap to the floor. For comparison, measured once in one process:"
-    " the seed's page with `to_dict` + `jsonify` instead of pandas' `to_json` takes ~25 ms, and read from SQLite"
-    " with `LIMIT/OFFSET` ~54 ms.",
+    " in a worker (the floor column: the read alone is about as long as the seed's whole answer). The page is"
+    " encoded to JSON in the worker (by Polars for plain column types) and passed through as bytes, which took it"
+    " from 3.5x the floor to about 2.4x here; what is left is the worker round trip (a job sent and its bytes"
+    " pickled back) and HTTP and GraphQL. 5x faster than an in-memory slice needs the page in memory (keeping"
+    " hot datasets as memory-mapped Arrow beside the Parquet, not built).",
     "filter": "**Filter.** `count` and `rows` run as two worker jobs, each scanning the file, where the floor shares"
-    " one scan (`collect_all`); add a few ms of HTTP, GraphQL and worker round trip on a query of tens of ms.",
+    " one scan (`collect_all`); add a few ms of HTTP, GraphQL and worker round trip on a query of tens of ms"
+    " (about 8-10 ms in all, the same as before; the ratio moves with the floor's own time from run to run)."
+    " Running the results of one frame in one job with one shared scan would close it.",
     "describe": "**describe.** A few ms of HTTP, GraphQL and worker round trip are small beside the query.",
     "group_by": "**group-by.** Fixed per-request costs (HTTP, GraphQL, the worker round trip, 400 rows sent back"
     " and encoded) beside a query of a few hundred ms.",

@@ -84,8 +84,9 @@ def main() -> None:
         work = Path(tmp)
         script = work / "post.lua"
         script.write_text(LUA % json.dumps(json.dumps({"query": QUERY})))
+        # As in the journey: log level warning (no access line a request; the bare app writes none either).
         datagraph = [str(ROOT / ".venv/bin/datagraph"), "serve", "--data-dir", str(work / "data"), "--rate-limit", "",
-                     "--workers", "1", "--sources", "", "--plugins", ""]  # fmt: skip
+                     "--workers", "1", "--sources", "", "--plugins", "", "--log-level", "warning"]  # fmt: skip
         with process(datagraph, {}, "/healthz", work / "datagraph.log") as (client, _):
             files = {"0": ("titanic.csv", TITANIC.read_bytes(), "text/csv")}
             data = {
@@ -132,7 +133,8 @@ def report(runs: dict[tuple[str, int], list[dict[str, float]]], size: int) -> No
         [
             "# The everyday request at wire speed (bench/wire.py)",
             "",
-            f"A cached `describe` of titanic ({size:,} bytes), rate limit off, `wrk` for {SECONDS} s per run,"
+            f"A cached `describe` of titanic ({size:,} bytes), rate limit off, log level warning (as in the"
+            f" journey), `wrk` for {SECONDS} s per run,"
             f" interleaved, medians of {ROUNDS}; non-2xx answers and socket errors seen: {bad}.",
             "",
             *rows,

@@ -18,11 +18,22 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 from sqlglot.dialects.dialect import Dialect
+from sqlglot.errors import ParseError, SqlglotError
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+from sqlglot.tokenizer_core import Token
 
 from datagraph.errors import BadInput
 
-__all__ = ["MAX_CTES", "MAX_TABLES", "ColumnsOf", "check_qualified_columns", "too_many", "visible_cte"]
+__all__ = [
+    "MAX_CTES",
+    "MAX_TABLES",
+    "ColumnsOf",
+    "check_qualified_columns",
+    "parse_error_place",
+    "tokens_of",
+    "too_many",
+    "visible_cte",
+]
 
 # Past these a query is refused before its names are resolved: each table looks through the CTEs in
 # scope, so a query of thousands of each (20,000 characters hold 600 CTEs and 5,000 tables) would
@@ -36,6 +47,24 @@ ColumnsOf = Callable[[tuple[str, ...]], Mapping[str, Sequence[str]]]
 # A `SELECT *` over `SELECT *`s can double its columns at each step; no select list of PostgreSQL's
 # holds more than this, so past it they are not counted (and nothing is read through them).
 _MAX_COLUMNS = 1664
+
+
+def tokens_of(text: str, dialect: Dialect) -> list[Token]:
+    """The SQL's tokens; BadInput when a quote, quoted name or comment is left open."""
+    try:
+        return list(dialect.tokenize(text))
+    except SqlglotError:
+        raise BadInput("The SQL could not be parsed: a quote, quoted name or comment is not closed.") from None
+
+
+def parse_error_place(exc: ParseError) -> str:
+    """Where sqlglot stopped reading, in the user's terms (near what, at which line and column)."""
+    if not exc.errors:
+        return "check the syntax"
+    error = exc.errors[0]
+    near = str(error.get("highlight") or "").strip()
+    near = near if len(near) <= 30 else near[:27] + "..."
+    return f"error near {near!r} at line {error.get('line')}, column {error.get('col')}"
 
 
 def too_many(nodes: list[exp.Expr]) -> str | None:

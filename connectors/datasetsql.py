@@ -35,7 +35,7 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
 from sqlglot.generators.postgres import PostgresGenerator
 
-from connectors._pgnames import too_many, visible_cte
+from connectors._pgnames import parse_error_place, tokens_of, too_many, visible_cte
 from datagraph.errors import BadInput, TooLarge
 
 __all__ = ["MAX_SQL_CHARS", "CheckedDatasetSql", "check_dataset_sql"]
@@ -165,28 +165,16 @@ def check_dataset_sql(text: str, *, max_chars: int = MAX_SQL_CHARS) -> CheckedDa
 
 
 def _parse_one(text: str) -> exp.Expr:
-    try:
-        tokens = _DIALECT.tokenize(text)
-    except SqlglotError:
-        raise BadInput("The SQL could not be parsed: a quote, quoted name or comment is not closed.") from None
+    tokens = tokens_of(text, _DIALECT)
     try:
         statements = [s for s in _DIALECT.parser().parse(tokens, text) if s is not None]
     except ParseError as exc:
-        raise BadInput(f"The SQL could not be parsed: {_where(exc)}.") from None
+        raise BadInput(f"The SQL could not be parsed: {parse_error_place(exc)}.") from None
     if not statements:
         raise BadInput("The SQL is empty: write one SELECT query over datasets.")
     if len(statements) > 1:
         raise BadInput(f"Only one statement is allowed; this has {len(statements)}.")
     return statements[0]
-
-
-def _where(exc: ParseError) -> str:
-    if not exc.errors:
-        return "check the syntax"
-    error = exc.errors[0]
-    near = str(error.get("highlight") or "").strip()
-    near = near if len(near) <= 30 else near[:27] + "..."
-    return f"error near {near!r} at line {error.get('line')}, column {error.get('col')}"
 
 
 def _inspect(tree: exp.Expr) -> tuple[str, ...]:

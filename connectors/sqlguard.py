@@ -40,7 +40,7 @@ from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ErrorLevel, ParseError, SqlglotError
 from sqlglot.tokenizer_core import TokenType
 
-from connectors._pgnames import ColumnsOf, check_qualified_columns, too_many, visible_cte
+from connectors._pgnames import ColumnsOf, check_qualified_columns, parse_error_place, tokens_of, too_many, visible_cte
 from datagraph.errors import BadInput, ReadOnly, TooLarge
 
 __all__ = ["DIALECTS", "CheckedSql", "ColumnsOf", "check_select", "limited"]
@@ -255,31 +255,19 @@ def _dialect(name: str) -> Dialect:
 
 
 def _parse_one(text: str, dialect: Dialect) -> exp.Expr:
-    try:
-        tokens = dialect.tokenize(text)
-    except SqlglotError:
-        raise BadInput("The SQL could not be parsed: a quote, quoted name or comment is not closed.") from None
+    tokens = tokens_of(text, dialect)
     try:
         statements = [s for s in dialect.parser().parse(tokens, text) if s is not None]
     except ParseError as exc:
         if any(token.token_type == TokenType.INTO for token in tokens):
             # MySQL's INTO OUTFILE / DUMPFILE does not parse; it is refused for what it is.
             raise ReadOnly("SELECT ... INTO is not allowed in a read-only query.") from None
-        raise BadInput(f"The SQL could not be parsed: {_where(exc)}.") from None
+        raise BadInput(f"The SQL could not be parsed: {parse_error_place(exc)}.") from None
     if not statements:
         raise BadInput("The SQL is empty: write one SELECT query.")
     if len(statements) > 1:
         raise ReadOnly(f"Only one statement is allowed; this has {len(statements)}.")
     return statements[0]
-
-
-def _where(exc: ParseError) -> str:
-    if not exc.errors:
-        return "check the syntax"
-    error = exc.errors[0]
-    near = str(error.get("highlight") or "").strip()
-    near = near if len(near) <= 30 else near[:27] + "..."
-    return f"error near {near!r} at line {error.get('line')}, column {error.get('col')}"
 
 
 def _inspect(tree: exp.Expr, dialect: Dialect, default_schema: str, allowed: frozenset[str] | None) -> tuple[str, ...]:

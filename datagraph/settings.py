@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         description="How often a server process records in the metadata database that it is alive, in seconds;"
         " one silent for 3 times this is dead, and sweeps remove what it left.",
     )
+    shutdown_grace_s: int = Field(
+        5,
+        ge=0,
+        description="How long a stopping server waits for open connections (websockets, requests still running)"
+        " before it closes them, in seconds.",
+    )
     sources: str = Field(
         "sources.yaml",
         description="The sources file (databases to read); empty for none. A missing default file means none.",

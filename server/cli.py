@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +103,8 @@ def _main(argv: list[str] | None) -> None:
         from server.observe import configure_logging
 
         configure_logging(settings.log_level, settings.log_format)
+        # `kill -USR1 <pid>` prints every thread's stack to stderr: for a server that will not stop.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         uvicorn.run(
             create_app(settings),
             host=settings.host,
@@ -111,6 +115,9 @@ def _main(argv: list[str] | None) -> None:
             # Messages over max_request_kb are closed by the app (1009, naming the setting); far larger
             # ones by uvicorn, before it has read them whole.
             ws_max_size=max(1 << 20, 2 * settings.max_request_kb * 1024),
+            # A connection that does not end (a websocket whose handler waits on) must not keep a
+            # stopping server up for ever: after the grace, uvicorn cancels what is left.
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
         )
 
 

@@ -213,8 +213,16 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None, wo
         yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-        log.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # say where it hangs (the server dumps its threads on SIGUSR1)
+            os.kill(proc.pid, signal.SIGUSR1)
+            time.sleep(1)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            pytest.fail("the server did not stop within 10 s of SIGTERM:\n" + (work / "server.log").read_text()[-6000:])
+        finally:
+            log.close()
 
 
 def wait_until_serving(base: str, log: Path, seconds: float = 15) -> None:

@@ -25,9 +25,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # the slow tier: a load test
 CLIENTS = 50
 SECONDS = budget(30, 60)  # the load's length: a minute under CI, half that elsewhere
 CACHED = '{ dataset(id: "%s") { describe(columns: ["fare", "age"]) { success meta { cached } } } }'
-# Every diamond joined with every diamond of the same cut, sorted: stopped at its 30 s deadline.
-HEAVY = """{ dataset(id: "%s") { join(right: "%s", on: ["cut"]) {
-  sort(by: [{column: "price_right"}]) { rows(limit: 5, timeoutMs: 30000) { success error { code } } } } } }"""
+# Every diamond joined with every diamond of the same cut, and that with every one of the same colour,
+# sorted: stopped at its 30 s deadline. (One join of the same cut now finishes in about 14 s: a page
+# reads the sorted join once.)
+HEAVY = """{ dataset(id: "%s") { join(right: "%s", on: ["cut"]) { join(right: "%s", on: ["color"]) {
+  sort(by: [{column: "price_right"}]) { rows(limit: 5, timeoutMs: 30000) { success error { code } } } } } } }"""
 
 
 def _keys(data_dir: Path, n: int) -> list[str]:
@@ -75,7 +77,7 @@ def test_fifty_clients_for_a_minute(tmp_path: Path) -> None:
             idle = _probe(client, query, time.monotonic() + 8, 0.05)  # ~150 reads
 
             heavy: list[float] = []
-            heavy_query = {"query": HEAVY % (ids["diamonds"], ids["diamonds"])}
+            heavy_query = {"query": HEAVY % (ids["diamonds"], ids["diamonds"], ids["diamonds"])}
 
             def run_heavy() -> None:
                 started = time.monotonic()

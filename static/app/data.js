@@ -248,7 +248,11 @@ export function initData(app, live) {
 
   cancel.addEventListener("click", () => cancelUpload?.());
   input.addEventListener("change", () => {
-    if (input.files?.length) send(input.files[0]);
+    const file = input.files?.[0];
+    // Cleared at once, so choosing the same file again (a second copy) is a change the page sees,
+    // even while the first upload's dataset is still being opened.
+    input.value = "";
+    if (file) send(file);
   });
   for (const name of ["dragenter", "dragover"]) {
     drop.addEventListener(name, (event) => {

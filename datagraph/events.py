@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from datagraph import jsonutil
-from datagraph.answers import DatasetVersions
+from datagraph.answers import ANY_DATASET, DatasetVersions
 
 __all__ = ["ANY_DATASET", "CHANNEL", "RESYNC", "DatasetEvent", "EventBus", "JobUpdate"]
 
@@ -27,7 +27,6 @@ CHANNEL = "datagraph:events"
 # Delivered locally after the Redis reader reconnects: events may have been missed, so anything that
 # depends on a dataset (a watch) must look again. Never shown to datasetEvents subscribers.
 RESYNC = "RESYNC"
-ANY_DATASET = "*"
 QUEUE_SIZE = 256
 # An event missed is a stale watch in another process: give Redis longer than a cache lookup gets.
 PUBLISH_TIMEOUT_S = 1.0

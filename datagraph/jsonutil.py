@@ -62,7 +62,7 @@ def canonical(value: Any) -> bytes:
 
 def canonical_hash(value: Any) -> str:
     """sha256 of the value's canonical JSON (sorted keys), as hex."""
-    return hashlib.sha256(orjson.dumps(value, default=_default, option=_OPTIONS | orjson.OPT_SORT_KEYS)).hexdigest()
+    return hashlib.sha256(canonical(value)).hexdigest()
 
 
 def depth_over(value: Any, limit: int) -> bool:

@@ -417,8 +417,8 @@ def _write_parquet(frame: pl.LazyFrame | pl.DataFrame, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def append_rows(source: Path, rows: list[dict[str, Any]], *, out: Path) -> tuple[int, list[ColumnInfo]]:
-    """The dataset at `source` with `rows` after it, written whole to `out`; (rows, columns)."""
+def append_rows(source: list[Path], rows: list[dict[str, Any]], *, out: Path) -> tuple[int, list[ColumnInfo]]:
+    """The dataset in the files `source` with `rows` after it, written whole to `out`; (rows, columns)."""
     current = pl.scan_parquet(source)
     added = _appended(current.collect_schema(), rows)
     _write_parquet(pl.concat([current, added.lazy()], how="vertical"), out)
@@ -426,16 +426,14 @@ def append_rows(source: Path, rows: list[dict[str, Any]], *, out: Path) -> tuple
     return int(written.select(pl.len()).collect().item()), lazy_column_infos(written)
 
 
-def append_part(source: Path, rows: list[dict[str, Any]], *, out: Path) -> list[ColumnInfo]:
-    """Only `rows`, typed as the columns of the dataset at `source` (read from its first file's
-    footer, not its data), written to `out` as the dataset's next part; their columns."""
-    first = next(iter(sorted(source.glob("p*.parquet")))) if source.is_dir() else source
+def append_part(first: Path, rows: list[dict[str, Any]], *, out: Path) -> list[ColumnInfo]:
+    """Only `rows`, typed as the dataset's columns (read from the footer of its `first` file, not its
+    data), written to `out` as the dataset's next part; their columns."""
     added = _appended(pl.read_parquet_schema(first), rows)
     _write_parquet(added, out)
     return column_infos(added)
 
 
-def compact(parts: list[Path], *, out: Path) -> int:
-    """The rows of `parts`, in order, written to `out` as one file; how many there are."""
+def compact(parts: list[Path], *, out: Path) -> None:
+    """The rows of `parts`, in order, written to `out` as one file."""
     _write_parquet(pl.scan_parquet(parts), out)
-    return int(pl.scan_parquet(out).select(pl.len()).collect().item())

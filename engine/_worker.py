@@ -49,7 +49,9 @@ def _answer(job: Any) -> tuple[str, Any]:
     except Exception:
         return "crash", traceback.format_exc()
     except BaseException as exc:  # a Rust panic in Polars (pyo3's PanicException) is no Exception
-        if type(exc).__name__ != "PanicException":
+        import polars as pl
+
+        if not isinstance(exc, pl.exceptions.PanicException):
             raise
         from datagraph.errors import BadInput
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from enum import Enum
 
 import strawberry
@@ -104,11 +105,18 @@ def listed(
     ctx: Context, *, limit: int | None, offset: int | None, search: str | None, source_id: str | None
 ) -> list[Dataset]:
     """A page of datasets; a limit or offset out of bounds is a BAD_INPUT error (a list has no payload)."""
-    try:
+    with _as_graphql_error():
         records = ds.list_datasets(ctx, limit=limit, offset=offset, search=search, source_id=source_id)
+    return [Dataset.of(ctx, r) for r in records]
+
+
+@contextlib.contextmanager
+def _as_graphql_error() -> Iterator[None]:
+    """BadInput as a GraphQL error with its code: for fields with no payload to carry a problem."""
+    try:
+        yield
     except BadInput as exc:
         raise GraphQLError(exc.message, extensions={"code": exc.code}) from None
-    return [Dataset.of(ctx, r) for r in records]
 
 
 def source_type(info: ds.SourceInfo) -> Source:
@@ -239,10 +247,8 @@ class DatasetQuery:
         self, info: strawberry.Info[Context, None], search: str | None = None, source: strawberry.ID | None = None
     ) -> int:
         source_id = str(source) if source is not None else None
-        try:
+        with _as_graphql_error():
             return ds.count_datasets(info.context, search=search, source_id=source_id)
-        except BadInput as exc:
-            raise GraphQLError(exc.message, extensions={"code": exc.code}) from None
 
     @strawberry.field(description="One dataset by id, or null when there is none.")
     def dataset(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> Dataset | None:

@@ -7,6 +7,7 @@ the same plan.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -171,19 +172,20 @@ class StepInput:
 
 def pipeline_plan(ctx: Context, dataset_id: str, steps: list[StepInput] | None) -> Plan:
     """The plan of `steps` over the dataset's current version (BAD_INPUT past max_steps)."""
-    refused = engine.too_many_steps(count_steps(steps or []), ctx.settings.max_steps)
-    if refused is not None:
-        raise BadInput(refused)
-    plan = ds.dataset_plan(ctx, ds.require_dataset(ctx, dataset_id))
-    return plan.then(*to_steps(ctx, steps or []))
+    return _steps_over(ctx, steps, lambda: ds.dataset_plan(ctx, ds.require_dataset(ctx, dataset_id)))
 
 
 def sql_pipeline_plan(ctx: Context, query: str, steps: list[StepInput] | None) -> Plan:
     """The plan of `steps` over the result of SQL over datasets (BAD_INPUT past max_steps)."""
+    return _steps_over(ctx, steps, lambda: dataset_sql.dataset_sql_plan(ctx, query))
+
+
+def _steps_over(ctx: Context, steps: list[StepInput] | None, root: Callable[[], Plan]) -> Plan:
+    """`steps` after the plan `root` makes, counted against max_steps before anything is built."""
     refused = engine.too_many_steps(count_steps(steps or []), ctx.settings.max_steps)
     if refused is not None:
         raise BadInput(refused)
-    return dataset_sql.dataset_sql_plan(ctx, query).then(*to_steps(ctx, steps or []))
+    return root().then(*to_steps(ctx, steps or []))
 
 
 def count_steps(steps: list[StepInput]) -> int:

@@ -104,7 +104,7 @@ def _encode(outcome: Outcome) -> bytes:
     columns = [[c.name, c.dtype, c.null_count, c.missing_rate] for c in outcome.columns]
     encoded = isinstance(outcome.data, jsonutil.Encoded)
     head = {"n": outcome.row_count, "c": columns, "t": outcome.truncated, "m": outcome.match_rate, "e": encoded}
-    data = outcome.data.raw if isinstance(outcome.data, jsonutil.Encoded) else jsonutil.dumps(outcome.data)
+    data = outcome.data.raw if encoded else jsonutil.dumps(outcome.data)
     return b"".join((_ENVELOPE, jsonutil.dumps(head), b"\n", data))  # orjson's JSON holds no raw newline
 
 

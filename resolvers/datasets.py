@@ -508,14 +508,14 @@ async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord
             raise TooLarge(
                 f"The dataset would have {total:,} rows, more than {ctx.settings.max_rows:,} (setting max_rows)."
             )
-        current = res.files.version_path(record.id, record.version)
-        parts = len(res.files.version_parts(record.id, record.version))
+        current = res.files.version_parts(record.id, record.version)
+        parts = len(current)
         staged = res.files.staging_path(".parquet")
         try:
             with storage_guard():
                 if parts + 1 < 4 * ctx.settings.compact_parts:
                     # Only the new rows are written; the new version links the current one's parts.
-                    added = await res.executor.run(engine.append_part, current, rows, out=staged)
+                    added = await res.executor.run(engine.append_part, current[0], rows, out=staged)
                     columns = _merged_columns(record.columns, added, total)
                     new = await commit_version(
                         ctx, record, staged, rows=total, columns=columns, origin=record.origin, appended=True

@@ -149,9 +149,11 @@ class AnswerCache:
         )
         resources = scope["app"].state.resources
         versions: DatasetVersions = resources.events.versions
+        # Once a request, before any read is counted: what other processes changed is in `versions`.
+        heard = self._others_heard(resources)
         answer = self.entries.get(key)
         if answer is not None:
-            if self._others_heard(resources) and versions.unchanged(answer.reads, answer.resets):
+            if heard and versions.unchanged(answer.reads, answer.resets):
                 self.entries.move_to_end(key)
                 self.hits += 1
                 for counter in answer.counters:
@@ -190,7 +192,6 @@ class AnswerCache:
         request: _Request,
         versions: DatasetVersions,
     ) -> None:
-        self._others_heard(scope["app"].state.resources)  # before the reads are counted
         reads = ReadLog(versions)
         scope[READS_SCOPE_KEY] = reads
         status = 0

@@ -77,6 +77,7 @@ live.subscribe(EVENTS, {}, {
     if (errors?.length || !payload) return;
     const event = payload.datasetEvents;
     data.changed(event);
+    app.emit("dataset-event", event);
     const joined = app.state.applied.some((step) => step.join?.right === event.dataset);
     if (joined && event.dataset !== app.state.current?.id) {
       result.run(app.state.base, { picked: app.state.picked, live: true });

@@ -154,8 +154,8 @@ class DataDir:
         single = self.dataset_file(dataset_id, version)
         if single.exists():
             return single
-        folder = self.parts_folder(dataset_id, version)
-        return folder if any(folder.glob("p*.parquet")) else single
+        folder = self.parts_folder(dataset_id, version)  # an empty one is a claim no reader asks for
+        return folder if folder.is_dir() else single
 
     def version_parts(self, dataset_id: str, version: int) -> list[Path]:
         """The files that make a version, in row order (one when it is a single file)."""

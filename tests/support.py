@@ -13,7 +13,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +223,32 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None, wo
             pytest.fail("the server did not stop within 10 s of SIGTERM:\n" + (work / "server.log").read_text()[-6000:])
         finally:
             log.close()
+
+
+@contextlib.contextmanager
+def fresh_redis(url: str) -> Iterator[Any]:
+    """A client of the Redis database at `url`, emptied before and after (skips, or under CI fails,
+    when Redis is not running)."""
+    import redis
+
+    require_service(6379, "Redis")
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield client
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def wait_for(check: Callable[[], Any], seconds: float, what: str, *, every: float = 0.05) -> Any:
+    """Poll `check` until it returns something true, and return that; fail naming `what` after
+    `seconds` (a generous bound on a busy machine: tests assert what happens, not how fast)."""
+    deadline = time.monotonic() + seconds
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"{what} (waited {seconds:g} s)"
+        time.sleep(every)
+    return value
 
 
 def wait_until_serving(base: str, log: Path, seconds: float = 15) -> None:

@@ -12,7 +12,19 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from support import DATA, ROOT, Api, add_key, make_settings, running_server, serving, upload_over_http
+from support import (
+    DATA,
+    ROOT,
+    Api,
+    add_key,
+    fresh_redis,
+    make_settings,
+    running_server,
+    serving,
+    upload_over_http,
+    upload_request,
+    wait_for,
+)
 
 from server.answers import AnswerCache
 
@@ -153,14 +165,15 @@ def test_the_first_answer_after_a_change_is_computed_afresh(tmp_path: Path, chan
             assert payload["appendRows"]["success"]
         elif change == "replace":
             content = (DATA / "tips.csv").read_bytes().splitlines(keepends=True)[:50]
-            response = api.client.post("/graphql", **_replace_upload(b"".join(content), dataset))
+            response = api.client.post("/graphql", **upload_request(b"".join(content), "tips.csv", replace=dataset))
             assert response.json()["data"]["uploadDataset"]["success"], response.text
         elif change == "refresh":  # what a plugin refresh or a re-import announces
             api.client.portal.call(api.client.app.state.resources.events.publish, "REFRESHED", dataset, 9, 0)  # type: ignore[union-attr, attr-defined]
         elif change == "delete":
             assert api.data('mutation { deleteDataset(id: "%s") { success } }' % dataset)["deleteDataset"]["success"]
         else:
-            assert api.data('mutation { renameDataset(id: "%s", name: "Tips, renamed") { success } }' % dataset)
+            renamed = api.data('mutation { renameDataset(id: "%s", name: "Tips, renamed") { success } }' % dataset)
+            assert renamed["renameDataset"]["success"]
         after, hit = served(api, query)
         assert hit is False
         if change in ("append", "replace"):
@@ -172,12 +185,6 @@ def test_the_first_answer_after_a_change_is_computed_afresh(tmp_path: Path, chan
             assert after["dataset"]["name"] == "Tips, renamed"
         assert served(api, listing)[1] is False  # the list read every dataset
         assert served(api, unrelated)[1] is True  # another dataset's answers stay
-
-
-def _replace_upload(content: bytes, dataset: str) -> dict[str, Any]:
-    from support import upload_request
-
-    return upload_request(content, "tips.csv", None, None, replace=dataset)
 
 
 def test_a_linked_tables_answers_are_never_served_from_it(tmp_path: Path) -> None:
@@ -230,14 +237,8 @@ def test_it_can_be_turned_off(tmp_path: Path) -> None:
 
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
-    client.flushdb()
-    yield client
-    client.flushdb()
+    with fresh_redis(REDIS_URL) as client:
+        yield client
 
 
 @pytest.mark.slow
@@ -261,23 +262,11 @@ def test_a_change_through_another_process_invalidates_this_ones_answer(
         assert about(a) == before  # now kept in A
         rename = {"query": 'mutation { renameDataset(id: "%s", name: "renamed in B") { success } }' % dataset}
         assert httpx.post(b + "/graphql", json=rename, timeout=30).json()["data"]["renameDataset"]["success"]
-        assert _eventually(lambda: about(a)["name"] == "renamed in B")
+        wait_for(lambda: about(a)["name"] == "renamed in B", 2, "the change never reached A")
         rows = [
             {"total_bill": 1.0, "tip": 1.0, "sex": "Male", "smoker": "No", "day": "Sun", "time": "Dinner", "size": 2}
         ]
         append = {"query": 'mutation($r: JSON!) { appendRows(dataset: "%s", rows: $r) { success } }' % dataset,
                   "variables": {"r": rows}}  # fmt: skip
         assert httpx.post(b + "/graphql", json=append, timeout=30).json()["data"]["appendRows"]["success"]
-        assert _eventually(lambda: about(a)["rowCount"] == before["rowCount"] + 1)
-
-
-def _eventually(check: Any, seconds: float = 2.0) -> bool:
-    """`check()` within the time an event takes to cross Redis (well under a second)."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+        wait_for(lambda: about(a)["rowCount"] == before["rowCount"] + 1, 2, "the change never reached A")

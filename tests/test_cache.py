@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pandas as pd
 import pytest
 import redis
 from starlette.testclient import TestClient
-from support import DATA, Api, make_settings
+from support import DATA, Api, fresh_redis, make_settings
 
 from datagraph.settings import Settings
 from engine.runtime import LruMemoryCache
@@ -161,24 +160,10 @@ def test_the_cache_budget_setting_bounds_the_servers_cache(tmp_path: Path) -> No
 REDIS_URL = "redis://127.0.0.1:6379/15"
 
 
-def _redis_up() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=0.5).ping())
-    except redis.RedisError:
-        return False
-
-
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
-    if not _redis_up():
-        if os.environ.get("CI"):
-            pytest.fail("Redis is not running on 127.0.0.1:6379 (CI needs it; .ci/run starts it)")
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    with fresh_redis(REDIS_URL) as client:
+        yield client
 
 
 def _app(settings: Settings) -> TestClient:

@@ -508,25 +508,3 @@ def test_save_frame_materialises_the_query_and_its_steps(own: Api) -> None:
     assert not refused["success"] and "read_csv" in refused["error"]["message"]
     both = own.data(SAVE, {"q": "SELECT * FROM tips", "d": "tips", "steps": []})["saveFrame"]
     assert not both["success"] and both["error"]["code"] == "BAD_INPUT"
-
-
-def _successes(node: object) -> list[bool]:
-    if isinstance(node, dict):
-        found = [node["success"]] if "success" in node else []
-        return found + [s for value in node.values() for s in _successes(value)]
-    if isinstance(node, list):
-        return [s for value in node for s in _successes(value)]
-    return []
-
-
-def test_the_docs_examples_run_as_written(own: Api) -> None:
-    own.upload_ok(DATA / "penguins.csv")
-    doc = (Path(__file__).resolve().parent.parent / "docs" / "dataset-sql.md").read_text("utf-8")
-    blocks = [block.split("```", 1)[0] for block in doc.split("```graphql\n")[1:]]
-    assert len(blocks) == 3
-    for block in blocks:
-        answer = own.data(block)
-        successes = _successes(answer)
-        assert successes and all(successes), answer
-    heaviest = own.data(blocks[0])["datasetSql"]["rows"]["data"]
-    assert [r["species"] for r in heaviest] == _heaviest_by_pandas()["species"].tolist()

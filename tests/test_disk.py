@@ -12,14 +12,13 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import polars as pl
 import pytest
-from support import DATA, Api, make_settings, require_service, running_server, serving, upload_request
+from support import DATA, Api, make_settings, require_service, running_server, serving, upload_request, wait_for
 
 from storage import DataDir
 
@@ -43,15 +42,6 @@ def _append(api: Api, dataset: str, rows: list[dict[str, Any]]) -> dict[str, Any
     payload: dict[str, Any] = api.data(APPEND, {"d": dataset, "r": rows})["appendRows"]
     assert payload["success"], payload["error"]
     return payload
-
-
-def _wait(check: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {seconds} s")
 
 
 def _disk_bytes(folder: Path) -> int:
@@ -126,7 +116,7 @@ def test_parts_are_compacted_in_the_background_and_answers_stay_the_same(tmp_pat
         assert not (folder / "v2.parquet").exists()
         expected = api.data(ROWS, {"d": dataset})["dataset"]["rows"]["data"]
         _append(api, dataset, [{"size": 3}])  # v3 has three parts: compaction starts
-        compacted = _wait(lambda: (folder / "v3.parquet").exists() and folder / "v3.parquet", 30, "no compaction")
+        compacted = wait_for(lambda: (folder / "v3.parquet").exists() and folder / "v3.parquet", 30, "no compaction")
         assert pl.read_parquet(compacted).height == 246
         recount = api.data(COUNT, {"d": dataset})["dataset"]["count"]
         assert recount["data"] == {"count": 246}

@@ -48,6 +48,7 @@ from support import (
     staged_files,
     upload_over_http,
     upload_request,
+    wait_for,
 )
 from tcpproxy import TcpProxy
 from upstream import Reply, Upstream
@@ -129,14 +130,6 @@ def _worker_pids() -> set[int]:
                 if b"engine._worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     pids.add(int(pid))
     return pids
-
-
-def _wait(check: Any, seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (value := check()):
-        assert time.monotonic() < deadline, f"{what} (waited {seconds:g} s)"
-        time.sleep(0.02)
-    return value
 
 
 # ---- a real server that can be killed with SIGKILL, also at a chosen point --------------------------------------
@@ -428,7 +421,7 @@ def test_f10_a_worker_killed_while_parsing_an_upload_fails_the_job_and_is_replac
         answers: list[dict[str, Any]] = []
         thread = threading.Thread(target=lambda: answers.append(api.upload(DATA / "diamonds.csv")))
         thread.start()
-        _wait(lambda: client.get("/readyz").json()["workers"]["busy"] == 1, 20, "the parse never reached the worker")
+        wait_for(lambda: client.get("/readyz").json()["workers"]["busy"] == 1, 20, "the parse never reached the worker")
         os.kill(worker, signal.SIGKILL)  # ... until it dies, as under the OOM killer
         thread.join(30)
         (payload,) = answers
@@ -438,7 +431,9 @@ def test_f10_a_worker_killed_while_parsing_an_upload_fails_the_job_and_is_replac
             {"kind": "uploadDataset", "status": "FAILED", "error": "The job did not finish (it failed on the server)."}
         ]
         assert_nothing_left(settings)
-        pool = _wait(lambda: (w := client.get("/readyz").json()["workers"])["workers"] == 1 and w, 10, "no new worker")
+        pool = wait_for(
+            lambda: (w := client.get("/readyz").json()["workers"])["workers"] == 1 and w, 10, "no new worker"
+        )
         assert pool["crashed"] == 1 and pool["busy"] == 0
         assert api.upload_ok(DATA / "tips.csv") == "tips"
         assert_nothing_left(settings)
@@ -615,7 +610,7 @@ def _import_cut_short(live: LiveSource, fault: str) -> dict[str, Any]:
     thread = threading.Thread(target=lambda: answers.append(_payload(live.api, IMPORT)))
     thread.start()
     try:
-        _wait(lambda: list(staging.rglob("*.part*.parquet")), 20, "the import wrote no batch")
+        wait_for(lambda: list(staging.rglob("*.part*.parquet")), 20, "the import wrote no batch")
         if fault == "cut":
             live.proxy.cut()
         else:
@@ -840,7 +835,7 @@ class Live:
 
     def settled_after(self, killed: int) -> dict[str, int]:
         """The pool once the abandoned work's worker is killed and replaced."""
-        return _wait(
+        return wait_for(
             lambda: (w := self.workers())["killed"] > killed and w["busy"] == 0 and w["workers"] == 2 and w,
             10,
             "the abandoned work's worker was not killed",
@@ -880,7 +875,7 @@ def test_f12_a_client_gone_mid_subscription_stops_the_work_and_caches_nothing(li
     ws = Ws(live.base)
     try:
         ws.subscribe(HEAVY_WATCH, {})
-        _wait(lambda: live.workers()["busy"] > 0, 10, "the watch never started its work")
+        wait_for(lambda: live.workers()["busy"] > 0, 10, "the watch never started its work")
         ws.conn.socket.shutdown(socket.SHUT_RDWR)  # the client vanishes: no complete, no close frame
     finally:
         ws.close()

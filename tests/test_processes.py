@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from support import DATA, ROOT, make_settings, require_service, running_server, serving, staged_files
+from support import DATA, ROOT, make_settings, running_server, serving, staged_files, wait_for
 from upstream import Reply, Upstream
 
 from storage import DataDir, MetadataStore, Processes, sweep_leftovers
@@ -302,7 +302,6 @@ def test_a_slow_upload_and_a_slow_plugin_fetch_survive_another_process_starting(
     """A (one worker) holds a plugin fetch whose upstream has not answered yet, and an upload staged
     and waiting for that worker; B starts on the same data directory and PostgreSQL metadata. Both
     jobs stay running, the staged file stays, and both datasets land, readable through A and B."""
-    require_service(5432, "PostgreSQL")
     shared = tmp_path / "shared-data"
     plugins = tmp_path / "plugins"
     shutil.copytree(ROOT / "plugins", plugins)
@@ -326,13 +325,15 @@ def test_a_slow_upload_and_a_slow_plugin_fetch_survive_another_process_starting(
                 target=lambda: answers.update(fetch=_gql(first, FETCH, {"p": params, "j": fetch_job}))
             )
             fetch.start()
-            _wait(lambda: upstream.count("/slow") == 1, "the plugin did not call its upstream")
+            wait_for(lambda: upstream.count("/slow") == 1, 30, "the plugin did not call its upstream")
             # The upload is staged, then waits for the worker, which the fetch holds.
             upload = threading.Thread(
                 target=lambda: answers.update(upload=_upload(first, DATA / "tips.csv", upload_job))
             )
             upload.start()
-            _wait(lambda: [p for p in staged_files(shared) if p.suffix == ".upload"], "the upload was not staged")
+            wait_for(
+                lambda: [p for p in staged_files(shared) if p.suffix == ".upload"], 30, "the upload was not staged"
+            )
             with running_server(tmp_path / "b", *args, env=env) as second:  # its start-up sweep has run
                 for job in (fetch_job, upload_job):
                     assert _gql(second, JOB, {"j": job})["job"]["status"] == "RUNNING"
@@ -380,10 +381,3 @@ def _upload(base: str, path: Path, job_id: str) -> dict[str, Any]:
     )
     payload: dict[str, Any] = response.json()["data"]["uploadDataset"]
     return payload
-
-
-def _wait(check: Any, what: str, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"{what} (waited {seconds:g} s)"
-        time.sleep(0.05)

@@ -193,7 +193,6 @@ def test_append_rows_checks_every_value_and_is_all_or_nothing(tmp_path: Path) ->
 
 @pytest.mark.slow  # two server processes
 def test_a_change_through_one_process_is_pushed_by_another(tmp_path: Path, scratch_postgres: str) -> None:
-    require_service(5432, "PostgreSQL")
     require_service(6379, "Redis")
     shared = tmp_path / "shared-data"
     env = {

@@ -16,7 +16,7 @@ import httpx
 import pandas as pd
 import pytest
 from starlette.testclient import TestClient
-from support import DATA, Api, make_settings, running_server, upload_over_http
+from support import DATA, Api, make_settings, running_server, upload_over_http, wait_for
 
 from datagraph.errors import Timeout
 from datagraph.settings import Settings
@@ -284,7 +284,11 @@ def test_workers_start_with_the_first_job_and_stop_when_idle(tmp_path: Path) -> 
         assert _readyz(api)["workers"] == 1  # one job at a time needs one worker
         expected = len(pd.read_csv(DATA / "tips.csv"))
         for _ in range(2):  # idle: stopped; the next job starts one again and answers right
-            _wait_for(lambda: _readyz(api)["workers"] == 0 and not set(_children()) - others)
+            wait_for(
+                lambda: _readyz(api)["workers"] == 0 and not set(_children()) - others,
+                30,
+                "the idle workers never stopped",
+            )
             assert client.get("/readyz").status_code == 200
             count = api.data('{ dataset(id: "tips") { count(cache: BYPASS) { success data } } }')["dataset"]["count"]
             assert count == {"success": True, "data": {"count": expected}}
@@ -331,11 +335,3 @@ def test_an_on_demand_pool_kills_at_the_deadline_and_carries_on() -> None:
 def _readyz(api: Api) -> dict[str, Any]:
     workers: dict[str, Any] = api.client.get("/readyz").json()["workers"]
     return workers
-
-
-def _wait_for(condition: Any, seconds: float = 30) -> None:
-    """Poll `condition` (a generous bound for a busy machine: this asserts what happens, not how fast)."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.1)

@@ -364,12 +364,24 @@ export function initBuilder(app) {
   // events bubble up here: a summary is added or removed first).
   for (const name of ["change", "click"]) $("#group").addEventListener(name, renderSort);
   sortColumn.addEventListener("change", () => clearErrors($("#sort")));
+  function renderJoin() {
+    renderJoinChoices();
+    renderJoinKeys();
+  }
+  // The join's list is fetched once, and again only when datasets come, go or change their columns
+  // (a live event); paging or searching the picker only adds its page to it.
+  let joinableLoaded = false;
   app.on("datasets", async () => {
-    renderJoinChoices();
-    renderJoinKeys();
+    renderJoin();
+    if (joinableLoaded) return;
+    joinableLoaded = true;
     await loadJoinable();
-    renderJoinChoices();
-    renderJoinKeys();
+    renderJoin();
+  });
+  app.on("dataset-event", async ({ kind }) => {
+    if (kind === "APPENDED") return; // the same columns
+    await loadJoinable();
+    renderJoin();
   });
 
   return { steps, placeError, reset, refreshColumns: () => joinChanged() };

@@ -304,7 +304,7 @@ export function initData(app, live) {
     showQuery(queryPre, RENAME, variables);
     try {
       const payload = (await graphql(RENAME, variables)).renameDataset;
-      if (!payload.success) throw new ApiError(payload.error?.message ?? "The rename failed.", payload.error?.code);
+      unwrap(payload); // a refusal is thrown with its message
       closeRename();
       datasetStatus.textContent = `Renamed: “${payload.dataset.name}” (its id stays ${payload.dataset.id}).`;
       await refreshList();
@@ -334,7 +334,7 @@ export function initData(app, live) {
     deleting = id;
     try {
       const payload = (await graphql(DELETE, { id })).deleteDataset;
-      if (!payload.success) throw new ApiError(payload.error?.message ?? "The delete failed.", payload.error?.code);
+      unwrap(payload); // a refusal is thrown with its message
     } catch (error) {
       deleting = null;
       showError(datasetError, error.message, select);

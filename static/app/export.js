@@ -8,7 +8,6 @@ import { $, busy, clearErrors, formatBytes, formatNumber, h, showError, showQuer
 import { EXPORT } from "./queries.js";
 import { scopeOf } from "./result.js";
 
-const EXTENSIONS = { CSV: "csv", PARQUET: "parquet", XLSX: "xlsx", JSON: "json" };
 
 /** A file name (without extension) that says what the result is: the dataset, then its steps. */
 export function exportStem(state) {
@@ -39,7 +38,7 @@ export function initExport(app) {
       const data = await graphql(EXPORT, variables);
       const file = unwrap(data.dataset.pipeline.export);
       const stem = exportStem(state);
-      const name = `${stem}.${EXTENSIONS[file.format] ?? file.format.toLowerCase()}`;
+      const name = `${stem}.${file.format.toLowerCase()}`;
       const href = `${file.url}?name=${encodeURIComponent(stem)}`;
       const anchor = h("a", { href, download: name }, `Download ${name}`);
       const expires = new Date(file.expiresAt).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from datagraph.errors import BadInput
 from engine._clean import Clean, translate_error
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
 from engine._plan import Join, Plan, Slice, SqlRoot, build, join_right_side
-from engine._sql import sql_error
+from engine._sql import scrub_paths, sql_error
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -298,9 +297,7 @@ def explain(plan: Plan) -> dict[str, Any]:
     frame, schema = build(plan)
     text = frame.explain()
     # The plan names the Parquet files; show the datasets instead of server paths.
-    for source in plan.sources():
-        text = text.replace(str(source.path), f"dataset {source.dataset_id} v{source.version}")
-    text = re.sub(r"(?<![\w.])/[^\s\]\)\"',]+", "<path>", text)
+    text = scrub_paths(text, {s.path: f"dataset {s.dataset_id} v{s.version}" for s in plan.sources()})
     return {"plan": text, "columns": [{"name": n, "dtype": dtype_name(d)} for n, d in schema.items()]}
 
 

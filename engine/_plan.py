@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import polars as pl
 
-from datagraph.errors import BadInput, NotFound, TooLarge
+from datagraph.errors import BadInput, DatagraphError, NotFound
 from engine._clean import Clean, apply_clean, clean_key
 from engine._columns import check_columns, dtype_name, show_value, value_kind
 from engine._sql import run_sql
@@ -184,14 +184,14 @@ class Plan:
     steps: tuple[Step, ...] = ()
     # Why the plan may not run (too many steps), said instead of every result; its steps are not kept.
     refused: str | None = None
-    refused_code: str = "BAD_INPUT"  # or NOT_FOUND, TOO_LARGE (refused SQL over datasets)
+    refused_as: type[DatagraphError] = BadInput  # or NotFound, TooLarge (refused SQL over datasets)
 
     def then(self, *steps: Step) -> Plan:
-        return Plan(self.source, (*self.steps, *steps), self.refused, self.refused_code)
+        return Plan(self.source, (*self.steps, *steps), self.refused, self.refused_as)
 
-    def refuse(self, message: str, code: str = "BAD_INPUT") -> Plan:
-        """The same source with no steps, answering `message` (a problem of `code`) for every result."""
-        return Plan(self.source, (), message, code)
+    def refuse(self, message: str, error: type[DatagraphError] = BadInput) -> Plan:
+        """The same source with no steps, answering `message` (a problem of `error`'s kind) for every result."""
+        return Plan(self.source, (), message, error)
 
     @property
     def size(self) -> int:
@@ -201,7 +201,7 @@ class Plan:
     def key(self) -> dict[str, Any]:
         """Canonical plain-data form: what the result cache hashes."""
         if self.refused is not None:
-            return {"refused": self.refused, "code": self.refused_code}
+            return {"refused": self.refused, "code": self.refused_as.code}
         key: dict[str, Any] = {
             "datasets": {s.dataset_id: s.key() for s in self.sources()},
             "steps": [_step_key(s) for s in self.steps],
@@ -261,7 +261,7 @@ def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[st
     """The plan as one LazyFrame, and its output schema; raise `BadInput` on the first wrong step.
     `head`: see `Source.scan`."""
     if plan.refused is not None:
-        raise {"NOT_FOUND": NotFound, "TOO_LARGE": TooLarge}.get(plan.refused_code, BadInput)(plan.refused)
+        raise plan.refused_as(plan.refused)
     frame, steps = plan.source.scan(plan.steps, head=head)
     schema: dict[str, pl.DataType] = dict(frame.collect_schema())
     for step in steps:

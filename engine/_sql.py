@@ -17,9 +17,9 @@ import polars as pl
 
 from datagraph.errors import BadInput
 
-__all__ = ["run_sql", "sql_error"]
+__all__ = ["run_sql", "scrub_paths", "sql_error"]
 
-_PATH = re.compile(r"(?<![\w.])/[^\s\]\)\"',;]+")
+_PATH = re.compile(r"(?<![\w.])/[^\s\]\)\"',]+")
 _LONGEST = 400
 
 
@@ -36,10 +36,16 @@ def run_sql(sql: str, tables: Mapping[str, Path]) -> tuple[pl.LazyFrame, dict[st
 
 def sql_error(exc: BaseException, tables: Mapping[str, Path]) -> BadInput:
     """A Polars error from SQL over datasets as a `BadInput`: its first paragraph, paths replaced."""
-    text = str(exc).strip().split("\n\n", 1)[0]
-    for name, path in sorted(tables.items(), key=lambda item: -len(str(item[1]))):
-        text = text.replace(str(path), f"dataset {name}")
-    text = _PATH.sub("<path>", " ".join(text.split()))
+    text = " ".join(str(exc).strip().split("\n\n", 1)[0].split())
+    text = scrub_paths(text, {path: f"dataset {name}" for name, path in tables.items()})
     if len(text) > _LONGEST:
         text = text[: _LONGEST - 3] + "..."
     return BadInput(f"The SQL could not run: {text or type(exc).__name__}")
+
+
+def scrub_paths(text: str, named: Mapping[Path, str]) -> str:
+    """`text` (an error, a plan) with each of `named`'s paths shown as its label, the longest first
+    (a folder's parts inside it), and any other absolute path as <path>: no server path reaches a client."""
+    for path, label in sorted(named.items(), key=lambda item: -len(str(item[0]))):
+        text = text.replace(str(path), label)
+    return _PATH.sub("<path>", text)

@@ -45,4 +45,4 @@ def dataset_sql_view(ctx: Context, query: str) -> Plan:
     try:
         return dataset_sql_plan(ctx, query)
     except DatagraphError as exc:
-        return Plan(SqlRoot("", ())).refuse(exc.message, exc.code)
+        return Plan(SqlRoot("", ())).refuse(exc.message, type(exc))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -289,3 +290,42 @@ def seed(work: Path, server: str = "werkzeug") -> Iterator[Seed]:
     argv += ["--max-upload-mb", "1024", "--server", server]
     with process(argv, {}, "/api/sources", work / "seed.log") as (client, pid):
         yield Seed(client, pid)
+
+
+# wrk's Lua: the POST body, and at the end the count of non-2xx answers and socket errors.
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = %s
+done = function(summary, latency, requests)
+  io.write(string.format("NON2XX %%d ERRORS %%d\\n", summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def wrk_script(path: Path, body: str) -> Path:
+    """A wrk Lua script at `path` that POSTs the JSON `body` and reports non-2xx answers and errors."""
+    path.write_text(LUA % json.dumps(body))
+    return path
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float) -> dict[str, float]:
+    """Drive `url` with wrk for `seconds` (`script` from `wrk_script`): p50 in ms, requests/s, and
+    how many answers were not 2xx or failed."""
+    threads = min(connections, 2)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    bad = re.search(r"NON2XX (\d+) ERRORS (\d+)", out)
+    if not (p50 and rps and bad):
+        raise RuntimeError("could not read wrk's output:\n" + out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
+    return {
+        "p50_ms": float(p50.group(1)) * scale,
+        "rps": float(rps.group(1)),
+        "bad": int(bad.group(1)) + int(bad.group(2)),
+    }

@@ -15,11 +15,9 @@ import argparse
 import datetime as dt
 import json
 import platform
-import re
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +28,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _systems import wrk, wrk_script  # noqa: E402
 from describe import serve  # noqa: E402  (bench/describe.py)
 
 from storage import MetadataStore  # noqa: E402
@@ -65,18 +64,9 @@ def make_metadata(data_dir: Path, n: int) -> None:
 
 def wrk_p50_ms(base: str, query: str, seconds: int) -> float:
     """p50 latency of `query` POSTed over one keep-alive connection by wrk."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        body = json.dumps({"query": query}).replace("\\", "\\\\").replace('"', '\\"')
-        script.write(f'wrk.method = "POST"\nwrk.body = "{body}"\nwrk.headers["Content-Type"] = "application/json"\n')
-    out = subprocess.run(
-        ["wrk", "-t1", "-c1", f"-d{seconds}s", "--latency", "-s", script.name, f"{base}/graphql"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    Path(script.name).unlink()
-    found = re.search(r"^\s*50%\s+([\d.]+)(us|ms|s)\b", out, re.M)
-    assert found, out
-    value, unit = float(found[1]), found[2]
-    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    with tempfile.TemporaryDirectory() as work:
+        script = wrk_script(Path(work) / "post.lua", json.dumps({"query": query}))
+        return wrk(f"{base}/graphql", script, 1, seconds)["p50_ms"]
 
 
 def python_p50_ms(client: httpx.Client, query: str, seconds: int) -> float:

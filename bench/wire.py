@@ -9,16 +9,14 @@ Writes bench/results/wire.md. Run: `.venv/bin/python bench/wire.py` (`make bench
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _systems import ROOT, process
+from _systems import ROOT, process, wrk, wrk_script
 
 TITANIC = ROOT.parent / "shared" / "data" / "titanic.csv"
 RESULTS = ROOT / "bench" / "results"
@@ -46,35 +44,6 @@ app = Starlette(routes=[Route("/graphql", graphql, methods=["POST"]), Route("/he
 port = int(sys.argv[sys.argv.index("--port") + 1])
 uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 """
-# wrk's Lua: the POST body, and at the end the count of non-2xx answers and socket errors.
-LUA = """
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.body = %s
-done = function(summary, latency, requests)
-  io.write(string.format("NON2XX %%d ERRORS %%d\\n", summary.errors.status,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-end
-"""
-
-
-def wrk(url: str, script: Path, connections: int) -> dict[str, float]:
-    threads = min(connections, 2)
-    out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{SECONDS}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    p50 = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
-    bad = re.search(r"NON2XX (\d+) ERRORS (\d+)", out)
-    if not (p50 and rps and bad):
-        raise RuntimeError("could not read wrk's output:\n" + out)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p50.group(2)]
-    return {
-        "p50_ms": float(p50.group(1)) * scale,
-        "rps": float(rps.group(1)),
-        "bad": int(bad.group(1)) + int(bad.group(2)),
-    }
 
 
 def main() -> None:
@@ -82,8 +51,7 @@ def main() -> None:
         sys.exit("wrk is not installed (Debian: apt-get install wrk)")
     with tempfile.TemporaryDirectory(prefix="wire-") as tmp:
         work = Path(tmp)
-        script = work / "post.lua"
-        script.write_text(LUA % json.dumps(json.dumps({"query": QUERY})))
+        script = wrk_script(work / "post.lua", json.dumps({"query": QUERY}))
         # As in the journey: log level warning (no access line a request; the bare app writes none either).
         datagraph = [str(ROOT / ".venv/bin/datagraph"), "serve", "--data-dir", str(work / "data"), "--rate-limit", "",
                      "--workers", "1", "--sources", "", "--plugins", "", "--log-level", "warning"]  # fmt: skip
@@ -107,7 +75,7 @@ def main() -> None:
                 for _ in range(ROUNDS):
                     for connections in (1, 8):
                         for name, url in urls.items():  # interleaved
-                            runs.setdefault((name, connections), []).append(wrk(url, script, connections))
+                            runs.setdefault((name, connections), []).append(wrk(url, script, connections, SECONDS))
     report(runs, len(answer.content))
 
 

@@ -198,7 +198,7 @@ def test_a_linked_tables_answers_are_never_served_from_it(tmp_path: Path) -> Non
 
 
 def test_a_hit_still_spends_rate_budget(tmp_path: Path) -> None:
-    with serving(make_settings(tmp_path, rate_limit="4/minute")) as api:
+    with serving(make_settings(tmp_path, rate_limit="4/hour")) as api:
         query = "{ datasets { id } }"
         assert [api.client.post("/graphql", json={"query": query}).status_code for _ in range(5)] == [200] * 4 + [429]
         assert answer_cache(api).hits == 3

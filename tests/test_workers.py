@@ -262,7 +262,7 @@ def test_a_short_job_whose_client_left_finishes_into_the_cache(tmp_path: Path) -
 
 def test_stopped_jobs_are_charged_to_the_rate_budget(tmp_path: Path) -> None:
     """A job stopped at its deadline costs 50 on top of the request (1) and the job (5)."""
-    settings = make_settings(tmp_path, workers=POOL, rate_limit="120/minute")
+    settings = make_settings(tmp_path, workers=POOL, rate_limit="120/hour")
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         api.upload_ok(DATA / "diamonds.csv")  # 21 of the budget

@@ -212,6 +212,12 @@ class DocumentRegistry:
             await self._register(digest, query)
         return query, rest
 
+    async def refusal(self, query: object) -> PersistedRefusal | None:
+        """With `persisted_only`, why a query text may not run: it is no persisted document."""
+        if not self.settings.persisted_only or not isinstance(query, str):
+            return None
+        return _not_allowed() if await self.lookup(document_hash(query)) is None else None
+
     async def admit(self, data: GraphQLRequestData | list[GraphQLRequestData]) -> Any:
         """The view's hook: resolve what the middleware did not see (an APQ operation in a multipart
         upload), and with `persisted_only` refuse every document that is not persisted."""
@@ -221,9 +227,8 @@ class DocumentRegistry:
             resolved = await self.resolve(item.query, item.extensions, None)
             if resolved is not None:
                 item = GraphQLRequestData(resolved[0], item.variables, item.operation_name, resolved[1], item.protocol)
-            persisted_only = self.settings.persisted_only and isinstance(item.query, str)
-            if persisted_only and await self.lookup(document_hash(str(item.query))) is None:
-                raise _not_allowed()
+            if (refusal := await self.refusal(item.query)) is not None:
+                raise refusal
             out.append(item)
         return out if isinstance(data, list) else out[0]
 

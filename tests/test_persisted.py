@@ -157,6 +157,16 @@ def test_persisted_only_refuses_other_documents_and_runs_registered_ones(tmp_pat
         assert error(upload)["extensions"]["code"] == "PERSISTED_QUERY_NOT_ALLOWED"
         assert post(api, {"documentId": f"sha256:{sha(LIST)}"}).json() == {"data": {"datasets": []}}
         assert post(api, {"extensions": apq(sha(LIST))}).json() == {"data": {"datasets": []}}
+        assert post(api, {"query": LIST}).json() == {"data": {"datasets": []}}  # exactly a registered document
+        with api.client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+            ws.send_json({"type": "connection_init", "payload": {}})
+            assert ws.receive_json() == {"type": "connection_ack"}
+            ws.send_json({"id": "1", "type": "subscribe", "payload": {"query": "{ datasets { name } }"}})
+            refused = ws.receive_json()
+            assert refused["type"] == "error"
+            assert refused["payload"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_ALLOWED"
+            ws.send_json({"id": "2", "type": "subscribe", "payload": {"query": LIST}})
+            assert ws.receive_json() == {"id": "2", "type": "next", "payload": {"data": {"datasets": []}}}
 
 
 def test_a_flood_of_distinct_apq_registrations_stays_within_the_limit(tmp_path: Path) -> None:
@@ -184,6 +194,19 @@ def test_a_flood_of_distinct_apq_registrations_stays_within_the_limit(tmp_path: 
         assert error(too_long)["extensions"]["code"] == "TOO_LARGE"
 
 
+def _shared_between(b: str, a: Api) -> None:
+    """A document registered through one process runs through the other, both ways."""
+    text = "query Shared { datasets { id } }"
+    miss = httpx.post(b + "/graphql", json={"extensions": apq(sha(text))}, timeout=30)
+    assert error(miss)["message"] == "PersistedQueryNotFound"
+    assert post(a, {"query": text, "extensions": apq(sha(text))}).json() == {"data": {"datasets": []}}
+    hit = httpx.get(b + "/graphql", params={"extensions": json.dumps(apq(sha(text)))}, timeout=30)
+    assert hit.json() == {"data": {"datasets": []}}
+    other = "query Other { datasets { name } }"
+    assert httpx.post(b + "/graphql", json={"query": other, "extensions": apq(sha(other))}, timeout=30).is_success
+    assert post(a, {"extensions": apq(sha(other))}).json() == {"data": {"datasets": []}}
+
+
 def test_a_document_registered_in_one_server_process_runs_in_another(tmp_path: Path) -> None:
     """A real `datagraph serve` and this test's app share one data directory (its SQLite metadata file)."""
     settings = make_settings(tmp_path)
@@ -192,15 +215,18 @@ def test_a_document_registered_in_one_server_process_runs_in_another(tmp_path: P
         running_server(tmp_path / "b", "--data-dir", str(settings.data_dir), workers=None) as b,
         serving(settings) as a,
     ):
-        text = "query Shared { datasets { id } }"
-        miss = httpx.post(b + "/graphql", json={"extensions": apq(sha(text))}, timeout=30)
-        assert error(miss)["message"] == "PersistedQueryNotFound"
-        assert post(a, {"query": text, "extensions": apq(sha(text))}).json() == {"data": {"datasets": []}}
-        hit = httpx.get(b + "/graphql", params={"extensions": json.dumps(apq(sha(text)))}, timeout=30)
-        assert hit.json() == {"data": {"datasets": []}}
-        other = "query Other { datasets { name } }"
-        assert httpx.post(b + "/graphql", json={"query": other, "extensions": apq(sha(other))}, timeout=30).is_success
-        assert post(a, {"extensions": apq(sha(other))}).json() == {"data": {"datasets": []}}
+        _shared_between(b, a)
+
+
+@pytest.mark.slow
+def test_server_processes_sharing_a_postgresql_metadata_database_share_documents(
+    tmp_path: Path, scratch_postgres: str
+) -> None:
+    settings = make_settings(tmp_path / "a", metadata_url=scratch_postgres)
+    (tmp_path / "b").mkdir()
+    common = ("--data-dir", str(tmp_path / "b" / "data"), "--metadata-url", scratch_postgres)
+    with running_server(tmp_path / "b", *common, workers=None) as b, serving(settings) as a:
+        _shared_between(b, a)
 
 
 def test_a_persisted_get_carries_an_etag_that_answers_304_until_the_data_changes(api: Api, city: str) -> None:

@@ -62,7 +62,7 @@ class DocumentRegistry:
         self._signature: tuple[tuple[str, int, int], ...] = ()
         self._lru: OrderedDict[str, str] = OrderedDict()
         self._lru_chars = 0
-        self.registered = 0  # APQ registrations this process made (for tests and logs)
+        self._full_said = False
 
     # the folder
 
@@ -149,16 +149,17 @@ class DocumentRegistry:
         if too_long := query_too_long(text, self.settings.max_query_chars):
             raise PersistedRefusal(413, too_long, "TOO_LARGE")
         try:
-            parse(text, no_location=True)
+            parse(text, no_location=True, max_tokens=self.settings.graphql_max_tokens)
         except (GraphQLError, RecursionError):
             return  # the view answers its syntax error; nothing is kept
         added = await asyncio.to_thread(self.table.add, text, kind="apq", limit=self.settings.persisted_max_documents)
         if added == "full":
-            log.warning(
-                "persisted documents: trusted ones fill persisted_max_documents; an APQ document ran but is not kept"
-            )
+            if not self._full_said:  # once: a flood must not flood the log too
+                self._full_said = True
+                log.warning(
+                    "persisted documents: trusted ones fill persisted_max_documents; APQ ones run but are not kept"
+                )
             return
-        self.registered += added == "added"
         self._remember(digest, text)
 
     # requests

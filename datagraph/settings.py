@@ -67,6 +67,24 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(20, gt=0, description="Largest file an upload may carry, in MiB.")
     max_request_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB.")
     max_query_chars: int = Field(20_000, gt=0, description="Longest GraphQL query text, in characters.")
+    documents_dir: str = Field(
+        "",
+        description="A folder of trusted GraphQL documents (.graphql files), run by documentId"
+        ' ("sha256:" and the hex SHA-256 of the file\'s exact text); read at start and when its files change.'
+        " Empty: none.",
+    )
+    persisted_only: bool = Field(
+        False,
+        description="Production mode for documents: run only persisted documents (documents_dir, `datagraph"
+        " documents add`, or already registered by APQ); any other query text or APQ registration is refused"
+        " (PERSISTED_QUERY_NOT_ALLOWED).",
+    )
+    persisted_max_documents: int = Field(
+        10_000,
+        gt=0,
+        description="Most persisted documents kept in the metadata database; past it the oldest ones APQ"
+        " registered make room (clients register them again), and trusted ones are never evicted.",
+    )
     allowed_hosts: str = Field(
         "",
         description="Host names the server answers besides loopback ones while API keys are off"

@@ -46,7 +46,7 @@ from datagraph.answers import DatasetVersions, ReadLog
 from datagraph.metrics import Metrics, operation_label
 from server.auth import KEY_SCOPE_KEY
 
-__all__ = ["READS_SCOPE_KEY", "AnswerCache"]
+__all__ = ["READS_SCOPE_KEY", "AnswerCache", "buffered_body", "datasets_only", "replay"]
 
 log = logging.getLogger("datagraph.cache")
 READS_SCOPE_KEY = "datagraph.reads"
@@ -129,7 +129,7 @@ class AnswerCache:
             if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
                 await self.app(scope, receive, send)
                 return
-            body, receive = await _buffered(receive)
+            body, receive = await buffered_body(receive)
             if body is not None:
                 request = _from_json(body)
         elif method == "GET" and self.get_queries and scope["query_string"]:
@@ -156,6 +156,8 @@ class AnswerCache:
             if heard and versions.unchanged(answer.reads, answer.resets):
                 self.entries.move_to_end(key)
                 self.hits += 1
+                if (asked := scope.get(READS_SCOPE_KEY)) is not None:  # a persisted GET's ETag (server/persisted.py)
+                    asked.reads.update(answer.reads)
                 for counter in answer.counters:
                     counter.inc()
                 body = answer.body(jsonutil.dumps((time.perf_counter() - started) * 1000))
@@ -219,7 +221,7 @@ class AnswerCache:
         headers: list[tuple[bytes, bytes]],
         reads: ReadLog,
     ) -> None:
-        label = self._reads_datasets_only(request)
+        label = datasets_only(self.schema, request.query, request.operation)
         if label is None:
             return
         try:
@@ -261,24 +263,25 @@ class AnswerCache:
         self.used += size
         self.stored += 1
 
-    def _reads_datasets_only(self, request: _Request) -> str | None:
-        """The operation's metrics label when it is a query whose every field reads datasets or the
-        dataset list, else None."""
-        try:
-            document = parse(request.query, no_location=True)
-        except GraphQLError:
-            return None
-        operation = get_operation_ast(document, request.operation)
-        if operation is None or operation.operation != OperationType.QUERY:
-            return None
-        fields = _DatasetFieldsOnly(TypeInfo(self.schema))
-        visit(document, TypeInfoVisitor(fields.type_info, fields))
-        return operation_label(operation.name.value if operation.name else None) if fields.ok else None
-
     def _drop(self, key: tuple[Any, ...]) -> None:
         answer = self.entries.pop(key, None)
         if answer is not None:
             self.used -= answer.size
+
+
+def datasets_only(schema: GraphQLSchema, query: str, operation_name: str | None) -> str | None:
+    """The operation's metrics label when it is a query whose every field reads datasets or the
+    dataset list, else None."""
+    try:
+        document = parse(query, no_location=True)
+    except GraphQLError:
+        return None
+    operation = get_operation_ast(document, operation_name)
+    if operation is None or operation.operation != OperationType.QUERY:
+        return None
+    fields = _DatasetFieldsOnly(TypeInfo(schema))
+    visit(document, TypeInfoVisitor(fields.type_info, fields))
+    return operation_label(operation.name.value if operation.name else None) if fields.ok else None
 
 
 class _DatasetFieldsOnly(Visitor):
@@ -312,7 +315,7 @@ def _holder(data: Any, path: tuple[Any, ...]) -> tuple[Any, Any]:
     return None, None
 
 
-async def _buffered(receive: Receive) -> tuple[bytes | None, Receive]:
+async def buffered_body(receive: Receive) -> tuple[bytes | None, Receive]:
     """The whole request body (None if the client went away first) and a `receive` that gives it again."""
     parts: list[bytes] = []
     while True:
@@ -322,15 +325,15 @@ async def _buffered(receive: Receive) -> tuple[bytes | None, Receive]:
                 {"type": "http.request", "body": b"".join(parts), "more_body": True},
                 message,
             ]
-            return None, _replay(pending, receive)
+            return None, replay(pending, receive)
         parts.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
     body = b"".join(parts) if len(parts) != 1 else parts[0]
-    return body, _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+    return body, replay([{"type": "http.request", "body": body, "more_body": False}], receive)
 
 
-def _replay(pending: list[Message], receive: Receive) -> Receive:
+def replay(pending: list[Message], receive: Receive) -> Receive:
     async def replayed() -> Message:
         if pending:
             return pending.pop(0)

@@ -18,6 +18,7 @@ from server.auth import RequireKey
 from server.endpoints import download_export, healthz, metrics, readyz
 from server.middleware import CancelOnDisconnect, GuardRequests, HostGuard
 from server.observe import Observe
+from server.persisted import PersistedDocuments
 from server.ratelimit import RateLimit
 from server.resources import running
 from server.view import GraphQLView, origins
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.resources = res
             app.state.web = web
             view.keys = web.keys
+            view.documents = web.documents
             gc.collect()
             gc.freeze()  # long-lived start-up objects out of the collector's way (p99 spikes, PERFORMANCE.md)
             yield
@@ -62,6 +64,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
             get_queries=not production_mode(settings),
             metrics=app_metrics,
         )
+    # Persisted documents become plain operations before the answer cache sees them (inside the rate
+    # limit: a registration spends budget like any request).
+    app.add_middleware(PersistedDocuments, settings=settings, schema=view.schema._schema)  # type: ignore[attr-defined]
     if settings.rate_limit:
         app.add_middleware(RateLimit)
     if keys_required(settings):

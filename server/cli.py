@@ -1,4 +1,4 @@
-"""`datagraph serve | settings | schema | keys`: every setting is also a command-line option."""
+"""`datagraph serve | settings | schema | keys | documents`: every setting is also a command-line option."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from graphql import GraphQLError, parse
 from pydantic import ValidationError
 
 from connectors.sources import SourcesError, configured_sources
 from datagraph.settings import Settings, keys_required, settings_table
 from server.auth import NO_KEYS_MESSAGE, hash_key, new_key
-from storage import MetadataStore
+from server.responses import query_too_long
+from storage import Documents, MetadataStore, document_hash
 
 __all__ = ["main"]
 
@@ -69,7 +71,12 @@ def _main(argv: list[str] | None) -> None:
     key_commands.add_parser("list", help="The keys' names and when they were made.")
     revoke = key_commands.add_parser("revoke", help="Revoke a key by name; requests with it fail within a second.")
     revoke.add_argument("name")
-    for sub in (create, *key_commands.choices.values()):
+    documents = commands.add_parser("documents", help="Register and list persisted (trusted) GraphQL documents.")
+    document_commands = documents.add_subparsers(dest="documents_command", required=True)
+    add = document_commands.add_parser("add", help="Register GraphQL documents; print each one's documentId.")
+    add.add_argument("files", nargs="+", metavar="FILE", help="A .graphql file; its exact text is the document.")
+    document_commands.add_parser("list", help="The registered documents' ids, kinds and first lines.")
+    for sub in (create, *key_commands.choices.values(), *document_commands.choices.values()):
         for name in ("data_dir", "metadata_url"):
             flag = "--" + name.replace("_", "-")
             if flag not in sub._option_string_actions:
@@ -84,6 +91,8 @@ def _main(argv: list[str] | None) -> None:
         print(build_schema().as_str())
     elif args.command == "keys":
         _keys(args, load_settings(args))
+    elif args.command == "documents":
+        _documents(args, load_settings(args))
     else:
         settings = load_settings(args)
         try:
@@ -149,6 +158,31 @@ def _keys(args: argparse.Namespace, settings: Settings) -> None:
             sys.exit(f"datagraph: there is no key called {args.name!r}.")
         else:
             print(f"Revoked the API key {args.name!r}.")
+
+
+def _documents(args: argparse.Namespace, settings: Settings) -> None:
+    with _store(settings) as store:
+        table = Documents(store.engine)
+        if args.documents_command == "list":
+            for doc in table.listed():
+                first = doc.text.strip().splitlines()[0][:60] if doc.text.strip() else ""
+                print(f"sha256:{doc.id}\t{doc.kind}\t{doc.created_at.isoformat(timespec='seconds')}\t{first}")
+            return
+        for name in args.files:
+            try:
+                text = Path(name).read_bytes().decode("utf-8")  # bytes: the exact text, line ends and all
+            except (OSError, UnicodeDecodeError) as exc:
+                sys.exit(f"datagraph: cannot read {name} as UTF-8 text ({type(exc).__name__}).")
+            if too_long := query_too_long(text, settings.max_query_chars):
+                sys.exit(f"datagraph: {name}: {too_long}")
+            try:
+                parse(text, no_location=True)
+            except GraphQLError as exc:
+                sys.exit(f"datagraph: {name} is not a GraphQL document: {exc.message}")
+            if table.add(text, kind="trusted", limit=settings.persisted_max_documents) == "full":
+                sys.exit(f"datagraph: {settings.persisted_max_documents:,} trusted documents are registered already"
+                         " (setting persisted_max_documents).")  # fmt: skip
+            print(f"sha256:{document_hash(text)}\t{name}")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ from resolvers.context import Context, Resources
 from resolvers.datasets import compact_soon
 from resolvers.plugins import refresh_forever
 from server.auth import NO_KEYS_MESSAGE, KeyRing
+from server.documents import DocumentRegistry
 from server.observe import count_job, count_stop
 from server.ratelimit import Limiter, SocketCounts
-from storage import DataDir, MetadataStore, Processes, sweep_leftovers
+from storage import DataDir, Documents, MetadataStore, Processes, sweep_leftovers
 
 __all__ = ["WebState", "open_resources", "running"]
 
@@ -41,12 +42,13 @@ STALE_BEATS = 3  # a process whose heartbeat is this many periods old is dead
 
 @dataclass(frozen=True, slots=True)
 class WebState:
-    """What only the web layer uses: the API keys, the rate limiter (None: no rate limit) and the
-    count of open websockets per key or address."""
+    """What only the web layer uses: the API keys, the rate limiter (None: no rate limit), the
+    count of open websockets per key or address, and the persisted documents."""
 
     keys: KeyRing
     limiter: Limiter | None
     sockets: SocketCounts
+    documents: DocumentRegistry
 
     async def close(self) -> None:
         if self.limiter is not None:
@@ -194,7 +196,9 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         keys=KeyRing(metadata),
         limiter=Limiter(settings) if settings.rate_limit else None,
         sockets=SocketCounts(settings.max_ws_per_client),
+        documents=DocumentRegistry(settings, Documents(metadata.engine)),
     )
+    await asyncio.to_thread(web.documents.load_folder)
     if keys_required(settings) and web.keys.count() == 0:
         await web.close()
         _leave(files, processes)
@@ -217,6 +221,7 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[R
         asyncio.create_task(_sweep_forever(res, processes, 60)),
         asyncio.create_task(res.plugins.watch(res.executor)),
         asyncio.create_task(refresh_forever(Context(res))),
+        asyncio.create_task(web.documents.watch()),
     ]
     try:
         yield res, web

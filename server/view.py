@@ -29,6 +29,7 @@ from gql.schema import build_schema
 from resolvers.context import Context
 from server.answers import READS_SCOPE_KEY
 from server.auth import KEY_WATCH_S, UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
+from server.documents import DocumentRegistry
 from server.responses import capped_errors, error_body, query_too_long
 from server.web import STATIC
 from server.wsgate import GatedTransportWS
@@ -61,6 +62,7 @@ class GraphQLView(GraphQL[Context, None]):
         self.settings = settings
         self.keys_required = keys_required(settings)
         self.keys: KeyRing | None = None  # set when the app's lifespan has opened the metadata store
+        self.documents: DocumentRegistry | None = None  # persisted documents (server/documents.py), as keys
         # Open websockets and their contexts (which hold connection_init's payload), watched by one
         # task while there are any, so a revoked key closes its sockets within a second.
         self._sockets: dict[WebSocket, Context] = {}
@@ -169,6 +171,8 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
         data = await super().parse_http_body(request)
+        if self.documents is not None:  # persisted documents: APQ in uploads, persisted_only (server/documents.py)
+            data = await self.documents.admit(data)
         for item in data if isinstance(data, list) else [data]:
             if too_long := query_too_long(item.query, self.settings.max_query_chars):
                 raise HTTPException(413, too_long)

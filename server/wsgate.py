@@ -127,6 +127,8 @@ class GatedTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
                 return {"message": limiter.refusal(wait), "extensions": extensions}
         if too_long := query_too_long(query, res.settings.max_query_chars):
             return {"message": too_long, "extensions": {"code": "TOO_LARGE"}}
+        if (refused := await self._web.documents.refusal(query)) is not None:  # persisted_only (server/documents.py)
+            return {"message": refused.message, "extensions": {"code": refused.code}}
         return None
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:

@@ -6,6 +6,7 @@ Layer: the lowest above `datagraph`; it imports nothing else of the project
 (server -> gql -> resolvers -> connectors -> engine -> storage -> datagraph).
 """
 
+from storage._documents import Documents, StoredDocument, document_hash
 from storage._files import DataDir, storage_guard
 from storage._metadata import MetadataStore
 from storage._processes import Processes
@@ -16,11 +17,14 @@ __all__ = [
     "ColumnInfo",
     "DataDir",
     "DatasetRecord",
+    "Documents",
     "ExportRecord",
     "JobRecord",
     "MetadataStore",
     "Processes",
+    "StoredDocument",
     "Swept",
+    "document_hash",
     "storage_guard",
     "sweep_leftovers",
 ]

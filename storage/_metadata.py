@@ -275,6 +275,13 @@ class MetadataStore:
             rows = conn.execute(sa.select(*columns).where(datasets.c.status == "ready"))
             return {row[0]: tuple(row[1:]) for row in rows}
 
+    def listing_stamp(self) -> tuple[Any, ...]:
+        """What changes when the list of ready datasets does (one made, removed, renamed or given a new
+        version): their count and the latest times any was made or changed, in one aggregate query."""
+        query = sa.select(sa.func.count(), sa.func.max(datasets.c.created_at), sa.func.max(datasets.c.updated_at))
+        with self.engine.connect() as conn:
+            return tuple(conn.execute(query.where(datasets.c.status == "ready")).one())
+
     def get_dataset(self, dataset_id: str) -> DatasetRecord | None:
         stamp = self._stamp.read()  # before the query: a write in between makes the next read miss
         if stamp is not None and stamp == self._records_stamp:

@@ -27,6 +27,7 @@ __all__ = [
     "job_record",
     "jobs",
     "now",
+    "persisted_documents",
     "processes",
     "tables",
 ]
@@ -112,6 +113,19 @@ api_keys = sa.Table(
     sa.Column("name", sa.String(80), primary_key=True),
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256 of the key; the key is never kept
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+# Persisted GraphQL documents by the hex SHA-256 of their exact text: trusted ones (`datagraph documents
+# add`) and those Apollo's APQ registered (`apq`, the oldest evicted past `persisted_max_documents`).
+persisted_documents = sa.Table(
+    "persisted_documents",
+    tables,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(8), nullable=False),  # trusted | apq
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_persisted_documents_eviction", "kind", "created_at", "id"),
 )
 
 

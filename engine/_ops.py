@@ -20,7 +20,7 @@ from datagraph import jsonutil
 from datagraph.errors import BadInput
 from engine._clean import Clean, translate_error
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
-from engine._plan import Join, Plan, Slice, SqlRoot, build, join_right_side
+from engine._plan import Filter, Join, Plan, Select, Slice, Source, SqlRoot, build, join_right_side
 from engine._sql import scrub_paths, sql_error
 
 __all__ = [
@@ -174,60 +174,89 @@ def _is_numeric(dtype: pl.DataType) -> bool:
 
 @sql_errors
 def describe(plan: Plan, *, columns: list[str] | None = None) -> list[dict[str, Any]]:
-    """pandas `describe(include="all")` per column, from one lazy select.
+    """pandas `describe(include="all")` per column, one column at a time.
 
     Numbers: count, mean, std (sample), min, quartiles (linear interpolation), max. Dates and
     timestamps: the same but std. Text and booleans: count, unique, top (ties go to the value
     seen first, as pandas does), freq.
+
+    Each column is a query of its own, so the work of one (for text, a table of its distinct
+    values) is freed before the next starts: the peak is the largest column's, not all of them
+    at once. A stored dataset, filtered or not, is read again for each column (Parquet reads only
+    that column); any other plan is run once and its result described.
     """
     frame, schema = build(plan)
     wanted = list(schema) if columns is None else columns
     check_columns(wanted, schema, "describe")
-    exprs: list[pl.Expr] = []
-    for i, name in enumerate(wanted):
-        col, dtype = pl.col(name), schema[name]
-        tag = f"{i}\x1f"
-        exprs += [col.count().alias(tag + "count"), col.null_count().alias(tag + "nullCount")]
-        if _is_numeric(dtype) or _is_temporal(dtype):
-            base = col.cast(pl.Float64) if _is_numeric(dtype) else col
-            exprs += [
-                base.mean().alias(tag + "mean"),
-                base.min().alias(tag + "min"),
-                base.quantile(0.25, "linear").alias(tag + "p25"),
-                base.quantile(0.5, "linear").alias(tag + "p50"),
-                base.quantile(0.75, "linear").alias(tag + "p75"),
-                base.max().alias(tag + "max"),
-            ]
-            if _is_numeric(dtype):
-                exprs.append(base.std(ddof=1).alias(tag + "std"))
-        else:
-            present = col.drop_nulls()
-            top = present.filter(present.is_in(present.mode().implode())).first()
-            exprs += [
-                present.n_unique().alias(tag + "unique"),
-                top.alias(tag + "top"),
-                (col == top).sum().alias(tag + "freq"),
-            ]
-    if not exprs:
+    names = list(dict.fromkeys(wanted))
+    if not names:
         return []
-    stats = collect(frame.select(exprs))[0].row(0, named=True)
+    if not _cheap_to_read_again(plan):
+        frame = collect(frame.select(names))[0].lazy()
+    # Text first, while the heap is empty: its table of distinct values is the largest piece of work,
+    # and freed blocks left by the numeric columns would otherwise add to it.
+    names.sort(key=lambda name: _is_numeric(schema[name]) or _is_temporal(schema[name]))
+    stats = {name: _column_stats(frame, name, schema[name]) for name in names}
     out: list[dict[str, Any]] = []
-    for i, name in enumerate(wanted):
+    for name in wanted:
         dtype = schema[name]
-        record: dict[str, Any] = {"column": name, "dtype": dtype_name(dtype)}
-        keys = (
-            ("count", "nullCount", "mean", "std", "min", "p25", "p50", "p75", "max")
-            if _is_numeric(dtype)
-            else ("count", "nullCount", "mean", "min", "p25", "p50", "p75", "max")
-            if _is_temporal(dtype)
-            else ("count", "nullCount", "unique", "top", "freq")
-        )
-        for key in keys:
-            record[key] = _plain(stats[f"{i}\x1f{key}"])
+        record: dict[str, Any] = {"column": name, "dtype": dtype_name(dtype), **stats[name]}
         if not (_is_numeric(dtype) or _is_temporal(dtype)) and record["count"] == 0:
             record["unique"], record["top"], record["freq"] = 0, None, None
         out.append(record)
     return out
+
+
+def _cheap_to_read_again(plan: Plan) -> bool:
+    """Whether each column may scan the plan again: a stored dataset with filters or selections
+    at most (anything else, such as a join, a group-by or a database table, runs once)."""
+    source = plan.source
+    return (
+        isinstance(source, Source)
+        and source.link is None
+        and all(isinstance(step, (Filter, Select)) for step in plan.steps)
+    )
+
+
+def _column_stats(frame: pl.LazyFrame, name: str, dtype: pl.DataType) -> dict[str, Any]:
+    col = pl.col(name)
+    if _is_numeric(dtype) or _is_temporal(dtype):
+        base = col.cast(pl.Float64) if _is_numeric(dtype) else col
+        exprs = [
+            col.count().alias("count"),
+            col.null_count().alias("nullCount"),
+            base.mean().alias("mean"),
+            *([base.std(ddof=1).alias("std")] if _is_numeric(dtype) else []),
+            base.min().alias("min"),
+            base.quantile(0.25, "linear").alias("p25"),
+            base.quantile(0.5, "linear").alias("p50"),
+            base.quantile(0.75, "linear").alias("p75"),
+            base.max().alias("max"),
+        ]
+        query = frame.select(exprs)
+    else:
+        # Each distinct value once with how often it occurs and where it first occurs: a
+        # streaming group-by holds the distinct values, where n-unique and mode side by side
+        # held the column several times over.
+        present = col.is_not_null()
+        n, first = pl.col("\x1fn"), pl.col("\x1fi")
+        query = (
+            frame.select(name)
+            .with_row_index("\x1fi")
+            .group_by(name)
+            .agg(pl.len().alias("\x1fn"), first.min())
+            .select(
+                n.filter(present).sum().alias("count"),
+                n.filter(col.is_null()).sum().alias("nullCount"),
+                present.sum().alias("unique"),
+                col.filter(present)
+                .sort_by([n.filter(present), first.filter(present)], descending=[True, False])
+                .first()
+                .alias("top"),
+                n.filter(present).max().alias("freq"),
+            )
+        )
+    return {key: _plain(value) for key, value in collect(query)[0].row(0, named=True).items()}
 
 
 def _plain(value: Any) -> Any:

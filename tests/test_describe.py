@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import polars as pl
 import pytest
 from support import DATA, Api, as_json, serving_with
 
 import engine
-from engine import Plan, Source
+from engine import Condition, Filter, Plan, Sort, SortKey, Source
 
 DESCRIBE = "query($id: ID!) { dataset(id: $id) { describe { success error { message } data } } }"
 NUMERIC_KEYS = {"count": "count", "mean": "mean", "std": "std", "min": "min", "p25": "25%", "p50": "50%", "p75": "75%", "max": "max"}  # fmt: skip
@@ -106,3 +107,66 @@ def test_describe_of_a_filtered_frame_matches_pandas(api: Api) -> None:
     assert math.isclose(rows["fare"]["p75"], adults["fare"].quantile(0.75), rel_tol=1e-9)
     assert rows["class"]["top"] == adults["class"].value_counts().index[0]
     assert rows["class"]["freq"] == adults["class"].value_counts().iloc[0]
+
+
+# Text statistics come from each distinct value's count and first row, one column at a time: the
+# plan is scanned again per column for a stored dataset (filtered or not) and run once otherwise.
+TIES_DATA: dict[str, list[Any]] = {
+    "word": ["b", "a", None, "a", "b", "c", None, "c", "d"],
+    "flag": [True, False, None, False, True, True, False, None, False],
+    "n": [5, 3, 9, 1, 4, 7, 2, 8, 6],
+    "gone": [None] * 9,
+}
+TIES = pd.DataFrame(TIES_DATA)
+
+
+@pytest.fixture
+def ties(tmp_path: Path) -> Source:
+    path = tmp_path / "ties.parquet"
+    pl.DataFrame(TIES_DATA, schema_overrides={"gone": pl.String}).write_parquet(path)
+    return Source("ties", 1, path)
+
+
+def _text_oracle(frame: pd.DataFrame, column: str) -> dict[str, Any]:
+    got = frame[column].dropna().astype(object).describe()
+    return {"count": int(got["count"]), "unique": int(got["unique"]), "top": got["top"], "freq": int(got["freq"])}
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        ((), TIES),  # read again for each column
+        ((Filter((Condition("n", "GE", 2),)),), TIES[TIES["n"] >= 2]),  # read again, filtered
+        ((Sort((SortKey("n", descending=True),)),), TIES.sort_values("n", ascending=False, kind="stable")),  # run once
+    ],
+    ids=["stored", "filtered", "sorted"],
+)
+def test_text_ties_go_to_the_value_seen_first_as_in_pandas(
+    ties: Source, steps: tuple[Any, ...], expected: pd.DataFrame
+) -> None:
+    rows = {r["column"]: r for r in engine.describe(Plan(ties, steps))}
+    assert list(rows) == list(TIES.columns)
+    for column in ("word", "flag"):
+        want = _text_oracle(expected, column)
+        got = {k: rows[column][k] for k in want}
+        assert got == want, (column, got, want)
+        assert rows[column]["nullCount"] == int(expected[column].isna().sum())
+    assert rows["n"]["mean"] == pytest.approx(expected["n"].mean())
+    assert rows["gone"] | {"nullCount": 0} == {
+        "column": "gone", "dtype": "String", "count": 0, "nullCount": 0, "unique": 0, "top": None, "freq": None,
+    }  # fmt: skip
+
+
+def test_a_column_asked_twice_and_an_empty_result(ties: Source) -> None:
+    rows = engine.describe(Plan(ties), columns=["word", "n", "word"])
+    assert [r["column"] for r in rows] == ["word", "n", "word"]
+    assert rows[0] == rows[2] and rows[0]["top"] == "b" and rows[0]["freq"] == 2
+    for steps in [
+        (Filter((Condition("n", "GT", 100),)),),
+        (Sort((SortKey("n"),)), Filter((Condition("n", "GT", 100),))),
+    ]:
+        empty = {r["column"]: r for r in engine.describe(Plan(ties, steps))}
+        assert {k: empty["word"][k] for k in ("count", "nullCount", "unique", "top", "freq")} == {
+            "count": 0, "nullCount": 0, "unique": 0, "top": None, "freq": None,
+        }  # fmt: skip
+        assert empty["n"]["count"] == 0 and empty["n"]["mean"] is None

@@ -184,6 +184,12 @@ class Settings(BaseSettings):
         10, gt=0, description="Most times one field may be selected in one selection set."
     )
     graphql_max_errors: int = Field(5, gt=0, description="Most errors one GraphQL answer lists; the rest are counted.")
+    graphql_defer: bool = Field(
+        False,
+        description="Allow `@defer` on fragments (and `@stream` on lists): the answer comes as multipart/mixed"
+        " parts, the deferred ones as they finish. Experimental in Strawberry and in the GraphQL spec, so off"
+        " by default; a client must send `Accept: multipart/mixed`.",
+    )
     ws_init_timeout_s: float = Field(
         10, gt=0, description="Websocket: how long a client has to send connection_init, in seconds."
     )

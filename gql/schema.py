@@ -66,5 +66,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         subscription=Subscription,
         types=[Dataset, View],
         extensions=extensions,
-        config=StrawberryConfig(disable_field_suggestions=production),
+        config=StrawberryConfig(
+            disable_field_suggestions=production, enable_experimental_incremental_execution=s.graphql_defer
+        ),
     )

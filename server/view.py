@@ -12,6 +12,7 @@ from typing import Any
 
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from graphql import GraphQLError, OperationType, get_operation_ast, parse
+from graphql.execution import ExperimentalIncrementalExecutionResults
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -30,6 +31,7 @@ from resolvers.context import Context
 from server.answers import READS_SCOPE_KEY
 from server.auth import KEY_WATCH_S, UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
 from server.documents import DocumentRegistry
+from server.incremental import accepts_parts, whole
 from server.responses import capped_errors, error_body, query_too_long
 from server.web import STATIC
 from server.wsgate import GatedTransportWS
@@ -102,6 +104,18 @@ class GraphQLView(GraphQL[Context, None]):
         if errors := answer.get("errors"):
             answer["errors"] = capped_errors(errors, self.settings.graphql_max_errors)
         return answer
+
+    async def execute_operation(
+        self, request: Request, request_adapter: AsyncHTTPRequestAdapter, *args: Any, **kwargs: Any
+    ) -> Any:
+        """`@defer`/`@stream` answer in parts only to a client that accepts multipart/mixed; any other
+        gets the same answer whole (server/incremental.py)."""
+        result = await super().execute_operation(request, request_adapter, *args, **kwargs)
+        if isinstance(result, ExperimentalIncrementalExecutionResults) and not accepts_parts(
+            request_adapter.headers.get("accept", "")
+        ):
+            return await whole(result)
+        return result
 
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse((STATIC / "graphiql.html").read_text("utf-8"))

@@ -1,18 +1,21 @@
 """The GraphQL clients people use, run by Node against a real server on loopback: graphql-http's
 GraphQL-over-HTTP audit suite, Apollo Client 4 (queries, variables, an upload through
 apollo-upload-client, and the GraphQL errors of a 400, a 413 and a 429 read from the answer) and urql
-(queries, variables, subscriptions through graphql-ws). The packages are pinned in
-tests/js/package-lock.json and installed by tests/jsclients.py; the scripts are tests/js/*.mjs."""
+(queries, variables, subscriptions through graphql-ws), and the examples of docs/clients.md as
+written. The packages are pinned in tests/js/package-lock.json and installed by tests/jsclients.py;
+the scripts are tests/js/*.mjs."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from jsclients import installed, run_node
-from support import running_server
+from support import ROOT, running_server, upload_over_http
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 GQL_TYPE = "application/graphql-response+json; charset=utf-8"
@@ -87,3 +90,35 @@ def test_urql_queries_and_sees_an_append_through_graphql_ws_subscriptions(graphq
     assert event == {"kind": "APPENDED", "dataset": dataset, "version": 2, "rowCount": 3}
     counts = [w["data"]["watch"]["data"]["count"] for w in out["watched"] if w["data"]]
     assert counts[0] == 2 and counts[-1] == 3
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", (ROOT / "docs/clients.md").read_text("utf-8"), flags=re.DOTALL)
+
+
+def test_the_client_examples_in_the_docs_run_as_written(graphql_url: str, tmp_path: Path) -> None:
+    base = graphql_url.removesuffix("/graphql")
+    upload_over_http(base, ROOT / "examples/tips.csv")  # the urql example counts tips
+    (curl,) = _blocks("sh")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", curl.replace("http://127.0.0.1:8000", base)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("HTTP/1.1 400") and '"code":"BAD_INPUT"' in done.stdout, done.stdout
+    assert "content-type: application/graphql-response+json; charset=utf-8" in done.stdout.lower()
+    # Each JavaScript example prints what its comments say, in a folder that sees tests/js's packages.
+    (tmp_path / "node_modules").symlink_to(installed() / "node_modules")
+    examples = _blocks("js")
+    assert len(examples) == 2
+    for n, example in enumerate(examples):
+        script = tmp_path / f"example{n}.mjs"
+        script.write_text(
+            example.replace("http://127.0.0.1:8000", base).replace("ws://127.0.0.1:8000", "ws" + base[4:])
+        )
+        ran = subprocess.run(
+            ["node", script.name], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert ran.returncode == 0, ran.stderr
+        promised = re.findall(r"console\.log\(.*\); // (\S+)", example)
+        assert ran.stdout.split() == promised, (ran.stdout, promised)

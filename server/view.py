@@ -110,17 +110,18 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         """At most `graphql_max_errors` errors in an answer (a query with 10,000 bad directives must not
-        make the server write 10,000 errors); the rest are counted. The errors of a request that never ran
-        (its document or variables are not valid) say `BAD_INPUT` in `extensions.code`, as every refusal
-        does; in application/graphql-response+json its answer has no `data` entry."""
+        make the server write 10,000 errors); the rest are counted. In application/graphql-response+json,
+        the answer to a request that never ran (its document or variables are not valid) has no `data`
+        entry, and its errors say `BAD_INPUT` in `extensions.code`, as every refusal does (clients of
+        that type read the code from a 400). application/json answers as it always did."""
         answer = await super().process_result(request, result)
         if errors := answer.get("errors"):
             errors = capped_errors(errors, self.settings.graphql_max_errors)
-            if never_ran := _never_ran(result):
+            graphql_response = isinstance(request, Request) and response_type(request.scope) == GRAPHQL_RESPONSE
+            if graphql_response and _never_ran(result):
                 errors = [_with_code(error, "BAD_INPUT") for error in errors]
-            answer["errors"] = errors
-            if never_ran and isinstance(request, Request) and response_type(request.scope) == GRAPHQL_RESPONSE:
                 answer.pop("data", None)
+            answer["errors"] = errors
         return answer
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:

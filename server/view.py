@@ -50,7 +50,7 @@ log = logging.getLogger("datagraph")
 # What Strawberry's streaming transports (incremental delivery, multipart subscriptions, SSE) are
 # chosen by: a request that accepts one of them is not refused 406 for accepting no JSON.
 _STREAMED = (b"multipart/mixed", b"text/event-stream")
-NOT_ACCEPTABLE_MESSAGE = "This server answers in application/graphql-response+json or application/json only."
+_NOT_ACCEPTABLE = "This server answers in application/graphql-response+json or application/json only."
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -211,7 +211,7 @@ class GraphQLView(GraphQL[Context, None]):
         # Here, not earlier: the explorer page (a GET that accepts text/html) is rendered before this.
         accept = request.headers.get("accept", "").encode("latin-1")
         if negotiate(accept) is None and not any(kind in accept for kind in _STREAMED):
-            raise HTTPException(406, NOT_ACCEPTABLE_MESSAGE)
+            raise HTTPException(406, _NOT_ACCEPTABLE)
         data = await super().parse_http_body(request)
         for item in data if isinstance(data, list) else [data]:
             if too_long := query_too_long(item.query, self.settings.max_query_chars):
@@ -241,7 +241,7 @@ def _refusal(request: Request | WebSocket, exc: HTTPException | StarletteHTTPExc
     reason = exc.reason if isinstance(exc, HTTPException) else exc.detail
     media = response_type(request.scope)
     headers = {"content-type": content_type(media).decode()}
-    by_get = request.scope["method"] == "GET"
+    by_get = request.scope.get("method") == "GET"
     if media == GRAPHQL_RESPONSE and by_get and isinstance(exc.__cause__, InvalidOperationTypeError):
         status = 405
         headers["allow"] = "POST"

@@ -3,8 +3,9 @@
 A pure ASGI middleware in front of the GraphQL view, inside every gate (host, CORS, body limits,
 keys, rate limits: a hit still spends its budget). Only HTTP queries are kept (POST with a JSON
 body, or GET where GET may carry queries), keyed by the caller's scope (its API key's name when keys
-are on), the base URL (export links name it), the method (a GET is read-only), the document, the
-canonical variables and the operation name. A request whose document or variables name a cache
+are on), the base URL (export links name it), the method (a GET is read-only), the media type the
+request accepts (an answer keeps its content type), the document, the canonical variables and the
+operation name. A request whose document or variables name a cache
 mode other than USE (`BYPASS`, `REFRESH`) is never answered here.
 
 On a miss the operation runs as always with a `ReadLog` in its context (datagraph/answers.py); its
@@ -45,6 +46,7 @@ from datagraph import jsonutil
 from datagraph.answers import DatasetVersions, ReadLog
 from datagraph.metrics import Metrics, operation_label
 from server.auth import KEY_SCOPE_KEY
+from server.responses import negotiate
 
 __all__ = ["READS_SCOPE_KEY", "AnswerCache", "buffered_body", "datasets_only", "replay"]
 
@@ -115,15 +117,17 @@ class AnswerCache:
             return
         started = time.perf_counter()
         method = scope["method"]
-        host = content_type = b""
+        host = content_type = accept = b""
         for name, value in scope["headers"]:
             if name == b"host":
                 host = value
             elif name == b"content-type":
                 content_type = value
-            elif name == b"accept" and b"multipart" in value:  # incremental delivery: another answer format
-                await self.app(scope, receive, send)
-                return
+            elif name == b"accept":
+                if b"multipart" in value:  # incremental delivery: another answer format
+                    await self.app(scope, receive, send)
+                    return
+                accept = value
         request: _Request | None = None
         if method == "POST":
             if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
@@ -143,6 +147,7 @@ class AnswerCache:
             host,
             scope.get("root_path", ""),
             method,
+            negotiate(accept),
             request.query,
             request.variables,
             request.operation,

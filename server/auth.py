@@ -130,7 +130,7 @@ class RequireKey:
             await self.app(scope, receive, send)
             return
         challenge = ((b"www-authenticate", b'Bearer realm="datagraph"'),)
-        await send_error(send, 401, UNAUTHENTICATED_MESSAGE, "UNAUTHENTICATED", challenge)
+        await send_error(scope, send, 401, UNAUTHENTICATED_MESSAGE, "UNAUTHENTICATED", challenge)
 
     @staticmethod
     def _public(scope: Scope) -> bool:

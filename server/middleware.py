@@ -55,7 +55,7 @@ class GuardRequests:
         multipart = content_type.lower().startswith(b"multipart/")
         if multipart and not preflight:
             message = "Uploads must carry an 'Apollo-Require-Preflight: true' (or API key) header."
-            await send_error(send, 400, message, "BAD_INPUT")
+            await send_error(scope, send, 400, message, "BAD_INPUT")
             return
         limit = self.multipart_limit if multipart else self.json_limit
         what = (
@@ -69,7 +69,7 @@ class GuardRequests:
         except ValueError:
             declared = 0
         if declared > limit:
-            await send_error(send, 413, message, "TOO_LARGE")
+            await send_error(scope, send, 413, message, "TOO_LARGE")
             return
         received = 0
         started = False
@@ -93,7 +93,7 @@ class GuardRequests:
         except _BodyTooLarge:
             if started:
                 raise
-            await send_error(send, 413, message, "TOO_LARGE")
+            await send_error(scope, send, 413, message, "TOO_LARGE")
 
     async def _guard_messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.json_limit
@@ -237,4 +237,4 @@ class HostGuard:
             "This server answers requests addressed to localhost or a loopback address only (setting"
             " allowed_hosts names others)."
         )
-        await send_error(send, 421, message, "BAD_INPUT")
+        await send_error(scope, send, 421, message, "BAD_INPUT")

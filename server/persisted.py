@@ -60,7 +60,7 @@ class PersistedDocuments:
             else:
                 await self.app(scope, receive, send)
         except PersistedRefusal as refusal:  # here, or from the view's hook before it answered
-            await send_error(send, refusal.status, refusal.message, refusal.code)
+            await send_error(scope, send, refusal.status, refusal.message, refusal.code)
 
     async def _post(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = b""

@@ -153,7 +153,7 @@ class RateLimit:
         if wait is not None:
             res.metrics.rate_limited.inc()
             retry = ((b"retry-after", str(math.ceil(wait)).encode()),)
-            await send_error(send, 429, limiter.refusal(wait), "RATE_LIMITED", retry)
+            await send_error(scope, send, 429, limiter.refusal(wait), "RATE_LIMITED", retry)
             return
         try:
             await self.app(scope, receive, send)

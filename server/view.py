@@ -1,5 +1,7 @@
 """The GraphQL view: Strawberry's ASGI app with orjson, the local GraphiQL page, the websocket's key
-check, and the HTTP refusals answered as JSON."""
+check, the HTTP refusals answered as GraphQL errors, and answers in the media type the client
+accepts (`application/json`, or `application/graphql-response+json` with the GraphQL-over-HTTP
+spec's status codes: server/responses.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
@@ -32,13 +35,25 @@ from server.answers import READS_SCOPE_KEY
 from server.auth import KEY_WATCH_S, UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
 from server.documents import DocumentRegistry
 from server.incremental import accepts_parts, whole
-from server.responses import capped_errors, error_body, query_too_long
+from server.responses import (
+    GRAPHQL_RESPONSE,
+    capped_errors,
+    content_type,
+    error_body,
+    negotiate,
+    query_too_long,
+    response_type,
+)
 from server.web import STATIC
 from server.wsgate import GatedTransportWS
 
 __all__ = ["GraphQLView", "origins"]
 
 log = logging.getLogger("datagraph")
+# What Strawberry's streaming transports (incremental delivery, multipart subscriptions, SSE) are
+# chosen by: a request that accepts one of them is not refused 406 for accepting no JSON.
+_STREAMED = (b"multipart/mixed", b"text/event-stream")
+_NOT_ACCEPTABLE = "This server answers in application/graphql-response+json or application/json only."
 
 
 class GraphQLView(GraphQL[Context, None]):
@@ -99,10 +114,18 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         """At most `graphql_max_errors` errors in an answer (a query with 10,000 bad directives must not
-        make the server write 10,000 errors); the rest are counted."""
+        make the server write 10,000 errors); the rest are counted. In application/graphql-response+json,
+        the answer to a request that never ran (its document or variables are not valid) has no `data`
+        entry, and its errors say `BAD_INPUT` in `extensions.code`, as every refusal does (clients of
+        that type read the code from a 400). application/json answers as it always did."""
         answer = await super().process_result(request, result)
         if errors := answer.get("errors"):
-            answer["errors"] = capped_errors(errors, self.settings.graphql_max_errors)
+            errors = capped_errors(errors, self.settings.graphql_max_errors)
+            graphql_response = isinstance(request, Request) and response_type(request.scope) == GRAPHQL_RESPONSE
+            if graphql_response and _never_ran(result):
+                errors = [_with_code(error, "BAD_INPUT") for error in errors]
+                answer.pop("data", None)
+            answer["errors"] = errors
         return answer
 
     async def execute_operation(
@@ -117,18 +140,35 @@ class GraphQLView(GraphQL[Context, None]):
             return await whole(result)
         return result
 
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        """Strawberry's, carrying the media type the answer is to have (`create_response` reads it)."""
+        sub_response = await super().get_sub_response(request)
+        sub_response.media_type = response_type(request.scope)
+        return sub_response
+
+    def create_response(
+        self, response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse], sub_response: Response
+    ) -> Response:
+        """Strawberry's JSON answer (200, GraphQL errors and all); in application/graphql-response+json,
+        an answer without `data` (the request never ran) is 400, or 500 when what stopped it was
+        unexpected (an error masked as INTERNAL)."""
+        response = super().create_response(response_data, sub_response)
+        if sub_response.media_type == GRAPHQL_RESPONSE:
+            response.headers["content-type"] = content_type(GRAPHQL_RESPONSE).decode()
+            if not sub_response.status_code and isinstance(response_data, dict) and "data" not in response_data:
+                response.status_code = 500 if _internal(response_data) else 400
+        return response
+
     async def render_graphql_ide(self, request: Request) -> HTMLResponse:
         return HTMLResponse((STATIC / "graphiql.html").read_text("utf-8"))
 
     # One override for both overloads (HTTP and websocket requests) of the base class's `run`.
     async def run(self, request: Request | WebSocket, **kwargs: Any) -> Any:  # type: ignore[override]
-        # Strawberry answers its HTTP refusals as plain text; clients parse JSON errors everywhere.
+        # Strawberry answers its HTTP refusals as plain text; clients parse GraphQL errors everywhere.
         try:
             return await super().run(request, **kwargs)
         except (HTTPException, StarletteHTTPException) as exc:  # the latter: Starlette's multipart parser
-            code = "TOO_LARGE" if exc.status_code == 413 else "BAD_INPUT"
-            reason = exc.reason if isinstance(exc, HTTPException) else exc.detail
-            return Response(error_body(reason, code), status_code=exc.status_code, media_type="application/json")
+            return _refusal(request, exc)
         finally:
             if isinstance(request, WebSocket):
                 self._sockets.pop(request, None)
@@ -184,6 +224,10 @@ class GraphQLView(GraphQL[Context, None]):
             ) from None
 
     async def parse_http_body(self, request: AsyncHTTPRequestAdapter) -> GraphQLRequestData | list[GraphQLRequestData]:
+        # Here, not earlier: the explorer page (a GET that accepts text/html) is rendered before this.
+        accept = request.headers.get("accept", "").encode("latin-1")
+        if negotiate(accept) is None and not any(kind in accept for kind in _STREAMED):
+            raise HTTPException(406, _NOT_ACCEPTABLE)
         data = await super().parse_http_body(request)
         if self.documents is not None:  # persisted documents: APQ in uploads, persisted_only (server/documents.py)
             data = await self.documents.admit(data)
@@ -204,6 +248,47 @@ class _TooDeep(json.JSONDecodeError):
         message = f"The JSON nests lists or objects deeper than {limit} levels (setting max_json_depth)."
         super().__init__(message, "", 0)
         self.msg = message
+
+
+def _refusal(request: Request | WebSocket, exc: HTTPException | StarletteHTTPException) -> Response:
+    """A refusal Strawberry (or Starlette's multipart parser) raised, as GraphQL errors with a code, in
+    the media type the client accepts. In application/graphql-response+json, an operation of a type
+    not allowed by GET (a mutation; in production, any) is 405, as the GraphQL-over-HTTP spec asks."""
+    status = exc.status_code
+    code = {413: "TOO_LARGE"}.get(status, "BAD_INPUT")
+    reason = exc.reason if isinstance(exc, HTTPException) else exc.detail
+    media = response_type(request.scope)
+    headers = {"content-type": content_type(media).decode()}
+    by_get = request.scope.get("method") == "GET"
+    if media == GRAPHQL_RESPONSE and by_get and isinstance(exc.__cause__, InvalidOperationTypeError):
+        status = 405
+        headers["allow"] = "POST"
+    return Response(error_body(reason, code), status_code=status, headers=headers)
+
+
+def _never_ran(result: ExecutionResult) -> bool:
+    """Whether the operation was refused before it ran (parse, validation or variable errors carry no
+    path; a field's error does, and then `data` is there, null or not)."""
+    errors = result.errors or []
+    return result.data is None and bool(errors) and all(error.path is None for error in errors)
+
+
+def _with_code(error: Any, code: str) -> Any:
+    """`error` (formatted) with `extensions.code` set to `code` unless it has one; a copy, since its
+    extensions may be those of an error the validation cache keeps."""
+    if not isinstance(error, dict):
+        return error
+    extensions = error.get("extensions") or {}
+    if "code" in extensions:
+        return error
+    return {**error, "extensions": {**extensions, "code": code}}
+
+
+def _internal(answer: GraphQLHTTPResponse) -> bool:
+    return any(
+        isinstance(error, dict) and (error.get("extensions") or {}).get("code") == "INTERNAL"
+        for error in answer.get("errors") or ()
+    )
 
 
 def origins(listed: str) -> list[str]:

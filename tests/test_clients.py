@@ -1,0 +1,124 @@
+"""The GraphQL clients people use, run by Node against a real server on loopback: graphql-http's
+GraphQL-over-HTTP audit suite, Apollo Client 4 (queries, variables, an upload through
+apollo-upload-client, and the GraphQL errors of a 400, a 413 and a 429 read from the answer) and urql
+(queries, variables, subscriptions through graphql-ws), and the examples of docs/clients.md as
+written. The packages are pinned in tests/js/package-lock.json and installed by tests/jsclients.py;
+the scripts are tests/js/*.mjs."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsclients import installed, run_node
+from support import ROOT, running_server, upload_over_http
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+GQL_TYPE = "application/graphql-response+json; charset=utf-8"
+MAX_REQUEST_KB = 8  # small, so a client can send a body over it
+
+
+@pytest.fixture(scope="module")
+def graphql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The /graphql URL of a real server, shared by the module's tests (each uploads its own data)."""
+    installed()  # before the server starts: a first install takes a while
+    with running_server(tmp_path_factory.mktemp("clients"), "--max-request-kb", str(MAX_REQUEST_KB)) as base:
+        yield base + "/graphql"
+
+
+def test_graphql_http_audits_pass_every_must_and_should(graphql_url: str) -> None:
+    audits: list[dict[str, Any]] = run_node("audit.mjs", {"url": graphql_url})
+    counts: dict[str, list[int]] = {}
+    for audit in audits:
+        level = audit["name"].split(" ", 1)[0]
+        passed, total = counts.setdefault(level, [0, 0])
+        counts[level] = [passed + (audit["status"] == "ok"), total + 1]
+    print("graphql-http audits passed:", ", ".join(f"{level} {p}/{t}" for level, (p, t) in sorted(counts.items())))
+    failed = [a for a in audits if a["status"] != "ok" and a["name"].split(" ", 1)[0] in ("MUST", "SHOULD")]
+    assert not failed, "\n".join(f"{a['id']} {a['name']}: {a['reason']}" for a in failed)
+    assert counts["MUST"][1] >= 13 and counts["SHOULD"][1] >= 23  # the suite ran whole
+
+
+def test_apollo_client_queries_uploads_and_queries_what_it_uploaded(graphql_url: str) -> None:
+    out = run_node("apollo.mjs", {"url": graphql_url, "scenario": "journey"})
+    assert out["sources"]["ok"], out["sources"]
+    assert {"id": "uploads", "__typename": "Source"} in out["sources"]["value"]["sources"]
+    uploaded = out["upload"]["value"]["uploadDataset"]
+    assert uploaded["success"] and uploaded["dataset"]["rowCount"] == 3, uploaded
+    dataset = out["variables"]["value"]["dataset"]
+    assert dataset["id"] == uploaded["dataset"]["id"] and dataset["rowCount"] == 3
+    assert dataset["rows"]["data"] == [{"city": "Oslo", "temp": 3}, {"city": "Lima", "temp": 19}]  # limit: 2
+    # Apollo 4 asks for application/graphql-response+json first, and gets it.
+    assert out["answers"] == [{"status": 200, "contentType": GQL_TYPE}] * 3
+
+
+def test_apollo_client_reads_the_graphql_errors_of_a_400_and_a_413(graphql_url: str) -> None:
+    out = run_node("apollo.mjs", {"url": graphql_url, "scenario": "refusals", "bigKb": 2 * MAX_REQUEST_KB})
+    assert [a["status"] for a in out["answers"]] == [400, 413]
+    assert {a["contentType"] for a in out["answers"]} == {GQL_TYPE}
+    invalid, too_large = out["invalid"]["error"], out["tooLarge"]["error"]
+    assert invalid["kind"] == "CombinedGraphQLErrors" and [e["code"] for e in invalid["errors"]] == ["BAD_INPUT"]
+    assert "noSuchField" in invalid["errors"][0]["message"]
+    assert too_large["kind"] == "CombinedGraphQLErrors" and [e["code"] for e in too_large["errors"]] == ["TOO_LARGE"]
+    assert "max_request_kb" in too_large["errors"][0]["message"]
+
+
+def test_apollo_client_reads_the_graphql_error_of_a_429(tmp_path: Path) -> None:
+    installed()
+    with running_server(tmp_path, "--rate-limit", "3/minute") as base:
+        out = run_node("apollo.mjs", {"url": base + "/graphql", "scenario": "rate-limit"})
+    tries = out["tries"]
+    assert [t["ok"] for t in tries] == [True, True, True, False], tries
+    refused = tries[-1]["error"]
+    assert refused["kind"] == "CombinedGraphQLErrors" and [e["code"] for e in refused["errors"]] == ["RATE_LIMITED"]
+    assert out["answers"][-1] == {"status": 429, "contentType": GQL_TYPE}
+
+
+def test_urql_queries_and_sees_an_append_through_graphql_ws_subscriptions(graphql_url: str) -> None:
+    out = run_node("urql.mjs", {"url": graphql_url})
+    assert "waited" not in out, out
+    assert out["sources"]["error"] is None and {"id": "uploads"} in out["sources"]["data"]["sources"]
+    assert out["upload"]["data"]["uploadDataset"]["success"], out["upload"]
+    dataset = out["upload"]["data"]["uploadDataset"]["dataset"]["id"]
+    assert out["variables"]["data"] == {"dataset": {"rowCount": 2}}
+    assert out["append"]["data"]["appendRows"]["success"], out["append"]
+    event = next(e["data"]["datasetEvents"] for e in out["events"] if e["data"])
+    assert event == {"kind": "APPENDED", "dataset": dataset, "version": 2, "rowCount": 3}
+    counts = [w["data"]["watch"]["data"]["count"] for w in out["watched"] if w["data"]]
+    assert counts[0] == 2 and counts[-1] == 3
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", (ROOT / "docs/clients.md").read_text("utf-8"), flags=re.DOTALL)
+
+
+def test_the_client_examples_in_the_docs_run_as_written(graphql_url: str, tmp_path: Path) -> None:
+    base = graphql_url.removesuffix("/graphql")
+    upload_over_http(base, ROOT / "examples/tips.csv")  # the urql example counts tips
+    (curl,) = _blocks("sh")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", curl.replace("http://127.0.0.1:8000", base)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("HTTP/1.1 400") and '"code":"BAD_INPUT"' in done.stdout, done.stdout
+    assert "content-type: application/graphql-response+json; charset=utf-8" in done.stdout.lower()
+    # Each JavaScript example prints what its comments say, in a folder that sees tests/js's packages.
+    (tmp_path / "node_modules").symlink_to(installed() / "node_modules")
+    examples = _blocks("js")
+    assert len(examples) == 2
+    for n, example in enumerate(examples):
+        script = tmp_path / f"example{n}.mjs"
+        script.write_text(
+            example.replace("http://127.0.0.1:8000", base).replace("ws://127.0.0.1:8000", "ws" + base[4:])
+        )
+        ran = subprocess.run(
+            ["node", script.name], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert ran.returncode == 0, ran.stderr
+        promised = re.findall(r"console\.log\(.*\); // (\S+)", example)
+        assert ran.stdout.split() == promised, (ran.stdout, promised)

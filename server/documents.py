@@ -12,6 +12,7 @@ document that is not persisted. Refusals are `PersistedRefusal`s, answered as Gr
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import re
@@ -26,11 +27,15 @@ from datagraph.settings import Settings
 from server.responses import query_too_long
 from storage import Documents, document_hash
 
-__all__ = ["NOT_FOUND_MESSAGE", "DocumentRegistry", "PersistedRefusal"]
+__all__ = ["NOT_FOUND_MESSAGE", "PERSISTED_GET", "DocumentRegistry", "PersistedRefusal"]
 
 log = logging.getLogger("datagraph")
 NOT_FOUND_MESSAGE = "PersistedQueryNotFound"  # exactly Apollo Server's: urql retries on it, Apollo on the code
 MISMATCH_MESSAGE = "provided sha does not match query"  # Apollo Server's words
+# Set while a GET that named a persisted document runs: such a GET may carry a query even in production
+# mode, where other GET queries are off (the document is one the server was given, and GET is what
+# lets a browser or proxy cache it).
+PERSISTED_GET: contextvars.ContextVar[bool] = contextvars.ContextVar("persisted_get", default=False)
 _HEX = re.compile(r"[0-9a-fA-F]{64}")
 _LRU_DOCUMENTS = 1_024
 _LRU_CHARS = 4_000_000  # the LRU holds at most this many characters of document text in all

@@ -30,7 +30,7 @@ from datagraph.answers import ANY_DATASET, ReadLog
 from datagraph.settings import Settings, keys_required
 from server.answers import READS_SCOPE_KEY, buffered_body, datasets_only, replay
 from server.auth import KEY_SCOPE_KEY
-from server.documents import DocumentRegistry, PersistedRefusal
+from server.documents import PERSISTED_GET, DocumentRegistry, PersistedRefusal
 from server.responses import header, send_error
 
 __all__ = ["PersistedDocuments"]
@@ -111,7 +111,11 @@ class PersistedDocuments:
             return
         query = {k: v if isinstance(v, str) else jsonutil.dumps(v).decode() for k, v in operation.items()}
         scope = {**scope, "query_string": urlencode(query).encode("latin-1", "strict")}
-        await self._tagged(scope, receive, send, operation)
+        persisted = PERSISTED_GET.set(True)
+        try:
+            await self._tagged(scope, receive, send, operation)
+        finally:
+            PERSISTED_GET.reset(persisted)
 
     async def _tagged(self, scope: Scope, receive: Receive, send: Send, operation: dict[str, Any]) -> None:
         """Run a persisted GET and tag its answer (or answer 304 to a current `If-None-Match`)."""

@@ -33,7 +33,7 @@ from gql.schema import build_schema
 from resolvers.context import Context
 from server.answers import READS_SCOPE_KEY
 from server.auth import KEY_WATCH_S, UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
-from server.documents import DocumentRegistry
+from server.documents import PERSISTED_GET, DocumentRegistry
 from server.incremental import accepts_parts, whole
 from server.responses import (
     GRAPHQL_RESPONSE,
@@ -84,6 +84,15 @@ class GraphQLView(GraphQL[Context, None]):
         # task while there are any, so a revoked key closes its sockets within a second.
         self._sockets: dict[WebSocket, Context] = {}
         self._key_watch: asyncio.Task[None] | None = None
+
+    @property
+    def allow_queries_via_get(self) -> bool:
+        """GET may carry queries outside production mode, and a persisted document's always."""
+        return self._queries_via_get or PERSISTED_GET.get()
+
+    @allow_queries_via_get.setter
+    def allow_queries_via_get(self, value: bool) -> None:
+        self._queries_via_get = value
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         header_key = presented_key(request.headers) if isinstance(request, WebSocket) else None

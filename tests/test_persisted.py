@@ -277,3 +277,18 @@ def test_a_plain_post_pays_nothing_for_persisted_documents(api: Api) -> None:
     response = api.client.get("/graphql", params={"query": LIST})
     assert response.json() == {"data": {"datasets": []}}
     assert "etag" not in response.headers
+
+
+def test_in_production_mode_persisted_queries_go_by_get_and_other_get_queries_do_not(tmp_path: Path) -> None:
+    with serving(make_settings(tmp_path, production="on")) as api:
+        city = api.upload_ok(CSV, "cities.csv")
+        plain = get(api, {"query": ABOUT, "variables": {"id": city}})
+        assert "data" not in plain.json() or plain.json()["data"] is None, plain.text
+        digest = sha(ABOUT)
+        assert post(api, {"query": ABOUT, "extensions": apq(digest), "variables": {"id": city}}).status_code == 200
+        params = {"extensions": apq(digest), "variables": {"id": city}}
+        persisted = get(api, params)
+        assert persisted.json()["data"]["dataset"]["rowCount"] == 2
+        assert get(api, params, **{"If-None-Match": persisted.headers["etag"]}).status_code == 304
+        # The persisted GET let nothing else through: a plain GET query right after is refused again.
+        assert "data" not in get(api, {"query": ABOUT, "variables": {"id": city}}).json()

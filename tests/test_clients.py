@@ -1,7 +1,8 @@
 """The GraphQL clients people use, run by Node against a real server on loopback: graphql-http's
 GraphQL-over-HTTP audit suite, Apollo Client 4 (queries, variables, an upload through
 apollo-upload-client, and the GraphQL errors of a 400, a 413 and a 429 read from the answer) and urql
-(queries, variables, subscriptions through graphql-ws), and the examples of docs/clients.md as
+(queries, variables, subscriptions through graphql-ws), both clients' persisted queries (APQ by GET), and
+the examples of docs/clients.md as
 written. The packages are pinned in tests/js/package-lock.json and installed by tests/jsclients.py;
 the scripts are tests/js/*.mjs."""
 
@@ -69,7 +70,7 @@ def test_apollo_client_reads_the_graphql_errors_of_a_400_and_a_413(graphql_url: 
 
 def test_apollo_client_reads_the_graphql_error_of_a_429(tmp_path: Path) -> None:
     installed()
-    with running_server(tmp_path, "--rate-limit", "3/minute") as base:
+    with running_server(tmp_path, "--rate-limit", "3/hour") as base:
         out = run_node("apollo.mjs", {"url": base + "/graphql", "scenario": "rate-limit"})
     tries = out["tries"]
     assert [t["ok"] for t in tries] == [True, True, True, False], tries
@@ -122,3 +123,18 @@ def test_the_client_examples_in_the_docs_run_as_written(graphql_url: str, tmp_pa
         assert ran.returncode == 0, ran.stderr
         promised = re.findall(r"console\.log\(.*\); // (\S+)", example)
         assert ran.stdout.split() == promised, (ran.stdout, promised)
+
+
+def test_apollo_and_urql_persisted_queries_register_once_then_go_by_hash_and_get(graphql_url: str) -> None:
+    base = graphql_url.removesuffix("/graphql")
+    dataset = upload_over_http(base, ROOT / "examples/tips.csv")
+    out = run_node("persisted.mjs", {"url": graphql_url, "id": dataset})
+    assert out["apollo"]["answers"] == [{"dataset": {"rowCount": 244, "__typename": "Dataset"}}] * 2
+    assert out["urql"]["answers"] == [{"dataset": {"name": "tips"}}] * 2  # no cacheExchange: no __typename
+    for client in ("apollo", "urql"):
+        sent = [(r["method"], r["withQuery"], r["status"]) for r in out[client]["requests"]]
+        # The hash alone by GET (unknown: PersistedQueryNotFound), the query registered, then the
+        # hash alone by GET again, answered, with an ETag.
+        assert sent[0] == ("GET", False, 200) and sent[1][1:] == (True, 200) and sent[2] == ("GET", False, 200), sent
+        assert len(sent) == 3, sent
+        assert out[client]["requests"][2]["etag"], out[client]["requests"]

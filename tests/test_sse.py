@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import httpx
 import pytest
 from promtext import sample
 from starlette.testclient import TestClient
-from support import DATA, add_key, make_settings, running_server, server_pid, upload_over_http, wait_for
+from support import DATA, ROOT, add_key, make_settings, running_server, server_pid, upload_over_http, wait_for
 from wsclient import Ws
 
 from datagraph.settings import Settings
@@ -57,6 +59,14 @@ class Events:
                 event = line[6:].strip()
             elif line.startswith("data:"):
                 data += line[5:].strip()
+        raise StopIteration
+
+    def comment(self) -> None:
+        """Read on until the next comment line (a keep-alive)."""
+        for line in self.lines:
+            if line.startswith(":"):
+                self.comments += 1
+                return
         raise StopIteration
 
     def result(self) -> dict[str, Any]:
@@ -298,12 +308,41 @@ def test_a_request_that_is_no_operation_is_refused_before_any_stream(
         assert "max_query_chars" in error["message"]
 
 
-@pytest.mark.slow  # a server of its own, stopped
+def test_the_docs_curl_example_streams_as_written(tmp_path: Path) -> None:
+    section = (ROOT / "docs/live.md").read_text("utf-8").split("## Over Server-Sent Events", 1)[1]
+    (command,) = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    (shown,) = re.findall(r"```text\n(.*?)```", section, flags=re.DOTALL)
+    with running_server(tmp_path) as base:
+        assert upload_over_http(base, ROOT / "examples/tips.csv") == "tips"
+        # The stream goes on until the client leaves: curl leaves after 3 seconds (exit code 28).
+        script = command.replace("curl -N", "curl -sN -m 3").replace("http://127.0.0.1:8000", base)
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 28, done.stderr
+        assert done.stdout == shown, done.stdout
+        wait_for(lambda: subscribers(base) == 0, 10, "curl's subscription is gone")
+
+
+def test_persisted_only_holds_on_the_stream_too(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, persisted_only=True))) as client:
+        refused = client.post("/graphql/stream", json={"query": "{ __typename }"}, headers=STREAM)
+        assert refused.status_code == 400 and refused.headers["content-type"] == "application/json"
+        assert refused.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_ALLOWED"
+        unknown = {"documentId": "sha256:" + "0" * 64}
+        (event, payload), complete = events_of(client.post("/graphql/stream", json=unknown, headers=STREAM))
+        assert event == "next" and payload["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+        assert complete == ("complete", None)
+
+
+@pytest.mark.slow  # a server of its own, stopped, and a keep-alive waited for
 def test_open_streams_end_at_shutdown_after_the_grace(tmp_path: Path) -> None:
     with running_server(tmp_path, "--shutdown-grace-s", "1") as base:
         tips = upload_over_http(base, DATA / "tips.csv")
         with stream(base, EVENTS, {"d": tips}) as events:
             wait_for(lambda: subscribers(base) == 1, 10, "the stream's subscription is in place")
+            events.comment()  # the first, with the headers
+            started = time.monotonic()
+            events.comment()  # a keep-alive: nothing happened meanwhile
+            assert 10 < time.monotonic() - started < 20
             pid = server_pid(base)
             os.kill(pid, signal.SIGTERM)
             started = time.monotonic()

@@ -20,6 +20,7 @@ import pytest
 from promtext import sample
 from starlette.testclient import TestClient
 from support import DATA, ROOT, add_key, make_settings, running_server, server_pid, upload_over_http, wait_for
+from test_ws_gates import PARITY
 from wsclient import Ws
 
 from datagraph.settings import Settings
@@ -320,6 +321,21 @@ def test_the_docs_curl_example_streams_as_written(tmp_path: Path) -> None:
         assert done.returncode == 28, done.stderr
         assert done.stdout == shown, done.stdout
         wait_for(lambda: subscribers(base) == 0, 10, "curl's subscription is gone")
+
+
+def test_every_graphql_limit_answers_in_the_stream_as_over_http(app: TestClient) -> None:
+    for limit, query in PARITY.items():
+        if "production" in limit:  # this app is not in production mode
+            continue
+        over_http = app.post("/graphql", json={"query": query}).json()
+        assert over_http.get("data") is None and over_http["errors"], (limit, over_http)
+        answer = app.post("/graphql/stream", json={"query": query}, headers=STREAM)
+        if answer.status_code == 413:  # refused before GraphQL, as over HTTP
+            assert limit == "query length" and answer.json()["errors"] == over_http["errors"]
+            continue
+        (event, payload), complete = events_of(answer)
+        assert (event, complete) == ("next", ("complete", None)), limit
+        assert payload == {"errors": over_http["errors"]}, limit
 
 
 def test_persisted_only_holds_on_the_stream_too(tmp_path: Path) -> None:

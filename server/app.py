@@ -21,6 +21,7 @@ from server.observe import Observe
 from server.persisted import PersistedDocuments
 from server.ratelimit import RateLimit
 from server.resources import running
+from server.sse import GraphQLStream
 from server.view import GraphQLView, origins
 from server.web import STATIC, web_routes
 
@@ -47,6 +48,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes = [
         *web_routes(),
         Route("/graphql", view, methods=["GET", "POST"]),
+        # graphql-sse (server/sse.py); a Route matches its whole path, so /graphql does not take this one.
+        Route("/graphql/stream", GraphQLStream(view), methods=["GET", "POST"]),
         WebSocketRoute("/graphql", view),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

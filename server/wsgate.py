@@ -1,10 +1,10 @@
 """One gate for every transport: graphql-transport-ws runs queries and mutations (a `subscribe`
 message may carry any operation), so what an HTTP request passes, an operation over a websocket
-passes too.
+passes too (the pieces shared with the event stream, server/sse.py, are in server/gates.py).
 
 - Each websocket takes a place among its key's (or, with keys off, its address's) open websockets
-  when it sends `connection_init`; past `max_ws_per_client` it is closed with 4429 (the code
-  graphql-ws clients do not retry on their own) until one closes. Counted per server process.
+  and event streams when it sends `connection_init`; past `max_ws_per_client` it is closed with 4429
+  (the code graphql-ws clients do not retry on their own) until one closes. Counted per server process.
 - Opening one costs 1 from the rate budget, as a request does; each operation costs 1 before it
   runs, 5 for each job it runs in a worker and 50 for each stopped at its deadline (spent as its
   answers go out, so a subscription pays for every recompute). Over budget, the operation gets an
@@ -28,9 +28,10 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import Bas
 from datagraph.settings import keys_required
 from resolvers.context import Context
 from server.auth import params_key
+from server.gates import charge, operation_refusal, too_many_streams
 from server.observe import RequestInfo, answering, current_request, new_request_id
-from server.ratelimit import JOB_COST, STOP_COST, identity
-from server.responses import capped_errors, query_too_long
+from server.ratelimit import identity
+from server.responses import capped_errors
 
 if TYPE_CHECKING:
     from graphql import GraphQLFormattedError
@@ -85,10 +86,7 @@ class GatedTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
         by_key = keys_required(self.context.settings)
         self.who = identity(self._socket.scope, (params_key(payload) or self.context.header_key) if by_key else None)
         if not self._web.sockets.enter(self.who):
-            whose = "key" if by_key else "address"
-            cap = self._web.sockets.cap
-            reason = f"Too many open websockets for this {whose}: at most {cap} (setting max_ws_per_client)."
-            await self.websocket.close(_TOO_MANY_SOCKETS, reason)
+            await self.websocket.close(_TOO_MANY_SOCKETS, too_many_streams(by_key, self._web.sockets.cap))
             return
         self.holds_place = True
         await super().handle_connection_init(message)  # checks the key, then acknowledges
@@ -117,19 +115,16 @@ class GatedTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
         await super().handle_subscribe(message)
 
     async def _refusal(self, query: object) -> GraphQLFormattedError | None:
-        """Why the operation may not run, as the error its client gets, in the order HTTP checks."""
-        limiter, res = self._web.limiter, self.context.resources
-        if limiter is not None and self.who is not None:
-            wait = await limiter.allow(self.who, 1)
-            if wait is not None:
-                res.metrics.rate_limited.inc()
-                extensions = {"code": "RATE_LIMITED", "retryAfter": math.ceil(wait)}
-                return {"message": limiter.refusal(wait), "extensions": extensions}
-        if too_long := query_too_long(query, res.settings.max_query_chars):
-            return {"message": too_long, "extensions": {"code": "TOO_LARGE"}}
-        if (refused := await self._web.documents.refusal(query)) is not None:  # persisted_only (server/documents.py)
-            return {"message": refused.message, "extensions": {"code": refused.code}}
-        return None
+        """Why the operation may not run, as the error its client gets (server/gates.py)."""
+        res = self.context.resources
+        return await operation_refusal(
+            query,
+            who=self.who,
+            limiter=self._web.limiter,
+            metrics=res.metrics,
+            max_query_chars=res.settings.max_query_chars,
+            documents=self._web.documents,
+        )
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         # Its own task: the jobs it runs are counted on its own request info (server.observe.count_job).
@@ -160,8 +155,4 @@ class GatedTransportWS(BaseGraphQLTransportWSHandler[Context, None]):
 
     async def _charge(self, info: RequestInfo) -> None:
         """Spend the jobs the operation ran, and those stopped at their deadline, since it was last charged."""
-        limiter = self._web.limiter
-        if (info.jobs or info.stops) and limiter is not None and self.who is not None:
-            cost = JOB_COST * info.jobs + STOP_COST * info.stops
-            info.jobs = info.stops = 0
-            await limiter.spend(self.who, cost)
+        await charge(self._web.limiter, self.who, info)

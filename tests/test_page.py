@@ -16,7 +16,18 @@ from typing import Any
 import httpx
 import pytest
 from support import DATA, ROOT, upload_over_http
-from test_browser import Session, add_condition, browser, graphql, open_session, server, shown
+from test_browser import (
+    Session,
+    add_condition,
+    browser,
+    drop_file,
+    graphql,
+    open_session,
+    progress_seen,
+    record_progress,
+    server,
+    shown,
+)
 
 with contextlib.suppress(ImportError):  # without Playwright the fixtures skip (or, under CI, fail) first
     from playwright.sync_api import Browser, Page, expect
@@ -453,3 +464,42 @@ def test_the_page_works_by_keyboard_alone_with_a_visible_focus_ring(session: Ses
 
     # Every control has a name (axe's label and name rules among them), with the result shown.
     check_everywhere(session, "keyboard")
+
+
+APPEND = "mutation($d: ID!, $r: JSON!) { appendRows(dataset: $d, rows: $r) { success } }"
+SUNDAY = {"total_bill": 10.0, "tip": 1.0, "sex": "Female", "smoker": "No", "day": "Sun", "time": "Dinner", "size": 2}
+
+
+@pytest.mark.parametrize("how", ["blocked", "forced"])
+def test_without_websockets_the_page_stays_live_over_server_sent_events(session: Session, how: str) -> None:
+    """A proxy that refuses websockets (each one closed at once), or `?live=sse`: the page's live
+    connection goes over /graphql/stream, and a change made elsewhere still shows up unasked."""
+    page = session.page
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    streams: list[dict[str, str]] = []
+    page.on("request", lambda r: streams.append(r.headers) if r.url.endswith("/graphql/stream") else None)
+    if how == "blocked":  # closed at once, never acknowledged (a routed socket is no "websocket" event)
+        page.route_web_socket(re.compile(r"/graphql$"), lambda ws: (sockets.append(ws.url), ws.close()))
+    dataset = upload_over_http(session.server, DATA / "tips.csv")
+    page.goto(session.server + ("/?live=sse" if how == "forced" else "/") + f"#{dataset}")
+    expect(page.locator("#live")).to_have_attribute("data-state", "live")
+    expect(page.locator("#live")).to_have_text("Live (event stream)")
+    expect(page.locator("#dataset-rows")).to_have_text("244")
+    assert streams and all(h.get("accept") == "text/event-stream" for h in streams), streams
+    assert (len(sockets) >= 2) if how == "blocked" else sockets == [], sockets
+
+    appended = graphql(session.server, APPEND, {"d": dataset, "r": [SUNDAY]})["data"]["appendRows"]
+    assert appended["success"], appended
+    expect(page.locator("#dataset-rows")).to_have_text("245")
+    expect(page.locator("#dataset-version")).to_have_text("2")
+    session.shot(f"live-over-sse-{how}")
+
+    # An upload is followed through the server's stages (jobProgress) over its own stream.
+    record_progress(page)
+    with page.expect_request(lambda r: r.url.endswith("/graphql/stream") and "JobProgress" in (r.post_data or "")):
+        drop_file(page, "#dropzone", DATA / "titanic.csv")
+    expect(page.locator("#upload-status")).to_contain_text("titanic.csv is now the dataset")
+    _, texts = progress_seen(page)
+    assert {"Reading the rows…", "Saving 891 rows…"} & set(texts), texts
+    assert "Reading titanic.csv…" not in texts, texts  # the state without jobProgress

@@ -136,6 +136,8 @@ class CancelOnDisconnect:
     Once the request body has been read, a disconnect before the response is complete cancels the
     handler, and the request is charged a stop (rate limits). An analysis it was waiting for runs on
     for `finish_grace_s` to finish into the cache, then is stopped; other jobs are stopped at once.
+    An event stream (text/event-stream: subscriptions over SSE) is cancelled too but charged
+    nothing: closing the connection is how a client ends a stream.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -146,7 +148,7 @@ class CancelOnDisconnect:
             await self.app(scope, receive, send)
             return
         body_read = asyncio.Event()
-        responded = False
+        responded = streaming = False
 
         async def tracked_receive() -> Message:
             msg = await receive()
@@ -155,9 +157,13 @@ class CancelOnDisconnect:
             return msg
 
         async def tracked_send(msg: Message) -> None:
-            nonlocal responded
+            nonlocal responded, streaming
             await send(msg)
-            if msg["type"] == "http.response.body" and not msg.get("more_body", False):
+            if msg["type"] == "http.response.start":
+                streaming = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in msg["headers"]
+                )
+            elif msg["type"] == "http.response.body" and not msg.get("more_body", False):
                 responded = True
 
         async def client_gone() -> None:
@@ -180,8 +186,9 @@ class CancelOnDisconnect:
         if responded:  # the disconnect that follows a complete response
             await handler
             return
-        log.info("client went away before its answer; cancelling %s", scope.get("path"))
-        count_stop()
+        if not streaming:
+            log.info("client went away before its answer; cancelling %s", scope.get("path"))
+            count_stop()
         handler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await handler

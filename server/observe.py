@@ -41,7 +41,7 @@ __all__ = [
 
 log = logging.getLogger("datagraph.access")
 _CLIENT_ID = re.compile(rb"^[A-Za-z0-9._-]{8,64}$")
-_ROUTES = ("/graphql", "/healthz", "/readyz", "/metrics")
+_ROUTES = ("/graphql", "/graphql/stream", "/healthz", "/readyz", "/metrics")
 
 
 @dataclass(slots=True)

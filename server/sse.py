@@ -218,19 +218,13 @@ class _Stream:
             if self.key is not None
             else contextlib.nullcontext()
         )
-        finished = False
         try:
             with watched:
                 await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
-            finished = True
         finally:
             for task in (*ends, keepalive):
                 task.cancel()
             await asyncio.gather(*ends, keepalive, return_exceptions=True)  # the subscription has closed
-            if not finished and not get and self.info.stops:
-                # Cancelled by CancelOnDisconnect (server/middleware.py), which counts a request abandoned
-                # mid-work as a stop: closing the connection is how a client ends a stream, no fault of its.
-                self.info.stops -= 1
         if results.done() and not results.cancelled() and (error := results.exception()) is not None:
             if not isinstance(error, OSError):  # OSError: the client went away while an event was sent
                 raise error

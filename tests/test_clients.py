@@ -8,15 +8,18 @@ the scripts are tests/js/*.mjs."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from jsclients import installed, run_node
-from support import ROOT, running_server, upload_over_http
+from support import ROOT, running_server, upload_over_http, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 GQL_TYPE = "application/graphql-response+json; charset=utf-8"
@@ -138,3 +141,54 @@ def test_apollo_and_urql_persisted_queries_register_once_then_go_by_hash_and_get
         assert sent[0] == ("GET", False, 200) and sent[1][1:] == (True, 200) and sent[2] == ("GET", False, 200), sent
         assert len(sent) == 3, sent
         assert out[client]["requests"][2]["etag"], out[client]["requests"]
+
+
+def test_graphql_sse_client_answers_a_query_and_sees_an_append(graphql_url: str, tmp_path: Path) -> None:
+    base = graphql_url.removesuffix("/graphql")
+    (tmp_path / "bills.csv").write_text("total_bill,tip\n20,3\n30,5\n")
+    dataset = upload_over_http(base, tmp_path / "bills.csv")
+    out = run_node("sse.mjs", {"url": base, "id": dataset})
+    assert out["query"] == {"data": {"dataset": {"rowCount": 2}}}
+    assert out["appends"] >= 1 and out["events"], out
+    first = out["events"][0]["data"]["datasetEvents"]
+    assert first["kind"] == "APPENDED" and first["dataset"] == dataset and first["rowCount"] >= 3, out
+
+
+def test_the_javascript_example_in_the_readme_runs_as_written(tmp_path: Path) -> None:
+    """Apollo, urql and graphql-sse as the README's Clients section shows them: two counts, then the
+    event of an append made while the subscription is open."""
+    section = (ROOT / "README.md").read_text("utf-8").split("## Clients\n", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"```js\n(.*?)```", section, flags=re.DOTALL)
+    (tmp_path / "server").mkdir()
+    with running_server(tmp_path / "server") as base:
+        upload_over_http(base, ROOT / "examples/tips.csv")
+        (tmp_path / "node_modules").symlink_to(installed() / "node_modules")
+        (tmp_path / "readme.mjs").write_text(example.replace("http://127.0.0.1:8000", base))
+        node = subprocess.Popen(
+            ["node", "readme.mjs"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(node.stdout or ()), daemon=True)
+        reader.start()
+        append = {"query": 'mutation { appendRows(dataset: "tips", rows: [{total_bill: 1, tip: 1}]) { success } }'}
+        try:
+            wait_for(lambda: len(lines) >= 2 or node.poll() is not None, 30, "the two counts")
+            for _ in range(20):  # until the subscription has seen one (it opens on its own time)
+                if node.poll() is not None:
+                    break
+                httpx.post(base + "/graphql", json=append)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    node.wait(1)
+            node.wait(10)
+            reader.join(5)
+        finally:
+            node.kill()
+        err = node.stderr.read() if node.stderr else ""
+        for pipe in (node.stdout, node.stderr):
+            if pipe:
+                pipe.close()
+    out = "".join(lines)
+    promised = re.findall(r"console\.log\(.*\); // (\S+)", example)
+    assert promised == ["244", "244", "APPENDED"]
+    assert node.returncode == 0, err
+    assert out.split()[:2] == ["244", "244"] and out.split()[2] == "APPENDED", out

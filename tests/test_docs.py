@@ -109,7 +109,7 @@ def test_readme_graphql_examples_answer_without_errors(server: tuple[str, Path])
 def test_readme_ways_to_send_a_query_run_as_written(server: tuple[str, Path], tmp_path: Path) -> None:
     base, _ = server
     _with_tips(base)
-    section = _section(ROOT / "README.md", "Where to send a query")
+    section = _section(ROOT / "README.md", "Clients")
     (shell,) = _blocks("sh", section)
     (script,) = _blocks("python", section)
     assert len(script.strip().splitlines()) <= 12

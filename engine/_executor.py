@@ -10,6 +10,10 @@ kills a worker, not the server (`TooLarge`). Jobs are module-level functions wit
 arguments and results, pickled over the worker's stdin and stdout.
 
 `run_io` is for short blocking file work (fsync, rename) that needs no deadline: a thread.
+`run_small` is for work that is provably small (a page read from page blocks): one of a few threads
+of the server's own, never more of it at once than `small_limit` (a caller that finds the lane full
+sends the work to a worker instead), so it can neither grow without bound nor starve the event loop.
+`in_background` runs server upkeep (making page blocks) one piece at a time, outside any request.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import logging
 import pickle
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -115,6 +120,7 @@ class Executor:
         result_mb: float = 0,
         respawn_every_s: float = 1.0,
         idle_s: float = 0,
+        small_threads: int = 2,
     ) -> None:
         """`on_job` is called in the caller's context each time a job is sent to a worker, and
         `on_kill` each time a job of the caller's is stopped at its deadline (the server charges
@@ -125,7 +131,8 @@ class Executor:
         replaced at once up to a burst of `max(4, 2 * workers)`, then at most one per
         `respawn_every_s`: a storm of stopped jobs costs a bounded share of the CPU, not all of it.
         With `idle_s`, workers start on demand and one left idle for `idle_s` seconds is stopped (the
-        next job starts one); 0: all start with the pool and stay."""
+        next job starts one); 0: all start with the pool and stay. `small_threads` threads run small
+        work (`run_small`), with at most twice as many pieces of it under way."""
         self.result_bytes = int(result_mb * 1024 * 1024)
         self.size = workers
         self.metrics = metrics
@@ -140,6 +147,11 @@ class Executor:
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="datagraph-io")
+        self._small = ThreadPoolExecutor(max_workers=max(1, small_threads), thread_name_prefix="datagraph-small")
+        self.small_limit = 2 * max(1, small_threads)
+        self._small_running = 0
+        self._background: dict[str, asyncio.Task[Any]] = {}
+        self._background_started: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._busy = 0
         self._waiting = 0
         self._jobs = 0
@@ -408,6 +420,60 @@ class Executor:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
+    def small_free(self) -> bool:
+        """Whether `run_small` may take one more piece of work now (ask, then call it, with no await between)."""
+        return self._small_running < self.small_limit and not self._closed
+
+    async def run_small(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run provably small work on one of the server's own threads: no worker round trip, no
+        deadline (it has no use for one). Only after `small_free()` said yes."""
+        self._small_running += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._small, functools.partial(fn, *args, **kwargs))
+        finally:
+            self._small_running -= 1
+
+    def in_background(self, key: str, make: Callable[[], Awaitable[Any]]) -> bool:
+        """Start `make()` as upkeep of the server's own, outside the request that asked for it (no rate
+        budget charged, not cancelled with it), unless upkeep is under way already (one at a time) or
+        `key` was started before in this process (the 1,024 most recent keys are remembered): a piece
+        that failed is not tried again on every request. Whether it started."""
+        if self._closed or self._background or key in self._background_started:
+            return False
+        self._background_started[key] = None
+        while len(self._background_started) > 1024:
+            self._background_started.popitem(last=False)
+
+        async def run() -> None:
+            try:
+                await make()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("background work %s failed", key, exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(run(), context=contextvars.Context())
+        self._background[key] = task
+        task.add_done_callback(lambda _: self._background.pop(key, None))
+        return True
+
+    async def quiet(self, for_s: float = 0.25) -> None:
+        """Return once no job has run or waited for `for_s` seconds: upkeep takes a worker only while
+        no request wants one."""
+        calm_since = time.monotonic()
+        while True:
+            if self._busy or self._waiting:
+                calm_since = time.monotonic()
+            elif time.monotonic() - calm_since >= for_s:
+                return
+            await asyncio.sleep(for_s / 5)
+
+    async def background_done(self) -> None:
+        """Wait for the upkeep under way (tests, and a clean shutdown)."""
+        while self._background:
+            await asyncio.gather(*self._background.values(), return_exceptions=True)
+
     def stats(self) -> PoolStats:
         return PoolStats(
             workers=len(self._all),
@@ -422,6 +488,9 @@ class Executor:
     async def close(self) -> None:
         self._closed = True
         self._closing.set()
+        for task in list(self._background.values()):
+            task.cancel()
+        await asyncio.gather(*self._background.values(), return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -444,6 +513,7 @@ class Executor:
         if self._reaping:
             await asyncio.gather(*self._reaping, return_exceptions=True)
         self._threads.shutdown(wait=True, cancel_futures=True)
+        self._small.shutdown(wait=True, cancel_futures=True)
 
 
 def _name(fn: Callable[..., Any]) -> str:

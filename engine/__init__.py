@@ -48,6 +48,7 @@ from engine._plan import (
     step_size,
     too_many_steps,
 )
+from engine._together import together
 
 __all__ = [
     "AGG_FNS",
@@ -101,6 +102,7 @@ __all__ = [
     "rows",
     "step_size",
     "summary",
+    "together",
     "too_many_steps",
     "value_counts",
     "write_page_blocks",

@@ -13,6 +13,8 @@ arguments and results, pickled over the worker's stdin and stdout.
 `run_small` is for work that is provably small (a page read from page blocks): one of a few threads
 of the server's own, never more of it at once than `small_limit` (a caller that finds the lane full
 sends the work to a worker instead), so it can neither grow without bound nor starve the event loop.
+`run_together` sends requests for the same plan that arrive together (a frame's `count` and `rows` in
+one GraphQL request) to one worker in one job, which answers each on its own.
 `in_background` runs server upkeep (making page blocks) one piece at a time, outside any request.
 """
 
@@ -46,6 +48,24 @@ _HEADER = struct.Struct(">Q")
 # How long a new worker may take to start (import Polars) before a job sent to it gives up; the
 # start-up does not count against the job's deadline (a busy machine starts workers slowly).
 _STARTUP_S = 60.0
+
+
+# How many turns of the event loop a job of requests run together waits for more of them: the result
+# fields of one GraphQL request start in the same turn and reach their work a turn or two apart.
+_TOGETHER_TURNS = 4
+
+
+class _Together:
+    """Requests waiting to be sent to a worker in one job."""
+
+    __slots__ = ("futures", "requests", "sent", "task", "waiting")
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.futures: list[asyncio.Future[Any]] = []
+        self.sent = False
+        self.waiting = 0
+        self.task: asyncio.Future[None] | None = None
 
 
 class WorkerCrashed(Exception):
@@ -151,6 +171,7 @@ class Executor:
         self.small_limit = 2 * max(1, small_threads)
         self._small_running = 0
         self._background: dict[str, asyncio.Task[Any]] = {}
+        self._together: dict[Any, _Together] = {}
         self._background_started: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._busy = 0
         self._waiting = 0
@@ -420,6 +441,60 @@ class Executor:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
+    async def run_together(
+        self, key: Any, fn: Callable[..., list[tuple[str, Any]]], /, *args: Any, request: Any, timeout: float | None
+    ) -> Any:
+        """One answer of `fn(*args, requests=[...])`, run in a worker (as `run` does) for this request and
+        every other one with the same `key` (which must say what `args` and `timeout` are) that arrives
+        within a few turns of the event loop. `fn` answers ("ok", value) or ("problem", exception) for
+        each request, in order; a failure of the whole job (deadline, crash) is every request's. A
+        request whose caller leaves is dropped from the job; the job is stopped when all have left."""
+        together = self._together.get(key)
+        if together is None or together.sent:
+            together = _Together()
+            self._together[key] = together
+            together.task = asyncio.ensure_future(self._send_together(key, together, fn, args, timeout))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        together.requests.append(request)
+        together.futures.append(future)
+        together.waiting += 1
+        try:
+            return await asyncio.shield(future)
+        finally:
+            together.waiting -= 1
+            if together.waiting == 0 and together.task is not None and not together.task.done():
+                together.task.cancel()
+
+    async def _send_together(
+        self, key: Any, together: _Together, fn: Callable[..., list[tuple[str, Any]]], args: Any, timeout: float | None
+    ) -> None:
+        try:
+            for _ in range(_TOGETHER_TURNS):
+                await asyncio.sleep(0)
+        finally:
+            together.sent = True
+            if self._together.get(key) is together:
+                del self._together[key]
+        try:
+            answers = await self.run(fn, *args, requests=together.requests, timeout=timeout)
+        except asyncio.CancelledError:
+            for future in together.futures:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for future in together.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, (kind, value) in zip(together.futures, answers, strict=True):
+            if future.done():
+                continue
+            if kind == "ok":
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
     def small_free(self) -> bool:
         """Whether `run_small` may take one more piece of work now (ask, then call it, with no await between)."""
         return self._small_running < self.small_limit and not self._closed
@@ -514,6 +589,12 @@ class Executor:
             await asyncio.gather(*self._reaping, return_exceptions=True)
         self._threads.shutdown(wait=True, cancel_futures=True)
         self._small.shutdown(wait=True, cancel_futures=True)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a failure as seen: the request that would have raised it may have left."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _name(fn: Callable[..., Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import engine
 from datagraph.errors import BadInput, TooLarge
-from datagraph.jsonutil import Encoded
+from datagraph.jsonutil import Encoded, canonical_hash
 from engine import Page, Plan, Source
 from resolvers._outcome import Options, Outcome, Problem, analysed
 from resolvers.context import Context, Resources, read_only_message
@@ -48,12 +48,24 @@ async def rows(
         lim, off = _check_limit(ctx, "rows", limit, offset, default)
         page = await _small_page(ctx, plan, lim, off)
         if page is None:
-            page = await ctx.resources.executor.run(engine.page, plan, limit=lim, offset=off, timeout=timeout)
+            page = await _in_worker(ctx, plan, ("page", {"limit": lim, "offset": off}), timeout)
         return Outcome(data=Encoded(page.json), row_count=page.count, columns=page.columns, truncated=page.truncated)
 
     args = {"limit": default if limit is None else limit, "offset": offset or 0}
     _keep_pages_hot(ctx, plan)
     return await analysed(ctx, "rows", args, plan.key(), work, options)
+
+
+async def _in_worker(ctx: Context, plan: Plan, request: tuple[str, dict[str, Any]], timeout: float | None) -> Any:
+    """A count or a page of the plan, in a worker: in one job with the other results of the same plan
+    asked for at the same moment (a frame's `count` and `rows` in one request), so the data is read
+    once for all of them. A linked table or SQL runs alone, as it always did."""
+    op, kwargs = request
+    executor = ctx.resources.executor
+    if not isinstance(plan.source, Source) or plan.live:
+        return await executor.run(engine.count if op == "count" else engine.page, plan, **kwargs, timeout=timeout)
+    key = ("together", canonical_hash(plan.key()), timeout)
+    return await executor.run_together(key, engine.together, plan, request=request, timeout=timeout)
 
 
 async def _small_page(ctx: Context, plan: Plan, limit: int, offset: int) -> Page | None:
@@ -123,7 +135,7 @@ _BLOCK_BYTES = 256 * 1024
 
 async def count(ctx: Context, *, plan: Plan, options: Options) -> Outcome:
     async def work(timeout: float | None) -> Outcome:
-        n = await ctx.resources.executor.run(engine.count, plan, timeout=timeout)
+        n = await _in_worker(ctx, plan, ("count", {}), timeout)
         return Outcome(data={"count": n}, row_count=n)
 
     return await analysed(ctx, "count", {}, plan.key(), work, options)

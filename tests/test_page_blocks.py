@@ -263,3 +263,27 @@ def test_a_page_read_in_the_server_is_still_held_to_the_byte_cap(tmp_path: Path)
         over = _page(api, dataset, 20)
         assert not over["success"] and over["error"]["code"] == "TOO_LARGE", over
         assert _jobs(api) == jobs  # refused in the server's thread, before its bytes went anywhere
+
+
+FILTERED = """query($id: ID!, $where: [Condition!]!) { dataset(id: $id) { filter(where: $where) {
+  count(cache: BYPASS) { success error { code message } data meta { rowCount } }
+  rows(limit: 100, cache: BYPASS) { success error { code message } data meta { rowCount truncated } } } } }"""
+
+
+def test_a_frames_count_and_rows_in_one_request_run_as_one_job_with_the_same_answers(tmp_path: Path) -> None:
+    with serving(make_settings(tmp_path, workers=2)) as api:
+        dataset = api.upload_ok(_csv(0, 5_000), "d.csv")
+        _hot(api, dataset)
+        where = [{"column": "id", "op": "GE", "value": 4_950}]
+        jobs = _jobs(api)
+        frame = api.data(FILTERED, {"id": dataset, "where": where})["dataset"]["filter"]
+        assert _jobs(api) == jobs + 1  # one job for both: the data read once
+        assert frame["count"]["data"] == {"count": 50}
+        assert [r["id"] for r in frame["rows"]["data"]] == list(range(4_950, 5_000))
+        count_only = FILTERED.split("\n  rows")[0] + " } } }"
+        alone = api.data(count_only, {"id": dataset, "where": where})["dataset"]["filter"]
+        assert alone["count"] == frame["count"]
+
+        wrong = api.data(FILTERED, {"id": dataset, "where": [{"column": "nope", "op": "EQ", "value": 1}]})
+        for result in wrong["dataset"]["filter"].values():  # each says the plan's own problem
+            assert result["error"]["code"] == "BAD_INPUT" and '"nope"' in result["error"]["message"], result

@@ -1,7 +1,12 @@
 """Several results of one plan in one job: a frame's `count` and a page of its `rows`, asked for in
-the same GraphQL request, are answered by one worker from one build of the plan, collected together
-so that Polars reads the data once for both (`collect_all` shares the scan and the filter), instead
-of two jobs on two workers each reading it.
+the same GraphQL request, are answered by one worker from one build of the plan, instead of two jobs
+on two workers competing for the same cores.
+
+Each is collected on its own, one after the other. `collect_all` would share the scan and the filter,
+but a shared scan is cached whole, every column of every row, while on its own the count reads only
+the columns it filters on and the page stops once it has its rows: measured on the journey's filter
+(1M rows, count + 100 rows), one after the other took 0.74x the time of `collect_all` (median of 15,
+interleaved, on a busy machine; the minimums 75 ms against 86 ms).
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ def _collected(plan: Plan, requests: list[tuple[str, dict[str, Any]]]) -> list[A
         for op, kwargs in requests
     ]
     answers: list[Any] = []
-    for (op, kwargs), found in zip(requests, collect(*queries), strict=True):
+    for (op, kwargs), query in zip(requests, queries, strict=True):
+        (found,) = collect(query)
         if op == "count":
             answers.append(int(found.item()))
         else:

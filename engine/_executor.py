@@ -331,17 +331,19 @@ class Executor:
         timeout: float | None = None,
         deadline_s: float | None = None,
         timeout_message: str | None = None,
+        upkeep: bool = False,
         **kwargs: Any,
     ) -> T:
         """Run `fn(*args, **kwargs)` in a worker; `Timeout` past `timeout` seconds (a request's own,
         never above the job's deadline), counting the wait for a free worker. The job's deadline is
         the server's analysis deadline unless `deadline_s` sets another (imports, plugin fetches),
-        whose `timeout_message` then says which setting that is."""
+        whose `timeout_message` then says which setting that is. An `upkeep` job (the server's own, such
+        as making page blocks) is not counted among the jobs run for requests."""
         cap = self.timeout_s if deadline_s is None else deadline_s
         limit = cap if timeout is None else min(timeout, cap)
         job = pickle.dumps((fn, args, kwargs), protocol=5)
         started = time.monotonic()
-        if self.on_job is not None:
+        if self.on_job is not None and not upkeep:
             self.on_job()
         spawned = self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed
         if spawned:
@@ -353,9 +355,10 @@ class Executor:
                 raise self._timeout(limit, timeout_message) from None
         if spawned:
             started = time.monotonic()
-        self._jobs += 1
-        if self.metrics:
-            self.metrics.jobs.inc()
+        if not upkeep:
+            self._jobs += 1
+            if self.metrics:
+                self.metrics.jobs.inc()
         with self._counted("_busy", self.metrics.workers_busy if self.metrics else None):
             try:
                 if not worker.ready:  # a replacement still starting: its start-up is not the job's time

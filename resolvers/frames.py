@@ -58,11 +58,12 @@ async def rows(
 
 async def _in_worker(ctx: Context, plan: Plan, request: tuple[str, dict[str, Any]], timeout: float | None) -> Any:
     """A count or a page of the plan, in a worker: in one job with the other results of the same plan
-    asked for at the same moment (a frame's `count` and `rows` in one request), so the data is read
-    once for all of them. A linked table or SQL runs alone, as it always did."""
+    asked for at the same moment (a frame's `count` and `rows` in one request), so that they do not
+    compete for workers and cores. A plan with no steps (whose count Parquet's metadata answers), a
+    linked table and SQL run alone, as they always did: each waits for nothing."""
     op, kwargs = request
     executor = ctx.resources.executor
-    if not isinstance(plan.source, Source) or plan.live:
+    if not isinstance(plan.source, Source) or plan.live or not plan.steps:
         return await executor.run(engine.count if op == "count" else engine.page, plan, **kwargs, timeout=timeout)
     key = ("together", canonical_hash(plan.key()), timeout)
     return await executor.run_together(key, engine.together, plan, request=request, timeout=timeout)
@@ -122,7 +123,7 @@ async def _make_page_blocks(res: Resources, source: Source, cap_mb: float) -> No
     current = replace(source, path=files.version_path(source.dataset_id, source.version))
     staged = files.staging_path(".blocks")
     try:
-        await res.executor.run(engine.write_page_blocks, current, staged, block_bytes=_BLOCK_BYTES)
+        await res.executor.run(engine.write_page_blocks, current, staged, block_bytes=_BLOCK_BYTES, upkeep=True)
         await res.executor.run_io(files.commit_blocks, staged, source.dataset_id, source.version, source.generation)
     finally:
         with contextlib.suppress(OSError):

@@ -117,6 +117,18 @@ class Settings(BaseSettings):
     xlsx_max_ratio: int = Field(100, gt=0, description="Highest compression ratio of any entry in an .xlsx.")
     xlsx_max_entries: int = Field(1_000, gt=0, description="Most entries (files) inside an .xlsx.")
     rows_max: int = Field(10_000, gt=0, description="Most rows a single result may return.")
+    page_blocks_max_mb: float = Field(
+        1_024,
+        ge=0,
+        description="Largest dataset version (its Parquet, in MiB) whose rows are kept as Arrow blocks beside it"
+        " once a page of it is asked for, so that pages are read in the server process; 0: never.",
+    )
+    page_thread_rows: int = Field(
+        5_000,
+        ge=0,
+        description="Most rows a page may ask for to be read from page blocks in the server process; a larger"
+        " one, or one of a frame with more than selects and slices, runs in a worker.",
+    )
     datasets_max_page: int = Field(
         1_000, gt=0, description="Most datasets one page of the datasets query may ask for (its limit argument)."
     )

@@ -5,6 +5,7 @@ storage -> datagraph). Light on purpose: worker processes import this and nothin
 The pool that runs the operations, the result cache and the job tracker are in `engine.runtime`.
 """
 
+from engine._blocks import Window, block_page, page_window, write_page_blocks
 from engine._chart import CHART_KINDS, chart
 from engine._clean import Cast, Clean, CleanStep, DropDuplicates, DropNulls, FillNulls, ParseDates, Rename, Trim
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
@@ -47,6 +48,7 @@ from engine._plan import (
     step_size,
     too_many_steps,
 )
+from engine._together import together
 
 __all__ = [
     "AGG_FNS",
@@ -78,8 +80,10 @@ __all__ = [
     "SqlRoot",
     "Step",
     "Trim",
+    "Window",
     "append_part",
     "append_rows",
+    "block_page",
     "build",
     "chart",
     "check_columns",
@@ -93,10 +97,13 @@ __all__ = [
     "lazy_column_infos",
     "materialise",
     "page",
+    "page_window",
     "records_json",
     "rows",
     "step_size",
     "summary",
+    "together",
     "too_many_steps",
     "value_counts",
+    "write_page_blocks",
 ]

@@ -10,6 +10,12 @@ kills a worker, not the server (`TooLarge`). Jobs are module-level functions wit
 arguments and results, pickled over the worker's stdin and stdout.
 
 `run_io` is for short blocking file work (fsync, rename) that needs no deadline: a thread.
+`run_small` is for work that is provably small (a page read from page blocks): one of a few threads
+of the server's own, never more of it at once than `small_limit` (a caller that finds the lane full
+sends the work to a worker instead), so it can neither grow without bound nor starve the event loop.
+`run_together` sends requests for the same plan that arrive together (a frame's `count` and `rows` in
+one GraphQL request) to one worker in one job, which answers each on its own.
+`in_background` runs server upkeep (making page blocks) one piece at a time, outside any request.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import logging
 import pickle
 import struct
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +48,24 @@ _HEADER = struct.Struct(">Q")
 # How long a new worker may take to start (import Polars) before a job sent to it gives up; the
 # start-up does not count against the job's deadline (a busy machine starts workers slowly).
 _STARTUP_S = 60.0
+
+
+# How many turns of the event loop a job of requests run together waits for more of them: the result
+# fields of one GraphQL request start in the same turn and reach their work a turn or two apart.
+_TOGETHER_TURNS = 4
+
+
+class _Together:
+    """Requests waiting to be sent to a worker in one job."""
+
+    __slots__ = ("futures", "requests", "sent", "task", "waiting")
+
+    def __init__(self) -> None:
+        self.requests: list[Any] = []
+        self.futures: list[asyncio.Future[Any]] = []
+        self.sent = False
+        self.waiting = 0
+        self.task: asyncio.Future[None] | None = None
 
 
 class WorkerCrashed(Exception):
@@ -115,6 +140,7 @@ class Executor:
         result_mb: float = 0,
         respawn_every_s: float = 1.0,
         idle_s: float = 0,
+        small_threads: int = 2,
     ) -> None:
         """`on_job` is called in the caller's context each time a job is sent to a worker, and
         `on_kill` each time a job of the caller's is stopped at its deadline (the server charges
@@ -125,7 +151,8 @@ class Executor:
         replaced at once up to a burst of `max(4, 2 * workers)`, then at most one per
         `respawn_every_s`: a storm of stopped jobs costs a bounded share of the CPU, not all of it.
         With `idle_s`, workers start on demand and one left idle for `idle_s` seconds is stopped (the
-        next job starts one); 0: all start with the pool and stay."""
+        next job starts one); 0: all start with the pool and stay. `small_threads` threads run small
+        work (`run_small`), with at most twice as many pieces of it under way."""
         self.result_bytes = int(result_mb * 1024 * 1024)
         self.size = workers
         self.metrics = metrics
@@ -140,6 +167,12 @@ class Executor:
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._all: set[_Worker] = set()
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="datagraph-io")
+        self._small = ThreadPoolExecutor(max_workers=max(1, small_threads), thread_name_prefix="datagraph-small")
+        self.small_limit = 2 * max(1, small_threads)
+        self._small_running = 0
+        self._background: dict[str, asyncio.Task[Any]] = {}
+        self._together: dict[Any, _Together] = {}
+        self._background_started: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._busy = 0
         self._waiting = 0
         self._jobs = 0
@@ -298,17 +331,19 @@ class Executor:
         timeout: float | None = None,
         deadline_s: float | None = None,
         timeout_message: str | None = None,
+        upkeep: bool = False,
         **kwargs: Any,
     ) -> T:
         """Run `fn(*args, **kwargs)` in a worker; `Timeout` past `timeout` seconds (a request's own,
         never above the job's deadline), counting the wait for a free worker. The job's deadline is
         the server's analysis deadline unless `deadline_s` sets another (imports, plugin fetches),
-        whose `timeout_message` then says which setting that is."""
+        whose `timeout_message` then says which setting that is. An `upkeep` job (the server's own, such
+        as making page blocks) is not counted among the jobs run for requests."""
         cap = self.timeout_s if deadline_s is None else deadline_s
         limit = cap if timeout is None else min(timeout, cap)
         job = pickle.dumps((fn, args, kwargs), protocol=5)
         started = time.monotonic()
-        if self.on_job is not None:
+        if self.on_job is not None and not upkeep:
             self.on_job()
         spawned = self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed
         if spawned:
@@ -320,9 +355,10 @@ class Executor:
                 raise self._timeout(limit, timeout_message) from None
         if spawned:
             started = time.monotonic()
-        self._jobs += 1
-        if self.metrics:
-            self.metrics.jobs.inc()
+        if not upkeep:
+            self._jobs += 1
+            if self.metrics:
+                self.metrics.jobs.inc()
         with self._counted("_busy", self.metrics.workers_busy if self.metrics else None):
             try:
                 if not worker.ready:  # a replacement still starting: its start-up is not the job's time
@@ -408,6 +444,114 @@ class Executor:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
 
+    async def run_together(
+        self, key: Any, fn: Callable[..., list[tuple[str, Any]]], /, *args: Any, request: Any, timeout: float | None
+    ) -> Any:
+        """One answer of `fn(*args, requests=[...])`, run in a worker (as `run` does) for this request and
+        every other one with the same `key` (which must say what `args` and `timeout` are) that arrives
+        within a few turns of the event loop. `fn` answers ("ok", value) or ("problem", exception) for
+        each request, in order; a failure of the whole job (deadline, crash) is every request's. A
+        request whose caller leaves is dropped from the job; the job is stopped when all have left."""
+        together = self._together.get(key)
+        if together is None or together.sent:
+            together = _Together()
+            self._together[key] = together
+            together.task = asyncio.ensure_future(self._send_together(key, together, fn, args, timeout))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        together.requests.append(request)
+        together.futures.append(future)
+        together.waiting += 1
+        try:
+            return await asyncio.shield(future)
+        finally:
+            together.waiting -= 1
+            if together.waiting == 0 and together.task is not None and not together.task.done():
+                together.task.cancel()
+
+    async def _send_together(
+        self, key: Any, together: _Together, fn: Callable[..., list[tuple[str, Any]]], args: Any, timeout: float | None
+    ) -> None:
+        try:
+            for _ in range(_TOGETHER_TURNS):
+                await asyncio.sleep(0)
+        finally:
+            together.sent = True
+            if self._together.get(key) is together:
+                del self._together[key]
+        try:
+            answers = await self.run(fn, *args, requests=together.requests, timeout=timeout)
+        except asyncio.CancelledError:
+            for future in together.futures:
+                future.cancel()
+            raise
+        except Exception as exc:
+            for future in together.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for future, (kind, value) in zip(together.futures, answers, strict=True):
+            if future.done():
+                continue
+            if kind == "ok":
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def small_free(self) -> bool:
+        """Whether `run_small` may take one more piece of work now (ask, then call it, with no await between)."""
+        return self._small_running < self.small_limit and not self._closed
+
+    async def run_small(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run provably small work on one of the server's own threads: no worker round trip, no
+        deadline (it has no use for one). Only after `small_free()` said yes."""
+        self._small_running += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._small, functools.partial(fn, *args, **kwargs))
+        finally:
+            self._small_running -= 1
+
+    def in_background(self, key: str, make: Callable[[], Awaitable[Any]]) -> bool:
+        """Start `make()` as upkeep of the server's own, outside the request that asked for it (no rate
+        budget charged, not cancelled with it), unless upkeep is under way already (one at a time) or
+        `key` was started before in this process (the 1,024 most recent keys are remembered): a piece
+        that failed is not tried again on every request. Whether it started."""
+        if self._closed or self._background or key in self._background_started:
+            return False
+        self._background_started[key] = None
+        while len(self._background_started) > 1024:
+            self._background_started.popitem(last=False)
+
+        async def run() -> None:
+            try:
+                await make()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("background work %s failed", key, exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(run(), context=contextvars.Context())
+        self._background[key] = task
+        task.add_done_callback(lambda _: self._background.pop(key, None))
+        return True
+
+    async def quiet(self, for_s: float = 0.25) -> None:
+        """Return once no job has run or waited for `for_s` seconds: upkeep takes a worker only while
+        no request wants one."""
+        calm_since = time.monotonic()
+        while True:
+            if self._busy or self._waiting:
+                calm_since = time.monotonic()
+            elif time.monotonic() - calm_since >= for_s:
+                return
+            await asyncio.sleep(for_s / 5)
+
+    async def background_done(self) -> None:
+        """Wait for the upkeep under way (tests, and a clean shutdown)."""
+        while self._background:
+            await asyncio.gather(*self._background.values(), return_exceptions=True)
+
     def stats(self) -> PoolStats:
         return PoolStats(
             workers=len(self._all),
@@ -422,6 +566,9 @@ class Executor:
     async def close(self) -> None:
         self._closed = True
         self._closing.set()
+        for task in list(self._background.values()):
+            task.cancel()
+        await asyncio.gather(*self._background.values(), return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -444,6 +591,13 @@ class Executor:
         if self._reaping:
             await asyncio.gather(*self._reaping, return_exceptions=True)
         self._threads.shutdown(wait=True, cancel_futures=True)
+        self._small.shutdown(wait=True, cancel_futures=True)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a failure as seen: the request that would have raised it may have left."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _name(fn: Callable[..., Any]) -> str:

@@ -7,14 +7,17 @@ request's deadline.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
+import shutil
+from dataclasses import replace
 from typing import Any
 
 import engine
 from datagraph.errors import BadInput, TooLarge
-from datagraph.jsonutil import Encoded
-from engine import Plan
+from datagraph.jsonutil import Encoded, canonical_hash
+from engine import Page, Plan, Source
 from resolvers._outcome import Options, Outcome, Problem, analysed
 from resolvers.context import Context, Resources, read_only_message
 from storage import ExportRecord
@@ -43,16 +46,97 @@ async def rows(
 
     async def work(timeout: float | None) -> Outcome:
         lim, off = _check_limit(ctx, "rows", limit, offset, default)
-        page = await ctx.resources.executor.run(engine.page, plan, limit=lim, offset=off, timeout=timeout)
+        page = await _small_page(ctx, plan, lim, off)
+        if page is None:
+            page = await _in_worker(ctx, plan, ("page", {"limit": lim, "offset": off}), timeout)
         return Outcome(data=Encoded(page.json), row_count=page.count, columns=page.columns, truncated=page.truncated)
 
     args = {"limit": default if limit is None else limit, "offset": offset or 0}
+    _keep_pages_hot(ctx, plan)
     return await analysed(ctx, "rows", args, plan.key(), work, options)
+
+
+async def _in_worker(ctx: Context, plan: Plan, request: tuple[str, dict[str, Any]], timeout: float | None) -> Any:
+    """A count or a page of the plan, in a worker: in one job with the other results of the same plan
+    asked for at the same moment (a frame's `count` and `rows` in one request), so that they do not
+    compete for workers and cores. A plan with no steps (whose count Parquet's metadata answers), a
+    linked table and SQL run alone, as they always did: each waits for nothing."""
+    op, kwargs = request
+    executor = ctx.resources.executor
+    if not isinstance(plan.source, Source) or plan.live or not plan.steps:
+        return await executor.run(engine.count if op == "count" else engine.page, plan, **kwargs, timeout=timeout)
+    key = ("together", canonical_hash(plan.key()), timeout)
+    return await executor.run_together(key, engine.together, plan, request=request, timeout=timeout)
+
+
+async def _small_page(ctx: Context, plan: Plan, limit: int, offset: int) -> Page | None:
+    """The page read from the version's page blocks in the server's own threads, when the plan is
+    provably small (only selects and slices on a stored version that has blocks) and the page is within
+    `page_thread_rows` and the answer cap; None sends it to a worker, with its deadline and byte cap."""
+    window = engine.page_window(plan)
+    if window is None or limit > ctx.settings.page_thread_rows:
+        return None
+    source = plan.source
+    assert isinstance(source, Source)
+    res = ctx.resources
+    index = res.files.page_blocks(source.dataset_id, source.version, source.generation)
+    cap = res.executor.result_bytes
+    if index is None or (cap and (limit + 1) * index.row_bytes > cap) or not res.executor.small_free():
+        return None
+    try:
+        page = await res.executor.run_small(engine.block_page, index, window, limit=limit, offset=offset)
+    except FileNotFoundError:  # the version (and its blocks) went meanwhile: the worker path says how
+        res.files.forget_blocks(index.folder)
+        return None
+    if page is not None and cap and len(page.json) > cap:
+        raise TooLarge(
+            f"The answer is larger than {ctx.settings.max_result_mb:g} MiB (setting max_result_mb); ask for fewer"
+            " rows or columns, or filter or group first."
+        )
+    return page
+
+
+def _keep_pages_hot(ctx: Context, plan: Plan) -> None:
+    """Make page blocks for the version a page is asked of, in the background (a worker writes them
+    from its Parquet), once per version and process, for versions within `page_blocks_max_mb`."""
+    source = plan.source
+    cap = ctx.settings.page_blocks_max_mb
+    if not cap or not isinstance(source, Source) or source.link is not None or source.dataset_id == "":
+        return
+    res = ctx.resources
+    if res.files.page_blocks(source.dataset_id, source.version, source.generation) is not None:
+        return
+    key = f"page-blocks:{source.dataset_id}:{source.version}:{source.generation}"
+    res.executor.in_background(key, lambda: _make_page_blocks(res, source, cap))
+
+
+async def _make_page_blocks(res: Resources, source: Source, cap_mb: float) -> None:
+    files = res.files
+    await res.executor.quiet()
+    try:  # the version as it is now: appended parts may have been compacted into one file meanwhile
+        parts = files.version_parts(source.dataset_id, source.version)
+        size = sum(part.stat().st_size for part in parts)
+    except OSError:  # gone meanwhile (deleted, pruned)
+        return
+    if size > cap_mb * 1024 * 1024:
+        return
+    current = replace(source, path=files.version_path(source.dataset_id, source.version))
+    staged = files.staging_path(".blocks")
+    try:
+        await res.executor.run(engine.write_page_blocks, current, staged, block_bytes=_BLOCK_BYTES, upkeep=True)
+        await res.executor.run_io(files.commit_blocks, staged, source.dataset_id, source.version, source.generation)
+    finally:
+        with contextlib.suppress(OSError):
+            await res.executor.run_io(shutil.rmtree, staged, ignore_errors=True)
+
+
+# About this many bytes a block (at least 1,024 rows): a page of 1,000 reads one or two small files.
+_BLOCK_BYTES = 256 * 1024
 
 
 async def count(ctx: Context, *, plan: Plan, options: Options) -> Outcome:
     async def work(timeout: float | None) -> Outcome:
-        n = await ctx.resources.executor.run(engine.count, plan, timeout=timeout)
+        n = await _in_worker(ctx, plan, ("count", {}), timeout)
         return Outcome(data={"count": n}, row_count=n)
 
     return await analysed(ctx, "count", {}, plan.key(), work, options)

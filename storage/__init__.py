@@ -6,6 +6,7 @@ Layer: the lowest above `datagraph`; it imports nothing else of the project
 (server -> gql -> resolvers -> connectors -> engine -> storage -> datagraph).
 """
 
+from storage._blocks import BlockIndex
 from storage._documents import Documents, StoredDocument, document_hash
 from storage._files import DataDir, storage_guard
 from storage._metadata import MetadataStore
@@ -14,6 +15,7 @@ from storage._sweep import Swept, sweep_leftovers
 from storage._tables import ColumnInfo, DatasetRecord, ExportRecord, JobRecord
 
 __all__ = [
+    "BlockIndex",
     "ColumnInfo",
     "DataDir",
     "DatasetRecord",

@@ -7,6 +7,8 @@
     <data>/datasets/<id>/v<n>/p<k>.parquet    a version as parts: the previous version's parts
                        (hard links, no copy) and the rows appended after them; compaction later
                        writes the same rows as v<n>.parquet, which readers then take instead
+    <data>/datasets/<id>/v<n>.<tag>.blocks/    the version's rows as Arrow blocks for pages
+                       (storage/_blocks.py), made when the version is first used; go with it
     <data>/exports/    export files, named by their unguessable token
 
 Commit is write-to-staging, fsync, `os.replace` into place, fsync the directory; only then does
@@ -30,6 +32,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from datagraph.errors import StorageFull
+from storage._blocks import BlockIndex, blocks_folder_name, is_blocks_entry
 
 __all__ = ["DataDir", "storage_guard"]
 
@@ -52,10 +55,16 @@ _PART = "p{:06d}.parquet"
 
 
 def _version_number(entry: Path) -> int | None:
-    """The version an entry of a dataset folder holds (`v3.parquet`, `v3/`), or None."""
-    name = entry.name.removesuffix(".parquet") if entry.name.endswith(".parquet") else entry.name
+    """The version an entry of a dataset folder holds (`v3.parquet`, `v3/`, `v3.<tag>.blocks/`), or None."""
+    name = entry.name.split(".", 1)[0] if is_blocks_entry(entry.name) else entry.name
+    name = name.removesuffix(".parquet") if name.endswith(".parquet") else name
     number = name[1:]
     return int(number) if name.startswith("v") and number.isdigit() else None
+
+
+def _data(entries: list[Path]) -> list[Path]:
+    """The entries that are a version's rows (its file, its parts), not its page blocks."""
+    return [e for e in entries if not is_blocks_entry(e.name)]
 
 
 def _mtime(path: Path) -> float | None:
@@ -103,6 +112,8 @@ class DataDir:
         self.exports = self.root / "exports"
         for d in (self.staging, self.uploads, self.datasets, self.exports):
             d.mkdir(parents=True, exist_ok=True)
+        # Indexes of committed page blocks (immutable once committed), most recently read last.
+        self._block_indexes: dict[Path, BlockIndex] = {}
 
     def staging_path(self, suffix: str = "") -> Path:
         """A new file name in this process's staging area."""
@@ -248,9 +259,56 @@ class DataDir:
         return self.commit_new(staged, self.dataset_file(dataset_id, version))
 
     def remove_version(self, dataset_id: str, version: int) -> None:
-        """Remove both forms of a version (one never recorded, or past its keeping)."""
+        """Remove both forms of a version (one never recorded, or past its keeping), and its page blocks."""
         self.dataset_file(dataset_id, version).unlink(missing_ok=True)
         shutil.rmtree(self.parts_folder(dataset_id, version), ignore_errors=True)
+        for blocks in (self.datasets / dataset_id).glob(f"v{version}.*.blocks"):
+            self.forget_blocks(blocks)
+            shutil.rmtree(blocks, ignore_errors=True)
+
+    def blocks_folder(self, dataset_id: str, version: int, generation: str) -> Path:
+        """Where a version's page blocks live once made (see storage/_blocks.py)."""
+        return self.datasets / dataset_id / blocks_folder_name(version, generation)
+
+    def page_blocks(self, dataset_id: str, version: int, generation: str) -> BlockIndex | None:
+        """The index of a version's page blocks, or None while it has none. Committed blocks never
+        change, so an index read once is kept (the 256 most recently used) until this process removes its
+        version; one another process removed is dropped by `forget_blocks` when a read of it fails."""
+        folder = self.blocks_folder(dataset_id, version, generation)
+        index = self._block_indexes.pop(folder, None) or BlockIndex.read(folder)
+        if index is not None:
+            self._block_indexes[folder] = index
+            while len(self._block_indexes) > 256:
+                del self._block_indexes[next(iter(self._block_indexes))]
+        return index
+
+    def forget_blocks(self, folder: Path) -> None:
+        self._block_indexes.pop(folder, None)
+
+    def commit_blocks(self, staged: Path, dataset_id: str, version: int, generation: str) -> bool:
+        """Move a fully written blocks folder into place, whole; False (and `staged` removed) when the
+        version is gone meanwhile or another process committed its blocks first."""
+        final = self.blocks_folder(dataset_id, version, generation)
+        try:
+            with storage_guard():
+                for entry in staged.iterdir():
+                    _fsync_file(entry)
+                _fsync_dir(staged)
+                if not self.version_path(dataset_id, version).exists():
+                    return False  # deleted or pruned: its folder is not made again
+                try:
+                    os.rename(staged, final)  # a directory: fails when the other process's is there
+                except OSError as exc:
+                    if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                    return False
+                _fsync_dir(final.parent)
+            if not self.version_path(dataset_id, version).exists():  # removed while it was renamed in
+                shutil.rmtree(final, ignore_errors=True)
+                return False
+            return True
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
 
     def _versions(self, dataset_id: str) -> dict[int, list[Path]]:
         """The versions in a dataset's folder, each with its entries (a file, a parts folder, both)."""
@@ -275,8 +333,9 @@ class DataDir:
             for number, entries in sorted(found.items()):
                 if number <= version - max(keep, 1):
                     # Committed when this one stopped being current: the next version's entries.
-                    times = [t for e in found.get(number + 1, []) if (t := _mtime(e)) is not None]
-                    times = times or [t for e in entries if (t := _mtime(e)) is not None]
+                    # (Page blocks are made when first used, later than their version: they tell nothing.)
+                    times = [t for e in _data(found.get(number + 1, [])) if (t := _mtime(e)) is not None]
+                    times = times or [t for e in _data(entries) if (t := _mtime(e)) is not None]
                     if times and max(times) < cutoff:
                         self.remove_version(dataset_id, number)
                         removed += len(entries)
@@ -295,7 +354,10 @@ class DataDir:
         return name
 
     def remove_dataset(self, dataset_id: str) -> None:
-        shutil.rmtree(self.datasets / dataset_id, ignore_errors=True)
+        folder = self.datasets / dataset_id
+        for indexed in [f for f in self._block_indexes if f.parent == folder]:
+            self.forget_blocks(indexed)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def remove_upload(self, stored_as: str) -> None:
         """Remove a kept raw upload by the generated name `keep_upload` gave it."""

@@ -99,6 +99,11 @@ def assert_nothing_left(where: Settings | Path) -> None:
     for folder in (root / "datasets").iterdir():
         assert folder.name in versions, f"a dataset folder no row names: {folder.name}"
         for file in folder.iterdir():
+            if file.name.endswith(".blocks"):  # a version's page blocks: committed whole, manifest and all
+                number = file.name.removeprefix("v").split(".", 1)[0]
+                assert number.isdigit() and int(number) <= versions[folder.name], f"blocks no row names: {file}"
+                assert (file / "blocks.json").is_file(), f"page blocks without their manifest: {file}"
+                continue
             number = file.name.removeprefix("v").removesuffix(".parquet")
             assert number.isdigit() and int(number) <= versions[folder.name], f"a file no row names: {file}"
             assert file.is_file() or any(file.iterdir()), f"an empty version folder: {file}"

@@ -60,6 +60,7 @@ _DATASET_TYPES = frozenset({"Dataset", "Frame", "View", "Result", "Meta", "Colum
 _NEVER = frozenset({"export", "source"})  # a link that must stay valid; a database source's live status
 _CACHE_MODES = (b"BYPASS", b"REFRESH")
 _ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its key's text and its body, about
+_LABELS_KEPT = 256  # documents whose datasets_only verdict is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +108,10 @@ class AnswerCache:
         self._stamps: dict[str, tuple[Any, ...]] = {}  # each dataset's stamp then
         # Stand-ins for the patched values while an answer is split into its template: a random
         # string no answer can contain by chance.
-        nonce = uuid.uuid4().hex
-        self._stand_in = {"cached": nonce + "C", "elapsedMs": nonce + "E"}
-        self._split = re.compile(b'"' + nonce.encode() + b'([CE])"')
+        # Each stand-in is numbered: fields resolve in any order, the answer lists them in the document's.
+        self._nonce = uuid.uuid4().hex
+        self._labels: dict[tuple[str, str | None], str | None] = {}  # datasets_only's verdicts, oldest first
+        self._split = re.compile(b'"' + self._nonce.encode() + b'([CE])([0-9]+)"')
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/graphql":
@@ -226,7 +228,13 @@ class AnswerCache:
         headers: list[tuple[bytes, bytes]],
         reads: ReadLog,
     ) -> None:
-        label = datasets_only(self.schema, request.query, request.operation)
+        label_key = (request.query, request.operation)
+        if label_key in self._labels:
+            label = self._labels[label_key]
+        else:  # parsed and walked once per document, not on every miss
+            label = self._labels[label_key] = datasets_only(self.schema, request.query, request.operation)
+            if len(self._labels) > _LABELS_KEPT:
+                del self._labels[next(iter(self._labels))]
         if label is None:
             return
         try:
@@ -236,18 +244,20 @@ class AnswerCache:
         if not isinstance(answer, dict) or set(answer) != {"data"} or not isinstance(answer["data"], dict):
             return  # errors, extensions: not an answer to keep
         # Put a stand-in where each patched field is, encode as the view does, and split around them.
-        originals: list[Any] = []
-        for path, field in reads.marks:
+        resolved: list[Any] = []  # the patched values, in the order they were resolved
+        for n, (path, field) in enumerate(reads.marks):
             holder, last = _holder(answer["data"], path)
             if holder is None:
                 return
-            originals.append(holder[last])
-            holder[last] = self._stand_in[field]
+            resolved.append(holder[last])
+            holder[last] = f"{self._nonce}{'C' if field == 'cached' else 'E'}{n}"
         pieces = self._split.split(jsonutil.dumps(answer))
-        chunks = tuple(pieces[0::2])
-        cached_at = tuple(p == b"C" for p in pieces[1::2])
-        if len(cached_at) != len(originals):
+        chunks = tuple(pieces[0::3])
+        cached_at = tuple(p == b"C" for p in pieces[1::3])
+        order = [int(n) for n in pieces[2::3]]
+        if sorted(order) != list(range(len(resolved))):
             return
+        originals = [resolved[n] for n in order]  # in the document's order
         template = _Answer(chunks, cached_at, headers, tuple(reads.reads.items()), reads.resets, 0)
         # The proof that the template is the answer: filled with the values it had, it is its bytes.
         restored = [template.chunks[0]]

@@ -65,6 +65,20 @@ def tips(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         yield api
 
 
+def test_an_answer_whose_fields_finish_out_of_document_order_is_kept(tips: Api) -> None:
+    """The second field is in the result cache already, so it is resolved while the first (a fresh
+    describe, in a worker) still runs: the answer is kept all the same."""
+    post(tips, '{ dataset(id: "tips") { count { meta { cached } } } }')
+    query = """{ dataset(id: "tips") {
+      describe(columns: ["size", "day"]) { meta { cached elapsedMs } } count { meta { cached } } } }"""
+    first, served_first = served(tips, query)
+    assert not served_first and first["dataset"]["count"]["meta"]["cached"] is True
+    assert first["dataset"]["describe"]["meta"]["cached"] is False
+    second, served_second = served(tips, query)
+    assert served_second
+    assert second["dataset"]["describe"]["meta"]["cached"] is True
+
+
 def test_a_hit_is_the_uncached_answer_byte_for_byte_but_cached_and_elapsed(tips: Api) -> None:
     query = DESCRIBE.replace("describe(", "a: count { meta { cached } } describe(") % "tips"
     first = post(tips, query)

@@ -21,6 +21,7 @@ from server.observe import Observe
 from server.persisted import PersistedDocuments
 from server.ratelimit import RateLimit
 from server.resources import running
+from server.tracing import TraceRequests
 from server.view import GraphQLView, origins
 from server.web import STATIC, web_routes
 
@@ -90,4 +91,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_age=600,
         )
     app.add_middleware(Observe, metrics=app_metrics)
+    if settings.otel_endpoint:  # outermost: the request's span is the parent of all it does
+        app.add_middleware(TraceRequests)
     return app

@@ -20,6 +20,7 @@ import atexit
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +35,7 @@ __all__ = [
 log = logging.getLogger("datagraph.tracing")
 AttributeValue = str | bool | int | float
 MAX_QUEUE = 2_048  # spans waiting for export; past it new ones are dropped, never waited for
+SPARSE_LOG_S = 60.0  # the SDK's "queue full" warning, at most once in this many seconds
 CLOSE_TIMEOUT_S = 3.0  # at shutdown, the last spans have this long to go
 EXPORT_TIMEOUT_S = 5.0  # one export (with its retries) gives up after this; a dead collector costs nothing more
 
@@ -86,6 +88,10 @@ class Tracing:
         self.error = StatusCode.ERROR
         if exit_flush:
             atexit.register(self.close)
+        # The batch processor warns once per span it drops; a dead collector under load would flood the log.
+        queue_log = logging.getLogger("opentelemetry.sdk._shared_internal")
+        if not any(isinstance(f, _Sparse) for f in queue_log.filters):
+            queue_log.addFilter(_Sparse())
 
     @contextlib.contextmanager
     def span(
@@ -127,6 +133,22 @@ class Tracing:
         closing.join(timeout_s)
         if closing.is_alive():
             log.warning("tracing: the collector did not take the last spans within %g s; they are dropped", timeout_s)
+
+
+class _Sparse(logging.Filter):
+    """Let each distinct message through once a minute at most."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = str(record.msg)
+        if now - self._last.get(key, -SPARSE_LOG_S) < SPARSE_LOG_S:
+            return False
+        self._last[key] = now
+        return True
 
 
 _active: Tracing | None = None

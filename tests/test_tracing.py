@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,11 +22,13 @@ from typing import Any
 import httpx
 import pytest
 from support import ROOT, free_port, running_server, upload_request, wait_for
+from upstream import Reply, Upstream
 
 DESCRIBE = """query Describe($id: ID!, $cols: [String!]) {
   dataset(id: $id) { describe(columns: $cols) { success data error { code message } } }
 }"""
 SECRET_COLUMN = "zebra_amount_77"  # a variable value of the query, and a column of the file
+SQL = "SELECT status, count(*) AS n FROM orders WHERE status <> 'zz-secret-literal' GROUP BY status"
 # Spans are exported in batches this often (ms) by the server and its worker, so the test waits little.
 FAST_EXPORT = {"OTEL_BSP_SCHEDULE_DELAY": "200"}
 
@@ -138,8 +141,14 @@ def _assert_job_tree(spans: list[dict[str, Any]], field: dict[str, Any]) -> None
 
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_upload_and_query_are_traced_from_the_request_to_the_worker(tmp_path: Path, receiver: Receiver) -> None:
+def test_upload_and_query_are_traced_from_the_request_to_the_worker(
+    tmp_path: Path, receiver: Receiver, upstream: Upstream
+) -> None:
     csv = f"city,{SECRET_COLUMN}\nOslo,1\nLima,2\nKyiv,3\n".encode()
+    shop = ROOT / "examples" / "shop.sqlite"
+    shutil.copytree(ROOT / "plugins", tmp_path / "plugins")
+    upstream.always["/zz-secret-path"] = Reply(200, b'[{"a": 1}, {"a": 2}]', {"Content-Type": "application/json"})
+    (tmp_path / "sources.yaml").write_text(f"sources:\n  shop: {{kind: sqlite, url: 'sqlite:///{shop}'}}\n")
     with running_server(tmp_path, "--otel-endpoint", receiver.url, env=FAST_EXPORT) as base:
         # The upload, with no traceparent: its HTTP span starts a trace of its own.
         response = httpx.post(base + "/graphql", **upload_request(csv, "ledger.csv"), timeout=60)
@@ -185,10 +194,50 @@ def test_upload_and_query_are_traced_from_the_request_to_the_worker(tmp_path: Pa
         _one(spans, "cache.lookup", field, **{"datagraph.cache.hit": False})
         _assert_job_tree(spans, field)
         assert not any(s["name"] == "graphql.field" and s["attributes"]["graphql.field.name"] == "data" for s in spans)
+
+        # A statement sent to a database source: its span is the worker's child, named by kind only.
+        sql_trace = secrets.token_hex(16)
+        answer = httpx.post(
+            base + "/graphql",
+            json={"query": '{ sql(source: "shop", query: "%s") { success } }' % SQL},
+            headers={"traceparent": f"00-{sql_trace}-{secrets.token_hex(8)}-01"},
+            timeout=60,
+        ).json()
+        assert answer["data"]["sql"]["success"], answer
+        spans = _trace(receiver, sql_trace)
+        worker = next(s for s in spans if s["name"] == "worker.job")
+        _one(
+            spans,
+            "sql",
+            worker,
+            **{"db.system.name": "sqlite", "db.operation.name": "SELECT", "datagraph.source.id": "shop"},
+        )
+
+        # A plugin's outbound HTTP call, in the worker: the method and host only.
+        fetch_trace = secrets.token_hex(16)
+        fetched = httpx.post(
+            base + "/graphql",
+            json={
+                "query": 'mutation($p: JSON) { fetchPlugin(plugin: "http_json", params: $p) { success } }',
+                "variables": {"p": {"url": upstream.url("/zz-secret-path?key=zz-api-key"), "records_path": ""}},
+            },
+            headers={"traceparent": f"00-{fetch_trace}-{secrets.token_hex(8)}-01"},
+            timeout=60,
+        ).json()
+        assert fetched["data"]["fetchPlugin"]["success"], fetched
+        spans = _trace(receiver, fetch_trace)
+        worker = next(s for s in spans if s["name"] == "worker.job")
+        _one(
+            spans,
+            "GET",
+            worker,
+            **{"http.request.method": "GET", "server.address": "127.0.0.1", "http.response.status_code": 200},
+        )
         assert all(path == "/v1/traces" for path in receiver.paths)
 
     # Nothing of the query, its values or the server's paths in any attribute of any span.
     secrets_seen = [DESCRIBE, "describe(columns", SECRET_COLUMN, str(tmp_path), "uploads/", ".parquet"]
+    secrets_seen += ["zz-secret-path", "zz-api-key", SQL, "FROM orders", "zz-secret-literal", "shop.sqlite"]
     for span in receiver.spans:
         for key, value in {**span["attributes"], **span["resource"]}.items():
             for secret in secrets_seen:

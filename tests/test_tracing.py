@@ -118,16 +118,24 @@ def _one(spans: list[dict[str, Any]], name: str, parent: dict[str, Any], **attri
     return found[0]
 
 
-def _trace(receiver: Receiver, trace_id: str) -> list[dict[str, Any]]:
-    """The spans of one trace, once its first (the HTTP request's, ended last by the server) and the
-    worker's (sent by another process) have arrived."""
+def _trace(receiver: Receiver, trace_id: str, *more: str) -> list[dict[str, Any]]:
+    """The spans of one trace, once its first (the HTTP request's, ended last by the server), the
+    worker's (sent by another process) and any named in `more` have arrived."""
+    wanted = {"POST /graphql", "worker.job", *more}
 
     def arrived() -> list[dict[str, Any]] | None:
         spans = [s for s in list(receiver.spans) if s["trace"] == trace_id]
-        names = {s["name"] for s in spans}
-        return spans if {"POST /graphql", "worker.job"} <= names else None
+        return spans if wanted <= {s["name"] for s in spans} else None
 
-    return wait_for(arrived, 30, "the trace's HTTP and worker spans")
+    return wait_for(arrived, 30, f"the trace's spans {sorted(wanted)}")
+
+
+def _under_a_worker(spans: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The spans named `name`, each checked to be the child of a worker's job span."""
+    workers = {s["id"] for s in spans if s["name"] == "worker.job"}
+    found = [s for s in spans if s["name"] == name]
+    assert found and all(s["parent"] in workers for s in found), [(s["name"], s["parent"]) for s in spans]
+    return found
 
 
 def _assert_job_tree(spans: list[dict[str, Any]], field: dict[str, Any]) -> None:
@@ -204,14 +212,9 @@ def test_upload_and_query_are_traced_from_the_request_to_the_worker(
             timeout=60,
         ).json()
         assert answer["data"]["sql"]["success"], answer
-        spans = _trace(receiver, sql_trace)
-        worker = next(s for s in spans if s["name"] == "worker.job")
-        _one(
-            spans,
-            "sql",
-            worker,
-            **{"db.system.name": "sqlite", "db.operation.name": "SELECT", "datagraph.source.id": "shop"},
-        )
+        statements = _under_a_worker(_trace(receiver, sql_trace, "sql"), "sql")
+        expected = {"db.system.name": "sqlite", "db.operation.name": "SELECT", "datagraph.source.id": "shop"}
+        assert any(s["attributes"] == expected for s in statements), statements
 
         # A plugin's outbound HTTP call, in the worker: the method and host only.
         fetch_trace = secrets.token_hex(16)
@@ -225,14 +228,9 @@ def test_upload_and_query_are_traced_from_the_request_to_the_worker(
             timeout=60,
         ).json()
         assert fetched["data"]["fetchPlugin"]["success"], fetched
-        spans = _trace(receiver, fetch_trace)
-        worker = next(s for s in spans if s["name"] == "worker.job")
-        _one(
-            spans,
-            "GET",
-            worker,
-            **{"http.request.method": "GET", "server.address": "127.0.0.1", "http.response.status_code": 200},
-        )
+        calls = _under_a_worker(_trace(receiver, fetch_trace, "GET"), "GET")
+        expected = {"http.request.method": "GET", "server.address": "127.0.0.1", "http.response.status_code": 200}
+        assert [c["attributes"] for c in calls] == [expected]
         assert all(path == "/v1/traces" for path in receiver.paths)
 
     # Nothing of the query, its values or the server's paths in any attribute of any span.

@@ -8,6 +8,7 @@ sources does not hammer a database; `fresh=True` asks again at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,9 @@ class DatabaseSources:
         self._threads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="datagraph-sources")
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+        # In the caller's context, so a statement's span has the request's as its parent.
+        call = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call, fn, *args)
 
     def get(self, source_id: str) -> DatabaseConfig | None:
         return self.configs.get(source_id)

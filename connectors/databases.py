@@ -30,7 +30,9 @@ import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from connectors._tracing import sql_attributes, trace_statements
 from connectors.sources import DatabaseConfig
+from datagraph import tracing
 from datagraph.errors import BadInput, DatagraphError, ReadOnly, SourceUnavailable, Timeout, TooLarge
 from engine import ColumnInfo, Rows, column_infos, dtype_name
 
@@ -53,6 +55,7 @@ def _engine(cfg: DatabaseConfig) -> Engine:
         if known is not None:
             known[1].dispose()
         engine = _create(cfg)
+        trace_statements(engine, cfg.id)  # a span per statement while tracing is on
         _engines[cfg.id] = (cfg.url, engine)
         return engine
 
@@ -333,7 +336,8 @@ def _batches(conn: Connection, cfg: DatabaseConfig, sql: str, size: int) -> Iter
     else:
         cursor = raw.cursor()
     try:
-        cursor.execute(sql)  # no parameters: a `%` in the checked SQL is not a placeholder
+        with tracing.span("sql", sql_attributes(cfg.id, cfg.kind, sql)):  # a raw cursor: no SQLAlchemy events
+            cursor.execute(sql)  # no parameters: a `%` in the checked SQL is not a placeholder
         names = [d[0] for d in cursor.description]
         rows = cursor.fetchmany(size)
         yield names, rows  # at least once, so an empty result still names its columns

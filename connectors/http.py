@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from connectors._guard import Blocked, GuardedTransport, networks
+from datagraph import tracing
 from datagraph.errors import BadInput, SourceUnavailable, Timeout, TooLarge
 from datagraph.plugin import NotModified
 
@@ -268,6 +269,17 @@ class HttpSession:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, request: httpx.Request) -> httpx.Response:
+        """Send once, in a client span while tracing is on (the method and host only: a path or query
+        string may carry keys)."""
+        if not tracing.enabled():
+            return await self._send(request)
+        attributes = {"http.request.method": request.method, "server.address": request.url.host}
+        with tracing.span(request.method, attributes, kind="client") as traced:
+            response = await self._send(request)
+            traced.set_attribute("http.response.status_code", response.status_code)
+            return response
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
         """Send once; a 2xx comes back with its body read (under the cap), anything else closed unread."""
         self.stats.requests += 1
         response = await self._client.send(request, stream=True)

@@ -14,6 +14,7 @@ Each worker keeps one event loop and one `HttpClient` (its pooled httpx client) 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import re
 import sys
@@ -235,7 +236,9 @@ def run_plugin(
         # A plain `def fetch` runs on a thread with a blocking view of the same client. A thread
         # cannot be stopped: past the deadline the server kills this whole worker instead.
         sync_fetch: Any = instance.fetch
-        return await loop.run_in_executor(None, sync_fetch, checked, SyncHttp(session, loop))
+        # In this context, so its requests' spans have the job's as their parent.
+        in_context = contextvars.copy_context().run
+        return await loop.run_in_executor(None, in_context, sync_fetch, checked, SyncHttp(session, loop))
 
     run = PluginRun(stats=session.stats)
     try:

@@ -247,6 +247,11 @@ class Settings(BaseSettings):
     log_format: str = Field(
         "text", pattern="^(text|json)$", description="Log lines as text or as JSON objects (one a line)."
     )
+    otel_endpoint: str = Field(
+        "",
+        description="OpenTelemetry tracing: the OTLP/HTTP collector's base URL (e.g. http://127.0.0.1:4318; spans"
+        " are POSTed to <url>/v1/traces), batched and dropped rather than waited for; empty: off.",
+    )
     metrics_dir: str = Field(
         "",
         description="A folder shared by several server processes so /metrics in any of them sums all;"
@@ -269,6 +274,14 @@ class Settings(BaseSettings):
 
             parse(value)  # ValueError names what it could not read
         return value.strip()
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _otel(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("otel_endpoint must be an http:// or https:// URL (the OTLP/HTTP collector), or empty")
+        return value
 
     @property
     def max_upload_bytes(self) -> int:

@@ -23,6 +23,8 @@ from aiocache import RedisCache
 from aiocache.base import BaseCache
 from aiocache.serializers import BaseSerializer
 
+from datagraph import tracing
+
 if TYPE_CHECKING:
     from datagraph.metrics import Metrics
 
@@ -133,6 +135,15 @@ class ResultCache:
         return "redis+memory" if self.redis is not None else "memory"
 
     async def get(self, key: str) -> bytes | None:
+        """The bytes under `key`, or None; a `cache.lookup` span (hit or miss) when tracing is on."""
+        if not tracing.enabled():
+            return await self._get(key)
+        with tracing.span("cache.lookup", {"datagraph.cache.backend": self.backend}) as traced:
+            value = await self._get(key)
+            traced.set_attribute("datagraph.cache.hit", value is not None)
+            return value
+
+    async def _get(self, key: str) -> bytes | None:
         value: bytes | None = await self.memory.get(key)
         if value is None and self._redis_usable():
             value = await self._on_redis("get", _PREFIX + key)

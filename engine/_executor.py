@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from datagraph import tracing
 from datagraph.errors import Timeout, TooLarge
 
 if TYPE_CHECKING:
@@ -265,6 +266,7 @@ class Executor:
             "engine._worker",
             str(self.memory_mb),
             str(self.result_bytes),
+            tracing.endpoint(),  # tracing: the worker sends its spans to the same collector
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -323,7 +325,14 @@ class Executor:
         self._respawn_tokens -= 1
         return max(0.0, -self._respawn_tokens * self.respawn_every_s)
 
-    async def run(
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run `fn` in a worker (see `_run`), traced as a `job` span when tracing is on."""
+        if not tracing.enabled():
+            return await self._run(fn, *args, **kwargs)
+        with tracing.span("job", {"datagraph.job.kind": _name(fn)}):
+            return await self._run(fn, *args, **kwargs)
+
+    async def _run(
         self,
         fn: Callable[..., T],
         /,
@@ -341,14 +350,14 @@ class Executor:
         as making page blocks) is not counted among the jobs run for requests."""
         cap = self.timeout_s if deadline_s is None else deadline_s
         limit = cap if timeout is None else min(timeout, cap)
-        job = pickle.dumps((fn, args, kwargs), protocol=5)
+        job = pickle.dumps((fn, args, kwargs, tracing.carrier()), protocol=5)
         started = time.monotonic()
         if self.on_job is not None and not upkeep:
             self.on_job()
         spawned = self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed
         if spawned:
             await self._start_one()
-        with self._counted("_waiting", self.metrics.jobs_queued if self.metrics else None):
+        with self._counted("_waiting", self.metrics.jobs_queued if self.metrics else None), tracing.span("job.wait"):
             try:  # waiting for a worker this job started is its start-up, not the job's time
                 worker = await asyncio.wait_for(self._idle.get(), limit + _STARTUP_S if spawned else limit)
             except TimeoutError:
@@ -359,7 +368,7 @@ class Executor:
             self._jobs += 1
             if self.metrics:
                 self.metrics.jobs.inc()
-        with self._counted("_busy", self.metrics.workers_busy if self.metrics else None):
+        with self._counted("_busy", self.metrics.workers_busy if self.metrics else None), tracing.span("job.run"):
             try:
                 if not worker.ready:  # a replacement still starting: its start-up is not the job's time
                     starting = time.monotonic()

@@ -1,9 +1,10 @@
 """A worker process: runs one job at a time for the server, under a memory cap.
 
-Started as `python -m engine._worker MEMORY_MB RESULT_BYTES` by `engine.Executor`. Jobs arrive on stdin and
-answers leave on the original stdout, each framed as an 8-byte big-endian length and a pickle;
+Started as `python -m engine._worker MEMORY_MB RESULT_BYTES [OTEL_ENDPOINT]` by `engine.Executor`. Jobs arrive
+on stdin and answers leave on the original stdout, each framed as an 8-byte big-endian length and a pickle;
 fd 1 is pointed at stderr so nothing a library prints can corrupt the stream. A job is
-`(fn, args, kwargs)` with `fn` a module-level function; the answer is `("ok", value)`,
+`(fn, args, kwargs, trace)` with `fn` a module-level function and `trace` the caller's trace context
+(None when tracing is off); the answer is `("ok", value)`,
 `("problem", exc)` for a `DatagraphError`, `("memory", None)` for a `MemoryError`, or
 `("crash", traceback_text)`. An answer whose pickle is over RESULT_BYTES is replaced here by a
 TOO_LARGE problem, so its bytes never reach the server process. The server kills this process when
@@ -19,6 +20,8 @@ import struct
 import sys
 import traceback
 from typing import Any, BinaryIO
+
+from datagraph import tracing
 
 _HEADER = struct.Struct(">Q")
 
@@ -38,9 +41,10 @@ def _answer(job: Any) -> tuple[str, Any]:
     from datagraph.errors import DatagraphError
     from storage import storage_guard
 
-    fn, args, kwargs = job
+    fn, args, kwargs, trace = job
     try:
-        with storage_guard():  # a full disk is a problem to report (STORAGE_FULL), not a crash
+        # A full disk is a problem to report (STORAGE_FULL), not a crash; the span continues the job's trace.
+        with tracing.span("worker.job", _kind(fn), parent=trace), storage_guard():
             return "ok", fn(*args, **kwargs)
     except DatagraphError as exc:
         return "problem", exc
@@ -62,6 +66,10 @@ def _answer(job: Any) -> tuple[str, Any]:
         )
 
 
+def _kind(fn: Any) -> dict[str, tracing.AttributeValue]:
+    return {"datagraph.job.kind": getattr(fn, "__qualname__", "job")}
+
+
 _NICENESS = 10
 
 
@@ -76,7 +84,7 @@ def _too_large(result_bytes: int) -> bytes:
     return pickle.dumps(("problem", problem), protocol=5)
 
 
-def main(memory_mb: int, result_bytes: int = 0) -> None:
+def main(memory_mb: int, result_bytes: int = 0, otel_endpoint: str = "") -> None:
     # Below the server process: on a busy machine, answers from the cache, the event stream and
     # the API's own work come before long analyses (cached-read p99 under load, tests/test_load.py).
     os.nice(_NICENESS)
@@ -87,6 +95,8 @@ def main(memory_mb: int, result_bytes: int = 0) -> None:
     os.dup2(2, 1)
     inp = os.fdopen(os.dup(0), "rb", buffering=0)
     import engine  # noqa: F401  (warm the imports before the first job)
+
+    tracing.configure(otel_endpoint, exit_flush=True)
 
     out.write(_HEADER.pack(0))  # ready
     while True:
@@ -107,4 +117,4 @@ def main(memory_mb: int, result_bytes: int = 0) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(a) for a in sys.argv[1:3]))
+    main(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:4])

@@ -29,6 +29,7 @@ from gql.jobs import JobQuery
 from gql.plugins import PluginMutation, PluginQuery
 from gql.sources import SourceMutation, SourceQuery
 from gql.subscriptions import Subscription
+from gql.tracing import TraceOperations
 
 __all__ = ["build_schema"]
 
@@ -58,6 +59,8 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
         MaskUnexpectedErrors,
         CountOperations,
     ]
+    if s.otel_endpoint:  # only then: a resolve hook costs every field of every query
+        extensions.append(TraceOperations)
     query = merge_types("Query", (DatasetQuery, SourceQuery, PluginQuery, JobQuery))
     mutation = merge_types("Mutation", (DatasetMutation, SourceMutation, PluginMutation))
     return strawberry.Schema(

@@ -22,6 +22,7 @@ from server.persisted import PersistedDocuments
 from server.ratelimit import RateLimit
 from server.resources import running
 from server.sse import GraphQLStream
+from server.tracing import TraceRequests
 from server.view import GraphQLView, origins
 from server.web import STATIC, web_routes
 
@@ -93,4 +94,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_age=600,
         )
     app.add_middleware(Observe, metrics=app_metrics)
+    if settings.otel_endpoint:  # outermost: the request's span is the parent of all it does
+        app.add_middleware(TraceRequests)
     return app

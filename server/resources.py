@@ -19,6 +19,7 @@ from connectors.database_sources import DatabaseSources
 from connectors.registry import PluginRegistry
 from connectors.sources import DEFAULT_FILE as SOURCES_DEFAULT
 from connectors.sources import configured_sources
+from datagraph import tracing
 from datagraph.events import EventBus
 from datagraph.metrics import Metrics
 from datagraph.settings import Settings, keys_required
@@ -214,8 +215,15 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[Resources, WebState]]:
-    """The resources and web state, with the background duties running, for the block."""
-    res, web, processes = await open_resources(settings, metrics)
+    """The resources and web state, with the background duties running, for the block (traced to the
+    `otel_endpoint` collector when it is set)."""
+    traced = tracing.configure(settings.otel_endpoint)  # before the pool starts: its workers trace too
+    try:
+        res, web, processes = await open_resources(settings, metrics)
+    except BaseException:
+        if traced is not None:
+            await asyncio.to_thread(traced.close)
+        raise
     duties = [
         asyncio.create_task(_beat_forever(processes, settings.heartbeat_s)),
         asyncio.create_task(_sweep_forever(res, processes, 60)),
@@ -233,3 +241,5 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[R
         await web.close()
         await asyncio.to_thread(_leave, res.files, processes)
         await res.close()
+        if traced is not None:  # the spans still queued go (bounded by the export timeout)
+            await asyncio.to_thread(traced.close)

@@ -184,6 +184,7 @@ class Executor:
         self._reaping: set[asyncio.Task[None]] = set()
         self.idle_s = idle_s
         self._starting = 0  # workers being started for a job, or replacing a stopped one
+        self._warming = False  # a worker started by `warm` is on its way, not yet taken by a job
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -221,6 +222,18 @@ class Executor:
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
 
+    def warm(self) -> None:
+        """Start a worker now if an on-demand pool has none (nor one starting): a request that will need
+        one (an upload, while its file is still arriving) need not wait for its imports after that.
+        Never past the pool's size; the idle sweep stops it again if no job comes."""
+        if self.idle_s <= 0 or self._closed or self._all or self._starting:
+            return
+        self._starting += 1  # now, not when the task first runs: the next request must see it
+        self._warming = True  # the first job to come takes this one rather than start its own
+        task = asyncio.ensure_future(self._start_one(claimed=True))
+        self._reaping.add(task)
+        task.add_done_callback(self._reaping.discard)
+
     def release_idle(self) -> None:
         """Stop every idle worker now (an on-demand pool only): the server's start-up work (plugin
         files inspected in workers) need not leave workers behind it."""
@@ -229,11 +242,13 @@ class Executor:
         while not self._idle.empty():
             self._dismiss(self._idle.get_nowait())
 
-    async def _start_one(self) -> None:
+    async def _start_one(self, *, claimed: bool = False) -> None:
         """Start a worker for a job that finds none free, while the pool is under its size. It joins
         the free workers once started, so the job takes whichever comes first: a busy worker that
-        finishes in milliseconds, or this one after its half second of imports."""
-        self._starting += 1
+        finishes in milliseconds, or this one after its half second of imports. `claimed`: the caller
+        counted it as starting already."""
+        if not claimed:
+            self._starting += 1
         try:
             worker = await self._spawn(queue=False)
         finally:
@@ -257,6 +272,7 @@ class Executor:
             return
         worker.ready = True
         worker.idle_since = time.monotonic()
+        self._warming = False  # a warmed worker is a free one now, like any other
         self._idle.put_nowait(worker)
 
     async def _spawn(self, *, queue: bool = True) -> _Worker:
@@ -354,15 +370,16 @@ class Executor:
         started = time.monotonic()
         if self.on_job is not None and not upkeep:
             self.on_job()
-        spawned = self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed
+        warmed, self._warming = self._warming, False
+        spawned = not warmed and self._idle.empty() and len(self._all) + self._starting < self.size and not self._closed
         if spawned:
             await self._start_one()
         with self._counted("_waiting", self.metrics.jobs_queued if self.metrics else None), tracing.span("job.wait"):
             try:  # waiting for a worker this job started is its start-up, not the job's time
-                worker = await asyncio.wait_for(self._idle.get(), limit + _STARTUP_S if spawned else limit)
+                worker = await asyncio.wait_for(self._idle.get(), limit + _STARTUP_S if spawned or warmed else limit)
             except TimeoutError:
                 raise self._timeout(limit, timeout_message) from None
-        if spawned:
+        if spawned or warmed:
             started = time.monotonic()
         if not upkeep:
             self._jobs += 1

@@ -173,6 +173,8 @@ class GraphQLView(GraphQL[Context, None]):
 
     # One override for both overloads (HTTP and websocket requests) of the base class's `run`.
     async def run(self, request: Request | WebSocket, **kwargs: Any) -> Any:  # type: ignore[override]
+        if isinstance(request, Request) and request.headers.get("content-type", "").startswith("multipart/form-data"):
+            request.app.state.resources.executor.warm()  # an upload: its worker starts as the file arrives
         # Strawberry answers its HTTP refusals as plain text; clients parse GraphQL errors everywhere.
         try:
             return await super().run(request, **kwargs)

@@ -335,3 +335,23 @@ def test_an_on_demand_pool_kills_at_the_deadline_and_carries_on() -> None:
 def _readyz(api: Api) -> dict[str, Any]:
     workers: dict[str, Any] = api.client.get("/readyz").json()["workers"]
     return workers
+
+
+def test_an_upload_starts_a_worker_as_it_arrives_and_a_refused_one_leaves_it_to_the_idle_sweep(tmp_path: Path) -> None:
+    """The worker an upload needs starts when the request's head arrives, not after its file has: a
+    multipart request refused before any job still started one, and the idle sweep stops it again."""
+    settings = make_settings(tmp_path, workers=POOL, worker_idle_s=0.5)
+    with TestClient(create_app(settings)) as client:
+        api = Api(client, settings)
+        assert _readyz(api)["workers"] == 0
+        broken = {"operations": "{}", "map": '{"0": ["nowhere.at.all"]}'}
+        preflight = {"Apollo-Require-Preflight": "true"}
+        refused = client.post("/graphql", data=broken, files={"0": ("a.csv", b"a\n1\n", "text/csv")}, headers=preflight)
+        assert refused.status_code == 400 and refused.json()["errors"][0]["extensions"]["code"] == "BAD_INPUT"
+        wait_for(lambda: _readyz(api)["workers"] == 1, 30, "no worker warmed")
+        assert api.client.app.state.resources.executor.stats().jobs == 0  # type: ignore[attr-defined]
+        wait_for(lambda: _readyz(api)["workers"] == 0, 30, "the warmed worker never stopped")
+        for _ in range(3):  # at most one is warmed: never more than the pool, never one per request
+            client.post("/graphql", data=broken, files={"0": ("a.csv", b"a\n1\n", "text/csv")}, headers=preflight)
+        wait_for(lambda: _readyz(api)["workers"] == 1, 30, "no worker warmed")
+        assert max(_readyz(api)["workers"] for _ in range(5)) == 1

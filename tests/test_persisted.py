@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Api, datagraph_cli, make_settings, running_server, serving, wait_for
+from support import Api, add_key, datagraph_cli, make_settings, running_server, serving, wait_for
 from test_answer_cache import answer_cache
 
 ABOUT = "query About($id: ID!) { dataset(id: $id) { name rowCount version } }"
@@ -292,3 +292,22 @@ def test_in_production_mode_persisted_queries_go_by_get_and_other_get_queries_do
         assert get(api, params, **{"If-None-Match": persisted.headers["etag"]}).status_code == 304
         # The persisted GET let nothing else through: a plain GET query right after is refused again.
         assert "data" not in get(api, {"query": ABOUT, "variables": {"id": city}}).json()
+
+
+@pytest.mark.parametrize("accept", ["*/*", "text/html, */*"])
+def test_a_persisted_get_without_a_key_is_refused_like_any_query(tmp_path: Path, accept: str) -> None:
+    """The key check lets a GET of /graphql with no `query` through (the explorer page): one naming a
+    persisted document must not run on that pass, by documentId or APQ hash."""
+    key = add_key(tmp_path / "data", "alice")
+    with serving(make_settings(tmp_path, api_keys="on")) as api:
+        registered = api.client.post(
+            "/graphql", json={"query": LIST, "extensions": apq(sha(LIST))}, headers={"x-api-key": key}
+        )
+        assert registered.json() == {"data": {"datasets": []}}
+        for params in ({"documentId": f"sha256:{sha(LIST)}"}, {"extensions": apq(sha(LIST))}):
+            anonymous = get(api, params, accept=accept)
+            assert anonymous.status_code == 401, anonymous.text
+            assert error(anonymous)["extensions"]["code"] == "UNAUTHENTICATED"
+            assert "etag" not in anonymous.headers
+            keyed = get(api, params, accept=accept, **{"x-api-key": key})
+            assert keyed.json() == {"data": {"datasets": []}}

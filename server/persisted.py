@@ -85,12 +85,13 @@ class PersistedDocuments:
         except ValueError:
             await self.app(scope, receive, send)  # the view answers the bad JSON
             return
+        if not isinstance(data, dict):
+            # A batch (or no operation at all) is the view's to answer, and it refuses batches: resolving
+            # each entry first would let one request register as many APQ documents as fit its body.
+            await self.app(scope, receive, send)
+            return
         documents: DocumentRegistry = scope["app"].state.web.documents
-        changed = False
-        for operation in data if isinstance(data, list) else [data]:
-            if isinstance(operation, dict):
-                changed = await _resolve_into(documents, operation) or changed
-        if changed:
+        if await _resolve_into(documents, data):
             body = jsonutil.dumps(data)
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
             scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}

@@ -44,6 +44,7 @@ from resolvers.context import Context
 from server.auth import presented_key
 from server.documents import PersistedRefusal
 from server.gates import KeyWatch, charge, too_many_streams
+from server.incremental import stream_problem
 from server.observe import RequestInfo, current_request
 from server.ratelimit import identity
 from server.responses import capped_errors, error_body, query_too_long
@@ -164,6 +165,8 @@ class GraphQLStream:
             raise refused
         if request.method == "GET" and _asks_mutation(query, operation_name, settings.graphql_max_tokens):
             raise _Refused(405, "Mutations are sent by POST, never by GET.", headers={"allow": "POST"})
+        if settings.graphql_defer and (problem := stream_problem(query, variables, settings.graphql_max_tokens)):
+            return _Failed({"message": problem, "extensions": {"code": "BAD_INPUT"}})
         return GraphQLRequestData(query, variables, operation_name, extensions, "http")
 
     def _json(self, text: str | bytes, message: str) -> Any:

@@ -299,6 +299,7 @@ def test_a_persisted_get_without_a_key_is_refused_like_any_query(tmp_path: Path,
     """The key check lets a GET of /graphql with no `query` through (the explorer page): one naming a
     persisted document must not run on that pass, by documentId or APQ hash."""
     key = add_key(tmp_path / "data", "alice")
+    other = add_key(tmp_path / "data", "bob")
     with serving(make_settings(tmp_path, api_keys="on")) as api:
         registered = api.client.post(
             "/graphql", json={"query": LIST, "extensions": apq(sha(LIST))}, headers={"x-api-key": key}
@@ -311,6 +312,11 @@ def test_a_persisted_get_without_a_key_is_refused_like_any_query(tmp_path: Path,
             assert "etag" not in anonymous.headers
             keyed = get(api, params, accept=accept, **{"x-api-key": key})
             assert keyed.json() == {"data": {"datasets": []}}
+            # Each key's tag is its own: another key's tag is no 304 for this one.
+            tag = keyed.headers["etag"]
+            assert get(api, params, accept=accept, **{"x-api-key": key, "if-none-match": tag}).status_code == 304
+            theirs = get(api, params, accept=accept, **{"x-api-key": other, "if-none-match": tag})
+            assert theirs.status_code == 200 and theirs.headers["etag"] != tag
 
 
 def test_a_batch_registers_nothing_since_batches_do_not_run(api: Api) -> None:

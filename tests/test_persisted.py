@@ -333,3 +333,26 @@ def test_a_batch_registers_nothing_since_batches_do_not_run(api: Api) -> None:
 
 def post_raw(api: Api, body: str) -> httpx.Response:
     return api.client.post("/graphql", content=body, headers={"content-type": "application/json"})
+
+
+@pytest.mark.slow  # waits out SQLite's busy timeout (10 s)
+def test_a_registration_the_database_cannot_take_still_runs_the_query(tmp_path: Path) -> None:
+    """Another process holding the metadata database's write lock (a second server, `datagraph
+    documents add`) made an APQ registration a bare 500 'Internal Server Error' in text/plain;
+    registering is best effort: the query runs, and its client registers again later."""
+    import sqlite3
+
+    settings = make_settings(tmp_path)
+    with serving(settings) as api:
+        other = sqlite3.connect(settings.resolved_metadata_url.split("///", 1)[1], isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the write lock, as another process's transaction holds it
+            registered = post(api, {"query": LIST, "extensions": apq(sha(LIST))})
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert registered.json() == {"data": {"datasets": []}}
+        assert api.client.app.state.web.documents.table.get(sha(LIST)) is None  # type: ignore[attr-defined]
+        again = post(api, {"query": LIST, "extensions": apq(sha(LIST))})  # the lock is gone: kept now
+        assert again.json() == {"data": {"datasets": []}}
+        assert api.client.app.state.web.documents.table.get(sha(LIST)) == LIST  # type: ignore[attr-defined]

@@ -16,10 +16,12 @@ import contextvars
 import logging
 import os
 import re
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from graphql import GraphQLError, parse
 from strawberry.http import GraphQLRequestData
 
@@ -40,6 +42,7 @@ _HEX = re.compile(r"[0-9a-fA-F]{64}")
 _LRU_DOCUMENTS = 1_024
 _LRU_CHARS = 4_000_000  # the LRU holds at most this many characters of document text in all
 _WATCH_S = 2.0
+_SAY_EVERY_S = 60.0  # a registration the database could not take is logged at most this often
 
 
 class PersistedRefusal(Exception):
@@ -68,6 +71,7 @@ class DocumentRegistry:
         self._lru: OrderedDict[str, str] = OrderedDict()
         self._lru_chars = 0
         self._full_said = False
+        self._failed_said = -_SAY_EVERY_S
 
     # the folder
 
@@ -157,7 +161,19 @@ class DocumentRegistry:
             parse(text, no_location=True, max_tokens=self.settings.graphql_max_tokens)
         except (GraphQLError, RecursionError):
             return  # the view answers its syntax error; nothing is kept
-        added = await asyncio.to_thread(self.table.add, text, kind="apq", limit=self.settings.persisted_max_documents)
+        try:
+            added = await asyncio.to_thread(
+                self.table.add, text, kind="apq", limit=self.settings.persisted_max_documents
+            )
+        except sa.exc.SQLAlchemyError as exc:
+            # Best effort, as when the table is full: the query runs, its client registers it again on
+            # its next PersistedQueryNotFound. Another process may hold the write lock (SQLite), or the
+            # database may be away for a moment.
+            now = time.monotonic()
+            if now - self._failed_said >= _SAY_EVERY_S:
+                self._failed_said = now
+                log.warning("persisted documents: an APQ registration was not kept (%s)", type(exc).__name__)
+            return
         if added == "full":
             if not self._full_said:  # once: a flood must not flood the log too
                 self._full_said = True

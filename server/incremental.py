@@ -4,26 +4,87 @@ A client that sends `Accept: multipart/mixed` gets the answer in parts, the defe
 finish (Strawberry writes them). Any other client would get bytes it cannot parse, so its answer is
 put back together here into one ordinary JSON answer: every deferred fragment merged in at its
 path, every streamed item appended to its list, the errors of every part kept. The directives then
-cost nothing but the wait, which is what a client that did not ask for parts expects."""
+cost nothing but the wait, which is what a client that did not ask for parts expects.
+
+`stream_problem` refuses a negative `@stream(initialCount:)` before the operation runs: graphql-core
+checks it only while executing, with a ValueError that would be answered as an internal error."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import (
+    GraphQLError,
+    IntValueNode,
+    NullValueNode,
+    OperationDefinitionNode,
+    ValueNode,
+    VariableNode,
+    parse,
+)
 from graphql.execution import (
     ExperimentalIncrementalExecutionResults,
     IncrementalDeferResult,
     IncrementalStreamResult,
 )
+from graphql.language import DirectiveNode, Visitor, visit
 from strawberry.types import ExecutionResult
 
-__all__ = ["accepts_parts", "whole"]
+__all__ = ["accepts_parts", "stream_problem", "whole"]
 
 
 def accepts_parts(accept: str) -> bool:
     """Whether an Accept header takes the multipart answer of an incremental result."""
     return "multipart/mixed" in accept.lower()
+
+
+def stream_problem(query: object, variables: object, max_tokens: int) -> str | None:
+    """Why a query's `@stream` cannot run (a negative `initialCount`, written or in a variable), or None.
+    Parsed only when the query names `@stream` at all; what does not parse, validation answers."""
+    if not isinstance(query, str) or "@stream" not in query:
+        return None
+    try:
+        document = parse(query, no_location=True, max_tokens=max_tokens)
+    except (GraphQLError, RecursionError):
+        return None
+    defaults = {
+        definition.variable.name.value: _literal(definition.default_value)
+        for operation in document.definitions
+        if isinstance(operation, OperationDefinitionNode)
+        for definition in operation.variable_definitions or ()
+        if definition.default_value is not None
+    }
+    finder = _InitialCounts(variables if isinstance(variables, dict) else {}, defaults)
+    visit(document, finder)
+    return finder.problem
+
+
+class _InitialCounts(Visitor):
+    def __init__(self, variables: dict[str, Any], defaults: dict[str, Any]) -> None:
+        super().__init__()
+        self.variables = variables
+        self.defaults = defaults
+        self.problem: str | None = None
+
+    def enter_directive(self, node: DirectiveNode, *_args: Any) -> None:
+        if node.name.value != "stream":
+            return
+        for argument in node.arguments or ():
+            if argument.name.value != "initialCount":
+                continue
+            value: Any = _literal(argument.value)
+            if isinstance(argument.value, VariableNode):
+                name = argument.value.name.value
+                value = self.variables[name] if name in self.variables else self.defaults.get(name, 0)
+            if value is None or (isinstance(value, int) and value < 0):
+                self.problem = "@stream's initialCount must be an integer of 0 or more."
+
+
+def _literal(node: ValueNode | None) -> Any:
+    """An Int or null literal's value (0 for anything else: validation answers other types)."""
+    if isinstance(node, IntValueNode):
+        return int(node.value)
+    return None if isinstance(node, NullValueNode) else 0
 
 
 async def whole(results: ExperimentalIncrementalExecutionResults) -> ExecutionResult:

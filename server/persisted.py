@@ -29,7 +29,7 @@ from datagraph import jsonutil
 from datagraph.answers import ANY_DATASET, ReadLog
 from datagraph.settings import Settings, keys_required
 from server.answers import READS_SCOPE_KEY, buffered_body, datasets_only, replay
-from server.auth import KEY_SCOPE_KEY
+from server.auth import KEY_SCOPE_KEY, UNAUTHENTICATED_MESSAGE, presented_key
 from server.documents import PERSISTED_GET, DocumentRegistry, PersistedRefusal
 from server.responses import header, send_error
 
@@ -45,7 +45,8 @@ class PersistedDocuments:
     def __init__(self, app: ASGIApp, *, settings: Settings, schema: GraphQLSchema) -> None:
         self.app = app
         self.schema = schema
-        self.cache_control = b"private, no-cache" if keys_required(settings) else b"no-cache"
+        self.keys_required = keys_required(settings)
+        self.cache_control = b"private, no-cache" if self.keys_required else b"no-cache"
         self._fit: dict[tuple[str, str | None], bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -56,6 +57,10 @@ class PersistedDocuments:
             if scope["method"] == "POST":
                 await self._post(scope, receive, send)
             elif scope["method"] == "GET" and any(name in scope["query_string"] for name in _NAMES):
+                if self.keys_required and KEY_SCOPE_KEY not in scope and not _keyed(scope):
+                    challenge = ((b"www-authenticate", b'Bearer realm="datagraph"'),)
+                    await send_error(scope, send, 401, UNAUTHENTICATED_MESSAGE, "UNAUTHENTICATED", challenge)
+                    return
                 await self._get(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
@@ -80,12 +85,13 @@ class PersistedDocuments:
         except ValueError:
             await self.app(scope, receive, send)  # the view answers the bad JSON
             return
+        if not isinstance(data, dict):
+            # A batch (or no operation at all) is the view's to answer, and it refuses batches: resolving
+            # each entry first would let one request register as many APQ documents as fit its body.
+            await self.app(scope, receive, send)
+            return
         documents: DocumentRegistry = scope["app"].state.web.documents
-        changed = False
-        for operation in data if isinstance(data, list) else [data]:
-            if isinstance(operation, dict):
-                changed = await _resolve_into(documents, operation) or changed
-        if changed:
+        if await _resolve_into(documents, data):
             body = jsonutil.dumps(data)
             headers = [(k, v) for k, v in scope["headers"] if k != b"content-length"]
             scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
@@ -208,6 +214,18 @@ async def _resolve_into(documents: DocumentRegistry, operation: dict[str, Any]) 
     operation.pop("extensions", None)
     if extensions:
         operation["extensions"] = extensions
+    return True
+
+
+def _keyed(scope: Scope) -> bool:
+    """Check the key of a GET the key check let through unchecked (it names no `query`: it might be
+    the explorer page), which is a query all the same when it names a persisted document: whether
+    its key is valid; the key's name goes in the scope, as the key check puts it (answer cache, ETag)."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+    name = scope["app"].state.web.keys.check(presented_key(headers))
+    if name is None:
+        return False
+    scope[KEY_SCOPE_KEY] = name
     return True
 
 

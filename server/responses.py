@@ -61,10 +61,24 @@ def content_type(media: str | None) -> bytes:
     return _CONTENT_TYPES[media or JSON]
 
 
-@functools.lru_cache(maxsize=256)  # the few Accept headers clients send: parsed once each
+_MEMO_LONGEST = 1_024  # bytes: longer Accept headers are parsed each time, never kept
+
+
 def negotiate(accept: bytes) -> str | None:
     """The media type an `Accept` header prefers (`JSON` or `GRAPHQL_RESPONSE`): the highest q-value,
-    on a tie the one listed first; none listed (or only with q=0): None."""
+    on a tie the one listed first; none listed (or only with q=0): None. The few headers clients send
+    are parsed once each; a long one (the server reads headers of a megabyte) is not kept."""
+    if len(accept) > _MEMO_LONGEST:
+        return _negotiate(accept)
+    return _memo(accept)
+
+
+@functools.lru_cache(maxsize=256)
+def _memo(accept: bytes) -> str | None:
+    return _negotiate(accept)
+
+
+def _negotiate(accept: bytes) -> str | None:
     if not accept.strip():
         return JSON
     best: str | None = None

@@ -44,7 +44,8 @@ from resolvers.context import Context
 from server.auth import presented_key
 from server.documents import PersistedRefusal
 from server.gates import KeyWatch, charge, too_many_streams
-from server.observe import RequestInfo, current_request
+from server.incremental import stream_problem
+from server.observe import RequestInfo, count_stop, current_request
 from server.ratelimit import identity
 from server.responses import capped_errors, error_body, query_too_long
 
@@ -164,6 +165,8 @@ class GraphQLStream:
             raise refused
         if request.method == "GET" and _asks_mutation(query, operation_name, settings.graphql_max_tokens):
             raise _Refused(405, "Mutations are sent by POST, never by GET.", headers={"allow": "POST"})
+        if settings.graphql_defer and (problem := stream_problem(query, variables, settings.graphql_max_tokens)):
+            return _Failed({"message": problem, "extensions": {"code": "BAD_INPUT"}})
         return GraphQLRequestData(query, variables, operation_name, extensions, "http")
 
     def _json(self, text: str | bytes, message: str) -> Any:
@@ -193,6 +196,7 @@ class _Stream:
         self.who = who
         self.key = key
         self.max_errors = endpoint.view.settings.graphql_max_errors
+        self.max_tokens = endpoint.view.settings.graphql_max_tokens
         self.lock = asyncio.Lock()  # one event at a time on the wire
         self.revoked = asyncio.Event()
         self.info = current_request() or RequestInfo("")
@@ -222,6 +226,11 @@ class _Stream:
             with watched:
                 await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if not results.done() and not self.revoked.is_set() and _one_shot(operation, self.max_tokens):
+                # The client left a query or mutation mid-work (a subscription ends that way; a query
+                # does not): a stop, as HTTP charges it (server/middleware.py CancelOnDisconnect), or
+                # leaving would be the cheap way to have a worker busy for finish_grace_s.
+                count_stop()
             for task in (*ends, keepalive):
                 task.cancel()
             await asyncio.gather(*ends, keepalive, return_exceptions=True)  # the subscription has closed
@@ -285,6 +294,17 @@ def _asks_mutation(query: str, operation_name: str | None, max_tokens: int) -> b
     except (GraphQLError, RecursionError):
         return False  # the stream answers the error in the usual way
     return operation is not None and operation.operation == GraphQLOperationType.MUTATION
+
+
+def _one_shot(operation: GraphQLRequestData | _Failed, max_tokens: int) -> bool:
+    """Whether the operation is a query or mutation (it ends by itself), not a subscription."""
+    if isinstance(operation, _Failed) or not operation.query:
+        return False
+    try:
+        found = get_operation_ast(parse(operation.query, max_tokens=max_tokens), operation.operation_name)
+    except (GraphQLError, RecursionError):
+        return False
+    return found is not None and found.operation != GraphQLOperationType.SUBSCRIPTION
 
 
 def _payload(result: ExecutionResult) -> dict[str, Any]:

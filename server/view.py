@@ -34,7 +34,7 @@ from resolvers.context import Context
 from server.answers import READS_SCOPE_KEY
 from server.auth import KEY_WATCH_S, UNAUTHENTICATED_MESSAGE, KeyRing, params_key, presented_key
 from server.documents import PERSISTED_GET, DocumentRegistry
-from server.incremental import accepts_parts, whole
+from server.incremental import accepts_parts, stream_problem, whole
 from server.responses import (
     GRAPHQL_RESPONSE,
     capped_errors,
@@ -245,6 +245,10 @@ class GraphQLView(GraphQL[Context, None]):
         for item in data if isinstance(data, list) else [data]:
             if too_long := query_too_long(item.query, self.settings.max_query_chars):
                 raise HTTPException(413, too_long)
+            if self.settings.graphql_defer and (
+                problem := stream_problem(item.query, item.variables, self.settings.graphql_max_tokens)
+            ):
+                raise HTTPException(400, problem)
             if item.protocol == "http" and item.query and _asks_subscription(item.query, item.operation_name):
                 raise HTTPException(
                     400,

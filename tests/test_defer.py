@@ -95,3 +95,34 @@ def test_with_the_setting_off_defer_is_an_unknown_directive(tmp_path: Path) -> N
         body = api.query(DEFERRED.replace('"titanic"', '"none"'))
         assert "data" not in body or body["data"] is None
         assert any("defer" in error["message"] for error in body["errors"]), body
+
+
+@pytest.mark.parametrize(
+    ("query", "variables"),
+    [
+        ("{ datasets @stream(initialCount: -1) { id } }", None),
+        ("query($n: Int!) { datasets @stream(initialCount: $n) { id } }", {"n": -5}),
+        ("{ datasets @stream(initialCount: null) { id } }", None),
+        ("query($n: Int) { datasets @stream(initialCount: $n) { id } }", {"n": None}),
+        ("query($n: Int = null) { datasets @stream(initialCount: $n) { id } }", None),
+    ],
+)
+def test_a_negative_initial_count_is_bad_input_not_a_server_error(
+    app: Api, query: str, variables: dict[str, Any] | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """graphql-core refuses a negative initialCount only as it executes, with a ValueError: that was an
+    INTERNAL error and a logged traceback for each such request."""
+    for accept in ("application/json", PARTS["accept"]):
+        response = app.client.post(
+            "/graphql", json={"query": query, "variables": variables}, headers={"accept": accept}
+        )
+        error = response.json()["errors"][0]
+        assert error["extensions"]["code"] == "BAD_INPUT", response.text
+        assert "initialCount" in error["message"]
+    fixed = app.data(query.replace("-1", "2").replace("Count: null", "Count: 2"), {"n": 2} if "$n" in query else None)
+    assert fixed == app.data("{ datasets { id } }")
+    streamed = app.client.post(
+        "/graphql/stream", json={"query": query, "variables": variables}, headers={"accept": "text/event-stream"}
+    )
+    assert '"code":"BAD_INPUT"' in streamed.text and "initialCount" in streamed.text, streamed.text
+    assert "Traceback" not in caplog.text

@@ -5,7 +5,9 @@ The real clients (Apollo, urql, graphql-http's audits) are in test_clients.py.""
 
 from __future__ import annotations
 
+import gc
 import json
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,3 +197,25 @@ def test_a_cached_answer_is_served_in_the_type_each_request_asked_for(api: Api) 
     while not isinstance(node, AnswerCache):
         node = node.app
     assert seen == [False, True, True, True] and (node.stored, node.hits) == (2, 2)
+
+
+def test_long_accept_headers_are_answered_and_not_kept(shared_api: Api) -> None:
+    """The server reads Accept headers of any length (uvicorn takes 1 MB ones); the negotiation memo
+    must not keep them: 80 distinct 1 MB headers held 72 MB of a server's memory until it stopped."""
+    filler = "x/y;q=0.1," * 10_000  # 100 KB
+    accept = f"{filler}application/graphql-response+json;q=0.2,application/json;q=0.05"
+    response = shared_api.client.post("/graphql", json={"query": "{ datasets { id } }"}, headers={"accept": accept})
+    assert response.status_code == 200 and response.headers["content-type"] == GQL_TYPE
+    assert negotiate(("x/y," * 50_000 + "application/json").encode()) == JSON
+    headers = [f"{filler}application/json;q=0.5,{i}/z".encode() for i in range(40)]
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for header in headers:
+            assert negotiate(bytes(bytearray(header))) == JSON  # a fresh copy, as each request brings
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 400_000, f"{kept:,} bytes kept after 40 Accept headers of 100 KB"

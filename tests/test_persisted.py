@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Api, datagraph_cli, make_settings, running_server, serving, wait_for
+from support import Api, add_key, datagraph_cli, make_settings, running_server, serving, wait_for
 from test_answer_cache import answer_cache
 
 ABOUT = "query About($id: ID!) { dataset(id: $id) { name rowCount version } }"
@@ -292,3 +292,67 @@ def test_in_production_mode_persisted_queries_go_by_get_and_other_get_queries_do
         assert get(api, params, **{"If-None-Match": persisted.headers["etag"]}).status_code == 304
         # The persisted GET let nothing else through: a plain GET query right after is refused again.
         assert "data" not in get(api, {"query": ABOUT, "variables": {"id": city}}).json()
+
+
+@pytest.mark.parametrize("accept", ["*/*", "text/html, */*"])
+def test_a_persisted_get_without_a_key_is_refused_like_any_query(tmp_path: Path, accept: str) -> None:
+    """The key check lets a GET of /graphql with no `query` through (the explorer page): one naming a
+    persisted document must not run on that pass, by documentId or APQ hash."""
+    key = add_key(tmp_path / "data", "alice")
+    other = add_key(tmp_path / "data", "bob")
+    with serving(make_settings(tmp_path, api_keys="on")) as api:
+        registered = api.client.post(
+            "/graphql", json={"query": LIST, "extensions": apq(sha(LIST))}, headers={"x-api-key": key}
+        )
+        assert registered.json() == {"data": {"datasets": []}}
+        for params in ({"documentId": f"sha256:{sha(LIST)}"}, {"extensions": apq(sha(LIST))}):
+            anonymous = get(api, params, accept=accept)
+            assert anonymous.status_code == 401, anonymous.text
+            assert error(anonymous)["extensions"]["code"] == "UNAUTHENTICATED"
+            assert "etag" not in anonymous.headers
+            keyed = get(api, params, accept=accept, **{"x-api-key": key})
+            assert keyed.json() == {"data": {"datasets": []}}
+            # Each key's tag is its own: another key's tag is no 304 for this one.
+            tag = keyed.headers["etag"]
+            assert get(api, params, accept=accept, **{"x-api-key": key, "if-none-match": tag}).status_code == 304
+            theirs = get(api, params, accept=accept, **{"x-api-key": other, "if-none-match": tag})
+            assert theirs.status_code == 200 and theirs.headers["etag"] != tag
+
+
+def test_a_batch_registers_nothing_since_batches_do_not_run(api: Api) -> None:
+    """One request (one unit of the rate budget) must not register a document per batch entry: 1,400
+    of them took 4 s of database writes and evicted every other client's APQ documents, before the
+    view refused the batch."""
+    texts = ["{ datasets { id } # %d\n}" % i for i in range(50)]
+    response = post_raw(api, json.dumps([{"query": t, "extensions": apq(sha(t))} for t in texts]))
+    assert response.status_code in (200, 400) and "errors" in response.json()
+    assert api.client.app.state.web.documents.table.count() == 0  # type: ignore[attr-defined]
+    by_id = post_raw(api, json.dumps([{"documentId": f"sha256:{sha(texts[0])}"}]))
+    assert "errors" in by_id.json() and "data" not in by_id.json()
+
+
+def post_raw(api: Api, body: str) -> httpx.Response:
+    return api.client.post("/graphql", content=body, headers={"content-type": "application/json"})
+
+
+@pytest.mark.slow  # waits out SQLite's busy timeout (10 s)
+def test_a_registration_the_database_cannot_take_still_runs_the_query(tmp_path: Path) -> None:
+    """Another process holding the metadata database's write lock (a second server, `datagraph
+    documents add`) made an APQ registration a bare 500 'Internal Server Error' in text/plain;
+    registering is best effort: the query runs, and its client registers again later."""
+    import sqlite3
+
+    settings = make_settings(tmp_path)
+    with serving(settings) as api:
+        other = sqlite3.connect(settings.resolved_metadata_url.split("///", 1)[1], isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the write lock, as another process's transaction holds it
+            registered = post(api, {"query": LIST, "extensions": apq(sha(LIST))})
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert registered.json() == {"data": {"datasets": []}}
+        assert api.client.app.state.web.documents.table.get(sha(LIST)) is None  # type: ignore[attr-defined]
+        again = post(api, {"query": LIST, "extensions": apq(sha(LIST))})  # the lock is gone: kept now
+        assert again.json() == {"data": {"datasets": []}}
+        assert api.client.app.state.web.documents.table.get(sha(LIST)) == LIST  # type: ignore[attr-defined]

@@ -20,6 +20,7 @@ import pytest
 from promtext import sample
 from starlette.testclient import TestClient
 from support import DATA, ROOT, add_key, make_settings, running_server, server_pid, upload_over_http, wait_for
+from test_workers import HEAVY
 from test_ws_gates import PARITY
 from wsclient import Ws
 
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.e2e
 
 BUDGET = 60  # per hour, per key: a minute's window could let one more through as a test crosses it
 CAP = 2  # open websockets and event streams per key
-KEYS = ("loader", "watcher", "appender", "budget", "spender", "revoked", "cap", "gone", "other")
+KEYS = ("loader", "watcher", "appender", "budget", "spender", "revoked", "cap", "gone", "other", "leaver", "diamonds")
 EVENTS = "subscription($d: ID) { datasetEvents(dataset: $d) { kind dataset version rowCount } }"
 WATCH = """subscription($d: ID!) { watch(dataset: $d, result: COUNT,
   steps: [{filter: [{column: "day", op: EQ, value: "Sun"}]}]) { success data } }"""
@@ -231,6 +232,23 @@ def test_a_stream_whose_client_vanishes_mid_work_leaves_nothing_behind(
             assert events.result()["data"]["watch"]["success"]
     wait_for(lambda: subscribers(base) == before, 10, "no subscription is left")
     wait_for(lambda: open_subscriptions(base) == gauge, 10, "the open subscriptions gauge is back")
+
+
+def test_a_query_left_mid_work_over_sse_costs_a_stop_as_over_http(keyed: tuple[str, dict[str, str], str, Path]) -> None:
+    """Over HTTP, a client that leaves while its work runs is charged a stop (50): the worker stays busy
+    for finish_grace_s. Over SSE it was charged nothing for leaving, so abandoning queries there cost a
+    ninth as much; a subscription's client still leaves for free (its stream ends that way)."""
+    base, keys, _, _ = keyed
+    upload_over_http(base, DATA / "diamonds.csv", headers={"X-API-Key": keys["diamonds"]})  # its own budget
+    with stream(base, HEAVY % "", None, keys["leaver"]) as events:
+        events.comment()  # open: the query runs
+        wait_for(lambda: httpx.get(base + "/readyz", headers=MONITOR).json()["workers"]["busy"], 10, "the job runs")
+    wait_for(lambda: not httpx.get(base + "/readyz", headers=MONITOR).json()["workers"]["busy"], 30, "the job ends")
+    allowed = 0
+    while post(base, keys["leaver"], "{ __typename }").status_code == 200 and allowed < BUDGET:
+        allowed += 1
+    spent = 1 + 5 + 50  # the request, its job, the stop
+    assert BUDGET - spent - 5 <= allowed <= BUDGET - spent, f"{allowed} requests were let through after leaving"
 
 
 # What is answered before a stream starts, and operations that end by themselves (in-process) -------

@@ -139,6 +139,8 @@ class RequireKey:
             return True
         if path == "/graphql" and scope["method"] == "GET":  # the explorer page (no query); its queries carry the key
             accept = header(scope, b"accept")
-            asks = "query" in parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            params = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            # A persisted query names its document instead of sending it: an operation all the same.
+            asks = not params.keys().isdisjoint(("query", "documentId", "extensions"))
             return not asks and (b"text/html" in accept or b"*/*" in accept)  # as Strawberry decides
         return False

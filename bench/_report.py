@@ -57,27 +57,26 @@ LABELS = {
 
 # Why a target is missed, from profiling the server path; shown only for the targets a run misses.
 NOTES = {
-    "memory": "**Peak memory.** The upload streams to Parquet now and workers start on demand (the idle tree is"
-    " one process, about 150 MiB), so datagraph's peak comes during describe: a worker computing n-unique and"
-    " top values over the ~1M-distinct text column (about 400 MiB on its own), on top of the server process"
-    " (about 160 MiB). Below 0.7x the seed's needs describe's distinct counts in less memory (approximate or"
-    " streaming counts, which would change pandas' exact numbers) or a worker that gives its memory back.",
+    "memory": "**Peak memory.** Describe now works one column at a time (about half its old peak), so the peak"
+    " has moved to the 1M-row upload: the server process (about 175 MiB, holding the request while the file"
+    " streams to staging) plus the ingest worker writing Parquet (about 300 MiB). Below 0.7x the seed's needs"
+    " about 25 MiB off the ingest's write (smaller Parquet row groups did not lower it), or the worker's"
+    " allocator told to return memory at once (`_RJEM_MALLOC_CONF` at worker start: measured 20-70 MiB less, but"
+    " describe 1.15-1.7x slower).",
     "cached": "**Cached queries.** A cache hit is a dictionary lookup on both servers, so both sit near the HTTP"
     " round trip (`GET /healthz`, the floor column); 20x faster than the seed's own hit would be below a"
     " loopback HTTP request. Read as a repeated query against the seed's first run of it, datagraph's cache is"
     " far past 20x (the row under the pass). The answer cache serves stored bytes (bench/wire.py: a hit at the"
     " bare app's p50); the cached export still takes two requests (the link, then the file from disk) against"
     " the seed's one answer from memory.",
-    "rows": "**1,000 rows.** The seed slices a DataFrame it keeps in memory; datagraph reads the page from Parquet"
-    " in a worker (the floor column: the read alone is about as long as the seed's whole answer). The page is"
-    " encoded to JSON in the worker (by Polars for plain column types) and passed through as bytes, which took it"
-    " from 3.5x the floor to about 2.4x here; what is left is the worker round trip (a job sent and its bytes"
-    " pickled back) and HTTP and GraphQL. 5x faster than an in-memory slice needs the page in memory (keeping"
-    " hot datasets as memory-mapped Arrow beside the Parquet, not built).",
-    "filter": "**Filter.** `count` and `rows` run as two worker jobs, each scanning the file, where the floor shares"
-    " one scan (`collect_all`); add a few ms of HTTP, GraphQL and worker round trip on a query of tens of ms"
-    " (about 8-10 ms in all, the same as before; the ratio moves with the floor's own time from run to run)."
-    " Running the results of one frame in one job with one shared scan would close it.",
+    "rows": "**1,000 rows.** The seed slices a DataFrame it keeps in memory. datagraph reads a stored version's"
+    " page from its page blocks (small Arrow files made once per version) in the server's own threads, about"
+    " 1.1 ms in one process, which took the page from 2.4x the floor to about 1.8x; what is left is HTTP,"
+    " GraphQL execution and two metadata look-ups (about 2 ms for `{ __typename }` alone on this machine)."
+    " Faster than an in-memory slice needs those per-request costs cut, not the read.",
+    "filter": "**Filter.** `count` and `rows` of one frame now run as one worker job (collected one after the"
+    " other: a shared scan measured slower); the rest is HTTP, GraphQL and the worker round trip, a few ms on"
+    " a query of tens of ms, so the ratio moves with the floor's own time from run to run (1.3-1.5x).",
     "describe": "**describe.** A few ms of HTTP, GraphQL and worker round trip are small beside the query.",
     "group_by": "**group-by.** Fixed per-request costs (HTTP, GraphQL, the worker round trip, 400 rows sent back"
     " and encoded) beside a query of a few hundred ms.",

@@ -363,6 +363,11 @@ class Typed(DataSourcePlugin):
     async def fetch(self, params, http):
         return pl.DataFrame({"when": ["2025-01-01"], "value": [1.0]})
 
+class Quick(DataSourcePlugin):
+    name = "quick"
+    async def fetch(self, params, http):
+        return pl.DataFrame({"n": [1]})
+
 class Slow(DataSourcePlugin):
     name = "slow"
     params = (Param("tag", str),)
@@ -407,7 +412,10 @@ def test_a_misbehaving_plugin_answers_a_clear_problem_and_stores_nothing(
     assert misbehaving.data("{ datasets { id } }")["datasets"] == []
     jobs = misbehaving.data("{ jobs { kind status } }")["jobs"]
     assert jobs == [{"kind": "fetchPlugin", "status": "FAILED"}]
-    assert _fetch(misbehaving, "slow", {"tag": "after"})["success"]  # the server and its workers carry on
+    # The server and its workers carry on (a fetch with no wait of its own: the 2 s deadline is the
+    # misbehaving plugins', and a loaded machine must not make the check itself time out).
+    after = _fetch(misbehaving, "quick", {})
+    assert after["success"], after["error"]
 
 
 def test_several_fetches_in_one_request_run_in_parallel(misbehaving: Api) -> None:

@@ -325,6 +325,15 @@ async def save_frame(ctx: Context, *, plan: Plan, name: str, job_id: str) -> Dat
     )  # fmt: skip
 
 
+# The origin of the version a job makes, by its kind: of a new dataset, of an existing one's next version.
+_MADE_BY = {
+    "uploadDataset": ("UPLOAD", "REPLACE"),
+    "importTable": ("IMPORT", "REFRESH"),
+    "fetchPlugin": ("FETCH", "FETCH"),
+    "saveFrame": ("SAVE", "SAVE"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Produced:
     """What a job's `produce` wrote: rows read, rows in the new Parquet file and its columns; for an
@@ -367,10 +376,11 @@ async def dataset_job(
                 produced = await produce(parquet)
                 await res.jobs.progress(job_id, "committing", rows=produced.rows_out if produced else None)
                 origin = {**origin, "kind": kind, "job": job_id}
+                made_new, made_next = _MADE_BY.get(kind, ("IMPORT", "REFRESH"))
                 if into is None:
                     if produced is None:
                         raise ValueError("produce answered 'unchanged' for a dataset that does not exist yet")
-                    record = await _commit_new(ctx, parquet, produced, title, source_id, origin)
+                    record = await _commit_new(ctx, parquet, produced, title, source_id, origin, made_new)
                     event = "CREATED"
                 else:
                     async with res.dataset_locks.hold(into.id):
@@ -379,7 +389,7 @@ async def dataset_job(
                             record = res.metadata.set_origin(current.id, {**current.origin, **origin})
                             done.made(record, rows_in=current.row_count)
                             return record
-                        record = await _commit_next(ctx, current, parquet, produced, origin)
+                        record = await _commit_next(ctx, current, parquet, produced, origin, made_next)
                     event = "REPLACED" if produced.raw else "REFRESHED"
             done.made(record, rows_in=produced.rows_in)
         finally:
@@ -400,7 +410,13 @@ async def _keep_raw(ctx: Context, produced: Produced, origin: dict[str, Any]) ->
 
 
 async def _commit_new(
-    ctx: Context, parquet: Path, produced: Produced, title: str, source_id: str, origin: dict[str, Any]
+    ctx: Context,
+    parquet: Path,
+    produced: Produced,
+    title: str,
+    source_id: str,
+    origin: dict[str, Any],
+    made_by: str,
 ) -> DatasetRecord:
     res = ctx.resources
     dataset_id = res.metadata.reserve_dataset(
@@ -411,9 +427,11 @@ async def _commit_new(
         # fsync and rename off the event loop: a large file's fsync takes a while.
         await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
         origin = await _keep_raw(ctx, produced, origin)
+        size = res.files.version_bytes(dataset_id, 1)
         record = res.metadata.mark_ready(
-            dataset_id, version=1, row_count=produced.rows_out, columns=produced.columns, origin=origin
-        )
+            dataset_id, version=1, row_count=produced.rows_out, columns=produced.columns, origin=origin,
+            made_by=made_by, size=size,
+        )  # fmt: skip
         committed = True
         return record
     finally:
@@ -425,14 +443,14 @@ async def _commit_new(
 
 
 async def _commit_next(
-    ctx: Context, current: DatasetRecord, parquet: Path, produced: Produced, origin: dict[str, Any]
+    ctx: Context, current: DatasetRecord, parquet: Path, produced: Produced, origin: dict[str, Any], made_by: str
 ) -> DatasetRecord:
     res = ctx.resources
     kept = await _keep_raw(ctx, produced, {})
     try:
         new = await commit_version(
             ctx, current, parquet, rows=produced.rows_out, columns=produced.columns,
-            origin={**current.origin, **origin, **kept},
+            origin={**current.origin, **origin, **kept}, made_by=made_by,
         )  # fmt: skip
     except BaseException:
         if kept:
@@ -451,6 +469,7 @@ async def commit_version(
     rows: int,
     columns: list[ColumnInfo],
     origin: dict[str, Any],
+    made_by: str,
     appended: bool = False,
 ) -> DatasetRecord:
     """Make the fully written `staged` file the next version of `record` (with `appended`, the
@@ -467,7 +486,10 @@ async def commit_version(
     if not won:
         raise changed  # another writer (another server process) made this version first
     try:
-        return res.metadata.add_version(record.id, version=version, row_count=rows, columns=columns, origin=origin)
+        size = res.files.version_bytes(record.id, version)
+        return res.metadata.add_version(
+            record.id, version=version, row_count=rows, columns=columns, origin=origin, made_by=made_by, size=size
+        )
     except LookupError:
         res.files.remove_version(record.id, version)  # ours: the claim above made it
         raise changed from None
@@ -518,11 +540,14 @@ async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord
                     added = await res.executor.run(engine.append_part, current[0], rows, out=staged)
                     columns = _merged_columns(record.columns, added, total)
                     new = await commit_version(
-                        ctx, record, staged, rows=total, columns=columns, origin=record.origin, appended=True
-                    )
+                        ctx, record, staged, rows=total, columns=columns, origin=record.origin, made_by="APPEND",
+                        appended=True,
+                    )  # fmt: skip
                 else:  # compaction has fallen far behind (it failed, or is slow): rewrite it whole
                     total, columns = await res.executor.run(engine.append_rows, current, rows, out=staged)
-                    new = await commit_version(ctx, record, staged, rows=total, columns=columns, origin=record.origin)
+                    new = await commit_version(
+                        ctx, record, staged, rows=total, columns=columns, origin=record.origin, made_by="APPEND"
+                    )
         finally:
             res.files.discard_staged(staged)
     if parts + 1 >= ctx.settings.compact_parts:

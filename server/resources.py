@@ -164,6 +164,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
     processes = Processes(metadata.engine, process_id)
     processes.join()
     _sweep_leftovers(settings, metadata, files, processes, starting=True)
+    metadata.backfill_versions(files.version_bytes)  # datasets made before versions were recorded
     executor = Executor(
         settings.workers,
         memory_mb=settings.worker_memory_mb,

@@ -173,6 +173,14 @@ class DataDir:
         path = self.version_path(dataset_id, version)
         return sorted(path.glob("p*.parquet")) if path.is_dir() else [path]
 
+    def version_bytes(self, dataset_id: str, version: int) -> int:
+        """The size on disk of a version's rows (its file, or its parts, linked ones counted): 0 when gone."""
+        total = 0
+        for part in self.version_parts(dataset_id, version):
+            with contextlib.suppress(FileNotFoundError):
+                total += part.stat().st_size
+        return total
+
     def export_file(self, token: str, ext: str) -> Path:
         return self.exports / f"{token}.{ext}"
 

@@ -1,0 +1,83 @@
+"""Datasets with a history (issue 20, item 1): every change makes a version recorded with its origin,
+time, row count, columns and size; older databases get a record of each current version at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from support import Api, make_settings, serving
+
+from storage import MetadataStore
+from storage._tables import dataset_versions
+
+CSV = b"id,name,score\n1,a,1.5\n2,b,2.5\n3,c,\n"
+REPLACEMENT = b"id,name,score,flag\n10,x,9.5,true\n11,y,8.5,false\n"
+APPEND = "mutation($d: ID!, $r: JSON!) { appendRows(dataset: $d, rows: $r) { success error { message } } }"
+SAVE = """mutation($d: ID!) { saveFrame(dataset: $d, steps: [{filter: [{column: "id", op: GT, value: 1}]}],
+  name: "Later rows") { success error { message } dataset { id } } }"""
+REPLACE = """mutation($file: Upload!, $replace: ID) {
+  uploadDataset(file: $file, replace: $replace) { success error { code message } dataset { id version } }
+}"""
+
+
+def replace(api: Api, dataset: str, content: bytes) -> dict:
+    import json
+
+    ops = {"query": REPLACE, "variables": {"file": None, "replace": dataset}}
+    response = api.client.post(
+        "/graphql",
+        data={"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
+        files={"0": ("scores.csv", content, "application/octet-stream")},
+        headers={"Apollo-Require-Preflight": "true"},
+    )
+    payload: dict = response.json()["data"]["uploadDataset"]
+    assert payload["success"], payload["error"]
+    return payload
+
+
+def stored_versions(api: Api, dataset: str) -> list[tuple[int, str, int]]:
+    metadata: MetadataStore = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+    return [(v.number, v.origin, v.row_count) for v in metadata.list_versions(dataset)]
+
+
+def test_every_change_records_a_version_with_its_origin(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    assert stored_versions(api, dataset) == [(1, "UPLOAD", 3)]
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    replace(api, dataset, REPLACEMENT)
+    saved = api.data(SAVE, {"d": dataset})["saveFrame"]
+    assert saved["success"], saved["error"]
+    assert stored_versions(api, dataset) == [(3, "REPLACE", 2), (2, "APPEND", 4), (1, "UPLOAD", 3)]
+    assert stored_versions(api, saved["dataset"]["id"]) == [(1, "SAVE", 2)]
+    metadata: MetadataStore = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+    files = api.client.app.state.resources.files  # type: ignore[attr-defined]
+    newest = metadata.list_versions(dataset)[0]
+    assert [(c.name, c.dtype) for c in newest.columns] == [
+        ("id", "Int64"), ("name", "String"), ("score", "Float64"), ("flag", "Boolean"),
+    ]  # fmt: skip
+    assert newest.bytes == files.version_bytes(dataset, 3) > 0
+
+
+def test_an_older_database_gets_a_record_of_each_current_version_at_start(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+        size = api.client.app.state.resources.files.version_bytes(dataset, 2)  # type: ignore[attr-defined]
+    store = MetadataStore(settings.resolved_metadata_url)
+    with store.engine.begin() as conn:  # as a database from before versions were recorded
+        conn.execute(sa.delete(dataset_versions))
+    store.close()
+    for _ in range(2):  # idempotent: a second start adds nothing
+        with serving(settings) as api:
+            assert stored_versions(api, dataset) == [(2, "UPLOAD", 4)]
+            metadata = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+            assert metadata.list_versions(dataset)[0].bytes == size
+
+
+def test_deleting_a_dataset_forgets_its_versions(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    deleted = api.data("mutation($d: ID!) { deleteDataset(id: $d) { success } }", {"d": dataset})
+    assert deleted["deleteDataset"]["success"]
+    assert stored_versions(api, dataset) == []

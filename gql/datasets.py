@@ -24,15 +24,17 @@ from resolvers import Options, dataset_sql, frames, sources
 from resolvers import datasets as ds
 from resolvers.context import Context
 from resolvers.jobs import DatasetOutcome, changed, run_job
-from storage import DatasetRecord
+from storage import DatasetRecord, VersionRecord
 
 __all__ = [
     "Dataset",
     "DatasetMutation",
     "DatasetPayload",
     "DatasetQuery",
+    "DatasetVersion",
     "Source",
     "SourceStatus",
+    "VersionOrigin",
     "chosen_job",
     "dataset_payload",
     "source_check",
@@ -123,6 +125,47 @@ def source_type(info: ds.SourceInfo) -> Source:
     return Source(id=strawberry.ID(info.id), name=info.name, kind=SourceKind(info.kind))
 
 
+@strawberry.enum(description="What made a version of a dataset.")
+class VersionOrigin(Enum):
+    UPLOAD = "UPLOAD"
+    REPLACE = "REPLACE"
+    APPEND = "APPEND"
+    IMPORT = "IMPORT"
+    REFRESH = "REFRESH"
+    FETCH = "FETCH"
+    SAVE = "SAVE"
+    RESTORE = "RESTORE"
+
+
+@strawberry.type(description="A kept version of a dataset: when and by what it was made, its shape and its size.")
+class DatasetVersion:
+    record: strawberry.Private[VersionRecord]
+
+    @strawberry.field
+    def number(self) -> int:
+        return self.record.number
+
+    @strawberry.field
+    def created_at(self) -> dt.datetime:
+        return self.record.created_at
+
+    @strawberry.field
+    def row_count(self) -> int:
+        return self.record.row_count
+
+    @strawberry.field
+    def columns(self) -> list[Column]:
+        return [column(c) for c in self.record.columns]
+
+    @strawberry.field
+    def origin(self) -> VersionOrigin:
+        return VersionOrigin(self.record.origin)
+
+    @strawberry.field(description="The size of the version's files on disk, in bytes, when it was made.")
+    def bytes(self) -> int:
+        return self.record.bytes
+
+
 @strawberry.type(description="A stored table; every Frame field works on it.")
 class Dataset(Frame):
     record: strawberry.Private[DatasetRecord]
@@ -178,6 +221,14 @@ class Dataset(Frame):
         found = ds.find_source(info.context, self.record.source_id)
         # A dataset imported from a database later removed from sources.yaml keeps its data.
         return source_type(found or ds.SourceInfo(self.record.source_id, self.record.source_id, "DATABASE"))
+
+    @strawberry.field(
+        description="The kept versions of this dataset, newest first (pruned ones are not listed; setting"
+        " keep_versions and keep_versions_days)."
+    )
+    def versions(self, info: strawberry.Info[Context, None], limit: int | None = 50) -> list[DatasetVersion]:
+        with _as_graphql_error():
+            return [DatasetVersion(record=v) for v in ds.list_versions(info.context, self.record, limit)]
 
     @strawberry.field(description="The first rows and the column types.")
     async def preview(

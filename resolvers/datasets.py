@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import logging
 import re
 import unicodedata
@@ -20,7 +22,7 @@ from datagraph.errors import BadInput, NotFound, TooLarge
 from engine import ColumnInfo, Join, Plan, Source
 from resolvers.context import Context, Resources
 from resolvers.jobs import recorded_job
-from storage import DatasetRecord, storage_guard
+from storage import DatasetRecord, VersionRecord, storage_guard
 
 __all__ = [
     "FRAMES",
@@ -32,6 +34,7 @@ __all__ = [
     "compact_dataset",
     "compact_soon",
     "count_datasets",
+    "dataset_at",
     "dataset_job",
     "dataset_plan",
     "dataset_slug",
@@ -43,6 +46,7 @@ __all__ = [
     "join_step",
     "list_datasets",
     "list_sources",
+    "list_versions",
     "rename_dataset",
     "require_dataset",
     "save_frame",
@@ -126,6 +130,51 @@ def require_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
     if record is None:
         raise NotFound(f'There is no dataset "{_clip(dataset_id)}".')
     return record
+
+
+VERSIONS_MAX_PAGE = 1_000
+
+
+def list_versions(ctx: Context, record: DatasetRecord, limit: int | None) -> list[VersionRecord]:
+    """The kept versions of a dataset, newest first, at most `limit`; BAD_INPUT for a limit out of bounds."""
+    if limit is not None and not 1 <= limit <= VERSIONS_MAX_PAGE:
+        raise BadInput(f"versions takes a limit between 1 and {VERSIONS_MAX_PAGE:,}.")
+    if ctx.reads is not None:  # a new version, or one pruned, changes the list
+        ctx.reads.dataset(record.id)
+    return ctx.resources.metadata.list_versions(record.id, limit=limit)
+
+
+def dataset_at(
+    ctx: Context, record: DatasetRecord, *, version: int | None, as_of: dt.datetime | None
+) -> DatasetRecord | None:
+    """The dataset as it was at `version`, or at the newest version made at or before `as_of` (exactly
+    one of the two; BAD_INPUT otherwise): a record whose version is that one, so that its plan reads
+    that version's files and its results are cached under it. None when that version was never made or
+    is pruned."""
+    if (version is None) == (as_of is None):
+        raise BadInput("at takes either version (a version number) or asOf (a date and time), and not both.")
+    if ctx.reads is not None:  # pruning or a restore changes what this answers
+        ctx.reads.dataset(record.id)
+    if as_of is not None:
+        as_of = (as_of if as_of.tzinfo else as_of.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    found = ctx.resources.metadata.get_version(record.id, number=version, as_of=as_of)
+    if found is None or found.number > record.version:
+        return None
+    if found.number == record.version:
+        return record
+    if record.origin.get("mode") == "LINK" or not ctx.resources.files.version_path(record.id, found.number).exists():
+        return None  # its files are gone (pruned a moment ago)
+    return _as_of_version(record, found)
+
+
+def _as_of_version(record: DatasetRecord, version: VersionRecord) -> DatasetRecord:
+    return dataclasses.replace(
+        record,
+        version=version.number,
+        row_count=version.row_count,
+        columns_json=version.columns_json,
+        updated_at=version.created_at,
+    )
 
 
 def dataset_plan(ctx: Context, record: DatasetRecord) -> Plan:

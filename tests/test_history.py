@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import sqlalchemy as sa
-from support import Api, make_settings, serving
+from support import Api, make_settings, running_server, serving, upload_over_http
 
 from storage import MetadataStore
 from storage._tables import dataset_versions
@@ -18,6 +19,11 @@ SAVE = """mutation($d: ID!) { saveFrame(dataset: $d, steps: [{filter: [{column: 
   name: "Later rows") { success error { message } dataset { id } } }"""
 REPLACE = """mutation($file: Upload!, $replace: ID) {
   uploadDataset(file: $file, replace: $replace) { success error { code message } dataset { id version } }
+}"""
+
+
+VERSIONS = """query($d: ID!, $n: Int) {
+  dataset(id: $d) { version versions(limit: $n) { number createdAt rowCount columns { name dtype } origin bytes } }
 }"""
 
 
@@ -81,3 +87,43 @@ def test_deleting_a_dataset_forgets_its_versions(api: Api) -> None:
     deleted = api.data("mutation($d: ID!) { deleteDataset(id: $d) { success } }", {"d": dataset})
     assert deleted["deleteDataset"]["success"]
     assert stored_versions(api, dataset) == []
+
+
+def test_versions_are_listed_newest_first_with_their_origins(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    replace(api, dataset, REPLACEMENT)
+    listed = api.data(VERSIONS, {"d": dataset})["dataset"]
+    assert listed["version"] == 3
+    versions = listed["versions"]
+    assert [(v["number"], v["origin"], v["rowCount"]) for v in versions] == [
+        (3, "REPLACE", 2), (2, "APPEND", 4), (1, "UPLOAD", 3),
+    ]  # fmt: skip
+    assert versions[0]["columns"][-1] == {"name": "flag", "dtype": "Boolean"}
+    assert versions[2]["columns"] == [
+        {"name": "id", "dtype": "Int64"}, {"name": "name", "dtype": "String"}, {"name": "score", "dtype": "Float64"},
+    ]  # fmt: skip
+    assert all(v["bytes"] > 0 for v in versions)
+    assert versions[0]["createdAt"] >= versions[1]["createdAt"] >= versions[2]["createdAt"]
+    newest = api.data(VERSIONS, {"d": dataset, "n": 1})["dataset"]["versions"]
+    assert [v["number"] for v in newest] == [3]
+    refused = api.query(VERSIONS, {"d": dataset, "n": 0})
+    assert refused["errors"][0]["extensions"]["code"] == "BAD_INPUT"
+    assert "limit" in refused["errors"][0]["message"]
+
+
+def test_a_version_made_by_one_server_process_is_listed_by_another(tmp_path: Path) -> None:
+    """A real `datagraph serve` and this test's app share one data directory (its SQLite metadata file)."""
+    settings = make_settings(tmp_path)
+    (tmp_path / "b").mkdir()
+    csv = tmp_path / "scores.csv"
+    csv.write_bytes(CSV)
+    with (
+        running_server(tmp_path / "b", "--data-dir", str(settings.data_dir), workers=None) as b,
+        serving(settings) as a,
+    ):
+        dataset = upload_over_http(b, csv)
+        body = {"query": APPEND, "variables": {"d": dataset, "r": [{"id": 9, "name": "z", "score": 0.5}]}}
+        assert httpx.post(b + "/graphql", json=body, timeout=60).json()["data"]["appendRows"]["success"]
+        versions = a.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
+        assert [(v["number"], v["origin"], v["rowCount"]) for v in versions] == [(2, "APPEND", 4), (1, "UPLOAD", 3)]

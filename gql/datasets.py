@@ -230,6 +230,22 @@ class Dataset(Frame):
         with _as_graphql_error():
             return [DatasetVersion(record=v) for v in ds.list_versions(info.context, self.record, limit)]
 
+    @strawberry.field(
+        description="The dataset as it was: at a version number, or at the newest version made at or before"
+        " asOf (give one of the two). Every Frame field works on it. Null when that version is unknown or pruned."
+    )
+    def at(
+        self,
+        info: strawberry.Info[Context, None],
+        version: int | None = strawberry.UNSET,
+        as_of: dt.datetime | None = strawberry.UNSET,
+    ) -> Dataset | None:
+        number = version if isinstance(version, int) else None
+        when = as_of if isinstance(as_of, dt.datetime) else None
+        with _as_graphql_error():
+            found = ds.dataset_at(info.context, self.record, version=number, as_of=when)
+        return Dataset.of(info.context, found) if found is not None else None
+
     @strawberry.field(description="The first rows and the column types.")
     async def preview(
         self,

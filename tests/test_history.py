@@ -127,3 +127,51 @@ def test_a_version_made_by_one_server_process_is_listed_by_another(tmp_path: Pat
         assert httpx.post(b + "/graphql", json=body, timeout=60).json()["data"]["appendRows"]["success"]
         versions = a.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
         assert [(v["number"], v["origin"], v["rowCount"]) for v in versions] == [(2, "APPEND", 4), (1, "UPLOAD", 3)]
+
+
+LOOK = """query($d: ID!) { dataset(id: $d) { version rowCount
+  describe { success data } rows(limit: 10) { success data }
+  filter(where: [{column: "id", op: GE, value: 2}]) { count { data } } } }"""
+LOOK_AT = """query($d: ID!, $v: Int, $t: DateTime) { dataset(id: $d) { at(version: $v, asOf: $t) { version rowCount
+  describe { success data } rows(limit: 10) { success data }
+  filter(where: [{column: "id", op: GE, value: 2}]) { count { data } } } } }"""
+
+
+def test_at_a_version_answers_what_the_dataset_answered_then(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    seen = [api.data(LOOK, {"d": dataset})["dataset"]]
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    seen.append(api.data(LOOK, {"d": dataset})["dataset"])
+    replace(api, dataset, REPLACEMENT)
+    seen.append(api.data(LOOK, {"d": dataset})["dataset"])
+    assert [s["rowCount"] for s in seen] == [3, 4, 2]
+    for then in seen:
+        assert api.data(LOOK_AT, {"d": dataset, "v": then["version"]})["dataset"]["at"] == then
+    exported = api.data(
+        "query($d: ID!) { dataset(id: $d) { at(version: 1) { export(format: CSV) { success data } } } }", {"d": dataset}
+    )
+    assert exported["dataset"]["at"]["export"]["success"]
+    times = [v["createdAt"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]][::-1]
+    assert api.data(LOOK_AT, {"d": dataset, "t": times[1]})["dataset"]["at"] == seen[1]
+    assert api.data(LOOK_AT, {"d": dataset, "t": "2001-01-01T00:00:00+00:00"})["dataset"]["at"] is None
+    assert api.data(LOOK_AT, {"d": dataset, "v": 99})["dataset"]["at"] is None
+    assert api.data(LOOK_AT, {"d": dataset, "v": 0})["dataset"]["at"] is None
+
+
+def test_at_as_of_now_is_not_answered_from_a_stale_cache(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    later = {"d": dataset, "t": "2999-01-01T00:00:00+00:00"}
+    assert api.data(LOOK_AT, later)["dataset"]["at"]["rowCount"] == 3
+    assert api.data(LOOK_AT, later)["dataset"]["at"]["rowCount"] == 3  # answered again, maybe from the cache
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    now = api.data(LOOK_AT, later)["dataset"]["at"]
+    assert (now["version"], now["rowCount"]) == (2, 4)
+    assert len(now["rows"]["data"]) == 4
+
+
+def test_at_takes_exactly_one_of_version_and_as_of(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    for variables in ({"d": dataset}, {"d": dataset, "v": 1, "t": "2999-01-01T00:00:00+00:00"}):
+        errors = api.query(LOOK_AT, variables)["errors"]
+        assert errors[0]["extensions"]["code"] == "BAD_INPUT"
+        assert "version" in errors[0]["message"] and "asOf" in errors[0]["message"]

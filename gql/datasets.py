@@ -401,6 +401,16 @@ class DatasetMutation:
         return dataset_payload(info.context, done)
 
     @strawberry.mutation(
+        description="Make a new version of a dataset equal to one of its kept versions (origin RESTORE);"
+        " subscribers are told (REPLACED). An unknown or pruned version is a problem, and nothing changes."
+    )
+    async def restore_version(
+        self, info: strawberry.Info[Context, None], dataset: strawberry.ID, version: int
+    ) -> DatasetPayload:
+        done = await changed("restoreVersion", ds.restore_version(info.context, str(dataset), version))
+        return dataset_payload(info.context, done)
+
+    @strawberry.mutation(
         description="Give a dataset another display name; its id, version, data, saved queries and links stay."
     )
     async def rename_dataset(

@@ -49,6 +49,7 @@ __all__ = [
     "list_versions",
     "rename_dataset",
     "require_dataset",
+    "restore_version",
     "save_frame",
     "upload_dataset",
 ]
@@ -534,6 +535,23 @@ async def commit_version(
         won = await res.executor.run_io(res.files.commit_version, staged, record.id, version)
     if not won:
         raise changed  # another writer (another server process) made this version first
+    return _record_next(ctx, record, rows=rows, columns=columns, origin=origin, made_by=made_by)
+
+
+def _record_next(
+    ctx: Context,
+    record: DatasetRecord,
+    *,
+    rows: int,
+    columns: list[ColumnInfo],
+    origin: dict[str, Any],
+    made_by: str,
+) -> DatasetRecord:
+    """Move the metadata row of `record` on to its next version, whose files this writer has just
+    committed; remove those files when that fails."""
+    res = ctx.resources
+    version = record.version + 1
+    changed = BadInput(f'The dataset "{record.id}" changed meanwhile (another change came first); try again.')
     try:
         size = res.files.version_bytes(record.id, version)
         return res.metadata.add_version(
@@ -549,6 +567,35 @@ async def commit_version(
             if now is None or now.version != version:
                 res.files.remove_version(record.id, version)
         raise
+
+
+async def restore_version(ctx: Context, dataset_id: str, version: int) -> DatasetRecord:
+    """Make a new version of the dataset equal to its kept version `version` (its files linked, not
+    copied) and publish REPLACED; BAD_INPUT naming the version when it is unknown or pruned."""
+    res = ctx.resources
+    record = require_dataset(ctx, dataset_id)
+    if record.origin.get("mode") == "LINK":
+        raise BadInput(f'The dataset "{record.id}" is a linked database table; it has no versions to restore.')
+    async with res.dataset_locks.hold(record.id):
+        record = require_dataset(ctx, dataset_id)  # the latest version, after any change before us
+        missing = BadInput(
+            f'The dataset "{record.id}" has no version {version}: it was never made or has been pruned'
+            " (settings keep_versions and keep_versions_days); the versions field lists those kept."
+        )
+        found = res.metadata.get_version(record.id, number=version) if 1 <= version <= record.version else None
+        if found is None:
+            raise missing
+        try:
+            won = await res.executor.run_io(res.files.commit_restored, record.id, found.number, record.version + 1)
+        except FileNotFoundError:
+            raise missing from None
+        if not won:
+            raise BadInput(f'The dataset "{record.id}" changed meanwhile (another change came first); try again.')
+        new = _record_next(
+            ctx, record, rows=found.row_count, columns=list(found.columns), origin=record.origin, made_by="RESTORE"
+        )
+    await res.events.publish("REPLACED", new.id, new.version, new.row_count)
+    return new
 
 
 def _merged_columns(before: tuple[ColumnInfo, ...], added: list[ColumnInfo], rows: int) -> list[ColumnInfo]:

@@ -257,6 +257,32 @@ class DataDir:
         staged.unlink()
         return len(before) + 1
 
+    def commit_restored(self, dataset_id: str, old: int, version: int) -> bool:
+        """Make version `version` the same rows as version `old` (hard links to its file or parts: no
+        data copied), if this writer wins the claim on the number; False (nothing changed) when another
+        writer did. FileNotFoundError when `old` is gone (pruned meanwhile)."""
+        source = self.version_path(dataset_id, old)
+        parts = self.version_parts(dataset_id, old)
+        if not source.exists() or not parts:
+            raise FileNotFoundError(source)
+        claim = self._claim(dataset_id, version)
+        if claim is None:
+            return False
+        try:
+            with storage_guard():
+                if source.is_dir():
+                    for i, part in enumerate(parts):
+                        os.link(part, claim / _PART.format(i))
+                    _fsync_dir(claim)
+                else:
+                    os.link(source, self.dataset_file(dataset_id, version))
+                    claim.rmdir()  # the file is the version from now on
+                _fsync_dir(claim.parent)
+        except BaseException:
+            self.remove_version(dataset_id, version)
+            raise
+        return True
+
     def commit_compacted(self, staged: Path, dataset_id: str, version: int) -> bool:
         """Give version `version` (kept as parts) its one-file form, the same rows in one file
         written to `staged`; False when another process did it first. The parts folder stays

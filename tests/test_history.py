@@ -3,11 +3,14 @@ time, row count, columns and size; older databases get a record of each current 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 import sqlalchemy as sa
 from support import Api, make_settings, running_server, serving, upload_over_http
+from wsclient import Ws
 
 from storage import MetadataStore
 from storage._tables import dataset_versions
@@ -112,6 +115,7 @@ def test_versions_are_listed_newest_first_with_their_origins(api: Api) -> None:
     assert "limit" in refused["errors"][0]["message"]
 
 
+@pytest.mark.e2e
 def test_a_version_made_by_one_server_process_is_listed_by_another(tmp_path: Path) -> None:
     """A real `datagraph serve` and this test's app share one data directory (its SQLite metadata file)."""
     settings = make_settings(tmp_path)
@@ -175,3 +179,57 @@ def test_at_takes_exactly_one_of_version_and_as_of(api: Api) -> None:
         errors = api.query(LOOK_AT, variables)["errors"]
         assert errors[0]["extensions"]["code"] == "BAD_INPUT"
         assert "version" in errors[0]["message"] and "asOf" in errors[0]["message"]
+
+
+RESTORE = """mutation($d: ID!, $v: Int!) { restoreVersion(dataset: $d, version: $v) {
+  success error { code message } dataset { id version rowCount } } }"""
+ROWS = "query($d: ID!) { dataset(id: $d) { version rowCount rows(limit: 10) { data } describe { data } } }"
+
+
+def test_restore_makes_a_new_version_equal_to_the_old_one(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    first = api.data(ROWS, {"d": dataset})["dataset"]
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    appended = api.data(ROWS, {"d": dataset})["dataset"]
+    replace(api, dataset, REPLACEMENT)
+    for old, then, number in ((1, first, 4), (2, appended, 5)):
+        restored = api.data(RESTORE, {"d": dataset, "v": old})["restoreVersion"]
+        assert restored["success"], restored["error"]
+        assert restored["dataset"] == {"id": dataset, "version": number, "rowCount": then["rowCount"]}
+        now = api.data(ROWS, {"d": dataset})["dataset"]
+        assert {**now, "version": old} == then
+    versions = api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
+    assert [(v["number"], v["origin"]) for v in versions][:2] == [(5, "RESTORE"), (4, "RESTORE")]
+    assert versions[0]["columns"] == versions[3]["columns"]
+
+
+def test_restoring_an_unknown_version_is_a_problem_naming_it_and_changes_nothing(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    for number in (2, 0, -1, 99):
+        refused = api.data(RESTORE, {"d": dataset, "v": number})["restoreVersion"]
+        assert refused["success"] is False and refused["dataset"] is None
+        assert refused["error"]["code"] == "BAD_INPUT"
+        assert f"no version {number}" in refused["error"]["message"] and dataset in refused["error"]["message"]
+    assert [v["number"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]] == [1]
+    missing = api.data(RESTORE, {"d": "nope", "v": 1})["restoreVersion"]
+    assert missing["error"]["code"] == "NOT_FOUND"
+
+
+EVENTS = "subscription($d: ID) { datasetEvents(dataset: $d) { kind dataset version rowCount } }"
+
+
+@pytest.mark.e2e
+def test_a_restore_is_published_as_replaced(tmp_path: Path) -> None:
+    csv = tmp_path / "scores.csv"
+    csv.write_bytes(CSV)
+    with running_server(tmp_path) as base:
+        dataset = upload_over_http(base, csv)
+        body = {"query": APPEND, "variables": {"d": dataset, "r": [{"id": 9, "name": "z", "score": 0.5}]}}
+        assert httpx.post(base + "/graphql", json=body, timeout=60).json()["data"]["appendRows"]["success"]
+        with Ws(base) as ws:
+            ws.subscribe(EVENTS, {"d": dataset})
+            time.sleep(0.2)
+            restore = {"query": RESTORE, "variables": {"d": dataset, "v": 1}}
+            assert httpx.post(base + "/graphql", json=restore, timeout=60).json()["data"]["restoreVersion"]["success"]
+            event = ws.next_data()["datasetEvents"]
+            assert event == {"kind": "REPLACED", "dataset": dataset, "version": 3, "rowCount": 3}

@@ -355,17 +355,26 @@ class DataDir:
                     found.setdefault(number, []).append(entry)
         return found
 
-    def sweep_versions(self, current: Mapping[str, int], *, keep: int = 2, grace_s: float) -> int:
-        """Remove the versions of each dataset past the newest `keep` (the current one is always
-        kept), each once it has not been current for `grace_s` (queries that started on it have long
-        finished), and the parts folders of versions compacted at least `grace_s` ago; return how
-        many entries went."""
+    def sweep_versions(
+        self,
+        current: Mapping[str, int],
+        *,
+        keep: int = 2,
+        grace_s: float,
+        expired: Mapping[str, Collection[int]] | None = None,
+    ) -> int:
+        """Remove the versions of each dataset past the newest `keep`, and those `expired` names (too
+        old to keep), the current one always kept, each once it has not been current for `grace_s`
+        (queries that started on it have long finished), and the parts folders of versions compacted
+        at least `grace_s` ago; return how many entries went."""
         removed = 0
         cutoff = time.time() - grace_s
+        expired = expired or {}
         for dataset_id, version in current.items():
             found = self._versions(dataset_id)
+            too_old = expired.get(dataset_id, ())
             for number, entries in sorted(found.items()):
-                if number <= version - max(keep, 1):
+                if number <= version - max(keep, 1) or (number < version and number in too_old):
                     # Committed when this one stopped being current: the next version's entries.
                     # (Page blocks are made when first used, later than their version: they tell nothing.)
                     times = [t for e in _data(found.get(number + 1, [])) if (t := _mtime(e)) is not None]

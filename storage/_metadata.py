@@ -318,6 +318,26 @@ class MetadataStore:
             row = conn.execute(query).one_or_none()
         return _version(row) if row else None
 
+    def versions_before(self, when: dt.datetime) -> dict[str, list[int]]:
+        """Per dataset, the numbers of its kept versions made before `when` (the current one included:
+        the caller keeps it)."""
+        query = sa.select(dataset_versions.c.dataset_id, dataset_versions.c.number).where(
+            dataset_versions.c.created_at < when
+        )
+        found: dict[str, list[int]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                found.setdefault(row.dataset_id, []).append(row.number)
+        return found
+
+    def recorded_versions(self) -> dict[str, list[int]]:
+        """Per dataset, the numbers of its recorded versions."""
+        found: dict[str, list[int]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(sa.select(dataset_versions.c.dataset_id, dataset_versions.c.number)):
+                found.setdefault(row.dataset_id, []).append(row.number)
+        return found
+
     def forget_versions(self, dataset_id: str, numbers: list[int]) -> None:
         """Remove the records of versions pruned from disk."""
         if not numbers:

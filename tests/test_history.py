@@ -3,6 +3,8 @@ time, row count, columns and size; older databases get a record of each current 
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import sqlalchemy as sa
 from support import Api, make_settings, running_server, serving, upload_over_http
 from wsclient import Ws
 
+from datagraph.settings import Settings
 from storage import MetadataStore
 from storage._tables import dataset_versions
 
@@ -233,3 +236,56 @@ def test_a_restore_is_published_as_replaced(tmp_path: Path) -> None:
             assert httpx.post(base + "/graphql", json=restore, timeout=60).json()["data"]["restoreVersion"]["success"]
             event = ws.next_data()["datasetEvents"]
             assert event == {"kind": "REPLACED", "dataset": dataset, "version": 3, "rowCount": 3}
+
+
+def _age(folder: Path, seconds: float) -> None:
+    """Make the files under `folder` look `seconds` old (past the grace queries still reading get)."""
+    moment = time.time() - seconds
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (moment, moment))
+
+
+def _made_days_ago(settings: Settings, dataset: str, numbers: list[int], days: float) -> None:
+    store = MetadataStore(settings.resolved_metadata_url)
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(dataset_versions)
+            .where(dataset_versions.c.dataset_id == dataset, dataset_versions.c.number.in_(numbers))
+            .values(created_at=when)
+        )
+    store.close()
+
+
+def test_versions_past_keep_versions_are_pruned_unlisted_and_answer_null(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, keep_versions=2)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        for n in range(3):
+            assert api.data(APPEND, {"d": dataset, "r": [{"id": 10 + n}]})["appendRows"]["success"]
+    _age(settings.data_dir / "datasets" / dataset, 3600)
+    with serving(settings) as api:  # the start-up sweep prunes
+        assert [v["number"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]] == [4, 3]
+        assert api.data(LOOK_AT, {"d": dataset, "v": 1})["dataset"]["at"] is None
+        assert api.data(LOOK_AT, {"d": dataset, "v": 3})["dataset"]["at"]["rowCount"] == 5
+        refused = api.data(RESTORE, {"d": dataset, "v": 2})["restoreVersion"]
+        assert refused["error"]["code"] == "BAD_INPUT" and "no version 2" in refused["error"]["message"]
+        assert [v["number"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]] == [4, 3]
+
+
+def test_versions_older_than_keep_versions_days_are_pruned_but_never_the_current_one(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, keep_versions=10, keep_versions_days=1)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        for n in range(3):
+            assert api.data(APPEND, {"d": dataset, "r": [{"id": 10 + n}]})["appendRows"]["success"]
+    _made_days_ago(settings, dataset, [1, 2], days=3)
+    _made_days_ago(settings, dataset, [4], days=2)  # the current one, old as it is, stays
+    _age(settings.data_dir / "datasets" / dataset, 3600)
+    with serving(settings) as api:
+        assert [v["number"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]] == [4, 3]
+        assert api.data(LOOK_AT, {"d": dataset, "v": 2})["dataset"]["at"] is None
+        assert api.data(LOOK_AT, {"d": dataset, "v": 4})["dataset"]["at"]["rowCount"] == 6
+    assert sorted(p.name for p in (settings.data_dir / "datasets" / dataset).iterdir() if ".blocks" not in p.name) == [
+        "v3", "v4",
+    ]  # fmt: skip

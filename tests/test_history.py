@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from support import Api, make_settings, running_server, serving, upload_over_http
+from support import ROOT, Api, make_settings, running_server, serving, upload_over_http
 from wsclient import Ws
 
 from datagraph.settings import Settings
@@ -289,3 +289,12 @@ def test_versions_older_than_keep_versions_days_are_pruned_but_never_the_current
     assert sorted(p.name for p in (settings.data_dir / "datasets" / dataset).iterdir() if ".blocks" not in p.name) == [
         "v3", "v4",
     ]  # fmt: skip
+
+
+def test_an_imported_table_records_an_import_version(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, sources=str(ROOT / "sources.yaml"))
+    with serving(settings) as api:
+        payload = api.data('mutation { importTable(source: "shop", table: "orders") { success dataset { id } } }')
+        dataset = payload["importTable"]["dataset"]["id"]
+        versions = api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
+        assert [(v["number"], v["origin"], v["rowCount"]) for v in versions] == [(1, "IMPORT", 500)]

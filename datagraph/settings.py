@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         description="Versions of each dataset kept on disk, the current one included; an older one is removed a"
         " few minutes after it stops being one of them.",
     )
+    keep_versions_days: float = Field(
+        0,
+        ge=0,
+        description="Days a dataset version is kept: an older one is removed like one past keep_versions (the"
+        " current one never is); 0: no age rule, only keep_versions counts.",
+    )
     compact_parts: int = Field(
         16,
         ge=2,

@@ -24,15 +24,17 @@ from resolvers import Options, dataset_sql, frames, sources
 from resolvers import datasets as ds
 from resolvers.context import Context
 from resolvers.jobs import DatasetOutcome, changed, run_job
-from storage import DatasetRecord
+from storage import DatasetRecord, VersionRecord
 
 __all__ = [
     "Dataset",
     "DatasetMutation",
     "DatasetPayload",
     "DatasetQuery",
+    "DatasetVersion",
     "Source",
     "SourceStatus",
+    "VersionOrigin",
     "chosen_job",
     "dataset_payload",
     "source_check",
@@ -123,6 +125,47 @@ def source_type(info: ds.SourceInfo) -> Source:
     return Source(id=strawberry.ID(info.id), name=info.name, kind=SourceKind(info.kind))
 
 
+@strawberry.enum(description="What made a version of a dataset.")
+class VersionOrigin(Enum):
+    UPLOAD = "UPLOAD"
+    REPLACE = "REPLACE"
+    APPEND = "APPEND"
+    IMPORT = "IMPORT"
+    REFRESH = "REFRESH"
+    FETCH = "FETCH"
+    SAVE = "SAVE"
+    RESTORE = "RESTORE"
+
+
+@strawberry.type(description="A kept version of a dataset: when and by what it was made, its shape and its size.")
+class DatasetVersion:
+    record: strawberry.Private[VersionRecord]
+
+    @strawberry.field
+    def number(self) -> int:
+        return self.record.number
+
+    @strawberry.field
+    def created_at(self) -> dt.datetime:
+        return self.record.created_at
+
+    @strawberry.field
+    def row_count(self) -> int:
+        return self.record.row_count
+
+    @strawberry.field
+    def columns(self) -> list[Column]:
+        return [column(c) for c in self.record.columns]
+
+    @strawberry.field
+    def origin(self) -> VersionOrigin:
+        return VersionOrigin(self.record.origin)
+
+    @strawberry.field(description="The size of the version's files on disk, in bytes, when it was made.")
+    def bytes(self) -> int:
+        return self.record.bytes
+
+
 @strawberry.type(description="A stored table; every Frame field works on it.")
 class Dataset(Frame):
     record: strawberry.Private[DatasetRecord]
@@ -178,6 +221,30 @@ class Dataset(Frame):
         found = ds.find_source(info.context, self.record.source_id)
         # A dataset imported from a database later removed from sources.yaml keeps its data.
         return source_type(found or ds.SourceInfo(self.record.source_id, self.record.source_id, "DATABASE"))
+
+    @strawberry.field(
+        description="The kept versions of this dataset, newest first (pruned ones are not listed; setting"
+        " keep_versions and keep_versions_days)."
+    )
+    def versions(self, info: strawberry.Info[Context, None], limit: int | None = 50) -> list[DatasetVersion]:
+        with _as_graphql_error():
+            return [DatasetVersion(record=v) for v in ds.list_versions(info.context, self.record, limit)]
+
+    @strawberry.field(
+        description="The dataset as it was: at a version number, or at the newest version made at or before"
+        " asOf (give one of the two). Every Frame field works on it. Null when that version is unknown or pruned."
+    )
+    def at(
+        self,
+        info: strawberry.Info[Context, None],
+        version: int | None = strawberry.UNSET,
+        as_of: dt.datetime | None = strawberry.UNSET,
+    ) -> Dataset | None:
+        number = version if isinstance(version, int) else None
+        when = as_of if isinstance(as_of, dt.datetime) else None
+        with _as_graphql_error():
+            found = ds.dataset_at(info.context, self.record, version=number, as_of=when)
+        return Dataset.of(info.context, found) if found is not None else None
 
     @strawberry.field(description="The first rows and the column types.")
     async def preview(
@@ -331,6 +398,16 @@ class DatasetMutation:
         self, info: strawberry.Info[Context, None], dataset: strawberry.ID, rows: JSON
     ) -> DatasetPayload:
         done = await changed("appendRows", ds.append_rows(info.context, str(dataset), rows))
+        return dataset_payload(info.context, done)
+
+    @strawberry.mutation(
+        description="Make a new version of a dataset equal to one of its kept versions (origin RESTORE);"
+        " subscribers are told (REPLACED). An unknown or pruned version is a problem, and nothing changes."
+    )
+    async def restore_version(
+        self, info: strawberry.Info[Context, None], dataset: strawberry.ID, version: int
+    ) -> DatasetPayload:
+        done = await changed("restoreVersion", ds.restore_version(info.context, str(dataset), version))
         return dataset_payload(info.context, done)
 
     @strawberry.mutation(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import datetime as dt
 import logging
 import re
 import unicodedata
@@ -20,7 +22,7 @@ from datagraph.errors import BadInput, NotFound, TooLarge
 from engine import ColumnInfo, Join, Plan, Source
 from resolvers.context import Context, Resources
 from resolvers.jobs import recorded_job
-from storage import DatasetRecord, storage_guard
+from storage import DatasetRecord, VersionRecord, storage_guard
 
 __all__ = [
     "FRAMES",
@@ -32,6 +34,7 @@ __all__ = [
     "compact_dataset",
     "compact_soon",
     "count_datasets",
+    "dataset_at",
     "dataset_job",
     "dataset_plan",
     "dataset_slug",
@@ -43,8 +46,10 @@ __all__ = [
     "join_step",
     "list_datasets",
     "list_sources",
+    "list_versions",
     "rename_dataset",
     "require_dataset",
+    "restore_version",
     "save_frame",
     "upload_dataset",
 ]
@@ -126,6 +131,51 @@ def require_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
     if record is None:
         raise NotFound(f'There is no dataset "{_clip(dataset_id)}".')
     return record
+
+
+VERSIONS_MAX_PAGE = 1_000
+
+
+def list_versions(ctx: Context, record: DatasetRecord, limit: int | None) -> list[VersionRecord]:
+    """The kept versions of a dataset, newest first, at most `limit`; BAD_INPUT for a limit out of bounds."""
+    if limit is not None and not 1 <= limit <= VERSIONS_MAX_PAGE:
+        raise BadInput(f"versions takes a limit between 1 and {VERSIONS_MAX_PAGE:,}.")
+    if ctx.reads is not None:  # a new version, or one pruned, changes the list
+        ctx.reads.dataset(record.id)
+    return ctx.resources.metadata.list_versions(record.id, limit=limit)
+
+
+def dataset_at(
+    ctx: Context, record: DatasetRecord, *, version: int | None, as_of: dt.datetime | None
+) -> DatasetRecord | None:
+    """The dataset as it was at `version`, or at the newest version made at or before `as_of` (exactly
+    one of the two; BAD_INPUT otherwise): a record whose version is that one, so that its plan reads
+    that version's files and its results are cached under it. None when that version was never made or
+    is pruned."""
+    if (version is None) == (as_of is None):
+        raise BadInput("at takes either version (a version number) or asOf (a date and time), and not both.")
+    if ctx.reads is not None:  # pruning or a restore changes what this answers
+        ctx.reads.dataset(record.id)
+    if as_of is not None:
+        as_of = (as_of if as_of.tzinfo else as_of.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    found = ctx.resources.metadata.get_version(record.id, number=version, as_of=as_of)
+    if found is None or found.number > record.version:
+        return None
+    if found.number == record.version:
+        return record
+    if record.origin.get("mode") == "LINK" or not ctx.resources.files.version_path(record.id, found.number).exists():
+        return None  # its files are gone (pruned a moment ago)
+    return _as_of_version(record, found)
+
+
+def _as_of_version(record: DatasetRecord, version: VersionRecord) -> DatasetRecord:
+    return dataclasses.replace(
+        record,
+        version=version.number,
+        row_count=version.row_count,
+        columns_json=version.columns_json,
+        updated_at=version.created_at,
+    )
 
 
 def dataset_plan(ctx: Context, record: DatasetRecord) -> Plan:
@@ -325,6 +375,15 @@ async def save_frame(ctx: Context, *, plan: Plan, name: str, job_id: str) -> Dat
     )  # fmt: skip
 
 
+# The origin of the version a job makes, by its kind: of a new dataset, of an existing one's next version.
+_MADE_BY = {
+    "uploadDataset": ("UPLOAD", "REPLACE"),
+    "importTable": ("IMPORT", "REFRESH"),
+    "fetchPlugin": ("FETCH", "FETCH"),
+    "saveFrame": ("SAVE", "SAVE"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Produced:
     """What a job's `produce` wrote: rows read, rows in the new Parquet file and its columns; for an
@@ -367,10 +426,11 @@ async def dataset_job(
                 produced = await produce(parquet)
                 await res.jobs.progress(job_id, "committing", rows=produced.rows_out if produced else None)
                 origin = {**origin, "kind": kind, "job": job_id}
+                made_new, made_next = _MADE_BY.get(kind, ("IMPORT", "REFRESH"))
                 if into is None:
                     if produced is None:
                         raise ValueError("produce answered 'unchanged' for a dataset that does not exist yet")
-                    record = await _commit_new(ctx, parquet, produced, title, source_id, origin)
+                    record = await _commit_new(ctx, parquet, produced, title, source_id, origin, made_new)
                     event = "CREATED"
                 else:
                     async with res.dataset_locks.hold(into.id):
@@ -379,7 +439,7 @@ async def dataset_job(
                             record = res.metadata.set_origin(current.id, {**current.origin, **origin})
                             done.made(record, rows_in=current.row_count)
                             return record
-                        record = await _commit_next(ctx, current, parquet, produced, origin)
+                        record = await _commit_next(ctx, current, parquet, produced, origin, made_next)
                     event = "REPLACED" if produced.raw else "REFRESHED"
             done.made(record, rows_in=produced.rows_in)
         finally:
@@ -400,7 +460,13 @@ async def _keep_raw(ctx: Context, produced: Produced, origin: dict[str, Any]) ->
 
 
 async def _commit_new(
-    ctx: Context, parquet: Path, produced: Produced, title: str, source_id: str, origin: dict[str, Any]
+    ctx: Context,
+    parquet: Path,
+    produced: Produced,
+    title: str,
+    source_id: str,
+    origin: dict[str, Any],
+    made_by: str,
 ) -> DatasetRecord:
     res = ctx.resources
     dataset_id = res.metadata.reserve_dataset(
@@ -411,9 +477,11 @@ async def _commit_new(
         # fsync and rename off the event loop: a large file's fsync takes a while.
         await res.executor.run_io(res.files.commit, parquet, res.files.dataset_file(dataset_id, 1))
         origin = await _keep_raw(ctx, produced, origin)
+        size = res.files.version_bytes(dataset_id, 1)
         record = res.metadata.mark_ready(
-            dataset_id, version=1, row_count=produced.rows_out, columns=produced.columns, origin=origin
-        )
+            dataset_id, version=1, row_count=produced.rows_out, columns=produced.columns, origin=origin,
+            made_by=made_by, size=size,
+        )  # fmt: skip
         committed = True
         return record
     finally:
@@ -425,14 +493,14 @@ async def _commit_new(
 
 
 async def _commit_next(
-    ctx: Context, current: DatasetRecord, parquet: Path, produced: Produced, origin: dict[str, Any]
+    ctx: Context, current: DatasetRecord, parquet: Path, produced: Produced, origin: dict[str, Any], made_by: str
 ) -> DatasetRecord:
     res = ctx.resources
     kept = await _keep_raw(ctx, produced, {})
     try:
         new = await commit_version(
             ctx, current, parquet, rows=produced.rows_out, columns=produced.columns,
-            origin={**current.origin, **origin, **kept},
+            origin={**current.origin, **origin, **kept}, made_by=made_by,
         )  # fmt: skip
     except BaseException:
         if kept:
@@ -451,6 +519,7 @@ async def commit_version(
     rows: int,
     columns: list[ColumnInfo],
     origin: dict[str, Any],
+    made_by: str,
     appended: bool = False,
 ) -> DatasetRecord:
     """Make the fully written `staged` file the next version of `record` (with `appended`, the
@@ -466,8 +535,28 @@ async def commit_version(
         won = await res.executor.run_io(res.files.commit_version, staged, record.id, version)
     if not won:
         raise changed  # another writer (another server process) made this version first
+    return _record_next(ctx, record, rows=rows, columns=columns, origin=origin, made_by=made_by)
+
+
+def _record_next(
+    ctx: Context,
+    record: DatasetRecord,
+    *,
+    rows: int,
+    columns: list[ColumnInfo],
+    origin: dict[str, Any],
+    made_by: str,
+) -> DatasetRecord:
+    """Move the metadata row of `record` on to its next version, whose files this writer has just
+    committed; remove those files when that fails."""
+    res = ctx.resources
+    version = record.version + 1
+    changed = BadInput(f'The dataset "{record.id}" changed meanwhile (another change came first); try again.')
     try:
-        return res.metadata.add_version(record.id, version=version, row_count=rows, columns=columns, origin=origin)
+        size = res.files.version_bytes(record.id, version)
+        return res.metadata.add_version(
+            record.id, version=version, row_count=rows, columns=columns, origin=origin, made_by=made_by, size=size
+        )
     except LookupError:
         res.files.remove_version(record.id, version)  # ours: the claim above made it
         raise changed from None
@@ -478,6 +567,35 @@ async def commit_version(
             if now is None or now.version != version:
                 res.files.remove_version(record.id, version)
         raise
+
+
+async def restore_version(ctx: Context, dataset_id: str, version: int) -> DatasetRecord:
+    """Make a new version of the dataset equal to its kept version `version` (its files linked, not
+    copied) and publish REPLACED; BAD_INPUT naming the version when it is unknown or pruned."""
+    res = ctx.resources
+    record = require_dataset(ctx, dataset_id)
+    if record.origin.get("mode") == "LINK":
+        raise BadInput(f'The dataset "{record.id}" is a linked database table; it has no versions to restore.')
+    async with res.dataset_locks.hold(record.id):
+        record = require_dataset(ctx, dataset_id)  # the latest version, after any change before us
+        missing = BadInput(
+            f'The dataset "{record.id}" has no version {version}: it was never made or has been pruned'
+            " (settings keep_versions and keep_versions_days); the versions field lists those kept."
+        )
+        found = res.metadata.get_version(record.id, number=version) if 1 <= version <= record.version else None
+        if found is None:
+            raise missing
+        try:
+            won = await res.executor.run_io(res.files.commit_restored, record.id, found.number, record.version + 1)
+        except FileNotFoundError:
+            raise missing from None
+        if not won:
+            raise BadInput(f'The dataset "{record.id}" changed meanwhile (another change came first); try again.')
+        new = _record_next(
+            ctx, record, rows=found.row_count, columns=list(found.columns), origin=record.origin, made_by="RESTORE"
+        )
+    await res.events.publish("REPLACED", new.id, new.version, new.row_count)
+    return new
 
 
 def _merged_columns(before: tuple[ColumnInfo, ...], added: list[ColumnInfo], rows: int) -> list[ColumnInfo]:
@@ -518,11 +636,14 @@ async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord
                     added = await res.executor.run(engine.append_part, current[0], rows, out=staged)
                     columns = _merged_columns(record.columns, added, total)
                     new = await commit_version(
-                        ctx, record, staged, rows=total, columns=columns, origin=record.origin, appended=True
-                    )
+                        ctx, record, staged, rows=total, columns=columns, origin=record.origin, made_by="APPEND",
+                        appended=True,
+                    )  # fmt: skip
                 else:  # compaction has fallen far behind (it failed, or is slow): rewrite it whole
                     total, columns = await res.executor.run(engine.append_rows, current, rows, out=staged)
-                    new = await commit_version(ctx, record, staged, rows=total, columns=columns, origin=record.origin)
+                    new = await commit_version(
+                        ctx, record, staged, rows=total, columns=columns, origin=record.origin, made_by="APPEND"
+                    )
         finally:
             res.files.discard_staged(staged)
     if parts + 1 >= ctx.settings.compact_parts:

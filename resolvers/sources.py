@@ -192,6 +192,8 @@ async def link_table(
     dataset_id = res.metadata.reserve_dataset(
         wanted_id=dataset_slug(title), name=title, source_id=cfg.id, origin=origin
     )
-    record = res.metadata.mark_ready(dataset_id, version=1, row_count=rows, columns=columns, origin=origin)
+    record = res.metadata.mark_ready(
+        dataset_id, version=1, row_count=rows, columns=columns, origin=origin, made_by="IMPORT"
+    )
     await res.events.publish("CREATED", record.id, record.version, record.row_count)
     return record

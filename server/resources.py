@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -59,16 +60,28 @@ class WebState:
 VERSION_GRACE_S = 300  # a version past its keeping, or compacted, stays this long for queries reading it
 
 
-def _sweep_exports(res: Resources) -> list[str]:
-    """Expired exports, dataset versions past `keep_versions` (and parts folders compacted) that
-    stopped being current a while ago; return the datasets whose current version waits for compaction."""
+def _sweep_exports(res: Resources) -> tuple[list[str], list[str]]:
+    """Expired exports, dataset versions past `keep_versions` or older than `keep_versions_days` (and
+    parts folders compacted) that stopped being current a while ago, with the records of the versions
+    whose files are gone; return the datasets whose current version waits for compaction, and those
+    that lost versions."""
     current = {r.id: r.version for r in res.metadata.list_datasets()}
-    res.files.sweep_versions(current, keep=res.settings.keep_versions, grace_s=VERSION_GRACE_S)
+    days = res.settings.keep_versions_days
+    expired = res.metadata.versions_before(dt.datetime.now(dt.UTC) - dt.timedelta(days=days)) if days else {}
+    res.files.sweep_versions(current, keep=res.settings.keep_versions, grace_s=VERSION_GRACE_S, expired=expired)
+    pruned = []
+    for dataset_id, numbers in res.metadata.recorded_versions().items():
+        gone = [
+            n for n in numbers if n != current.get(dataset_id) and not res.files.version_path(dataset_id, n).exists()
+        ]
+        if gone and dataset_id in current:
+            res.metadata.forget_versions(dataset_id, gone)
+            pruned.append(dataset_id)
     for record in res.metadata.expired_exports():
         res.files.export_file(record.token, record.filename.rsplit(".", 1)[-1]).unlink(missing_ok=True)
         res.metadata.delete_export(record.token)
     threshold = res.settings.compact_parts
-    return [d for d, v in current.items() if len(res.files.version_parts(d, v)) >= threshold]
+    return [d for d, v in current.items() if len(res.files.version_parts(d, v)) >= threshold], pruned
 
 
 def _sweep_leftovers(settings: Settings, metadata: MetadataStore, files: DataDir, processes: Processes, *,
@@ -88,8 +101,11 @@ async def _sweep_forever(res: Resources, processes: Processes, every_s: float) -
     while True:
         await asyncio.sleep(every_s)
         try:
-            for dataset_id in await asyncio.to_thread(_sweep_exports, res):
+            waiting, pruned = await asyncio.to_thread(_sweep_exports, res)
+            for dataset_id in waiting:
                 compact_soon(res, dataset_id)  # one a previous process left, or whose compaction failed
+            for dataset_id in pruned:
+                await res.events.touch(dataset_id)  # answers that listed or read a pruned version are stale
             await asyncio.to_thread(_sweep_leftovers, res.settings, res.metadata, res.files, processes)
         except Exception:  # a failed sweep is retried next time; it must not stop the server
             log.exception("a sweep failed")
@@ -164,6 +180,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
     processes = Processes(metadata.engine, process_id)
     processes.join()
     _sweep_leftovers(settings, metadata, files, processes, starting=True)
+    metadata.backfill_versions(files.version_bytes)  # datasets made before versions were recorded
     executor = Executor(
         settings.workers,
         memory_mb=settings.worker_memory_mb,
@@ -208,7 +225,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
     await plugins.scan(executor)
     executor.release_idle()  # the plugin inspections' workers go: an idle server is one process
     _report_start(settings, created=not data_dir_existed, sources=[c.id for c in sources], plugins=plugins)
-    for dataset_id in _sweep_exports(res):
+    for dataset_id in _sweep_exports(res)[0]:
         compact_soon(res, dataset_id)
     return res, web, processes
 

@@ -12,9 +12,10 @@ from storage._files import DataDir, storage_guard
 from storage._metadata import MetadataStore
 from storage._processes import Processes
 from storage._sweep import Swept, sweep_leftovers
-from storage._tables import ColumnInfo, DatasetRecord, ExportRecord, JobRecord
+from storage._tables import VERSION_ORIGINS, ColumnInfo, DatasetRecord, ExportRecord, JobRecord, VersionRecord
 
 __all__ = [
+    "VERSION_ORIGINS",
     "BlockIndex",
     "ColumnInfo",
     "DataDir",
@@ -26,6 +27,7 @@ __all__ = [
     "Processes",
     "StoredDocument",
     "Swept",
+    "VersionRecord",
     "document_hash",
     "storage_guard",
     "sweep_leftovers",

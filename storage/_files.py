@@ -173,6 +173,14 @@ class DataDir:
         path = self.version_path(dataset_id, version)
         return sorted(path.glob("p*.parquet")) if path.is_dir() else [path]
 
+    def version_bytes(self, dataset_id: str, version: int) -> int:
+        """The size on disk of a version's rows (its file, or its parts, linked ones counted): 0 when gone."""
+        total = 0
+        for part in self.version_parts(dataset_id, version):
+            with contextlib.suppress(FileNotFoundError):
+                total += part.stat().st_size
+        return total
+
     def export_file(self, token: str, ext: str) -> Path:
         return self.exports / f"{token}.{ext}"
 
@@ -249,6 +257,32 @@ class DataDir:
         staged.unlink()
         return len(before) + 1
 
+    def commit_restored(self, dataset_id: str, old: int, version: int) -> bool:
+        """Make version `version` the same rows as version `old` (hard links to its file or parts: no
+        data copied), if this writer wins the claim on the number; False (nothing changed) when another
+        writer did. FileNotFoundError when `old` is gone (pruned meanwhile)."""
+        source = self.version_path(dataset_id, old)
+        parts = self.version_parts(dataset_id, old)
+        if not source.exists() or not parts:
+            raise FileNotFoundError(source)
+        claim = self._claim(dataset_id, version)
+        if claim is None:
+            return False
+        try:
+            with storage_guard():
+                if source.is_dir():
+                    for i, part in enumerate(parts):
+                        os.link(part, claim / _PART.format(i))
+                    _fsync_dir(claim)
+                else:
+                    os.link(source, self.dataset_file(dataset_id, version))
+                    claim.rmdir()  # the file is the version from now on
+                _fsync_dir(claim.parent)
+        except BaseException:
+            self.remove_version(dataset_id, version)
+            raise
+        return True
+
     def commit_compacted(self, staged: Path, dataset_id: str, version: int) -> bool:
         """Give version `version` (kept as parts) its one-file form, the same rows in one file
         written to `staged`; False when another process did it first. The parts folder stays
@@ -321,17 +355,26 @@ class DataDir:
                     found.setdefault(number, []).append(entry)
         return found
 
-    def sweep_versions(self, current: Mapping[str, int], *, keep: int = 2, grace_s: float) -> int:
-        """Remove the versions of each dataset past the newest `keep` (the current one is always
-        kept), each once it has not been current for `grace_s` (queries that started on it have long
-        finished), and the parts folders of versions compacted at least `grace_s` ago; return how
-        many entries went."""
+    def sweep_versions(
+        self,
+        current: Mapping[str, int],
+        *,
+        keep: int = 2,
+        grace_s: float,
+        expired: Mapping[str, Collection[int]] | None = None,
+    ) -> int:
+        """Remove the versions of each dataset past the newest `keep`, and those `expired` names (too
+        old to keep), the current one always kept, each once it has not been current for `grace_s`
+        (queries that started on it have long finished), and the parts folders of versions compacted
+        at least `grace_s` ago; return how many entries went."""
         removed = 0
         cutoff = time.time() - grace_s
+        expired = expired or {}
         for dataset_id, version in current.items():
             found = self._versions(dataset_id)
+            too_old = expired.get(dataset_id, ())
             for number, entries in sorted(found.items()):
-                if number <= version - max(keep, 1):
+                if number <= version - max(keep, 1) or (number < version and number in too_old):
                     # Committed when this one stopped being current: the next version's entries.
                     # (Page blocks are made when first used, later than their version: they tell nothing.)
                     times = [t for e in _data(found.get(number + 1, [])) if (t := _mtime(e)) is not None]

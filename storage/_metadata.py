@@ -28,13 +28,16 @@ from sqlalchemy.engine import Connection, Engine
 from datagraph import jsonutil
 from storage._files import storage_guard
 from storage._tables import (
+    VERSION_ORIGINS,
     ColumnInfo,
     DatasetRecord,
     ExportRecord,
     JobRecord,
+    VersionRecord,
     add_missing_columns,
     add_missing_indexes,
     api_keys,
+    dataset_versions,
     datasets,
     exports,
     jobs,
@@ -46,8 +49,9 @@ from storage._tables import dataset_record as _dataset
 from storage._tables import export_record as _export
 from storage._tables import job_record as _job
 from storage._tables import now as _now
+from storage._tables import version_record as _version
 
-__all__ = ["DatasetRecord", "ExportRecord", "JobRecord", "MetadataStore"]
+__all__ = ["DatasetRecord", "ExportRecord", "JobRecord", "MetadataStore", "VersionRecord"]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -109,6 +113,42 @@ def _listed(search: str | None, source_id: str | None) -> list[sa.ColumnElement[
             sa.or_(datasets.c.id.ilike(pattern, escape="\\"), datasets.c.name.ilike(pattern, escape="\\"))
         )
     return conditions
+
+
+# The version origin a dataset's first version had, by the kind of job that made it (for the backfill).
+_ORIGIN_OF_KIND = {"uploadDataset": "UPLOAD", "importTable": "IMPORT", "fetchPlugin": "FETCH", "saveFrame": "SAVE"}
+
+
+def _record_version(
+    conn: Connection,
+    dataset_id: str,
+    number: int,
+    row_count: int,
+    columns: list[ColumnInfo],
+    made_by: str,
+    size: int,
+    *,
+    when: dt.datetime | None = None,
+) -> None:
+    if made_by not in VERSION_ORIGINS:
+        raise ValueError(f"unknown version origin {made_by!r}")
+    # A record the same number left (its files swept after a crash before the dataset row moved on) is stale.
+    conn.execute(
+        dataset_versions.delete().where(
+            dataset_versions.c.dataset_id == dataset_id, dataset_versions.c.number == number
+        )
+    )
+    conn.execute(
+        dataset_versions.insert().values(
+            dataset_id=dataset_id,
+            number=number,
+            created_at=when or _now(),
+            row_count=row_count,
+            columns=jsonutil.dumps([asdict(c) for c in columns]).decode(),
+            origin=made_by,
+            bytes=size,
+        )
+    )
 
 
 class MetadataStore:
@@ -189,10 +229,20 @@ class MetadataStore:
         return f"{wanted_id}-{n}"
 
     def mark_ready(
-        self, dataset_id: str, *, version: int, row_count: int, columns: list[ColumnInfo], origin: dict[str, Any]
+        self,
+        dataset_id: str,
+        *,
+        version: int,
+        row_count: int,
+        columns: list[ColumnInfo],
+        origin: dict[str, Any],
+        made_by: str = "UPLOAD",
+        size: int = 0,
     ) -> DatasetRecord:
-        """Make a pending dataset visible, with its final shape and where it came from."""
+        """Make a pending dataset visible, with its final shape and where it came from, and record its
+        first version (made by `made_by`, one of VERSION_ORIGINS, `size` bytes on disk)."""
         with self._tx() as conn:
+            _record_version(conn, dataset_id, version, row_count, columns, made_by, size)
             conn.execute(
                 datasets.update()
                 .where(datasets.c.id == dataset_id)
@@ -209,10 +259,19 @@ class MetadataStore:
         return _dataset(row)
 
     def add_version(
-        self, dataset_id: str, *, version: int, row_count: int, columns: list[ColumnInfo], origin: dict[str, Any]
+        self,
+        dataset_id: str,
+        *,
+        version: int,
+        row_count: int,
+        columns: list[ColumnInfo],
+        origin: dict[str, Any],
+        made_by: str = "REPLACE",
+        size: int = 0,
     ) -> DatasetRecord:
         """Make `version` (its file already in place) the dataset's current one, if it is still
-        `version - 1`; raise LookupError when the dataset is gone or moved on meanwhile."""
+        `version - 1`, and record it (made by `made_by`, `size` bytes on disk) in the same
+        transaction; raise LookupError when the dataset is gone or moved on meanwhile."""
         with self._tx() as conn:
             updated = conn.execute(
                 datasets.update()
@@ -227,8 +286,92 @@ class MetadataStore:
             )
             if updated.rowcount != 1:
                 raise LookupError(dataset_id)
+            _record_version(conn, dataset_id, version, row_count, columns, made_by, size)
             row = conn.execute(datasets.select().where(datasets.c.id == dataset_id)).one()
         return _dataset(row)
+
+    # versions
+
+    def list_versions(self, dataset_id: str, *, limit: int | None = None) -> list[VersionRecord]:
+        """The kept versions of a dataset, newest first, at most `limit` (None: all)."""
+        query = (
+            dataset_versions.select()
+            .where(dataset_versions.c.dataset_id == dataset_id)
+            .order_by(dataset_versions.c.number.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_version(r) for r in conn.execute(query)]
+
+    def get_version(
+        self, dataset_id: str, *, number: int | None = None, as_of: dt.datetime | None = None
+    ) -> VersionRecord | None:
+        """A kept version by its number, or the newest made at or before `as_of`; None when there is
+        none (never made, or pruned)."""
+        query = dataset_versions.select().where(dataset_versions.c.dataset_id == dataset_id)
+        if number is not None:
+            query = query.where(dataset_versions.c.number == number)
+        if as_of is not None:
+            query = query.where(dataset_versions.c.created_at <= as_of)
+        query = query.order_by(dataset_versions.c.number.desc()).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).one_or_none()
+        return _version(row) if row else None
+
+    def versions_before(self, when: dt.datetime) -> dict[str, list[int]]:
+        """Per dataset, the numbers of its kept versions made before `when` (the current one included:
+        the caller keeps it)."""
+        query = sa.select(dataset_versions.c.dataset_id, dataset_versions.c.number).where(
+            dataset_versions.c.created_at < when
+        )
+        found: dict[str, list[int]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                found.setdefault(row.dataset_id, []).append(row.number)
+        return found
+
+    def recorded_versions(self) -> dict[str, list[int]]:
+        """Per dataset, the numbers of its recorded versions."""
+        found: dict[str, list[int]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(sa.select(dataset_versions.c.dataset_id, dataset_versions.c.number)):
+                found.setdefault(row.dataset_id, []).append(row.number)
+        return found
+
+    def forget_versions(self, dataset_id: str, numbers: list[int]) -> None:
+        """Remove the records of versions pruned from disk."""
+        if not numbers:
+            return
+        with self._tx() as conn:
+            conn.execute(
+                dataset_versions.delete().where(
+                    dataset_versions.c.dataset_id == dataset_id, dataset_versions.c.number.in_(numbers)
+                )
+            )
+
+    def backfill_versions(self, size: Callable[[str, int], int]) -> int:
+        """Record the current version of each ready dataset that has no record of it (made before
+        versions were recorded), with `size(id, version)` bytes; idempotent, and safe when several
+        processes start at once. Return how many were recorded."""
+        recorded = sa.select(dataset_versions.c.dataset_id).where(
+            dataset_versions.c.dataset_id == datasets.c.id, dataset_versions.c.number == datasets.c.version
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(datasets.select().where(datasets.c.status == "ready", ~recorded.exists())).all()
+        added = 0
+        for row in rows:
+            record = _dataset(row)
+            made_by = _ORIGIN_OF_KIND.get(str(record.origin.get("kind", "")), "UPLOAD")
+            try:
+                with self._tx() as conn:
+                    _record_version(
+                        conn, record.id, record.version, record.row_count, list(record.columns), made_by,
+                        size(record.id, record.version), when=record.updated_at,
+                    )  # fmt: skip
+                added += 1
+            except sa.exc.IntegrityError:
+                continue  # another process recorded it first
+        return added
 
     def rename_dataset(self, dataset_id: str, name: str) -> DatasetRecord | None:
         """Give a ready dataset another display name (its id and version stay); None when it is gone."""
@@ -335,6 +478,7 @@ class MetadataStore:
         with self._tx() as conn:
             rows = conn.execute(exports.select().where(exports.c.dataset_id == dataset_id)).all()
             conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
+            conn.execute(dataset_versions.delete().where(dataset_versions.c.dataset_id == dataset_id))
             conn.execute(exports.delete().where(exports.c.dataset_id == dataset_id))
         return [_export(r) for r in rows]
 

@@ -12,15 +12,18 @@ from sqlalchemy.engine import Engine
 from datagraph import jsonutil
 
 __all__ = [
+    "VERSION_ORIGINS",
     "ColumnInfo",
     "DatasetRecord",
     "ExportRecord",
     "JobRecord",
+    "VersionRecord",
     "add_missing_columns",
     "add_missing_indexes",
     "api_keys",
     "aware",
     "dataset_record",
+    "dataset_versions",
     "datasets",
     "export_record",
     "exports",
@@ -30,7 +33,11 @@ __all__ = [
     "persisted_documents",
     "processes",
     "tables",
+    "version_record",
 ]
+
+# What a version of a dataset was made by (VersionOrigin in the API).
+VERSION_ORIGINS = ("UPLOAD", "REPLACE", "APPEND", "IMPORT", "REFRESH", "FETCH", "SAVE", "RESTORE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +70,20 @@ datasets = sa.Table(
     # a page of `datasets(limit:)` costs the same at 100 or 100,000 datasets. The second serves `source:`.
     sa.Index("ix_datasets_listing", "status", "created_at", "id"),
     sa.Index("ix_datasets_source_listing", "source_id", "status", "created_at", "id"),
+)
+
+# One row per kept version of a dataset, written in the transaction that makes it the current one;
+# a pruned version's row goes with its files.
+dataset_versions = sa.Table(
+    "dataset_versions",
+    tables,
+    sa.Column("dataset_id", sa.String(80), primary_key=True),
+    sa.Column("number", sa.Integer, primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("row_count", sa.BigInteger, nullable=False),
+    sa.Column("columns", sa.Text, nullable=False),  # as datasets.columns
+    sa.Column("origin", sa.String(16), nullable=False),  # one of VERSION_ORIGINS
+    sa.Column("bytes", sa.BigInteger, nullable=False),  # its files' size on disk when made
 )
 
 exports = sa.Table(
@@ -204,6 +225,35 @@ class DatasetRecord:
             object.__setattr__(self, "_origin", jsonutil.loads(self.origin_json))
         assert self._origin is not None
         return self._origin
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """A kept version of a dataset: when it was made, by what, its shape and its size on disk."""
+
+    dataset_id: str
+    number: int
+    created_at: dt.datetime
+    row_count: int
+    columns_json: str = field(repr=False)
+    origin: str
+    bytes: int
+
+    @property
+    def columns(self) -> tuple[ColumnInfo, ...]:
+        return tuple(ColumnInfo(**c) for c in jsonutil.loads(self.columns_json))
+
+
+def version_record(row: Any) -> VersionRecord:
+    return VersionRecord(
+        dataset_id=row.dataset_id,
+        number=row.number,
+        created_at=aware(row.created_at),
+        row_count=row.row_count,
+        columns_json=row.columns,
+        origin=row.origin,
+        bytes=row.bytes,
+    )
 
 
 @dataclass(frozen=True, slots=True)

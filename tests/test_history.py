@@ -1,0 +1,300 @@
+"""Datasets with a history (issue 20, item 1): every change makes a version recorded with its origin,
+time, row count, columns and size; older databases get a record of each current version at start."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from support import ROOT, Api, make_settings, running_server, serving, upload_over_http
+from wsclient import Ws
+
+from datagraph.settings import Settings
+from storage import MetadataStore
+from storage._tables import dataset_versions
+
+CSV = b"id,name,score\n1,a,1.5\n2,b,2.5\n3,c,\n"
+REPLACEMENT = b"id,name,score,flag\n10,x,9.5,true\n11,y,8.5,false\n"
+APPEND = "mutation($d: ID!, $r: JSON!) { appendRows(dataset: $d, rows: $r) { success error { message } } }"
+SAVE = """mutation($d: ID!) { saveFrame(dataset: $d, steps: [{filter: [{column: "id", op: GT, value: 1}]}],
+  name: "Later rows") { success error { message } dataset { id } } }"""
+REPLACE = """mutation($file: Upload!, $replace: ID) {
+  uploadDataset(file: $file, replace: $replace) { success error { code message } dataset { id version } }
+}"""
+
+
+VERSIONS = """query($d: ID!, $n: Int) {
+  dataset(id: $d) { version versions(limit: $n) { number createdAt rowCount columns { name dtype } origin bytes } }
+}"""
+
+
+def replace(api: Api, dataset: str, content: bytes) -> dict:
+    import json
+
+    ops = {"query": REPLACE, "variables": {"file": None, "replace": dataset}}
+    response = api.client.post(
+        "/graphql",
+        data={"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
+        files={"0": ("scores.csv", content, "application/octet-stream")},
+        headers={"Apollo-Require-Preflight": "true"},
+    )
+    payload: dict = response.json()["data"]["uploadDataset"]
+    assert payload["success"], payload["error"]
+    return payload
+
+
+def stored_versions(api: Api, dataset: str) -> list[tuple[int, str, int]]:
+    metadata: MetadataStore = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+    return [(v.number, v.origin, v.row_count) for v in metadata.list_versions(dataset)]
+
+
+def test_every_change_records_a_version_with_its_origin(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    assert stored_versions(api, dataset) == [(1, "UPLOAD", 3)]
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    replace(api, dataset, REPLACEMENT)
+    saved = api.data(SAVE, {"d": dataset})["saveFrame"]
+    assert saved["success"], saved["error"]
+    assert stored_versions(api, dataset) == [(3, "REPLACE", 2), (2, "APPEND", 4), (1, "UPLOAD", 3)]
+    assert stored_versions(api, saved["dataset"]["id"]) == [(1, "SAVE", 2)]
+    metadata: MetadataStore = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+    files = api.client.app.state.resources.files  # type: ignore[attr-defined]
+    newest = metadata.list_versions(dataset)[0]
+    assert [(c.name, c.dtype) for c in newest.columns] == [
+        ("id", "Int64"), ("name", "String"), ("score", "Float64"), ("flag", "Boolean"),
+    ]  # fmt: skip
+    assert newest.bytes == files.version_bytes(dataset, 3) > 0
+
+
+def test_an_older_database_gets_a_record_of_each_current_version_at_start(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+        size = api.client.app.state.resources.files.version_bytes(dataset, 2)  # type: ignore[attr-defined]
+    store = MetadataStore(settings.resolved_metadata_url)
+    with store.engine.begin() as conn:  # as a database from before versions were recorded
+        conn.execute(sa.delete(dataset_versions))
+    store.close()
+    for _ in range(2):  # idempotent: a second start adds nothing
+        with serving(settings) as api:
+            assert stored_versions(api, dataset) == [(2, "UPLOAD", 4)]
+            metadata = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+            assert metadata.list_versions(dataset)[0].bytes == size
+
+
+def test_deleting_a_dataset_forgets_its_versions(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    deleted = api.data("mutation($d: ID!) { deleteDataset(id: $d) { success } }", {"d": dataset})
+    assert deleted["deleteDataset"]["success"]
+    assert stored_versions(api, dataset) == []
+
+
+def test_versions_are_listed_newest_first_with_their_origins(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    replace(api, dataset, REPLACEMENT)
+    listed = api.data(VERSIONS, {"d": dataset})["dataset"]
+    assert listed["version"] == 3
+    versions = listed["versions"]
+    assert [(v["number"], v["origin"], v["rowCount"]) for v in versions] == [
+        (3, "REPLACE", 2), (2, "APPEND", 4), (1, "UPLOAD", 3),
+    ]  # fmt: skip
+    assert versions[0]["columns"][-1] == {"name": "flag", "dtype": "Boolean"}
+    assert versions[2]["columns"] == [
+        {"name": "id", "dtype": "Int64"}, {"name": "name", "dtype": "String"}, {"name": "score", "dtype": "Float64"},
+    ]  # fmt: skip
+    assert all(v["bytes"] > 0 for v in versions)
+    assert versions[0]["createdAt"] >= versions[1]["createdAt"] >= versions[2]["createdAt"]
+    newest = api.data(VERSIONS, {"d": dataset, "n": 1})["dataset"]["versions"]
+    assert [v["number"] for v in newest] == [3]
+    refused = api.query(VERSIONS, {"d": dataset, "n": 0})
+    assert refused["errors"][0]["extensions"]["code"] == "BAD_INPUT"
+    assert "limit" in refused["errors"][0]["message"]
+
+
+@pytest.mark.e2e
+def test_a_version_made_by_one_server_process_is_listed_by_another(tmp_path: Path) -> None:
+    """A real `datagraph serve` and this test's app share one data directory (its SQLite metadata file)."""
+    settings = make_settings(tmp_path)
+    (tmp_path / "b").mkdir()
+    csv = tmp_path / "scores.csv"
+    csv.write_bytes(CSV)
+    with (
+        running_server(tmp_path / "b", "--data-dir", str(settings.data_dir), workers=None) as b,
+        serving(settings) as a,
+    ):
+        dataset = upload_over_http(b, csv)
+        body = {"query": APPEND, "variables": {"d": dataset, "r": [{"id": 9, "name": "z", "score": 0.5}]}}
+        assert httpx.post(b + "/graphql", json=body, timeout=60).json()["data"]["appendRows"]["success"]
+        versions = a.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
+        assert [(v["number"], v["origin"], v["rowCount"]) for v in versions] == [(2, "APPEND", 4), (1, "UPLOAD", 3)]
+
+
+LOOK = """query($d: ID!) { dataset(id: $d) { version rowCount
+  describe { success data } rows(limit: 10) { success data }
+  filter(where: [{column: "id", op: GE, value: 2}]) { count { data } } } }"""
+LOOK_AT = """query($d: ID!, $v: Int, $t: DateTime) { dataset(id: $d) { at(version: $v, asOf: $t) { version rowCount
+  describe { success data } rows(limit: 10) { success data }
+  filter(where: [{column: "id", op: GE, value: 2}]) { count { data } } } } }"""
+
+
+def test_at_a_version_answers_what_the_dataset_answered_then(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    seen = [api.data(LOOK, {"d": dataset})["dataset"]]
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    seen.append(api.data(LOOK, {"d": dataset})["dataset"])
+    replace(api, dataset, REPLACEMENT)
+    seen.append(api.data(LOOK, {"d": dataset})["dataset"])
+    assert [s["rowCount"] for s in seen] == [3, 4, 2]
+    for then in seen:
+        assert api.data(LOOK_AT, {"d": dataset, "v": then["version"]})["dataset"]["at"] == then
+    exported = api.data(
+        "query($d: ID!) { dataset(id: $d) { at(version: 1) { export(format: CSV) { success data } } } }", {"d": dataset}
+    )
+    assert exported["dataset"]["at"]["export"]["success"]
+    times = [v["createdAt"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]][::-1]
+    assert api.data(LOOK_AT, {"d": dataset, "t": times[1]})["dataset"]["at"] == seen[1]
+    assert api.data(LOOK_AT, {"d": dataset, "t": "2001-01-01T00:00:00+00:00"})["dataset"]["at"] is None
+    assert api.data(LOOK_AT, {"d": dataset, "v": 99})["dataset"]["at"] is None
+    assert api.data(LOOK_AT, {"d": dataset, "v": 0})["dataset"]["at"] is None
+
+
+def test_at_as_of_now_is_not_answered_from_a_stale_cache(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    later = {"d": dataset, "t": "2999-01-01T00:00:00+00:00"}
+    assert api.data(LOOK_AT, later)["dataset"]["at"]["rowCount"] == 3
+    assert api.data(LOOK_AT, later)["dataset"]["at"]["rowCount"] == 3  # answered again, maybe from the cache
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    now = api.data(LOOK_AT, later)["dataset"]["at"]
+    assert (now["version"], now["rowCount"]) == (2, 4)
+    assert len(now["rows"]["data"]) == 4
+
+
+def test_at_takes_exactly_one_of_version_and_as_of(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    for variables in ({"d": dataset}, {"d": dataset, "v": 1, "t": "2999-01-01T00:00:00+00:00"}):
+        errors = api.query(LOOK_AT, variables)["errors"]
+        assert errors[0]["extensions"]["code"] == "BAD_INPUT"
+        assert "version" in errors[0]["message"] and "asOf" in errors[0]["message"]
+
+
+RESTORE = """mutation($d: ID!, $v: Int!) { restoreVersion(dataset: $d, version: $v) {
+  success error { code message } dataset { id version rowCount } } }"""
+ROWS = "query($d: ID!) { dataset(id: $d) { version rowCount rows(limit: 10) { data } describe { data } } }"
+
+
+def test_restore_makes_a_new_version_equal_to_the_old_one(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    first = api.data(ROWS, {"d": dataset})["dataset"]
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+    appended = api.data(ROWS, {"d": dataset})["dataset"]
+    replace(api, dataset, REPLACEMENT)
+    for old, then, number in ((1, first, 4), (2, appended, 5)):
+        restored = api.data(RESTORE, {"d": dataset, "v": old})["restoreVersion"]
+        assert restored["success"], restored["error"]
+        assert restored["dataset"] == {"id": dataset, "version": number, "rowCount": then["rowCount"]}
+        now = api.data(ROWS, {"d": dataset})["dataset"]
+        assert {**now, "version": old} == then
+    versions = api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
+    assert [(v["number"], v["origin"]) for v in versions][:2] == [(5, "RESTORE"), (4, "RESTORE")]
+    assert versions[0]["columns"] == versions[3]["columns"]
+
+
+def test_restoring_an_unknown_version_is_a_problem_naming_it_and_changes_nothing(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    for number in (2, 0, -1, 99):
+        refused = api.data(RESTORE, {"d": dataset, "v": number})["restoreVersion"]
+        assert refused["success"] is False and refused["dataset"] is None
+        assert refused["error"]["code"] == "BAD_INPUT"
+        assert f"no version {number}" in refused["error"]["message"] and dataset in refused["error"]["message"]
+    assert [v["number"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]] == [1]
+    missing = api.data(RESTORE, {"d": "nope", "v": 1})["restoreVersion"]
+    assert missing["error"]["code"] == "NOT_FOUND"
+
+
+EVENTS = "subscription($d: ID) { datasetEvents(dataset: $d) { kind dataset version rowCount } }"
+
+
+@pytest.mark.e2e
+def test_a_restore_is_published_as_replaced(tmp_path: Path) -> None:
+    csv = tmp_path / "scores.csv"
+    csv.write_bytes(CSV)
+    with running_server(tmp_path) as base:
+        dataset = upload_over_http(base, csv)
+        body = {"query": APPEND, "variables": {"d": dataset, "r": [{"id": 9, "name": "z", "score": 0.5}]}}
+        assert httpx.post(base + "/graphql", json=body, timeout=60).json()["data"]["appendRows"]["success"]
+        with Ws(base) as ws:
+            ws.subscribe(EVENTS, {"d": dataset})
+            time.sleep(0.2)
+            restore = {"query": RESTORE, "variables": {"d": dataset, "v": 1}}
+            assert httpx.post(base + "/graphql", json=restore, timeout=60).json()["data"]["restoreVersion"]["success"]
+            event = ws.next_data()["datasetEvents"]
+            assert event == {"kind": "REPLACED", "dataset": dataset, "version": 3, "rowCount": 3}
+
+
+def _age(folder: Path, seconds: float) -> None:
+    """Make the files under `folder` look `seconds` old (past the grace queries still reading get)."""
+    moment = time.time() - seconds
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (moment, moment))
+
+
+def _made_days_ago(settings: Settings, dataset: str, numbers: list[int], days: float) -> None:
+    store = MetadataStore(settings.resolved_metadata_url)
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.update(dataset_versions)
+            .where(dataset_versions.c.dataset_id == dataset, dataset_versions.c.number.in_(numbers))
+            .values(created_at=when)
+        )
+    store.close()
+
+
+def test_versions_past_keep_versions_are_pruned_unlisted_and_answer_null(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, keep_versions=2)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        for n in range(3):
+            assert api.data(APPEND, {"d": dataset, "r": [{"id": 10 + n}]})["appendRows"]["success"]
+    _age(settings.data_dir / "datasets" / dataset, 3600)
+    with serving(settings) as api:  # the start-up sweep prunes
+        assert [v["number"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]] == [4, 3]
+        assert api.data(LOOK_AT, {"d": dataset, "v": 1})["dataset"]["at"] is None
+        assert api.data(LOOK_AT, {"d": dataset, "v": 3})["dataset"]["at"]["rowCount"] == 5
+        refused = api.data(RESTORE, {"d": dataset, "v": 2})["restoreVersion"]
+        assert refused["error"]["code"] == "BAD_INPUT" and "no version 2" in refused["error"]["message"]
+        assert [v["number"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]] == [4, 3]
+
+
+def test_versions_older_than_keep_versions_days_are_pruned_but_never_the_current_one(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, keep_versions=10, keep_versions_days=1)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        for n in range(3):
+            assert api.data(APPEND, {"d": dataset, "r": [{"id": 10 + n}]})["appendRows"]["success"]
+    _made_days_ago(settings, dataset, [1, 2], days=3)
+    _made_days_ago(settings, dataset, [4], days=2)  # the current one, old as it is, stays
+    _age(settings.data_dir / "datasets" / dataset, 3600)
+    with serving(settings) as api:
+        assert [v["number"] for v in api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]] == [4, 3]
+        assert api.data(LOOK_AT, {"d": dataset, "v": 2})["dataset"]["at"] is None
+        assert api.data(LOOK_AT, {"d": dataset, "v": 4})["dataset"]["at"]["rowCount"] == 6
+    assert sorted(p.name for p in (settings.data_dir / "datasets" / dataset).iterdir() if ".blocks" not in p.name) == [
+        "v3", "v4",
+    ]  # fmt: skip
+
+
+def test_an_imported_table_records_an_import_version(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, sources=str(ROOT / "sources.yaml"))
+    with serving(settings) as api:
+        payload = api.data('mutation { importTable(source: "shop", table: "orders") { success dataset { id } } }')
+        dataset = payload["importTable"]["dataset"]["id"]
+        versions = api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
+        assert [(v["number"], v["origin"], v["rowCount"]) for v in versions] == [(1, "IMPORT", 500)]

@@ -2,7 +2,7 @@
 
 With a key, rows match by key: anti-joins give the added and removed rows, an inner join on the key
 compares every common column (null equals null). Without one, whole rows (their common columns)
-are compared as multisets. Everything but the per-column statistics is one lazy plan, collected once.
+are compared as multisets. It is one lazy plan, collected once (with the checks that keys are unique).
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ import polars as pl
 
 from datagraph.errors import BadInput
 from engine._columns import dtype_name
-from engine._ops import collect, describe
+from engine._ops import collect
 from engine._plan import Plan, build
 
-__all__ = ["diff"]
+__all__ = ["diff", "paired_stats"]
 
 CHANGE = "_change"
 BEFORE = "__before"
 
 
 def diff(after: Plan, before: Plan, *, key: list[str] | None, limit: int) -> tuple[dict[str, Any], bool]:
-    """The diff's data {summary, rows, stats}, and whether more than `limit` rows changed."""
+    """The diff's {summary, rows}, and whether more than `limit` rows changed. The statistics of each
+    side are `describe`'s, asked for (and cached) on their own: see `paired_stats`."""
     a_frame, a_schema = build(after)
     b_frame, b_schema = build(before)
     common = [c for c in a_schema if c in b_schema]
@@ -46,10 +47,15 @@ def diff(after: Plan, before: Plan, *, key: list[str] | None, limit: int) -> tup
     else:
         _check_key(key, a_schema, b_schema)
         counts, rows, truncated = _by_key(a_frame, b_frame, key, common, limit)
-    after_stats = describe(after, columns=common)
-    before_stats = describe(before, columns=common)
-    stats = [{"column": c, "before": b, "after": a} for c, a, b in zip(common, after_stats, before_stats, strict=True)]
-    return {"summary": {**counts, **summary}, "rows": rows, "stats": stats}, truncated
+    return {"summary": {**counts, **summary}, "rows": rows}, truncated
+
+
+def paired_stats(after: list[dict[str, Any]], before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """[{column, before, after}] for each column both `describe` answers have, in the after order."""
+    earlier = {record["column"]: record for record in before}
+    return [
+        {"column": r["column"], "before": earlier[r["column"]], "after": r} for r in after if r["column"] in earlier
+    ]
 
 
 def _aligned(name: str, mine: pl.DataType, theirs: pl.DataType) -> pl.Expr:

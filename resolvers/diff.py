@@ -3,6 +3,7 @@ dataset (before). Cached under both sides' versions; run in a worker under the r
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ import engine
 from datagraph.errors import BadInput, DatagraphError
 from engine import Plan, Source
 from resolvers import datasets as ds
+from resolvers import frames
 from resolvers._outcome import Options, Outcome, Problem, analysed
 from resolvers.context import Context
 
@@ -73,9 +75,18 @@ async def diff(ctx: Context, *, plan: Plan, against: DiffTarget, key: list[str] 
     cap = ctx.settings.rows_max
 
     async def work(timeout: float | None) -> Outcome:
-        data, truncated = await ctx.resources.executor.run(
-            engine.diff, plan, before, key=key, limit=cap, timeout=timeout
+        # Each side's statistics are its `describe` answer, cached on its own: a version described
+        # once (or diffed against another) is not described again.
+        changes, after_stats, before_stats = await asyncio.gather(
+            ctx.resources.executor.run(engine.diff, plan, before, key=key, limit=cap, timeout=timeout),
+            frames.describe(ctx, plan=plan, columns=None, options=options),
+            frames.describe(ctx, plan=before, columns=None, options=options),
         )
+        data, truncated = changes
+        for stats in (after_stats, before_stats):
+            if stats.problem is not None:
+                return Outcome(problem=stats.problem)
+        data["stats"] = engine.paired_stats(after_stats.data, before_stats.data)
         return Outcome(data=data, row_count=len(data["rows"]), truncated=truncated)
 
     after_key, before_key = plan.key(), before.key()

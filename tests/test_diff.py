@@ -224,3 +224,16 @@ def test_diff_rows_are_capped_by_rows_max(tmp_path: Path) -> None:
         assert answer["data"]["summary"]["added"] == 4
         assert [r["id"] for r in answer["data"]["rows"]] == [2, 3, 4]
         assert answer["meta"]["truncated"] is True
+
+
+def test_diff_is_cached_under_both_versions(api: Api) -> None:
+    query = """query($d: ID!) { dataset(id: $d) { diff(against: {version: 1}, key: ["id"]) {
+      data meta { cached } } } }"""
+    dataset = api.upload_ok(b"id,v\n1,a\n2,b\n", "t.csv")
+    first = api.data(query, {"d": dataset})["dataset"]["diff"]
+    again = api.data(query, {"d": dataset})["dataset"]["diff"]
+    assert (first["meta"]["cached"], again["meta"]["cached"]) == (False, True)
+    assert again["data"] == first["data"]
+    assert api.data(APPEND, {"d": dataset, "r": [{"id": 3, "v": "c"}]})["appendRows"]["success"]
+    later = api.data(query, {"d": dataset})["dataset"]["diff"]
+    assert later["meta"]["cached"] is False and later["data"]["summary"]["added"] == 1

@@ -9,6 +9,7 @@ from engine._blocks import Window, block_page, page_window, write_page_blocks
 from engine._chart import CHART_KINDS, chart
 from engine._clean import Cast, Clean, CleanStep, DropDuplicates, DropNulls, FillNulls, ParseDates, Rename, Trim
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
+from engine._diff import diff, paired_stats
 from engine._ops import (
     EXPORT_FORMATS,
     Page,
@@ -91,6 +92,7 @@ __all__ = [
     "compact",
     "count",
     "describe",
+    "diff",
     "dtype_name",
     "explain",
     "export",
@@ -98,6 +100,7 @@ __all__ = [
     "materialise",
     "page",
     "page_window",
+    "paired_stats",
     "records_json",
     "rows",
     "step_size",

@@ -21,6 +21,7 @@ from gql.clean import CleanStepInput, to_clean
 from gql.results import Result, result
 from resolvers import Options, dataset_sql, frames
 from resolvers import datasets as ds
+from resolvers import diff as diffs
 from resolvers.context import Context
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "ChartInput",
     "ChartKind",
     "ConditionInput",
+    "DiffTargetInput",
     "ExportFormat",
     "Frame",
     "JoinHow",
@@ -168,6 +170,29 @@ class StepInput:
     group_by: GroupByInput | None = strawberry.UNSET
     join: JoinInput | None = strawberry.UNSET
     clean: list[CleanStepInput] | None = strawberry.UNSET
+
+
+@strawberry.input(
+    name="DiffTarget",
+    one_of=True,
+    description="What a frame is compared against (before): a version of its dataset, another dataset, or"
+    " steps over its dataset.",
+)
+class DiffTargetInput:
+    version: int | None = strawberry.UNSET
+    dataset: strawberry.ID | None = strawberry.UNSET
+    steps: list[StepInput] | None = strawberry.UNSET
+
+
+def _diff_target(ctx: Context, against: DiffTargetInput) -> diffs.DiffTarget:
+    if isinstance(against.version, int):
+        return diffs.DiffTarget(version=against.version)
+    if isinstance(against.dataset, str):
+        return diffs.DiffTarget(dataset=str(against.dataset))
+    steps = against.steps if isinstance(against.steps, list) else []
+    if engine.too_many_steps(count_steps(steps), ctx.settings.max_steps) is not None:
+        return diffs.DiffTarget(steps=[], step_count=count_steps(steps))  # refused before converting
+    return diffs.DiffTarget(steps=to_steps(ctx, steps), step_count=count_steps(steps))
 
 
 def pipeline_plan(ctx: Context, dataset_id: str, steps: list[StepInput] | None) -> Plan:
@@ -383,6 +408,23 @@ class Frame:
         timeout_ms: int | None = None,
     ) -> Result:
         return result(await frames.explain(info.context, plan=self.plan, options=_options(cache, timeout_ms)))
+
+    @strawberry.field(
+        description="This frame (after) against another (before): data {summary, rows, stats}. With key, rows"
+        " match by key (added, removed, changed); without, whole rows compare as multisets. rows: capped by"
+        " rows_max, with meta.truncated."
+    )
+    async def diff(
+        self,
+        info: strawberry.Info[Context, None],
+        against: DiffTargetInput,
+        key: list[str] | None = None,
+        cache: CacheMode | None = CacheMode.USE,
+        timeout_ms: int | None = None,
+    ) -> Result:
+        target = _diff_target(info.context, against)
+        options = _options(cache, timeout_ms)
+        return result(await diffs.diff(info.context, plan=self.plan, against=target, key=key, options=options))
 
     @strawberry.field(description="Write the frame to a file; data: {url, format, rows, bytes, expiresAt}.")
     async def export(

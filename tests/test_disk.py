@@ -45,10 +45,12 @@ def _append(api: Api, dataset: str, rows: list[dict[str, Any]]) -> dict[str, Any
 
 
 def _disk_bytes(folder: Path) -> int:
-    """Bytes the files under `folder` take, each file once however many names (hard links) it has."""
+    """Bytes the versions under `folder` take, each file once however many names (hard links) it has.
+    Page blocks are left out: a version's pages, made in the background once a page of it is asked
+    for (the upload's preview), whenever the pool is idle; they are no copy made by an append."""
     seen: dict[tuple[int, int], int] = {}
     for path in folder.rglob("*"):
-        if path.is_file():
+        if path.is_file() and not any(part.endswith(".blocks") for part in path.relative_to(folder).parts):
             st = path.stat()
             seen[(st.st_dev, st.st_ino)] = st.st_size
     return sum(seen.values())

@@ -298,3 +298,38 @@ def test_an_imported_table_records_an_import_version(tmp_path: Path) -> None:
         dataset = payload["importTable"]["dataset"]["id"]
         versions = api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
         assert [(v["number"], v["origin"], v["rowCount"]) for v in versions] == [(1, "IMPORT", 500)]
+
+
+def test_at_as_of_the_ends_of_the_calendar_in_any_time_zone_answers_not_an_internal_error(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    latest = api.query(LOOK_AT, {"d": dataset, "t": "9999-12-31T23:59:59-14:00"})  # past what UTC holds
+    assert "errors" not in latest and latest["data"]["dataset"]["at"]["rowCount"] == 3
+    earliest = api.query(LOOK_AT, {"d": dataset, "t": "0001-01-01T00:00:00+14:00"})
+    assert "errors" not in earliest and earliest["data"]["dataset"]["at"] is None
+
+
+def test_counts_and_sizes_past_a_graphql_int_are_reported_as_its_largest_not_a_failed_field(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    metadata: MetadataStore = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+    with metadata.engine.begin() as conn:  # a dataset of three billion rows, five gigabytes
+        conn.execute(sa.update(dataset_versions).values(row_count=3_000_000_000, bytes=5_000_000_000))
+    answer = api.query(VERSIONS, {"d": dataset})
+    assert "errors" not in answer
+    assert [(v["rowCount"], v["bytes"]) for v in answer["data"]["dataset"]["versions"]] == [(2**31 - 1, 2**31 - 1)]
+
+
+def test_versions_with_an_explicit_null_limit_is_still_one_bounded_page(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    metadata: MetadataStore = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+    first = metadata.list_versions(dataset)[0]
+    with metadata.engine.begin() as conn:  # records of many versions (retention set high)
+        conn.execute(
+            dataset_versions.insert(),
+            [
+                {"dataset_id": dataset, "number": n, "created_at": first.created_at, "row_count": 3,
+                 "columns": first.columns_json, "origin": "APPEND", "bytes": 1}
+                for n in range(2, 1_102)
+            ],
+        )  # fmt: skip
+    listed = api.data(VERSIONS, {"d": dataset, "n": None})["dataset"]["versions"]
+    assert len(listed) == 1_000 and listed[0]["number"] == 1_101

@@ -276,6 +276,10 @@ class DataDir:
                     _fsync_dir(claim)
                 else:
                     os.link(source, self.dataset_file(dataset_id, version))
+                    # A link keeps the old file's modification time, but the sweep reads this version's
+                    # time as the moment the one before stopped being current: make it now (the
+                    # shared file only looks newer, which delays no more than its own grace).
+                    os.utime(self.dataset_file(dataset_id, version))
                     claim.rmdir()  # the file is the version from now on
                 _fsync_dir(claim.parent)
         except BaseException:

@@ -333,3 +333,18 @@ def test_versions_with_an_explicit_null_limit_is_still_one_bounded_page(api: Api
         )  # fmt: skip
     listed = api.data(VERSIONS, {"d": dataset, "n": None})["dataset"]["versions"]
     assert len(listed) == 1_000 and listed[0]["number"] == 1_101
+
+
+def test_the_version_a_restore_replaces_keeps_its_grace_though_the_restored_file_is_old(tmp_path: Path) -> None:
+    """A restore links the old version's file, whose modification time is the old one's: the version it
+    replaced must still get the grace from now (queries reading it finish), not be swept at once."""
+    settings = make_settings(tmp_path, keep_versions=1)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+        _age(settings.data_dir / "datasets" / dataset / "v1.parquet", 3600)  # made an hour ago
+        restored = api.data(RESTORE, {"d": dataset, "v": 1})["restoreVersion"]
+        assert restored["success"], restored["error"]
+    with serving(settings) as api:  # the start-up sweep runs
+        assert api.data(LOOK_AT, {"d": dataset, "v": 2})["dataset"]["at"]["rowCount"] == 4
+        assert api.data(LOOK_AT, {"d": dataset, "v": 3})["dataset"]["at"]["rowCount"] == 3

@@ -414,7 +414,8 @@ class DatasetMutation:
 
     @strawberry.mutation(
         description="Make a new version of a dataset equal to one of its kept versions (origin RESTORE);"
-        " subscribers are told (REPLACED). An unknown or pruned version is a problem, and nothing changes."
+        " subscribers are told (REPLACED). An unknown or pruned version is a problem, and nothing changes; so"
+        " does nothing when the current version already is those rows (it, or restored from it)."
     )
     async def restore_version(
         self, info: strawberry.Info[Context, None], dataset: strawberry.ID, version: int

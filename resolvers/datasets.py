@@ -577,7 +577,8 @@ def _record_next(
 
 async def restore_version(ctx: Context, dataset_id: str, version: int) -> DatasetRecord:
     """Make a new version of the dataset equal to its kept version `version` (its files linked, not
-    copied) and publish REPLACED; BAD_INPUT naming the version when it is unknown or pruned."""
+    copied) and publish REPLACED; BAD_INPUT naming the version when it is unknown or pruned. When the
+    current version already is those rows (it is that version, or was restored from it), nothing changes."""
     res = ctx.resources
     record = require_dataset(ctx, dataset_id)
     if record.origin.get("mode") == "LINK":
@@ -591,6 +592,10 @@ async def restore_version(ctx: Context, dataset_id: str, version: int) -> Datase
         found = res.metadata.get_version(record.id, number=version) if 1 <= version <= record.version else None
         if found is None:
             raise missing
+        if found.number == record.version or res.files.same_files(record.id, found.number, record.version):
+            # Already those rows: a new version would only push real history out of keep_versions
+            # (a client retrying, or restoring in a loop); nothing changes.
+            return record
         try:
             won = await res.executor.run_io(res.files.commit_restored, record.id, found.number, record.version + 1)
         except FileNotFoundError:

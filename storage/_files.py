@@ -257,6 +257,19 @@ class DataDir:
         staged.unlink()
         return len(before) + 1
 
+    def same_files(self, dataset_id: str, a: int, b: int) -> bool:
+        """Whether versions `a` and `b` are the very same files (one restored from the other, links to
+        the same rows); False when either is gone."""
+
+        def identities(version: int) -> list[tuple[int, int]] | None:
+            try:
+                return [(s.st_dev, s.st_ino) for s in (p.stat() for p in self.version_parts(dataset_id, version))]
+            except FileNotFoundError:
+                return None
+
+        first = identities(a)
+        return first is not None and first == identities(b)
+
     def commit_restored(self, dataset_id: str, old: int, version: int) -> bool:
         """Make version `version` the same rows as version `old` (hard links to its file or parts: no
         data copied), if this writer wins the claim on the number; False (nothing changed) when another

@@ -348,3 +348,20 @@ def test_the_version_a_restore_replaces_keeps_its_grace_though_the_restored_file
     with serving(settings) as api:  # the start-up sweep runs
         assert api.data(LOOK_AT, {"d": dataset, "v": 2})["dataset"]["at"]["rowCount"] == 4
         assert api.data(LOOK_AT, {"d": dataset, "v": 3})["dataset"]["at"]["rowCount"] == 3
+
+
+def test_restoring_the_rows_the_dataset_already_has_makes_no_version(tmp_path: Path) -> None:
+    """Retried or looped restores of the current rows must not push real history out of keep_versions."""
+    settings = make_settings(tmp_path, keep_versions=3)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+        for number, current in ((2, 2), (2, 2), (1, 3), (1, 3), (1, 3), (3, 3)):
+            restored = api.data(RESTORE, {"d": dataset, "v": number})["restoreVersion"]
+            assert restored["success"], restored["error"]
+            assert restored["dataset"]["version"] == current
+        versions = api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
+        assert [(v["number"], v["origin"]) for v in versions] == [(3, "RESTORE"), (2, "APPEND"), (1, "UPLOAD")]
+        assert api.data(ROWS, {"d": dataset})["dataset"]["rowCount"] == 3
+        back = api.data(RESTORE, {"d": dataset, "v": 2})["restoreVersion"]  # other rows: a new version
+        assert back["dataset"]["version"] == 4 and back["dataset"]["rowCount"] == 4

@@ -67,6 +67,18 @@ def _data(entries: list[Path]) -> list[Path]:
     return [e for e in entries if not is_blocks_entry(e.name)]
 
 
+def _link(source: Path, target: Path) -> None:
+    """Hard-link `source` as `target`; a copy when the file has as many links as the filesystem allows
+    (65,000 on ext4: restores and appends in a quick loop link one file into every version they make)."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EMLINK:
+            raise
+        shutil.copyfile(source, target)
+        _fsync_file(target)
+
+
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
@@ -247,7 +259,7 @@ class DataDir:
             with storage_guard():
                 _fsync_file(staged)
                 for i, part in enumerate(before):
-                    os.link(part, claim / _PART.format(i))
+                    _link(part, claim / _PART.format(i))
                 os.link(staged, claim / _PART.format(len(before)))
                 _fsync_dir(claim)
                 _fsync_dir(claim.parent)
@@ -285,10 +297,10 @@ class DataDir:
             with storage_guard():
                 if source.is_dir():
                     for i, part in enumerate(parts):
-                        os.link(part, claim / _PART.format(i))
+                        _link(part, claim / _PART.format(i))
                     _fsync_dir(claim)
                 else:
-                    os.link(source, self.dataset_file(dataset_id, version))
+                    _link(source, self.dataset_file(dataset_id, version))
                     # A link keeps the old file's modification time, but the sweep reads this version's
                     # time as the moment the one before stopped being current: make it now (the
                     # shared file only looks newer, which delays no more than its own grace).

@@ -4,6 +4,7 @@ time, row count, columns and size; older databases get a record of each current 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from support import ROOT, Api, make_settings, running_server, serving, upload_ov
 from wsclient import Ws
 
 from datagraph.settings import Settings
-from storage import MetadataStore
+from storage import DataDir, MetadataStore
 from storage._tables import dataset_versions
 
 CSV = b"id,name,score\n1,a,1.5\n2,b,2.5\n3,c,\n"
@@ -365,3 +366,33 @@ def test_restoring_the_rows_the_dataset_already_has_makes_no_version(tmp_path: P
         assert api.data(ROWS, {"d": dataset})["dataset"]["rowCount"] == 3
         back = api.data(RESTORE, {"d": dataset, "v": 2})["restoreVersion"]  # other rows: a new version
         assert back["dataset"]["version"] == 4 and back["dataset"]["rowCount"] == 4
+
+
+def _link_to_the_limit(file: Path, folder: Path) -> bool:
+    """Give `file` as many hard links as its filesystem allows (65,000 on ext4); False when it has no
+    such limit below 70,000."""
+    folder.mkdir()
+    for i in range(70_000):
+        try:
+            os.link(file, folder / f"l{i}")
+        except OSError as exc:
+            assert exc.errno == errno.EMLINK
+            return True
+    return False
+
+
+def test_restores_and_appends_of_a_file_with_every_link_the_filesystem_allows_copy_it(tmp_path: Path) -> None:
+    """Restores (and appends) in a quick loop link one file into every version they make, faster than
+    the sweep prunes: at the filesystem's link limit the new version copies it, not an internal error."""
+    files = DataDir(tmp_path / "data")
+    (files.datasets / "d").mkdir()
+    first = files.dataset_file("d", 1)
+    first.write_bytes(b"PAR1 rows PAR1")
+    if not _link_to_the_limit(first, tmp_path / "links"):
+        pytest.skip("this filesystem has no hard-link limit to reach")
+    staged = files.staging_path(".parquet")
+    staged.write_bytes(b"PAR1 more PAR1")
+    assert files.commit_appended(staged, "d", 2) == 2
+    assert [p.read_bytes() for p in files.version_parts("d", 2)] == [b"PAR1 rows PAR1", b"PAR1 more PAR1"]
+    assert files.commit_restored("d", 1, 3)
+    assert files.dataset_file("d", 3).read_bytes() == b"PAR1 rows PAR1"

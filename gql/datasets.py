@@ -137,6 +137,15 @@ class VersionOrigin(Enum):
     RESTORE = "RESTORE"
 
 
+# GraphQL Int is 32-bit: a count or size past it would fail the field (and null its parents), so it is
+# reported as this ceiling instead, as the fields' descriptions say.
+INT_CEILING = 2**31 - 1
+
+
+def _int(value: int) -> int:
+    return min(value, INT_CEILING)
+
+
 @strawberry.type(description="A kept version of a dataset: when and by what it was made, its shape and its size.")
 class DatasetVersion:
     record: strawberry.Private[VersionRecord]
@@ -149,9 +158,9 @@ class DatasetVersion:
     def created_at(self) -> dt.datetime:
         return self.record.created_at
 
-    @strawberry.field
+    @strawberry.field(description="Its rows (2,147,483,647, the largest GraphQL Int, for more).")
     def row_count(self) -> int:
-        return self.record.row_count
+        return _int(self.record.row_count)
 
     @strawberry.field
     def columns(self) -> list[Column]:
@@ -161,9 +170,12 @@ class DatasetVersion:
     def origin(self) -> VersionOrigin:
         return VersionOrigin(self.record.origin)
 
-    @strawberry.field(description="The size of the version's files on disk, in bytes, when it was made.")
+    @strawberry.field(
+        description="The size of the version's files on disk, in bytes, when it was made (2,147,483,647, the"
+        " largest GraphQL Int, for more)."
+    )
     def bytes(self) -> int:
-        return self.record.bytes
+        return _int(self.record.bytes)
 
 
 @strawberry.type(description="A stored table; every Frame field works on it.")
@@ -208,9 +220,9 @@ class Dataset(Frame):
     def updated_at(self) -> dt.datetime:
         return self.record.updated_at
 
-    @strawberry.field
+    @strawberry.field(description="Its rows (2,147,483,647, the largest GraphQL Int, for more).")
     def row_count(self) -> int:
-        return self.record.row_count
+        return _int(self.record.row_count)
 
     @strawberry.field
     def columns(self) -> list[Column]:
@@ -402,7 +414,8 @@ class DatasetMutation:
 
     @strawberry.mutation(
         description="Make a new version of a dataset equal to one of its kept versions (origin RESTORE);"
-        " subscribers are told (REPLACED). An unknown or pruned version is a problem, and nothing changes."
+        " subscribers are told (REPLACED). An unknown or pruned version is a problem, and nothing changes; so"
+        " does nothing when the current version already is those rows (it, or restored from it)."
     )
     async def restore_version(
         self, info: strawberry.Info[Context, None], dataset: strawberry.ID, version: int

@@ -142,7 +142,8 @@ def list_versions(ctx: Context, record: DatasetRecord, limit: int | None) -> lis
         raise BadInput(f"versions takes a limit between 1 and {VERSIONS_MAX_PAGE:,}.")
     if ctx.reads is not None:  # a new version, or one pruned, changes the list
         ctx.reads.dataset(record.id)
-    return ctx.resources.metadata.list_versions(record.id, limit=limit)
+    # An explicit null is not "all": the page stays bounded however many versions retention keeps.
+    return ctx.resources.metadata.list_versions(record.id, limit=limit or VERSIONS_MAX_PAGE)
 
 
 def dataset_at(
@@ -157,7 +158,12 @@ def dataset_at(
     if ctx.reads is not None:  # pruning or a restore changes what this answers
         ctx.reads.dataset(record.id)
     if as_of is not None:
-        as_of = (as_of if as_of.tzinfo else as_of.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+        try:
+            as_of = (as_of if as_of.tzinfo else as_of.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+        except OverflowError:  # within a day of year 1 or 9999, past what UTC can hold
+            if as_of.year == 1:
+                return None  # before any version
+            as_of = dt.datetime.max.replace(tzinfo=dt.UTC)
     found = ctx.resources.metadata.get_version(record.id, number=version, as_of=as_of)
     if found is None or found.number > record.version:
         return None
@@ -571,7 +577,8 @@ def _record_next(
 
 async def restore_version(ctx: Context, dataset_id: str, version: int) -> DatasetRecord:
     """Make a new version of the dataset equal to its kept version `version` (its files linked, not
-    copied) and publish REPLACED; BAD_INPUT naming the version when it is unknown or pruned."""
+    copied) and publish REPLACED; BAD_INPUT naming the version when it is unknown or pruned. When the
+    current version already is those rows (it is that version, or was restored from it), nothing changes."""
     res = ctx.resources
     record = require_dataset(ctx, dataset_id)
     if record.origin.get("mode") == "LINK":
@@ -585,6 +592,10 @@ async def restore_version(ctx: Context, dataset_id: str, version: int) -> Datase
         found = res.metadata.get_version(record.id, number=version) if 1 <= version <= record.version else None
         if found is None:
             raise missing
+        if found.number == record.version or res.files.same_files(record.id, found.number, record.version):
+            # Already those rows: a new version would only push real history out of keep_versions
+            # (a client retrying, or restoring in a loop); nothing changes.
+            return record
         try:
             won = await res.executor.run_io(res.files.commit_restored, record.id, found.number, record.version + 1)
         except FileNotFoundError:

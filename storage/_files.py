@@ -67,6 +67,18 @@ def _data(entries: list[Path]) -> list[Path]:
     return [e for e in entries if not is_blocks_entry(e.name)]
 
 
+def _link(source: Path, target: Path) -> None:
+    """Hard-link `source` as `target`; a copy when the file has as many links as the filesystem allows
+    (65,000 on ext4: restores and appends in a quick loop link one file into every version they make)."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EMLINK:
+            raise
+        shutil.copyfile(source, target)
+        _fsync_file(target)
+
+
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
@@ -247,7 +259,7 @@ class DataDir:
             with storage_guard():
                 _fsync_file(staged)
                 for i, part in enumerate(before):
-                    os.link(part, claim / _PART.format(i))
+                    _link(part, claim / _PART.format(i))
                 os.link(staged, claim / _PART.format(len(before)))
                 _fsync_dir(claim)
                 _fsync_dir(claim.parent)
@@ -256,6 +268,19 @@ class DataDir:
             raise
         staged.unlink()
         return len(before) + 1
+
+    def same_files(self, dataset_id: str, a: int, b: int) -> bool:
+        """Whether versions `a` and `b` are the very same files (one restored from the other, links to
+        the same rows); False when either is gone."""
+
+        def identities(version: int) -> list[tuple[int, int]] | None:
+            try:
+                return [(s.st_dev, s.st_ino) for s in (p.stat() for p in self.version_parts(dataset_id, version))]
+            except FileNotFoundError:
+                return None
+
+        first = identities(a)
+        return first is not None and first == identities(b)
 
     def commit_restored(self, dataset_id: str, old: int, version: int) -> bool:
         """Make version `version` the same rows as version `old` (hard links to its file or parts: no
@@ -272,10 +297,14 @@ class DataDir:
             with storage_guard():
                 if source.is_dir():
                     for i, part in enumerate(parts):
-                        os.link(part, claim / _PART.format(i))
+                        _link(part, claim / _PART.format(i))
                     _fsync_dir(claim)
                 else:
-                    os.link(source, self.dataset_file(dataset_id, version))
+                    _link(source, self.dataset_file(dataset_id, version))
+                    # A link keeps the old file's modification time, but the sweep reads this version's
+                    # time as the moment the one before stopped being current: make it now (the
+                    # shared file only looks newer, which delays no more than its own grace).
+                    os.utime(self.dataset_file(dataset_id, version))
                     claim.rmdir()  # the file is the version from now on
                 _fsync_dir(claim.parent)
         except BaseException:

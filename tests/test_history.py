@@ -4,6 +4,7 @@ time, row count, columns and size; older databases get a record of each current 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from support import ROOT, Api, make_settings, running_server, serving, upload_ov
 from wsclient import Ws
 
 from datagraph.settings import Settings
-from storage import MetadataStore
+from storage import DataDir, MetadataStore
 from storage._tables import dataset_versions
 
 CSV = b"id,name,score\n1,a,1.5\n2,b,2.5\n3,c,\n"
@@ -298,3 +299,100 @@ def test_an_imported_table_records_an_import_version(tmp_path: Path) -> None:
         dataset = payload["importTable"]["dataset"]["id"]
         versions = api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
         assert [(v["number"], v["origin"], v["rowCount"]) for v in versions] == [(1, "IMPORT", 500)]
+
+
+def test_at_as_of_the_ends_of_the_calendar_in_any_time_zone_answers_not_an_internal_error(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    latest = api.query(LOOK_AT, {"d": dataset, "t": "9999-12-31T23:59:59-14:00"})  # past what UTC holds
+    assert "errors" not in latest and latest["data"]["dataset"]["at"]["rowCount"] == 3
+    earliest = api.query(LOOK_AT, {"d": dataset, "t": "0001-01-01T00:00:00+14:00"})
+    assert "errors" not in earliest and earliest["data"]["dataset"]["at"] is None
+
+
+def test_counts_and_sizes_past_a_graphql_int_are_reported_as_its_largest_not_a_failed_field(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    metadata: MetadataStore = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+    with metadata.engine.begin() as conn:  # a dataset of three billion rows, five gigabytes
+        conn.execute(sa.update(dataset_versions).values(row_count=3_000_000_000, bytes=5_000_000_000))
+    answer = api.query(VERSIONS, {"d": dataset})
+    assert "errors" not in answer
+    assert [(v["rowCount"], v["bytes"]) for v in answer["data"]["dataset"]["versions"]] == [(2**31 - 1, 2**31 - 1)]
+
+
+def test_versions_with_an_explicit_null_limit_is_still_one_bounded_page(api: Api) -> None:
+    dataset = api.upload_ok(CSV, "scores.csv")
+    metadata: MetadataStore = api.client.app.state.resources.metadata  # type: ignore[attr-defined]
+    first = metadata.list_versions(dataset)[0]
+    with metadata.engine.begin() as conn:  # records of many versions (retention set high)
+        conn.execute(
+            dataset_versions.insert(),
+            [
+                {"dataset_id": dataset, "number": n, "created_at": first.created_at, "row_count": 3,
+                 "columns": first.columns_json, "origin": "APPEND", "bytes": 1}
+                for n in range(2, 1_102)
+            ],
+        )  # fmt: skip
+    listed = api.data(VERSIONS, {"d": dataset, "n": None})["dataset"]["versions"]
+    assert len(listed) == 1_000 and listed[0]["number"] == 1_101
+
+
+def test_the_version_a_restore_replaces_keeps_its_grace_though_the_restored_file_is_old(tmp_path: Path) -> None:
+    """A restore links the old version's file, whose modification time is the old one's: the version it
+    replaced must still get the grace from now (queries reading it finish), not be swept at once."""
+    settings = make_settings(tmp_path, keep_versions=1)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+        _age(settings.data_dir / "datasets" / dataset / "v1.parquet", 3600)  # made an hour ago
+        restored = api.data(RESTORE, {"d": dataset, "v": 1})["restoreVersion"]
+        assert restored["success"], restored["error"]
+    with serving(settings) as api:  # the start-up sweep runs
+        assert api.data(LOOK_AT, {"d": dataset, "v": 2})["dataset"]["at"]["rowCount"] == 4
+        assert api.data(LOOK_AT, {"d": dataset, "v": 3})["dataset"]["at"]["rowCount"] == 3
+
+
+def test_restoring_the_rows_the_dataset_already_has_makes_no_version(tmp_path: Path) -> None:
+    """Retried or looped restores of the current rows must not push real history out of keep_versions."""
+    settings = make_settings(tmp_path, keep_versions=3)
+    with serving(settings) as api:
+        dataset = api.upload_ok(CSV, "scores.csv")
+        assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
+        for number, current in ((2, 2), (2, 2), (1, 3), (1, 3), (1, 3), (3, 3)):
+            restored = api.data(RESTORE, {"d": dataset, "v": number})["restoreVersion"]
+            assert restored["success"], restored["error"]
+            assert restored["dataset"]["version"] == current
+        versions = api.data(VERSIONS, {"d": dataset})["dataset"]["versions"]
+        assert [(v["number"], v["origin"]) for v in versions] == [(3, "RESTORE"), (2, "APPEND"), (1, "UPLOAD")]
+        assert api.data(ROWS, {"d": dataset})["dataset"]["rowCount"] == 3
+        back = api.data(RESTORE, {"d": dataset, "v": 2})["restoreVersion"]  # other rows: a new version
+        assert back["dataset"]["version"] == 4 and back["dataset"]["rowCount"] == 4
+
+
+def _link_to_the_limit(file: Path, folder: Path) -> bool:
+    """Give `file` as many hard links as its filesystem allows (65,000 on ext4); False when it has no
+    such limit below 70,000."""
+    folder.mkdir()
+    for i in range(70_000):
+        try:
+            os.link(file, folder / f"l{i}")
+        except OSError as exc:
+            assert exc.errno == errno.EMLINK
+            return True
+    return False
+
+
+def test_restores_and_appends_of_a_file_with_every_link_the_filesystem_allows_copy_it(tmp_path: Path) -> None:
+    """Restores (and appends) in a quick loop link one file into every version they make, faster than
+    the sweep prunes: at the filesystem's link limit the new version copies it, not an internal error."""
+    files = DataDir(tmp_path / "data")
+    (files.datasets / "d").mkdir()
+    first = files.dataset_file("d", 1)
+    first.write_bytes(b"PAR1 rows PAR1")
+    if not _link_to_the_limit(first, tmp_path / "links"):
+        pytest.skip("this filesystem has no hard-link limit to reach")
+    staged = files.staging_path(".parquet")
+    staged.write_bytes(b"PAR1 more PAR1")
+    assert files.commit_appended(staged, "d", 2) == 2
+    assert [p.read_bytes() for p in files.version_parts("d", 2)] == [b"PAR1 rows PAR1", b"PAR1 more PAR1"]
+    assert files.commit_restored("d", 1, 3)
+    assert files.dataset_file("d", 3).read_bytes() == b"PAR1 rows PAR1"

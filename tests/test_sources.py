@@ -463,7 +463,7 @@ def test_a_source_that_is_down_answers_quickly_and_the_others_keep_working(tmp_p
         api = Api(client, settings)
         started = time.monotonic()
         answer = api.data('{ sql(source: "down", query: "SELECT 1") { %s } }' % RESULT)["sql"]
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 15  # a refused connection, not a wait for a timeout (loaded CI: seconds)
         assert answer["error"]["code"] == "SOURCE_UNAVAILABLE"
         assert "s3cret" not in str(answer) and str(dead) not in answer["error"]["message"]
         source = api.data('{ source(id: "down") { status problem { code message } tables } }')["source"]

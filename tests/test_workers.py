@@ -41,7 +41,10 @@ def _children() -> list[int]:
     """Child processes of this test process (the app's workers run as our children)."""
     pids: list[int] = []
     for task in Path("/proc/self/task").iterdir():
-        text = (task / "children").read_text().split()
+        try:
+            text = (task / "children").read_text().split()
+        except FileNotFoundError:  # a thread that ended since the listing
+            continue
         pids += [int(p) for p in text]
     return pids
 

@@ -107,6 +107,13 @@ class Api:
         dataset_id: str = payload["dataset"]["id"]
         return dataset_id
 
+    def replace_ok(self, dataset_id: str, content: bytes, filename: str) -> dict[str, Any]:
+        """Upload `content` as the next version of `dataset_id`; return the `uploadDataset` payload."""
+        body = self.client.post("/graphql", **upload_request(content, filename, replace=dataset_id)).json()
+        payload: dict[str, Any] = body["data"]["uploadDataset"]
+        assert payload["success"], payload["error"]
+        return payload
+
     def warm_workers(self) -> None:
         """Return once every worker of the app's pool has started (each has answered a job): a test
         whose deadlines are a second or two is not to be charged a worker's imports on a busy machine."""

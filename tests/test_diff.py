@@ -4,7 +4,6 @@ steps (before), with pandas as the oracle for the counts and the changed rows.""
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,6 @@ import pytest
 from support import Api, make_settings, serving
 
 APPEND = "mutation($d: ID!, $r: JSON!) { appendRows(dataset: $d, rows: $r) { success error { message } } }"
-REPLACE = """mutation($file: Upload!, $replace: ID) {
-  uploadDataset(file: $file, replace: $replace) { success error { code message } dataset { id version } }
-}"""
 AT_DIFF = """query($d: ID!, $v: Int!, $against: DiffTarget!, $key: [String!]) {
   dataset(id: $d) { at(version: $v) { diff(against: $against, key: $key) {
     success data error { code message } meta { truncated } } } }
@@ -53,24 +49,13 @@ def _edited() -> pd.DataFrame:
     return pd.concat([frame, extra], ignore_index=True)
 
 
-def _replace(api: Api, dataset: str, content: bytes) -> None:
-    ops = {"query": REPLACE, "variables": {"file": None, "replace": dataset}}
-    response = api.client.post(
-        "/graphql",
-        data={"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
-        files={"0": ("sales.csv", content, "application/octet-stream")},
-        headers={"Apollo-Require-Preflight": "true"},
-    )
-    assert response.json()["data"]["uploadDataset"]["success"], response.json()
-
-
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Api, str]]:
     """A dataset with three versions: the upload, an append of two rows, a replacement with an edited CSV."""
     with serving(make_settings(tmp_path_factory.mktemp("diff"))) as api:
         dataset = api.upload_ok(_csv(BASE), "sales.csv")
         assert api.data(APPEND, {"d": dataset, "r": APPENDED})["appendRows"]["success"]
-        _replace(api, dataset, _csv(_edited()))
+        api.replace_ok(dataset, _csv(_edited()), "sales.csv")
         yield api, dataset
 
 

@@ -24,29 +24,11 @@ REPLACEMENT = b"id,name,score,flag\n10,x,9.5,true\n11,y,8.5,false\n"
 APPEND = "mutation($d: ID!, $r: JSON!) { appendRows(dataset: $d, rows: $r) { success error { message } } }"
 SAVE = """mutation($d: ID!) { saveFrame(dataset: $d, steps: [{filter: [{column: "id", op: GT, value: 1}]}],
   name: "Later rows") { success error { message } dataset { id } } }"""
-REPLACE = """mutation($file: Upload!, $replace: ID) {
-  uploadDataset(file: $file, replace: $replace) { success error { code message } dataset { id version } }
-}"""
 
 
 VERSIONS = """query($d: ID!, $n: Int) {
   dataset(id: $d) { version versions(limit: $n) { number createdAt rowCount columns { name dtype } origin bytes } }
 }"""
-
-
-def replace(api: Api, dataset: str, content: bytes) -> dict:
-    import json
-
-    ops = {"query": REPLACE, "variables": {"file": None, "replace": dataset}}
-    response = api.client.post(
-        "/graphql",
-        data={"operations": json.dumps(ops), "map": json.dumps({"0": ["variables.file"]})},
-        files={"0": ("scores.csv", content, "application/octet-stream")},
-        headers={"Apollo-Require-Preflight": "true"},
-    )
-    payload: dict = response.json()["data"]["uploadDataset"]
-    assert payload["success"], payload["error"]
-    return payload
 
 
 def stored_versions(api: Api, dataset: str) -> list[tuple[int, str, int]]:
@@ -58,7 +40,7 @@ def test_every_change_records_a_version_with_its_origin(api: Api) -> None:
     dataset = api.upload_ok(CSV, "scores.csv")
     assert stored_versions(api, dataset) == [(1, "UPLOAD", 3)]
     assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
-    replace(api, dataset, REPLACEMENT)
+    api.replace_ok(dataset, REPLACEMENT, "scores.csv")
     saved = api.data(SAVE, {"d": dataset})["saveFrame"]
     assert saved["success"], saved["error"]
     assert stored_versions(api, dataset) == [(3, "REPLACE", 2), (2, "APPEND", 4), (1, "UPLOAD", 3)]
@@ -99,7 +81,7 @@ def test_deleting_a_dataset_forgets_its_versions(api: Api) -> None:
 def test_versions_are_listed_newest_first_with_their_origins(api: Api) -> None:
     dataset = api.upload_ok(CSV, "scores.csv")
     assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
-    replace(api, dataset, REPLACEMENT)
+    api.replace_ok(dataset, REPLACEMENT, "scores.csv")
     listed = api.data(VERSIONS, {"d": dataset})["dataset"]
     assert listed["version"] == 3
     versions = listed["versions"]
@@ -150,7 +132,7 @@ def test_at_a_version_answers_what_the_dataset_answered_then(api: Api) -> None:
     seen = [api.data(LOOK, {"d": dataset})["dataset"]]
     assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
     seen.append(api.data(LOOK, {"d": dataset})["dataset"])
-    replace(api, dataset, REPLACEMENT)
+    api.replace_ok(dataset, REPLACEMENT, "scores.csv")
     seen.append(api.data(LOOK, {"d": dataset})["dataset"])
     assert [s["rowCount"] for s in seen] == [3, 4, 2]
     for then in seen:
@@ -195,7 +177,7 @@ def test_restore_makes_a_new_version_equal_to_the_old_one(api: Api) -> None:
     first = api.data(ROWS, {"d": dataset})["dataset"]
     assert api.data(APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]})["appendRows"]["success"]
     appended = api.data(ROWS, {"d": dataset})["dataset"]
-    replace(api, dataset, REPLACEMENT)
+    api.replace_ok(dataset, REPLACEMENT, "scores.csv")
     for old, then, number in ((1, first, 4), (2, appended, 5)):
         restored = api.data(RESTORE, {"d": dataset, "v": old})["restoreVersion"]
         assert restored["success"], restored["error"]

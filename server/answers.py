@@ -19,6 +19,7 @@ Its `meta.cached` become true and `meta.elapsedMs` the time the hit took; nothin
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -60,7 +61,6 @@ _DATASET_TYPES = frozenset({"Dataset", "Frame", "View", "Result", "Meta", "Colum
 _NEVER = frozenset({"export", "source"})  # a link that must stay valid; a database source's live status
 _CACHE_MODES = (b"BYPASS", b"REFRESH")
 _ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its key's text and its body, about
-_LABELS_KEPT = 256  # documents whose datasets_only verdict is remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +110,6 @@ class AnswerCache:
         # string no answer can contain by chance.
         # Each stand-in is numbered: fields resolve in any order, the answer lists them in the document's.
         self._nonce = uuid.uuid4().hex
-        self._labels: dict[tuple[str, str | None], str | None] = {}  # datasets_only's verdicts, oldest first
         self._split = re.compile(b'"' + self._nonce.encode() + b'([CE])([0-9]+)"')
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -228,13 +227,7 @@ class AnswerCache:
         headers: list[tuple[bytes, bytes]],
         reads: ReadLog,
     ) -> None:
-        label_key = (request.query, request.operation)
-        if label_key in self._labels:
-            label = self._labels[label_key]
-        else:  # parsed and walked once per document, not on every miss
-            label = self._labels[label_key] = datasets_only(self.schema, request.query, request.operation)
-            if len(self._labels) > _LABELS_KEPT:
-                del self._labels[next(iter(self._labels))]
+        label = datasets_only(self.schema, request.query, request.operation)
         if label is None:
             return
         try:
@@ -284,6 +277,7 @@ class AnswerCache:
             self.used -= answer.size
 
 
+@functools.lru_cache(maxsize=256)  # a document is parsed and walked once, not on every miss or tag (<= 5 MB of text)
 def datasets_only(schema: GraphQLSchema, query: str, operation_name: str | None) -> str | None:
     """The operation's metrics label when it is a query whose every field reads datasets or the
     dataset list, else None."""

@@ -36,7 +36,6 @@ from server.responses import header, send_error
 __all__ = ["PersistedDocuments"]
 
 _NAMES = (b"documentId", b"persistedQuery")
-_FIT_MEMO = 1_024  # documents whose fitness for an ETag is remembered
 
 
 class PersistedDocuments:
@@ -47,7 +46,6 @@ class PersistedDocuments:
         self.schema = schema
         self.keys_required = keys_required(settings)
         self.cache_control = b"private, no-cache" if self.keys_required else b"no-cache"
-        self._fit: dict[tuple[str, str | None], bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != "/graphql":
@@ -164,7 +162,7 @@ class PersistedDocuments:
             return None
         query: str = operation["query"]
         name = operation.get("operationName")
-        if not isinstance(name, (str, type(None))) or not self._fits(query, name):
+        if not isinstance(name, (str, type(None))) or datasets_only(self.schema, query, name) is None:
             return None
         if b'"errors":' in body:
             answer = jsonutil.loads(body)
@@ -192,16 +190,6 @@ class PersistedDocuments:
         except (TypeError, ValueError):  # orjson's own nesting limit
             return None
         return b'W/"' + digest[:40].encode() + b'"'
-
-    def _fits(self, query: str, name: str | None) -> bool:
-        key = (query, name)
-        fit = self._fit.get(key)
-        if fit is None:
-            fit = datasets_only(self.schema, query, name) is not None
-            if len(self._fit) >= _FIT_MEMO:
-                self._fit.pop(next(iter(self._fit)))
-            self._fit[key] = fit
-        return fit
 
 
 async def _resolve_into(documents: DocumentRegistry, operation: dict[str, Any]) -> bool:

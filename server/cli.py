@@ -1,4 +1,5 @@
-"""`datagraph serve | settings | schema | keys | documents`: every setting is also a command-line option."""
+"""`datagraph serve | settings | schema | keys | documents | versions | diff`: every setting is also a
+command-line option."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from pydantic import ValidationError
 from connectors.sources import SourcesError, configured_sources
 from datagraph.settings import Settings, keys_required, settings_table
 from server.auth import NO_KEYS_MESSAGE, hash_key, new_key
+from server.history_cli import CommandError, diff_versions, find_dataset, format_diff, format_versions
 from server.responses import query_too_long
-from storage import Documents, MetadataStore, document_hash
+from storage import DataDir, Documents, MetadataStore, document_hash
 
 __all__ = ["main"]
 
@@ -76,7 +78,19 @@ def _main(argv: list[str] | None) -> None:
     add = document_commands.add_parser("add", help="Register GraphQL documents; print each one's documentId.")
     add.add_argument("files", nargs="+", metavar="FILE", help="A .graphql file; its exact text is the document.")
     document_commands.add_parser("list", help="The registered documents' ids, kinds and first lines.")
-    for sub in (create, *key_commands.choices.values(), *document_commands.choices.values()):
+    versions = commands.add_parser("versions", help="A dataset's kept versions, newest first.")
+    versions.add_argument("dataset", metavar="DATASET", help="The dataset's id (or its name, when no other has it).")
+    diff = commands.add_parser("diff", help="What changed in a dataset between two of its versions.")
+    diff.add_argument("dataset", metavar="DATASET", help="The dataset's id (or its name, when no other has it).")
+    diff.add_argument("before", metavar="FROM", type=int, help="The version compared against (before).")
+    diff.add_argument("after", metavar="TO", type=int, help="The version compared (after).")
+    diff.add_argument(
+        "--key", action="append", metavar="COL", help="A column that identifies a row (repeat for more); without"
+        " it, whole rows are compared and rows are only added or removed.",
+    )  # fmt: skip
+    diff.add_argument("--limit", type=int, default=20, metavar="N", help="Changed rows printed at most (20).")
+    subs = (create, *key_commands.choices.values(), *document_commands.choices.values(), versions, diff)
+    for sub in subs:
         for name in ("data_dir", "metadata_url"):
             flag = "--" + name.replace("_", "-")
             if flag not in sub._option_string_actions:
@@ -93,6 +107,8 @@ def _main(argv: list[str] | None) -> None:
         _keys(args, load_settings(args))
     elif args.command == "documents":
         _documents(args, load_settings(args))
+    elif args.command in ("versions", "diff"):
+        _history(args, load_settings(args))
     else:
         settings = load_settings(args)
         try:
@@ -158,6 +174,20 @@ def _keys(args: argparse.Namespace, settings: Settings) -> None:
             sys.exit(f"datagraph: there is no key called {args.name!r}.")
         else:
             print(f"Revoked the API key {args.name!r}.")
+
+
+def _history(args: argparse.Namespace, settings: Settings) -> None:
+    with _store(settings) as store:
+        try:
+            record = find_dataset(store, args.dataset)
+            if args.command == "versions":
+                print(format_versions(store, record))
+                return
+            files = DataDir(settings.data_dir)
+            data, _ = diff_versions(store, files, record, args.before, args.after, key=args.key, limit=args.limit)
+        except CommandError as exc:
+            sys.exit(f"datagraph: {exc}")
+        print(format_diff(data, before=args.before, after=args.after))
 
 
 def _documents(args: argparse.Namespace, settings: Settings) -> None:

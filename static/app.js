@@ -11,8 +11,10 @@ import { initData } from "./app/data.js";
 import { initDescribe } from "./app/describe.js";
 import { $ } from "./app/dom.js";
 import { initExport } from "./app/export.js";
+import { initHistory } from "./app/history.js";
 import { LiveConnection } from "./app/live.js";
 import { EVENTS } from "./app/queries.js";
+import { initRecipe } from "./app/recipe.js";
 import { initResult } from "./app/result.js";
 import { initTheme } from "./app/theme.js";
 
@@ -55,6 +57,8 @@ const result = initResult(app, builder);
 initDescribe(app);
 const chart = initChart(app);
 initExport(app);
+initRecipe(app);
+initHistory(app);
 initTheme(() => chart.redraw()); // the chart takes its colours from the theme
 
 /** Bring the page up to date: the list, and the dataset shown (after a reconnection or a new key). */

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import pandas as pd
 import pytest
-from support import DATA, add_key, require, running_server, upload_over_http
+from support import DATA, ROOT, add_key, require, running_server, upload_over_http, upload_request
 
 try:
     from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -610,3 +611,151 @@ def test_the_picker_shows_a_page_at_a_time_and_its_search_finds_any_dataset(brow
             expect(status).to_have_text("No dataset matches “no such thing”.")
             expect(page.locator("#dataset-select")).to_have_value("part-117")  # the open one stays
             expect(page.locator("#empty-state")).to_be_hidden()
+
+
+HISTORY_V1 = pd.DataFrame(
+    {"id": range(1, 13), "name": [f"n{i % 4}" for i in range(12)], "score": [i * 1.5 for i in range(12)]}
+)
+
+
+def _history_v2() -> pd.DataFrame:
+    """Ids 1 and 2 gone, 5's score and 6's name changed, ids 20 and 21 new."""
+    frame = HISTORY_V1[~HISTORY_V1["id"].isin([1, 2])].copy()
+    frame.loc[frame["id"] == 5, "score"] = 99.5
+    frame.loc[frame["id"] == 6, "name"] = "renamed"
+    extra = pd.DataFrame({"id": [20, 21], "name": ["new", "new"], "score": [1.0, 2.0]})
+    return pd.concat([frame, extra], ignore_index=True)
+
+
+def _by_key(before: pd.DataFrame, after: pd.DataFrame, key: str) -> dict[str, list[int]]:
+    """pandas' account of a diff by `key`: the keys added, removed and changed."""
+    merged = after.merge(before, on=key, how="outer", suffixes=("", "__before"), indicator=True)
+    both = merged[merged["_merge"] == "both"]
+    differs = pd.Series(False, index=both.index)
+    for c in (c for c in after.columns if c != key):
+        differs |= ~((both[c] == both[c + "__before"]) | (both[c].isna() & both[c + "__before"].isna()))
+    return {
+        "added": sorted(merged.loc[merged["_merge"] == "left_only", key]),
+        "removed": sorted(merged.loc[merged["_merge"] == "right_only", key]),
+        "changed": sorted(both.loc[differs, key]),
+        "unchanged": [int((~differs).sum())],
+    }
+
+
+def test_the_history_panel_lists_versions_compares_two_by_key_and_restores_one(
+    session: Session, tmp_path: Path
+) -> None:
+    from test_page import axe_violations  # here: test_page imports this module
+
+    csv = tmp_path / "ledger.csv"
+    csv.write_bytes(HISTORY_V1.to_csv(index=False).encode())
+    dataset = upload_over_http(session.server, csv)
+    page = session.open(dataset)
+    history = page.locator("#history")
+    versions = history.locator("#history-versions tbody tr")
+    expect(versions).to_have_count(1)
+
+    # Replaced elsewhere: the page lists the new version unasked, and compares the last two by default.
+    v2 = _history_v2()
+    replaced = httpx.post(
+        session.server + "/graphql", **upload_request(v2.to_csv(index=False).encode(), "ledger.csv", replace=dataset)
+    ).json()["data"]["uploadDataset"]
+    assert replaced["success"], replaced
+    expect(versions).to_have_count(2)
+    listed = table(history.locator("#history-versions table"))
+    assert [(r["Version"], r["Origin"], r["Rows"]) for r in listed] == [
+        ("2 (current)", "replace", shown(len(v2))), ("1", "upload", shown(len(HISTORY_V1))),
+    ]  # fmt: skip
+    expect(history.get_by_label("Compare version")).to_have_value("1")
+    expect(history.get_by_label("with version")).to_have_value("2")
+
+    # A key that repeats: the API's refusal, next to the key menu.
+    history.get_by_label("Match rows by").select_option("name")
+    history.get_by_role("button", name="Compare", exact=True).click()
+    expect(history.locator("#diff-error")).to_contain_text("is not unique")
+    expect(history.get_by_label("Match rows by")).to_have_attribute("aria-invalid", "true")
+
+    history.get_by_label("Match rows by").select_option("id")
+    history.get_by_role("button", name="Compare", exact=True).click()
+    expect(history.locator("#diff-error")).to_be_hidden()
+    expected = _by_key(HISTORY_V1, v2, "id")
+    for change in ("added", "removed", "changed"):
+        expect(history.locator(f'#diff-summary [data-count="{change}"] dd')).to_have_text(shown(len(expected[change])))
+    expect(history.locator('#diff-summary [data-count="unchanged"] dd')).to_have_text(shown(expected["unchanged"][0]))
+    rows = table(history.locator("#diff-rows table"))
+    found = {c: [int(r["id"]) for r in rows if r["Change"] == c] for c in ("added", "removed", "changed")}
+    assert found == {c: expected[c] for c in ("added", "removed", "changed")}
+    five = next(r for r in rows if r["id"] == "5")
+    assert (five["score"], five["score (before)"]) == (shown(99.5), shown(HISTORY_V1.loc[4, "score"]))
+    six = next(r for r in rows if r["id"] == "6")
+    assert (six["name"], six["name (before)"]) == ("renamed", HISTORY_V1.loc[5, "name"])
+    stats = {r["Column"]: r for r in table(history.locator("#diff-stats table"))}
+    assert (stats["score"]["Values before"], stats["score"]["Values after"]) == (shown(12), shown(len(v2)))
+    assert (stats["score"]["Mean before"], stats["score"]["Mean after"]) == (
+        shown(HISTORY_V1["score"].mean()), shown(v2["score"].mean()),
+    )  # fmt: skip
+    assert axe_violations(page) == []
+    session.shot("history-diff")
+
+    # Restore version 1: a confirm step first; kept, nothing happens.
+    restore = history.locator('#history-versions tr[data-version="1"]').get_by_role("button")
+    expect(restore).to_have_accessible_name("Restore this version (version 1)")
+    restore.click()
+    dialog = page.get_by_role("dialog", name="Restore this version?")
+    expect(dialog).to_be_visible()
+    assert axe_violations(page) == []
+    dialog.get_by_role("button", name="Keep the current version").click()
+    expect(dialog).to_be_hidden()
+    expect(versions).to_have_count(2)
+    restore.click()
+    dialog.get_by_role("button", name="Restore it").click()
+    expect(history.locator("#history-status")).to_have_text(
+        f"Restored version 1 as version 3 ({shown(len(HISTORY_V1))} rows)."
+    )
+    expect(versions).to_have_count(3)
+    first = table(history.locator("#history-versions table"))[0]
+    assert (first["Version"], first["Origin"], first["Rows"]) == ("3 (current)", "restore", shown(len(HISTORY_V1)))
+    expect(page.locator("#dataset-version")).to_have_text("3")
+    expect(page.locator("#dataset-rows")).to_have_text(shown(len(HISTORY_V1)))
+    # Version 3 against version 2 now undoes the replacement: what was added is removed.
+    expect(history.get_by_label("Compare version")).to_have_value("2")
+    history.get_by_label("Match rows by").select_option("id")
+    history.get_by_role("button", name="Compare", exact=True).click()
+    expect(history.locator('#diff-summary [data-count="removed"] dd')).to_have_text(shown(len(expected["added"])))
+    expect(history.locator('#diff-summary [data-count="added"] dd')).to_have_text(shown(len(expected["removed"])))
+    session.shot("history-restored")
+
+
+# Frame.recipe comes from another branch (issue 20, item 4's API); this test runs once it is in the schema.
+RECIPE_IN_SCHEMA = re.search(r"^  recipe\b", (ROOT / "schema.graphql").read_text("utf-8"), re.MULTILINE) is not None
+
+
+@pytest.mark.skipif(not RECIPE_IN_SCHEMA, reason="Frame.recipe is not in schema.graphql yet")
+def test_copy_as_polars_shows_the_script_and_download_recipe_gives_json_and_py(session: Session) -> None:
+    tips = upload_over_http(session.server, DATA / "tips.csv")
+    page = session.open(tips)
+    add_condition(page, "day", "EQ", "Sun")
+    page.get_by_role("button", name="Show the result").click()
+    expect(page.locator("#result-count")).to_have_text(f"{shown(int((TIPS['day'] == 'Sun').sum()))} rows")
+    export = page.locator("#export")
+    export.get_by_role("button", name="Copy as Polars").click()
+    script = export.get_by_role("region", name="Polars script")
+    expect(script).to_contain_text("import polars")
+    expect(export.locator("#recipe-status")).to_contain_text("script")
+    session.shot("recipe-copied")
+
+    downloads: list[Any] = []
+    page.on("download", downloads.append)
+    export.get_by_role("button", name="Download recipe").click()
+    expect(export.locator("#recipe-status a")).to_have_count(2)
+    for _ in range(150):  # the two clicks' downloads arrive one after the other
+        if len(downloads) == 2:
+            break
+        page.wait_for_timeout(100)
+    names = sorted(d.suggested_filename for d in downloads)
+    assert names == [f"{tips}-filtered-by-day.py", f"{tips}-filtered-by-day.recipe.json"], names
+    saved = {d.suggested_filename: Path(d.path()).read_text("utf-8") for d in downloads}
+    recipe = json.loads(saved[f"{tips}-filtered-by-day.recipe.json"])
+    assert [list(step) for step in recipe["steps"]] == [["filter"]]
+    assert recipe["sources"] == [{"dataset": tips, "version": 1}]
+    assert "import polars" in saved[f"{tips}-filtered-by-day.py"]

@@ -90,3 +90,37 @@ export const EVENTS = `subscription Events {
 export const JOB_PROGRESS = `subscription JobProgress($job: ID!) {
   jobProgress(job: $job) { job kind stage rowsProcessed bytesProcessed elapsedMs final error }
 }`;
+
+/** A dataset's kept versions, newest first, and the columns of its current version (for the key). */
+export const VERSIONS = `query Versions($id: ID!) {
+  dataset(id: $id) {
+    id name version
+    columns { name dtype }
+    versions(limit: 50) { number createdAt origin rowCount bytes columns { name } }
+  }
+}`;
+
+/** Version `after` of a dataset against version `before`: {summary, rows, stats}. */
+export const DIFF = `query Diff($id: ID!, $before: Int!, $after: Int!, $key: [String!]) {
+  dataset(id: $id) {
+    at(version: $after) {
+      diff(against: {version: $before}, key: $key) {
+        success data ${PROBLEM}
+        meta { truncated }
+      }
+    }
+  }
+}`;
+
+export const RESTORE = `mutation Restore($id: ID!, $version: Int!) {
+  restoreVersion(dataset: $id, version: $version) { success ${PROBLEM} dataset { id version rowCount } }
+}`;
+
+/** The current result as a recipe: {steps, sources, polars, sql}. */
+export const RECIPE = `query Recipe($id: ID!, $steps: [Step!]!) {
+  dataset(id: $id) {
+    pipeline(steps: $steps) {
+      recipe { success data ${PROBLEM} }
+    }
+  }
+}`;

@@ -51,7 +51,7 @@ def format_versions(store: MetadataStore, record: DatasetRecord) -> str:
         ]
         for v in store.list_versions(record.id)
     ]
-    head = f'Versions of "{record.name}" ({record.id}), newest first; * marks the current one.'
+    head = f'Versions of "{_printable(record.name)}" ({record.id}), newest first; * marks the current one.'
     if not rows:
         return f"{head}\n(no versions are recorded)"
     table = _table(["version", "created at", "origin", "rows", "columns", "bytes"], rows, right={0, 3, 4, 5})
@@ -100,16 +100,16 @@ def format_diff(data: dict[str, Any], *, before: int, after: int) -> str:
         f"  removed    {summary['removed']:,}",
         f"  changed    {summary['changed']:,}",
         f"  unchanged  {summary['unchanged']:,}",
-        f"  columns added    {', '.join(summary['columnsAdded']) or '-'}",
-        f"  columns removed  {', '.join(summary['columnsRemoved']) or '-'}",
+        f"  columns added    {', '.join(map(_cell, summary['columnsAdded'])) or '-'}",
+        f"  columns removed  {', '.join(map(_cell, summary['columnsRemoved'])) or '-'}",
         "  type changes     "
-        + (", ".join(f"{t['column']} {t['from']} -> {t['to']}" for t in summary["typeChanges"]) or "-"),
+        + (", ".join(f"{_cell(t['column'])} {t['from']} -> {t['to']}" for t in summary["typeChanges"]) or "-"),
     ]
     rows: list[dict[str, Any]] = data["rows"]
     total = summary["added"] + summary["removed"] + summary["changed"]
     if rows:
         columns = list(rows[0])
-        lines += ["", _table(columns, [[_cell(r.get(c)) for c in columns] for r in rows])]
+        lines += ["", _table([_cell(c) for c in columns], [[_cell(r.get(c)) for c in columns] for r in rows])]
     if total > len(rows):
         lines.append(f"... {total - len(rows):,} more")
     return "\n".join(lines)
@@ -117,7 +117,13 @@ def format_diff(data: dict[str, Any], *, before: int, after: int) -> str:
 
 def _cell(value: Any) -> str:
     text = "null" if value is None else str(value)
-    return _clip(" ".join(text.split()), CELL_MAX)
+    return _clip(_printable(" ".join(text.split())), CELL_MAX)
+
+
+def _printable(text: str) -> str:
+    """`text` with control and format characters (a terminal's escape sequences, bidi overrides)
+    shown as U+FFFD: a dataset's values must not drive the terminal they are printed on."""
+    return "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
 
 
 def _clip(text: str, n: int = 80) -> str:

@@ -56,6 +56,7 @@ class History:
     listed: dict[str, Any]  # the API's `versions` of sales
     pruned: str  # four versions, the first pruned
     twins: tuple[str, ...]  # two datasets with one name
+    escapes: str  # version 2 has a value holding a terminal escape sequence
 
 
 def _age(folder: Path, seconds: float) -> None:
@@ -78,10 +79,12 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
             assert api.data(APPEND, {"d": pruned, "r": [{"id": 10 + n, "v": "x"}]})["appendRows"]["success"]
         twins = tuple(api.upload_ok(f"a\n{n}\n".encode(), "t.csv", name="Twin copy") for n in (1, 2))
         assert pruned != "Old rows" and "Twin copy" not in twins  # named, not found by id
+        escapes = api.upload_ok(b"id,v\n1,a\n", "escapes.csv")
+        api.replace_ok(escapes, b'id,v\n1,"\x1b[2J\x1b[31mred"\n', "escapes.csv")
     _age(settings.data_dir / "datasets" / pruned, 3600)
     with serving(settings):  # the start-up sweep prunes the first version of `pruned`
         pass
-    yield History(settings.data_dir, sales, listed, pruned, twins)
+    yield History(settings.data_dir, sales, listed, pruned, twins, escapes)
 
 
 def _run(history: History, *args: str) -> Any:
@@ -178,6 +181,13 @@ def test_diff_caps_the_rows_at_the_limit_and_says_how_many_more(history: History
     assert len(rows) == 6
     assert {r["_change"] for r in rows} <= {"added", "removed"}
     assert done.stdout.rstrip().endswith(f"... {added + removed - 6} more")
+
+
+def test_diff_prints_no_control_character_of_the_data(history: History) -> None:
+    done = _run(history, "diff", history.escapes, "1", "2", "--key", "id")
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout
+    assert _table(done.stdout) == [{"_change": "changed", "id": "1", "v": "\ufffd[2J\ufffd[31mred", "v__before": "a"}]
 
 
 @pytest.mark.slow  # a process start each (about 2 s of CPU on a loaded machine)

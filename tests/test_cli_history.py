@@ -1,6 +1,8 @@
 """`datagraph versions` and `datagraph diff` (issue 20, items 2 and 4 on the command line), run as a
 user runs them against a data directory a real app made (upload, append, replace; a dataset whose
-first version was pruned), with pandas as the oracle for the counts and the changed rows."""
+first version was pruned), with pandas as the oracle for the counts and the changed rows. Each command
+is a process start (about 2 s of imports on a loaded machine): the everyday tier runs the listing
+and the diff by key, the slow tier the rest."""
 
 from __future__ import annotations
 
@@ -137,6 +139,7 @@ def test_versions_lists_newest_first_with_the_current_one_marked(history: Histor
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", r[1]) and re.fullmatch(r"\d\d:\d\d:\d\dZ", r[2]) for r in rows)
 
 
+@pytest.mark.slow  # a process start: 2 to 5 s on a loaded machine
 def test_versions_accepts_a_name_held_by_one_dataset_and_leaves_out_pruned_ones(history: History) -> None:
     done = _run(history, "versions", "Old rows")
     assert done.returncode == 0, done.stderr
@@ -168,6 +171,7 @@ def test_diff_by_key_prints_the_counts_and_changed_rows_pandas_finds(history: Hi
     assert "columns added    -" in done.stdout and "type changes     -" in done.stdout
 
 
+@pytest.mark.slow  # a process start: 2 to 5 s on a loaded machine
 def test_diff_caps_the_rows_at_the_limit_and_says_how_many_more(history: History) -> None:
     done = _run(history, "diff", history.sales, "2", "3", "--limit", "6")  # no key: whole rows, added and removed only
     assert done.returncode == 0, done.stderr
@@ -183,6 +187,7 @@ def test_diff_caps_the_rows_at_the_limit_and_says_how_many_more(history: History
     assert done.stdout.rstrip().endswith(f"... {added + removed - 6} more")
 
 
+@pytest.mark.slow  # a process start: 2 to 5 s on a loaded machine
 def test_diff_prints_no_control_character_of_the_data(history: History) -> None:
     done = _run(history, "diff", history.escapes, "1", "2", "--key", "id")
     assert done.returncode == 0, done.stderr

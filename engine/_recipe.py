@@ -219,8 +219,7 @@ and writes the result as Parquet. Run it with one file per source:
 """
 
 import argparse
-import datetime  # noqa: F401 - filter values that are dates are written as datetime.date(...)
-
+{imports}
 import polars as pl
 
 parser = argparse.ArgumentParser(description="Rebuild a datagraph frame from Parquet exports.")'''
@@ -233,7 +232,7 @@ def _write(plan: Plan, script: _Script) -> str:
         usage = "--<dataset id> FILE.parquet ..."
     step_count = f"{len(plan.steps)} step{'s' if len(plan.steps) != 1 else ''}"
     what = f"{step_count} over {len(sources)} source{'s' if len(sources) != 1 else ''}"
-    script.add(_HEADER.format(what=what, usage=usage))
+    script.add(_HEADER.format(what=what, usage=usage, imports="{imports}"))
     for s in sources:
         option, dest = script.options[(s.dataset_id, s.version)]
         script.add(
@@ -267,7 +266,9 @@ def _write(plan: Plan, script: _Script) -> str:
         schema = dict(build(Plan(shaped, (step,)))[1])
     script.add("", "# Collected as the server collects it, then written as its Parquet export is.")
     script.add("frame.collect().write_parquet(args.out)", "")
-    return "\n".join(script.lines)
+    text = "\n".join(script.lines)
+    # Dates in filters are written datetime.date(...); the module is imported only when used.
+    return text.replace("{imports}", "import datetime\n" if "datetime.date" in text else "", 1)
 
 
 def _write_step(script: _Script, number: int, step: Step, schema: dict[str, pl.DataType]) -> None:
@@ -300,9 +301,9 @@ def _write_step(script: _Script, number: int, step: Step, schema: dict[str, pl.D
 def _call(head: str, arguments: list[str]) -> str:
     """`head(a, b)` on one line when short, else one argument a line."""
     line = f"{head}({', '.join(arguments)})"
-    if len(line) <= 100:
+    if len(line) <= 100 and "\n" not in line:
         return line
-    return "\n".join([f"{head}(", *(f"    {a}," for a in arguments), ")"])
+    return "\n".join([f"{head}(", *("    " + a.replace("\n", "\n    ") + "," for a in arguments), ")"])
 
 
 _OPERATORS = {"EQ": "==", "NE": "!=", "GT": ">", "GE": ">=", "LT": "<", "LE": "<="}
@@ -427,13 +428,15 @@ def _clean_step(script: _Script, s: CleanStep, schema: dict[str, pl.DataType]) -
     if isinstance(s, FillNulls):
         return _fill_nulls(s, schema)
     if isinstance(s, Cast):
+        if s.to == "BOOLEAN" and any(value_kind(schema[c]) == "text" for c in s.columns):
+            script.add(f"BOOLEAN_WORDS = {_py(_BOOLEAN_WORDS)}  # the words read as true and false")
         return [e for c in dict.fromkeys(s.columns) if (e := _cast(c, schema[c], s.to)) is not None]
     if isinstance(s, Rename):
         script.add(f"frame = frame.rename({_py(dict(s.pairs))})")
         return None
     if isinstance(s, DropDuplicates):
-        subset = _py(list(dict.fromkeys(s.columns))) if s.columns is not None else "None"
-        script.add(f"frame = frame.unique({subset}, keep={s.keep.lower()!r}, maintain_order=True)")
+        subset = f"{_py(list(dict.fromkeys(s.columns)))}, " if s.columns is not None else ""
+        script.add(f"frame = frame.unique({subset}keep={s.keep.lower()!r}, maintain_order=True)")
         return None
     if isinstance(s, Trim):
         named = list(dict.fromkeys(s.columns)) if s.columns is not None else None
@@ -481,13 +484,14 @@ def _cast(column: str, dtype: pl.DataType, to: str) -> str | None:
         if to in ("INT", "FLOAT"):
             converted = f"{text}.cast({_dtype(target)}, strict=False)"
         elif to == "BOOLEAN":
-            words = _py(_BOOLEAN_WORDS)
-            converted = f"{text}.str.to_lowercase().replace_strict({words}, default=None, return_dtype=pl.Boolean)"
+            words = "BOOLEAN_WORDS, default=None, return_dtype=pl.Boolean"
+            converted = f"{text}.str.to_lowercase().replace_strict({words})"
         elif to == "DATE":
             converted = f"{text}.str.to_date('%Y-%m-%d', strict=False)"
         else:
+            # The first ISO shape that reads the value.
             parsed = [f"{text}.str.to_datetime({f!r}, strict=False, time_unit='us')" for f in _ISO_TIMESTAMPS]
-            converted = "pl.coalesce(" + ", ".join(parsed) + ")"
+            converted = _call("pl.coalesce", parsed)
     elif to == "BOOLEAN":
         converted = f"pl.when({col} == 1).then(True).when({col} == 0).then(False).otherwise(None)"
     elif to == "INT" and kind == "float":

@@ -31,7 +31,7 @@ async def recipe(ctx: Context, *, plan: Plan, options: Options) -> Outcome:
 
     async def work(timeout: float | None) -> Outcome:
         data = await ctx.resources.executor.run(engine.recipe, plan, timeout=timeout)
-        return Outcome(data=data, row_count=len(data["steps"]))
+        return Outcome(data=data)
 
     return await analysed(ctx, "recipe", {}, plan.key(), work, options)
 

@@ -39,15 +39,16 @@ def _items_csv() -> bytes:
         qty = "" if i % 7 == 0 else str(i % 5)
         price = "" if i % 9 == 0 else f"{(i * 37 % 100) / 4:.2f}"
         name = "" if i % 11 == 0 else ["  apple", "pear ", "plum", "apricot", "Peach"][i % 5]
-        day = f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}"
+        day = f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}" if i % 8 else ""
         at = f"2024-03-{1 + i % 28:02d} {i % 24:02d}:{i % 60:02d}:00"
         flag = "" if i % 6 == 0 else ("true" if i % 2 else "false")
         code = f" {i % 13} " if i % 4 else str(i % 13)
         stamp = f"{1 + i % 28:02d}/{1 + i % 12:02d}/2023"
         answer = ["yes", "no", "Y", "N"][i % 4]
         region = str(i % 4) if i % 10 else ""
-        rows.append(",".join([str(i), qty, price, name, day, at, flag, code, stamp, answer, region]))
-    header = "id,qty,price,name,day,at,flag,code,stamp,answer,region"
+        zoned = f"2024-01-{1 + i % 28:02d} {i % 24:02d}:30:00{'+' if i % 3 else '-'}0{i % 5}00"
+        rows.append(",".join([str(i), qty, price, name, day, at, flag, code, stamp, answer, region, zoned]))
+    header = "id,qty,price,name,day,at,flag,code,stamp,answer,region,zoned"
     return ("\n".join([header, *rows]) + "\n").encode()
 
 
@@ -176,6 +177,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
             ]
         },
         {"clean": [{"cast": {"columns": ["quantity"], "to": "INT"}}, {"cast": {"columns": ["at"], "to": "DATETIME"}}]},
+        {"clean": [{"cast": {"columns": ["flag"], "to": "BOOLEAN"}}, {"cast": {"columns": ["stamp"], "to": "TEXT"}}]},
+        {"clean": [{"cast": {"columns": ["stamp"], "to": "DATE"}}, {"fillNulls": {"value": "2024-06-30T12:00:00", "columns": ["day"]}}]},
+        {"clean": [{"parseDates": {"columns": ["zoned"], "format": "%Y-%m-%d %H:%M:%S%z", "to": "DATETIME"}}]},
         {"clean": [{"cast": {"columns": ["at"], "to": "DATE"}}, {"cast": {"columns": ["price"], "to": "TEXT"}}]},
         {"clean": [{"cast": {"columns": ["price"], "to": "FLOAT"}}, {"trim": {"columns": ["fruit"]}}]},
     ],

@@ -11,7 +11,7 @@ SQL, dataset ids) reaches the script as `repr` of a Python value, never as code.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,8 +155,9 @@ def _options(sources: list[Source]) -> dict[tuple[str, int], tuple[str, str]]:
 def recipe(plan: Plan) -> dict[str, Any]:
     """The plan as a recipe: {steps, sources, polars, sql} (and `query` for a frame over SQL over
     datasets). Checks every step against the schema, as `build` does, without reading data."""
+    if plan.refused is not None:
+        raise plan.refused_as(plan.refused)
     link = plan.source.link
-    build(plan, head=0 if link is not None else None)  # the refusal or the first wrong step, as results say it
     sources = plan.sources()
     script = _Script(_options(sources), [])
     polars = _write(plan, script)
@@ -222,15 +223,31 @@ def _write(plan: Plan, script: _Script) -> str:
         )
         schema = dict(build(Plan(root), head=0 if root.link is not None else None)[1])
     for number, step in enumerate(plan.steps, 1):
+        after = _after(schema, step)  # checked before it is written: BAD_INPUT naming what is wrong
         script.add("")
         _write_step(script, number, step, schema)
-        shaped = Source("", 0, Path(), link=_Shape(schema))
-        schema = dict(build(Plan(shaped, (step,)))[1])
+        schema = after
     script.add("", "# Collected as the server collects it, then written as its Parquet export is.")
     script.add("frame.collect().write_parquet(args.out)", "")
     text = "\n".join(script.lines)
     # Dates in filters are written datetime.date(...); the module is imported only when used.
     return text.replace("{imports}", "import datetime\n" if "datetime.date" in text else "", 1)
+
+
+def _light(step: Step) -> Step:
+    """The step, a linked table joined on it read as its shape only (it fetches no rows)."""
+    if not isinstance(step, Join) or step.right.link is None:
+        return step
+    right = step.right
+    shape = _Shape(dict(right.scan((), head=0)[0].collect_schema()))
+    return replace(step, right=Source(right.dataset_id, right.version, Path(), link=shape))
+
+
+def _after(schema: dict[str, pl.DataType], step: Step) -> dict[str, pl.DataType]:
+    """The schema after `step` over a frame of `schema`, built on an empty frame (no data read);
+    `BadInput` (or `NotFound`) as `build` says it, when the step is wrong."""
+    shaped = Source("", 0, Path(), link=_Shape(schema))
+    return dict(build(Plan(shaped, (_light(step),)))[1])
 
 
 def _write_step(script: _Script, number: int, step: Step, schema: dict[str, pl.DataType]) -> None:
@@ -330,8 +347,10 @@ def _group_by(script: _Script, number: int, step: GroupBy, schema: dict[str, pl.
 
 def _join(script: _Script, number: int, step: Join, schema: dict[str, pl.DataType]) -> None:
     how = "inner" if step.how == "INNER" else "left"
-    original = dict(step.right.scan()[0].collect_schema())
-    prepared = dict(join_right_side(schema, step).collect_schema())  # renamed in place, keys cast
+    light = _light(step)
+    assert isinstance(light, Join)
+    original = dict(light.right.scan()[0].collect_schema())
+    prepared = dict(join_right_side(schema, light).collect_schema())  # renamed in place, keys cast
     renames = {old: new for old, new in zip(original, prepared, strict=True) if old != new}
     casts = [k for k in step.on if original[k] != schema[k]]
     script.add(
@@ -354,6 +373,6 @@ def _join(script: _Script, number: int, step: Join, schema: dict[str, pl.DataTyp
 def _clean(script: _Script, number: int, step: Clean, schema: dict[str, pl.DataType]) -> None:
     for part, s in enumerate(step.steps, 1):
         label = f"{number}.{part}" if len(step.steps) > 1 else str(number)
+        after = _after(schema, Clean((s,)))
         script.add(f"# Step {label}: clean, {s.name}.", *clean_statements(s, schema))
-        shaped = Source("", 0, Path(), link=_Shape(schema))
-        schema = dict(build(Plan(shaped, (Clean((s,)),)))[1])
+        schema = after

@@ -56,7 +56,8 @@ def _read(ctx: Context, source: RecipeSource, index: int) -> DatasetRecord:
         raise NotFound(f'runRecipe: there is no dataset "{_clip(source.dataset)}" ({where}).')
     if source.version is None or source.version == record.version:
         return record
-    found = ds.dataset_at(ctx, record, version=source.version, as_of=None) if source.version > 0 else None
+    known = 1 <= source.version < record.version  # a later one was never made
+    found = ds.dataset_at(ctx, record, version=source.version, as_of=None) if known else None
     if found is None:
         raise BadInput(
             f'runRecipe: dataset "{record.id}" has no version {source.version} ({where}): it was never made or has'

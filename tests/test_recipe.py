@@ -392,6 +392,8 @@ BAD_RECIPES = [
     ({"steps": [{"join": {"right": "nowhere", "on": ["id"]}}], "sources": ITEMS}, "NOT_FOUND", '"nowhere"'),
     ({"steps": [], "sources": [{"dataset": "missing-one", "version": 1}]}, "NOT_FOUND", '"missing-one"'),
     ({"steps": [], "sources": [{"dataset": "items", "version": 7}]}, "BAD_INPUT", "no version 7"),
+    ({"steps": [], "sources": [{"dataset": "items", "version": 10**30}]}, "BAD_INPUT", "recipe.sources[0].version"),
+    ({"steps": [], "sources": [{"dataset": "items", "version": -1}]}, "BAD_INPUT", "no version -1"),
     ({"steps": [], "sources": []}, "BAD_INPUT", "at least one"),
     ({"steps": [], "sources": ITEMS, "extra": 1}, "BAD_INPUT", '"extra"'),
     ({"steps": {"select": ["id"]}, "sources": ITEMS}, "BAD_INPUT", "recipe.steps must be a list"),

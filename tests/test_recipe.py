@@ -533,3 +533,12 @@ def test_a_linked_tables_recipe_gives_its_pushdown_sql(tmp_path: Path, exports: 
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+def test_a_datasets_own_recipe_reads_it_whole_and_is_cached_under_its_version(app: Api) -> None:
+    query = '{ dataset(id: "regions") { recipe { success data meta { cached } } } }'
+    first, second = (app.data(query)["dataset"]["recipe"] for _ in range(2))
+    assert first["success"] and first["data"] == second["data"]
+    assert first["data"]["steps"] == [] and first["data"]["sources"] == [{"dataset": "regions", "version": 1}]
+    assert "frame = pl.scan_parquet(args.regions)" in first["data"]["polars"]
+    assert (first["meta"]["cached"], second["meta"]["cached"]) == (False, True)

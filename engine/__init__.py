@@ -49,6 +49,7 @@ from engine._plan import (
     step_size,
     too_many_steps,
 )
+from engine._recipe import recipe, step_json
 from engine._together import together
 
 __all__ = [
@@ -101,8 +102,10 @@ __all__ = [
     "page",
     "page_window",
     "paired_stats",
+    "recipe",
     "records_json",
     "rows",
+    "step_json",
     "step_size",
     "summary",
     "together",

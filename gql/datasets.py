@@ -17,11 +17,14 @@ from strawberry.scalars import JSON
 from connectors.database_sources import SourceCheck
 from datagraph.errors import BadInput, DatagraphError
 from engine import Plan
-from gql.frames import CacheMode, Frame, StepInput, View, pipeline_plan, sql_pipeline_plan
+from gql.frames import CacheMode, Frame, StepInput, View, pipeline_plan, sql_pipeline_plan, to_steps
 from gql.jobs import Job
+from gql.recipe import read_recipe
 from gql.results import Column, Meta, Problem, ProblemCode, Result, column, result
-from resolvers import Options, dataset_sql, frames, sources
+from resolvers import Options, Outcome, dataset_sql, frames, sources
+from resolvers import Problem as PlainProblem
 from resolvers import datasets as ds
+from resolvers import recipe as recipes
 from resolvers.context import Context
 from resolvers.jobs import DatasetOutcome, changed, run_job
 from storage import DatasetRecord, VersionRecord
@@ -398,6 +401,34 @@ class DatasetMutation:
 
         async def work(job: str) -> DatasetRecord:
             plan = sql_pipeline_plan(ctx, sql, steps) if sql is not None else pipeline_plan(ctx, str(dataset), steps)
+            return await ds.save_frame(ctx, plan=plan, name=name, job_id=job)
+
+        return dataset_payload(ctx, await run_job(ctx, "saveFrame", work, chosen_job(job_id)))
+
+    @strawberry.mutation(
+        description="Make the saved frame a recipe describes (the data of a frame's recipe field: {steps, sources}),"
+        " as saveFrame would: the steps over the first source, each source read at its version (the current one"
+        " when left out; a version no longer kept is a problem). A wrong step names its index and field."
+    )
+    async def run_recipe(
+        self,
+        info: strawberry.Info[Context, None],
+        recipe: JSON,
+        name: str,
+        job_id: strawberry.ID | None = None,
+    ) -> DatasetPayload:
+        ctx = info.context
+        if not name or not name.strip():
+            return dataset_payload(ctx, DatasetOutcome.refused("runRecipe needs a name for the new dataset."))
+        try:  # checked before the job: a recipe that does not run leaves nothing behind, not even a failed job
+            read = read_recipe(info, recipe)
+            steps = to_steps(ctx, read.steps)
+            plan = recipes.recipe_plan(ctx, steps=steps, sources=read.sources, query=read.query)
+            await recipes.check_recipe(ctx, plan)
+        except DatagraphError as exc:
+            return dataset_payload(ctx, DatasetOutcome(Outcome(problem=PlainProblem(exc.code, exc.message))))
+
+        async def work(job: str) -> DatasetRecord:
             return await ds.save_frame(ctx, plan=plan, name=name, job_id=job)
 
         return dataset_payload(ctx, await run_job(ctx, "saveFrame", work, chosen_job(job_id)))

@@ -22,6 +22,7 @@ from gql.results import Result, result
 from resolvers import Options, dataset_sql, frames
 from resolvers import datasets as ds
 from resolvers import diff as diffs
+from resolvers import recipe as recipes
 from resolvers.context import Context
 
 __all__ = [
@@ -425,6 +426,14 @@ class Frame:
         target = _diff_target(info.context, against)
         options = _options(cache, timeout_ms)
         return result(await diffs.diff(info.context, plan=self.plan, against=target, key=key, options=options))
+
+    @strawberry.field(
+        description="The frame as a recipe, data {steps, sources, polars, sql}: its steps as pipeline(steps:) takes"
+        " them, the dataset versions it reads, a standalone Polars script that rebuilds it from their Parquet"
+        " exports, and a linked table's pushdown SQL (else null). runRecipe runs it again."
+    )
+    async def recipe(self, info: strawberry.Info[Context, None]) -> Result:
+        return result(await recipes.recipe(info.context, plan=self.plan, options=Options()))
 
     @strawberry.field(description="Write the frame to a file; data: {url, format, rows, bytes, expiresAt}.")
     async def export(

@@ -2,7 +2,8 @@
 uvicorn on loopback: a file dropped onto the page (its upload followed through the server's stages
 over jobProgress, without the websocket too, and cancelled), describe, filter, group, chart, export
 (checked against pandas doing the same work), a join, the API's errors next to the controls that
-caused them, and live updates over graphql-transport-ws. Every test checks that the page logged no
+caused them, live updates over graphql-transport-ws, a dataset's history (versions, a diff of two,
+a restore) and the recipe buttons. Every test checks that the page logged no
 errors and that nothing it loaded came from beyond this machine; screenshots of each step go to
 the test's tmp_path."""
 
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pandas as pd
 import pytest
-from support import DATA, ROOT, add_key, require, running_server, upload_over_http, upload_request
+from support import DATA, add_key, require, running_server, upload_over_http, upload_request
 
 try:
     from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -725,11 +726,6 @@ def test_the_history_panel_lists_versions_compares_two_by_key_and_restores_one(
     session.shot("history-restored")
 
 
-# Frame.recipe comes from another branch (issue 20, item 4's API); this test runs once it is in the schema.
-RECIPE_IN_SCHEMA = re.search(r"^  recipe\b", (ROOT / "schema.graphql").read_text("utf-8"), re.MULTILINE) is not None
-
-
-@pytest.mark.skipif(not RECIPE_IN_SCHEMA, reason="Frame.recipe is not in schema.graphql yet")
 def test_copy_as_polars_shows_the_script_and_download_recipe_gives_json_and_py(session: Session) -> None:
     tips = upload_over_http(session.server, DATA / "tips.csv")
     page = session.open(tips)

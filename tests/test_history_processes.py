@@ -125,6 +125,11 @@ def test_two_processes_keep_one_history_of_a_dataset(tmp_path: Path, two: Any) -
     changed = diffed["data"]["rows"][1]
     assert (changed["score"], changed["score__before"]) == (3.5, 9.0)
     assert gql(b, DIFF, {"d": dataset, "after": 4, "before": 3})["dataset"]["at"]["diff"] == diffed
+    made_on_b = gql(a, DIFF, {"d": dataset, "after": 2, "before": 1})["dataset"]["at"]["diff"]  # v2 by B, v1 by A
+    assert [(r["_change"], r["id"]) for r in made_on_b["data"]["rows"]] == [
+        ("removed", 1), ("changed", 3), ("added", 4),
+    ]  # fmt: skip
+    assert made_on_b["data"]["summary"]["unchanged"] == 1
 
     # Ten appends at each process at once: every version number is taken once, and no row is lost.
     refused: list[int] = []

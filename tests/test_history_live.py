@@ -54,6 +54,16 @@ def upload(base: str, content: bytes, name: str, replace: str | None = None) -> 
     return payload
 
 
+def next_of(ws: Ws, op: str) -> dict[str, Any]:
+    """The data of the next result of subscription `op`, skipping any other's (a late one, say)."""
+    while True:
+        message = ws.next_message()
+        if message.get("id") == op:
+            assert message["type"] == "next", message
+            data: dict[str, Any] = message["payload"]["data"]
+            return data
+
+
 def changed(base: str, query: str, variables: dict[str, Any], field: str) -> int:
     payload = gql(base, query, variables)[field]
     assert payload["success"], payload["error"]
@@ -63,14 +73,20 @@ def changed(base: str, query: str, variables: dict[str, Any], field: str) -> int
 def test_dataset_events_name_the_version_each_change_made(server: str) -> None:
     dataset = upload(server, V1, "scores.csv")["dataset"]["id"]
     with Ws(server) as ws:
-        ws.subscribe(EVENTS, {"d": dataset})
-        ws.drain(0.2)  # subscribed before the first change
+        ws.subscribe(EVENTS, {"d": dataset}, op="events")
+        # A watch sent after it answers once it has computed: by then the events subscription is live.
+        ws.subscribe(WATCH, {"d": dataset}, op="watch")
+        assert next_of(ws, "watch")["watch"]["data"] == {"count": 3}
+        ws.complete("watch")
         assert changed(server, APPEND, {"d": dataset, "r": [{"id": 4, "name": "d", "score": 4.5}]}, "appendRows") == 2
-        assert ws.next_data()["datasetEvents"] == {"kind": "APPENDED", "dataset": dataset, "version": 2, "rowCount": 4}
+        event = next_of(ws, "events")["datasetEvents"]
+        assert event == {"kind": "APPENDED", "dataset": dataset, "version": 2, "rowCount": 4}
         assert upload(server, V2, "scores.csv", replace=dataset)["dataset"]["version"] == 3
-        assert ws.next_data()["datasetEvents"] == {"kind": "REPLACED", "dataset": dataset, "version": 3, "rowCount": 2}
+        event = next_of(ws, "events")["datasetEvents"]
+        assert event == {"kind": "REPLACED", "dataset": dataset, "version": 3, "rowCount": 2}
         assert changed(server, RESTORE, {"d": dataset, "v": 2}, "restoreVersion") == 4
-        assert ws.next_data()["datasetEvents"] == {"kind": "REPLACED", "dataset": dataset, "version": 4, "rowCount": 4}
+        event = next_of(ws, "events")["datasetEvents"]
+        assert event == {"kind": "REPLACED", "dataset": dataset, "version": 4, "rowCount": 4}
 
 
 def test_a_watch_result_names_the_versions_it_was_computed_on(server: str) -> None:

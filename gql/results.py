@@ -72,6 +72,13 @@ class Meta:
     match_rate: float | None = strawberry.field(
         default=None, description="For a joined frame's summary: the share of left rows that found a match."
     )
+    read: strawberry.Private[dict[str, int] | None] = None
+
+    @strawberry.field(
+        description="For a watch's result: the version of each dataset it was computed on ({dataset: version})."
+    )
+    def versions(self) -> JSON | None:
+        return self.read  # type: ignore[return-value]
 
 
 @strawberry.type(description="Every analysis answer: success, data (JSON), meta, and a problem when it failed.")
@@ -116,7 +123,7 @@ def problem(p: PlainProblem | None) -> Problem | None:
     return None if p is None else Problem(code=ProblemCode(p.code), message=p.message)
 
 
-def meta(outcome: Outcome) -> Meta:
+def meta(outcome: Outcome, versions: dict[str, int] | None = None) -> Meta:
     return Meta(
         row_count=outcome.row_count,
         columns=[column(c) for c in outcome.columns],
@@ -125,13 +132,15 @@ def meta(outcome: Outcome) -> Meta:
         cache_key=outcome.cache_key,
         truncated=outcome.truncated,
         match_rate=outcome.match_rate,
+        read=versions,
     )
 
 
-def result(outcome: Outcome) -> Result:
+def result(outcome: Outcome, versions: dict[str, int] | None = None) -> Result:
+    """The Result of an outcome; `versions` ({dataset: version}) when the caller knows what it read."""
     return Result(
         ok=outcome.success,
         value=outcome.data if outcome.success else None,
-        about=meta(outcome),
+        about=meta(outcome, versions),
         failure=problem(outcome.problem),
     )

@@ -1,0 +1,184 @@
+"""Recipes under attack (review of issue 20, item 3): what one hostile or careless `runRecipe` or
+`recipe` request can do. The recipe's JSON is held to the limits `pipeline(steps:)` is held to;
+a script runs whatever its sources are called (a Python keyword, its own `--out` or `--help`, a
+name another source's option takes); a cached recipe never names a replaced version."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from support import Api, make_settings, serving
+
+RUN = """mutation($r: JSON!, $n: String!) { runRecipe(recipe: $r, name: $n) {
+  success error { code message } dataset { id } } }"""
+PIPELINE = """query($d: ID!, $steps: [Step!]!) { dataset(id: $d) { pipeline(steps: $steps) {
+  recipe { success data error { code message } } } } }"""
+FRAME = """query($d: ID!, $v: Int!, $steps: [Step!]!) { dataset(id: $d) { at(version: $v) { pipeline(steps: $steps) {
+  recipe { success data error { code message } }
+  export(format: PARQUET) { success data error { code message } } } } } }"""
+SOURCE_EXPORT = """query($d: ID!, $v: Int!) { dataset(id: $d) { at(version: $v) {
+  export(format: PARQUET) { success data error { message } } } } }"""
+COUNTS = "{ datasetCount jobs { id } }"
+
+ROWS = b"id,name,qty\n1,a,10\n2,b,20\n3,c,30\n"
+ROWS_2 = b"id,name,qty\n1,a2,11\n2,b2,21\n4,d2,41\n"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """Datasets whose ids are Python keywords (`class`, `import`), the script's own options (`out`,
+    `help`), and `items` (two versions) beside `items-v1`, the option of items' version 1 in a join."""
+    with serving(make_settings(tmp_path_factory.mktemp("attack"))) as api:
+        for name in ("class", "import", "out", "help", "items"):
+            assert api.upload_ok(ROWS, f"{name}.csv") == name
+        api.replace_ok("items", ROWS_2, "items.csv")
+        assert api.upload_ok(ROWS_2, "items v1.csv") == "items-v1"
+        yield api
+
+
+def _runs(api: Api, recipe: Any) -> dict[str, Any]:
+    """runRecipe, refused: nothing made, not even a failed job."""
+    before = api.data(COUNTS)
+    answer: dict[str, Any] = api.data(RUN, {"r": recipe, "n": "never made"})["runRecipe"]
+    assert not answer["success"] and answer["dataset"] is None, answer
+    assert api.data(COUNTS) == before
+    return answer
+
+
+# --- the recipe's JSON is held to the limits of pipeline(steps:) ----------------------------------
+
+ITEMS = [{"dataset": "items"}]
+TOO_BIG = {
+    "2,000 conditions in one filter": {
+        "steps": [{"filter": [{"column": "id", "op": "GT", "value": i} for i in range(2_000)]}],
+        "sources": ITEMS,
+    },
+    "6,000 sources": {"steps": [], "sources": ITEMS * 6_000},
+    "a select of 6,000 names": {"steps": [{"select": [f"c{i}" for i in range(6_000)]}], "sources": ITEMS},
+}
+
+
+@pytest.mark.parametrize("recipe", TOO_BIG.values(), ids=TOO_BIG.keys())
+def test_a_recipe_holding_more_values_than_max_input_values_is_refused_before_it_is_read(
+    app: Api, recipe: dict[str, Any]
+) -> None:
+    """pipeline(steps:) refuses these steps before coercing them (setting max_input_values: 5,000);
+    inside runRecipe's JSON they were coerced on the event loop, and the first two ran."""
+    answer = _runs(app, recipe)
+    assert answer["error"]["code"] == "BAD_INPUT", answer["error"]
+    assert "max_input_values" in answer["error"]["message"], answer["error"]
+    if recipe["steps"]:  # the same steps as variables of pipeline(steps:): refused by the same setting
+        body = app.query(PIPELINE, {"d": "items", "steps": recipe["steps"]})
+        assert "max_input_values" in body["errors"][0]["message"], body
+
+
+def test_a_recipe_within_the_limits_still_runs(app: Api) -> None:
+    """Counted as pipeline(steps:) counts: a filter's value is one JSON value, however long its list."""
+    recipe = {
+        "steps": [{"filter": [{"column": "id", "op": "IN", "value": list(range(6_000))}]}],
+        "sources": [{"dataset": "items", "version": 1}],
+    }
+    made = app.data(RUN, {"r": recipe, "n": "a thousand ids"})["runRecipe"]
+    assert made["success"], made["error"]
+
+
+# --- the script runs whatever its sources are called ----------------------------------------------
+
+
+def _options(script: str) -> dict[tuple[str, int], str]:
+    """(dataset, version) -> its command-line option, read from the script's parser (its help text)."""
+    found = {}
+    for node in ast.walk(ast.parse(script)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            option = ast.literal_eval(node.args[0])
+            helps = [ast.literal_eval(k.value) for k in node.keywords if k.arg == "help"]
+            if helps and helps[0].startswith("dataset "):
+                dataset, version = helps[0].removeprefix("dataset ").split(", version ")
+                found[(dataset, int(version))] = option
+    return found
+
+
+def _download(api: Api, export: dict[str, Any], into: Path) -> Path:
+    assert export["success"], export["error"]
+    into.write_bytes(api.client.get(export["data"]["url"]).content)
+    return into
+
+
+JOINS = {
+    "keywords": ("class", 1, [{"join": {"right": "import", "on": ["id"], "how": "LEFT"}}]),
+    "the script's own options": (
+        "out",
+        1,
+        [{"join": {"right": "help", "on": ["id"], "how": "LEFT"}}, {"select": ["id", "name", "name_right"]}],
+    ),
+    "a dataset named as another's version": (
+        "items",
+        1,
+        [
+            {"join": {"right": "items", "on": ["id"], "how": "LEFT"}},
+            {"join": {"right": "items-v1", "on": ["id"], "how": "LEFT"}},
+        ],
+    ),
+    "keyword alone": ("class", 1, []),
+    "out alone": ("out", 1, [{"sort": [{"column": "qty", "descending": True}]}]),
+}
+
+
+@pytest.mark.parametrize(("dataset", "version", "steps"), JOINS.values(), ids=JOINS.keys())
+def test_a_script_runs_whatever_its_sources_are_called(
+    app: Api, tmp_path: Path, dataset: str, version: int, steps: list[dict[str, Any]]
+) -> None:
+    node = app.data(FRAME, {"d": dataset, "v": version, "steps": steps})["dataset"]["at"]["pipeline"]
+    assert node["recipe"]["success"], node["recipe"]["error"]
+    recipe = node["recipe"]["data"]
+    script = tmp_path / "recipe.py"
+    script.write_text(recipe["polars"])
+    compile(recipe["polars"], str(script), "exec")  # a keyword as `args.class` was a SyntaxError
+    options = _options(recipe["polars"])
+    assert len(set(options.values())) == len(options) == len(recipe["sources"]), options
+    assert "--out" not in options.values() and "--help" not in options.values()
+    argv = []
+    for source in recipe["sources"]:
+        key = (source["dataset"], source["version"])
+        answer = app.data(SOURCE_EXPORT, {"d": key[0], "v": key[1]})["dataset"]["at"]["export"]
+        argv += [options[key], str(_download(app, answer, tmp_path / f"{key[0]}-{key[1]}.parquet"))]
+    out = tmp_path / "out.parquet"
+    done = subprocess.run(
+        [sys.executable, str(script), *argv, "--out", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = _download(app, node["export"], tmp_path / "expected.parquet")
+    assert_frame_equal(pl.read_parquet(out), pl.read_parquet(expected), check_row_order=True)
+
+
+def test_a_dataset_read_at_two_versions_keeps_the_documented_options(app: Api) -> None:
+    steps = [{"join": {"right": "items", "on": ["id"], "how": "LEFT"}}]
+    node = app.data(FRAME, {"d": "items", "v": 1, "steps": steps})["dataset"]["at"]["pipeline"]
+    options = _options(node["recipe"]["data"]["polars"])
+    assert options == {("items", 1): "--items-v1", ("items", 2): "--items-v2"}
+
+
+# --- caching ---------------------------------------------------------------------------------------
+
+
+def test_a_cached_recipe_never_names_a_replaced_version(tmp_path: Path) -> None:
+    query = """query($steps: [Step!]!) { dataset(id: "t") { pipeline(steps: $steps) {
+      recipe { success data meta { cached } } } } }"""
+    with serving(make_settings(tmp_path)) as api:
+        api.upload_ok(ROWS, "t.csv")
+        first = api.data(query, {"steps": [{"select": ["id"]}]})["dataset"]["pipeline"]["recipe"]
+        other = api.data(query, {"steps": [{"select": ["name"]}]})["dataset"]["pipeline"]["recipe"]
+        assert first["data"]["steps"] != other["data"]["steps"] and not other["meta"]["cached"]
+        assert json.dumps(first["data"]["sources"]) == '[{"dataset": "t", "version": 1}]'
+        api.replace_ok("t", ROWS_2, "t.csv")
+        again = api.data(query, {"steps": [{"select": ["id"]}]})["dataset"]["pipeline"]["recipe"]
+        assert again["data"]["sources"] == [{"dataset": "t", "version": 2}] and not again["meta"]["cached"]

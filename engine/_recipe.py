@@ -243,8 +243,11 @@ def _write(plan: Plan, script: _Script) -> str:
     script.add("", "# Collected as the server collects it, then written as its Parquet export is.")
     script.add("frame.collect().write_parquet(args.out)", "")
     text = "\n".join(script.lines)
-    # Dates in filters are written datetime.date(...); the module is imported only when used.
-    return text.replace("{imports}", "import datetime\n" if "datetime.date" in text else "", 1)
+    # Dates in filters are written datetime.date(...), a decimal column's values decimal.Decimal(...):
+    # each module is imported only when used.
+    used = {"datetime": "datetime.date", "decimal": "decimal.Decimal("}
+    imports = "".join(f"import {module}\n" for module, mark in used.items() if mark in text)
+    return text.replace("{imports}", imports, 1)
 
 
 def _light(step: Step) -> Step:

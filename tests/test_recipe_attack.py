@@ -182,3 +182,49 @@ def test_a_cached_recipe_never_names_a_replaced_version(tmp_path: Path) -> None:
         api.replace_ok("t", ROWS_2, "t.csv")
         again = api.data(query, {"steps": [{"select": ["id"]}]})["dataset"]["pipeline"]["recipe"]
         assert again["data"]["sources"] == [{"dataset": "t", "version": 2}] and not again["meta"]["cached"]
+
+
+# --- a decimal column (SQL over datasets makes one) -----------------------------------------------
+
+SQL_FRAME = """query($q: String!, $steps: [Step!]!) { datasetSql(query: $q) { pipeline(steps: $steps) {
+  recipe { success data error { code message } }
+  export(format: PARQUET) { success data error { code message } } } } }"""
+DECIMALS = "SELECT id, CAST(qty AS DECIMAL(10, 2)) AS amount, name FROM items"
+DECIMAL_STEPS = {
+    "fill with a number": [{"clean": [{"fillNulls": {"value": 7}}]}],
+    "fill one column": [{"clean": [{"fillNulls": {"value": 2.5, "columns": ["amount"]}}]}],
+    "compare and list": [{"filter": [{"column": "amount", "op": "IN", "value": [20, 41, 7.5]}]}],
+    "between": [{"filter": [{"column": "amount", "op": "BETWEEN", "value": [15, 40.5]}]}],
+    "cast and group": [
+        {"clean": [{"cast": {"columns": ["amount"], "to": "FLOAT"}}]},
+        {"groupBy": {"by": ["name"], "aggregations": [{"column": "amount", "fn": "SUM"}]}},
+    ],
+}
+
+
+@pytest.mark.parametrize("steps", DECIMAL_STEPS.values(), ids=DECIMAL_STEPS.keys())
+def test_a_decimal_columns_recipe_is_written_and_its_script_gives_the_frame(
+    app: Api, tmp_path: Path, steps: list[dict[str, Any]]
+) -> None:
+    """A fill of a decimal column answered INTERNAL: its literal (a Decimal) had no Python source."""
+    query = DECIMALS.replace("qty", "CASE WHEN qty > 30 THEN NULL ELSE qty END")
+    node = app.data(SQL_FRAME, {"q": query, "steps": steps})["datasetSql"]["pipeline"]
+    assert node["recipe"]["success"], node["recipe"]["error"]
+    recipe = node["recipe"]["data"]
+    script = tmp_path / "recipe.py"
+    script.write_text(recipe["polars"])
+    options = _options(recipe["polars"])
+    argv = []
+    for source in recipe["sources"]:
+        key = (source["dataset"], source["version"])
+        answer = app.data(SOURCE_EXPORT, {"d": key[0], "v": key[1]})["dataset"]["at"]["export"]
+        argv += [options[key], str(_download(app, answer, tmp_path / f"{key[0]}-{key[1]}.parquet"))]
+    out = tmp_path / "out.parquet"
+    done = subprocess.run(
+        [sys.executable, str(script), *argv, "--out", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = _download(app, node["export"], tmp_path / "expected.parquet")
+    assert_frame_equal(pl.read_parquet(out), pl.read_parquet(expected), check_row_order=True)
+    made = app.data(RUN, {"r": recipe, "n": "decimal"})["runRecipe"]
+    assert made["success"], made["error"]

@@ -9,14 +9,17 @@ import ast
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
+import sqlalchemy as sa
 from polars.testing import assert_frame_equal
-from support import Api, make_settings, serving
+from support import Api, make_settings, require_service, serving
+from tcpproxy import TcpProxy
 
 RUN = """mutation($r: JSON!, $n: String!) { runRecipe(recipe: $r, name: $n) {
   success error { code message } dataset { id } } }"""
@@ -228,3 +231,59 @@ def test_a_decimal_columns_recipe_is_written_and_its_script_gives_the_frame(
     assert_frame_equal(pl.read_parquet(out), pl.read_parquet(expected), check_row_order=True)
     made = app.data(RUN, {"r": recipe, "n": "decimal"})["runRecipe"]
     assert made["success"], made["error"]
+
+
+# --- a linked table: no DSN, password or driver text, up or down ----------------------------------
+
+SECRET = "s3cret-Pw"
+LINKED = """query($d: ID!) { dataset(id: $d) { filter(where: [{column: "city", op: EQ, value: "Oslo"}]) {
+  join(right: "cities", on: ["city"]) { recipe { success data error { code message } } } } } }"""
+
+
+def _no_secrets(text: str, port: int) -> None:
+    for leak in (SECRET, str(port), "postgresql://", "psycopg", "Traceback", "sqlalchemy", "/tmp/", 'File "'):
+        assert leak.lower() not in text.lower(), (leak, text[:2000])
+
+
+@pytest.mark.slow  # an app start, a database, a proxy cut
+def test_a_linked_tables_recipe_tells_no_dsn_password_or_driver_text_up_or_down(tmp_path: Path) -> None:
+    require_service(5432, "PostgreSQL")
+    schema = f"dg_recipe_attack_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        conn.exec_driver_sql(f"CREATE TABLE {schema}.sales (id BIGINT, city TEXT, amount DOUBLE PRECISION)")
+        conn.exec_driver_sql(f"INSERT INTO {schema}.sales VALUES (1, 'Oslo', 10.5), (2, 'Rome', 3.0)")
+    proxy = TcpProxy(5432)
+    proxy.start()
+    url = f"postgresql://postgres:{SECRET}@127.0.0.1:{proxy.port}/test"  # trust: any password is taken
+    (tmp_path / "sources.yaml").write_text(
+        f"sources:\n  live:\n    kind: postgresql\n    url: {url}\n    schema: {schema}\n"
+    )
+    try:
+        with serving(make_settings(tmp_path, sources=str(tmp_path / "sources.yaml"))) as api:
+            link = 'mutation { importTable(source: "live", table: "sales", mode: LINK) { success error { message } dataset { id } } }'
+            made = api.data(link)["importTable"]
+            assert made["success"], made["error"]
+            linked = made["dataset"]["id"]
+            assert api.upload_ok(b"city,country\nOslo,NO\nRome,IT\n", "cities.csv") == "cities"
+            up = api.query(LINKED, {"d": linked})
+            recipe = up["data"]["dataset"]["filter"]["join"]["recipe"]
+            assert recipe["success"] and "WHERE" in recipe["data"]["sql"].upper(), recipe
+            _no_secrets(json.dumps(up), proxy.port)
+            run_up = api.query(RUN, {"r": recipe["data"], "n": "from a link"})
+            assert run_up["data"]["runRecipe"]["success"], run_up
+            proxy.cut()
+            down = api.query(LINKED, {"d": linked})
+            assert down["data"]["dataset"]["filter"]["join"]["recipe"]["success"] is False, down
+            _no_secrets(json.dumps(down), proxy.port)
+            before = api.data(COUNTS)
+            run_down = api.query(RUN, {"r": recipe["data"], "n": "never made"})
+            assert run_down["data"]["runRecipe"]["success"] is False, run_down
+            _no_secrets(json.dumps(run_down), proxy.port)
+            assert api.data(COUNTS) == before
+    finally:
+        proxy.cut()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()

@@ -287,3 +287,19 @@ def test_a_linked_tables_recipe_tells_no_dsn_password_or_driver_text_up_or_down(
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+# --- a source that goes while the recipe runs -------------------------------------------------------
+
+
+def test_a_source_whose_file_went_while_the_recipe_ran_is_not_found_and_nothing_is_made(tmp_path: Path) -> None:
+    """Another request (or server process) deleting the dataset, or pruning the version, removes its
+    file: the worker then failed with a missing file, answered INTERNAL (an unexpected error)."""
+    with serving(make_settings(tmp_path)) as api:
+        assert api.upload_ok(ROWS, "vanishing.csv") == "vanishing"
+        recipe = {"steps": [{"select": ["id"]}], "sources": [{"dataset": "vanishing", "version": 1}]}
+        for part in (api.settings.data_dir / "datasets" / "vanishing").iterdir():
+            part.unlink()  # the row still names version 1: what a delete or prune in flight leaves
+        answer = _runs(api, recipe)
+        assert answer["error"]["code"] == "NOT_FOUND", answer["error"]
+        assert 'version 1 of the dataset "vanishing" was removed' in answer["error"]["message"]

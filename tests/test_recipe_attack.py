@@ -303,3 +303,27 @@ def test_a_source_whose_file_went_while_the_recipe_ran_is_not_found_and_nothing_
         answer = _runs(api, recipe)
         assert answer["error"]["code"] == "NOT_FOUND", answer["error"]
         assert 'version 1 of the dataset "vanishing" was removed' in answer["error"]["message"]
+
+
+JOINED = """query($steps: [Step!]!) { dataset(id: "left") { pipeline(steps: $steps) {
+  recipe { success data meta { cached } } } } }"""
+OVER_SQL = """query($q: String!) { datasetSql(query: $q) { recipe { success data meta { cached } } } }"""
+
+
+def test_a_cached_recipe_never_names_a_replaced_version_of_a_joined_or_queried_dataset(tmp_path: Path) -> None:
+    """The whole answer is kept too (server/answers.py): it must go when any dataset the recipe
+    names changes, not only the one the frame starts from."""
+    steps = [{"join": {"right": "right", "on": ["id"], "how": "LEFT"}}]
+    query = "SELECT l.id, r.name FROM left l JOIN right r ON l.id = r.id"
+    with serving(make_settings(tmp_path)) as api:
+        api.upload_ok(ROWS, "left.csv")
+        api.upload_ok(ROWS, "right.csv")
+        for _ in range(2):  # the second is an answer served again
+            joined = api.data(JOINED, {"steps": steps})["dataset"]["pipeline"]["recipe"]
+            over_sql = api.data(OVER_SQL, {"q": query})["datasetSql"]["recipe"]
+        assert joined["meta"]["cached"] and over_sql["meta"]["cached"]
+        api.replace_ok("right", ROWS_2, "right.csv")
+        joined = api.data(JOINED, {"steps": steps})["dataset"]["pipeline"]["recipe"]
+        assert joined["data"]["sources"] == [{"dataset": "left", "version": 1}, {"dataset": "right", "version": 2}]
+        over_sql = api.data(OVER_SQL, {"q": query})["datasetSql"]["recipe"]
+        assert over_sql["data"]["sources"] == [{"dataset": "left", "version": 1}, {"dataset": "right", "version": 2}]

@@ -17,8 +17,10 @@ from typing import Any
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
-from support import Api, make_settings, require_service, serving
+from support import Api, budget, make_settings, require_service, serving
 from tcpproxy import TcpProxy
 
 RUN = """mutation($r: JSON!, $n: String!) { runRecipe(recipe: $r, name: $n) {
@@ -173,6 +175,7 @@ def test_a_dataset_read_at_two_versions_keeps_the_documented_options(app: Api) -
 # --- caching ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # an app of its own
 def test_a_cached_recipe_never_names_a_replaced_version(tmp_path: Path) -> None:
     query = """query($steps: [Step!]!) { dataset(id: "t") { pipeline(steps: $steps) {
       recipe { success data meta { cached } } } } }"""
@@ -292,6 +295,7 @@ def test_a_linked_tables_recipe_tells_no_dsn_password_or_driver_text_up_or_down(
 # --- a source that goes while the recipe runs -------------------------------------------------------
 
 
+@pytest.mark.slow  # an app of its own
 def test_a_source_whose_file_went_while_the_recipe_ran_is_not_found_and_nothing_is_made(tmp_path: Path) -> None:
     """Another request (or server process) deleting the dataset, or pruning the version, removes its
     file: the worker then failed with a missing file, answered INTERNAL (an unexpected error)."""
@@ -310,6 +314,7 @@ JOINED = """query($steps: [Step!]!) { dataset(id: "left") { pipeline(steps: $ste
 OVER_SQL = """query($q: String!) { datasetSql(query: $q) { recipe { success data meta { cached } } } }"""
 
 
+@pytest.mark.slow  # an app of its own
 def test_a_cached_recipe_never_names_a_replaced_version_of_a_joined_or_queried_dataset(tmp_path: Path) -> None:
     """The whole answer is kept too (server/answers.py): it must go when any dataset the recipe
     names changes, not only the one the frame starts from."""
@@ -327,3 +332,105 @@ def test_a_cached_recipe_never_names_a_replaced_version_of_a_joined_or_queried_d
         assert joined["data"]["sources"] == [{"dataset": "left", "version": 1}, {"dataset": "right", "version": 2}]
         over_sql = api.data(OVER_SQL, {"q": query})["datasetSql"]["recipe"]
         assert over_sql["data"]["sources"] == [{"dataset": "left", "version": 1}, {"dataset": "right", "version": 2}]
+
+
+# --- random recipes: a problem or a dataset, never an unexpected error ----------------------------
+
+COLUMNS = ["id", "name", "qty", "amount", "when", "nope", ""]
+ODD = st.sampled_from(
+    [None, True, 0, -1, 2**63, -(2**64), 1.5, -0.0, 1e308, "", "a2", "2024-01-01", "2024-13-45", "%Y", "\x00", [], {}]
+)
+VALUES = st.one_of(ODD, st.lists(ODD, max_size=3), st.sampled_from([1, 20, 2.5, "b2", "2024-01-02", [1, 2], ["a2"]]))
+
+
+def _clean_parts() -> st.SearchStrategy[dict[str, Any]]:
+    columns = st.lists(st.sampled_from(COLUMNS), min_size=1, max_size=2)
+    fill = st.builds(lambda v: {"fillNulls": {"value": v}}, st.sampled_from([0, 7, 2.5, -1, "x", "2024-01-01"]))
+    return st.one_of(
+        fill,
+        fill,
+        st.builds(lambda how, c: {"dropNulls": {"how": how, "columns": c}}, st.sampled_from(["ANY", "ALL"]), columns),
+        st.builds(
+            lambda s, v: {"fillNulls": {"strategy": s, "value": v}},
+            st.sampled_from(["VALUE", "FORWARD", "MEAN"]),
+            VALUES,
+        ),
+        st.builds(
+            lambda c, to: {"cast": {"columns": c, "to": to}},
+            columns,
+            st.sampled_from(["INT", "FLOAT", "TEXT", "DATE", "DATETIME", "BOOLEAN"]),
+        ),
+        st.builds(lambda a, b: {"rename": [{"from": a, "to": b}]}, st.sampled_from(COLUMNS), st.sampled_from(COLUMNS)),
+        st.builds(lambda keep: {"dropDuplicates": {"keep": keep}}, st.sampled_from(["FIRST", "LAST", "NONE"])),
+        st.builds(lambda c: {"trim": {"columns": c}}, columns),
+        st.builds(
+            lambda c, f: {"parseDates": {"columns": c, "format": f, "to": "DATE"}},
+            columns,
+            st.sampled_from(["%Y-%m-%d", "%d/%m/%Y %z", "%", ""]),
+        ),
+    )
+
+
+STEP = st.one_of(
+    st.builds(
+        lambda c, op, v: {"filter": [{"column": c, "op": op, **({"value": v} if v is not None else {})}]},
+        st.sampled_from(COLUMNS),
+        st.sampled_from(["EQ", "GT", "IN", "NOT_IN", "BETWEEN", "CONTAINS", "IS_NULL"]),
+        VALUES,
+    ),
+    st.builds(lambda c: {"select": c}, st.lists(st.sampled_from(COLUMNS), max_size=3)),
+    st.builds(lambda c, d: {"sort": [{"column": c, "descending": d}]}, st.sampled_from(COLUMNS), st.booleans()),
+    st.builds(
+        lambda c, fn: {"groupBy": {"by": [c], "aggregations": [{"column": "amount", "fn": fn}]}},
+        st.sampled_from(COLUMNS),
+        st.sampled_from(["SUM", "MEAN", "FIRST", "N_UNIQUE"]),
+    ),
+    st.builds(lambda on: {"join": {"right": "items", "on": [on], "how": "LEFT"}}, st.sampled_from(COLUMNS)),
+    st.builds(lambda parts: {"clean": parts}, st.lists(_clean_parts(), min_size=1, max_size=2)),
+)
+# Over SQL: a decimal, a date and a timestamp column beside the text and numbers.
+FUZZ_SQL = (
+    "SELECT id, name, qty, CAST(qty AS DECIMAL(10, 2)) AS amount, CAST('2024-01-0' || CAST(id AS VARCHAR) AS DATE)"
+    ' AS "when" FROM items'
+)
+RECIPES = st.builds(
+    lambda steps, sql, version: {
+        "steps": steps,
+        "sources": [{"dataset": "items", **({"version": version} if version else {})}],
+        **({"query": FUZZ_SQL} if sql else {}),
+    },
+    st.lists(STEP, max_size=3),
+    st.booleans(),
+    st.sampled_from([None, 1, 2]),
+)
+
+
+@pytest.mark.slow  # a fuzz budget
+def test_random_recipes_make_a_dataset_or_a_problem_never_an_unexpected_error(tmp_path: Path) -> None:
+    """The full budget (CI) found the fill of a decimal column over SQL that answered INTERNAL."""
+    seen: dict[str, int] = {}
+
+    @settings(max_examples=budget(60, 400), deadline=None, derandomize=True, database=None,
+              suppress_health_check=[HealthCheck.too_slow])  # fmt: skip
+    @given(RECIPES)
+    def each(recipe: dict[str, Any]) -> None:
+        body = app.query(RUN, {"r": recipe, "n": "fuzzed"})
+        assert "errors" not in body, (recipe, body)
+        answer = body["data"]["runRecipe"]
+        code = "MADE" if answer["success"] else answer["error"]["code"]
+        seen[code] = seen.get(code, 0) + 1
+        assert code in ("MADE", "BAD_INPUT", "NOT_FOUND"), (recipe, answer)
+        if not answer["success"]:
+            assert not any(leak in answer["error"]["message"] for leak in ("Traceback", 'File "', "/tmp/")), answer
+        frame = SQL_FRAME if "query" in recipe else PIPELINE
+        variables = {"q": recipe.get("query"), "d": "items", "steps": recipe["steps"]}
+        node = app.query(frame, {k: v for k, v in variables.items() if f"${k}" in frame})
+        assert "errors" not in node, (recipe, node)
+        written = (node["data"]["datasetSql"] if "query" in recipe else node["data"]["dataset"])["pipeline"]["recipe"]
+        assert written["success"] or written["error"]["code"] in ("BAD_INPUT", "NOT_FOUND"), (recipe, written)
+
+    with serving(make_settings(tmp_path, rate_limit="")) as app:  # hundreds of requests a minute
+        app.upload_ok(ROWS, "items.csv")
+        app.replace_ok("items", ROWS_2, "items.csv")
+        each()
+    assert seen.get("MADE", 0) >= 5 and seen.get("BAD_INPUT", 0) >= 5, seen  # both sides are reached

@@ -48,6 +48,9 @@ def read_recipe(info: strawberry.Info[Context, None], value: Any) -> ReadRecipe:
     step_type = info.schema._schema.get_type("Step")
     assert step_type is not None
     steps: GraphQLInputType = GraphQLList(GraphQLNonNull(step_type))
+    listed = value.get("steps")
+    if isinstance(listed, list) and (refused := engine.too_many_steps(len(listed), info.context.settings.max_steps)):
+        raise BadInput(refused)  # before counting, as for pipeline(steps:): 6,000 steps are too many steps
     if _holds_more_than(value, steps, limit):
         raise BadInput(
             f"runRecipe: the recipe holds more than {limit:,} values (setting max_input_values, as for the"

@@ -86,6 +86,14 @@ def test_a_recipe_holding_more_values_than_max_input_values_is_refused_before_it
         assert "max_input_values" in body["errors"][0]["message"], body
 
 
+def test_a_recipe_of_too_many_steps_says_so_before_counting_its_values(app: Api) -> None:
+    recipe = {"steps": [{"select": ["id", "name"]}] * 3_000, "sources": ITEMS}
+    answer = _runs(app, recipe)
+    assert answer["error"]["code"] == "BAD_INPUT" and "at most 200 steps" in answer["error"]["message"]
+    body = app.query(PIPELINE, {"d": "items", "steps": recipe["steps"]})
+    assert "at most 200 steps" in body["errors"][0]["message"], body
+
+
 def test_a_recipe_within_the_limits_still_runs(app: Api) -> None:
     """Counted as pipeline(steps:) counts: a filter's value is one JSON value, however long its list."""
     recipe = {

@@ -4,6 +4,7 @@ to be read. Whatever comes from a user reaches a script through `py` (a `repr`),
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import math
 import re
 from typing import Any
@@ -16,11 +17,14 @@ __all__ = ["call", "col", "dtype_source", "indented", "py"]
 
 
 def py(value: Any) -> str:
-    """`value` as Python source: a literal (or `datetime.date(...)`), never user text as code."""
+    """`value` as Python source: a literal (or `datetime.date(...)`, `decimal.Decimal('1.50')`), never
+    user text as code."""
     if value is None or isinstance(value, (bool, int, str)):
         return repr(value)
     if isinstance(value, float):
         return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
+    if isinstance(value, decimal.Decimal):  # a decimal column's value (SQL over datasets makes them)
+        return f"decimal.Decimal({str(value)!r})"
     if isinstance(value, (dt.date, dt.datetime)):  # repr: datetime.date(2024, 1, 31), ...
         return repr(value.replace(tzinfo=None) if isinstance(value, dt.datetime) else value)
     if isinstance(value, (list, tuple)):

@@ -10,6 +10,7 @@ SQL, dataset ids) reaches the script as `repr` of a Python value, never as code.
 
 from __future__ import annotations
 
+import keyword
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,20 +136,32 @@ class _Script:
 
 def _options(sources: list[Source]) -> dict[tuple[str, int], tuple[str, str]]:
     """`--<dataset id>` per source (`--<id>-v<N>` for a dataset read at two versions), and a
-    Python name for each (dest)."""
+    Python name for each (dest). An option the script has already (`--out`, `--help`, or another
+    source's: a dataset `items-v1` beside items' version 1) takes `-v<N>`, then `-2`, `-3`, ...
+    (each option's help names its dataset and version); a dest is never a Python keyword, which
+    `args.<dest>` could not name."""
     ids = [s.dataset_id for s in sources]
     found: dict[tuple[str, int], tuple[str, str]] = {}
+    options: set[str] = {"--out", "--help"}
     dests: set[str] = {"out"}
     for s in sources:
-        option = s.dataset_id if ids.count(s.dataset_id) == 1 else f"{s.dataset_id}-v{s.version}"
-        dest = re.sub(r"\W", "_", option.lower(), flags=re.ASCII).strip("_") or "dataset"
+        option = f"--{s.dataset_id}" if ids.count(s.dataset_id) == 1 else f"--{s.dataset_id}-v{s.version}"
+        if option in options:
+            option = f"--{s.dataset_id}-v{s.version}"
+        base, n = option, 1
+        while option in options:
+            n += 1
+            option = f"{base}-{n}"
+        options.add(option)
+        dest = re.sub(r"\W", "_", option[2:].lower(), flags=re.ASCII).strip("_") or "dataset"
         dest = dest if dest[0].isalpha() else f"d_{dest}"
+        dest = f"{dest}_" if keyword.iskeyword(dest) else dest
         base, n = dest, 1
         while dest in dests:
             n += 1
             dest = f"{base}_{n}"
         dests.add(dest)
-        found[(s.dataset_id, s.version)] = (f"--{option}", dest)
+        found[(s.dataset_id, s.version)] = (option, dest)
     return found
 
 
@@ -230,8 +243,11 @@ def _write(plan: Plan, script: _Script) -> str:
     script.add("", "# Collected as the server collects it, then written as its Parquet export is.")
     script.add("frame.collect().write_parquet(args.out)", "")
     text = "\n".join(script.lines)
-    # Dates in filters are written datetime.date(...); the module is imported only when used.
-    return text.replace("{imports}", "import datetime\n" if "datetime.date" in text else "", 1)
+    # Dates in filters are written datetime.date(...), a decimal column's values decimal.Decimal(...):
+    # each module is imported only when used.
+    used = {"datetime": "datetime.date", "decimal": "decimal.Decimal("}
+    imports = "".join(f"import {module}\n" for module, mark in used.items() if mark in text)
+    return text.replace("{imports}", imports, 1)
 
 
 def _light(step: Step) -> Step:

@@ -429,7 +429,7 @@ class DatasetMutation:
             return dataset_payload(ctx, DatasetOutcome(Outcome(problem=PlainProblem(exc.code, exc.message))))
 
         async def work(job: str) -> DatasetRecord:
-            return await ds.save_frame(ctx, plan=plan, name=name, job_id=job)
+            return await recipes.run_recipe(ctx, plan=plan, name=name, job_id=job)
 
         return dataset_payload(ctx, await run_job(ctx, "saveFrame", work, chosen_job(job_id)))
 

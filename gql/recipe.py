@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError, GraphQLInputType, GraphQLNonNull
+from graphql import GraphQLError, GraphQLInputObjectType, GraphQLInputType, GraphQLList, GraphQLNonNull
 from graphql.utilities import coerce_input_value, validate_input_value
 from strawberry.types.arguments import convert_argument
 
@@ -44,6 +44,18 @@ def read_recipe(info: strawberry.Info[Context, None], value: Any) -> ReadRecipe:
     """The recipe's steps (as `Step` inputs), sources and query; BAD_INPUT naming what is wrong."""
     if not isinstance(value, dict):
         raise BadInput("runRecipe: recipe must be an object {steps, sources}, as the recipe field answers it.")
+    limit = info.context.settings.max_input_values
+    step_type = info.schema._schema.get_type("Step")
+    assert step_type is not None
+    steps: GraphQLInputType = GraphQLList(GraphQLNonNull(step_type))
+    listed = value.get("steps")
+    if isinstance(listed, list) and (refused := engine.too_many_steps(len(listed), info.context.settings.max_steps)):
+        raise BadInput(refused)  # before counting, as for pipeline(steps:): 6,000 steps are too many steps
+    if _holds_more_than(value, steps, limit):
+        raise BadInput(
+            f"runRecipe: the recipe holds more than {limit:,} values (setting max_input_values, as for the"
+            " variables of pipeline(steps:)); send less at a time."
+        )
     unknown = [k for k in value if k not in _KEYS]
     if unknown:
         raise BadInput(f'runRecipe: recipe has an unknown key "{_short(unknown[0], 60)}"; it takes steps and sources.')
@@ -71,6 +83,30 @@ def _sources(raw: Any) -> list[RecipeSource]:
             raise BadInput(f"runRecipe: {where}.version must be a version number (or left out for the current one).")
         sources.append(RecipeSource(item["dataset"], version))
     return sources
+
+
+def _holds_more_than(value: Any, steps: GraphQLInputType, limit: int) -> bool:
+    """Whether the recipe holds more than `limit` values, counted as `gql.extensions.BoundVariables`
+    counts the variables of pipeline(steps:): its steps by their GraphQL types (a JSON value such as
+    a filter's value counts once), everything else node by node. A JSON variable counts once there,
+    so without this a recipe's steps were coerced on the event loop however many values they held
+    (6,000 conditions or sources in a 200 KiB body). Stops at the limit."""
+    stack: list[tuple[Any, Any]] = [(value, None)]  # (value, its GraphQL input type; None: plain JSON)
+    count = 0
+    while stack:
+        item, kind = stack.pop()
+        count += 1
+        if count > limit:
+            return True
+        while isinstance(kind, GraphQLNonNull):
+            kind = kind.of_type
+        if kind is None and isinstance(item, dict):
+            stack.extend((v, steps if k == "steps" and item is value else None) for k, v in item.items())
+        elif (kind is None or isinstance(kind, GraphQLList)) and isinstance(item, list):
+            stack.extend((v, kind.of_type if kind is not None else None) for v in item)
+        elif isinstance(kind, GraphQLInputObjectType) and isinstance(item, dict):
+            stack.extend((v, kind.fields[k].type) for k, v in item.items() if k in kind.fields)
+    return False
 
 
 def _steps(info: strawberry.Info[Context, None], raw: Any) -> list[StepInput]:

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import engine
 from connectors.datasetsql import check_dataset_sql
-from datagraph.errors import BadInput, NotFound
+from datagraph.errors import BadInput, DatagraphError, NotFound
 from engine import Join, Plan, Source, SqlRoot
 from resolvers import datasets as ds
 from resolvers._outcome import Options, Outcome, analysed
 from resolvers.context import Context
 from storage import DatasetRecord
 
-__all__ = ["RecipeSource", "check_recipe", "recipe", "recipe_plan"]
+__all__ = ["RecipeSource", "check_recipe", "recipe", "recipe_plan", "run_recipe"]
 
 
 async def recipe(ctx: Context, *, plan: Plan, options: Options) -> Outcome:
@@ -111,4 +111,36 @@ def recipe_plan(
 
 async def check_recipe(ctx: Context, plan: Plan) -> None:
     """Build the plan (in a worker, reading no data): BAD_INPUT naming its first wrong step."""
-    await ctx.resources.executor.run(engine.recipe, plan)
+    try:
+        await ctx.resources.executor.run(engine.recipe, plan)
+    except DatagraphError:
+        raise
+    except Exception:
+        _raise_if_gone(ctx, plan)
+        raise
+
+
+async def run_recipe(ctx: Context, *, plan: Plan, name: str, job_id: str) -> DatasetRecord:
+    """The saved frame of a checked recipe, as saveFrame makes it."""
+    try:
+        return await ds.save_frame(ctx, plan=plan, name=name, job_id=job_id)
+    except DatagraphError:
+        raise
+    except Exception:
+        _raise_if_gone(ctx, plan)
+        raise
+
+
+def _raise_if_gone(ctx: Context, plan: Plan) -> None:
+    """NOT_FOUND naming the source that went while the recipe ran (another request, or another server
+    process, deleted the dataset or pruned the version: its file is missing), rather than an
+    unexpected error; nothing is made either way."""
+    for source in plan.sources():
+        where = f'dataset "{_clip(source.dataset_id)}"'
+        if ds.get_dataset(ctx, source.dataset_id) is None:
+            raise NotFound(f"runRecipe: the {where} was deleted while the recipe ran; nothing was made.") from None
+        if source.link is None and not source.path.exists():
+            raise NotFound(
+                f"runRecipe: version {source.version} of the {where} was removed (deleted or pruned) while the recipe"
+                " ran; nothing was made. Run it again, leaving the version out to read the current one."
+            ) from None

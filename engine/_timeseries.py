@@ -131,11 +131,12 @@ def parse_period(text: str, where: str, *, fixed_only: bool = False) -> Period:
     unit = match.group(2) if match else ""
     if match is None or count < 1 or (unit not in _FIXED_UNITS and unit not in _MONTH_UNITS):
         hint = ' ("M" is ambiguous: write "1mo" for a month or "1m" for a minute)' if unit == "M" else ""
-        raise BadInput(f"{where}: the period {py(str(text))[:60]} does not parse{hint}; use {_PERIOD_HELP}.")
+        shown = str(text)[:40]
+        raise BadInput(f'{where}: the period "{shown}" does not parse{hint}; use {_PERIOD_HELP}.')
     if unit in _MONTH_UNITS:
         if fixed_only:
             raise BadInput(
-                f"{where}: the period {text!r} is in months or years; a rolling window needs a fixed length"
+                f'{where}: the period "{text}" is in months or years; a rolling window needs a fixed length'
                 ' (seconds, minutes, hours, days or weeks: "30d" for about a month).'
             )
         return Period(text, months=count * _MONTH_UNITS[unit])
@@ -373,7 +374,10 @@ def resample_statements(step: Resample, schema: Mapping[str, pl.DataType], check
         raise BadInput("resample needs at least one aggregation.")
     check_columns([a.column for a in step.aggregations], schema, "resample aggregations")
     for agg in step.aggregations:
-        check(agg, schema[agg.column])  # BadInput for an unknown fn or a text column's SUM
+        try:
+            check(agg, schema[agg.column])  # BadInput for an unknown fn or a text column's SUM
+        except BadInput as exc:
+            raise BadInput(exc.message.replace("groupBy:", "resample aggregations:", 1)) from None
     names = [*step.by, step.on, *(a.output for a in step.aggregations)]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:

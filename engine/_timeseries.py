@@ -301,6 +301,9 @@ def window_statements(step: WindowStep, schema: Mapping[str, pl.DataType]) -> li
         lines.append(f"frame = frame.with_columns({', '.join(exprs)})")
     if sorted_:
         lines.append(f"frame = frame.sort({row!r}).drop({row!r})")
+    done = [s.output for order in orders for s in step.specs if s.order_by == order]
+    if done != outputs:  # the added columns in the order of the specs
+        lines.append(f"frame = frame.select({py([*schema, *outputs])})")
     return lines
 
 

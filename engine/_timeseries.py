@@ -217,11 +217,11 @@ def _over(expr: str, by: tuple[str, ...] | list[str]) -> str:
 def _spec_expr(spec: WindowSpec, period: Period | None, schema: Mapping[str, pl.DataType]) -> str:
     c = col(spec.column)
     x = f"{c}.cast(pl.Float64)"
-    fn, off = spec.fn, spec.offset
+    fn, off = spec.fn, int(spec.offset)  # int(): only ever a number reaches the statement
     if fn in _ROLLING and period is None:
-        size = spec.size or 1
+        size = int(spec.size or 1)
         name = fn.removeprefix("ROLLING_").lower()
-        minimum = spec.min_periods if spec.min_periods is not None else size
+        minimum = int(spec.min_periods) if spec.min_periods is not None else size
         return _over(f"{x}.rolling_{name}({size}, min_samples={minimum})", spec.by)
     if fn in _ROLLING:
         assert period is not None and spec.order_by is not None
@@ -251,7 +251,7 @@ def _period_expr(spec: WindowSpec, period: Period, schema: Mapping[str, pl.DataT
     key = f"{time}.fill_null({time}.max())"  # missing times sort last; their own results are null
     tie = [*spec.by, order]
     x = f"{col(spec.column)}.cast(pl.Float64)"
-    minimum = spec.min_periods if spec.min_periods is not None else 1
+    minimum = int(spec.min_periods) if spec.min_periods is not None else 1
 
     def total(value: str) -> str:
         inside = _over(f"{value}.rolling_sum_by({key}, {period.polars!r}, closed='none').fill_null(0)", spec.by)

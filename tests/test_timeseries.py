@@ -5,6 +5,7 @@ key, meta.nullKeys), the recipe round trip, and every bad input as a BAD_INPUT n
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import math
 import random
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import polars as pl
 import pytest
 import sqlalchemy as sa
 import test_recipe
@@ -458,6 +460,18 @@ def test_window_and_resample_round_trip_through_their_recipe(
         assert [next(iter(s)) for s in recipe["steps"]] == [next(iter(s)) for s in steps], label
         again = _rows(app, PIPELINE, {"d": dataset, "steps": recipe["steps"]})  # the steps run again
         assert again["data"] == _rows(app, PIPELINE, variables)["data"], label
+
+
+def test_hostile_names_stay_names(tmp_path: Path) -> None:
+    hostile = test_recipe.HOSTILE  # a column name that is code
+    path = tmp_path / "hostile.parquet"
+    pl.DataFrame({hostile: [3.0, 1.0, 2.0], "t": [dt.datetime(2024, 1, d) for d in (3, 1, 2)]}).write_parquet(path)
+    source = Source("hostile", 1, path)
+    window = WindowStep((WindowSpec(hostile, "CUM_SUM", alias=f"{hostile}'", by=(hostile,), order_by="t"),))
+    assert [r[f"{hostile}'"] for r in _here(source, window)] == [3.0, 1.0, 2.0]
+    resampled = _here(source, Resample("t", "1d", (), (Aggregation(hostile, "SUM", alias=hostile),)))
+    assert [r[hostile] for r in resampled] == [1.0, 2.0, 3.0]
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
 
 
 def test_a_linked_table_leaves_window_and_resample_to_polars() -> None:

@@ -462,6 +462,22 @@ def test_window_and_resample_round_trip_through_their_recipe(
         assert again["data"] == _rows(app, PIPELINE, variables)["data"], label
 
 
+RECIPE = """query($d: ID!, $steps: [Step!]!) { dataset(id: $d) { pipeline(steps: $steps) {
+  recipe { success data error { code message } } } } }"""
+RUN = """mutation($r: JSON!, $n: String!) { runRecipe(recipe: $r, name: $n) {
+  success error { code message } dataset { id } } }"""
+
+
+def test_run_recipe_with_window_and_resample_makes_the_frame(app: Api) -> None:
+    steps = RECIPE_CASES["window then resample then window"][1]
+    recipe = app.data(RECIPE, {"d": "taxis", "steps": steps})["dataset"]["pipeline"]["recipe"]
+    assert recipe["success"], recipe["error"]
+    made = app.data(RUN, {"r": {k: recipe["data"][k] for k in ("steps", "sources")}, "n": "recipe weeks"})["runRecipe"]
+    assert made["success"], made["error"]
+    rows = _rows(app, PIPELINE, {"d": made["dataset"]["id"], "steps": []})
+    assert rows["data"] == _rows(app, PIPELINE, {"d": "taxis", "steps": steps})["data"]
+
+
 def test_hostile_names_stay_names(tmp_path: Path) -> None:
     hostile = test_recipe.HOSTILE  # a column name that is code
     path = tmp_path / "hostile.parquet"

@@ -478,6 +478,26 @@ def test_run_recipe_with_window_and_resample_makes_the_frame(app: Api) -> None:
     assert rows["data"] == _rows(app, PIPELINE, {"d": "taxis", "steps": steps})["data"]
 
 
+WATCH = """subscription($d: ID!, $steps: [Step!]) { watch(dataset: $d, result: ROWS, limit: 3, steps: $steps) {
+  success data error { code message } } }"""
+
+
+def test_a_watch_answers_a_pipeline_with_window_and_resample(app: Api) -> None:
+    steps = [{"window": TAXI_SPECS}, {"resample": TAXI_RESAMPLE}]
+    with app.client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+        ws.send_json({"type": "connection_init", "payload": {}})
+        assert ws.receive_json()["type"] == "connection_ack"
+        ws.send_json(
+            {"id": "1", "type": "subscribe", "payload": {"query": WATCH, "variables": {"d": "taxis", "steps": steps}}}
+        )
+        first = ws.receive_json()
+        ws.send_json({"id": "1", "type": "complete"})
+    assert first["type"] == "next", first
+    answer = first["payload"]["data"]["watch"]
+    assert answer["success"], answer["error"]
+    assert answer["data"] == _rows(app, PIPELINE, {"d": "taxis", "steps": steps, "limit": 3})["data"]
+
+
 def test_hostile_names_stay_names(tmp_path: Path) -> None:
     hostile = test_recipe.HOSTILE  # a column name that is code
     path = tmp_path / "hostile.parquet"

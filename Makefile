@@ -57,7 +57,8 @@ schema: .venv/.synced
 # (bench/journey.py; under 10 minutes on 2 cores), then listing 100 of 100,000 datasets against 100 of 100
 # (bench/listing.py, about a minute) and a cached answer against a bare Starlette app under wrk
 # (bench/wire.py, about a minute). `make bench-all` adds the focused benchmarks
-# (bench/sources.py needs the PostgreSQL on 127.0.0.1:5432).
+# (bench/sources.py needs the PostgreSQL on 127.0.0.1:5432; bench/history.py diffs two versions of 1M rows and
+# times `at(version:)`).
 bench: .venv/.synced
 	.venv/bin/python bench/journey.py
 	.venv/bin/python bench/wire.py
@@ -68,6 +69,7 @@ bench-all: bench
 	.venv/bin/python bench/engine.py
 	.venv/bin/python bench/sources.py
 	.venv/bin/python bench/events.py
+	.venv/bin/python bench/history.py
 
 clean:
 	rm -rf .venv .tools

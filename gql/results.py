@@ -77,6 +77,13 @@ class Meta:
         description="For rows of a frame with resample or period windows: the rows without a time (left out"
         " of a resample, given no value by a period window).",
     )
+    read: strawberry.Private[dict[str, int] | None] = None
+
+    @strawberry.field(
+        description="For a watch's result: the version of each dataset it was computed on ({dataset: version})."
+    )
+    def versions(self) -> JSON | None:
+        return self.read  # type: ignore[return-value]
 
 
 @strawberry.type(description="Every analysis answer: success, data (JSON), meta, and a problem when it failed.")
@@ -121,7 +128,7 @@ def problem(p: PlainProblem | None) -> Problem | None:
     return None if p is None else Problem(code=ProblemCode(p.code), message=p.message)
 
 
-def meta(outcome: Outcome) -> Meta:
+def meta(outcome: Outcome, versions: dict[str, int] | None = None) -> Meta:
     return Meta(
         row_count=outcome.row_count,
         columns=[column(c) for c in outcome.columns],
@@ -131,13 +138,15 @@ def meta(outcome: Outcome) -> Meta:
         truncated=outcome.truncated,
         match_rate=outcome.match_rate,
         null_keys=outcome.null_keys,
+        read=versions,
     )
 
 
-def result(outcome: Outcome) -> Result:
+def result(outcome: Outcome, versions: dict[str, int] | None = None) -> Result:
+    """The Result of an outcome; `versions` ({dataset: version}) when the caller knows what it read."""
     return Result(
         ok=outcome.success,
         value=outcome.data if outcome.success else None,
-        about=meta(outcome),
+        about=meta(outcome, versions),
         failure=problem(outcome.problem),
     )

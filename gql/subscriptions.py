@@ -93,16 +93,20 @@ async def _watched(
     wanted: WatchResult,
     limit: int | None,
     chart: ChartInput | None,
-) -> tuple[Outcome, set[str]]:
-    """The result for the pipeline on the datasets' current versions, and the datasets it reads."""
+) -> tuple[Outcome, set[str], dict[str, int] | None]:
+    """The result for the pipeline on the datasets' current versions, the datasets it reads, and the
+    version of each it was computed on (None when there was no plan to compute)."""
     reads = {dataset, ANY_DATASET}
+    versions: dict[str, int] = {}
 
     async def work() -> Outcome:
         plan = pipeline_plan(ctx, dataset, steps)
         reads.update(s.dataset_id for s in plan.sources())
+        versions.update((s.dataset_id, s.version) for s in plan.sources() if s.dataset_id)
         return await _result(ctx, plan, wanted, limit, chart)
 
-    return await answer("", work, where="watch"), reads
+    outcome = await answer("", work, where="watch")
+    return outcome, reads, versions or None
 
 
 async def _result(
@@ -158,8 +162,8 @@ class Subscription:
         async with ctx.resources.events.subscribe() as queue:
             with opened:
                 while True:
-                    outcome, reads = await _watched(ctx, str(dataset), steps, wanted, limit, chart)
-                    yield to_result(outcome)
+                    outcome, reads, versions = await _watched(ctx, str(dataset), steps, wanted, limit, chart)
+                    yield to_result(outcome, versions)
                     while (await queue.get()).dataset not in reads:  # RESYNC's "*" is in every watch's reads
                         pass
                     while not queue.empty():  # a burst becomes one recompute, on the latest versions

@@ -17,7 +17,7 @@ import polars as pl
 
 from datagraph.errors import BadInput
 from engine._columns import check_columns, dtype_name
-from engine._pysource import col, py
+from engine._pysource import call, col, py
 
 
 class Aggregation(Protocol):
@@ -155,6 +155,8 @@ def _run(frame: pl.LazyFrame, statements: list[str]) -> pl.LazyFrame:
     """Run `frame = ...` statements (made here from checked values, user text only as literals)."""
     scope: dict[str, Any] = {"pl": pl, "frame": frame, "__builtins__": {}}
     for statement in statements:
+        if statement.startswith("#"):  # a comment for the recipe's reader
+            continue
         target, _, expression = statement.partition(" = ")
         assert target == "frame", statement
         scope["frame"] = eval(expression, scope)  # noqa: S307 - our own text; user values are repr'd literals
@@ -223,9 +225,6 @@ def _spec_expr(spec: WindowSpec, period: Period | None, schema: Mapping[str, pl.
         name = fn.removeprefix("ROLLING_").lower()
         minimum = int(spec.min_periods) if spec.min_periods is not None else size
         return _over(f"{x}.rolling_{name}({size}, min_samples={minimum})", spec.by)
-    if fn in _ROLLING:
-        assert period is not None and spec.order_by is not None
-        return _period_expr(spec, period, schema)
     plain = {
         "CUM_SUM": f"{c}.cum_sum()",
         "CUM_MIN": f"{c}.cum_min()",
@@ -241,39 +240,53 @@ def _spec_expr(spec: WindowSpec, period: Period | None, schema: Mapping[str, pl.
     return _over(plain[fn], spec.by)
 
 
-def _period_expr(spec: WindowSpec, period: Period, schema: Mapping[str, pl.DataType]) -> str:
+def _period_statements(
+    spec: WindowSpec, period: Period, schema: Mapping[str, pl.DataType], temp: str
+) -> tuple[list[str], str, list[str]]:
     """A rolling fn over (t - period, t], as pandas counts it: rows of the same time as this one are
     in its window only up to this row. Polars' window takes every row of time t, so the window is
-    the rows strictly inside (t - period, t) plus a running total over the rows of time t so far."""
+    the rows strictly inside (t - period, t) plus a running total over the rows of time t so far.
+    Returns the statements that make its helper columns (named from `temp`), the expression of the
+    result over them, and the helper columns to drop."""
     order = spec.order_by
     assert order is not None
     time = col(order) if schema[order] != pl.Date else f"{col(order)}.cast(pl.Datetime('us'))"
     key = f"{time}.fill_null({time}.max())"  # missing times sort last; their own results are null
-    tie = [*spec.by, order]
+    tie = py([*spec.by, order])
     x = f"{col(spec.column)}.cast(pl.Float64)"
     minimum = int(spec.min_periods) if spec.min_periods is not None else 1
-
-    def total(value: str) -> str:
-        inside = _over(f"{value}.rolling_sum_by({key}, {period.polars!r}, closed='none').fill_null(0)", spec.by)
-        return f"({inside} + {value}.cum_sum().over({py(tie)}))"
-
-    count = total(f"{x}.is_not_null().cast(pl.Int64)")
+    n, s, q, m = (f"{temp}_{part}" for part in "nsqm")
+    parts = {n: f"{x}.is_not_null().cast(pl.Int64)"}  # values in the window, missing ones not counted
+    if spec.fn not in ("ROLLING_MIN", "ROLLING_MAX"):
+        parts[s] = f"{x}.fill_null(0)"
+    if spec.fn == "ROLLING_STD":
+        parts[q] = f"({x}.fill_null(0) ** 2)"
+    totals = [
+        f"({_over(f'{col(name)}.rolling_sum_by({key}, {period.polars!r}, closed={chr(39)}none{chr(39)})', spec.by)}"
+        f".fill_null(0) + {col(name)}.cum_sum().over({tie})).alias({name!r})"
+        for name in parts
+    ]
+    helpers = list(parts)
     if spec.fn in ("ROLLING_MIN", "ROLLING_MAX"):
-        name = spec.fn.removeprefix("ROLLING_").lower()
-        inside = _over(f"{x}.rolling_{name}_by({key}, {period.polars!r}, closed='none')", spec.by)
-        so_far = f"{x}.cum_{name}().fill_null(strategy='forward').over({py(tie)})"
-        value = f"pl.{name}_horizontal({inside}, {so_far})"
-    else:
-        sums = total(f"{x}.fill_null(0)")
-        if spec.fn == "ROLLING_SUM":
-            value = sums
-        elif spec.fn == "ROLLING_MEAN":
-            value = f"({sums} / {count})"
-        else:
-            squares = total(f"({x}.fill_null(0) ** 2)")
-            variance = f"(({squares} - {sums} ** 2 / {count}) / ({count} - 1)).clip(lower_bound=0)"
-            value = f"pl.when({count} > 1).then({variance}.sqrt())"
-    return f"pl.when(({count} >= {minimum}) & {col(order)}.is_not_null()).then({value})"
+        fn = spec.fn.removeprefix("ROLLING_").lower()
+        inside = _over(f"{x}.rolling_{fn}_by({key}, {period.polars!r}, closed='none')", spec.by)
+        so_far = f"{x}.cum_{fn}().fill_null(strategy='forward').over({tie})"
+        totals.append(f"pl.{fn}_horizontal({inside}, {so_far}).alias({m!r})")
+        helpers.append(m)
+    statements = [
+        call("frame = frame.with_columns", [f"{e}.alias({name!r})" for name, e in parts.items()]),
+        call("frame = frame.with_columns", totals),
+    ]
+    values = {
+        "ROLLING_SUM": col(s),
+        "ROLLING_MEAN": f"{col(s)} / {col(n)}",
+        "ROLLING_MIN": col(m),
+        "ROLLING_MAX": col(m),
+        "ROLLING_STD": f"pl.when({col(n)} > 1).then((({col(q)} - {col(s)} ** 2 / {col(n)}) / ({col(n)} - 1))"
+        ".clip(lower_bound=0).sqrt())",
+    }
+    result = f"pl.when(({col(n)} >= {minimum}) & {col(order)}.is_not_null()).then({values[spec.fn]})"
+    return statements, result, helpers
 
 
 def window_statements(step: WindowStep, schema: Mapping[str, pl.DataType]) -> list[str]:
@@ -287,18 +300,34 @@ def window_statements(step: WindowStep, schema: Mapping[str, pl.DataType]) -> li
             raise BadInput(f'window: the output column "{name}" would appear twice; give the spec an alias.')
     orders = list(dict.fromkeys(s.order_by for s in step.specs))
     orders.sort(key=lambda o: o is not None)  # file order first: it needs no sort
-    row = _free_name({**schema, **dict.fromkeys(outputs)}, "__row")
+    taken = {*schema, *outputs}
+    row = _free_name(dict.fromkeys(taken), "__row")
     sorted_ = any(o is not None for o in orders)
     lines = [f"frame = frame.with_row_index({row!r})"] if sorted_ else []
     for order in orders:
         if order is not None:  # ties (and missing times, last) keep the file's order
             lines.append(f"frame = frame.sort({py([order, row])}, nulls_last=True)")
-        exprs = [
-            f"{_spec_expr(s, p, schema)}.alias({s.output!r})"
-            for s, p in zip(step.specs, periods, strict=True)
-            if s.order_by == order
-        ]
-        lines.append(f"frame = frame.with_columns({', '.join(exprs)})")
+        exprs, helpers = [], []
+        for number, (spec, period) in enumerate(zip(step.specs, periods, strict=True)):
+            if spec.order_by != order:
+                continue
+            if period is None:
+                exprs.append(f"{_spec_expr(spec, period, schema)}.alias({spec.output!r})")
+                continue
+            temp = f"__w{number}"
+            while any(f"{temp}_{part}" in taken for part in "nsqm") or temp == row:
+                temp += "_"
+            statements, result, made = _period_statements(spec, period, schema, temp)
+            lines.append(
+                f"# {spec.output!r}: {spec.fn} over ({spec.order_by!r} - {period.text!r}, {spec.order_by!r}];"
+                " rows at the same time count up to this one, as in pandas."
+            )
+            lines.extend(statements)
+            exprs.append(f"{result}.alias({spec.output!r})")
+            helpers.extend(made)
+        lines.append(call("frame = frame.with_columns", exprs))
+        if helpers:
+            lines.append(f"frame = frame.drop({py(helpers)})")
     if sorted_:
         lines.append(f"frame = frame.sort({row!r}).drop({row!r})")
     done = [s.output for order in orders for s in step.specs if s.order_by == order]

@@ -23,6 +23,7 @@ from support import DATA, Api, as_json, ingested, make_settings, serving
 import engine
 from connectors.pushdown import push_down
 from engine import Aggregation, Plan, Resample, Source, WindowSpec, WindowStep
+from engine._timeseries import window_statements
 
 # pandas' name of each period the tests use (fixed periods count from midnight of the first day).
 PANDAS_PERIOD = {"1d": "1D", "7d": "7D", "6h": "6h", "90m": "90min", "1w": "7D", "2d": "2D", "12h": "12h",
@@ -505,6 +506,13 @@ def test_hostile_names_stay_names(tmp_path: Path) -> None:
     source = Source("hostile", 1, path)
     window = WindowStep((WindowSpec(hostile, "CUM_SUM", alias=f"{hostile}'", by=(hostile,), order_by="t"),))
     assert [r[f"{hostile}'"] for r in _here(source, window)] == [3.0, 1.0, 2.0]
+    alias = "\nimport os; os.system('touch PWNED')  # "  # in the script's comment line, it stays a comment
+    rolling = WindowStep((WindowSpec(hostile, "ROLLING_SUM", alias=alias, period=" 2d\n", order_by="t"),))
+    assert [r[alias] for r in _here(source, rolling)] == [5.0, 1.0, 3.0]  # rows in file order
+    assert all(
+        line.startswith(("frame = ", "#", " ", ")"))
+        for line in window_statements(rolling, {hostile: pl.Float64, "t": pl.Datetime()})
+    )
     resampled = _here(source, Resample("t", "1d", (), (Aggregation(hostile, "SUM", alias=hostile),)))
     assert [r[hostile] for r in resampled] == [1.0, 2.0, 3.0]
     assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()

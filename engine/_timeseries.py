@@ -360,32 +360,55 @@ _AGGREGATES = {
 }
 
 
-def _bucket(on: str, dtype: pl.DataType, period: Period) -> str:
-    """The start of each row's period: periods of a fixed length count from midnight of the first
-    day (pandas' origin "start_day"); months and years start on the first of a month."""
+def _bucket(on: str, dtype: pl.DataType, period: Period, helper: str) -> list[str]:
+    """Statements that put the start of each row's period in the column `helper`: periods of a fixed
+    length count from midnight of the first day (pandas' origin "start_day"); months and years start
+    on the first of a month."""
     time = col(on)
     zone = dtype.time_zone if isinstance(dtype, pl.Datetime) else None
     if zone is not None:  # periods follow the local clock
         time = f"{time}.dt.replace_time_zone(None)"
+    h = col(helper)
     if period.months:
-        months = f"({time}.dt.year().cast(pl.Int64) * 12 + {time}.dt.month().cast(pl.Int64) - 1)"
         n = period.months
-        start = f"({months}.min() + ({months} - {months}.min()) // {n} * {n})"
-        label = f"pl.date({start} // 12, {start} % 12 + 1, 1)"
-        whole_days = True
+        lines = [
+            f"# Periods of {n} month(s), from the first month in the data; labelled by their first day.",
+            call(
+                "frame = frame.with_columns",
+                [f"({time}.dt.year().cast(pl.Int64) * 12 + {time}.dt.month().cast(pl.Int64) - 1).alias({helper!r})"],
+            ),
+            *(
+                [
+                    call(
+                        "frame = frame.with_columns",
+                        [f"({h}.min() + ({h} - {h}.min()) // {n} * {n}).alias({helper!r})"],
+                    )
+                ]
+                if n > 1
+                else []
+            ),
+            call("frame = frame.with_columns", [f"pl.date({h} // 12, {h} % 12 + 1, 1).alias({helper!r})"]),
+        ]
+        label, whole_days = "pl.Date", True
     else:
-        micros = f"{time}.cast(pl.Datetime('us')).cast(pl.Int64)"
-        origin = f"({micros}.min() // {_DAY_US} * {_DAY_US})"
         n = period.micros
-        label = f"({origin} + ({micros} - {origin}) // {n} * {n}).cast(pl.Datetime('us'))"
-        whole_days = n % _DAY_US == 0
-    if dtype == pl.Date:
-        return f"{label}.cast(pl.Date)" if whole_days else f"{label}.cast(pl.Datetime('us'))"
-    assert isinstance(dtype, pl.Datetime)
-    label = f"{label}.cast(pl.Datetime({dtype.time_unit!r}))"
+        origin = f"({h}.min() // {_DAY_US:_} * {_DAY_US:_})"
+        lines = [
+            f"# Periods of {n:_} microseconds from midnight of the first day; labelled by their start.",
+            call("frame = frame.with_columns", [f"{time}.cast(pl.Datetime('us')).cast(pl.Int64).alias({helper!r})"]),
+            call("frame = frame.with_columns", [f"({origin} + ({h} - {origin}) // {n:_} * {n:_}).alias({helper!r})"]),
+        ]
+        label, whole_days = "pl.Int64", n % _DAY_US == 0
+    casts = ["pl.Datetime('us')"] if label == "pl.Int64" else []  # microseconds become a timestamp
+    if dtype == pl.Date and whole_days:
+        casts.append("pl.Date")
+    elif isinstance(dtype, pl.Datetime) and (dtype.time_unit != "us" or label == "pl.Date"):
+        casts.append(f"pl.Datetime({dtype.time_unit!r})")
+    expr = h + "".join(f".cast({c})" for c in casts)
     if zone is not None:
-        label = f"{label}.dt.replace_time_zone({zone!r}, ambiguous='earliest', non_existent='null')"
-    return label
+        expr = f"{expr}.dt.replace_time_zone({zone!r}, ambiguous='earliest', non_existent='null')"
+    lines.append(call("frame = frame.with_columns", [f"{expr}.alias({helper!r})"]))
+    return lines
 
 
 def resample_statements(step: Resample, schema: Mapping[str, pl.DataType], check: CheckAggregation) -> list[str]:
@@ -420,7 +443,7 @@ def resample_statements(step: Resample, schema: Mapping[str, pl.DataType], check
     aggs = [f"{col(a.column)}{_AGGREGATES[a.fn]}.alias({a.output!r})" for a in step.aggregations]
     return [
         f"frame = frame.filter({col(step.on)}.is_not_null())",  # rows without a time are left out
-        f"frame = frame.with_columns({_bucket(step.on, dtype, period)}.alias({bucket!r}))",
+        *_bucket(step.on, dtype, period, bucket),
         f"frame = frame.group_by({py(keys)}, maintain_order={ordered}).agg({', '.join(aggs)})",
         f"frame = frame.rename({py({bucket: step.on})}).select({py(names)})",
         f"frame = frame.sort({py([*step.by, step.on])}, nulls_last=True, maintain_order=True)",

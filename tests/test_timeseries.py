@@ -249,6 +249,18 @@ def test_resample_of_a_date_column_matches_pandas_and_keeps_dates(events: Source
     assert all(len(r["d"]) == 10 for r in got)  # "2024-02-01": still dates
 
 
+@pytest.mark.parametrize("every", ["1d", "1mo"])
+def test_resample_of_zoned_times_across_a_clock_change_matches_pandas(tmp_path: Path, every: str) -> None:
+    rng = random.Random(3)
+    start = pd.Timestamp("2024-03-28", tz="Europe/Oslo")  # summer time begins on the 31st
+    times = [start + pd.Timedelta(minutes=rng.randrange(0, 6 * 24 * 60)) for _ in range(300)]
+    frame = pd.DataFrame({"t": times, "v": [rng.gauss(0, 1) for _ in times]})
+    path = tmp_path / "zoned.parquet"
+    zoned = pl.Series("t", [t.to_pydatetime() for t in times]).dt.convert_time_zone("Europe/Oslo")
+    pl.DataFrame([zoned, pl.Series("v", frame["v"].to_list())]).write_parquet(path)
+    _check_resample(Source("zoned", 1, path), frame, "t", every, [], "v")
+
+
 def test_a_daily_resample_of_the_taxis_matches_pandas(shared_data: dict[str, Source]) -> None:
     frame = pd.read_csv(DATA / "taxis.csv", parse_dates=["pickup", "dropoff"])
     _check_resample(shared_data["taxis"], frame, "pickup", "1d", ["color"], "fare")

@@ -50,6 +50,7 @@ from engine._plan import (
     too_many_steps,
 )
 from engine._recipe import recipe, step_json
+from engine._timeseries import WINDOW_FNS, Resample, WindowSpec, WindowStep
 from engine._together import together
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "CHART_KINDS",
     "EXPORT_FORMATS",
     "OPS",
+    "WINDOW_FNS",
     "Aggregation",
     "Cast",
     "Clean",
@@ -73,6 +75,7 @@ __all__ = [
     "ParseDates",
     "Plan",
     "Rename",
+    "Resample",
     "Rows",
     "Select",
     "Slice",
@@ -83,6 +86,8 @@ __all__ = [
     "Step",
     "Trim",
     "Window",
+    "WindowSpec",
+    "WindowStep",
     "append_part",
     "append_rows",
     "block_page",

@@ -22,6 +22,7 @@ from engine._clean import Clean, translate_error
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
 from engine._plan import Filter, Join, Plan, Select, Slice, Source, SqlRoot, build, join_right_side
 from engine._sql import scrub_paths, sql_error
+from engine._timekeys import null_time_keys
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -114,6 +115,7 @@ class Page:
     count: int
     columns: list[ColumnInfo]
     truncated: bool
+    null_keys: int | None = None  # rows a time series step found without a time (engine._timekeys)
 
 
 @sql_errors
@@ -121,7 +123,13 @@ def page(plan: Plan, *, limit: int, offset: int) -> Page:
     """`rows`, encoded to JSON where it runs (in a worker): bytes cross the pipe instead of a pickle of
     Python objects, and the server writes them into the response without decoding them."""
     found, truncated = _slice(plan, limit, offset)
-    return Page(records_json(found), found.height, column_infos(found), truncated)
+    return Page(records_json(found), found.height, column_infos(found), truncated, null_keys(plan))
+
+
+def null_keys(plan: Plan) -> int | None:
+    """The rows the plan's time series steps found without a time (`meta.nullKeys`), None without such steps."""
+    query = null_time_keys(plan)
+    return None if query is None else int(collect(query)[0].item() or 0)
 
 
 # Column types Polars' own JSON writer encodes exactly as `jsonutil.dumps` encodes the Python values

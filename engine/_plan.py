@@ -20,6 +20,7 @@ from datagraph.errors import BadInput, DatagraphError, NotFound
 from engine._clean import Clean, apply_clean, clean_key
 from engine._columns import check_columns, dtype_name, show_value, value_kind
 from engine._sql import run_sql
+from engine._timeseries import Resample, WindowStep, apply_resample, apply_window, timeseries_key
 
 __all__ = [
     "AGG_FNS",
@@ -173,7 +174,7 @@ class Join:
 
 JOIN_HOWS = ("INNER", "LEFT")
 
-Step = Filter | Select | Sort | Slice | GroupBy | Join | Clean
+Step = Filter | Select | Sort | Slice | GroupBy | Join | Clean | WindowStep | Resample
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +255,8 @@ def _step_key(step: Step) -> dict[str, Any]:
         return {"join": [step.right.dataset_id, list(step.on), step.how]}
     if isinstance(step, Clean):
         return {"clean": clean_key(step)}
+    if isinstance(step, WindowStep | Resample):
+        return timeseries_key(step)
     return {"slice": [step.offset, step.limit]}
 
 
@@ -291,6 +294,10 @@ def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[st
             frame, schema = _join(frame, schema, step)
         elif isinstance(step, Clean):
             frame, schema = apply_clean(frame, schema, step)
+        elif isinstance(step, WindowStep):
+            frame, schema = apply_window(frame, schema, step)
+        elif isinstance(step, Resample):
+            frame, schema = apply_resample(frame, schema, step, aggregate_expr)
         else:
             if step.offset < 0 or step.limit < 0:
                 raise BadInput("slice needs an offset and a limit of 0 or more.")

@@ -42,11 +42,13 @@ from engine._plan import (
     Step,
     _kind,
     _literal,
+    aggregate_expr,
     build,
     join_right_side,
 )
 from engine._pysource import call, col, dtype_source, indented, py
 from engine._recipe_clean import clean_statements
+from engine._timeseries import Resample, WindowStep, timeseries_json, timeseries_script
 
 __all__ = ["recipe", "step_json"]
 
@@ -76,6 +78,8 @@ def step_json(step: Step) -> dict[str, Any]:
         return {"groupBy": {"by": list(step.keys), "aggregations": aggregations}}
     if isinstance(step, Join):
         return {"join": {"right": step.right.dataset_id, "on": list(step.on), "how": step.how}}
+    if isinstance(step, WindowStep | Resample):
+        return timeseries_json(step)
     return {"clean": [_clean_json(s) for s in step.steps]}
 
 
@@ -289,6 +293,8 @@ def _write_step(script: _Script, number: int, step: Step, schema: dict[str, pl.D
         _group_by(script, number, step, schema)
     elif isinstance(step, Join):
         _join(script, number, step, schema)
+    elif isinstance(step, WindowStep | Resample):
+        script.add(*timeseries_script(step, number, schema, aggregate_expr))
     else:
         _clean(script, number, step, schema)
 

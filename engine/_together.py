@@ -17,7 +17,7 @@ import polars as pl
 
 from datagraph.errors import DatagraphError
 from engine._columns import column_infos
-from engine._ops import Page, collect, count, page, records_json
+from engine._ops import Page, collect, count, null_keys, page, records_json
 from engine._plan import Plan, build
 
 __all__ = ["TOGETHER_OPS", "together"]
@@ -55,5 +55,6 @@ def _collected(plan: Plan, requests: list[tuple[str, dict[str, Any]]]) -> list[A
             answers.append(int(found.item()))
         else:
             rows = found.head(kwargs["limit"])
-            answers.append(Page(records_json(rows), rows.height, column_infos(rows), found.height > kwargs["limit"]))
+            truncated = found.height > kwargs["limit"]
+            answers.append(Page(records_json(rows), rows.height, column_infos(rows), truncated, null_keys(plan)))
     return answers

@@ -19,6 +19,7 @@ from datagraph.errors import BadInput
 from engine import Plan
 from gql.clean import CleanStepInput, to_clean
 from gql.results import Result, result
+from gql.timeseries import WindowInput, to_resample, to_window
 from resolvers import Options, dataset_sql, frames
 from resolvers import datasets as ds
 from resolvers import diff as diffs
@@ -162,6 +163,17 @@ class JoinInput:
     how: JoinHow | None = JoinHow.INNER
 
 
+@strawberry.input(
+    name="ResampleInput",
+    description='Rows grouped by `by` and periods of `every` ("1d", "1h", "1mo") on the time column `on`.',
+)
+class ResampleInput:
+    on: str
+    every: str
+    by: list[str] | None = None
+    aggregations: list[AggregationInput]
+
+
 @strawberry.input(name="Step", one_of=True, description="One transform, as data; a list of steps is a pipeline.")
 class StepInput:
     filter: list[ConditionInput] | None = strawberry.UNSET
@@ -171,6 +183,8 @@ class StepInput:
     group_by: GroupByInput | None = strawberry.UNSET
     join: JoinInput | None = strawberry.UNSET
     clean: list[CleanStepInput] | None = strawberry.UNSET
+    window: list[WindowInput] | None = strawberry.UNSET
+    resample: ResampleInput | None = strawberry.UNSET
 
 
 @strawberry.input(
@@ -269,6 +283,10 @@ def to_steps(ctx: Context, steps: list[StepInput]) -> list[engine.Step]:
             out.append(_join(ctx, str(s.join.right), s.join.on, s.join.how))
         elif isinstance(s.clean, list):
             out.append(to_clean(s.clean))
+        elif isinstance(s.window, list):
+            out.append(to_window(s.window))
+        elif isinstance(s.resample, ResampleInput):
+            out.append(to_resample(s.resample.on, s.resample.every, s.resample.by, s.resample.aggregations))
     return out
 
 
@@ -326,6 +344,21 @@ class Frame:
     )
     def clean(self, info: strawberry.Info[Context, None], steps: list[CleanStepInput]) -> Frame:
         return self._refused(info.context, max(1, len(steps))) or self._then(to_clean(steps))
+
+    @strawberry.field(
+        description="Add one column per spec (rolling, cumulative, shifted, ranked); rows keep their order."
+    )
+    def window(self, specs: list[WindowInput]) -> Frame:
+        return self._then(to_window(specs))
+
+    @strawberry.field(
+        description='One row per by keys and period of `every` ("1d", "1h", "1mo") on the time column `on`; periods'
+        " start at midnight of the first day (months on the 1st), empty ones left out; sorted by `by` then time."
+    )
+    def resample(
+        self, on: str, every: str, by: list[str] | None = None, *, aggregations: list[AggregationInput]
+    ) -> Frame:
+        return self._then(to_resample(on, every, by, aggregations))
 
     @strawberry.field(description="The same transforms as data, applied in order.")
     def pipeline(self, info: strawberry.Info[Context, None], steps: list[StepInput]) -> Frame:

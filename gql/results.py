@@ -72,6 +72,11 @@ class Meta:
     match_rate: float | None = strawberry.field(
         default=None, description="For a joined frame's summary: the share of left rows that found a match."
     )
+    null_keys: int | None = strawberry.field(
+        default=None,
+        description="For rows of a frame with resample or period windows: the rows without a time (left out"
+        " of a resample, given no value by a period window).",
+    )
     read: strawberry.Private[dict[str, int] | None] = None
 
     @strawberry.field(
@@ -132,6 +137,7 @@ def meta(outcome: Outcome, versions: dict[str, int] | None = None) -> Meta:
         cache_key=outcome.cache_key,
         truncated=outcome.truncated,
         match_rate=outcome.match_rate,
+        null_keys=outcome.null_keys,
         read=versions,
     )
 

@@ -57,6 +57,7 @@ class Outcome:
     columns: list[ColumnInfo] = field(default_factory=list)
     truncated: bool = False
     match_rate: float | None = None
+    null_keys: int | None = None
     elapsed_ms: float = 0.0
     cached: bool = False
     cache_key: str = ""
@@ -103,7 +104,14 @@ def _encode(outcome: Outcome) -> bytes:
     encoded (a page of rows) is stored as it is and comes back `Encoded`, so a hit is not decoded."""
     columns = [[c.name, c.dtype, c.null_count, c.missing_rate] for c in outcome.columns]
     encoded = isinstance(outcome.data, jsonutil.Encoded)
-    head = {"n": outcome.row_count, "c": columns, "t": outcome.truncated, "m": outcome.match_rate, "e": encoded}
+    head = {
+        "n": outcome.row_count,
+        "c": columns,
+        "t": outcome.truncated,
+        "m": outcome.match_rate,
+        "e": encoded,
+        "k": outcome.null_keys,
+    }
     data = outcome.data.raw if encoded else jsonutil.dumps(outcome.data)
     return b"".join((_ENVELOPE, jsonutil.dumps(head), b"\n", data))  # orjson's JSON holds no raw newline
 
@@ -125,6 +133,7 @@ def _decode(raw: bytes) -> Outcome | None:
             columns=columns,
             truncated=bool(head["t"]),
             match_rate=head["m"],
+            null_keys=head.get("k"),
         )
     except (ValueError, KeyError, TypeError):
         return None

@@ -49,7 +49,13 @@ async def rows(
         page = await _small_page(ctx, plan, lim, off)
         if page is None:
             page = await _in_worker(ctx, plan, ("page", {"limit": lim, "offset": off}), timeout)
-        return Outcome(data=Encoded(page.json), row_count=page.count, columns=page.columns, truncated=page.truncated)
+        return Outcome(
+            data=Encoded(page.json),
+            row_count=page.count,
+            columns=page.columns,
+            truncated=page.truncated,
+            null_keys=page.null_keys,
+        )
 
     args = {"limit": default if limit is None else limit, "offset": offset or 0}
     _keep_pages_hot(ctx, plan)

@@ -46,7 +46,25 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from engine import AGG_FNS, OPS, Aggregation, Condition, Filter, GroupBy, Select, Slice, Sort, Step, check_columns
+from datagraph.errors import BadInput
+from engine import (
+    AGG_FNS,
+    OPS,
+    WINDOW_FNS,
+    Condition,
+    Filter,
+    GroupBy,
+    Resample,
+    Select,
+    Slice,
+    Sort,
+    Step,
+    WindowSpec,
+    WindowStep,
+    check_columns,
+)
+from engine._timeseries import Aggregation as Aggregated
+from engine._timeseries import Period, parse_period
 
 __all__ = ["DIALECTS", "Pushed", "count_query", "push_down"]
 
@@ -56,6 +74,10 @@ _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "EQ": operator.eq, "NE": operator.ne, "GT": operator.gt, "GE": operator.ge, "LT": operator.lt, "LE": operator.le,
 }  # fmt: skip
 _INT64 = range(-(2**63), 2**63)
+_DAY_US = 86_400_000_000
+_ROLLING: dict[str, Any] = {
+    "ROLLING_SUM": sa.func.sum, "ROLLING_MEAN": sa.func.avg, "ROLLING_MIN": sa.func.min, "ROLLING_MAX": sa.func.max,
+}  # fmt: skip
 Expr = sa.ColumnElement[Any]
 
 
@@ -85,6 +107,8 @@ class _Query:
     order: tuple[tuple[str, bool], ...] = ()  # (name, descending), nulls last
     offset: int = 0
     limit: int | None = None
+    unique: tuple[str, ...] = ()  # columns whose values tell every row apart: the tie-breaker of a window
+    windowed: bool = False  # the select list has window functions: the next filter, group or sort wraps it
 
     def kind(self, name: str) -> str | None:
         return _kind(self.scope[name].type, self.dialect)
@@ -96,6 +120,9 @@ def push_down(table: sa.Table, steps: Sequence[Step], dialect: str) -> Pushed:
     if dialect not in DIALECTS:
         raise ValueError(f"push_down: unknown dialect {dialect!r}; use one of {', '.join(DIALECTS)}")
     query = _Query(dialect, table, {c.name: c for c in table.columns}, tuple(c.name for c in table.columns))
+    key = tuple(c.name for c in table.primary_key.columns)
+    if key and all(query.kind(name) is not None for name in key):
+        query = replace(query, unique=key)
     done = 0
     for step in steps:
         try:
@@ -120,7 +147,7 @@ def _apply(q: _Query, step: Step) -> _Query:
     if isinstance(step, Filter):
         if not step.conditions:
             return q
-        if q.group_by is not None or q.limit is not None:
+        if q.group_by is not None or q.limit is not None or q.windowed:
             q = _wrap(q, keep_order=True)
         return replace(q, where=(*q.where, *(_condition(q, c) for c in step.conditions)))
     if isinstance(step, Select):
@@ -138,7 +165,11 @@ def _apply(q: _Query, step: Step) -> _Query:
         return replace(q, offset=q.offset + step.offset, limit=max(0, min(step.limit, q.limit - step.offset)))
     if isinstance(step, GroupBy):
         return _group_by(q, step)
-    raise _Stop  # Join, Clean
+    if isinstance(step, WindowStep):
+        return _window(q, step)
+    if isinstance(step, Resample):
+        return _resample(q, step)
+    raise _Stop  # Join, Clean, JoinAsof, Pivot, Unpivot
 
 
 def _render(q: _Query, *, ordered: bool = True) -> sa.Select[Any]:
@@ -173,7 +204,8 @@ def _wrap(q: _Query, *, keep_order: bool) -> _Query:
         raise _Stop
     sub = _render(q, ordered=q.limit is not None).subquery()
     scope: dict[str, Expr] = {n: sub.c[n] for n in q.outputs}
-    return _Query(q.dialect, sub, scope, q.outputs, order=q.order if keep_order else ())
+    unique = q.unique if all(n in q.outputs for n in q.unique) else ()
+    return _Query(q.dialect, sub, scope, q.outputs, order=q.order if keep_order else (), unique=unique)
 
 
 def _kind(type_: sa.types.TypeEngine[Any], dialect: str) -> str | None:
@@ -305,7 +337,7 @@ def _sort(q: _Query, step: Sort) -> _Query:
     check_columns(names, q.outputs, "sort")
     if len(set(names)) != len(names) or any(q.kind(n) is None for n in names):
         raise _Stop
-    if q.limit is not None:
+    if q.limit is not None or q.windowed:
         q = _wrap(q, keep_order=True)
     earlier = tuple((n, d) for n, d in q.order if n not in names)
     return replace(q, order=(*((k.column, k.descending) for k in step.keys), *earlier))
@@ -322,7 +354,7 @@ def _group_by(q: _Query, step: GroupBy) -> _Query:
         raise _Stop
     if any(q.kind(k) is None for k in step.keys):
         raise _Stop
-    if q.group_by is not None or q.limit is not None:
+    if q.group_by is not None or q.limit is not None or q.windowed:
         q = _wrap(q, keep_order=False)
     scope: dict[str, Expr] = {}
     groups: list[Expr] = []
@@ -335,10 +367,11 @@ def _group_by(q: _Query, step: GroupBy) -> _Query:
         scope[key] = sa.func.min(column) if q.dialect == "mysql" and group is not column else group
     for agg in step.aggregations:
         scope[agg.output] = _aggregate(q, agg)
-    return _Query(q.dialect, q.source, scope, names, q.where, tuple(groups), tuple((k, False) for k in step.keys))
+    order = tuple((k, False) for k in step.keys)
+    return _Query(q.dialect, q.source, scope, names, q.where, tuple(groups), order, unique=tuple(step.keys))
 
 
-def _aggregate(q: _Query, agg: Aggregation) -> Expr:
+def _aggregate(q: _Query, agg: Aggregated) -> Expr:
     column, kind, fn, dialect = q.scope[agg.column], q.kind(agg.column), agg.fn, q.dialect
     if fn not in AGG_FNS:
         raise _Stop
@@ -374,3 +407,193 @@ def _double(value: Expr, dialect: str) -> Expr:
         # needs MySQL 8.0.17 / MariaDB 10.4.5); AVG of an integer would otherwise be a 4-place DECIMAL.
         return sa.type_coerce(value * sa.literal_column("1e0"), sa.Double())
     return sa.cast(value, sa.Double())
+
+
+def _names_fit(q: _Query, names: Sequence[str]) -> bool:
+    """Output names the database keeps apart (MySQL's are case-blind) and within its 63-byte limit."""
+    folded = names if q.dialect == "postgresql" else tuple(n.casefold() for n in names)
+    return len(set(folded)) == len(names) and all(len(n.encode()) <= 63 for n in names)
+
+
+def _order_by(q: _Query, keys: Sequence[tuple[str, bool]]) -> list[Expr]:
+    """ORDER BY terms for (name, descending) keys, nulls last as the engine sorts."""
+    terms: list[Expr] = []
+    for name, descending in keys:
+        value = q.scope[name]
+        key = _exact(value, q.kind(name), q.dialect)
+        terms += [value.is_(None), key.desc() if descending else key]
+    return terms
+
+
+def _window(q: _Query, step: WindowStep) -> _Query:
+    if not step.specs:
+        raise _Stop
+    for spec in step.specs:
+        if spec.fn not in WINDOW_FNS:
+            raise _Stop  # the engine names the fn
+        check_columns([spec.column], q.outputs, "window column")
+        check_columns(spec.by, q.outputs, "window by")
+        if spec.order_by is not None:
+            check_columns([spec.order_by], q.outputs, "window orderBy")
+    names = [s.output for s in step.specs]
+    if not _names_fit(q, (*q.outputs, *names)):
+        raise _Stop
+    if q.group_by is not None or q.limit is not None or q.windowed:
+        q = _wrap(q, keep_order=True)
+    # Every fn but RANK reads the rows in order: the spec's orderBy, then the order the rows are in,
+    # which a table only has after a sort or group-by. Ties are broken by a key that tells rows apart
+    # (the primary key, or the group keys), in the window and in the output alike, so each row's
+    # result is what the engine gives on rows fetched in that order.
+    ordered = [s for s in step.specs if s.fn != "RANK"]
+    order = q.order
+    if ordered:
+        if not q.unique or (any(s.order_by is None for s in ordered) and not q.order):
+            raise _Stop
+        order = (*q.order, *((n, False) for n in q.unique if n not in {o for o, _ in q.order}))
+    scope = dict(q.scope)
+    for spec in step.specs:
+        keys = [(spec.order_by, False)] if spec.order_by is not None else []
+        keys += [o for o in order if o[0] != spec.order_by]
+        scope[spec.output] = _window_fn(q, spec, keys)
+    return replace(q, scope=scope, outputs=(*q.outputs, *names), order=order, windowed=True)
+
+
+def _window_fn(q: _Query, spec: WindowSpec, keys: list[tuple[str, bool]]) -> Expr:
+    """One spec as a window function over its partition, in `keys` order; `_Stop` when not exact."""
+    fn, column, kind, dialect = spec.fn, q.scope[spec.column], q.kind(spec.column), q.dialect
+    if any(q.kind(b) is None for b in spec.by) or (spec.order_by is not None and q.kind(spec.order_by) is None):
+        raise _Stop
+    rolling = fn.startswith("ROLLING_")
+    if (spec.size is not None or spec.period is not None or spec.min_periods is not None) and not rolling:
+        raise _Stop
+    if fn in ("LAG", "LEAD", "DIFF", "PCT_CHANGE") and spec.offset < 1:
+        raise _Stop
+    partition = [_exact(q.scope[b], q.kind(b), dialect) for b in spec.by]
+    order = _order_by(q, keys)
+    running = (None, 0)  # ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+    missing = column.is_(None)
+    offset: Expr = sa.literal_column(str(int(spec.offset)))  # a checked number; MySQL wants a literal here
+
+    def over(value: Any, *, rows: tuple[int | None, int] | None = None, by: Sequence[Expr] = ()) -> Expr:
+        result: Expr = value.over(partition_by=[*partition, *by] or None, order_by=order or None, rows=rows)
+        return result
+
+    if fn == "ROW_NUMBER":
+        return over(sa.func.row_number(type_=sa.BigInteger()))
+    if fn == "CUM_COUNT":  # non-missing values so far
+        return over(sa.func.count(column), rows=running)
+    if kind is None:
+        raise _Stop
+    if fn in ("LAG", "LEAD"):
+        shift = sa.func.lag if fn == "LAG" else sa.func.lead
+        return over(shift(column, offset, type_=column.type))
+    if fn == "RANK":  # rank("min") among the partition's non-missing values; a missing value has none
+        if kind not in ("integer", "date", "datetime", "text"):
+            raise _Stop
+        ranked = sa.func.rank(type_=sa.BigInteger()).over(
+            partition_by=[*partition, missing], order_by=_exact(column, kind, dialect)
+        )
+        return sa.case((missing, sa.null()), else_=ranked)
+    if fn in ("CUM_MIN", "CUM_MAX", "CUM_SUM"):
+        if kind != "integer" and not (fn != "CUM_SUM" and kind in ("date", "datetime")):
+            raise _Stop
+        total: Expr
+        if fn == "CUM_SUM":
+            total = sa.cast(over(sa.func.sum(column), rows=running), sa.BigInteger())
+        else:
+            extreme = sa.func.min if fn == "CUM_MIN" else sa.func.max
+            total = over(extreme(column, type_=column.type), rows=running)
+        return sa.case((missing, sa.null()), else_=total)  # a missing value stays missing
+    # Arithmetic on doubles, as the engine casts: integers and decimals only (a float column may
+    # hold NaN or infinities, which sort and overflow differently in SQL).
+    if kind not in ("integer", "decimal"):
+        raise _Stop
+    x = _double(column, dialect)
+    if fn == "DIFF":
+        return x - over(sa.func.lag(x, offset, type_=sa.Double()))
+    if fn == "PCT_CHANGE":
+        if dialect != "postgresql":
+            raise _Stop  # Polars divides by zero to an infinity; MySQL gives NULL and has no infinities
+        before = over(sa.func.lag(x, offset, type_=sa.Double()))
+        infinity = sa.case((x > 0, "Infinity"), (x < 0, "-Infinity"), else_="NaN")
+        return sa.case(
+            (missing | before.is_(None), sa.null()),
+            (before == 0, sa.cast(infinity, sa.Double())),
+            else_=x / before - 1,
+        )
+    if fn not in _ROLLING or spec.size is None or spec.period is not None or spec.size < 1:
+        raise _Stop  # ROLLING_STD and period windows: left to Polars
+    minimum = spec.min_periods if spec.min_periods is not None else spec.size
+    if not 1 <= minimum <= spec.size:
+        raise _Stop
+    frame = (-(spec.size - 1), 0)  # ROWS BETWEEN size-1 PRECEDING AND CURRENT ROW
+    value = over(_ROLLING[fn](x, type_=sa.Double()), rows=frame)
+    return sa.case((over(sa.func.count(column), rows=frame) >= minimum, value), else_=sa.null())
+
+
+def _resample(q: _Query, step: Resample) -> _Query:
+    check_columns([step.on], q.outputs, "resample on")
+    check_columns(step.by, q.outputs, "resample by")
+    check_columns([a.column for a in step.aggregations], q.outputs, "resample aggregations")
+    kind = q.kind(step.on)
+    if kind not in ("date", "datetime") or q.dialect == "sqlite" or step.on in step.by or not step.aggregations:
+        raise _Stop
+    try:
+        period = parse_period(step.every, "resample every")
+    except BadInput:
+        raise _Stop from None
+    names = (*step.by, step.on, *(a.output for a in step.aggregations))
+    if not _names_fit(q, names) or any(q.kind(k) is None for k in step.by):
+        raise _Stop
+    if q.group_by is not None or q.limit is not None or q.windowed:
+        q = _wrap(q, keep_order=False)
+    time = q.scope[step.on]
+    start = _period_start(time, kind, period, q.dialect)
+    scope: dict[str, Expr] = {}
+    groups: list[Expr] = []
+    for key in step.by:
+        column = q.scope[key]
+        group = _exact(column, q.kind(key), q.dialect)
+        groups.append(group)
+        scope[key] = sa.func.min(column) if q.dialect == "mysql" and group is not column else group
+    scope[step.on] = start
+    groups.append(start)
+    for agg in step.aggregations:
+        scope[agg.output] = _aggregate(q, agg)
+    order = tuple((k, False) for k in (*step.by, step.on))
+    where = (*q.where, time.is_not(None))  # rows without a time are left out
+    return _Query(q.dialect, q.source, scope, names, where, tuple(groups), order, unique=(*step.by, step.on))
+
+
+def _period_start(time: Expr, kind: str, period: Period, dialect: str) -> Expr:
+    """The start of `time`'s period where it is the same whatever the data's first day: a month, or
+    a fixed length that divides a day (the engine, as pandas, counts those from midnight of the
+    first day, so they fall on the same boundaries every day). Longer periods, weeks and several
+    months start from the data's first day or month: `_Stop`."""
+    pg = dialect == "postgresql"
+    if period.months == 1:
+        if kind == "date":
+            if pg:
+                return sa.cast(sa.func.date_trunc("month", sa.cast(time, sa.DateTime())), sa.Date())
+            return sa.func.subdate(time, sa.func.dayofmonth(time) - 1, type_=sa.Date())
+        if pg:
+            return sa.func.date_trunc("month", time, type_=sa.DateTime())
+        return sa.cast(sa.func.subdate(sa.func.date(time), sa.func.dayofmonth(time) - 1), sa.DateTime())
+    n = period.micros
+    if period.months or n <= 0 or _DAY_US % n:
+        raise _Stop
+    if kind == "date":  # midnight starts the period: the date itself, or its midnight as a timestamp
+        return time if n == _DAY_US else sa.cast(time, sa.DateTime())
+    if n == _DAY_US:
+        if pg:
+            return sa.func.date_trunc("day", time, type_=sa.DateTime())
+        return sa.cast(sa.func.date(time), sa.DateTime())
+    every: Expr = sa.literal_column(str(n))  # a whole number of microseconds, made here
+    if pg:
+        length: Expr = sa.literal_column(f"INTERVAL '{n} microseconds'")
+        return sa.func.date_bin(length, time, sa.literal_column("TIMESTAMP '2000-01-01 00:00:00'"), type_=sa.DateTime())
+    midnight = sa.func.date(time)
+    since = sa.func.timestampdiff(sa.literal_column("MICROSECOND"), midnight, time)
+    return sa.func.timestampadd(
+        sa.literal_column("MICROSECOND"), since.op("DIV")(every) * every, midnight, type_=sa.DateTime()
+    )

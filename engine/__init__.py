@@ -50,6 +50,7 @@ from engine._plan import (
     too_many_steps,
 )
 from engine._recipe import recipe, step_json
+from engine._reshape import JoinAsof, Pivot, Unpivot
 from engine._together import together
 
 __all__ = [
@@ -69,8 +70,10 @@ __all__ = [
     "Filter",
     "GroupBy",
     "Join",
+    "JoinAsof",
     "Page",
     "ParseDates",
+    "Pivot",
     "Plan",
     "Rename",
     "Rows",
@@ -82,6 +85,7 @@ __all__ = [
     "SqlRoot",
     "Step",
     "Trim",
+    "Unpivot",
     "Window",
     "append_part",
     "append_rows",

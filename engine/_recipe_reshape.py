@@ -1,0 +1,123 @@
+"""Recipes of the reshaping steps (`joinAsof`, `pivot`, `unpivot`): their Step JSON, and the Polars
+statements `engine._reshape` runs for them, written with the same options."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from engine._pysource import call, col, dtype_source, py
+from engine._reshape import JoinAsof, Pivot, Unpivot, asof_right_side, unpivot_columns
+
+__all__ = ["reshape_json", "reshape_statements"]
+
+
+def reshape_json(step: JoinAsof | Pivot | Unpivot) -> dict[str, Any]:
+    """The step as the GraphQL `Step` input it came from (optional parts left out)."""
+    if isinstance(step, JoinAsof):
+        asof: dict[str, Any] = {"right": step.right.dataset_id, "on": step.on}
+        if step.right_on is not None:
+            asof["rightOn"] = step.right_on
+        if step.by:
+            asof["by"] = list(step.by)
+        asof["strategy"] = step.strategy
+        if step.tolerance is not None:
+            asof["tolerance"] = step.tolerance
+        return {"joinAsof": asof}
+    if isinstance(step, Pivot):
+        return {"pivot": {"index": list(step.index), "columns": step.columns, "values": step.values, "fn": step.fn}}
+    on = {} if step.on is None else {"on": list(step.on)}
+    names = {"variableName": step.variable_name, "valueName": step.value_name}
+    return {"unpivot": {"index": list(step.index), **on, **names}}
+
+
+def reshape_statements(
+    step: JoinAsof | Pivot | Unpivot,
+    number: int,
+    schema: Mapping[str, pl.DataType],
+    right_arg: str,
+    aggregates: Mapping[str, str],
+    light: JoinAsof | None = None,
+) -> list[str]:
+    """The script's lines for the step over a frame of `schema` (already checked). `right_arg` reads the
+    right dataset's Parquet; `light` is the as-of step with a linked right side read as its shape only;
+    `aggregates` maps each aggregation to its Polars method chain."""
+    if isinstance(step, JoinAsof):
+        return _join_asof(step, light or step, number, schema, right_arg)
+    if isinstance(step, Pivot):
+        return _pivot(step, number, schema, aggregates)
+    on = unpivot_columns(schema, step)
+    return [
+        f"# Step {number}: unpivot (pandas melt), column by column; rows keep their order.",
+        call(
+            "frame = frame.unpivot",
+            [
+                f"on={py(on)}",
+                f"index={py(list(step.index))}",
+                f"variable_name={py(step.variable_name)}",
+                f"value_name={py(step.value_name)}",
+            ],
+        ),
+    ]
+
+
+def _join_asof(
+    step: JoinAsof, light: JoinAsof, number: int, schema: Mapping[str, pl.DataType], right_arg: str
+) -> list[str]:
+    right, renames, casts, tolerance = asof_right_side(schema, light)
+    right_on = step.right_on or step.on
+    lines = [
+        f"# Step {number}: joinAsof dataset {step.right.dataset_id!r} (version {step.right.version}), as pandas"
+        " merge_asof: both sides sorted by time (ties keep their order), rows missing a time left out.",
+        f"right = pl.scan_parquet({right_arg})",
+    ]
+    if casts:
+        lines.append("# Keys are cast to the left side's types.")
+        cast_to = {k: schema[step.on] if k == right_on else schema[k] for k in casts}
+        lines.append(
+            call("right = right.with_columns", [f"{col(k)}.cast({dtype_source(t)})" for k, t in cast_to.items()])
+        )
+    if renames:
+        lines.append("# Right-side names the left side has already get _right (then _right_2, ...).")
+        lines.append(f"right = right.rename({py(renames)})")
+    right_on = renames.get(right_on, right_on)
+    lines += [
+        f"frame = frame.filter({col(step.on)}.is_not_null()).sort({step.on!r}, maintain_order=True)",
+        f"right = right.filter({col(right_on)}.is_not_null()).sort({right_on!r}, maintain_order=True)",
+        call(
+            "frame = frame.join_asof",
+            [
+                "right",
+                f"left_on={step.on!r}",
+                f"right_on={right_on!r}",
+                f"by={py(list(step.by)) if step.by else None}",
+                f"strategy={step.strategy.lower()!r}",
+                f"tolerance={py(tolerance)}",
+                "check_sortedness=False",
+            ],
+        ),
+    ]
+    del right
+    return lines
+
+
+def _pivot(step: Pivot, number: int, schema: Mapping[str, pl.DataType], aggregates: Mapping[str, str]) -> list[str]:
+    column, index = step.columns, py(list(step.index))
+    return [
+        f"# Step {number}: pivot (pandas pivot_table, dropna=False): one row per index key, missing keys last;"
+        f" one column per value of {column!r}, sorted, named by its text; a cell with no rows is missing.",
+        f"names = frame.select({col(column)}.unique().sort(nulls_last=True)).collect().to_series().to_list()",
+        "cells = []",
+        "for name in names:",
+        f"    here = {col(column)}.is_null() if name is None else {col(column)} == pl.lit(name, dtype="
+        f"{dtype_source(schema[column])})",
+        f"    cell = {col(step.values)}.filter(here){aggregates[step.fn]}",
+        "    cells.append(pl.when(here.any()).then(cell).otherwise(None).alias('null' if name is None else str(name)))",
+        "frame = (",
+        f"    frame.group_by({index}, maintain_order=True)",
+        "    .agg(cells)",
+        f"    .sort({index}, nulls_last=True, maintain_order=True)",
+        ")",
+    ]

@@ -246,7 +246,7 @@ def _light(step: Step) -> Step:
     if isinstance(step, (Join, JoinAsof)):
         step = replace(step, max_rows=0)
     if isinstance(step, Pivot):
-        step = replace(step, max_columns=0)
+        step = replace(step, max_columns=0, max_rows=0)
     if not isinstance(step, (Join, JoinAsof)) or step.right.link is None:
         return step
     right = step.right

@@ -50,16 +50,17 @@ def reshape_statements(
         return _pivot(step, number, schema, aggregates)
     on = unpivot_columns(schema, step)
     return [
-        f"# Step {number}: unpivot (pandas melt), column by column; rows keep their order.",
-        call(
-            "frame = frame.unpivot",
-            [
-                f"on={py(on)}",
-                f"index={py(list(step.index))}",
-                f"variable_name={py(step.variable_name)}",
-                f"value_name={py(step.value_name)}",
-            ],
-        ),
+        f"# Step {number}: unpivot (pandas melt), column by column; rows keep their order (the streaming"
+        " engine unpivots piece by piece: a sort restores it).",
+        f"on = {py(on)}",
+        "frame = (",
+        "    frame.with_row_index('\\x00row')",
+        f"    .unpivot(on=on, index=[*{py(list(step.index))}, '\\x00row'], variable_name={py(step.variable_name)},"
+        f" value_name={py(step.value_name)})",
+        f"    .sort(pl.col({py(step.variable_name)}).replace_strict(on, list(range(len(on))), return_dtype=pl.UInt32),"
+        " '\\x00row')",
+        "    .drop('\\x00row')",
+        ")",
     ]
 
 
@@ -86,6 +87,17 @@ def _join_asof(
     lines += [
         f"frame = frame.filter({col(step.on)}.is_not_null()).sort({step.on!r}, maintain_order=True)",
         f"right = right.filter({col(right_on)}.is_not_null()).sort({right_on!r}, maintain_order=True)",
+    ]
+    if step.strategy == "NEAREST":
+        lines += _NEAREST.format(
+            on=py(step.on),
+            right_on=py(right_on),
+            by=py(list(step.by)),
+            tolerance=py(tolerance),
+            dropped=py([*step.by, *([right_on] if (step.right_on or step.on) == step.on else [])]),
+        ).split("\n")
+        return lines
+    lines.append(
         call(
             "frame = frame.join_asof",
             [
@@ -97,14 +109,56 @@ def _join_asof(
                 f"tolerance={py(tolerance)}",
                 "check_sortedness=False",
             ],
-        ),
-    ]
+        )
+    )
     del right
     return lines
 
 
+_NEAREST = """\
+# NEAREST as pandas: the right row found backward unless the one found forward is strictly closer.
+by = {by}
+numbered = frame.with_row_index('\\x00left row')
+keyed = right.with_row_index('\\x00right row')
+found = []
+for tag, strategy in (('\\x00back', 'backward'), ('\\x00ahead', 'forward')):
+    times = keyed.select(*by, pl.col({right_on}).alias(tag + ' time'), pl.col('\\x00right row').alias(tag + ' row'))
+    found.append(
+        numbered.select('\\x00left row', {on}, *by).join_asof(
+            times, left_on={on}, right_on=tag + ' time', by=by or None, strategy=strategy, tolerance={tolerance},
+            check_sortedness=False,
+        )
+    )
+time = pl.col({on})
+chosen = (
+    pl.when(pl.col('\\x00back row').is_null())
+    .then(pl.col('\\x00ahead row'))
+    .when(
+        pl.col('\\x00ahead row').is_null()
+        | ((time - pl.col('\\x00back time')) <= (pl.col('\\x00ahead time') - time))
+    )
+    .then(pl.col('\\x00back row'))
+    .otherwise(pl.col('\\x00ahead row'))
+    .alias('\\x00right row')
+)
+picked = found[0].join(found[1].drop({on}, *by), on='\\x00left row', maintain_order='left')
+picked = picked.select('\\x00left row', chosen)
+frame = (
+    numbered.join(picked, on='\\x00left row', how='left', maintain_order='left')
+    .join(keyed.drop({dropped}), on='\\x00right row', how='left', maintain_order='left')
+    .drop('\\x00left row', '\\x00right row')
+)"""
+
+
 def _pivot(step: Pivot, number: int, schema: Mapping[str, pl.DataType], aggregates: Mapping[str, str]) -> list[str]:
     column, index = step.columns, py(list(step.index))
+    grid = []
+    if len(step.index) > 1:
+        grid = [
+            "# Every combination of the index columns' values gets a row, missing ones too (pandas' dropna=False).",
+            f"grid = frame.select({col(step.index[0])}.unique())",
+            *(f"grid = grid.join(frame.select({col(k)}.unique()), how='cross')" for k in step.index[1:]),
+        ]
     return [
         f"# Step {number}: pivot (pandas pivot_table, dropna=False): one row per index key, missing keys last;"
         f" one column per value of {column!r}, sorted, named by its text; a cell with no rows is missing.",
@@ -115,9 +169,8 @@ def _pivot(step: Pivot, number: int, schema: Mapping[str, pl.DataType], aggregat
         f"{dtype_source(schema[column])})",
         f"    cell = {col(step.values)}.filter(here){aggregates[step.fn]}",
         "    cells.append(pl.when(here.any()).then(cell).otherwise(None).alias('null' if name is None else str(name)))",
-        "frame = (",
-        f"    frame.group_by({index}, maintain_order=True)",
-        "    .agg(cells)",
-        f"    .sort({index}, nulls_last=True, maintain_order=True)",
-        ")",
+        f"pivoted = frame.group_by({index}, maintain_order=True).agg(cells)",
+        *grid,
+        *([f"pivoted = grid.join(pivoted, on={index}, how='left', nulls_equal=True)"] if grid else []),
+        f"frame = pivoted.sort({index}, nulls_last=True, maintain_order=True)",
     ]

@@ -12,6 +12,7 @@ pass over the distinct values of its `columns` column, which it needs anyway to 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -118,6 +119,9 @@ class Pivot:
     values: str
     fn: str = "FIRST"
     max_columns: int = PIVOT_MAX_COLUMNS
+    # With two or more index columns a pivot has a row for every combination of their values (as
+    # pandas' dropna=False): more than join_max_rows of them is refused as a join would be.
+    max_rows: int = JOIN_MAX_ROWS
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +223,12 @@ def asof_right_side(
     right_schema: dict[str, pl.DataType] = dict(right.collect_schema())
     side = f'right side, dataset "{step.right.dataset_id}"'
     check_columns([step.on], schema, "joinAsof on (left side)")
-    check_columns([right_on], right_schema, f"joinAsof {'rightOn' if step.right_on else 'on'} ({side})")
+    if step.right_on is None and step.on not in right_schema:
+        raise BadInput(
+            f'joinAsof on: the {side} has no column "{step.on}"; name its time column with rightOn.'
+            f" Its columns: {', '.join(list(right_schema)[:25])}."
+        )
+    check_columns([right_on], right_schema, f"joinAsof rightOn ({side})")
     check_columns(step.by, schema, "joinAsof by (left side)")
     check_columns(step.by, right_schema, f"joinAsof by ({side})")
     left_type, right_type = schema[step.on], right_schema[right_on]
@@ -263,16 +272,60 @@ def join_asof(
             raise _too_many_rows("This as-of join", left_rows, step.max_rows)
     left = frame.filter(pl.col(step.on).is_not_null()).sort(step.on, maintain_order=True)
     right = right.filter(pl.col(right_on).is_not_null()).sort(right_on, maintain_order=True)
-    joined = left.join_asof(
-        right,
-        left_on=step.on,
-        right_on=right_on,
-        by=list(step.by) or None,
-        strategy=step.strategy.lower(),  # type: ignore[arg-type]
-        tolerance=tolerance,
-        check_sortedness=False,  # sorted just above; Polars cannot check it with by groups
-    )
+    by = list(step.by)
+    if step.strategy == "NEAREST":
+        joined = _nearest(left, right, step.on, right_on, by, tolerance)
+    else:
+        joined = left.join_asof(
+            right,
+            left_on=step.on,
+            right_on=right_on,
+            by=by or None,
+            strategy="backward" if step.strategy == "BACKWARD" else "forward",
+            tolerance=tolerance,
+            check_sortedness=False,  # sorted just above; Polars cannot check it with by groups
+        )
     return joined, dict(joined.collect_schema())
+
+
+def _nearest(
+    left: pl.LazyFrame, right: pl.LazyFrame, on: str, right_on: str, by: list[str], tolerance: Any
+) -> pl.LazyFrame:
+    """NEAREST as pandas: the right row found backward unless the one found forward is strictly
+    closer (Polars' own nearest takes the forward one on a tie). Both sides sorted by time."""
+    left_row, right_row, back, ahead = "\x00left row", "\x00right row", "\x00back", "\x00ahead"
+    numbered = left.with_row_index(left_row)
+    keyed = right.with_row_index(right_row)
+    found = []
+    for tag, strategy in ((back, "backward"), (ahead, "forward")):
+        times = keyed.select(*by, pl.col(right_on).alias(f"{tag} time"), pl.col(right_row).alias(f"{tag} row"))
+        found.append(
+            numbered.select(left_row, on, *by).join_asof(
+                times,
+                left_on=on,
+                right_on=f"{tag} time",
+                by=by or None,
+                strategy=strategy,  # type: ignore[arg-type]
+                tolerance=tolerance,
+                check_sortedness=False,
+            )
+        )
+    time = pl.col(on)
+    chosen = (
+        pl.when(pl.col(f"{back} row").is_null())
+        .then(pl.col(f"{ahead} row"))
+        .when(pl.col(f"{ahead} row").is_null() | ((time - pl.col(f"{back} time")) <= (pl.col(f"{ahead} time") - time)))
+        .then(pl.col(f"{back} row"))
+        .otherwise(pl.col(f"{ahead} row"))
+        .alias(right_row)
+    )
+    picked = found[0].join(found[1].drop(on, *by), on=left_row, maintain_order="left").select(left_row, chosen)
+    payload = keyed.drop(*by, *([right_on] if right_on == on else []))
+    return (
+        numbered.join(picked, on=left_row, how="left", maintain_order="left")
+        .join(payload, on=right_row, how="left", maintain_order="left")
+        .drop(left_row, right_row)
+    )
 
 
 # --- pivot ----------------------------------------------------------------------------------------
@@ -303,10 +356,19 @@ def pivot_names(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType], step: Pi
     _pivot_checks(schema, step)
     col = pl.col(step.columns)
     limit = step.max_columns
+    levels = [pl.col(k).n_unique().alias(f"\x00{i}") for i, k in enumerate(step.index)] if len(step.index) > 1 else []
     found = frame.select(
-        col.n_unique().alias("n"), col.unique().sort(nulls_last=True).head(max(limit, 0) + 1).implode().alias("v")
+        col.n_unique().alias("n"),
+        col.unique().sort(nulls_last=True).head(max(limit, 0) + 1).implode().alias("v"),
+        *levels,
     ).collect()
     count, values = int(found["n"][0]), found["v"][0].to_list()
+    combinations = math.prod(int(found[f"\x00{i}"][0]) for i in range(len(levels)))
+    if levels and step.max_rows > 0 and combinations > step.max_rows:
+        raise TooLarge(
+            f"pivot: the index columns' values make {combinations:,} combinations, a row each, more than the"
+            f" {step.max_rows:,} rows the server allows (setting join_max_rows); pivot on fewer index columns."
+        )
     if limit > 0 and count > limit:
         raise TooLarge(
             f'pivot: column "{step.columns}" has {count:,} distinct values, more than the {limit:,} columns a pivot'
@@ -353,11 +415,14 @@ def pivot(
         cell = _cell(step.fn, pl.col(step.values).filter(here))
         cells.append(pl.when(here.any()).then(cell).otherwise(None).alias(name))
     index = list(step.index)
-    pivoted = (
-        frame.group_by(index, maintain_order=True)  # FIRST and LAST: in the frame's order, as pandas
-        .agg(cells)
-        .sort(index, nulls_last=True, maintain_order=True)
-    )
+    # FIRST and LAST: in the frame's order, as pandas
+    pivoted = frame.group_by(index, maintain_order=True).agg(cells)
+    if len(index) > 1:  # every combination of the index columns' values, missing ones too (pandas' dropna=False)
+        grid = frame.select(pl.col(index[0]).unique())
+        for key in index[1:]:
+            grid = grid.join(frame.select(pl.col(key).unique()), how="cross")
+        pivoted = grid.join(pivoted, on=index, how="left", nulls_equal=True)
+    pivoted = pivoted.sort(index, nulls_last=True, maintain_order=True)
     return pivoted, dict(pivoted.collect_schema())
 
 
@@ -394,7 +459,14 @@ def unpivot(
     """`pandas.melt(id_vars=index, value_vars=on)`: column by column, rows in order; the values take
     the type all of them fit (numbers of two widths: the wider; numbers and text: text)."""
     on = unpivot_columns(schema, step)
-    melted = frame.unpivot(on=on, index=list(step.index), variable_name=step.variable_name, value_name=step.value_name)
+    row = "\x00row"
+    # Polars' streaming engine unpivots piece by piece: the order melt gives is restored by a sort.
+    melted = (
+        frame.with_row_index(row)
+        .unpivot(on=on, index=[*step.index, row], variable_name=step.variable_name, value_name=step.value_name)
+        .sort(pl.col(step.variable_name).replace_strict(on, list(range(len(on))), return_dtype=pl.UInt32), row)
+        .drop(row)
+    )
     try:
         found = dict(melted.collect_schema())
     except pl.exceptions.PolarsError:

@@ -87,7 +87,9 @@ def to_join_asof(
 
 
 def to_pivot(ctx: Context, index: list[str], columns: str, values: str, fn: Enum | None) -> engine.Pivot:
-    return engine.Pivot(tuple(index), columns, values, fn.value if fn else "FIRST", ctx.settings.pivot_max_columns)
+    fn_name = fn.value if fn else "FIRST"
+    settings = ctx.settings
+    return engine.Pivot(tuple(index), columns, values, fn_name, settings.pivot_max_columns, settings.join_max_rows)
 
 
 def to_unpivot(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import random
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,14 @@ from typing import Any
 import pandas as pd
 import polars as pl
 import pytest
-from support import DATA, Api, ingested, make_settings, serving
-from test_recipe import FRAME, SAVE, _check, _normalised, _parquet, exports, scripts
+import sqlalchemy as sa
+from polars.testing import assert_frame_equal
+from support import DATA, Api, ingested, make_settings, require_service, serving
+from test_recipe import FRAME, RUN, SAVE, _check, _frame, _normalised, _parquet, exports, scripts
 
 import engine
+from connectors.linked import fetch_frame
+from connectors.pushdown import push_down
 from datagraph.errors import BadInput, TooLarge
 from engine import Join, JoinAsof, Pivot, Plan, Source, Unpivot
 
@@ -179,12 +184,21 @@ def test_join_asof_on_timestamps_with_a_duration_matches_pandas(shared_data: dic
     assert 0 < sum(r["fare_right"] is not None for r in got) < len(got)
 
 
-def test_join_asof_leaves_rows_without_a_time_out_and_gives_missing_groups_no_match(here: dict[str, Source]) -> None:
+def test_join_asof_leaves_rows_without_a_time_out_and_gives_missing_groups_no_match(
+    here: dict[str, Source], shared_data: dict[str, Source]
+) -> None:
+    """Rows missing their time are left out (pandas refuses them); a missing by-key matches nothing,
+    as in `join` (pandas would match missing to missing: the one place we differ, on purpose)."""
     left = pl.read_parquet(here["left"].path)
     got = _rows(Plan(here["left"], (JoinAsof(here["right"], "t", by=("g",)),)))
     assert len(got) == left.filter(pl.col("t").is_not_null()).height < left.height
     times = [r["t"] for r in got]
     assert times == sorted(times)
+    taxis = shared_data["taxis"]
+    joined = _rows(Plan(taxis, (JoinAsof(taxis, "pickup", "dropoff", ("pickup_borough",), "NEAREST"),)))
+    missing = [r for r in joined if r["pickup_borough"] is None]
+    assert missing and all(r["fare_right"] is None for r in missing)
+    assert all(r["fare_right"] is not None for r in joined if r["pickup_borough"] is not None)
 
 
 # --- pivot against pandas.pivot_table --------------------------------------------------------------
@@ -355,6 +369,43 @@ def test_save_frame_of_a_pipeline_with_a_pivot_makes_its_dataset(app: Api) -> No
     shown = _pipeline(app, "left", steps)
     assert dataset.columns == ["g", "t", "mean"]
     assert dataset.to_dicts() == shown["data"]
+    # The frame's recipe, run again, makes the same dataset (the right side read at its version).
+    recipe = _frame(app, FRAME, {"d": "left", "steps": steps})["recipe"]["data"]
+    run = app.data(RUN, {"r": recipe, "n": "asof pivot again"})["runRecipe"]
+    assert run["success"], run["error"]
+    assert_frame_equal(_parquet(app, run["dataset"]["id"]), dataset)
+
+
+EXPLAIN = """query($d: ID!, $steps: [Step!]!) { dataset(id: $d) { pipeline(steps: $steps) {
+  explain { success error { code message } data } } } }"""
+
+
+def test_explain_shows_the_reshaped_columns_and_the_cache_key_tells_steps_apart(
+    app: Api, here: dict[str, Source]
+) -> None:
+    answer = app.data(EXPLAIN, {"d": "left", "steps": [ASOF_STEP, PIVOT_STEP]})["dataset"]["pipeline"]["explain"]
+    assert answer["success"], answer["error"]
+    assert answer["data"]["columns"][0] == {"name": "g", "dtype": "String"}
+    assert "ASOF" in answer["data"]["plan"].upper()
+    base = JoinAsof(here["right"], "t", by=("g",), strategy="NEAREST", tolerance=2)
+    variants = [
+        base,
+        JoinAsof(here["right"], "t", by=("g",), strategy="NEAREST", tolerance=3),
+        JoinAsof(here["right"], "t", by=("g",), strategy="BACKWARD", tolerance=2),
+        JoinAsof(here["right"], "t", by=(), strategy="NEAREST", tolerance=2),
+        JoinAsof(here["left"], "t", by=("g",), strategy="NEAREST", tolerance=2),
+        Pivot(("g",), "t", "x", "MEAN"),
+        Pivot(("g",), "t", "x", "SUM"),
+        Unpivot(("g",)),
+        Unpivot(("g",), ("x",)),
+        Unpivot(("g",), None, "name"),
+    ]
+    keys = [repr(Plan(here["left"], (step,)).key()) for step in variants]
+    assert len(set(keys)) == len(keys)
+    assert (
+        Plan(here["left"], (base,)).key()
+        == Plan(here["left"], (JoinAsof(here["right"], "t", None, ("g",), "NEAREST", 2, 5),)).key()
+    )
 
 
 def test_an_xlsx_export_of_a_pivot_has_one_header_row_of_the_pivoted_names(app: Api) -> None:
@@ -479,3 +530,43 @@ def test_a_join_of_ten_billion_rows_is_refused_before_it_runs(app: Api) -> None:
 def test_bad_in_process_plans_raise_before_reading(here: dict[str, Source]) -> None:
     with pytest.raises(BadInput, match="unknown strategy"):
         engine.count(Plan(here["left"], (JoinAsof(here["right"], "t", strategy="SIDEWAYS"),)))
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_a_linked_table_pushes_what_it_can_and_leaves_reshaping_to_polars(
+    here: dict[str, Source], dialect: str, tmp_path: Path
+) -> None:
+    """Pushdown stops at the first reshaping step (it has no SQL for them) and the rest runs in
+    Polars on what the database sent: the same rows as over the stored dataset."""
+    frame = pl.read_parquet(here["cells"].path)
+    if dialect == "sqlite":
+        db = sa.create_engine(f"sqlite:///{tmp_path / 'linked.sqlite'}")
+    else:
+        require_service(5432, "PostgreSQL")
+        db = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    name = f"reshape_{uuid.uuid4().hex[:12]}"
+    types = {pl.Int64: sa.BigInteger(), pl.String: sa.String(16)}
+    table = sa.Table(name, sa.MetaData(), *(sa.Column(c, types[type(t)]) for c, t in frame.schema.items()))
+    try:
+        with db.begin() as conn:
+            table.create(conn)
+            conn.execute(table.insert(), frame.to_dicts())
+        steps = (
+            engine.Filter((engine.Condition("v", "NOT_NULL"),)),
+            Pivot(("k",), "c", "v", "SUM"),
+            Unpivot(("k",), None, "c", "total"),
+            JoinAsof(here["right"], "total", "t", strategy="NEAREST"),
+        )
+        pushed = push_down(table, steps, dialect)
+        assert pushed.remaining == steps[1:]
+        with db.connect() as conn:
+            fetched = fetch_frame(conn, pushed.query)
+        stored = tmp_path / "fetched.parquet"
+        fetched.write_parquet(stored)
+        linked = pl.DataFrame(_rows(Plan(Source("linked", 1, stored), pushed.remaining)))
+        assert_frame_equal(linked, pl.DataFrame(_rows(Plan(here["cells"], steps))), check_dtypes=False)
+        assert linked.height > 0
+    finally:
+        with db.begin() as conn:
+            table.drop(conn, checkfirst=True)
+        db.dispose()

@@ -47,7 +47,8 @@ PIVOT_MAX_COLUMNS: int = Settings.model_fields["pivot_max_columns"].default
 ASOF_STRATEGIES = ("BACKWARD", "FORWARD", "NEAREST")
 # A duration pandas' Timedelta and Polars read alike: whole numbers of weeks, days, hours, minutes,
 # seconds, milli-, micro- or nanoseconds ("5m", "2d", "1h30m"); months and years have no fixed length.
-_DURATION = re.compile(r"(?:\d+(?:ns|us|ms|s|m|h|d|w))+", flags=re.ASCII)
+_DURATION = re.compile(r"(?:\d{1,9}(?:ns|us|ms|s|m|h|d|w)){1,8}", flags=re.ASCII)
+_MAX_TOLERANCE = 2**53  # a number beyond any key's range would overflow Polars' integer tolerance
 
 
 AGG_FNS = ("COUNT", "SUM", "MEAN", "MEDIAN", "MIN", "MAX", "STD", "VAR", "N_UNIQUE", "FIRST", "LAST")
@@ -194,8 +195,8 @@ def _tolerance(step: JoinAsof, key_type: pl.DataType) -> int | float | str | Non
                 f'joinAsof: tolerance must be {wanted} for the {dtype_name(key_type)} key "{step.on}",'
                 f" got {show_value(value)}."
             )
-        if value < 0:
-            raise BadInput(f"joinAsof: tolerance must be 0 or more, got {show_value(value)}.")
+        if not 0 <= value <= _MAX_TOLERANCE:
+            raise BadInput(f"joinAsof: tolerance must be from 0 to {_MAX_TOLERANCE:,}, got {show_value(value)}.")
         return int(value) if key_type.is_integer() else float(value)
     if not isinstance(value, str) or not _DURATION.fullmatch(value):
         raise BadInput(
@@ -408,15 +409,22 @@ def pivot(
     """`pandas.pivot_table(index, columns, values, aggfunc=fn, dropna=False).reset_index()`: one row per
     index key (missing keys form a group, sorted last), a cell with no rows is missing."""
     named = pivot_names(frame, schema, step)
-    dtype = schema[step.columns]
-    cells = []
-    for value, name in named:
-        here = pl.col(step.columns).is_null() if value is None else pl.col(step.columns) == pl.lit(value, dtype=dtype)
-        cell = _cell(step.fn, pl.col(step.values).filter(here))
-        cells.append(pl.when(here.any()).then(cell).otherwise(None).alias(name))
     index = list(step.index)
-    # FIRST and LAST: in the frame's order, as pandas
-    pivoted = frame.group_by(index, maintain_order=True).agg(cells)
+    cell = "\x00cell"
+    # One aggregation per (index key, value) present (FIRST and LAST in the frame's order, as pandas),
+    # spread into a column per value: a cell with no rows is missing, one whose values all are has
+    # the aggregation of nothing (COUNT 0), as pandas.
+    cells = frame.group_by([*index, step.columns], maintain_order=True).agg(
+        _cell(step.fn, pl.col(step.values)).alias(cell)
+    )
+    if named:
+        spread = cells.pivot(on=step.columns, on_columns=[v for v, _ in named], index=index, values=cell)
+        width = len(index)
+        pivoted = spread.select(
+            *(pl.nth(i) for i in range(width)), *(pl.nth(width + j).alias(n) for j, (_, n) in enumerate(named))
+        )
+    else:  # no rows: the index columns only
+        pivoted = frame.group_by(index).agg()
     if len(index) > 1:  # every combination of the index columns' values, missing ones too (pandas' dropna=False)
         grid = frame.select(pl.col(index[0]).unique())
         for key in index[1:]:

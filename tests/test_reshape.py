@@ -452,7 +452,9 @@ BAD: list[tuple[str, list[dict[str, Any]], str, str]] = [
     ("left", [{"joinAsof": {"right": "taxis", "on": "t", "rightOn": "fare", "by": ["g"]}}], "BAD_INPUT", 'by (right side, dataset "taxis")'),
     ("left", [{"joinAsof": {"right": "right", "on": "t", "tolerance": "5m"}}], "BAD_INPUT", "tolerance must be a whole number"),
     ("left", [{"joinAsof": {"right": "right", "on": "t", "tolerance": 1.5}}], "BAD_INPUT", "tolerance must be a whole number"),
-    ("left", [{"joinAsof": {"right": "right", "on": "t", "tolerance": -1}}], "BAD_INPUT", "tolerance must be 0 or more"),
+    ("left", [{"joinAsof": {"right": "right", "on": "t", "tolerance": -1}}], "BAD_INPUT", "tolerance must be from 0 to"),
+    ("left", [{"joinAsof": {"right": "right", "on": "t", "tolerance": 10**30}}], "BAD_INPUT", "tolerance must be from 0 to"),
+    ("taxis", [{"joinAsof": {"right": "taxis", "on": "pickup", "tolerance": "9999999999d"}}], "BAD_INPUT", "tolerance must be a duration"),
     ("taxis", [{"joinAsof": {"right": "taxis", "on": "pickup", "tolerance": 5}}], "BAD_INPUT", "tolerance must be a duration"),
     ("taxis", [{"joinAsof": {"right": "taxis", "on": "pickup", "tolerance": "5 minutes"}}], "BAD_INPUT", "tolerance must be a duration"),
     ("taxis", [{"joinAsof": {"right": "taxis", "on": "pickup", "tolerance": ["5m"]}}], "BAD_INPUT", "tolerance must be a duration"),
@@ -570,3 +572,9 @@ def test_a_linked_table_pushes_what_it_can_and_leaves_reshaping_to_polars(
         with db.begin() as conn:
             table.drop(conn, checkfirst=True)
         db.dispose()
+
+
+def test_a_pivot_of_no_rows_has_only_its_index_columns(here: dict[str, Source]) -> None:
+    nothing = engine.Filter((engine.Condition("v", "GT", 100),))
+    found = engine.rows(Plan(here["cells"], (nothing, Pivot(("k", "w"), "c", "v", "SUM"))), limit=10, offset=0)
+    assert found.records == [] and [c.name for c in found.columns] == ["k", "w"]

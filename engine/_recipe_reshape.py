@@ -9,7 +9,7 @@ from typing import Any
 import polars as pl
 
 from engine._pysource import call, col, dtype_source, py
-from engine._reshape import JoinAsof, Pivot, Unpivot, asof_right_side, unpivot_columns
+from engine._reshape import JoinAsof, Pivot, Unpivot, asof_right_side, unpivot_as_text, unpivot_columns
 
 __all__ = ["reshape_json", "reshape_statements"]
 
@@ -49,10 +49,13 @@ def reshape_statements(
     if isinstance(step, Pivot):
         return _pivot(step, number, schema, aggregates)
     on = unpivot_columns(schema, step)
+    text = unpivot_as_text(schema, on)
     return [
         f"# Step {number}: unpivot (pandas melt), column by column; rows keep their order (the streaming"
         " engine unpivots piece by piece: a sort restores it).",
         f"on = {py(on)}",
+        *(["# The columns have no common type: their values become text."] if text else []),
+        *(["frame = frame.with_columns(pl.col(on).cast(pl.String))"] if text else []),
         "frame = (",
         "    frame.with_row_index('\\x00row')",
         f"    .unpivot(on=on, index=[*{py(list(step.index))}, '\\x00row'], variable_name={py(step.variable_name)},"

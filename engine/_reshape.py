@@ -39,6 +39,7 @@ __all__ = [
     "reshape_key",
     "right_renames",
     "unpivot",
+    "unpivot_as_text",
     "unpivot_columns",
 ]
 
@@ -461,12 +462,22 @@ def unpivot_columns(schema: Mapping[str, pl.DataType], step: Unpivot) -> list[st
     return on
 
 
+def unpivot_as_text(schema: Mapping[str, pl.DataType], on: list[str]) -> bool:
+    """Whether the `on` columns are of kinds with no common type (text and numbers, dates and
+    booleans, ...): then their values become text, as their pandas melt would be objects."""
+    kinds = {_kind(schema[c]) for c in on}
+    same = len({schema[c] for c in on}) == 1
+    return not same and kinds != {"number"}
+
+
 def unpivot(
     frame: pl.LazyFrame, schema: dict[str, pl.DataType], step: Unpivot
 ) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
     """`pandas.melt(id_vars=index, value_vars=on)`: column by column, rows in order; the values take
-    the type all of them fit (numbers of two widths: the wider; numbers and text: text)."""
+    the type all of them fit: one type as it is, numbers of two types the wider, anything else text."""
     on = unpivot_columns(schema, step)
+    if unpivot_as_text(schema, on):  # Polars finds no common type for some pairs (and panics on them)
+        frame = frame.with_columns(pl.col(on).cast(pl.String))
     row = "\x00row"
     # Polars' streaming engine unpivots piece by piece: the order melt gives is restored by a sort.
     melted = (
@@ -475,9 +486,4 @@ def unpivot(
         .sort(pl.col(step.variable_name).replace_strict(on, list(range(len(on))), return_dtype=pl.UInt32), row)
         .drop(row)
     )
-    try:
-        found = dict(melted.collect_schema())
-    except pl.exceptions.PolarsError:
-        kinds = ", ".join(f'"{c}" ({dtype_name(schema[c])})' for c in on)
-        raise BadInput(f"unpivot: the columns in on do not share a type: {kinds}; clean(cast) them first.") from None
-    return melted, found
+    return melted, dict(melted.collect_schema())

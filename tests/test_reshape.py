@@ -431,6 +431,9 @@ RECIPE_CASES: dict[str, tuple[str, list[dict[str, Any]]]] = {
         {"unpivot": {"index": ["k"], "variableName": "variable", "valueName": "value"}},
     ]),
     "unpivot": ("penguins", [{"unpivot": {"index": ["species"], "on": ["bill_length_mm", "body_mass_g"], "variableName": "m", "valueName": "v"}}]),
+    "unpivot of text, numbers and dates as text": ("taxis", [
+        {"unpivot": {"index": ["color"], "on": ["payment", "fare", "pickup", "passengers"], "variableName": "m", "valueName": "v"}},
+    ]),
 }  # fmt: skip
 
 
@@ -578,3 +581,20 @@ def test_a_pivot_of_no_rows_has_only_its_index_columns(here: dict[str, Source]) 
     nothing = engine.Filter((engine.Condition("v", "GT", 100),))
     found = engine.rows(Plan(here["cells"], (nothing, Pivot(("k", "w"), "c", "v", "SUM"))), limit=10, offset=0)
     assert found.records == [] and [c.name for c in found.columns] == ["k", "w"]
+
+
+def test_unpivoting_columns_of_no_common_type_gives_text(
+    here: dict[str, Source], shared_data: dict[str, Source]
+) -> None:
+    """Text, numbers, dates and booleans have no common type: their values become text (pandas' melt
+    gives objects); numbers of two types become the wider."""
+    taxis = shared_data["taxis"]
+    mixed = engine.rows(Plan(taxis, (Unpivot(("color",), ("payment", "fare", "pickup")),)), limit=20_000, offset=0)
+    assert {c.name: c.dtype for c in mixed.columns}["value"] == "String"
+    first = pl.read_parquet(taxis.path).row(0, named=True)
+    values = [r["value"] for r in mixed.records]
+    assert len(values) == 3 * pl.read_parquet(taxis.path).height
+    assert first["payment"] in values and str(first["fare"]) in values
+    assert f"{first['pickup']}.000000" in values  # timestamps as Polars writes them
+    numbers = engine.rows(Plan(here["left"], (Unpivot(("g",), ("t", "x")),)), limit=10, offset=0)
+    assert {c.name: c.dtype for c in numbers.columns}["value"] == "Float64"

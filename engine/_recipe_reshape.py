@@ -67,6 +67,11 @@ def reshape_statements(
     ]
 
 
+def _has_time(name: str, dtype: pl.DataType) -> str:
+    there = f"{col(name)}.is_not_null()"
+    return f"{there} & {col(name)}.is_not_nan()" if dtype.is_float() else there
+
+
 def _join_asof(
     step: JoinAsof, light: JoinAsof, number: int, schema: Mapping[str, pl.DataType], right_arg: str
 ) -> list[str]:
@@ -88,8 +93,8 @@ def _join_asof(
         lines.append(f"right = right.rename({py(renames)})")
     right_on = renames.get(right_on, right_on)
     lines += [
-        f"frame = frame.filter({col(step.on)}.is_not_null()).sort({step.on!r}, maintain_order=True)",
-        f"right = right.filter({col(right_on)}.is_not_null()).sort({right_on!r}, maintain_order=True)",
+        f"frame = frame.filter({_has_time(step.on, schema[step.on])}).sort({step.on!r}, maintain_order=True)",
+        f"right = right.filter({_has_time(right_on, schema[step.on])}).sort({right_on!r}, maintain_order=True)",
     ]
     if step.strategy == "NEAREST":
         lines += _NEAREST.format(

@@ -261,6 +261,12 @@ def asof_right_side(
     return right, renames, casts, tolerance
 
 
+def _has_time(name: str, dtype: pl.DataType) -> pl.Expr:
+    """Rows whose time is there: not missing, and (decimals) not NaN, which pandas counts as missing."""
+    there = pl.col(name).is_not_null()
+    return there & pl.col(name).is_not_nan() if dtype.is_float() else there
+
+
 def join_asof(
     frame: pl.LazyFrame, schema: dict[str, pl.DataType], step: JoinAsof
 ) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
@@ -272,8 +278,8 @@ def join_asof(
         left_rows = frame.select(pl.len()).collect().item()
         if left_rows > step.max_rows:
             raise _too_many_rows("This as-of join", left_rows, step.max_rows)
-    left = frame.filter(pl.col(step.on).is_not_null()).sort(step.on, maintain_order=True)
-    right = right.filter(pl.col(right_on).is_not_null()).sort(right_on, maintain_order=True)
+    left = frame.filter(_has_time(step.on, schema[step.on])).sort(step.on, maintain_order=True)
+    right = right.filter(_has_time(right_on, schema[step.on])).sort(right_on, maintain_order=True)
     by = list(step.by)
     if step.strategy == "NEAREST":
         joined = _nearest(left, right, step.on, right_on, by, tolerance)

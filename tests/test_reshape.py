@@ -431,6 +431,10 @@ RECIPE_CASES: dict[str, tuple[str, list[dict[str, Any]]]] = {
         {"unpivot": {"index": ["k"], "variableName": "variable", "valueName": "value"}},
     ]),
     "unpivot": ("penguins", [{"unpivot": {"index": ["species"], "on": ["bill_length_mm", "body_mass_g"], "variableName": "m", "valueName": "v"}}]),
+    "as-of join on decimal times, backward within 2.5": ("left", [
+        {"clean": [{"cast": {"columns": ["t"], "to": "FLOAT"}}]},
+        {"joinAsof": {"right": "right", "on": "t", "strategy": "BACKWARD", "tolerance": 2.5}},
+    ]),
     "unpivot of text, numbers and dates as text": ("taxis", [
         {"unpivot": {"index": ["color"], "on": ["payment", "fare", "pickup", "passengers"], "variableName": "m", "valueName": "v"}},
     ]),
@@ -598,3 +602,9 @@ def test_unpivoting_columns_of_no_common_type_gives_text(
     assert f"{first['pickup']}.000000" in values  # timestamps as Polars writes them
     numbers = engine.rows(Plan(here["left"], (Unpivot(("g",), ("t", "x")),)), limit=10, offset=0)
     assert {c.name: c.dtype for c in numbers.columns}["value"] == "Float64"
+
+
+def test_a_nan_time_is_missing_as_pandas_counts_it(tmp_path: Path, here: dict[str, Source]) -> None:
+    pl.DataFrame({"t": [1.0, float("nan"), 3.0, None], "x": [1, 2, 3, 4]}).write_parquet(tmp_path / "nan.parquet")
+    got = _rows(Plan(Source("nan", 1, tmp_path / "nan.parquet"), (JoinAsof(here["right"], "t", strategy="NEAREST"),)))
+    assert [r["x"] for r in got] == [1, 3]

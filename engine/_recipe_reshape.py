@@ -97,12 +97,9 @@ def _join_asof(
         f"right = right.filter({_has_time(right_on, schema[step.on])}).sort({right_on!r}, maintain_order=True)",
     ]
     if step.strategy == "NEAREST":
+        payload = [c for c in right.collect_schema() if c not in step.by and not (c == right_on == step.on)]
         lines += _NEAREST.format(
-            on=py(step.on),
-            right_on=py(right_on),
-            by=py(list(step.by)),
-            tolerance=py(tolerance),
-            dropped=py([*step.by, *([right_on] if (step.right_on or step.on) == step.on else [])]),
+            on=py(step.on), right_on=py(right_on), by=py(list(step.by)), tolerance=py(tolerance), payload=py(payload)
         ).split("\n")
         return lines
     lines.append(
@@ -119,42 +116,27 @@ def _join_asof(
             ],
         )
     )
-    del right
     return lines
 
 
 _NEAREST = """\
-# NEAREST as pandas: the right row found backward unless the one found forward is strictly closer.
+# NEAREST as pandas: the right row found backward unless the one found forward is strictly closer:
+# a backward then a forward as-of join, each bringing its row's columns, and a choice per row.
 by = {by}
-numbered = frame.with_row_index('\\x00left row')
-keyed = right.with_row_index('\\x00right row')
-found = []
+payload = {payload}
+columns = frame.collect_schema().names()
 for tag, strategy in (('\\x00back', 'backward'), ('\\x00ahead', 'forward')):
-    times = keyed.select(*by, pl.col({right_on}).alias(tag + ' time'), pl.col('\\x00right row').alias(tag + ' row'))
-    found.append(
-        numbered.select('\\x00left row', {on}, *by).join_asof(
-            times, left_on={on}, right_on=tag + ' time', by=by or None, strategy=strategy, tolerance={tolerance},
-            check_sortedness=False,
-        )
+    brought = (pl.col(c).alias(tag + ' ' + c) for c in payload)
+    named = right.select(*by, pl.col({right_on}).alias(tag + ' time'), *brought)
+    frame = frame.join_asof(
+        named, left_on={on}, right_on=tag + ' time', by=by or None, strategy=strategy, tolerance={tolerance},
+        check_sortedness=False,
     )
-time = pl.col({on})
-chosen = (
-    pl.when(pl.col('\\x00back row').is_null())
-    .then(pl.col('\\x00ahead row'))
-    .when(
-        pl.col('\\x00ahead row').is_null()
-        | ((time - pl.col('\\x00back time')) <= (pl.col('\\x00ahead time') - time))
-    )
-    .then(pl.col('\\x00back row'))
-    .otherwise(pl.col('\\x00ahead row'))
-    .alias('\\x00right row')
-)
-picked = found[0].join(found[1].drop({on}, *by), on='\\x00left row', maintain_order='left')
-picked = picked.select('\\x00left row', chosen)
-frame = (
-    numbered.join(picked, on='\\x00left row', how='left', maintain_order='left')
-    .join(keyed.drop({dropped}), on='\\x00right row', how='left', maintain_order='left')
-    .drop('\\x00left row', '\\x00right row')
+time, back, ahead = pl.col({on}), pl.col('\\x00back time'), pl.col('\\x00ahead time')
+take_back = back.is_not_null() & (ahead.is_null() | ((time - back) <= (ahead - time)))
+frame = frame.select(
+    *columns,
+    *(pl.when(take_back).then(pl.col('\\x00back ' + c)).otherwise(pl.col('\\x00ahead ' + c)).alias(c) for c in payload),
 )"""
 
 

@@ -300,40 +300,32 @@ def _nearest(
     left: pl.LazyFrame, right: pl.LazyFrame, on: str, right_on: str, by: list[str], tolerance: Any
 ) -> pl.LazyFrame:
     """NEAREST as pandas: the right row found backward unless the one found forward is strictly
-    closer (Polars' own nearest takes the forward one on a tie). Both sides sorted by time."""
-    left_row, right_row, back, ahead = "\x00left row", "\x00right row", "\x00back", "\x00ahead"
-    numbered = left.with_row_index(left_row)
-    keyed = right.with_row_index(right_row)
-    found = []
-    for tag, strategy in ((back, "backward"), (ahead, "forward")):
-        times = keyed.select(*by, pl.col(right_on).alias(f"{tag} time"), pl.col(right_row).alias(f"{tag} row"))
-        found.append(
-            numbered.select(left_row, on, *by).join_asof(
-                times,
-                left_on=on,
-                right_on=f"{tag} time",
-                by=by or None,
-                strategy=strategy,  # type: ignore[arg-type]
-                tolerance=tolerance,
-                check_sortedness=False,
-            )
+    closer (Polars' own nearest takes the forward one on a tie). Both sides sorted by time: a
+    backward then a forward as-of join, each bringing its row's columns, and a choice per row."""
+    payload = [c for c in right.collect_schema() if c not in by and not (c == right_on == on)]
+    sides = []
+    for tag, strategy in (("\x00back", "backward"), ("\x00ahead", "forward")):
+        named = right.select(
+            *by, pl.col(right_on).alias(f"{tag} time"), *(pl.col(c).alias(f"{tag} {c}") for c in payload)
         )
-    time = pl.col(on)
+        sides.append((tag, strategy, named))
+    both = left
+    for tag, strategy, named in sides:
+        both = both.join_asof(
+            named,
+            left_on=on,
+            right_on=f"{tag} time",
+            by=by or None,
+            strategy=strategy,  # type: ignore[arg-type]
+            tolerance=tolerance,
+            check_sortedness=False,
+        )
+    time, back, ahead = pl.col(on), pl.col("\x00back time"), pl.col("\x00ahead time")
+    take_back = back.is_not_null() & (ahead.is_null() | ((time - back) <= (ahead - time)))
     chosen = (
-        pl.when(pl.col(f"{back} row").is_null())
-        .then(pl.col(f"{ahead} row"))
-        .when(pl.col(f"{ahead} row").is_null() | ((time - pl.col(f"{back} time")) <= (pl.col(f"{ahead} time") - time)))
-        .then(pl.col(f"{back} row"))
-        .otherwise(pl.col(f"{ahead} row"))
-        .alias(right_row)
+        pl.when(take_back).then(pl.col(f"\x00back {c}")).otherwise(pl.col(f"\x00ahead {c}")).alias(c) for c in payload
     )
-    picked = found[0].join(found[1].drop(on, *by), on=left_row, maintain_order="left").select(left_row, chosen)
-    payload = keyed.drop(*by, *([right_on] if right_on == on else []))
-    return (
-        numbered.join(picked, on=left_row, how="left", maintain_order="left")
-        .join(payload, on=right_row, how="left", maintain_order="left")
-        .drop(left_row, right_row)
-    )
+    return both.select(*left.collect_schema().names(), *chosen)
 
 
 # --- pivot ----------------------------------------------------------------------------------------

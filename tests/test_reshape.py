@@ -608,3 +608,10 @@ def test_a_nan_time_is_missing_as_pandas_counts_it(tmp_path: Path, here: dict[st
     pl.DataFrame({"t": [1.0, float("nan"), 3.0, None], "x": [1, 2, 3, 4]}).write_parquet(tmp_path / "nan.parquet")
     got = _rows(Plan(Source("nan", 1, tmp_path / "nan.parquet"), (JoinAsof(here["right"], "t", strategy="NEAREST"),)))
     assert [r["x"] for r in got] == [1, 3]
+
+
+def test_a_pivot_over_two_index_columns_is_refused_past_join_max_rows_combinations(here: dict[str, Source]) -> None:
+    """k has 5 values (one missing) and w 3: 15 rows, one per combination, as pandas' dropna=False."""
+    assert engine.count(Plan(here["cells"], (Pivot(("k", "w"), "c", "v", "SUM", max_rows=15),))) == 15
+    with pytest.raises(TooLarge, match=r"make 15 combinations, a row each, more than the 14 .*setting join_max_rows"):
+        engine.count(Plan(here["cells"], (Pivot(("k", "w"), "c", "v", "SUM", max_rows=14),)))

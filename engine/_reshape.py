@@ -6,8 +6,11 @@ blow up before memory does (issue 21).
 
 The guards run inside `build`, so in the worker that runs the plan and before anything large is
 collected: a join's output rows are counted from two group-by counts of its keys (one pass over
-each side, a table of distinct keys in memory, never the join itself), a pivot's columns from one
-pass over the distinct values of its `columns` column, which it needs anyway to know its schema.
+each side, a table of distinct keys in memory, never the join itself); an as-of join makes one row
+per left row, so its size is the left's row count; a pivot's columns (and, over two or more index
+columns, its rows: one per combination of their values) come from one pass over the distinct
+values, which it needs anyway to know its schema. Each guard's limit travels in its step (the
+server's setting when the step was made), as a linked table carries `max_rows`.
 """
 
 from __future__ import annotations

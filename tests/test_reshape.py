@@ -615,3 +615,20 @@ def test_a_pivot_over_two_index_columns_is_refused_past_join_max_rows_combinatio
     assert engine.count(Plan(here["cells"], (Pivot(("k", "w"), "c", "v", "SUM", max_rows=15),))) == 15
     with pytest.raises(TooLarge, match=r"make 15 combinations, a row each, more than the 14 .*setting join_max_rows"):
         engine.count(Plan(here["cells"], (Pivot(("k", "w"), "c", "v", "SUM", max_rows=14),)))
+
+
+def test_join_asof_counts_the_left_rows_it_leaves_out_for_a_missing_time_in_meta(app: Api) -> None:
+    """Rows of the left side without a time are left out of an as-of join and counted in meta.nullKeys,
+    as a resample counts them; a join of rows that all have a time counts 0."""
+    query = """{ dataset(id: "left") { joinAsof(right: "right", on: "t", by: ["g"]) {
+      rows(limit: 1000) { success data meta { nullKeys rowCount } } } } }"""
+    rows = app.data(query)["dataset"]["joinAsof"]["rows"]
+    assert rows["success"], rows
+    left = pl.read_csv(io.BytesIO(LEFT))
+    missing = left.filter(pl.col("t").is_null()).height
+    assert missing > 0
+    assert rows["meta"]["nullKeys"] == missing
+    assert rows["meta"]["rowCount"] == left.height - missing
+    filtered = """{ dataset(id: "left") { filter(where: [{column: "t", op: NOT_NULL}]) {
+      joinAsof(right: "right", on: "t", by: ["g"]) { rows(limit: 1) { success meta { nullKeys } } } } } }"""
+    assert app.data(filtered)["dataset"]["filter"]["joinAsof"]["rows"]["meta"]["nullKeys"] == 0

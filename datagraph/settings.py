@@ -117,6 +117,15 @@ class Settings(BaseSettings):
     xlsx_max_ratio: int = Field(100, gt=0, description="Highest compression ratio of any entry in an .xlsx.")
     xlsx_max_entries: int = Field(1_000, gt=0, description="Most entries (files) inside an .xlsx.")
     rows_max: int = Field(10_000, gt=0, description="Most rows a single result may return.")
+    join_max_rows: int = Field(
+        50_000_000,
+        ge=0,
+        description="Most rows a join or as-of join may make, estimated from the key counts of both sides before"
+        " it runs; over it is TOO_LARGE. 0: no limit.",
+    )
+    pivot_max_columns: int = Field(
+        1_000, ge=0, description="Most columns a pivot may make (distinct values of its columns column); 0: no limit."
+    )
     page_blocks_max_mb: float = Field(
         1_024,
         ge=0,

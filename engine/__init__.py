@@ -50,6 +50,7 @@ from engine._plan import (
     too_many_steps,
 )
 from engine._recipe import recipe, step_json
+from engine._reshape import JoinAsof, Pivot, Unpivot
 from engine._timeseries import WINDOW_FNS, Resample, WindowSpec, WindowStep
 from engine._together import together
 
@@ -71,8 +72,10 @@ __all__ = [
     "Filter",
     "GroupBy",
     "Join",
+    "JoinAsof",
     "Page",
     "ParseDates",
+    "Pivot",
     "Plan",
     "Rename",
     "Resample",
@@ -85,6 +88,7 @@ __all__ = [
     "SqlRoot",
     "Step",
     "Trim",
+    "Unpivot",
     "Window",
     "WindowSpec",
     "WindowStep",

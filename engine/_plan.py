@@ -19,6 +19,18 @@ import polars as pl
 from datagraph.errors import BadInput, DatagraphError, NotFound
 from engine._clean import Clean, apply_clean, clean_key
 from engine._columns import check_columns, dtype_name, show_value, value_kind
+from engine._reshape import (
+    JOIN_MAX_ROWS,
+    JoinAsof,
+    Pivot,
+    Unpivot,
+    check_join_size,
+    join_asof,
+    pivot,
+    reshape_key,
+    right_renames,
+    unpivot,
+)
 from engine._sql import run_sql
 from engine._timeseries import Resample, WindowStep, apply_resample, apply_window, timeseries_key
 
@@ -42,6 +54,7 @@ __all__ = [
     "aggregate_expr",
     "build",
     "join_right_side",
+    "right_renames",
     "step_size",
     "too_many_steps",
 ]
@@ -170,11 +183,12 @@ class Join:
     right: Source
     on: tuple[str, ...]
     how: str = "INNER"
+    max_rows: int = JOIN_MAX_ROWS  # the server's join_max_rows when the step was made (0: no guard)
 
 
 JOIN_HOWS = ("INNER", "LEFT")
 
-Step = Filter | Select | Sort | Slice | GroupBy | Join | Clean | WindowStep | Resample
+Step = Filter | Select | Sort | Slice | GroupBy | Join | Clean | WindowStep | Resample | JoinAsof | Pivot | Unpivot
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +236,9 @@ class Plan:
         """Every dataset version the plan reads: its own (an SQL root's tables), then each joined one."""
         found = list(self.source.tables) if isinstance(self.source, SqlRoot) else [self.source]
         for step in self.steps:
-            if isinstance(step, Join) and step.right not in found:
-                found.append(step.right)
+            right = step.right if isinstance(step, (Join, JoinAsof)) else None
+            if isinstance(right, Source) and right not in found:
+                found.append(right)
         return found
 
 
@@ -257,6 +272,8 @@ def _step_key(step: Step) -> dict[str, Any]:
         return {"clean": clean_key(step)}
     if isinstance(step, WindowStep | Resample):
         return timeseries_key(step)
+    if isinstance(step, (JoinAsof, Pivot, Unpivot)):
+        return reshape_key(step)
     return {"slice": [step.offset, step.limit]}
 
 
@@ -298,6 +315,12 @@ def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[st
             frame, schema = apply_window(frame, schema, step)
         elif isinstance(step, Resample):
             frame, schema = apply_resample(frame, schema, step, aggregate_expr)
+        elif isinstance(step, JoinAsof):
+            frame, schema = join_asof(frame, schema, step)
+        elif isinstance(step, Pivot):
+            frame, schema = pivot(frame, schema, step)
+        elif isinstance(step, Unpivot):
+            frame, schema = unpivot(frame, schema, step)
         else:
             if step.offset < 0 or step.limit < 0:
                 raise BadInput("slice needs an offset and a limit of 0 or more.")
@@ -439,6 +462,7 @@ def _join(
     """Join the right dataset on equal keys (missing keys never match, as in SQL); left rows keep
     their order, and each left row's matches keep the right side's order."""
     right = join_right_side(schema, step)
+    check_join_size(frame, right, list(step.on), step.how, step.max_rows)  # TOO_LARGE before it runs
     joined = frame.join(
         right, on=list(step.on), how="inner" if step.how == "INNER" else "left", maintain_order="left_right"
     )
@@ -467,18 +491,7 @@ def join_right_side(schema: Mapping[str, pl.DataType], step: Join) -> pl.LazyFra
                 f'join: key "{key}" is {dtype_name(left_type)} on the left and {dtype_name(right_type)} on the right;'
                 " clean(cast) one side first."
             )
-    renames: dict[str, str] = {}
-    taken = set(schema)
-    for name in right_schema:
-        if name in step.on:
-            continue
-        if name in taken:
-            suffix, n = "_right", 1
-            while f"{name}{suffix}" in taken or f"{name}{suffix}" in right_schema:
-                n += 1
-                suffix = f"_right_{n}"
-            renames[name] = f"{name}{suffix}"
-        taken.add(renames.get(name, name))
+    renames = right_renames(schema, right_schema, step.on)
     if renames:
         right = right.rename(renames)
     casts = [pl.col(k).cast(schema[k]) for k in step.on if right_schema[k] != schema[k]]

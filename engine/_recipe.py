@@ -48,6 +48,8 @@ from engine._plan import (
 )
 from engine._pysource import call, col, dtype_source, indented, py
 from engine._recipe_clean import clean_statements
+from engine._recipe_reshape import reshape_json, reshape_statements
+from engine._reshape import JoinAsof, Pivot, Unpivot
 from engine._timeseries import Resample, WindowStep, timeseries_json, timeseries_script
 
 __all__ = ["recipe", "step_json"]
@@ -80,6 +82,8 @@ def step_json(step: Step) -> dict[str, Any]:
         return {"join": {"right": step.right.dataset_id, "on": list(step.on), "how": step.how}}
     if isinstance(step, WindowStep | Resample):
         return timeseries_json(step)
+    if isinstance(step, (JoinAsof, Pivot, Unpivot)):
+        return reshape_json(step)
     return {"clean": [_clean_json(s) for s in step.steps]}
 
 
@@ -241,6 +245,8 @@ def _write(plan: Plan, script: _Script) -> str:
         schema = dict(build(Plan(root), head=0 if root.link is not None else None)[1])
     for number, step in enumerate(plan.steps, 1):
         after = _after(schema, step)  # checked before it is written: BAD_INPUT naming what is wrong
+        if isinstance(step, Pivot):  # its columns are its data's values: read them (one pass)
+            after = dict(build(Plan(plan.source, plan.steps[:number]))[1])
         script.add("")
         _write_step(script, number, step, schema)
         schema = after
@@ -255,8 +261,13 @@ def _write(plan: Plan, script: _Script) -> str:
 
 
 def _light(step: Step) -> Step:
-    """The step, a linked table joined on it read as its shape only (it fetches no rows)."""
-    if not isinstance(step, Join) or step.right.link is None:
+    """The step, a linked table joined on it read as its shape only (it fetches no rows), and with no
+    size guard (the guards read data; a recipe only writes the steps down)."""
+    if isinstance(step, (Join, JoinAsof)):
+        step = replace(step, max_rows=0)
+    if isinstance(step, Pivot):
+        step = replace(step, max_columns=0, max_rows=0)
+    if not isinstance(step, (Join, JoinAsof)) or step.right.link is None:
         return step
     right = step.right
     shape = _Shape(dict(right.scan((), head=0)[0].collect_schema()))
@@ -295,6 +306,11 @@ def _write_step(script: _Script, number: int, step: Step, schema: dict[str, pl.D
         _join(script, number, step, schema)
     elif isinstance(step, WindowStep | Resample):
         script.add(*timeseries_script(step, number, schema, aggregate_expr))
+    elif isinstance(step, (JoinAsof, Pivot, Unpivot)):
+        right = script.arg(step.right) if isinstance(step, JoinAsof) and isinstance(step.right, Source) else ""
+        light = _light(step) if isinstance(step, JoinAsof) else None
+        assert light is None or isinstance(light, JoinAsof)
+        script.add(*reshape_statements(step, number, schema, right, _AGGREGATES, light))
     else:
         _clean(script, number, step, schema)
 

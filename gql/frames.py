@@ -18,6 +18,7 @@ import engine
 from datagraph.errors import BadInput
 from engine import Plan
 from gql.clean import CleanStepInput, to_clean
+from gql.reshape import AsofStrategy, JoinAsofInput, UnpivotInput, to_join_asof, to_pivot, to_unpivot
 from gql.results import Result, result
 from gql.timeseries import WindowInput, to_resample, to_window
 from resolvers import Options, dataset_sql, frames
@@ -36,6 +37,7 @@ __all__ = [
     "Frame",
     "JoinHow",
     "Op",
+    "PivotInput",
     "SliceInput",
     "SortKeyInput",
     "StepInput",
@@ -156,6 +158,17 @@ class GroupByInput:
     aggregations: list[AggregationInput]
 
 
+@strawberry.input(
+    name="PivotInput",
+    description="pandas.pivot_table(dropna=False): one row per index key, one column per value of `columns`.",
+)
+class PivotInput:
+    index: list[str]
+    columns: str
+    values: str
+    fn: AggFn | None = AggFn.FIRST
+
+
 @strawberry.input(name="JoinInput", description="Join the dataset `right` on equal `on` columns.")
 class JoinInput:
     right: strawberry.ID
@@ -185,6 +198,9 @@ class StepInput:
     clean: list[CleanStepInput] | None = strawberry.UNSET
     window: list[WindowInput] | None = strawberry.UNSET
     resample: ResampleInput | None = strawberry.UNSET
+    join_asof: JoinAsofInput | None = strawberry.UNSET
+    pivot: PivotInput | None = strawberry.UNSET
+    unpivot: UnpivotInput | None = strawberry.UNSET
 
 
 @strawberry.input(
@@ -287,6 +303,14 @@ def to_steps(ctx: Context, steps: list[StepInput]) -> list[engine.Step]:
             out.append(to_window(s.window))
         elif isinstance(s.resample, ResampleInput):
             out.append(to_resample(s.resample.on, s.resample.every, s.resample.by, s.resample.aggregations))
+        elif isinstance(s.join_asof, JoinAsofInput):
+            a = s.join_asof
+            out.append(to_join_asof(ctx, str(a.right), a.on, a.right_on, a.by, a.strategy, a.tolerance))
+        elif isinstance(s.pivot, PivotInput):
+            out.append(to_pivot(ctx, s.pivot.index, s.pivot.columns, s.pivot.values, s.pivot.fn))
+        elif isinstance(s.unpivot, UnpivotInput):
+            u = s.unpivot
+            out.append(to_unpivot(u.index, u.on, u.variable_name, u.value_name))
     return out
 
 
@@ -338,6 +362,47 @@ class Frame:
         how: JoinHow | None = JoinHow.INNER,
     ) -> Frame:
         return self._then(_join(info.context, str(right), on, how))
+
+    @strawberry.field(
+        description="pandas.merge_asof with the dataset `right` after sorting both sides by time: for each left row"
+        " the right row nearest in time (strategy), in the same `by` groups, within `tolerance` (a number, or a"
+        ' duration like "5m" or "2d" for dates and timestamps); clashing right names get _right.'
+    )
+    def join_asof(
+        self,
+        info: strawberry.Info[Context, None],
+        right: strawberry.ID,
+        on: str,
+        right_on: str | None = None,
+        by: list[str] | None = None,
+        strategy: AsofStrategy | None = AsofStrategy.BACKWARD,
+        tolerance: JSON | None = None,
+    ) -> Frame:
+        return self._then(to_join_asof(info.context, str(right), on, right_on, by, strategy, tolerance))
+
+    @strawberry.field(
+        description="pandas.pivot_table(dropna=False) reset to columns: one row per index key, one column per"
+        " distinct value of `columns` (named by its text, sorted) holding fn of `values`."
+    )
+    def pivot(
+        self,
+        info: strawberry.Info[Context, None],
+        index: list[str],
+        columns: str,
+        values: str,
+        fn: AggFn | None = AggFn.FIRST,
+    ) -> Frame:
+        return self._then(to_pivot(info.context, index, columns, values, fn))
+
+    @strawberry.field(description="pandas.melt: the `on` columns (else every column not in index) become rows.")
+    def unpivot(
+        self,
+        index: list[str],
+        on: list[str] | None = None,
+        variable_name: str | None = "variable",
+        value_name: str | None = "value",
+    ) -> Frame:
+        return self._then(to_unpivot(index, on, variable_name, value_name))
 
     @strawberry.field(
         description="Drop or fill nulls, cast, rename, drop duplicates, trim text, parse dates; in order."

@@ -21,7 +21,10 @@ from resolvers.recipe import RecipeSource
 __all__ = ["ReadRecipe", "read_recipe"]
 
 _KEYS = ("steps", "sources", "polars", "sql", "query")  # polars and sql are what recipe answers; not read
-_STEP_FIELDS = ("filter", "select", "sort", "slice", "groupBy", "join", "clean", "window", "resample")
+_STEP_FIELDS = (
+    "filter", "select", "sort", "slice", "groupBy", "join", "clean",
+    "window", "resample", "joinAsof", "pivot", "unpivot",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,7 +204,7 @@ def join_step(ctx: Context, right: str, on: list[str], how: str) -> Join:
     """A join with the right dataset's current version; a missing one answers NOT_FOUND when run."""
     record = get_dataset(ctx, right)
     source = dataset_source(ctx, record) if record else Source(right, 0, Path())
-    return Join(source, tuple(on), how)
+    return Join(source, tuple(on), how, ctx.settings.join_max_rows)
 
 
 def _clip(text: str, n: int = 80) -> str:

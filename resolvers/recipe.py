@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import engine
 from connectors.datasetsql import check_dataset_sql
 from datagraph.errors import BadInput, DatagraphError, NotFound
-from engine import Join, Plan, Source, SqlRoot
+from engine import Join, JoinAsof, Plan, Source, SqlRoot
 from resolvers import datasets as ds
 from resolvers._outcome import Options, Outcome, analysed
 from resolvers.context import Context
@@ -99,7 +99,7 @@ def recipe_plan(
         root = ds.dataset_source(ctx, records[0])
     chosen: list[engine.Step] = []
     for step in steps:
-        if isinstance(step, Join) and step.right.dataset_id in by_id:
+        if isinstance(step, (Join, JoinAsof)) and step.right.dataset_id in by_id:
             step = dataclasses.replace(step, right=ds.dataset_source(ctx, by_id[step.right.dataset_id]))
         chosen.append(step)
     plan = Plan(root).then(*chosen)

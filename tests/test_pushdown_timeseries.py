@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 from polars.testing import assert_frame_equal
-from support import require_service
+from support import make_settings, require_service, serving
 
 from connectors.linked import fetch_frame
 from connectors.pushdown import push_down
@@ -28,6 +28,8 @@ from engine import (
     Condition,
     Filter,
     GroupBy,
+    JoinAsof,
+    Pivot,
     Plan,
     Resample,
     Select,
@@ -36,6 +38,7 @@ from engine import (
     SortKey,
     Source,
     Step,
+    Unpivot,
     WindowSpec,
     WindowStep,
     build,
@@ -429,3 +432,72 @@ def test_other_mistakes_are_left_for_the_engine_to_report(db: Db, bad: Step, tmp
         _engine_run(SERIES, steps, tmp_path)
     with pytest.raises(BadInput, match=re.escape(engine_error.value.message)):
         _runs(db, steps, tmp_path)
+
+
+def test_the_push_stops_before_join_asof_pivot_and_unpivot(db: Db, tmp_path: Path) -> None:
+    """They run in Polars on the pushed rows, and give what the engine gives on the table's rows."""
+    right = tmp_path / "right.parquet"
+    pl.DataFrame({"t": [T(2024, 3, 1, 10), T(2024, 3, 1, 23)], "price": [1.5, 2.5]}).write_parquet(right)
+    asof = JoinAsof(Source("prices", 1, right), "t")
+    cases: list[tuple[list[Step], int]] = [
+        ([Filter((Condition("t", "NOT_NULL"),)), Select(("id", "t", "x")), asof, S("id")], 2),
+        ([R("1d", ("x", "SUM")), Pivot(("t",), "g", "x_sum", "SUM"), S("t")], 1),
+        ([W(WindowSpec("x", "CUM_SUM", order_by="t")), Unpivot(("id",), ("x", "x_cum_sum")), S("id", "variable")], 1),
+    ]
+    for steps, pushed_before in cases:
+        actual, expected, pushed = _runs(db, steps, tmp_path)
+        assert pushed == pushed_before, steps
+        assert not isinstance(steps[pushed], WindowStep | Resample | Filter | Select | Sort)
+        _assert_same(actual, expected)
+
+
+LINKED_STEPS = [
+    {"sort": [{"column": "t"}, {"column": "id"}]},
+    {"window": [{"column": "x", "fn": "CUM_SUM", "by": ["g"]}, {"column": "x", "fn": "LAG", "orderBy": "d"}]},
+    {"resample": {"on": "t", "every": "15m", "by": ["g"], "aggregations": [{"column": "x_cum_sum", "fn": "MAX"}]}},
+]
+LINKED = """query($d: ID!, $steps: [Step!]!) { dataset(id: $d) { pipeline(steps: $steps) {
+  rows(limit: 100) { success data error { message } }
+  explain { success data error { message } }
+  recipe { success data error { message } } } } }"""
+
+
+@pytest.mark.slow  # an app start, a worker's connections
+def test_a_linked_table_runs_window_and_resample_in_postgresql(tmp_path: Path) -> None:
+    """Through the API: `explain` and the recipe show the pushed SQL; the rows equal the same
+    pipeline on a copy of the table."""
+    require_service(5432, "PostgreSQL")
+    schema = f"dg_pushts_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
+    meta = sa.MetaData(schema=schema)
+    table = sa.Table(
+        "series", meta, sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False), *_columns()
+    )
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        meta.create_all(conn)
+        conn.execute(table.insert(), SERIES.to_dicts())
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(
+        f"sources:\n  live:\n    kind: postgresql\n    url: postgresql://postgres@127.0.0.1:5432/test\n    schema: {schema}\n"
+    )
+    imports = """mutation($mode: ImportMode!) { importTable(source: "live", table: "series", mode: $mode) {
+      success error { message } dataset { id } } }"""
+    try:
+        with serving(make_settings(tmp_path, sources=str(sources))) as api:
+            ids = {}
+            for mode in ("LINK", "SNAPSHOT"):
+                made = api.data(imports, {"mode": mode})["importTable"]
+                assert made["success"], made["error"]
+                ids[mode] = made["dataset"]["id"]
+            linked = api.data(LINKED, {"d": ids["LINK"], "steps": LINKED_STEPS})["dataset"]["pipeline"]
+            copied = api.data(LINKED, {"d": ids["SNAPSHOT"], "steps": LINKED_STEPS})["dataset"]["pipeline"]
+            sql = linked["explain"]["data"]["sql"]
+            assert "OVER (PARTITION BY" in sql and "date_bin" in sql
+            assert linked["recipe"]["data"]["sql"] == sql
+            assert linked["rows"]["success"], linked["rows"]["error"]
+            assert linked["rows"]["data"] == copied["rows"]["data"]
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()

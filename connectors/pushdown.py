@@ -45,6 +45,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
+from sqlalchemy.sql.elements import FrameClause, FrameClauseType
 
 from datagraph.errors import BadInput
 from engine import (
@@ -521,14 +522,62 @@ def _window_fn(q: _Query, spec: WindowSpec, keys: list[tuple[str, bool]]) -> Exp
             (before == 0, sa.cast(infinity, sa.Double())),
             else_=x / before - 1,
         )
+    if fn in _ROLLING and spec.period is not None and spec.size is None:
+        return _period_window(q, spec, partition, keys)
     if fn not in _ROLLING or spec.size is None or spec.period is not None or spec.size < 1:
-        raise _Stop  # ROLLING_STD and period windows: left to Polars
+        raise _Stop  # ROLLING_STD: left to Polars
     minimum = spec.min_periods if spec.min_periods is not None else spec.size
     if not 1 <= minimum <= spec.size:
         raise _Stop
     frame = (-(spec.size - 1), 0)  # ROWS BETWEEN size-1 PRECEDING AND CURRENT ROW
     value = over(_ROLLING[fn](x, type_=sa.Double()), rows=frame)
     return sa.case((over(sa.func.count(column), rows=frame) >= minimum, value), else_=sa.null())
+
+
+def _period_window(q: _Query, spec: WindowSpec, partition: list[Expr], keys: list[tuple[str, bool]]) -> Expr:
+    """A rolling fn over (t - period, t] on PostgreSQL, as the engine (and pandas) counts it: rows of
+    the same time as this one are in its window only up to this row. So: the rows strictly inside
+    (t - period, t), a RANGE frame from period - 1 microsecond to 1 microsecond before t (timestamps
+    are whole microseconds), plus a running total over the rows of time t so far."""
+    order = spec.order_by
+    if q.dialect != "postgresql" or order is None or q.kind(order) not in ("date", "datetime"):
+        raise _Stop
+    try:
+        period = parse_period(spec.period or "", "window period", fixed_only=True)
+    except BadInput:
+        raise _Stop from None
+    minimum = spec.min_periods if spec.min_periods is not None else 1
+    if minimum < 1:
+        raise _Stop
+    column, time = q.scope[spec.column], q.scope[order]
+    if q.kind(order) == "date":
+        time = sa.cast(time, sa.DateTime())
+    x = _double(column, q.dialect)
+    inside = FrameClause(
+        dt.timedelta(microseconds=period.micros - 1),
+        dt.timedelta(microseconds=1),
+        FrameClauseType.PRECEDING,
+        FrameClauseType.PRECEDING,
+    )
+    so_far_order = _order_by(q, [k for k in keys if k[0] != order])
+
+    def parts(agg: Any) -> tuple[Expr, Expr]:
+        within: Expr = agg.over(partition_by=partition or None, order_by=time.asc().nulls_last(), range_=inside)
+        same: Expr = agg.over(partition_by=[*partition, time], order_by=so_far_order, rows=(None, 0))
+        return within, same
+
+    within_n, same_n = parts(sa.func.count(column))
+    n = within_n + same_n
+    value: Expr
+    if spec.fn in ("ROLLING_MIN", "ROLLING_MAX"):
+        extreme = sa.func.min if spec.fn == "ROLLING_MIN" else sa.func.max
+        both = parts(extreme(x, type_=sa.Double()))
+        value = (sa.func.least if spec.fn == "ROLLING_MIN" else sa.func.greatest)(*both, type_=sa.Double())
+    else:
+        within, same = parts(sa.func.sum(x, type_=sa.Double()))
+        total = sa.func.coalesce(within, 0.0) + sa.func.coalesce(same, 0.0)
+        value = total if spec.fn == "ROLLING_SUM" else total / n
+    return sa.case(((n >= minimum) & q.scope[order].is_not(None), value), else_=sa.null())
 
 
 def _resample(q: _Query, step: Resample) -> _Query:

@@ -291,7 +291,25 @@ WINDOWS: dict[str, tuple[list[Step], tuple[int, int]]] = {
     "no-order": ([W(("x", "LAG"))], (0, 0)),
     "rank-with-an-unordered-lag": ([W(("x", "RANK"), ("x", "LAG"))], (0, 0)),
     "rolling-std": ([W(WindowSpec("x", "ROLLING_STD", size=3, order_by="t"))], (0, 0)),
-    "rolling-period": ([W(WindowSpec("x", "ROLLING_SUM", period="1d", order_by="t"))], (0, 0)),
+    # Period windows: a RANGE frame on PostgreSQL; MariaDB's RANGE takes no interval over DATETIME
+    # in every version, so they stay in Polars there.
+    "rolling-period": (
+        [
+            W(
+                WindowSpec("x", "ROLLING_SUM", period="15m", **BY_TIME),
+                WindowSpec("x", "ROLLING_MEAN", period="1d", min_periods=2, order_by="t"),
+                WindowSpec("x", "ROLLING_MIN", period="90s", **BY_TIME),
+                WindowSpec("x", "ROLLING_MAX", period="1h", order_by="t"),
+                WindowSpec("x", "ROLLING_SUM", alias="by_days", period="2d", by=("g",), order_by="d"),
+                WindowSpec("x", "ROLLING_MAX", alias="max_days", period="31d", min_periods=3, order_by="d"),
+                # Rows exactly one period apart (10:00 and 10:15; dates a day apart): the left end is open.
+                WindowSpec("x", "ROLLING_SUM", alias="edge", period="15m", order_by="t"),
+                WindowSpec("x", "ROLLING_SUM", alias="edge_day", period="1d", order_by="d"),
+            )
+        ],
+        (1, 0),
+    ),
+    "rolling-period-std": ([W(WindowSpec("x", "ROLLING_STD", period="1d", order_by="t"))], (0, 0)),
     "float-diff": ([W(WindowSpec("y", "DIFF", order_by="t"))], (0, 0)),
     "filter-then-stops": ([Filter((Condition("x", "NOT_NULL"),)), W(WindowSpec("y", "CUM_SUM", order_by="t"))], (1, 1)),
 }
@@ -417,6 +435,9 @@ def test_an_unknown_column_is_bad_input_as_the_engine_words_it(db: Db, step: Ste
         W(WindowSpec("x", "ROLLING_SUM", size=2, min_periods=3, order_by="t")),
         W(WindowSpec("x", "LAG", size=2, order_by="t")),
         W(WindowSpec("g", "DIFF", order_by="t")),
+        W(WindowSpec("x", "ROLLING_SUM", period="1d", order_by="x")),
+        W(WindowSpec("x", "ROLLING_SUM", period="1mo", order_by="t")),
+        W(WindowSpec("x", "ROLLING_SUM", period="1d", min_periods=0, order_by="t")),
         W(WindowSpec("x", "LAG", alias="y", order_by="t")),
         R("1M", ("x", "SUM")),
         R("1h", ("g", "SUM")),

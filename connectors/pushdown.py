@@ -31,8 +31,35 @@ the fetched rows. User values only ever travel as bound parameters. What is deci
   database returns first, as the engine would slice an unordered fetch. Ties in a sort are likewise
   in no defined order. Float columns are fetched as floats (SQLAlchemy reads MySQL DOUBLE as Decimal).
 - A step that needs a finished SELECT (a filter or group-by after a group-by or slice, a sort after
-  a slice) wraps it as a subquery; the pushed order is re-applied outside, and a step whose order
-  no longer exists as an output column is not pushed.
+  a slice, anything but a select or slice after a window) wraps it as a subquery; the pushed order
+  is re-applied outside, and a step whose order no longer exists as an output column is not pushed.
+- Window (PostgreSQL, MySQL/MariaDB): every fn but RANK reads rows in order, and a table has none,
+  so a window is pushed only when the rows have one: the spec's `orderBy` (nulls last), then the
+  order an earlier sort or group-by gave. Ties are broken by columns that tell rows apart (the
+  table's primary key, or the group keys; no such key: not pushed), in each window's ORDER BY and
+  in the output's, which makes each row's result what the engine gives on the rows fetched in that
+  order (without it a database may break ties one way in the window and another in the output).
+  A RANK-only step needs no order. LAG/LEAD shift any comparable column; ROW_NUMBER, RANK
+  (`RANK()` among the non-missing values, partitioned also by `IS NULL`) and CUM_COUNT come back
+  as BIGINT; CUM_SUM/MIN/MAX are running aggregates (`ROWS BETWEEN UNBOUNDED PRECEDING AND
+  CURRENT ROW`) that leave a missing value missing, on integers (CUM_MIN/MAX on dates and
+  timestamps too). DIFF and ROLLING_SUM/MEAN/MIN/MAX over `size` rows (`ROWS BETWEEN size-1
+  PRECEDING AND CURRENT ROW`, nulls unless `COUNT(x)` reaches minPeriods) work on doubles, as
+  the engine casts, of integer and decimal columns only: float columns may hold NaN or
+  infinities, which order, compare and overflow differently in SQL. PCT_CHANGE is pushed to
+  PostgreSQL only, told to give Polars' infinities and NaN for a zero before (MySQL has neither).
+  Period rollings are pushed to PostgreSQL only: a `RANGE` frame of (period - 1 µs) to 1 µs
+  before the row's time (timestamps are whole microseconds) plus a running total over the rows of
+  the same time so far, which is pandas' (t - period, t] with ties counted up to this row. ROLLING_STD
+  (a different summation) is never pushed.
+- Resample (PostgreSQL, MySQL/MariaDB) is a WHERE time IS NOT NULL, a GROUP BY of the keys (as
+  group-by) and the period's start, sorted by the keys then the time. Only periods that start on
+  the same boundaries whatever the data's first day are pushed: "1mo" (`date_trunc('month')`, or
+  the day of the month subtracted) and fixed lengths that divide a day ("1d", "6h", "15m", "90s"),
+  which the engine, like pandas' origin "start_day", counts from midnight (`date_bin` from a
+  midnight; MySQL: whole periods of microseconds since midnight, `DIV`). Several days, weeks and
+  several months or years count from the data's first day or month: not pushed, nor FIRST/LAST.
+- JoinAsof, Pivot and Unpivot are never pushed: the push stops before them.
 """
 
 from __future__ import annotations

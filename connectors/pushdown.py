@@ -33,8 +33,8 @@ the fetched rows. User values only ever travel as bound parameters. What is deci
 - A step that needs a finished SELECT (a filter or group-by after a group-by or slice, a sort after
   a slice, anything but a select or slice after a window) wraps it as a subquery; the pushed order
   is re-applied outside, and a step whose order no longer exists as an output column is not pushed.
-- Window (PostgreSQL, MySQL/MariaDB): every fn but RANK reads rows in order, and a table has none,
-  so a window is pushed only when the rows have one: the spec's `orderBy` (nulls last), then the
+- Window (PostgreSQL, MySQL/MariaDB; not SQLite): every fn but RANK reads rows in order, and a
+  table has none, so a window is pushed only when the rows have one: the spec's `orderBy` (nulls last), then the
   order an earlier sort or group-by gave. Ties are broken by columns that tell rows apart (the
   table's primary key, or the group keys; no such key: not pushed), in each window's ORDER BY and
   in the output's, which makes each row's result what the engine gives on the rows fetched in that
@@ -48,13 +48,13 @@ the fetched rows. User values only ever travel as bound parameters. What is deci
   the engine casts, of integer and decimal columns only: float columns may hold NaN or
   infinities, which order, compare and overflow differently in SQL. PCT_CHANGE is pushed to
   PostgreSQL only, told to give Polars' infinities and NaN for a zero before (MySQL has neither).
-  Period rollings are pushed to PostgreSQL only: a `RANGE` frame of (period - 1 µs) to 1 µs
-  before the row's time (timestamps are whole microseconds) plus a running total over the rows of
-  the same time so far, which is pandas' (t - period, t] with ties counted up to this row. ROLLING_STD
-  (a different summation) is never pushed.
-- Resample (PostgreSQL, MySQL/MariaDB) is a WHERE time IS NOT NULL, a GROUP BY of the keys (as
-  group-by) and the period's start, sorted by the keys then the time. Only periods that start on
-  the same boundaries whatever the data's first day are pushed: "1mo" (`date_trunc('month')`, or
+  Period rollings: a `RANGE` frame from (period - 1 µs) to 1 µs before the row's time (times are
+  whole microseconds; MariaDB's RANGE takes numbers, so microseconds since 1970), plus a running
+  total over the rows of the same time so far: pandas' (t - period, t], ties counted up to this
+  row. ROLLING_STD (another summation) is never pushed.
+- Resample (PostgreSQL, MySQL/MariaDB; not SQLite) is a WHERE time IS NOT NULL, a GROUP BY of the
+  keys (as group-by) and the period's start, sorted by the keys then the time. Only periods that
+  start on the same boundaries whatever the data's first day are pushed: "1mo" (`date_trunc('month')`, or
   the day of the month subtracted) and fixed lengths that divide a day ("1d", "6h", "15m", "90s"),
   which the engine, like pandas' origin "start_day", counts from midnight (`date_bin` from a
   midnight; MySQL: whole periods of microseconds since midnight, `DIV`). Several days, weeks and
@@ -454,7 +454,7 @@ def _order_by(q: _Query, keys: Sequence[tuple[str, bool]]) -> list[Expr]:
 
 
 def _window(q: _Query, step: WindowStep) -> _Query:
-    if not step.specs:
+    if not step.specs or q.dialect == "sqlite":  # PostgreSQL and MySQL/MariaDB only (what is tested)
         raise _Stop
     for spec in step.specs:
         if spec.fn not in WINDOW_FNS:
@@ -562,12 +562,12 @@ def _window_fn(q: _Query, spec: WindowSpec, keys: list[tuple[str, bool]]) -> Exp
 
 
 def _period_window(q: _Query, spec: WindowSpec, partition: list[Expr], keys: list[tuple[str, bool]]) -> Expr:
-    """A rolling fn over (t - period, t] on PostgreSQL, as the engine (and pandas) counts it: rows of
+    """A rolling fn over (t - period, t], as the engine (and pandas) counts it: rows of
     the same time as this one are in its window only up to this row. So: the rows strictly inside
     (t - period, t), a RANGE frame from period - 1 microsecond to 1 microsecond before t (timestamps
     are whole microseconds), plus a running total over the rows of time t so far."""
     order = spec.order_by
-    if q.dialect != "postgresql" or order is None or q.kind(order) not in ("date", "datetime"):
+    if q.dialect == "sqlite" or order is None or q.kind(order) not in ("date", "datetime"):
         raise _Stop
     try:
         period = parse_period(spec.period or "", "window period", fixed_only=True)
@@ -580,16 +580,23 @@ def _period_window(q: _Query, spec: WindowSpec, partition: list[Expr], keys: lis
     if q.kind(order) == "date":
         time = sa.cast(time, sa.DateTime())
     x = _double(column, q.dialect)
-    inside = FrameClause(
-        dt.timedelta(microseconds=period.micros - 1),
-        dt.timedelta(microseconds=1),
-        FrameClauseType.PRECEDING,
-        FrameClauseType.PRECEDING,
-    )
+    inside: FrameClause | tuple[int, int]
+    if q.dialect == "postgresql":
+        key: Expr = time.asc().nulls_last()
+        inside = FrameClause(
+            dt.timedelta(microseconds=period.micros - 1),
+            dt.timedelta(microseconds=1),
+            FrameClauseType.PRECEDING,
+            FrameClauseType.PRECEDING,
+        )
+    else:  # MariaDB's RANGE takes numbers only: microseconds since 1970 (missing times sort first, unread)
+        epoch: Expr = sa.literal_column("TIMESTAMP '1970-01-01 00:00:00'")
+        key = sa.func.timestampdiff(sa.literal_column("MICROSECOND"), epoch, time, type_=sa.BigInteger())
+        inside = (-(period.micros - 1), -1)
     so_far_order = _order_by(q, [k for k in keys if k[0] != order])
 
     def parts(agg: Any) -> tuple[Expr, Expr]:
-        within: Expr = agg.over(partition_by=partition or None, order_by=time.asc().nulls_last(), range_=inside)
+        within: Expr = agg.over(partition_by=partition or None, order_by=key, range_=inside)
         same: Expr = agg.over(partition_by=[*partition, time], order_by=so_far_order, rows=(None, 0))
         return within, same
 
@@ -598,8 +605,9 @@ def _period_window(q: _Query, spec: WindowSpec, partition: list[Expr], keys: lis
     value: Expr
     if spec.fn in ("ROLLING_MIN", "ROLLING_MAX"):
         extreme = sa.func.min if spec.fn == "ROLLING_MIN" else sa.func.max
-        both = parts(extreme(x, type_=sa.Double()))
-        value = (sa.func.least if spec.fn == "ROLLING_MIN" else sa.func.greatest)(*both, type_=sa.Double())
+        within, same = parts(extreme(x, type_=sa.Double()))
+        pick = sa.func.least if spec.fn == "ROLLING_MIN" else sa.func.greatest  # MySQL's give NULL for any NULL
+        value = pick(sa.func.coalesce(within, same), sa.func.coalesce(same, within), type_=sa.Double())
     else:
         within, same = parts(sa.func.sum(x, type_=sa.Double()))
         total = sa.func.coalesce(within, 0.0) + sa.func.coalesce(same, 0.0)

@@ -291,8 +291,7 @@ WINDOWS: dict[str, tuple[list[Step], tuple[int, int]]] = {
     "no-order": ([W(("x", "LAG"))], (0, 0)),
     "rank-with-an-unordered-lag": ([W(("x", "RANK"), ("x", "LAG"))], (0, 0)),
     "rolling-std": ([W(WindowSpec("x", "ROLLING_STD", size=3, order_by="t"))], (0, 0)),
-    # Period windows: a RANGE frame on PostgreSQL; MariaDB's RANGE takes no interval over DATETIME
-    # in every version, so they stay in Polars there.
+    # Period windows: a RANGE frame, over an interval (PostgreSQL) or microseconds (MariaDB).
     "rolling-period": (
         [
             W(
@@ -307,7 +306,7 @@ WINDOWS: dict[str, tuple[list[Step], tuple[int, int]]] = {
                 WindowSpec("x", "ROLLING_SUM", alias="edge_day", period="1d", order_by="d"),
             )
         ],
-        (1, 0),
+        (1, 1),
     ),
     "rolling-period-std": ([W(WindowSpec("x", "ROLLING_STD", period="1d", order_by="t"))], (0, 0)),
     "float-diff": ([W(WindowSpec("y", "DIFF", order_by="t"))], (0, 0)),
@@ -522,3 +521,10 @@ def test_a_linked_table_runs_window_and_resample_in_postgresql(tmp_path: Path) -
         with admin.connect() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+def test_sqlite_pushes_neither_window_nor_resample() -> None:
+    table = sa.Table("s", sa.MetaData(), sa.Column("id", sa.Integer(), primary_key=True), *_columns())
+    steps: list[Step] = [S("id"), W(WindowSpec("x", "LAG", order_by="id")), R("1d", ("x", "SUM"))]
+    assert push_down(table, steps, "sqlite").pushed == 1
+    assert push_down(table, [steps[2]], "sqlite").pushed == 0

@@ -59,6 +59,8 @@ the fetched rows. User values only ever travel as bound parameters. What is deci
   which the engine, like pandas' origin "start_day", counts from midnight (`date_bin` from a
   midnight; MySQL: whole periods of microseconds since midnight, `DIV`). Several days, weeks and
   several months or years count from the data's first day or month: not pushed, nor FIRST/LAST.
+- A window is pushed only when a later step that cuts rows (filter, group-by, resample, slice) is
+  pushed too: it adds columns to as many rows as it reads, and SQL windows ran slower than Polars'.
 - JoinAsof, Pivot and Unpivot are never pushed: the push stops before them.
 """
 
@@ -152,13 +154,23 @@ def push_down(table: sa.Table, steps: Sequence[Step], dialect: str) -> Pushed:
     if key and all(query.kind(name) is not None for name in key):
         query = replace(query, unique=key)
     done = 0
+    made = [query]
     for step in steps:
         try:
             query = _apply(query, step)
         except _Stop:
             break
+        made.append(query)
         done += 1
-    return Pushed(_render(query), done, tuple(steps[done:]))
+    # A window gives as many rows as it reads, and the database computes it slower than Polars does
+    # (bench: 1M rows, 21 s against 7 s on PostgreSQL): push it only when a later step that cuts
+    # rows (a filter, group-by, resample or slice) is pushed too.
+    trailing = done
+    while trailing and isinstance(steps[trailing - 1], WindowStep | Select):
+        trailing -= 1
+    if any(isinstance(step, WindowStep) for step in steps[trailing:done]):
+        done = trailing
+    return Pushed(_render(made[done]), done, tuple(steps[done:]))
 
 
 def count_query(pushed: Pushed) -> sa.Select[Any]:

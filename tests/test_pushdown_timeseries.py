@@ -317,8 +317,11 @@ WINDOWS: dict[str, tuple[list[Step], tuple[int, int]]] = {
 @pytest.mark.parametrize("name", list(WINDOWS))
 def test_a_pushed_window_gives_what_the_engine_gives(db: Db, name: str, tmp_path: Path) -> None:
     steps, by_dialect = WINDOWS[name]
+    want = dict(zip(("postgresql", "mysql"), by_dialect, strict=True))[db.dialect]
+    # A window is pushed only with a later step that cuts rows: a slice longer than the table.
+    steps, want = [*steps, Slice(0, 100)], want + (want == len(steps))
     actual, expected, pushed = _runs(db, steps, tmp_path)
-    assert pushed == dict(zip(("postgresql", "mysql"), by_dialect, strict=True))[db.dialect]
+    assert pushed == want
     _assert_same(actual, expected, ordered=name != "rank-needs-no-order")  # a table's rows have no order
 
 
@@ -328,8 +331,8 @@ def test_without_a_key_to_break_ties_a_window_is_not_pushed(db: Db, tmp_path: Pa
     assert pushed == 1
     assert actual.height == SERIES.height
     # RANK reads no row order: it is pushed all the same.
-    actual, expected, pushed = _runs(db, [W(("x", "RANK"))], tmp_path, table="bare")
-    assert pushed == 1
+    actual, expected, pushed = _runs(db, [W(("x", "RANK")), Slice(0, 100)], tmp_path, table="bare")
+    assert pushed == 2
     _assert_same(actual, expected, ordered=False)
 
 
@@ -343,9 +346,10 @@ def test_the_pushed_numbers_are_pandas_numbers(db: Db, tmp_path: Path) -> None:
     steps = [
         S("t", "id"),
         W(WindowSpec("x", "ROLLING_MEAN", size=3, min_periods=2, by=("g",)), WindowSpec("x", "DIFF", by=("g",))),
+        Slice(0, 100),
     ]
     actual, _, pushed = _runs(db, steps, tmp_path)
-    assert pushed == 2
+    assert pushed == 3
     frame = _pandas().sort_values(["t", "id"], na_position="last", kind="stable")
     frame["x"] = frame["x"].astype("float64")
     grouped = frame.groupby("g", dropna=False)["x"]
@@ -462,7 +466,15 @@ def test_the_push_stops_before_join_asof_pivot_and_unpivot(db: Db, tmp_path: Pat
     cases: list[tuple[list[Step], int]] = [
         ([Filter((Condition("t", "NOT_NULL"),)), Select(("id", "t", "x")), asof, S("id")], 2),
         ([R("1d", ("x", "SUM")), Pivot(("t",), "g", "x_sum", "SUM"), S("t")], 1),
-        ([W(WindowSpec("x", "CUM_SUM", order_by="t")), Unpivot(("id",), ("x", "x_cum_sum")), S("id", "variable")], 1),
+        (
+            [
+                W(WindowSpec("x", "CUM_SUM", order_by="t")),
+                Filter((Condition("x_cum_sum", "NOT_NULL"),)),
+                Unpivot(("id",), ("x", "x_cum_sum")),
+                S("id", "variable"),
+            ],
+            2,
+        ),
     ]
     for steps, pushed_before in cases:
         actual, expected, pushed = _runs(db, steps, tmp_path)
@@ -528,3 +540,20 @@ def test_sqlite_pushes_neither_window_nor_resample() -> None:
     steps: list[Step] = [S("id"), W(WindowSpec("x", "LAG", order_by="id")), R("1d", ("x", "SUM"))]
     assert push_down(table, steps, "sqlite").pushed == 1
     assert push_down(table, [steps[2]], "sqlite").pushed == 0
+
+
+@pytest.mark.parametrize(
+    ("steps", "pushed"),
+    [
+        ([W(WindowSpec("x", "LAG", order_by="t"))], 0),
+        ([Filter((Condition("x", "NOT_NULL"),)), W(WindowSpec("x", "LAG", order_by="t"))], 1),
+        ([W(WindowSpec("x", "LAG", order_by="t")), Select(("id", "x_lag"))], 0),
+        ([W(WindowSpec("x", "LAG", order_by="t")), Select(("id", "x_lag")), Slice(0, 5)], 3),
+        ([W(WindowSpec("x", "LAG", order_by="t")), R("1d", ("x_lag", "MAX"))], 2),
+        ([W(WindowSpec("x", "LAG", order_by="t")), Filter((Condition("x_lag", "GT", 0),))], 2),
+        ([S("t", "id"), Select(("id", "t", "x"))], 2),
+    ],
+)
+def test_a_window_is_pushed_only_with_a_later_step_that_cuts_rows(db: Db, steps: list[Step], pushed: int) -> None:
+    """It gives as many rows as it reads, and SQL windows ran slower than Polars (connectors/pushdown.py)."""
+    assert push_down(db.keyed, steps, db.dialect).pushed == pushed

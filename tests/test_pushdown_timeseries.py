@@ -74,6 +74,8 @@ SERIES = pl.DataFrame(
         # Ties, zeros (PCT_CHANGE divides by them), negatives and missing values.
         "x": [5, 3, 3, None, 0, 7, -2, 3, 0, None, 4, 1, 9, 0, -6, 2, None, 3],
         "y": [0.5, None, 1.25, 2.0, -1.5, 3.0, 0.0, 4.5, 1.0, None, 2.5, 0.25, 8.0, 1.0, -3.5, 6.0, 7.0, None],
+        # DECIMAL(10, 2) in the databases; a zero before for PCT_CHANGE.
+        "amount": [1.25, 0.0, None, 3.5, -2.75, 10.0, 0.0, 4.4, 99.99, None, 0.01, 2.0, 2.0, -1.0, 5.5, 6.25, 0.0, 7.0],
         "d": [
             dt.date(2024, 3, 1),
             dt.date(2024, 3, 1),
@@ -113,6 +115,7 @@ def _columns() -> list[sa.Column[Any]]:
         sa.Column("t", sa.DateTime()),
         sa.Column("x", sa.BigInteger()),
         sa.Column("y", sa.Double()),
+        sa.Column("amount", sa.Numeric(10, 2)),
         sa.Column("d", sa.Date()),
     ]
 
@@ -308,6 +311,17 @@ WINDOWS: dict[str, tuple[list[Step], tuple[int, int]]] = {
         ],
         (1, 1),
     ),
+    "decimals": (
+        [
+            W(
+                WindowSpec("amount", "DIFF", **BY_TIME),
+                WindowSpec("amount", "ROLLING_SUM", size=3, min_periods=1, order_by="t"),
+                WindowSpec("amount", "ROLLING_MEAN", period="1d", order_by="t"),
+            )
+        ],
+        (1, 1),
+    ),
+    "decimal-pct-change": ([W(WindowSpec("amount", "PCT_CHANGE", **BY_TIME))], (1, 0)),
     "rolling-period-std": ([W(WindowSpec("x", "ROLLING_STD", period="1d", order_by="t"))], (0, 0)),
     "float-diff": ([W(WindowSpec("y", "DIFF", order_by="t"))], (0, 0)),
     "filter-then-stops": ([Filter((Condition("x", "NOT_NULL"),)), W(WindowSpec("y", "CUM_SUM", order_by="t"))], (1, 1)),

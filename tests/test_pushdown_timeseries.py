@@ -17,6 +17,7 @@ import pandas as pd
 import polars as pl
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from polars.testing import assert_frame_equal
 from support import make_settings, require_service, serving
 
@@ -50,7 +51,8 @@ SERIES = pl.DataFrame(
         "id": list(range(18)),
         # Byte-wise distinct group keys ("a" and "A"), a missing one.
         "g": ["a", "A", "a", "b", None, "a", "A", "b", "b", "a", None, "a", "A", "b", "a", "b", "a", "A"],
-        # Ties in time (rows 1, 2, 3 and 9, 10), missing times, a time before 1970, period boundaries.
+        # Ties in time (rows 1, 2, 3 and 9, 10), missing times, a time before 1970, period boundaries
+        # and a microsecond either side of them.
         "t": [
             T(2024, 3, 1, 10, 0),
             T(2024, 3, 1, 10, 14, 59),
@@ -66,9 +68,9 @@ SERIES = pl.DataFrame(
             T(1969, 12, 31, 23, 50),
             None,
             T(2024, 3, 31, 12, 0),
-            T(2024, 3, 1, 11, 44, 59),
+            T(2024, 3, 1, 11, 44, 59, 999_999),
             T(2024, 3, 1, 11, 45),
-            T(2024, 3, 2, 0, 0, 1),
+            T(2024, 3, 2, 0, 0, 0, 1),
             T(2024, 2, 1, 0, 0),
         ],
         # Ties, zeros (PCT_CHANGE divides by them), negatives and missing values.
@@ -112,7 +114,7 @@ class Db:
 def _columns() -> list[sa.Column[Any]]:
     return [
         sa.Column("g", sa.String(16)),
-        sa.Column("t", sa.DateTime()),
+        sa.Column("t", sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql")),  # microseconds
         sa.Column("x", sa.BigInteger()),
         sa.Column("y", sa.Double()),
         sa.Column("amount", sa.Numeric(10, 2)),

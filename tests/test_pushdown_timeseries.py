@@ -17,8 +17,8 @@ import pandas as pd
 import polars as pl
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.dialects import mysql
 from polars.testing import assert_frame_equal
+from sqlalchemy.dialects import mysql
 from support import make_settings, require_service, serving
 
 from connectors.linked import fetch_frame

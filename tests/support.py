@@ -6,6 +6,7 @@ when something the test needs is missing. conftest.py holds only fixtures and ho
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -230,6 +231,28 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None, wo
             pytest.fail("the server did not stop within 10 s of SIGTERM:\n" + (work / "server.log").read_text()[-6000:])
         finally:
             log.close()
+
+
+@contextlib.contextmanager
+def entered_together(*managers: contextlib.AbstractContextManager[Any]) -> Iterator[list[Any]]:
+    """Enter `managers` at once, each in a thread of its own (independent servers that start side by
+    side: their imports and worker spawns overlap), yield what each gave, and leave them all. When
+    one fails to enter, those that entered are left and its error is raised."""
+    with contextlib.ExitStack() as stack:
+        with concurrent.futures.ThreadPoolExecutor(len(managers)) as pool:
+            futures = [pool.submit(manager.__enter__) for manager in managers]
+        values: list[Any] = []
+        error: BaseException | None = None
+        for manager, future in zip(managers, futures, strict=True):
+            try:
+                values.append(future.result())
+            except BaseException as exc:  # pytest.fail's Failed too
+                error = error or exc
+            else:
+                stack.push(manager)
+        if error is not None:
+            raise error
+        yield values
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from jsclients import installed, run_node
-from support import ROOT, running_server, upload_over_http, upload_request, wait_for
+from support import ROOT, entered_together, running_server, upload_over_http, upload_request, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 GQL_TYPE = "application/graphql-response+json; charset=utf-8"
@@ -27,11 +27,20 @@ MAX_REQUEST_KB = 8  # small, so a client can send a body over it
 
 
 @pytest.fixture(scope="module")
-def graphql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The /graphql URL of a real server, shared by the module's tests (each uploads its own data)."""
-    installed()  # before the server starts: a first install takes a while
-    with running_server(tmp_path_factory.mktemp("clients"), "--max-request-kb", str(MAX_REQUEST_KB)) as base:
-        yield base + "/graphql"
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The base URLs of two real servers, started side by side: the one the module's tests share (each
+    uploads its own data), and one with a budget of 3 requests an hour that only the 429 test spends."""
+    installed()  # before the servers start: a first install takes a while
+    shared = running_server(tmp_path_factory.mktemp("clients"), "--max-request-kb", str(MAX_REQUEST_KB))
+    limited = running_server(tmp_path_factory.mktemp("limited"), "--rate-limit", "3/hour")
+    with entered_together(shared, limited) as (shared_base, limited_base):
+        yield shared_base, limited_base
+
+
+@pytest.fixture(scope="module")
+def graphql_url(servers: tuple[str, str]) -> str:
+    """The /graphql URL of the module's shared server."""
+    return servers[0] + "/graphql"
 
 
 def test_graphql_http_audits_pass_every_must_and_should(graphql_url: str) -> None:
@@ -71,10 +80,8 @@ def test_apollo_client_reads_the_graphql_errors_of_a_400_and_a_413(graphql_url: 
     assert "max_request_kb" in too_large["errors"][0]["message"]
 
 
-def test_apollo_client_reads_the_graphql_error_of_a_429(tmp_path: Path) -> None:
-    installed()
-    with running_server(tmp_path, "--rate-limit", "3/hour") as base:
-        out = run_node("apollo.mjs", {"url": base + "/graphql", "scenario": "rate-limit"})
+def test_apollo_client_reads_the_graphql_error_of_a_429(servers: tuple[str, str]) -> None:
+    out = run_node("apollo.mjs", {"url": servers[1] + "/graphql", "scenario": "rate-limit"})
     tries = out["tries"]
     assert [t["ok"] for t in tries] == [True, True, True, False], tries
     refused = tries[-1]["error"]

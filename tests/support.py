@@ -14,12 +14,14 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from leaks import Sweep
 from starlette.testclient import TestClient
 
@@ -253,6 +255,27 @@ def entered_together(*managers: contextlib.AbstractContextManager[Any]) -> Itera
         if error is not None:
             raise error
         yield values
+
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def scratch_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (the metadata store of several server processes); its
+    SQLAlchemy URL. Dropped afterwards, whoever is still connected. Skips, or under CI fails, when
+    PostgreSQL is not running."""
+    require_service(5432, "PostgreSQL")
+    name = f"dg_scratch_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import io
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from datagraph.settings import Settings
 from engine import Source
 from server.app import create_app
 from server.auth import KEY_PREFIX, hash_key, new_key
+from server.cli import main as cli_main
 from storage import MetadataStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,11 +134,12 @@ class Api:
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings on a fresh data directory, with no database sources or plugins unless given, and one
-    worker process (each costs a second of CPU to start), started with the app and never stopped for
-    idleness (worker_idle_s 0: tests about the pool count its workers): tests about the pool ask for
-    more, tests of the on-demand pool for a worker_idle_s. The TestClient's host name is allowed
-    (setting allowed_hosts)."""
-    defaults = {"data_dir": tmp_path / "data", "sources": "", "plugins": "", "workers": 1, "worker_idle_s": 0}
+    worker process, started on demand as the server's defaults start it (with the first job, not with
+    the app: a worker costs a second of CPU to start, and many apps run no job at all) and stopped
+    after worker_idle_s's 120 s, longer than a test: tests about the pool ask for more workers, and for
+    worker_idle_s 0 (the whole pool started with the app) when they count its workers. The
+    TestClient's host name is allowed (setting allowed_hosts)."""
+    defaults = {"data_dir": tmp_path / "data", "sources": "", "plugins": "", "workers": 1}
     # Starlette's TestClient sends "Host: testserver"; a real server on loopback needs no entry.
     return Settings(**{**defaults, "allowed_hosts": "testserver", **overrides})
 
@@ -340,6 +343,29 @@ def datagraph_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess
     return subprocess.run(
         [str(ROOT / ".venv/bin/datagraph"), *args], capture_output=True, text=True, timeout=60, check=check
     )
+
+
+def datagraph_main(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The `datagraph` command's own `main` with `args`, run in this process, its output captured as
+    text and its exit turned into a return code as the interpreter would (`sys.exit("message")`: the
+    message on stderr, code 1): for a test that runs the command many times, where each process start
+    (about 2 s of imports) proves nothing new once one run by `datagraph_cli` has shown the installed
+    command works."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli_main(list(args))
+        except SystemExit as exc:
+            if isinstance(exc.code, str):
+                print(exc.code, file=err)
+                code = 1
+            else:
+                code = exc.code or 0
+    done = subprocess.CompletedProcess(["datagraph", *args], code, out.getvalue(), err.getvalue())
+    if check:
+        done.check_returncode()
+    return done
 
 
 def create_key(data_dir: Path, name: str) -> str:

@@ -227,6 +227,12 @@ class Settings(BaseSettings):
         description="Websocket: most open websockets per API key (per client address without keys) in one server"
         " process; the next is closed with 4429 until one closes.",
     )
+    sse_keepalive_s: float = Field(
+        12,
+        gt=0,
+        description="Server-Sent Events (/graphql/stream): how often an open stream sends a comment that keeps"
+        " proxies from closing it as idle, in seconds.",
+    )
     cors_origins: str = Field(
         "",
         description="Other origins whose pages may call the API (comma-separated, CORS; also allowed to"

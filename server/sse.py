@@ -6,8 +6,9 @@ A POST (JSON: `query`, `variables`, `operationName`, `extensions`, or a persiste
 a GET (the same as query parameters; no mutations) that accepts `text/event-stream` is one
 operation: its results go out as `event: next` with the result as `data`, then `event: complete`.
 A subscription streams until the client closes the connection; a query or mutation answers one
-`next` and completes. A comment (`:`) goes out every KEEPALIVE_S so that proxies keep the
-connection open. GraphQL errors (a document that does not parse or validate, errors while it runs)
+`next` and completes. A comment (`:`) goes out every `sse_keepalive_s` (12 s, graphql-sse's own
+interval: well under the 30-60 s idle timeouts of common proxies) so that proxies keep the connection
+open. GraphQL errors (a document that does not parse or validate, errors while it runs)
 are `next` events, as the protocol requires (a 400 would make EventSource-like clients retry without
 showing them); a request that is not a GraphQL operation at all gets an HTTP error status and a
 JSON body with `errors`, before any stream starts.
@@ -57,10 +58,9 @@ if TYPE_CHECKING:
     from server.resources import WebState
     from server.view import GraphQLView
 
-__all__ = ["KEEPALIVE_S", "GraphQLStream"]
+__all__ = ["GraphQLStream"]
 
 log = logging.getLogger("datagraph")
-KEEPALIVE_S = 12.0  # graphql-sse's own interval: well under the 30-60 s idle timeouts of common proxies
 _MEDIA_TYPE = b"text/event-stream"
 _HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -197,6 +197,7 @@ class _Stream:
         self.key = key
         self.max_errors = endpoint.view.settings.graphql_max_errors
         self.max_tokens = endpoint.view.settings.graphql_max_tokens
+        self.keepalive_s = endpoint.view.settings.sse_keepalive_s
         self.lock = asyncio.Lock()  # one event at a time on the wire
         self.revoked = asyncio.Event()
         self.info = current_request() or RequestInfo("")
@@ -281,7 +282,7 @@ class _Stream:
 
     async def _keepalive(self) -> None:
         while True:
-            await asyncio.sleep(KEEPALIVE_S)
+            await asyncio.sleep(self.keepalive_s)
             await self.send(_COMMENT)
 
 

@@ -3,13 +3,11 @@ directory, per test or shared by a module's tests that only read, and the script
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from support import DATA, SWEEP, Api, ingested, make_settings, require_service, serving
+from support import DATA, SWEEP, Api, ingested, make_settings, scratch_postgres_database, serving
 from upstream import Listener, Upstream
 
 from datagraph.settings import Settings
@@ -64,21 +62,9 @@ def listener() -> Iterator[Listener]:
     server.close()
 
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-
-
 @pytest.fixture
 def scratch_postgres() -> Iterator[str]:
     """A new, empty PostgreSQL database for the test (the metadata store of several server
     processes); its SQLAlchemy URL. Dropped afterwards, whoever is still connected."""
-    require_service(5432, "PostgreSQL")
-    name = f"dg_scratch_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.dispose()
+    with scratch_postgres_database() as url:
+        yield url

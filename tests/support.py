@@ -6,19 +6,23 @@ when something the test needs is missing. conftest.py holds only fixtures and ho
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from leaks import Sweep
 from starlette.testclient import TestClient
 
@@ -28,6 +32,7 @@ from datagraph.settings import Settings
 from engine import Source
 from server.app import create_app
 from server.auth import KEY_PREFIX, hash_key, new_key
+from server.cli import main as cli_main
 from storage import MetadataStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,11 +134,12 @@ class Api:
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings on a fresh data directory, with no database sources or plugins unless given, and one
-    worker process (each costs a second of CPU to start), started with the app and never stopped for
-    idleness (worker_idle_s 0: tests about the pool count its workers): tests about the pool ask for
-    more, tests of the on-demand pool for a worker_idle_s. The TestClient's host name is allowed
-    (setting allowed_hosts)."""
-    defaults = {"data_dir": tmp_path / "data", "sources": "", "plugins": "", "workers": 1, "worker_idle_s": 0}
+    worker process, started on demand as the server's defaults start it (with the first job, not with
+    the app: a worker costs a second of CPU to start, and many apps run no job at all) and stopped
+    after worker_idle_s's 120 s, longer than a test: tests about the pool ask for more workers, and for
+    worker_idle_s 0 (the whole pool started with the app) when they count its workers. The
+    TestClient's host name is allowed (setting allowed_hosts)."""
+    defaults = {"data_dir": tmp_path / "data", "sources": "", "plugins": "", "workers": 1}
     # Starlette's TestClient sends "Host: testserver"; a real server on loopback needs no entry.
     return Settings(**{**defaults, "allowed_hosts": "testserver", **overrides})
 
@@ -233,6 +239,49 @@ def running_server(work: Path, *args: str, env: dict[str, str] | None = None, wo
 
 
 @contextlib.contextmanager
+def entered_together(*managers: contextlib.AbstractContextManager[Any]) -> Iterator[list[Any]]:
+    """Enter `managers` at once, each in a thread of its own (independent servers that start side by
+    side: their imports and worker spawns overlap), yield what each gave, and leave them all. When
+    one fails to enter, those that entered are left and its error is raised."""
+    with contextlib.ExitStack() as stack:
+        with concurrent.futures.ThreadPoolExecutor(len(managers)) as pool:
+            futures = [pool.submit(manager.__enter__) for manager in managers]
+        values: list[Any] = []
+        error: BaseException | None = None
+        for manager, future in zip(managers, futures, strict=True):
+            try:
+                values.append(future.result())
+            except BaseException as exc:  # pytest.fail's Failed too
+                error = error or exc
+            else:
+                stack.push(manager)
+        if error is not None:
+            raise error
+        yield values
+
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def scratch_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (the metadata store of several server processes); its
+    SQLAlchemy URL. Dropped afterwards, whoever is still connected. Skips, or under CI fails, when
+    PostgreSQL is not running."""
+    require_service(5432, "PostgreSQL")
+    name = f"dg_scratch_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.dispose()
+
+
+@contextlib.contextmanager
 def fresh_redis(url: str) -> Iterator[Any]:
     """A client of the Redis database at `url`, emptied before and after (skips, or under CI fails,
     when Redis is not running)."""
@@ -294,6 +343,29 @@ def datagraph_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess
     return subprocess.run(
         [str(ROOT / ".venv/bin/datagraph"), *args], capture_output=True, text=True, timeout=60, check=check
     )
+
+
+def datagraph_main(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The `datagraph` command's own `main` with `args`, run in this process, its output captured as
+    text and its exit turned into a return code as the interpreter would (`sys.exit("message")`: the
+    message on stderr, code 1): for a test that runs the command many times, where each process start
+    (about 2 s of imports) proves nothing new once one run by `datagraph_cli` has shown the installed
+    command works."""
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli_main(list(args))
+        except SystemExit as exc:
+            if isinstance(exc.code, str):
+                print(exc.code, file=err)
+                code = 1
+            else:
+                code = exc.code or 0
+    done = subprocess.CompletedProcess(["datagraph", *args], code, out.getvalue(), err.getvalue())
+    if check:
+        done.check_returncode()
+    return done
 
 
 def create_key(data_dir: Path, name: str) -> str:

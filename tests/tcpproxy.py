@@ -24,6 +24,9 @@ class TcpProxy:
         self.black_hole = False
 
     def start(self) -> None:
+        """Take connections on `port` (again, after a cut); when it already does, nothing more."""
+        if self._listener is not None:
+            return
         listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
         listener.settimeout(0.2)
         self._listener = listener

@@ -11,7 +11,17 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette.testclient import TestClient
-from support import DATA, ROOT, add_key, create_key, datagraph_cli, make_settings, running_server, upload_over_http
+from support import (
+    DATA,
+    ROOT,
+    add_key,
+    create_key,
+    datagraph_cli,
+    datagraph_main,
+    make_settings,
+    running_server,
+    upload_over_http,
+)
 from websockets.exceptions import ConnectionClosed
 from wsclient import Ws, ws_open
 
@@ -58,19 +68,19 @@ def test_keys_are_required_beyond_loopback(tmp_path: Path, host: str, mode: str,
 
 def test_the_cli_creates_lists_and_revokes_keys_stored_hashed(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    key = create_key(data, "laptop")
-    other = create_key(data, "phone")
-    assert key != other
-    listed = datagraph_cli("keys", "list", "--data-dir", str(data)).stdout.splitlines()
+    key = create_key(data, "laptop")  # the installed command, in a process of its own; then its main, here
+    other = datagraph_main("keys", "create", "--name", "phone", "--data-dir", str(data)).stdout.splitlines()[-1]
+    assert other.startswith(KEY_PREFIX) and key != other
+    listed = datagraph_main("keys", "list", "--data-dir", str(data)).stdout.splitlines()
     assert [line.split("\t")[0] for line in listed] == ["laptop", "phone"]
-    again = datagraph_cli("keys", "create", "--name", "laptop", "--data-dir", str(data), check=False)
+    again = datagraph_main("keys", "create", "--name", "laptop", "--data-dir", str(data), check=False)
     assert again.returncode != 0 and "already a key called 'laptop'" in again.stderr
     stored = (data / "datagraph.sqlite3").read_bytes()
     assert key.encode() not in stored and other.encode() not in stored  # only hashes are kept
-    assert datagraph_cli("keys", "revoke", "laptop", "--data-dir", str(data)).returncode == 0
-    listed = datagraph_cli("keys", "list", "--data-dir", str(data)).stdout.splitlines()
+    assert datagraph_main("keys", "revoke", "laptop", "--data-dir", str(data)).returncode == 0
+    listed = datagraph_main("keys", "list", "--data-dir", str(data)).stdout.splitlines()
     assert [line.split("\t")[0] for line in listed] == ["phone"]
-    missing = datagraph_cli("keys", "revoke", "laptop", "--data-dir", str(data), check=False)
+    missing = datagraph_main("keys", "revoke", "laptop", "--data-dir", str(data), check=False)
     assert missing.returncode != 0 and "no key called 'laptop'" in missing.stderr
 
 
@@ -126,7 +136,7 @@ def test_a_revoked_key_stops_working_within_a_second(tmp_path: Path) -> None:
     with TestClient(create_app(settings)) as client:
         headers = {"X-API-Key": key}
         assert client.post("/graphql", json=DATASETS, headers=headers).status_code == 200
-        datagraph_cli("keys", "revoke", "old", "--data-dir", str(settings.data_dir))
+        datagraph_main("keys", "revoke", "old", "--data-dir", str(settings.data_dir))  # its own connection
         deadline = time.monotonic() + 5
         while client.post("/graphql", json=DATASETS, headers=headers).status_code == 200:
             assert time.monotonic() < deadline, "the revoked key still works"
@@ -165,7 +175,7 @@ def test_the_readme_keys_example_runs_as_written(tmp_path: Path) -> None:
     created, listed, revoked = outputs
     assert created.strip().splitlines()[-1].startswith(KEY_PREFIX)
     assert listed.startswith("laptop\t") and "Revoked" in revoked
-    assert datagraph_cli("keys", "list", "--data-dir", str(tmp_path / "var")).stdout == ""
+    assert datagraph_main("keys", "list", "--data-dir", str(tmp_path / "var")).stdout == ""
 
 
 INTROSPECTION = {"query": "{ __schema { queryType { name } } }"}

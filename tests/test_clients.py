@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from jsclients import installed, run_node
-from support import ROOT, running_server, upload_over_http, wait_for
+from support import ROOT, entered_together, running_server, upload_over_http, upload_request, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 GQL_TYPE = "application/graphql-response+json; charset=utf-8"
@@ -27,11 +27,20 @@ MAX_REQUEST_KB = 8  # small, so a client can send a body over it
 
 
 @pytest.fixture(scope="module")
-def graphql_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The /graphql URL of a real server, shared by the module's tests (each uploads its own data)."""
-    installed()  # before the server starts: a first install takes a while
-    with running_server(tmp_path_factory.mktemp("clients"), "--max-request-kb", str(MAX_REQUEST_KB)) as base:
-        yield base + "/graphql"
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The base URLs of two real servers, started side by side: the one the module's tests share (each
+    uploads its own data), and one with a budget of 3 requests an hour that only the 429 test spends."""
+    installed()  # before the servers start: a first install takes a while
+    shared = running_server(tmp_path_factory.mktemp("clients"), "--max-request-kb", str(MAX_REQUEST_KB))
+    limited = running_server(tmp_path_factory.mktemp("limited"), "--rate-limit", "3/hour")
+    with entered_together(shared, limited) as (shared_base, limited_base):
+        yield shared_base, limited_base
+
+
+@pytest.fixture(scope="module")
+def graphql_url(servers: tuple[str, str]) -> str:
+    """The /graphql URL of the module's shared server."""
+    return servers[0] + "/graphql"
 
 
 def test_graphql_http_audits_pass_every_must_and_should(graphql_url: str) -> None:
@@ -71,10 +80,8 @@ def test_apollo_client_reads_the_graphql_errors_of_a_400_and_a_413(graphql_url: 
     assert "max_request_kb" in too_large["errors"][0]["message"]
 
 
-def test_apollo_client_reads_the_graphql_error_of_a_429(tmp_path: Path) -> None:
-    installed()
-    with running_server(tmp_path, "--rate-limit", "3/hour") as base:
-        out = run_node("apollo.mjs", {"url": base + "/graphql", "scenario": "rate-limit"})
+def test_apollo_client_reads_the_graphql_error_of_a_429(servers: tuple[str, str]) -> None:
+    out = run_node("apollo.mjs", {"url": servers[1] + "/graphql", "scenario": "rate-limit"})
     tries = out["tries"]
     assert [t["ok"] for t in tries] == [True, True, True, False], tries
     refused = tries[-1]["error"]
@@ -154,39 +161,44 @@ def test_graphql_sse_client_answers_a_query_and_sees_an_append(graphql_url: str,
     assert first["kind"] == "APPENDED" and first["dataset"] == dataset and first["rowCount"] >= 3, out
 
 
-def test_the_javascript_example_in_the_readme_runs_as_written(tmp_path: Path) -> None:
+def test_the_javascript_example_in_the_readme_runs_as_written(graphql_url: str, tmp_path: Path) -> None:
     """Apollo, urql and graphql-sse as the README's Clients section shows them: two counts, then the
-    event of an append made while the subscription is open."""
+    event of an append made while the subscription is open. On the module's server, with a copy of
+    tips of the test's own (other tests upload "tips" too, and this one appends to it)."""
     section = (ROOT / "README.md").read_text("utf-8").split("## Clients\n", 1)[1].split("\n## ", 1)[0]
     (example,) = re.findall(r"```js\n(.*?)```", section, flags=re.DOTALL)
-    (tmp_path / "server").mkdir()
-    with running_server(tmp_path / "server") as base:
-        upload_over_http(base, ROOT / "examples/tips.csv")
-        (tmp_path / "node_modules").symlink_to(installed() / "node_modules")
-        (tmp_path / "readme.mjs").write_text(example.replace("http://127.0.0.1:8000", base))
-        node = subprocess.Popen(
-            ["node", "readme.mjs"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(node.stdout or ()), daemon=True)
-        reader.start()
-        append = {"query": 'mutation { appendRows(dataset: "tips", rows: [{total_bill: 1, tip: 1}]) { success } }'}
-        try:
-            wait_for(lambda: len(lines) >= 2 or node.poll() is not None, 30, "the two counts")
-            for _ in range(20):  # until the subscription has seen one (it opens on its own time)
-                if node.poll() is not None:
-                    break
-                httpx.post(base + "/graphql", json=append)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    node.wait(1)
-            node.wait(10)
-            reader.join(5)
-        finally:
-            node.kill()
-        err = node.stderr.read() if node.stderr else ""
-        for pipe in (node.stdout, node.stderr):
-            if pipe:
-                pipe.close()
+    assert example.count("'tips'") == 2 and example.count('"tips"') == 1, example  # what is replaced below
+    base = graphql_url.removesuffix("/graphql")
+    upload = upload_request((ROOT / "examples/tips.csv").read_bytes(), "tips.csv", name="readme tips")
+    uploaded = httpx.post(graphql_url, **upload, timeout=60).json()["data"]["uploadDataset"]
+    assert uploaded["success"] and uploaded["dataset"]["rowCount"] == 244, uploaded
+    tips = uploaded["dataset"]["id"]
+    script = example.replace("http://127.0.0.1:8000", base).replace("'tips'", f"'{tips}'")
+    (tmp_path / "node_modules").symlink_to(installed() / "node_modules")
+    (tmp_path / "readme.mjs").write_text(script.replace('"tips"', f'"{tips}"'))
+    node = subprocess.Popen(
+        ["node", "readme.mjs"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(node.stdout or ()), daemon=True)
+    reader.start()
+    append = {"query": 'mutation { appendRows(dataset: "%s", rows: [{total_bill: 1, tip: 1}]) { success } }' % tips}
+    try:
+        wait_for(lambda: len(lines) >= 2 or node.poll() is not None, 30, "the two counts")
+        for _ in range(20):  # until the subscription has seen one (it opens on its own time)
+            if node.poll() is not None:
+                break
+            httpx.post(graphql_url, json=append)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(1)
+        node.wait(10)
+        reader.join(5)
+    finally:
+        node.kill()
+    err = node.stderr.read() if node.stderr else ""
+    for pipe in (node.stdout, node.stderr):
+        if pipe:
+            pipe.close()
     out = "".join(lines)
     promised = re.findall(r"console\.log\(.*\); // (\S+)", example)
     assert promised == ["244", "244", "APPENDED"]

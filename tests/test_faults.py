@@ -759,6 +759,7 @@ def plugins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     (folder / "http_json.py").write_text((ROOT / "plugins" / "http_json.py").read_text())
     settings = make_settings(
         work, plugins=str(folder), plugin_timeout_s=1, worker_memory_mb=2048, workers=2,  # a killed one's twin carries on
+        worker_idle_s=0,  # the pool started with the app, then warmed
         http_attempts=3, http_backoff_s=0.05, http_backoff_cap_s=0.1, http_blocked_networks="127.0.0.2/32",
     )  # fmt: skip
     with TestClient(create_app(settings)) as client:

@@ -141,7 +141,11 @@ def test_readyz_reports_metadata_cache_workers_and_every_source(tmp_path: Path) 
     plugins.mkdir()
     (plugins / "broken.py").write_text("raise RuntimeError('at import')\n")
     settings = make_settings(
-        tmp_path, sources=str(tmp_path / "sources.yaml"), plugins=str(plugins), cache_url=f"redis://127.0.0.1:{closed}"
+        tmp_path,
+        sources=str(tmp_path / "sources.yaml"),
+        plugins=str(plugins),
+        cache_url=f"redis://127.0.0.1:{closed}",
+        worker_idle_s=0,  # the pool started with the app: /readyz counts its workers
     )
     with TestClient(create_app(settings)) as client:
         response = client.get("/readyz")

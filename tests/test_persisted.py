@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support import Api, add_key, datagraph_cli, make_settings, running_server, serving, wait_for
+from support import Api, add_key, datagraph_cli, datagraph_main, make_settings, running_server, serving, wait_for
 from test_answer_cache import answer_cache
 
 ABOUT = "query About($id: ID!) { dataset(id: $id) { name rowCount version } }"
@@ -130,11 +130,11 @@ def test_documents_add_registers_documents_that_every_server_runs(tmp_path: Path
     second.write_text(ABOUT)
     added = datagraph_cli("documents", "add", str(first), str(second), "--data-dir", str(settings.data_dir)).stdout
     assert added.splitlines() == [f"sha256:{sha(LIST)}\t{first}", f"sha256:{sha(ABOUT)}\t{second}"]
-    listed = datagraph_cli("documents", "list", "--data-dir", str(settings.data_dir)).stdout
+    listed = datagraph_main("documents", "list", "--data-dir", str(settings.data_dir)).stdout
     assert f"sha256:{sha(ABOUT)}\ttrusted" in listed
     broken = tmp_path / "broken.graphql"
     broken.write_text("{ datasets { id ")
-    refused = datagraph_cli("documents", "add", str(broken), "--data-dir", str(settings.data_dir), check=False)
+    refused = datagraph_main("documents", "add", str(broken), "--data-dir", str(settings.data_dir), check=False)
     assert refused.returncode != 0 and "not a GraphQL document" in refused.stderr
     with serving(settings) as api:
         assert post(api, {"documentId": f"sha256:{sha(LIST)}"}).json() == {"data": {"datasets": []}}
@@ -144,7 +144,7 @@ def test_persisted_only_refuses_other_documents_and_runs_registered_ones(tmp_pat
     settings = make_settings(tmp_path, persisted_only=True)
     trusted = tmp_path / "list.graphql"
     trusted.write_text(LIST)
-    datagraph_cli("documents", "add", str(trusted), "--data-dir", str(settings.data_dir))
+    datagraph_main("documents", "add", str(trusted), "--data-dir", str(settings.data_dir))
     with serving(settings) as api:
         plain = post(api, {"query": "{ datasets { id name } }"})
         assert plain.status_code == 400
@@ -173,7 +173,7 @@ def test_a_flood_of_distinct_apq_registrations_stays_within_the_limit(tmp_path: 
     settings = make_settings(tmp_path, persisted_max_documents=5, max_query_chars=200, rate_limit="")
     trusted = tmp_path / "list.graphql"
     trusted.write_text(LIST)
-    datagraph_cli("documents", "add", str(trusted), "--data-dir", str(settings.data_dir))
+    datagraph_main("documents", "add", str(trusted), "--data-dir", str(settings.data_dir))
     with serving(settings) as api:
         documents = api.client.app.state.web.documents  # type: ignore[attr-defined]
         for n in range(40):

@@ -385,7 +385,7 @@ def misbehaving(tmp_path: Path) -> Iterator[Api]:
     (folder / "misbehaving.py").write_text(MISBEHAVING)
     # Two workers, as the tests are about the pool: fetches run side by side, and one that is killed
     # at its deadline leaves the other worker ready for the next fetch.
-    with _app(tmp_path, folder, plugin_timeout_s=2, worker_memory_mb=2048, workers=2) as client:
+    with _app(tmp_path, folder, plugin_timeout_s=2, worker_memory_mb=2048, workers=2, worker_idle_s=0) as client:
         api = _api(client)
         api.warm_workers()  # the 2 s deadlines are the plugins' own, not the workers' start-up
         yield api

@@ -303,7 +303,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, db: dict[str, Any]) -> Iterat
     """One app per database for the module: its tests read the source (or link or snapshot it under
     names of their own), and those that try to change it assert it stayed as it was."""
     work = tmp_path_factory.mktemp(f"live-{db['kind']}")
-    settings = make_settings(work, sources=_sources_file(work, db, timeout_s=2))
+    settings = make_settings(work, sources=_sources_file(work, db, timeout_s=2), worker_idle_s=0)  # warmed below
     with serving(settings) as api:
         api.warm_workers()  # the first test's 7 s client deadline is for its query, not the worker's start-up
         yield api, db

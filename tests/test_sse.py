@@ -369,14 +369,15 @@ def test_persisted_only_holds_on_the_stream_too(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # a server of its own, stopped, and a keep-alive waited for
 def test_open_streams_end_at_shutdown_after_the_grace(tmp_path: Path) -> None:
-    with running_server(tmp_path, "--shutdown-grace-s", "1") as base:
+    # Keep-alives every second (12 s by default): the test waits for one.
+    with running_server(tmp_path, "--shutdown-grace-s", "1", "--sse-keepalive-s", "1") as base:
         tips = upload_over_http(base, DATA / "tips.csv")
         with stream(base, EVENTS, {"d": tips}) as events:
             wait_for(lambda: subscribers(base) == 1, 10, "the stream's subscription is in place")
             events.comment()  # the first, with the headers
             started = time.monotonic()
             events.comment()  # a keep-alive: nothing happened meanwhile
-            assert 10 < time.monotonic() - started < 20
+            assert 0.5 < time.monotonic() - started < 10  # the setting's second, not the default's 12
             pid = server_pid(base)
             os.kill(pid, signal.SIGTERM)
             started = time.monotonic()

@@ -22,6 +22,7 @@ from support import (
     make_settings,
     require_service,
     running_server,
+    scratch_postgres_database,
     upload_over_http,
     upload_request,
 )
@@ -191,26 +192,40 @@ def test_append_rows_checks_every_value_and_is_all_or_nothing(tmp_path: Path) ->
         assert row["tip"] == 2.5 and row["day"] == "Mon" and row["total_bill"] is None
 
 
-@pytest.mark.slow  # two server processes
-def test_a_change_through_one_process_is_pushed_by_another(tmp_path: Path, scratch_postgres: str) -> None:
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, TcpProxy]]:
+    """Two server processes sharing a data directory, PostgreSQL metadata and Redis, the second
+    reading Redis (its events, its cache) through a proxy that a test may cut: their base URLs and
+    the proxy. Shared by the module's two-process tests (each uploads its own dataset; a test that
+    cuts the proxy restores it)."""
     require_service(6379, "Redis")
-    shared = tmp_path / "shared-data"
-    env = {
-        "DATAGRAPH_METADATA_URL": scratch_postgres,
-        "DATAGRAPH_CACHE_URL": "redis://127.0.0.1:6379/13",
-    }
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        running_server(tmp_path / "a", "--data-dir", str(shared), env=env) as first,
-        running_server(tmp_path / "b", "--data-dir", str(shared), env=env) as second,
-    ):
-        dataset = upload_over_http(first, DATA / "tips.csv")
-        with Ws(second) as ws:
-            ws.subscribe(WATCH_COUNT, {"d": dataset})
-            assert ws.next_data()["watch"]["data"] == {"count": SUNDAY}  # the second sees the first's upload
-            assert _append(first, dataset, 4)["success"]
-            assert ws.next_data()["watch"]["data"] == {"count": SUNDAY + 4}
+    work = tmp_path_factory.mktemp("pair")
+    shared = work / "shared-data"
+    (work / "a").mkdir()
+    (work / "b").mkdir()
+    proxy = TcpProxy(6379)
+    proxy.start()
+    try:
+        with scratch_postgres_database() as metadata:
+            common = ("--data-dir", str(shared), "--metadata-url", metadata)
+            with (
+                running_server(work / "a", *common, "--cache-url", "redis://127.0.0.1:6379/13") as a,
+                running_server(work / "b", *common, "--cache-url", f"redis://127.0.0.1:{proxy.port}/13") as b,
+            ):
+                yield a, b, proxy
+    finally:
+        proxy.cut()
+
+
+@pytest.mark.slow  # two server processes
+def test_a_change_through_one_process_is_pushed_by_another(pair: tuple[str, str, TcpProxy]) -> None:
+    first, second, _ = pair
+    dataset = upload_over_http(first, DATA / "tips.csv")
+    with Ws(second) as ws:
+        ws.subscribe(WATCH_COUNT, {"d": dataset})
+        assert ws.next_data()["watch"]["data"] == {"count": SUNDAY}  # the second sees the first's upload
+        assert _append(first, dataset, 4)["success"]
+        assert ws.next_data()["watch"]["data"] == {"count": SUNDAY + 4}
 
 
 def test_the_readme_subscription_example_runs(server: str, tips: str) -> None:
@@ -301,34 +316,24 @@ def test_unsubscribing_from_a_watch_nobody_else_wants_stops_its_work(server: str
 
 
 @pytest.mark.slow  # two server processes
-def test_watches_recompute_after_the_event_stream_comes_back(tmp_path: Path) -> None:
+def test_watches_recompute_after_the_event_stream_comes_back(pair: tuple[str, str, TcpProxy]) -> None:
     """Process B reads events through a proxy to Redis; while it is cut, A appends (B misses the
     event); once B reads again, its watches recompute and push the current result."""
-    require_service(6379, "Redis")
-    proxy = TcpProxy(6379)
-    proxy.start()
-    shared = tmp_path / "shared-data"
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
+    a, b, proxy = pair
+    dataset = upload_over_http(a, DATA / "tips.csv")
     try:
-        with (
-            running_server(tmp_path / "a", "--data-dir", str(shared), "--cache-url", "redis://127.0.0.1:6379/12") as a,
-            running_server(tmp_path / "b", "--data-dir", str(shared), "--cache-url",
-                           f"redis://127.0.0.1:{proxy.port}/12") as b,
-        ):  # fmt: skip
-            dataset = upload_over_http(a, DATA / "tips.csv")
-            with Ws(b) as ws:
-                ws.subscribe(WATCH_COUNT, {"d": dataset})
-                assert ws.next_data()["watch"]["data"] == {"count": SUNDAY}
-                assert _append(a, dataset, 1)["success"]
-                assert ws.next_data()["watch"]["data"] == {"count": SUNDAY + 1}  # through Redis
-                proxy.cut()
-                assert _append(a, dataset, 2)["success"]
-                assert [m for m in ws.drain(1.5) if m["type"] == "next"] == []  # missed while cut
-                proxy.start()
-                assert ws.next_data(15)["watch"]["data"] == {"count": SUNDAY + 3}
+        with Ws(b) as ws:
+            ws.subscribe(WATCH_COUNT, {"d": dataset})
+            assert ws.next_data()["watch"]["data"] == {"count": SUNDAY}
+            assert _append(a, dataset, 1)["success"]
+            assert ws.next_data()["watch"]["data"] == {"count": SUNDAY + 1}  # through Redis
+            proxy.cut()
+            assert _append(a, dataset, 2)["success"]
+            assert [m for m in ws.drain(1.5) if m["type"] == "next"] == []  # missed while cut
+            proxy.start()
+            assert ws.next_data(15)["watch"]["data"] == {"count": SUNDAY + 3}
     finally:
-        proxy.cut()
+        proxy.start()  # restored for the module's other tests (nothing more when it is already)
 
 
 def test_a_frame_over_the_limit_closes_that_connection_only(server: str, tips: str) -> None:

@@ -34,7 +34,7 @@ POOL = 2  # these tests are about the pool: one worker is killed while the other
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path, workers=POOL)
+    return make_settings(tmp_path, workers=POOL, worker_idle_s=0)
 
 
 def _children() -> list[int]:
@@ -101,7 +101,7 @@ def test_a_query_past_its_deadline_is_killed_and_the_next_one_works(diamonds: Ap
 
 
 def test_the_server_deadline_applies_without_timeout_ms_and_caps_it(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, timeout_s=1, workers=POOL)
+    settings = make_settings(tmp_path, timeout_s=1, workers=POOL, worker_idle_s=0)
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         api.upload_ok(DATA / "diamonds.csv")
@@ -127,7 +127,7 @@ def test_a_timeout_ms_below_the_floor_is_refused_before_any_job_runs(diamonds: A
 def test_the_sql_field_has_the_same_floor_for_timeout_ms(tmp_path: Path) -> None:
     shop = Path(__file__).parent.parent / "examples" / "shop.sqlite"
     (tmp_path / "sources.yaml").write_text(f"sources:\n  shop: {{kind: sqlite, url: 'sqlite:///{shop}'}}\n")
-    settings = make_settings(tmp_path, sources=str(tmp_path / "sources.yaml"))
+    settings = make_settings(tmp_path, sources=str(tmp_path / "sources.yaml"), worker_idle_s=0)
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         query = (
@@ -165,7 +165,7 @@ def test_a_storm_of_killed_workers_is_replaced_at_a_bounded_pace() -> None:
 
 
 def test_a_memory_bomb_kills_a_worker_not_the_server(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, worker_memory_mb=2048, workers=POOL)
+    settings = make_settings(tmp_path, worker_memory_mb=2048, workers=POOL, worker_idle_s=0)
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         api.upload_ok(DATA / "diamonds.csv")
@@ -265,7 +265,7 @@ def test_a_short_job_whose_client_left_finishes_into_the_cache(tmp_path: Path) -
 
 def test_stopped_jobs_are_charged_to_the_rate_budget(tmp_path: Path) -> None:
     """A job stopped at its deadline costs 50 on top of the request (1) and the job (5)."""
-    settings = make_settings(tmp_path, workers=POOL, rate_limit="120/hour")
+    settings = make_settings(tmp_path, workers=POOL, rate_limit="120/hour", worker_idle_s=0)
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         api.upload_ok(DATA / "diamonds.csv")  # 21 of the budget

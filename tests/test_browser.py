@@ -772,10 +772,16 @@ def _number(text: str) -> float | None:
     return None if text == "–" else float(text.replace(",", ""))
 
 
-def test_the_time_and_reshape_menus_build_a_rolling_mean_a_resample_and_a_pivot_as_pandas_does(
+def test_the_time_and_reshape_menus_build_windows_resamples_pivots_asof_joins_and_unpivots_as_pandas_does(
     session: Session, tmp_path: Path
 ) -> None:
+    from test_page import axe_violations, check_everywhere  # here: test_page imports this module
+
     readings = _readings_csv(tmp_path / "readings.csv")
+    outside = pd.DataFrame({"t": [pd.Timestamp("2024-03-01 02:00") + pd.Timedelta(hours=7 * i) for i in range(12)]})
+    outside["outside"] = [round(4 + 0.5 * i, 2) for i in range(len(outside))]
+    outside.to_csv(tmp_path / "outside.csv", index=False)
+    right = upload_over_http(session.server, tmp_path / "outside.csv")
     page = session.open(upload_over_http(session.server, tmp_path / "readings.csv"))
     time = page.locator("#time")
 
@@ -803,7 +809,7 @@ def test_the_time_and_reshape_menus_build_a_rolling_mean_a_resample_and_a_pivot_
     assert "Traceback" not in alert.inner_text() and "/" not in alert.inner_text().split(";")[0]
     expect(row.get_by_label("Or a period of time", exact=True)).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#apply-error")).to_be_hidden()
-    session.shot("window-error")
+    check_everywhere(session, "window-error")  # both widths and themes: it fits, and axe finds nothing serious
 
     # A daily resample with the mean and the count: pandas' groupby(Grouper(freq="1D")), empty days left out.
     row.get_by_role("button", name="Remove this window column").click()
@@ -845,7 +851,34 @@ def test_the_time_and_reshape_menus_build_a_rolling_mean_a_resample_and_a_pivot_
     for sensor in wide.columns:
         assert [r[sensor] for r in rows] == ["–" if pd.isna(v) else shown(v) for v in wide[sensor]], sensor
     session.shot("pivot")
-
-    from test_page import axe_violations  # here: test_page imports this module
-
     assert axe_violations(page) == []
+
+    # An as-of join: each reading takes the last outside reading at most 4 hours before it (merge_asof).
+    page.get_by_role("button", name="Start over").click()
+    asof = page.locator("#asof")
+    asof.get_by_label("With", exact=True).select_option(right)
+    asof.get_by_label("Time column here", exact=True).select_option("t")
+    asof.get_by_label("At most this far", exact=True).fill("4h")
+    page.get_by_role("button", name="Show the result").click()
+    merged = pd.merge_asof(readings, pd.read_csv(tmp_path / "outside.csv", parse_dates=["t"]), on="t",
+                           tolerance=pd.Timedelta("4h"))  # fmt: skip
+    expect(page.locator("#result-count")).to_have_text(f"{len(merged)} rows")
+    rows = table(page.locator("#result-table table"))
+    assert [r["outside"] for r in rows] == ["–" if pd.isna(v) else shown(v) for v in merged["outside"]]
+    assert "–" in [r["outside"] for r in rows]  # the tolerance left some without a match
+
+    # An unpivot: temp becomes rows of a name and a value, as pandas.melt.
+    page.get_by_role("button", name="Start over").click()
+    unpivot = page.locator("#unpivot")
+    for name in ("t", "sensor"):
+        unpivot.get_by_role("group", name="Unpivot: keep these columns").get_by_text(name, exact=True).click()
+    unpivot.get_by_role("group", name="Unpivot: turn these columns into rows").get_by_text("temp", exact=True).click()
+    unpivot.get_by_label("Value column", exact=True).fill("reading")
+    page.get_by_role("button", name="Show the result").click()
+    melted = readings.melt(id_vars=["t", "sensor"], value_vars=["temp"], value_name="reading")
+    header = page.locator("#result-table thead th")
+    expect(header).to_have_count(len(melted.columns))
+    assert [t.split()[0] for t in header.all_inner_texts()] == list(melted.columns)
+    rows = table(page.locator("#result-table table"))
+    assert [(r["variable"], r["reading"]) for r in rows] == [("temp", shown(v)) for v in melted["reading"]]
+    session.shot("unpivot")

@@ -862,6 +862,7 @@ def test_the_time_and_reshape_menus_build_windows_resamples_pivots_asof_joins_an
     page.get_by_role("button", name="Show the result").click()
     merged = pd.merge_asof(readings, pd.read_csv(tmp_path / "outside.csv", parse_dates=["t"]), on="t",
                            tolerance=pd.Timedelta("4h"))  # fmt: skip
+    expect(page.locator("#result-table thead th").last).to_contain_text("outside")  # as many rows as before
     expect(page.locator("#result-count")).to_have_text(f"{len(merged)} rows")
     rows = table(page.locator("#result-table table"))
     assert [r["outside"] for r in rows] == ["–" if pd.isna(v) else shown(v) for v in merged["outside"]]
@@ -877,6 +878,7 @@ def test_the_time_and_reshape_menus_build_windows_resamples_pivots_asof_joins_an
     page.get_by_role("button", name="Show the result").click()
     melted = readings.melt(id_vars=["t", "sensor"], value_vars=["temp"], value_name="reading")
     header = page.locator("#result-table thead th")
+    expect(header.last).to_contain_text("reading")  # as many columns as before: wait for the new ones
     expect(header).to_have_count(len(melted.columns))
     assert [t.split()[0] for t in header.all_inner_texts()] == list(melted.columns)
     rows = table(page.locator("#result-table table"))

@@ -782,7 +782,8 @@ def test_the_time_and_reshape_menus_build_windows_resamples_pivots_asof_joins_an
     outside["outside"] = [round(4 + 0.5 * i, 2) for i in range(len(outside))]
     outside.to_csv(tmp_path / "outside.csv", index=False)
     right = upload_over_http(session.server, tmp_path / "outside.csv")
-    page = session.open(upload_over_http(session.server, tmp_path / "readings.csv"))
+    dataset = upload_over_http(session.server, tmp_path / "readings.csv")
+    page = session.open(dataset)
     time = page.locator("#time")
 
     # A 7-row rolling mean of temp: pandas' rolling(7).mean(), missing until seven rows are in.
@@ -831,6 +832,17 @@ def test_the_time_and_reshape_menus_build_windows_resamples_pivots_asof_joins_an
     assert [r["temp_count"] for r in rows] == [shown(v) for v in daily["count"]]
     expect(page.locator("#chart .scope")).to_contain_text("resampled every 1d")
     session.shot("resample")
+
+    # The export and the recipe work on the resample: the file holds pandas' numbers, named after it.
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export and download").click()
+    assert download.value.suggested_filename == f"{dataset}-every-1d.csv"
+    download.value.save_as(tmp_path / "daily.csv")
+    exported = pd.read_csv(tmp_path / "daily.csv")
+    assert list(exported["temp_count"]) == list(daily["count"])
+    assert [round(v, 9) for v in exported["temp_mean"]] == [round(v, 9) for v in daily["mean"]]
+    page.get_by_role("button", name="Copy as Polars").click()
+    expect(page.get_by_role("region", name="Polars script")).to_contain_text("import polars")
 
     # Start over, then a pivot: one row per day, a column per sensor with its mean temperature.
     page.get_by_role("button", name="Start over").click()

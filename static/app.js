@@ -82,7 +82,7 @@ live.subscribe(EVENTS, {}, {
     const event = payload.datasetEvents;
     data.changed(event);
     app.emit("dataset-event", event);
-    const joined = app.state.applied.some((step) => step.join?.right === event.dataset);
+    const joined = app.state.applied.some((step) => (step.join ?? step.joinAsof)?.right === event.dataset);
     if (joined && event.dataset !== app.state.current?.id) {
       result.run(app.state.base, { picked: app.state.picked, live: true });
     }

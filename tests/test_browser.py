@@ -3,7 +3,8 @@ uvicorn on loopback: a file dropped onto the page (its upload followed through t
 over jobProgress, without the websocket too, and cancelled), describe, filter, group, chart, export
 (checked against pandas doing the same work), a join, the API's errors next to the controls that
 caused them, live updates over graphql-transport-ws, a dataset's history (versions, a diff of two,
-a restore) and the recipe buttons. Every test checks that the page logged no
+a restore), the recipe buttons, and the time series and reshape menus (a rolling mean, a resample
+and a pivot against pandas). Every test checks that the page logged no
 errors and that nothing it loaded came from beyond this machine; screenshots of each step go to
 the test's tmp_path."""
 
@@ -754,3 +755,144 @@ def test_copy_as_polars_shows_the_script_and_download_recipe_gives_json_and_py(s
     assert [list(step) for step in recipe["steps"]] == [["filter"]]
     assert recipe["sources"] == [{"dataset": tips, "version": 1}]
     assert "import polars" in saved[f"{tips}-filtered-by-day.py"]
+
+
+def _readings_csv(path: Path) -> pd.DataFrame:
+    """A small time series: a reading every 5 hours for about four days from two sensors, with a
+    gap; written to `path` and returned as pandas reads it."""
+    times = [pd.Timestamp("2024-03-01 00:00") + pd.Timedelta(hours=5 * i) for i in range(20) if i not in (9, 10)]
+    temps = [round(10 + 3 * ((i * 7) % 5) - 0.25 * i, 2) for i in range(len(times))]
+    frame = pd.DataFrame({"t": times, "sensor": ["in", "out"] * (len(times) // 2), "temp": temps})
+    frame["day"] = frame["t"].dt.date.astype(str)
+    frame.to_csv(path, index=False)
+    return pd.read_csv(path, parse_dates=["t"])
+
+
+def _number(text: str) -> float | None:
+    return None if text == "–" else float(text.replace(",", ""))
+
+
+def test_the_time_and_reshape_menus_build_windows_resamples_pivots_asof_joins_and_unpivots_as_pandas_does(
+    session: Session, tmp_path: Path
+) -> None:
+    from test_page import axe_violations, check_everywhere  # here: test_page imports this module
+
+    readings = _readings_csv(tmp_path / "readings.csv")
+    outside = pd.DataFrame({"t": [pd.Timestamp("2024-03-01 02:00") + pd.Timedelta(hours=7 * i) for i in range(12)]})
+    outside["outside"] = [round(4 + 0.5 * i, 2) for i in range(len(outside))]
+    outside.to_csv(tmp_path / "outside.csv", index=False)
+    right = upload_over_http(session.server, tmp_path / "outside.csv")
+    dataset = upload_over_http(session.server, tmp_path / "readings.csv")
+    page = session.open(dataset)
+    time = page.locator("#time")
+
+    # A 7-row rolling mean of temp: pandas' rolling(7).mean(), missing until seven rows are in.
+    time.get_by_role("button", name="Add a window column").click()
+    row = page.locator("#window-rows li").last
+    row.get_by_label("Window function", exact=True).select_option("ROLLING_MEAN")
+    row.get_by_label("Window column", exact=True).select_option("temp")
+    row.get_by_label("Rows in the window", exact=True).fill("7")
+    page.get_by_role("button", name="Show the result").click()
+    expect(page.locator("#result-table thead th").last).to_contain_text("temp_rolling_mean")
+    got = [_number(r["temp_rolling_mean"]) for r in table(page.locator("#result-table table"))]
+    want = readings["temp"].rolling(7).mean()
+    assert got == [None if pd.isna(v) else float(shown(v).replace(",", "")) for v in want]
+    assert got[6] is not None and got[5] is None
+    session.shot("window")
+
+    # A period that does not parse: the API's Problem in the window's row, the period box marked.
+    row.get_by_label("Rows in the window", exact=True).fill("")
+    row.get_by_label("Or a period of time", exact=True).fill("7 days")
+    row.get_by_label("Ordered by", exact=True).select_option("t")
+    page.get_by_role("button", name="Show the result").click()
+    alert = row.get_by_role("alert")
+    expect(alert).to_contain_text('the period "7 days" does not parse')
+    assert "Traceback" not in alert.inner_text() and "/" not in alert.inner_text().split(";")[0]
+    expect(row.get_by_label("Or a period of time", exact=True)).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#apply-error")).to_be_hidden()
+    check_everywhere(session, "window-error")  # both widths and themes: it fits, and axe finds nothing serious
+
+    # A daily resample with the mean and the count: pandas' groupby(Grouper(freq="1D")), empty days left out.
+    row.get_by_role("button", name="Remove this window column").click()
+    resample = page.locator("#resample")
+    resample.get_by_label("Time column", exact=True).select_option("t")
+    resample.get_by_label("Every", exact=True).fill("1d")
+    for fn in ("MEAN", "COUNT"):
+        resample.get_by_role("button", name="Add a resample summary").click()
+        agg = page.locator("#resample-aggs li").last
+        agg.get_by_label("Resample summary", exact=True).select_option(fn)
+        agg.get_by_label("Column to resample", exact=True).select_option("temp")
+    page.get_by_role("button", name="Show the result").click()
+    daily = readings.groupby(pd.Grouper(key="t", freq="1D"))["temp"].agg(["mean", "count"])
+    daily = daily[daily["count"] > 0]
+    expect(page.locator("#result-count")).to_have_text(f"{len(daily)} rows")
+    rows = table(page.locator("#result-table table"))
+    assert [r["t"][:10] for r in rows] == [str(d.date()) for d in daily.index]
+    assert [r["temp_mean"] for r in rows] == [shown(v) for v in daily["mean"]]
+    assert [r["temp_count"] for r in rows] == [shown(v) for v in daily["count"]]
+    expect(page.locator("#chart .scope")).to_contain_text("resampled every 1d")
+    session.shot("resample")
+
+    # The export and the recipe work on the resample: the file holds pandas' numbers, named after it.
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Export and download").click()
+    assert download.value.suggested_filename == f"{dataset}-every-1d.csv"
+    download.value.save_as(tmp_path / "daily.csv")
+    exported = pd.read_csv(tmp_path / "daily.csv")
+    assert list(exported["temp_count"]) == list(daily["count"])
+    assert [round(v, 9) for v in exported["temp_mean"]] == [round(v, 9) for v in daily["mean"]]
+    page.get_by_role("button", name="Copy as Polars").click()
+    expect(page.get_by_role("region", name="Polars script")).to_contain_text("import polars")
+
+    # Start over, then a pivot: one row per day, a column per sensor with its mean temperature.
+    page.get_by_role("button", name="Start over").click()
+    expect(page.locator("#resample-aggs li")).to_have_count(0)
+    pivot = page.locator("#pivot")
+    pivot.get_by_role("group", name="Pivot: one row per value of").get_by_text("day", exact=True).click()
+    pivot.get_by_label("Columns from", exact=True).select_option("sensor")
+    pivot.get_by_label("Values from", exact=True).select_option("temp")
+    pivot.get_by_label("Combine with", exact=True).select_option("MEAN")
+    page.get_by_role("button", name="Show the result").click()
+    wide = readings.pivot_table(index="day", columns="sensor", values="temp", aggfunc="mean", dropna=False)
+    expect(page.locator("#result-count")).to_have_text(f"{len(wide)} rows")
+    header = page.locator("#result-table thead th")
+    expect(header).to_have_count(1 + len(wide.columns))
+    assert [t.split()[0] for t in header.all_inner_texts()] == ["day", *wide.columns]
+    rows = table(page.locator("#result-table table"))
+    assert [r["day"][:10] for r in rows] == list(wide.index)
+    for sensor in wide.columns:
+        assert [r[sensor] for r in rows] == ["–" if pd.isna(v) else shown(v) for v in wide[sensor]], sensor
+    session.shot("pivot")
+    assert axe_violations(page) == []
+
+    # An as-of join: each reading takes the last outside reading at most 4 hours before it (merge_asof).
+    page.get_by_role("button", name="Start over").click()
+    asof = page.locator("#asof")
+    asof.get_by_label("With", exact=True).select_option(right)
+    asof.get_by_label("Time column here", exact=True).select_option("t")
+    asof.get_by_label("At most this far", exact=True).fill("4h")
+    page.get_by_role("button", name="Show the result").click()
+    merged = pd.merge_asof(readings, pd.read_csv(tmp_path / "outside.csv", parse_dates=["t"]), on="t",
+                           tolerance=pd.Timedelta("4h"))  # fmt: skip
+    expect(page.locator("#result-table thead th").last).to_contain_text("outside")  # as many rows as before
+    expect(page.locator("#result-count")).to_have_text(f"{len(merged)} rows")
+    rows = table(page.locator("#result-table table"))
+    assert [r["outside"] for r in rows] == ["–" if pd.isna(v) else shown(v) for v in merged["outside"]]
+    assert "–" in [r["outside"] for r in rows]  # the tolerance left some without a match
+
+    # An unpivot: temp becomes rows of a name and a value, as pandas.melt.
+    page.get_by_role("button", name="Start over").click()
+    unpivot = page.locator("#unpivot")
+    for name in ("t", "sensor"):
+        unpivot.get_by_role("group", name="Unpivot: keep these columns").get_by_text(name, exact=True).click()
+    unpivot.get_by_role("group", name="Unpivot: turn these columns into rows").get_by_text("temp", exact=True).click()
+    unpivot.get_by_label("Value column", exact=True).fill("reading")
+    page.get_by_role("button", name="Show the result").click()
+    melted = readings.melt(id_vars=["t", "sensor"], value_vars=["temp"], value_name="reading")
+    header = page.locator("#result-table thead th")
+    expect(header.last).to_contain_text("reading")  # as many columns as before: wait for the new ones
+    expect(header).to_have_count(len(melted.columns))
+    assert [t.split()[0] for t in header.all_inner_texts()] == list(melted.columns)
+    rows = table(page.locator("#result-table table"))
+    assert [(r["variable"], r["reading"]) for r in rows] == [("temp", shown(v)) for v in melted["reading"]]
+    session.shot("unpivot")

@@ -1,10 +1,11 @@
-// Section 2's menus: join another dataset, filter rows (column, operator, value), group by
-// columns with summaries, sort the outcome by one column. They become `steps` for the API's pipeline(steps:), and an error the
+// Section 2's menus: join another dataset, filter rows (column, operator, value), time series and
+// reshaping (timeshape.js), group by columns with summaries, sort the outcome by one column. They become `steps` for the API's pipeline(steps:), and an error the
 // API gives for a step is shown next to the menu that made it.
 
 import { graphql, unwrap } from "./api.js";
 import { $, checkedIn, chips, clearErrors, fillSelect, h, isNumeric, showError, showQuery } from "./dom.js";
 import { COLUMNS, JOINABLE } from "./queries.js";
+import { initTimeShape } from "./timeshape.js";
 
 const OPS = {
   EQ: "equals",
@@ -111,6 +112,8 @@ export function initBuilder(app) {
       joinable = []; // the picker's page still offers its datasets
     }
   }
+
+  const time = initTimeShape({ columns: () => columns, rightDatasets: joinChoices, removeButton });
 
   function renderJoinChoices() {
     const others = joinChoices().map((d) => ({ value: d.id, label: `${d.name} (${d.id})` }));
@@ -258,6 +261,7 @@ export function initBuilder(app) {
     columns = next;
     chips(groupKeys, columns.map((c) => c.name), new Set(checkedIn(groupKeys)), "group-key");
     for (const li of [...filterList.children, ...aggList.children]) refreshers.get(li)();
+    time.refresh();
     renderSort();
   }
 
@@ -282,7 +286,8 @@ export function initBuilder(app) {
   }
 
   // The steps, and errors back to their menus ----------------------------------------------------
-  /** The pipeline the menus describe, in order: join, filter, group. */
+  /** The pipeline the menus describe, in order: join, filter, window, as-of join, resample, group,
+   * pivot, unpivot, sort. */
   function steps() {
     const out = [];
     made = [];
@@ -296,6 +301,7 @@ export function initBuilder(app) {
       out.push({ filter: rows.map(readCondition) });
       made.push({ kind: "filter", rows });
     }
+    time.timeSteps(out, made);
     const by = checkedIn(groupKeys);
     const aggRows = [...aggList.children];
     if (by.length || aggRows.length) {
@@ -303,6 +309,7 @@ export function initBuilder(app) {
       out.push({ groupBy: { by, aggregations } });
       made.push({ kind: "groupBy", rows: aggRows });
     }
+    time.reshapeSteps(out, made);
     const sort = sortStep();
     if (sort) {
       out.push(sort);
@@ -317,7 +324,8 @@ export function initBuilder(app) {
     // A GraphQL variables error names its place ("... at [1].filter[0].op: ..."); the API's own
     // messages start with the step's name and quote the column ('filter on "age" ...').
     const at = (pattern) => Number(pattern.exec(message)?.[1] ?? -1);
-    const source = made[at(/\[(\d+)\]\.\w+/)] ?? made.find((m) => message.startsWith(m.kind));
+    // ("join" must not claim "joinAsof: ...": the kind is followed by a space or a colon.)
+    const source = made[at(/\[(\d+)\]\.\w+/)] ?? made.find((m) => new RegExp(`^${m.kind}[ :]`).test(message));
     const names = quoted(message);
     const naming = (selector) => (li) => names.includes($(selector, li).value);
     if (source?.kind === "filter") {
@@ -340,7 +348,7 @@ export function initBuilder(app) {
       showError($("#join-error"), message, joinRight);
       return true;
     }
-    return false;
+    return source ? time.placeError(source, message, at, naming) : false;
   }
 
   function reset() {
@@ -352,6 +360,7 @@ export function initBuilder(app) {
     sortOrder.value = "asc";
     clearErrors($("#shape"));
     renderJoinKeys();
+    time.reset();
     setColumns(state.current?.columns ?? []);
   }
 
@@ -367,6 +376,7 @@ export function initBuilder(app) {
   function renderJoin() {
     renderJoinChoices();
     renderJoinKeys();
+    time.renderAsof();
   }
   // The join's list is fetched once, and again only when datasets come, go or change their columns
   // (a live event); paging or searching the picker only adds its page to it.

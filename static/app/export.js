@@ -15,7 +15,12 @@ export function exportStem(state) {
   for (const step of state.applied) {
     if (step.join) parts.push("joined", step.join.right);
     if (step.filter) parts.push("filtered", "by", ...new Set(step.filter.map((c) => c.column)));
+    if (step.window) parts.push("with", ...step.window.map((w) => w.alias ?? `${w.column}_${w.fn.toLowerCase()}`));
+    if (step.joinAsof) parts.push("asof", step.joinAsof.right);
+    if (step.resample) parts.push("every", step.resample.every);
     if (step.groupBy) parts.push("grouped", "by", ...step.groupBy.by);
+    if (step.pivot) parts.push("pivoted", "by", step.pivot.columns);
+    if (step.unpivot) parts.push("unpivoted");
     if (step.sort) parts.push("sorted", "by", ...step.sort.map((k) => k.column));
     if (step.select) parts.push(`${step.select.length}-columns`);
   }

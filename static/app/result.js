@@ -26,7 +26,12 @@ export function scopeOf(state) {
   for (const step of state.applied) {
     if (step.join) parts.push(`joined with “${step.join.right}” on ${step.join.on.join(", ")}`);
     if (step.filter) parts.push(`filtered (${step.filter.length} condition${step.filter.length === 1 ? "" : "s"})`);
+    if (step.window) parts.push(`with ${step.window.map((w) => w.alias ?? `${w.column}_${w.fn.toLowerCase()}`).join(", ")}`);
+    if (step.joinAsof) parts.push(`joined as of “${step.joinAsof.on}” with “${step.joinAsof.right}”`);
+    if (step.resample) parts.push(`resampled every ${step.resample.every} on “${step.resample.on}”`);
     if (step.groupBy) parts.push(`grouped by ${step.groupBy.by.join(", ") || "nothing"}`);
+    if (step.pivot) parts.push(`pivoted by ${step.pivot.columns}`);
+    if (step.unpivot) parts.push("unpivoted");
     if (step.sort) parts.push(`sorted by ${step.sort.map((k) => k.column + (k.descending ? " (descending)" : "")).join(", ")}`);
     if (step.select) parts.push(`${step.select.length} column${step.select.length === 1 ? "" : "s"} kept`);
   }

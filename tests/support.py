@@ -282,6 +282,30 @@ def scratch_postgres_database() -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def scratch_schema(dialect: str, prefix: str) -> Iterator[tuple[sa.Engine, str]]:
+    """An engine on the test database of `dialect` ("postgresql" or "mysql") and a new, empty schema
+    in it (a MariaDB database), named from `prefix`; dropped afterwards. Skips, or under CI fails,
+    when the database is not running."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    if dialect == "postgresql":
+        require_service(5432, "PostgreSQL")
+        engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
+        create, drop = f"CREATE SCHEMA {name}", f"DROP SCHEMA {name} CASCADE"
+    else:
+        require_service(3306, "MariaDB")
+        engine = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306/test")
+        create, drop = f"CREATE DATABASE {name}", f"DROP DATABASE {name}"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(create)
+    try:
+        yield engine, name
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(drop)
+        engine.dispose()
+
+
+@contextlib.contextmanager
 def fresh_redis(url: str) -> Iterator[Any]:
     """A client of the Redis database at `url`, emptied before and after (skips, or under CI fails,
     when Redis is not running)."""

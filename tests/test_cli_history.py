@@ -17,38 +17,12 @@ from typing import Any
 import pandas as pd
 import pytest
 from support import datagraph_cli, make_settings, serving
+from test_diff import APPENDED, BASE, _csv, _edited
 
 APPEND = "mutation($d: ID!, $r: JSON!) { appendRows(dataset: $d, rows: $r) { success error { message } } }"
 VERSIONS = "query($d: ID!) { dataset(id: $d) { version versions { number origin rowCount bytes columns { name } } } }"
 
-BASE = pd.DataFrame(
-    {
-        "id": range(1, 31),
-        "city": [f"c{i % 7}" for i in range(30)],
-        "amount": [float(i) * 1.5 if i % 9 else None for i in range(30)],
-        "units": [i % 5 for i in range(30)],
-    }
-)
-APPENDED = [{"id": 31, "city": "c9", "amount": 2.0, "units": 1}, {"id": 32, "city": "c9", "amount": None, "units": 2}]
-
-
-def _edited() -> pd.DataFrame:
-    """Version 3: rows 5..9 removed, some values changed (one to null, one from null), rows added."""
-    frame = pd.concat([BASE, pd.DataFrame(APPENDED)], ignore_index=True)
-    frame = frame[~frame["id"].between(5, 9)].copy()
-    frame.loc[frame["id"] == 3, "amount"] = 99.0
-    frame.loc[frame["id"] == 11, "amount"] = None
-    frame.loc[frame["id"] == 19, "amount"] = 7.0  # was null (18 % 9 == 0)
-    frame.loc[frame["id"] == 20, "city"] = "elsewhere"
-    extra = pd.DataFrame({"id": [100, 101], "city": ["new", None], "amount": [1.0, None], "units": [0, 1]})
-    return pd.concat([frame, extra], ignore_index=True)
-
-
 FRAMES = {1: BASE, 2: pd.concat([BASE, pd.DataFrame(APPENDED)], ignore_index=True), 3: _edited()}
-
-
-def _csv(frame: pd.DataFrame) -> bytes:
-    return frame.to_csv(index=False).encode()
 
 
 @dataclass
@@ -165,8 +139,8 @@ def test_diff_by_key_prints_the_counts_and_changed_rows_pandas_finds(history: Hi
         "c2",
         "c2",
     )
-    eleven = next(r for r in rows if r["id"] == "11")
-    assert (eleven["amount"], eleven["amount__before"]) == ("null", "15.0")
+    nineteen = next(r for r in rows if r["id"] == "19")
+    assert (nineteen["amount"], nineteen["amount__before"]) == ("7.0", "null")
     assert "... " not in done.stdout  # all of them shown
     assert "columns added    -" in done.stdout and "type changes     -" in done.stdout
 

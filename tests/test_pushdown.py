@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 from polars.testing import assert_frame_equal
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from support import DATA, require_service
+from support import DATA, scratch_schema
 
 from connectors.linked import fetch_frame
 from connectors.pushdown import Pushed, count_query, push_down
@@ -66,7 +66,6 @@ FRAMES = {
     ),
 }
 DIALECTS = ("sqlite", "postgresql", "mysql")
-RUN = uuid.uuid4().hex[:8]
 
 
 @dataclass
@@ -118,28 +117,13 @@ def _load(engine: sa.Engine, schema: str | None) -> dict[str, sa.Table]:
 @pytest.fixture(scope="module", params=DIALECTS)
 def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Db]:
     dialect: str = request.param
-    name = f"pushdown_{RUN}"
     if dialect == "sqlite":
         engine = sa.create_engine(f"sqlite:///{tmp_path_factory.mktemp('pushdown') / 'linked.sqlite'}")
         yield Db(dialect, engine, _load(engine, None))
         engine.dispose()
         return
-    if dialect == "postgresql":
-        require_service(5432, "PostgreSQL")
-        engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
-        create, drop = f"CREATE SCHEMA {name}", f"DROP SCHEMA {name} CASCADE"
-    else:
-        require_service(3306, "MariaDB")
-        engine = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306/test")
-        create, drop = f"CREATE DATABASE {name}", f"DROP DATABASE {name}"
-    with engine.begin() as conn:
-        conn.exec_driver_sql(create)
-    try:
+    with scratch_schema(dialect, "pushdown") as (engine, name):
         yield Db(dialect, engine, _load(engine, name))
-    finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(drop)
-        engine.dispose()
 
 
 def _engine_run(frame: pl.DataFrame, steps: Sequence[Step], tmp_path: Path) -> pl.DataFrame:

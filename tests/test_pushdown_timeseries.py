@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 from polars.testing import assert_frame_equal
 from sqlalchemy.dialects import mysql
-from support import make_settings, require_service, serving
+from support import make_settings, scratch_schema, serving
+from test_pushdown import _engine_run
 
 from connectors.linked import fetch_frame
 from connectors.pushdown import push_down
@@ -31,7 +31,6 @@ from engine import (
     GroupBy,
     JoinAsof,
     Pivot,
-    Plan,
     Resample,
     Select,
     Slice,
@@ -42,7 +41,6 @@ from engine import (
     Unpivot,
     WindowSpec,
     WindowStep,
-    build,
 )
 
 T = dt.datetime
@@ -100,7 +98,6 @@ SERIES = pl.DataFrame(
         ],
     }
 )
-RUN = uuid.uuid4().hex[:8]
 
 
 @dataclass
@@ -125,18 +122,7 @@ def _columns() -> list[sa.Column[Any]]:
 @pytest.fixture(scope="module", params=["postgresql", "mysql"])
 def db(request: pytest.FixtureRequest) -> Iterator[Db]:
     dialect: str = request.param
-    name = f"pushts_{RUN}"
-    if dialect == "postgresql":
-        require_service(5432, "PostgreSQL")
-        engine = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test")
-        create, drop = f"CREATE SCHEMA {name}", f"DROP SCHEMA {name} CASCADE"
-    else:
-        require_service(3306, "MariaDB")
-        engine = sa.create_engine("mysql+pymysql://root@127.0.0.1:3306/test")
-        create, drop = f"CREATE DATABASE {name}", f"DROP DATABASE {name}"
-    with engine.begin() as conn:
-        conn.exec_driver_sql(create)
-    try:
+    with scratch_schema(dialect, "pushts") as (engine, name):
         meta = sa.MetaData(schema=name)
         keyed = sa.Table(
             "series", meta, sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False), *_columns()
@@ -151,17 +137,6 @@ def db(request: pytest.FixtureRequest) -> Iterator[Db]:
         with engine.connect() as conn:
             tables = [sa.Table(t, reflected, autoload_with=conn) for t in ("series", "bare")]
         yield Db(dialect, engine, *tables)
-    finally:
-        with engine.begin() as conn:
-            conn.exec_driver_sql(drop)
-        engine.dispose()
-
-
-def _engine_run(frame: pl.DataFrame, steps: Sequence[Step], tmp_path: Path) -> pl.DataFrame:
-    path = tmp_path / f"{uuid.uuid4().hex}.parquet"
-    frame.write_parquet(path)
-    lazy, _ = build(Plan(Source("linked", 1, path), tuple(steps)))
-    return lazy.collect()
 
 
 def _runs(
@@ -514,24 +489,21 @@ LINKED = """query($d: ID!, $steps: [Step!]!) { dataset(id: $d) { pipeline(steps:
 def test_a_linked_table_runs_window_and_resample_in_postgresql(tmp_path: Path) -> None:
     """Through the API: `explain` and the recipe show the pushed SQL; the rows equal the same
     pipeline on a copy of the table."""
-    require_service(5432, "PostgreSQL")
-    schema = f"dg_pushts_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test", isolation_level="AUTOCOMMIT")
-    meta = sa.MetaData(schema=schema)
-    table = sa.Table(
-        "series", meta, sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False), *_columns()
-    )
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-        meta.create_all(conn)
-        conn.execute(table.insert(), SERIES.to_dicts())
-    sources = tmp_path / "sources.yaml"
-    sources.write_text(
-        f"sources:\n  live:\n    kind: postgresql\n    url: postgresql://postgres@127.0.0.1:5432/test\n    schema: {schema}\n"
-    )
-    imports = """mutation($mode: ImportMode!) { importTable(source: "live", table: "series", mode: $mode) {
-      success error { message } dataset { id } } }"""
-    try:
+    with scratch_schema("postgresql", "dg_pushts") as (admin, schema):
+        meta = sa.MetaData(schema=schema)
+        table = sa.Table(
+            "series", meta, sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False), *_columns()
+        )
+        with admin.begin() as conn:
+            meta.create_all(conn)
+            conn.execute(table.insert(), SERIES.to_dicts())
+        sources = tmp_path / "sources.yaml"
+        sources.write_text(
+            "sources:\n  live:\n    kind: postgresql\n    url: postgresql://postgres@127.0.0.1:5432/test\n"
+            f"    schema: {schema}\n"
+        )
+        imports = """mutation($mode: ImportMode!) { importTable(source: "live", table: "series", mode: $mode) {
+          success error { message } dataset { id } } }"""
         with serving(make_settings(tmp_path, sources=str(sources))) as api:
             ids = {}
             for mode in ("LINK", "SNAPSHOT"):
@@ -545,10 +517,6 @@ def test_a_linked_table_runs_window_and_resample_in_postgresql(tmp_path: Path) -
             assert linked["recipe"]["data"]["sql"] == sql
             assert linked["rows"]["success"], linked["rows"]["error"]
             assert linked["rows"]["data"] == copied["rows"]["data"]
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
 
 
 def test_sqlite_pushes_neither_window_nor_resample() -> None:

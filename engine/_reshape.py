@@ -137,6 +137,8 @@ class Unpivot:
     on: tuple[str, ...] | None = None
     variable_name: str = "variable"
     value_name: str = "value"
+    # It makes rows x len(on) rows: more than join_max_rows of them is refused as a join would be.
+    max_rows: int = JOIN_MAX_ROWS
 
 
 def reshape_key(step: JoinAsof | Pivot | Unpivot) -> dict[str, Any]:
@@ -342,6 +344,11 @@ def _pivot_checks(schema: Mapping[str, pl.DataType], step: Pivot) -> None:
     check_columns(step.index, schema, "pivot index")
     check_columns([step.columns], schema, "pivot columns")
     check_columns([step.values], schema, "pivot values")
+    if schema[step.columns].is_nested():
+        raise BadInput(
+            f'pivot columns: "{step.columns}" is a {dtype_name(schema[step.columns])} column; its values cannot'
+            " name columns. Pivot on a column of text, numbers, dates or booleans."
+        )
     if step.columns in step.index or step.values in step.index:
         raise BadInput("pivot: columns and values must not be index columns.")
     if step.columns == step.values:
@@ -359,7 +366,7 @@ def pivot_names(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType], step: Pi
     _pivot_checks(schema, step)
     col = pl.col(step.columns)
     limit = step.max_columns
-    levels = [pl.col(k).n_unique().alias(f"\x00{i}") for i, k in enumerate(step.index)] if len(step.index) > 1 else []
+    levels = [pl.col(k).n_unique().alias(f"\x00{i}") for i, k in enumerate(step.index)]
     found = frame.select(
         col.n_unique().alias("n"),
         col.unique().sort(nulls_last=True).head(max(limit, 0) + 1).implode().alias("v"),
@@ -367,7 +374,7 @@ def pivot_names(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType], step: Pi
     ).collect()
     count, values = int(found["n"][0]), found["v"][0].to_list()
     combinations = math.prod(int(found[f"\x00{i}"][0]) for i in range(len(levels)))
-    if levels and step.max_rows > 0 and combinations > step.max_rows:
+    if len(levels) > 1 and step.max_rows > 0 and combinations > step.max_rows:
         raise TooLarge(
             f"pivot: the index columns' values make {combinations:,} combinations, a row each, more than the"
             f" {step.max_rows:,} rows the server allows (setting join_max_rows); pivot on fewer index columns."
@@ -377,7 +384,21 @@ def pivot_names(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType], step: Pi
             f'pivot: column "{step.columns}" has {count:,} distinct values, more than the {limit:,} columns a pivot'
             " may make (setting pivot_max_columns); filter first, or pivot on a column with fewer values."
         )
+    # Its output holds rows x columns cells (each column under pivot_max_columns, a million index keys
+    # would still be gigabytes): counted against join_max_rows, as a join's rows are.
+    if step.max_rows > 0 and combinations * count > step.max_rows:
+        raise TooLarge(
+            f"pivot: {combinations:,} rows x {count:,} columns make {combinations * count:,} cells, more than the"
+            f" {step.max_rows:,} the server allows (setting join_max_rows); filter first, or pivot on fewer keys."
+        )
     named = [(v, "null" if v is None else str(v)) for v in values]
+    names = [name for _, name in named]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise BadInput(
+            f'pivot: two values of column "{step.columns}" would both name the column "{twice[0]}" (a missing'
+            ' value is named "null"); clean one of them first.'
+        )
     clash = [name for _, name in named if name in step.index]
     if clash:
         raise BadInput(
@@ -458,6 +479,8 @@ def unpivot_columns(schema: Mapping[str, pl.DataType], step: Unpivot) -> list[st
             raise BadInput(f"unpivot: {arg} must not be empty.")
         if name in step.index:
             raise BadInput(f'unpivot: {arg} "{name}" is already an index column; choose another name.')
+        if name in schema:
+            raise BadInput(f'unpivot: {arg} "{name}" is already a column; choose another name.')
     if step.variable_name == step.value_name:
         raise BadInput("unpivot: variableName and valueName must differ.")
     return on
@@ -468,7 +491,14 @@ def unpivot_as_text(schema: Mapping[str, pl.DataType], on: list[str]) -> bool:
     booleans, ...): then their values become text, as their pandas melt would be objects."""
     kinds = {_kind(schema[c]) for c in on}
     same = len({schema[c] for c in on}) == 1
-    return not same and kinds != {"number"}
+    text = not same and kinds != {"number"}
+    nested = [c for c in on if schema[c].is_nested()]
+    if text and nested:
+        raise BadInput(
+            f'unpivot: "{nested[0]}" is a {dtype_name(schema[nested[0]])} column and the other columns are not of'
+            " its type, so their values have no common type; unpivot it on its own (on), or select it out first."
+        )
+    return text
 
 
 def unpivot(
@@ -477,7 +507,16 @@ def unpivot(
     """`pandas.melt(id_vars=index, value_vars=on)`: column by column, rows in order; the values take
     the type all of them fit: one type as it is, numbers of two types the wider, anything else text."""
     on = unpivot_columns(schema, step)
-    if unpivot_as_text(schema, on):  # Polars finds no common type for some pairs (and panics on them)
+    text = unpivot_as_text(schema, on)
+    if step.max_rows > 0 and len(on) > 1:  # one row per row and column: counted before it runs
+        rows = frame.select(pl.len()).collect().item()
+        if rows * len(on) > step.max_rows:
+            raise TooLarge(
+                f"unpivot: {rows:,} rows x {len(on):,} columns make {rows * len(on):,} rows, more than the"
+                f" {step.max_rows:,} the server allows (setting join_max_rows); unpivot fewer columns (on) or filter"
+                " first."
+            )
+    if text:  # Polars finds no common type for some pairs (and panics on them)
         frame = frame.with_columns(pl.col(on).cast(pl.String))
     row = "\x00row"
     # Polars' streaming engine unpivots piece by piece: the order melt gives is restored by a sort.

@@ -256,6 +256,11 @@ def asof_right_side(
                 f'joinAsof: by column "{key}" is {dtype_name(schema[key])} on the left and'
                 f" {dtype_name(right_schema[key])} on the right; clean(cast) one side first."
             )
+        if schema[key].is_integer() and right_schema[key].is_float():  # the cast would cut 1.5 to 1
+            raise BadInput(
+                f'joinAsof: by column "{key}" holds whole numbers on the left and decimals on the right;'
+                " clean(cast) the left one to a decimal type first."
+            )
     tolerance = _tolerance(step, left_type)
     keys = [*step.by, *([right_on] if right_on == step.on else [])]
     renames = right_renames(schema, right_schema, keys)

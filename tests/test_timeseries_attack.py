@@ -22,6 +22,7 @@ from engine._plan import Aggregation
 
 PIPELINE = """query($d: ID!, $steps: [Step!]!) { dataset(id: $d) { pipeline(steps: $steps) {
   rows(limit: 50) { success error { code message } data meta { columns { name } } } } } }"""
+RUN = """mutation($r: JSON!, $n: String!) { runRecipe(recipe: $r, name: $n) { success error { code message } } }"""
 SAVE = """mutation($d: ID!, $steps: [Step!]!, $n: String!) { saveFrame(dataset: $d, steps: $steps, name: $n) {
   success error { code message } dataset { id } } }"""
 JOIN_MAX_ROWS = 5_000
@@ -61,7 +62,7 @@ def _clear(message: str) -> None:
 def test_a_pivot_whose_cells_pass_the_limit_is_too_large(app: Api) -> None:
     """2,000 index keys x 50 new columns = 100,000 cells, each column under pivot_max_columns: the
     pivot's output is rows x columns, and a million-row index under the column limit would be
-    tens of gigabytes. Refused by the rows x columns count, through pipeline and saveFrame alike."""
+    tens of gigabytes. Refused by the rows x columns count, through pipeline, saveFrame and runRecipe alike."""
     step = {"pivot": {"index": ["k"], "columns": "c", "values": "v"}}
     answer = _pipeline(app, "tall", [step])
     assert answer["error"]["code"] == "TOO_LARGE", answer
@@ -69,6 +70,8 @@ def test_a_pivot_whose_cells_pass_the_limit_is_too_large(app: Api) -> None:
     assert "2,000 rows" in message and "50 columns" in message and "join_max_rows" in message, message
     saved = app.data(SAVE, {"d": "tall", "steps": [step], "n": "pivot saved"})["saveFrame"]
     assert saved["error"]["code"] == "TOO_LARGE", saved
+    run = app.data(RUN, {"r": {"steps": [step], "sources": [{"dataset": "tall"}]}, "n": "pivot run"})["runRecipe"]
+    assert run["error"]["code"] == "TOO_LARGE", run
     fits = _pipeline(app, "tall", [{"filter": [{"column": "v", "op": "LT", "value": 100}]}, step])
     assert fits["success"] and len(fits["meta"]["columns"]) == 51, fits
 
@@ -82,6 +85,9 @@ def test_an_unpivot_whose_rows_pass_the_limit_is_too_large(app: Api) -> None:
     assert "6,000 rows" in answer["error"]["message"] and "join_max_rows" in answer["error"]["message"]
     saved = app.data(SAVE, {"d": "wide", "steps": [step], "n": "melt saved"})["saveFrame"]
     assert saved["error"]["code"] == "TOO_LARGE", saved
+    recipe = {"steps": [step], "sources": [{"dataset": "wide"}]}
+    run = app.data(RUN, {"r": recipe, "n": "melt run"})["runRecipe"]
+    assert run["error"]["code"] == "TOO_LARGE", run
     fits = _pipeline(app, "wide", [{"slice": {"offset": 0, "limit": 50}}, step])
     assert fits["success"], fits
 
@@ -158,3 +164,14 @@ def test_pivot_values_whose_names_clash_are_a_problem(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match='would both name the column "null"') as caught:
         engine.count(Plan(Source("words", 1, path), (engine.Pivot(("k",), "c", "v"),)))
     _clear(caught.value.message)
+
+
+def test_an_asof_by_key_of_whole_numbers_against_decimals_is_a_problem(tmp_path: Path) -> None:
+    """Cast to the left's integers, 1.5 would become 1 and match the wrong group; pandas refuses the
+    pair ("incompatible merge keys")."""
+    left, right = tmp_path / "left.parquet", tmp_path / "right.parquet"
+    pl.DataFrame({"t": [1, 2, 3], "g": [1, 1, 2]}).write_parquet(left)
+    pl.DataFrame({"t": [1, 2, 3], "g": [1.5, 1.5, 2.5], "y": [10, 20, 30]}).write_parquet(right)
+    step = engine.JoinAsof(Source("right", 1, right), "t", by=("g",))
+    with pytest.raises(BadInput, match='by column "g" holds whole numbers on the left and decimals on the right'):
+        engine.count(Plan(Source("left", 1, left), (step,)))

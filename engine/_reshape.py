@@ -53,6 +53,11 @@ ASOF_STRATEGIES = ("BACKWARD", "FORWARD", "NEAREST")
 # seconds, milli-, micro- or nanoseconds ("5m", "2d", "1h30m"); months and years have no fixed length.
 _DURATION = re.compile(r"(?:\d{1,9}(?:ns|us|ms|s|m|h|d|w)){1,8}", flags=re.ASCII)
 _MAX_TOLERANCE = 2**53  # a number beyond any key's range would overflow Polars' integer tolerance
+_PIVOT_CELL, _UNPIVOT_ROW = "\x00cell", "\x00row"  # helper columns (the recipe scripts name them too)
+
+
+def _reserved(name: str, where: str) -> BadInput:
+    return BadInput(f"{where}: the column {name!r} has a name used inside the step; rename it first (clean).")
 
 
 AGG_FNS = ("COUNT", "SUM", "MEAN", "MEDIAN", "MIN", "MAX", "STD", "VAR", "N_UNIQUE", "FIRST", "LAST")
@@ -358,6 +363,8 @@ def _pivot_checks(schema: Mapping[str, pl.DataType], step: Pivot) -> None:
         raise BadInput("pivot: columns and values must not be index columns.")
     if step.columns == step.values:
         raise BadInput("pivot: columns and values must be different columns.")
+    if _PIVOT_CELL in step.index:
+        raise _reserved(_PIVOT_CELL, "pivot index")
     if step.fn not in AGG_FNS:
         raise BadInput(f'pivot: unknown fn "{step.fn}"; use one of {", ".join(AGG_FNS)}.')
     dtype = schema[step.values]
@@ -438,7 +445,7 @@ def pivot(
     index key (missing keys form a group, sorted last), a cell with no rows is missing."""
     named = pivot_names(frame, schema, step)
     index = list(step.index)
-    cell = "\x00cell"
+    cell = _PIVOT_CELL
     # One aggregation per (index key, value) present (FIRST and LAST in the frame's order, as pandas),
     # spread into a column per value: a cell with no rows is missing, one whose values all are has
     # the aggregation of nothing (COUNT 0), as pandas.
@@ -476,6 +483,8 @@ def unpivot_columns(schema: Mapping[str, pl.DataType], step: Unpivot) -> list[st
             raise BadInput("unpivot names a column more than once in on.")
         if set(step.on) & set(step.index):
             raise BadInput("unpivot: a column cannot be in both index and on.")
+    if _UNPIVOT_ROW in schema:
+        raise _reserved(_UNPIVOT_ROW, "unpivot")
     on = list(step.on) if step.on is not None else [c for c in schema if c not in step.index]
     if not on:
         raise BadInput("unpivot needs at least one column in on (or a column that is not in index).")
@@ -523,7 +532,7 @@ def unpivot(
             )
     if text:  # Polars finds no common type for some pairs (and panics on them)
         frame = frame.with_columns(pl.col(on).cast(pl.String))
-    row = "\x00row"
+    row = _UNPIVOT_ROW
     # Polars' streaming engine unpivots piece by piece: the order melt gives is restored by a sort.
     melted = (
         frame.with_row_index(row)

@@ -18,6 +18,7 @@ from support import Api, make_settings, serving
 import engine
 from datagraph.errors import BadInput
 from engine import Plan, Resample, Source, WindowSpec, WindowStep
+from engine._clean import Clean, Rename
 from engine._plan import Aggregation
 
 PIPELINE = """query($d: ID!, $steps: [Step!]!) { dataset(id: $d) { pipeline(steps: $steps) {
@@ -175,3 +176,22 @@ def test_an_asof_by_key_of_whole_numbers_against_decimals_is_a_problem(tmp_path:
     step = engine.JoinAsof(Source("right", 1, right), "t", by=("g",))
     with pytest.raises(BadInput, match='by column "g" holds whole numbers on the left and decimals on the right'):
         engine.count(Plan(Source("left", 1, left), (step,)))
+
+
+@pytest.mark.parametrize(
+    ("renamed", "step", "where"),
+    [
+        ("k", engine.Unpivot(("\x00row",)), "unpivot"),
+        ("b", engine.Unpivot(("k",), ("a",)), "unpivot"),
+        ("k", engine.Pivot(("\x00cell",), "c", "a"), "pivot index"),
+    ],
+)
+def test_a_column_named_like_a_helper_is_a_problem(tmp_path: Path, renamed: str, step: Any, where: str) -> None:
+    """A rename can give a column any name, the helpers' too (a row number, a pivot's cell): a
+    Problem, not Polars' duplicate-column error."""
+    path = tmp_path / "named.parquet"
+    pl.DataFrame({"k": [1, 2, 2], "a": [1.0, 2.0, 3.0], "b": [3.0, 4.0, 5.0], "c": ["x", "y", "x"]}).write_parquet(path)
+    helper = "\x00row" if isinstance(step, engine.Unpivot) else "\x00cell"
+    plan = Plan(Source("named", 1, path), (Clean((Rename(((renamed, helper),)),)), step))
+    with pytest.raises(BadInput, match=f"{where}: the column .* has a name used inside the step"):
+        engine.count(plan)

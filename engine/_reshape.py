@@ -379,9 +379,10 @@ def pivot_names(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType], step: Pi
     col = pl.col(step.columns)
     limit = step.max_columns
     levels = [pl.col(k).n_unique().alias(f"\x00{i}") for i, k in enumerate(step.index)]
+    distinct = col.unique().sort(nulls_last=True)
     found = frame.select(
         col.n_unique().alias("n"),
-        col.unique().sort(nulls_last=True).head(max(limit, 0) + 1).implode().alias("v"),
+        (distinct.head(limit + 1) if limit > 0 else distinct).implode().alias("v"),  # 0: no limit
         *levels,
     ).collect()
     count, values = int(found["n"][0]), found["v"][0].to_list()

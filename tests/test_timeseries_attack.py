@@ -195,3 +195,13 @@ def test_a_column_named_like_a_helper_is_a_problem(tmp_path: Path, renamed: str,
     plan = Plan(Source("named", 1, path), (Clean((Rename(((renamed, helper),)),)), step))
     with pytest.raises(BadInput, match=f"{where}: the column .* has a name used inside the step"):
         engine.count(plan)
+
+
+def test_pivot_max_columns_zero_means_no_limit_not_one_column(tmp_path: Path) -> None:
+    """The setting's 0 is "no limit"; the distinct values were cut to the limit + 1, so one column."""
+    path = tmp_path / "three.parquet"
+    pl.DataFrame({"k": [1, 1, 2], "c": ["x", "y", "z"], "v": [1.0, 2.0, 3.0]}).write_parquet(path)
+    got = engine.rows(
+        Plan(Source("three", 1, path), (engine.Pivot(("k",), "c", "v", max_columns=0),)), limit=5, offset=0
+    )
+    assert got.records == [{"k": 1, "x": 1.0, "y": 2.0, "z": None}, {"k": 2, "x": None, "y": None, "z": 3.0}]

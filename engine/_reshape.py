@@ -370,6 +370,10 @@ def _pivot_checks(schema: Mapping[str, pl.DataType], step: Pivot) -> None:
     dtype = schema[step.values]
     if step.fn in _NUMERIC_FNS and not (dtype.is_numeric() and dtype != pl.Boolean):
         raise BadInput(f'pivot: fn {step.fn} needs a numeric values column; "{step.values}" is {dtype_name(dtype)}.')
+    if step.fn in ("MIN", "MAX") and dtype.is_nested():
+        raise BadInput(
+            f'pivot: fn {step.fn} needs values with an order; "{step.values}" is a {dtype_name(dtype)} column.'
+        )
 
 
 def pivot_names(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType], step: Pivot) -> list[tuple[Any, str]]:

@@ -205,3 +205,15 @@ def test_pivot_max_columns_zero_means_no_limit_not_one_column(tmp_path: Path) ->
         Plan(Source("three", 1, path), (engine.Pivot(("k",), "c", "v", max_columns=0),)), limit=5, offset=0
     )
     assert got.records == [{"k": 1, "x": 1.0, "y": 2.0, "z": None}, {"k": 2, "x": None, "y": None, "z": 3.0}]
+
+
+@pytest.mark.parametrize("fn", ["MIN", "MAX"])
+@pytest.mark.parametrize("column", ["l", "st"])
+def test_min_and_max_of_lists_or_structs_are_problems(nested: Source, fn: str, column: str) -> None:
+    """Polars has no order on them: a Problem naming the fn, not an INTERNAL error."""
+    pivoted = engine.Pivot(("x",), "t", column, fn)
+    with pytest.raises(BadInput, match=f'pivot: fn {fn} needs values with an order; "{column}" is a'):
+        engine.count(Plan(nested, (pivoted,)))
+    resampled = Resample("t", "1d", (), (Aggregation(column, fn, None),))
+    with pytest.raises(BadInput, match=f'resample aggregations: {fn} needs values with an order; "{column}" is a'):
+        engine.count(Plan(nested, (resampled,)))

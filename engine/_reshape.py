@@ -250,6 +250,12 @@ def asof_right_side(
             f' is {dtype_name(left_type)} on the left and "{right_on}" {dtype_name(right_type)} on the right.'
             " clean(cast) one side first."
         )
+    zones = [t.time_zone for t in (left_type, right_type) if isinstance(t, pl.Datetime)]
+    if len(zones) == 2 and (zones[0] is None) != (zones[1] is None):  # a cast would read the naive one as UTC
+        raise BadInput(
+            f'joinAsof: of the timestamps "{step.on}" (left) and "{right_on}" (right), one has a time zone and the'
+            " other none; clean one side first so that both have a zone or neither does."
+        )
     if left_type.is_integer() and right_type.is_float():  # a cast to the left's type would cut decimals off
         raise BadInput(
             f'joinAsof: "{step.on}" holds whole numbers on the left and "{right_on}" decimals on the right;'

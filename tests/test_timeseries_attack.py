@@ -217,3 +217,17 @@ def test_min_and_max_of_lists_or_structs_are_problems(nested: Source, fn: str, c
     resampled = Resample("t", "1d", (), (Aggregation(column, fn, None),))
     with pytest.raises(BadInput, match=f'resample aggregations: {fn} needs values with an order; "{column}" is a'):
         engine.count(Plan(nested, (resampled,)))
+
+
+def test_an_asof_join_of_zoned_and_naive_times_is_a_problem(tmp_path: Path) -> None:
+    """A naive right time was read as UTC against a zoned left one; pandas refuses the pair."""
+    left, right = tmp_path / "left.parquet", tmp_path / "right.parquet"
+    zoned = pl.DataFrame({"t": [dt.datetime(2024, 1, 1, 12)]}).with_columns(
+        pl.col("t").dt.replace_time_zone("Asia/Tokyo")
+    )
+    zoned.write_parquet(left)
+    pl.DataFrame({"t": [dt.datetime(2024, 1, 1, 11, 30)], "y": [1]}).write_parquet(right)
+    for a, b in ((left, right), (right, left)):
+        step = engine.JoinAsof(Source("b", 1, b), "t")
+        with pytest.raises(BadInput, match="one has a time zone and the other none"):
+            engine.count(Plan(Source("a", 1, a), (step,)))

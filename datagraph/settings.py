@@ -121,7 +121,8 @@ class Settings(BaseSettings):
         50_000_000,
         ge=0,
         description="Most rows a join or as-of join may make, estimated from the key counts of both sides before"
-        " it runs; over it is TOO_LARGE. 0: no limit.",
+        " it runs, and most rows an unpivot or cells (rows x columns) a pivot may make; over it is TOO_LARGE."
+        " 0: no limit.",
     )
     pivot_max_columns: int = Field(
         1_000, ge=0, description="Most columns a pivot may make (distinct values of its columns column); 0: no limit."

@@ -53,6 +53,11 @@ ASOF_STRATEGIES = ("BACKWARD", "FORWARD", "NEAREST")
 # seconds, milli-, micro- or nanoseconds ("5m", "2d", "1h30m"); months and years have no fixed length.
 _DURATION = re.compile(r"(?:\d{1,9}(?:ns|us|ms|s|m|h|d|w)){1,8}", flags=re.ASCII)
 _MAX_TOLERANCE = 2**53  # a number beyond any key's range would overflow Polars' integer tolerance
+_PIVOT_CELL, _UNPIVOT_ROW = "\x00cell", "\x00row"  # helper columns (the recipe scripts name them too)
+
+
+def _reserved(name: str, where: str) -> BadInput:
+    return BadInput(f"{where}: the column {name!r} has a name used inside the step; rename it first (clean).")
 
 
 AGG_FNS = ("COUNT", "SUM", "MEAN", "MEDIAN", "MIN", "MAX", "STD", "VAR", "N_UNIQUE", "FIRST", "LAST")
@@ -137,6 +142,8 @@ class Unpivot:
     on: tuple[str, ...] | None = None
     variable_name: str = "variable"
     value_name: str = "value"
+    # It makes rows x len(on) rows: more than join_max_rows of them is refused as a join would be.
+    max_rows: int = JOIN_MAX_ROWS
 
 
 def reshape_key(step: JoinAsof | Pivot | Unpivot) -> dict[str, Any]:
@@ -243,6 +250,12 @@ def asof_right_side(
             f' is {dtype_name(left_type)} on the left and "{right_on}" {dtype_name(right_type)} on the right.'
             " clean(cast) one side first."
         )
+    zones = [t.time_zone for t in (left_type, right_type) if isinstance(t, pl.Datetime)]
+    if len(zones) == 2 and (zones[0] is None) != (zones[1] is None):  # a cast would read the naive one as UTC
+        raise BadInput(
+            f'joinAsof: of the timestamps "{step.on}" (left) and "{right_on}" (right), one has a time zone and the'
+            " other none; clean one side first so that both have a zone or neither does."
+        )
     if left_type.is_integer() and right_type.is_float():  # a cast to the left's type would cut decimals off
         raise BadInput(
             f'joinAsof: "{step.on}" holds whole numbers on the left and "{right_on}" decimals on the right;'
@@ -253,6 +266,11 @@ def asof_right_side(
             raise BadInput(
                 f'joinAsof: by column "{key}" is {dtype_name(schema[key])} on the left and'
                 f" {dtype_name(right_schema[key])} on the right; clean(cast) one side first."
+            )
+        if schema[key].is_integer() and right_schema[key].is_float():  # the cast would cut 1.5 to 1
+            raise BadInput(
+                f'joinAsof: by column "{key}" holds whole numbers on the left and decimals on the right;'
+                " clean(cast) the left one to a decimal type first."
             )
     tolerance = _tolerance(step, left_type)
     keys = [*step.by, *([right_on] if right_on == step.on else [])]
@@ -342,15 +360,26 @@ def _pivot_checks(schema: Mapping[str, pl.DataType], step: Pivot) -> None:
     check_columns(step.index, schema, "pivot index")
     check_columns([step.columns], schema, "pivot columns")
     check_columns([step.values], schema, "pivot values")
+    if schema[step.columns].is_nested():
+        raise BadInput(
+            f'pivot columns: "{step.columns}" is a {dtype_name(schema[step.columns])} column; its values cannot'
+            " name columns. Pivot on a column of text, numbers, dates or booleans."
+        )
     if step.columns in step.index or step.values in step.index:
         raise BadInput("pivot: columns and values must not be index columns.")
     if step.columns == step.values:
         raise BadInput("pivot: columns and values must be different columns.")
+    if _PIVOT_CELL in step.index:
+        raise _reserved(_PIVOT_CELL, "pivot index")
     if step.fn not in AGG_FNS:
         raise BadInput(f'pivot: unknown fn "{step.fn}"; use one of {", ".join(AGG_FNS)}.')
     dtype = schema[step.values]
     if step.fn in _NUMERIC_FNS and not (dtype.is_numeric() and dtype != pl.Boolean):
         raise BadInput(f'pivot: fn {step.fn} needs a numeric values column; "{step.values}" is {dtype_name(dtype)}.')
+    if step.fn in ("MIN", "MAX") and dtype.is_nested():
+        raise BadInput(
+            f'pivot: fn {step.fn} needs values with an order; "{step.values}" is a {dtype_name(dtype)} column.'
+        )
 
 
 def pivot_names(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType], step: Pivot) -> list[tuple[Any, str]]:
@@ -359,15 +388,16 @@ def pivot_names(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType], step: Pi
     _pivot_checks(schema, step)
     col = pl.col(step.columns)
     limit = step.max_columns
-    levels = [pl.col(k).n_unique().alias(f"\x00{i}") for i, k in enumerate(step.index)] if len(step.index) > 1 else []
+    levels = [pl.col(k).n_unique().alias(f"\x00{i}") for i, k in enumerate(step.index)]
+    distinct = col.unique().sort(nulls_last=True)
     found = frame.select(
         col.n_unique().alias("n"),
-        col.unique().sort(nulls_last=True).head(max(limit, 0) + 1).implode().alias("v"),
+        (distinct.head(limit + 1) if limit > 0 else distinct).implode().alias("v"),  # 0: no limit
         *levels,
     ).collect()
     count, values = int(found["n"][0]), found["v"][0].to_list()
     combinations = math.prod(int(found[f"\x00{i}"][0]) for i in range(len(levels)))
-    if levels and step.max_rows > 0 and combinations > step.max_rows:
+    if len(levels) > 1 and step.max_rows > 0 and combinations > step.max_rows:
         raise TooLarge(
             f"pivot: the index columns' values make {combinations:,} combinations, a row each, more than the"
             f" {step.max_rows:,} rows the server allows (setting join_max_rows); pivot on fewer index columns."
@@ -377,7 +407,21 @@ def pivot_names(frame: pl.LazyFrame, schema: Mapping[str, pl.DataType], step: Pi
             f'pivot: column "{step.columns}" has {count:,} distinct values, more than the {limit:,} columns a pivot'
             " may make (setting pivot_max_columns); filter first, or pivot on a column with fewer values."
         )
+    # Its output holds rows x columns cells (each column under pivot_max_columns, a million index keys
+    # would still be gigabytes): counted against join_max_rows, as a join's rows are.
+    if step.max_rows > 0 and combinations * count > step.max_rows:
+        raise TooLarge(
+            f"pivot: {combinations:,} rows x {count:,} columns make {combinations * count:,} cells, more than the"
+            f" {step.max_rows:,} the server allows (setting join_max_rows); filter first, or pivot on fewer keys."
+        )
     named = [(v, "null" if v is None else str(v)) for v in values]
+    names = [name for _, name in named]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise BadInput(
+            f'pivot: two values of column "{step.columns}" would both name the column "{twice[0]}" (a missing'
+            ' value is named "null"); clean one of them first.'
+        )
     clash = [name for _, name in named if name in step.index]
     if clash:
         raise BadInput(
@@ -412,7 +456,7 @@ def pivot(
     index key (missing keys form a group, sorted last), a cell with no rows is missing."""
     named = pivot_names(frame, schema, step)
     index = list(step.index)
-    cell = "\x00cell"
+    cell = _PIVOT_CELL
     # One aggregation per (index key, value) present (FIRST and LAST in the frame's order, as pandas),
     # spread into a column per value: a cell with no rows is missing, one whose values all are has
     # the aggregation of nothing (COUNT 0), as pandas.
@@ -450,6 +494,8 @@ def unpivot_columns(schema: Mapping[str, pl.DataType], step: Unpivot) -> list[st
             raise BadInput("unpivot names a column more than once in on.")
         if set(step.on) & set(step.index):
             raise BadInput("unpivot: a column cannot be in both index and on.")
+    if _UNPIVOT_ROW in schema:
+        raise _reserved(_UNPIVOT_ROW, "unpivot")
     on = list(step.on) if step.on is not None else [c for c in schema if c not in step.index]
     if not on:
         raise BadInput("unpivot needs at least one column in on (or a column that is not in index).")
@@ -458,6 +504,8 @@ def unpivot_columns(schema: Mapping[str, pl.DataType], step: Unpivot) -> list[st
             raise BadInput(f"unpivot: {arg} must not be empty.")
         if name in step.index:
             raise BadInput(f'unpivot: {arg} "{name}" is already an index column; choose another name.')
+        if name in schema:
+            raise BadInput(f'unpivot: {arg} "{name}" is already a column; choose another name.')
     if step.variable_name == step.value_name:
         raise BadInput("unpivot: variableName and valueName must differ.")
     return on
@@ -468,7 +516,14 @@ def unpivot_as_text(schema: Mapping[str, pl.DataType], on: list[str]) -> bool:
     booleans, ...): then their values become text, as their pandas melt would be objects."""
     kinds = {_kind(schema[c]) for c in on}
     same = len({schema[c] for c in on}) == 1
-    return not same and kinds != {"number"}
+    text = not same and kinds != {"number"}
+    nested = [c for c in on if schema[c].is_nested()]
+    if text and nested:
+        raise BadInput(
+            f'unpivot: "{nested[0]}" is a {dtype_name(schema[nested[0]])} column and the other columns are not of'
+            " its type, so their values have no common type; unpivot it on its own (on), or select it out first."
+        )
+    return text
 
 
 def unpivot(
@@ -477,9 +532,18 @@ def unpivot(
     """`pandas.melt(id_vars=index, value_vars=on)`: column by column, rows in order; the values take
     the type all of them fit: one type as it is, numbers of two types the wider, anything else text."""
     on = unpivot_columns(schema, step)
-    if unpivot_as_text(schema, on):  # Polars finds no common type for some pairs (and panics on them)
+    text = unpivot_as_text(schema, on)
+    if step.max_rows > 0 and len(on) > 1:  # one row per row and column: counted before it runs
+        rows = frame.select(pl.len()).collect().item()
+        if rows * len(on) > step.max_rows:
+            raise TooLarge(
+                f"unpivot: {rows:,} rows x {len(on):,} columns make {rows * len(on):,} rows, more than the"
+                f" {step.max_rows:,} the server allows (setting join_max_rows); unpivot fewer columns (on) or filter"
+                " first."
+            )
+    if text:  # Polars finds no common type for some pairs (and panics on them)
         frame = frame.with_columns(pl.col(on).cast(pl.String))
-    row = "\x00row"
+    row = _UNPIVOT_ROW
     # Polars' streaming engine unpivots piece by piece: the order melt gives is restored by a sort.
     melted = (
         frame.with_row_index(row)

@@ -433,6 +433,11 @@ def resample_statements(step: Resample, schema: Mapping[str, pl.DataType], check
             check(agg, schema[agg.column])  # BadInput for an unknown fn or a text column's SUM
         except BadInput as exc:
             raise BadInput(exc.message.replace("groupBy:", "resample aggregations:", 1)) from None
+        if agg.fn in ("MIN", "MAX") and schema[agg.column].is_nested():  # Polars has no order on lists, structs
+            raise BadInput(
+                f'resample aggregations: {agg.fn} needs values with an order; "{agg.column}" is a'
+                f" {dtype_name(schema[agg.column])} column."
+            )
     names = [*step.by, step.on, *(a.output for a in step.aggregations)]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:

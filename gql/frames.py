@@ -310,7 +310,7 @@ def to_steps(ctx: Context, steps: list[StepInput]) -> list[engine.Step]:
             out.append(to_pivot(ctx, s.pivot.index, s.pivot.columns, s.pivot.values, s.pivot.fn))
         elif isinstance(s.unpivot, UnpivotInput):
             u = s.unpivot
-            out.append(to_unpivot(u.index, u.on, u.variable_name, u.value_name))
+            out.append(to_unpivot(ctx, u.index, u.on, u.variable_name, u.value_name))
     return out
 
 
@@ -397,12 +397,13 @@ class Frame:
     @strawberry.field(description="pandas.melt: the `on` columns (else every column not in index) become rows.")
     def unpivot(
         self,
+        info: strawberry.Info[Context, None],
         index: list[str],
         on: list[str] | None = None,
         variable_name: str | None = "variable",
         value_name: str | None = "value",
     ) -> Frame:
-        return self._then(to_unpivot(index, on, variable_name, value_name))
+        return self._then(to_unpivot(info.context, index, on, variable_name, value_name))
 
     @strawberry.field(
         description="Drop or fill nulls, cast, rename, drop duplicates, trim text, parse dates; in order."

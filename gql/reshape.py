@@ -93,11 +93,12 @@ def to_pivot(ctx: Context, index: list[str], columns: str, values: str, fn: Enum
 
 
 def to_unpivot(
-    index: list[str], on: list[str] | None, variable_name: str | None, value_name: str | None
+    ctx: Context, index: list[str], on: list[str] | None, variable_name: str | None, value_name: str | None
 ) -> engine.Unpivot:
     return engine.Unpivot(
         tuple(index),
         tuple(on) if on is not None else None,
         "variable" if variable_name is None else variable_name,
         "value" if value_name is None else value_name,
+        ctx.settings.join_max_rows,
     )

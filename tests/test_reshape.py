@@ -611,8 +611,11 @@ def test_a_nan_time_is_missing_as_pandas_counts_it(tmp_path: Path, here: dict[st
 
 
 def test_a_pivot_over_two_index_columns_is_refused_past_join_max_rows_combinations(here: dict[str, Source]) -> None:
-    """k has 5 values (one missing) and w 3: 15 rows, one per combination, as pandas' dropna=False."""
-    assert engine.count(Plan(here["cells"], (Pivot(("k", "w"), "c", "v", "SUM", max_rows=15),))) == 15
+    """k has 5 values (one missing) and w 3: 15 rows, one per combination, as pandas' dropna=False;
+    with c's 6 values (one missing), 90 cells, also counted against the limit."""
+    assert engine.count(Plan(here["cells"], (Pivot(("k", "w"), "c", "v", "SUM", max_rows=90),))) == 15
+    with pytest.raises(TooLarge, match=r"15 rows x 6 columns make 90 cells, more than the 89 .*setting join_max_rows"):
+        engine.count(Plan(here["cells"], (Pivot(("k", "w"), "c", "v", "SUM", max_rows=89),)))
     with pytest.raises(TooLarge, match=r"make 15 combinations, a row each, more than the 14 .*setting join_max_rows"):
         engine.count(Plan(here["cells"], (Pivot(("k", "w"), "c", "v", "SUM", max_rows=14),)))
 

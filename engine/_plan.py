@@ -243,8 +243,13 @@ class Plan:
 
 
 def step_size(step: Step) -> int:
-    """A step's weight against max_steps: a clean step weighs as many steps as it has."""
-    return max(1, len(step.steps)) if isinstance(step, Clean) else 1
+    """A step's weight against max_steps: a clean step weighs as many steps as it has, a window step
+    as many as its specs (each is a column computed over every row)."""
+    if isinstance(step, Clean):
+        return max(1, len(step.steps))
+    if isinstance(step, WindowStep):
+        return max(1, len(step.specs))
+    return 1
 
 
 def too_many_steps(size: int, limit: int) -> str | None:

@@ -245,8 +245,10 @@ def _steps_over(ctx: Context, steps: list[StepInput] | None, root: Callable[[], 
 
 
 def count_steps(steps: list[StepInput]) -> int:
-    """How many steps a pipeline has against max_steps, counted before any is converted."""
-    return sum(max(1, len(s.clean)) if isinstance(s.clean, list) else 1 for s in steps)
+    """How many steps a pipeline has against max_steps, counted before any is converted (a clean step
+    weighs as many as its steps, a window as many as its specs)."""
+    listed = (s.clean if isinstance(s.clean, list) else s.window if isinstance(s.window, list) else [] for s in steps)
+    return sum(max(1, len(inner)) for inner in listed)
 
 
 def chart_spec(spec: ChartInput) -> dict[str, Any]:
@@ -414,8 +416,8 @@ class Frame:
     @strawberry.field(
         description="Add one column per spec (rolling, cumulative, shifted, ranked); rows keep their order."
     )
-    def window(self, specs: list[WindowInput]) -> Frame:
-        return self._then(to_window(specs))
+    def window(self, info: strawberry.Info[Context, None], specs: list[WindowInput]) -> Frame:
+        return self._refused(info.context, max(1, len(specs))) or self._then(to_window(specs))
 
     @strawberry.field(
         description='One row per by keys and period of `every` ("1d", "1h", "1mo") on the time column `on`; periods'

@@ -118,7 +118,11 @@ def _steps(info: strawberry.Info[Context, None], raw: Any) -> list[StepInput]:
     for i, step in enumerate(raw):  # @oneOf, checked first: the size below counts by each step's one field
         if not isinstance(step, dict) or len(step) != 1 or next(iter(step)) not in _STEP_FIELDS:
             raise BadInput(f"runRecipe: recipe.steps[{i}] must set exactly one of {', '.join(_STEP_FIELDS)}.")
-    size = sum(max(1, len(s["clean"])) if isinstance(s.get("clean"), list) else 1 for s in raw)
+    size = sum(
+        max(1, len(s[field])) if field in ("clean", "window") and isinstance(s[field], list) else 1
+        for s in raw
+        for field in s
+    )  # as count_steps counts: a clean step by its steps, a window by its specs
     refused = engine.too_many_steps(size, info.context.settings.max_steps)
     if refused is not None:
         raise BadInput(refused)

@@ -231,3 +231,28 @@ def test_an_asof_join_of_zoned_and_naive_times_is_a_problem(tmp_path: Path) -> N
         step = engine.JoinAsof(Source("b", 1, b), "t")
         with pytest.raises(BadInput, match="one has a time zone and the other none"):
             engine.count(Plan(Source("a", 1, a), (step,)))
+
+
+# --- a window of many specs counts against max_steps ---------------------------------------------------
+
+WINDOW_FIELD = """query($d: ID!, $specs: [WindowInput!]!) { dataset(id: $d) { window(specs: $specs) {
+  rows(limit: 1) { success error { code message } } } } }"""
+
+
+def test_a_window_weighs_as_many_steps_as_it_has_specs(app: Api) -> None:
+    """Each spec is a column computed over every row: hundreds of period specs in one window step would
+    hold a worker until the deadline. They count against max_steps (200) as a clean step's steps do,
+    on every path: the Frame field, pipeline(steps:) and runRecipe; nothing is computed or created."""
+    spec = {"column": "v", "fn": "CUM_SUM"}
+    many = [{**spec, "alias": f"s{i}"} for i in range(201)]
+    field = app.data(WINDOW_FIELD, {"d": "tall", "specs": many})["dataset"]["window"]["rows"]
+    piped = _pipeline(app, "tall", [{"window": many}])
+    before = len(app.data("{ datasets { id } }")["datasets"])
+    recipe = {"steps": [{"window": many}], "sources": [{"dataset": "tall"}]}
+    ran = app.data(RUN, {"r": recipe, "n": "too wide"})["runRecipe"]
+    for answer in (field, piped, ran):
+        assert not answer["success"] and answer["error"]["code"] == "BAD_INPUT", answer
+        assert "at most 200 steps" in answer["error"]["message"] and "201" in answer["error"]["message"]
+    assert len(app.data("{ datasets { id } }")["datasets"]) == before
+    fits = app.data(WINDOW_FIELD, {"d": "tall", "specs": many[:200]})["dataset"]["window"]["rows"]
+    assert fits["success"], fits

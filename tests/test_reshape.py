@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 from polars.testing import assert_frame_equal
-from support import DATA, Api, ingested, make_settings, require_service, serving
+from support import DATA, GUARDED, Api, ingested, make_settings, require_service, serving
 from test_recipe import FRAME, RUN, SAVE, _check, _frame, _normalised, _parquet, exports, scripts
 
 import engine
@@ -80,7 +80,7 @@ def here(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Source]:
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     """One app for the module: tips, penguins, taxis and the generated data. Workers under a 2 GiB cap,
     so a guard that failed to refuse a join would stop a worker, not the machine."""
-    settings = make_settings(tmp_path_factory.mktemp("reshape"), worker_memory_mb=2048)
+    settings = make_settings(tmp_path_factory.mktemp("reshape"), worker_memory_mb=2048, **GUARDED)
     with serving(settings) as api:
         for path in ("tips.csv", "penguins.csv", "taxis.csv"):
             api.upload_ok(DATA / path)

@@ -262,19 +262,24 @@ def _period_statements(
         parts[s] = f"{x}.fill_null(0)"
     if spec.fn == "ROLLING_STD":
         parts[q] = f"({x}.fill_null(0) ** 2)"
+    # The running totals over the rows of one time are made only for rows whose time occurs more than
+    # once (a group-by over by and time on every row costs more than the windows), joined back by row.
+    r, tied = f"{temp}_r", {name: f"{temp}_t{name[-1]}" for name in (*parts, m)}
+    running = [f"{col(name)}.cum_sum().over({tie}).alias({tied[name]!r})" for name in parts]
     totals = [
         f"({_over(f'{col(name)}.rolling_sum_by({key}, {period.polars!r}, closed={chr(39)}none{chr(39)})', spec.by)}"
-        f".fill_null(0) + {col(name)}.cum_sum().over({tie})).alias({name!r})"
+        f".fill_null(0) + pl.coalesce({col(tied[name])}, {col(name)})).alias({name!r})"
         for name in parts
     ]
-    helpers = [k, *parts]
+    helpers = [k, r, *parts, *(tied[name] for name in parts)]
     if spec.fn in ("ROLLING_MIN", "ROLLING_MAX"):
         fn = spec.fn.removeprefix("ROLLING_").lower()
         inside = _over(f"{x}.rolling_{fn}_by({key}, {period.polars!r}, closed='none')", spec.by)
-        so_far = f"{x}.cum_{fn}().fill_null(strategy='forward').over({tie})"
-        totals.append(f"pl.{fn}_horizontal({inside}, {so_far}).alias({m!r})")
-        helpers.append(m)
+        running.append(f"{x}.cum_{fn}().fill_null(strategy='forward').over({tie}).alias({tied[m]!r})")
+        totals.append(f"pl.{fn}_horizontal({inside}, pl.coalesce({col(tied[m])}, {x})).alias({m!r})")
+        helpers += [tied[m], m]
     statements = [
+        f"frame = frame.with_row_index({r!r})",
         call(
             "frame = frame.with_columns",
             [
@@ -282,6 +287,8 @@ def _period_statements(
                 *(f"{e}.alias({name!r})" for name, e in parts.items()),
             ],
         ),
+        f"frame = frame.join(frame.filter({col(order)}.is_duplicated()).select({r!r}, {', '.join(running)}),"
+        f" on={r!r}, how='left', maintain_order='left')",
         call("frame = frame.with_columns", totals),
     ]
     values = {
@@ -314,7 +321,7 @@ def window_statements(step: WindowStep, schema: Mapping[str, pl.DataType]) -> li
     exprs, helpers = [], []
     for number, spec, period in timed:
         temp = f"__w{number}"
-        while any(f"{temp}_{part}" in taken for part in "nsqmk"):
+        while any(f"{temp}_{part}" in taken for part in ("n", "s", "q", "m", "k", "r", "tn", "ts", "tq", "tm")):
             temp += "_"
         statements, result, made = _period_statements(spec, period, schema, temp)
         lines.append(

@@ -58,7 +58,8 @@ schema: .venv/.synced
 # (bench/listing.py, about a minute) and a cached answer against a bare Starlette app under wrk
 # (bench/wire.py, about a minute). `make bench-all` adds the focused benchmarks
 # (bench/sources.py needs the PostgreSQL on 127.0.0.1:5432; bench/history.py diffs two versions of 1M rows and
-# times `at(version:)`).
+# times `at(version:)`; bench/timeseries.py times a 7-day rolling mean per user, a daily resample and an
+# as-of join against 100,000 events beside Polars by hand and pandas).
 bench: .venv/.synced
 	.venv/bin/python bench/journey.py
 	.venv/bin/python bench/wire.py
@@ -70,6 +71,7 @@ bench-all: bench
 	.venv/bin/python bench/sources.py
 	.venv/bin/python bench/events.py
 	.venv/bin/python bench/history.py
+	.venv/bin/python bench/timeseries.py
 
 clean:
 	rm -rf .venv .tools

@@ -251,7 +251,8 @@ def _period_statements(
     order = spec.order_by
     assert order is not None
     time = col(order) if schema[order] != pl.Date else f"{col(order)}.cast(pl.Datetime('us'))"
-    key = f"{time}.fill_null({time}.max())"  # missing times sort last; their own results are null
+    k = f"{temp}_k"  # the time, as a column: an expression inside `over` would be evaluated per partition
+    key = col(k)
     tie = py([*spec.by, order])
     x = f"{col(spec.column)}.cast(pl.Float64)"
     minimum = int(spec.min_periods) if spec.min_periods is not None else 1
@@ -261,20 +262,33 @@ def _period_statements(
         parts[s] = f"{x}.fill_null(0)"
     if spec.fn == "ROLLING_STD":
         parts[q] = f"({x}.fill_null(0) ** 2)"
+    # The running totals over the rows of one time are made only for rows whose time occurs more than
+    # once (a group-by over by and time on every row costs more than the windows), joined back by row.
+    r, tied = f"{temp}_r", {name: f"{temp}_t{name[-1]}" for name in (*parts, m)}
+    running = [f"{col(name)}.cum_sum().over({tie}).alias({tied[name]!r})" for name in parts]
     totals = [
         f"({_over(f'{col(name)}.rolling_sum_by({key}, {period.polars!r}, closed={chr(39)}none{chr(39)})', spec.by)}"
-        f".fill_null(0) + {col(name)}.cum_sum().over({tie})).alias({name!r})"
+        f".fill_null(0) + pl.coalesce({col(tied[name])}, {col(name)})).alias({name!r})"
         for name in parts
     ]
-    helpers = list(parts)
+    helpers = [k, r, *parts, *(tied[name] for name in parts)]
     if spec.fn in ("ROLLING_MIN", "ROLLING_MAX"):
         fn = spec.fn.removeprefix("ROLLING_").lower()
         inside = _over(f"{x}.rolling_{fn}_by({key}, {period.polars!r}, closed='none')", spec.by)
-        so_far = f"{x}.cum_{fn}().fill_null(strategy='forward').over({tie})"
-        totals.append(f"pl.{fn}_horizontal({inside}, {so_far}).alias({m!r})")
-        helpers.append(m)
+        running.append(f"{x}.cum_{fn}().fill_null(strategy='forward').over({tie}).alias({tied[m]!r})")
+        totals.append(f"pl.{fn}_horizontal({inside}, pl.coalesce({col(tied[m])}, {x})).alias({m!r})")
+        helpers += [tied[m], m]
     statements = [
-        call("frame = frame.with_columns", [f"{e}.alias({name!r})" for name, e in parts.items()]),
+        f"frame = frame.with_row_index({r!r})",
+        call(
+            "frame = frame.with_columns",
+            [
+                f"{time}.fill_null({time}.max()).alias({k!r})",  # missing times last; their results are null
+                *(f"{e}.alias({name!r})" for name, e in parts.items()),
+            ],
+        ),
+        f"frame = frame.join(frame.filter({col(order)}.is_duplicated()).select({r!r}, {', '.join(running)}),"
+        f" on={r!r}, how='left', maintain_order='left')",
         call("frame = frame.with_columns", totals),
     ]
     values = {
@@ -298,39 +312,43 @@ def window_statements(step: WindowStep, schema: Mapping[str, pl.DataType]) -> li
     for name in outputs:
         if name in schema or outputs.count(name) > 1:
             raise BadInput(f'window: the output column "{name}" would appear twice; give the spec an alias.')
-    orders = list(dict.fromkeys(s.order_by for s in step.specs))
-    orders.sort(key=lambda o: o is not None)  # file order first: it needs no sort
     taken = {*schema, *outputs}
+    lines: list[str] = []
+    # Period windows first, in the file's order: a window over (t - period, t) plus a running total over
+    # the rows of time t needs no sort (the rows of one time keep the file's order), and sorting a large
+    # frame and back costs more than the windows themselves.
+    timed = [(n, s, p) for n, (s, p) in enumerate(zip(step.specs, periods, strict=True)) if p is not None]
+    exprs, helpers = [], []
+    for number, spec, period in timed:
+        temp = f"__w{number}"
+        while any(f"{temp}_{part}" in taken for part in ("n", "s", "q", "m", "k", "r", "tn", "ts", "tq", "tm")):
+            temp += "_"
+        statements, result, made = _period_statements(spec, period, schema, temp)
+        lines.append(
+            f"# {spec.output!r}: {spec.fn} over ({spec.order_by!r} - {period.text!r}, {spec.order_by!r}];"
+            " rows at the same time count up to this one, as in pandas."
+        )
+        lines.extend(statements)
+        exprs.append(f"{result}.alias({spec.output!r})")
+        helpers.extend(made)
+    if timed:
+        lines.append(call("frame = frame.with_columns", exprs))
+        lines.append(f"frame = frame.drop({py(helpers)})")
+    rest = [spec for spec, period in zip(step.specs, periods, strict=True) if period is None]
+    orders = list(dict.fromkeys(s.order_by for s in rest))
+    orders.sort(key=lambda o: o is not None)  # file order first: it needs no sort
     row = _free_name(dict.fromkeys(taken), "__row")
     sorted_ = any(o is not None for o in orders)
-    lines = [f"frame = frame.with_row_index({row!r})"] if sorted_ else []
+    if sorted_:
+        lines.append(f"frame = frame.with_row_index({row!r})")
     for order in orders:
         if order is not None:  # ties (and missing times, last) keep the file's order
             lines.append(f"frame = frame.sort({py([order, row])}, nulls_last=True)")
-        exprs, helpers = [], []
-        for number, (spec, period) in enumerate(zip(step.specs, periods, strict=True)):
-            if spec.order_by != order:
-                continue
-            if period is None:
-                exprs.append(f"{_spec_expr(spec, period, schema)}.alias({spec.output!r})")
-                continue
-            temp = f"__w{number}"
-            while any(f"{temp}_{part}" in taken for part in "nsqm") or temp == row:
-                temp += "_"
-            statements, result, made = _period_statements(spec, period, schema, temp)
-            lines.append(
-                f"# {spec.output!r}: {spec.fn} over ({spec.order_by!r} - {period.text!r}, {spec.order_by!r}];"
-                " rows at the same time count up to this one, as in pandas."
-            )
-            lines.extend(statements)
-            exprs.append(f"{result}.alias({spec.output!r})")
-            helpers.extend(made)
+        exprs = [f"{_spec_expr(spec, None, schema)}.alias({spec.output!r})" for spec in rest if spec.order_by == order]
         lines.append(call("frame = frame.with_columns", exprs))
-        if helpers:
-            lines.append(f"frame = frame.drop({py(helpers)})")
     if sorted_:
         lines.append(f"frame = frame.sort({row!r}).drop({row!r})")
-    done = [s.output for order in orders for s in step.specs if s.order_by == order]
+    done = [s.output for _, s, _ in timed] + [s.output for order in orders for s in rest if s.order_by == order]
     if done != outputs:  # the added columns in the order of the specs
         lines.append(f"frame = frame.select({py([*schema, *outputs])})")
     return lines

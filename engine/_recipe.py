@@ -50,7 +50,7 @@ from engine._pysource import call, col, dtype_source, indented, py
 from engine._recipe_clean import clean_statements
 from engine._recipe_reshape import reshape_json, reshape_statements
 from engine._reshape import JoinAsof, Pivot, Unpivot
-from engine._timeseries import Resample, WindowStep, timeseries_json, timeseries_script
+from engine._timeseries import AGGREGATE_METHODS, Resample, WindowStep, timeseries_json, timeseries_script
 
 __all__ = ["recipe", "step_json"]
 
@@ -310,7 +310,7 @@ def _write_step(script: _Script, number: int, step: Step, schema: dict[str, pl.D
         right = script.arg(step.right) if isinstance(step, JoinAsof) and isinstance(step.right, Source) else ""
         light = _light(step) if isinstance(step, JoinAsof) else None
         assert light is None or isinstance(light, JoinAsof)
-        script.add(*reshape_statements(step, number, schema, right, _AGGREGATES, light))
+        script.add(*reshape_statements(step, number, schema, right, AGGREGATE_METHODS, light))
     else:
         _clean(script, number, step, schema)
 
@@ -354,26 +354,11 @@ def _condition(column: str, op: str, value: Any, schema: dict[str, pl.DataType])
     return f"{column_expr}.str.{_TEXT_METHODS[op]}({text})"
 
 
-_AGGREGATES = {
-    "COUNT": ".count()",
-    "SUM": ".sum()",
-    "MEAN": ".mean()",
-    "MEDIAN": ".median()",
-    "MIN": ".min()",
-    "MAX": ".max()",
-    "STD": ".std(ddof=1)",
-    "VAR": ".var(ddof=1)",
-    "N_UNIQUE": ".drop_nulls().n_unique()",
-    "FIRST": ".drop_nulls().first()",  # the first value that is not missing
-    "LAST": ".drop_nulls().last()",
-}
-
-
 def _group_by(script: _Script, number: int, step: GroupBy, schema: dict[str, pl.DataType]) -> None:
     keys = py(list(step.keys))
     ordered = any(a.fn in ("FIRST", "LAST") for a in step.aggregations)
     script.add(f"# Step {number}: groupBy, one row per key; sorted by the keys, missing keys last.")
-    aggregations = [f"{col(a.column)}{_AGGREGATES[a.fn]}.alias({a.output!r})" for a in step.aggregations]
+    aggregations = [f"{col(a.column)}{AGGREGATE_METHODS[a.fn]}.alias({a.output!r})" for a in step.aggregations]
     script.add(
         "frame = (",
         f"    frame.group_by({keys}, maintain_order={ordered})",

@@ -363,7 +363,9 @@ def apply_window(
 
 # --- resample -------------------------------------------------------------------------------------
 
-_AGGREGATES = {
+# Each aggregation fn as the method chain a script writes after `pl.col(...)`: `aggregate_expr`'s
+# expressions as text (the recipe's group-by and pivot statements use it too).
+AGGREGATE_METHODS = {
     "COUNT": ".count()",
     "SUM": ".sum()",
     "MEAN": ".mean()",
@@ -373,7 +375,7 @@ _AGGREGATES = {
     "STD": ".std(ddof=1)",
     "VAR": ".var(ddof=1)",
     "N_UNIQUE": ".drop_nulls().n_unique()",
-    "FIRST": ".drop_nulls().first()",
+    "FIRST": ".drop_nulls().first()",  # the first value that is not missing
     "LAST": ".drop_nulls().last()",
 }
 
@@ -463,7 +465,7 @@ def resample_statements(step: Resample, schema: Mapping[str, pl.DataType], check
     bucket = _free_name(schema, "__period")
     keys = [*step.by, bucket]
     ordered = any(a.fn in ("FIRST", "LAST") for a in step.aggregations)
-    aggs = [f"{col(a.column)}{_AGGREGATES[a.fn]}.alias({a.output!r})" for a in step.aggregations]
+    aggs = [f"{col(a.column)}{AGGREGATE_METHODS[a.fn]}.alias({a.output!r})" for a in step.aggregations]
     return [
         f"frame = frame.filter({col(step.on)}.is_not_null())",  # rows without a time are left out
         *_bucket(step.on, dtype, period, bucket),

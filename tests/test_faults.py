@@ -418,7 +418,7 @@ def test_f8_a_full_disk_under_the_metadata_store_is_storage_full(tmp_path: Path)
 @pytest.mark.slow  # kill/restart fault
 def test_f10_a_worker_killed_while_parsing_an_upload_fails_the_job_and_is_replaced(tmp_path: Path) -> None:
     before = _worker_pids()
-    settings = make_settings(tmp_path, workers=1)
+    settings = make_settings(tmp_path, workers=1, worker_idle_s=0)  # the worker started with the app, to stop
     with TestClient(create_app(settings)) as client:
         api = Api(client, settings)
         (worker,) = _worker_pids() - before

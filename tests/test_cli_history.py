@@ -1,8 +1,8 @@
 """`datagraph versions` and `datagraph diff` (issue 20, items 2 and 4 on the command line), run as a
 user runs them against a data directory a real app made (upload, append, replace; a dataset whose
 first version was pruned), with pandas as the oracle for the counts and the changed rows. Each command
-is a process start (about 2 s of imports on a loaded machine): the everyday tier runs the listing
-and the diff by key, the slow tier the rest."""
+is a process start (about 2 s of imports): the listing runs the installed command once, the rest run
+the command's own `main` in this process (support.datagraph_main), which proves the same output."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from support import datagraph_cli, make_settings, serving
+from support import datagraph_cli, datagraph_main, make_settings, serving
 from test_diff import APPENDED, BASE, _csv, _edited
 
 APPEND = "mutation($d: ID!, $r: JSON!) { appendRows(dataset: $d, rows: $r) { success error { message } } }"
@@ -63,8 +63,9 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
     yield History(settings.data_dir, sales, listed, pruned, twins, escapes)
 
 
-def _run(history: History, *args: str) -> Any:
-    return datagraph_cli(*args, "--data-dir", str(history.data_dir), check=False)
+def _run(history: History, *args: str, installed: bool = False) -> Any:
+    run = datagraph_cli if installed else datagraph_main
+    return run(*args, "--data-dir", str(history.data_dir), check=False)
 
 
 def _summary(out: str) -> dict[str, int]:
@@ -97,7 +98,7 @@ def _oracle(before: pd.DataFrame, after: pd.DataFrame, key: str) -> dict[str, An
 
 
 def test_versions_lists_newest_first_with_the_current_one_marked(history: History) -> None:
-    done = _run(history, "versions", history.sales)
+    done = _run(history, "versions", history.sales, installed=True)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[1].split() == ["version", "created", "at", "origin", "rows", "columns", "bytes"]
@@ -113,7 +114,6 @@ def test_versions_lists_newest_first_with_the_current_one_marked(history: Histor
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\d", r[1]) and re.fullmatch(r"\d\d:\d\d:\d\dZ", r[2]) for r in rows)
 
 
-@pytest.mark.slow  # a process start: 2 to 5 s on a loaded machine
 def test_versions_accepts_a_name_held_by_one_dataset_and_leaves_out_pruned_ones(history: History) -> None:
     done = _run(history, "versions", "Old rows")
     assert done.returncode == 0, done.stderr
@@ -145,7 +145,6 @@ def test_diff_by_key_prints_the_counts_and_changed_rows_pandas_finds(history: Hi
     assert "columns added    -" in done.stdout and "type changes     -" in done.stdout
 
 
-@pytest.mark.slow  # a process start: 2 to 5 s on a loaded machine
 def test_diff_caps_the_rows_at_the_limit_and_says_how_many_more(history: History) -> None:
     done = _run(history, "diff", history.sales, "2", "3", "--limit", "6")  # no key: whole rows, added and removed only
     assert done.returncode == 0, done.stderr
@@ -161,7 +160,6 @@ def test_diff_caps_the_rows_at_the_limit_and_says_how_many_more(history: History
     assert done.stdout.rstrip().endswith(f"... {added + removed - 6} more")
 
 
-@pytest.mark.slow  # a process start: 2 to 5 s on a loaded machine
 def test_diff_prints_no_control_character_of_the_data(history: History) -> None:
     done = _run(history, "diff", history.escapes, "1", "2", "--key", "id")
     assert done.returncode == 0, done.stderr
@@ -169,7 +167,6 @@ def test_diff_prints_no_control_character_of_the_data(history: History) -> None:
     assert _table(done.stdout) == [{"_change": "changed", "id": "1", "v": "\ufffd[2J\ufffd[31mred", "v__before": "a"}]
 
 
-@pytest.mark.slow  # a process start each (about 2 s of CPU on a loaded machine)
 @pytest.mark.parametrize(
     ("args", "message"),
     [

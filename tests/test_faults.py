@@ -130,7 +130,11 @@ def _worker_pids() -> set[int]:
     """This process's worker children (the in-process apps' pools)."""
     pids = set()
     for task in Path("/proc/self/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for pid in children:
             with contextlib.suppress(OSError):
                 if b"engine._worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     pids.add(int(pid))

@@ -107,6 +107,25 @@ def test_a_recipe_within_the_limits_still_runs(app: Api) -> None:
 # --- the script runs whatever its sources are called ----------------------------------------------
 
 
+def _run_and_compare(app: Api, node: dict[str, Any], script: Path, tmp_path: Path) -> None:
+    """Run the recipe's script (written to `script`) on the Parquet exports of its sources, each given
+    by the option the script names for it, and compare its output with the frame's own export."""
+    recipe = node["recipe"]["data"]
+    options = _options(recipe["polars"])
+    argv = []
+    for source in recipe["sources"]:
+        key = (source["dataset"], source["version"])
+        answer = app.data(SOURCE_EXPORT, {"d": key[0], "v": key[1]})["dataset"]["at"]["export"]
+        argv += [options[key], str(_download(app, answer, tmp_path / f"{key[0]}-{key[1]}.parquet"))]
+    out = tmp_path / "out.parquet"
+    done = subprocess.run(
+        [sys.executable, str(script), *argv, "--out", str(out)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    expected = _download(app, node["export"], tmp_path / "expected.parquet")
+    assert_frame_equal(pl.read_parquet(out), pl.read_parquet(expected), check_row_order=True)
+
+
 def _options(script: str) -> dict[tuple[str, int], str]:
     """(dataset, version) -> its command-line option, read from the script's parser (its help text)."""
     found = {}
@@ -159,18 +178,7 @@ def test_a_script_runs_whatever_its_sources_are_called(
     options = _options(recipe["polars"])
     assert len(set(options.values())) == len(options) == len(recipe["sources"]), options
     assert "--out" not in options.values() and "--help" not in options.values()
-    argv = []
-    for source in recipe["sources"]:
-        key = (source["dataset"], source["version"])
-        answer = app.data(SOURCE_EXPORT, {"d": key[0], "v": key[1]})["dataset"]["at"]["export"]
-        argv += [options[key], str(_download(app, answer, tmp_path / f"{key[0]}-{key[1]}.parquet"))]
-    out = tmp_path / "out.parquet"
-    done = subprocess.run(
-        [sys.executable, str(script), *argv, "--out", str(out)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    expected = _download(app, node["export"], tmp_path / "expected.parquet")
-    assert_frame_equal(pl.read_parquet(out), pl.read_parquet(expected), check_row_order=True)
+    _run_and_compare(app, node, script, tmp_path)
 
 
 def test_a_dataset_read_at_two_versions_keeps_the_documented_options(app: Api) -> None:
@@ -227,19 +235,7 @@ def test_a_decimal_columns_recipe_is_written_and_its_script_gives_the_frame(
     recipe = node["recipe"]["data"]
     script = tmp_path / "recipe.py"
     script.write_text(recipe["polars"])
-    options = _options(recipe["polars"])
-    argv = []
-    for source in recipe["sources"]:
-        key = (source["dataset"], source["version"])
-        answer = app.data(SOURCE_EXPORT, {"d": key[0], "v": key[1]})["dataset"]["at"]["export"]
-        argv += [options[key], str(_download(app, answer, tmp_path / f"{key[0]}-{key[1]}.parquet"))]
-    out = tmp_path / "out.parquet"
-    done = subprocess.run(
-        [sys.executable, str(script), *argv, "--out", str(out)], capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    expected = _download(app, node["export"], tmp_path / "expected.parquet")
-    assert_frame_equal(pl.read_parquet(out), pl.read_parquet(expected), check_row_order=True)
+    _run_and_compare(app, node, script, tmp_path)
     made = app.data(RUN, {"r": recipe, "n": "decimal"})["runRecipe"]
     assert made["success"], made["error"]
 

@@ -29,16 +29,21 @@ export function initRecipe(app) {
     script.hidden = false;
   }
 
-  async function copyScript() {
+  // The current frame's recipe, or null after showing the API's problem next to `button`.
+  async function fetched(button) {
     clearErrors(slot.parentElement);
     status.textContent = "";
-    let found;
     try {
-      found = await recipe();
+      return await recipe();
     } catch (error) {
-      showError(slot, error.message, copy);
-      return;
+      showError(slot, error.message, button);
+      return null;
     }
+  }
+
+  async function copyScript() {
+    const found = await fetched(copy);
+    if (!found) return;
     show(found.polars);
     try {
       await navigator.clipboard.writeText(found.polars);
@@ -54,15 +59,8 @@ export function initRecipe(app) {
   }
 
   async function downloadFiles() {
-    clearErrors(slot.parentElement);
-    status.textContent = "";
-    let found;
-    try {
-      found = await recipe();
-    } catch (error) {
-      showError(slot, error.message, download);
-      return;
-    }
+    const found = await fetched(download);
+    if (!found) return;
     forget();
     const stem = exportStem(state);
     const files = [

@@ -7,6 +7,7 @@ Layer: the lowest above `datagraph`; it imports nothing else of the project
 """
 
 from storage._blocks import BlockIndex
+from storage._checks import CheckStore, StoredChecks
 from storage._documents import Documents, StoredDocument, document_hash
 from storage._files import DataDir, storage_guard
 from storage._metadata import MetadataStore
@@ -17,6 +18,7 @@ from storage._tables import VERSION_ORIGINS, ColumnInfo, DatasetRecord, ExportRe
 __all__ = [
     "VERSION_ORIGINS",
     "BlockIndex",
+    "CheckStore",
     "ColumnInfo",
     "DataDir",
     "DatasetRecord",
@@ -25,6 +27,7 @@ __all__ = [
     "JobRecord",
     "MetadataStore",
     "Processes",
+    "StoredChecks",
     "StoredDocument",
     "Swept",
     "VersionRecord",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 from promtext import sample
 from starlette.testclient import TestClient
-from support import Api, make_settings, serving, wait_for
+from support import Api, fresh_redis, make_settings, serving, wait_for
 from upstream import Reply, Upstream
 
 from server.app import create_app
@@ -156,3 +157,37 @@ def test_a_webhook_on_a_blocked_network_stops_the_server_at_start_saying_so(tmp_
         pass
     message = str(refused.value)
     assert "webhook_url" in message and "http_blocked_networks" in message and "127.0.0.2" in message
+
+
+REDIS = "redis://127.0.0.1:6379/14"  # this module's own database
+
+
+def test_with_two_processes_the_event_reaches_both_and_only_the_committing_one_posts(
+    tmp_path: Path, receiver: Upstream
+) -> None:
+    """Two apps on one metadata database and one Redis: a check failing on a version made through the
+    first is told to the second's subscribers, details and all (it crossed Redis as JSON), and POSTed
+    by the first alone."""
+    with fresh_redis(REDIS):
+        with receiver.lock:
+            receiver.hits.clear()
+        receiver.always["/first"] = receiver.always["/second"] = Reply(204)
+        common = {"cache_url": REDIS, **FAST}
+        first_settings = make_settings(tmp_path, webhook_url=receiver.url("/first"), **common)
+        second_settings = make_settings(tmp_path, webhook_url=receiver.url("/second"), **common)
+        with serving(first_settings) as first, serving(second_settings) as second:
+            dataset = _checked_ratings(first)
+            with second.client.websocket_connect("/graphql", subprotocols=["graphql-transport-ws"]) as ws:
+                ws.send_json({"type": "connection_init", "payload": {}})
+                assert ws.receive_json() == {"type": "connection_ack"}
+                query = "subscription($d: ID) { datasetEvents(dataset: $d) { kind version details } }"
+                ws.send_json({"id": "e", "type": "subscribe", "payload": {"query": query, "variables": {"d": dataset}}})
+                time.sleep(0.3)  # subscribed before the change
+                _fail_a_check(first, dataset)
+                seen = [ws.receive_json()["payload"]["data"]["datasetEvents"] for _ in range(2)]
+            assert [e["kind"] for e in seen] == ["APPENDED", "CHECK_FAILED"]
+            assert seen[1]["details"]["failed"][0]["message"] == "1 value of score outside 1..5 (lowest 4, highest 9)"
+            wait_for(lambda: receiver.count("/first") == 1, 10, "the first app's POST")
+            webhook = second.client.app.state.resources.webhook  # type: ignore[attr-defined]
+            assert webhook.idle and webhook.delivered == 0
+            assert receiver.count("/second") == 0

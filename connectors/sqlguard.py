@@ -338,6 +338,9 @@ def _inspect(tree: exp.Expr, dialect: Dialect, default_schema: str, allowed: fro
         key = f"{schema}.{name}"
         if "." in schema or "." in name:  # "a.b".c and a."b.c" would share one key
             raise ReadOnly(f"Table {_short(key)} is not one this source allows.")
+        if dialect_name == "duckdb" and any(c in name for c in "/\\:"):
+            # DuckDB reads `FROM 'file'` (a string, parsed as a quoted name) as a file or URL to scan.
+            raise ReadOnly(f"Table {_short(key)} is not one this source allows: it names a file or URL.")
         if (key not in allowed) if allowed is not None else schema != default:
             raise ReadOnly(f"Table {key} is not one this source allows.")
         made_up, why = _MADE_UP_TABLES.get(dialect_name, (None, ""))

@@ -56,8 +56,8 @@ def _open(path: str) -> ConnectionWrapper:
     try:
         conn = duckdb.connect(path, read_only=True, config=dict(CONFIG))
     except duckdb.Error as exc:
-        text = str(exc)
-        if "lock" in text.lower():
+        text = str(exc).replace(path, "")  # what DuckDB says, without the path (which may hold any word)
+        if "could not set lock" in text.lower():
             raise OpenFailed(
                 "its file is locked by a process writing to it; try again when the writer is done"
             ) from None

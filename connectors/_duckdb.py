@@ -14,21 +14,26 @@ connect time with `OpenFailed`, which says which in our words (the driver's text
 
 SQLAlchemy's PostgreSQL reflection (that duckdb-engine inherits) reads `pg_collation`, which
 DuckDB does not have (duckdb_engine issue 1379), so tables are described from `duckdb_columns()`.
+
+duckdb and duckdb-engine are imported only when a DuckDB source is used: they add about a
+tenth to the import time of the server and of every worker.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import duckdb
 import sqlalchemy as sa
-from duckdb_engine import ConnectionWrapper
 
-__all__ = ["CONFIG", "OpenFailed", "create_engine", "interrupt_after", "problem", "reflect_table", "table_names"]
+__all__ = [
+    "CONFIG", "OpenFailed", "create_engine", "interrupt_after", "is_duckdb_error", "problem", "reflect_table",
+    "table_names",
+]  # fmt: skip
 
 CONFIG: dict[str, str | bool | int] = {
     "enable_external_access": False,
@@ -40,7 +45,7 @@ CONFIG: dict[str, str | bool | int] = {
 }
 
 
-class OpenFailed(duckdb.IOException):
+class OpenFailed(Exception):
     """The file could not be opened; `reason` says why in the user's terms (no path)."""
 
     def __init__(self, reason: str) -> None:
@@ -48,7 +53,10 @@ class OpenFailed(duckdb.IOException):
         self.reason = reason
 
 
-def _open(path: str) -> ConnectionWrapper:
+def _open(path: str) -> Any:
+    import duckdb
+    from duckdb_engine import ConnectionWrapper
+
     if not os.path.exists(path):
         raise OpenFailed("its file does not exist")
     if not os.path.isfile(path):
@@ -87,11 +95,21 @@ def interrupt_after(conn: sa.Connection, seconds: float) -> Iterator[None]:
         timer.cancel()
 
 
+def is_duckdb_error(exc: BaseException) -> bool:
+    """Whether `exc` is DuckDB's (or ours on opening a file); without duckdb imported, none can be."""
+    duckdb = sys.modules.get("duckdb")
+    return isinstance(exc, OpenFailed) or (duckdb is not None and isinstance(exc, duckdb.Error))
+
+
 def problem(orig: BaseException) -> tuple[str, str] | None:
     """(kind, message) for a DuckDB failure: kind is one of timeout, read_only, too_large,
     unavailable, bad_input; None when it is no DuckDB error."""
     if isinstance(orig, OpenFailed):
         return "unavailable", orig.reason
+    if not is_duckdb_error(orig):
+        return None
+    import duckdb
+
     if isinstance(orig, duckdb.InterruptException):
         return "timeout", ""
     if isinstance(orig, duckdb.OutOfMemoryException):
@@ -107,9 +125,7 @@ def problem(orig: BaseException) -> tuple[str, str] | None:
         return "bad_input", "The query names a table, column or function the source does not have."
     if isinstance(orig, duckdb.ConversionException | duckdb.OutOfRangeException):
         return "bad_input", "The query converts or computes a value out of range for its type."
-    if isinstance(orig, duckdb.Error):
-        return "bad_input", ""
-    return None
+    return "bad_input", ""
 
 
 # DuckDB type names (duckdb_columns().data_type) and the SQLAlchemy types the pushdown reasons about.

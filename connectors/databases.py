@@ -219,24 +219,27 @@ def read_only(cfg: DatabaseConfig) -> Iterator[Connection]:
                     conn.rollback()
                 raise
             conn.rollback()
-    except DRIVER_ERRORS as exc:  # the caller's own failures (a full disk, ...) pass through as they are
+    except Exception as exc:  # the caller's own failures (a full disk, ...) pass through as they are
+        if not driver_error(exc):
+            raise
         raise translate(exc, cfg) from None
 
 
 def _driver_errors() -> tuple[type[BaseException], ...]:
     import sqlite3
 
-    import duckdb
     import psycopg
     import pymysql
 
-    return (
-        sa.exc.SQLAlchemyError, psycopg.Error, pymysql.err.Error, sqlite3.Error, duckdb.Error, ConnectionError,
-        TimeoutError,
-    )  # fmt: skip
+    return (sa.exc.SQLAlchemyError, psycopg.Error, pymysql.err.Error, sqlite3.Error, ConnectionError, TimeoutError)
 
 
 DRIVER_ERRORS = _driver_errors()
+
+
+def driver_error(exc: BaseException) -> bool:
+    """Whether `exc` is a driver's or SQLAlchemy's failure (DuckDB's included, once it is loaded)."""
+    return isinstance(exc, DRIVER_ERRORS) or _duckdb.is_duckdb_error(exc)
 
 
 def _lost_connection_errors() -> tuple[type[BaseException], ...]:
@@ -260,7 +263,9 @@ def ping(cfg: DatabaseConfig) -> None:
     try:
         with _engine(cfg).connect() as conn:
             conn.exec_driver_sql("SELECT 1").scalar()
-    except DRIVER_ERRORS as exc:
+    except Exception as exc:
+        if not driver_error(exc):
+            raise
         raise translate(exc, cfg) from None
 
 
@@ -274,7 +279,9 @@ def list_tables(cfg: DatabaseConfig) -> list[str]:
                 inspector = sa.inspect(conn)
                 schema = cfg.sql_schema
                 names = inspector.get_table_names(schema=schema) + inspector.get_view_names(schema=schema)
-    except DRIVER_ERRORS as exc:
+    except Exception as exc:
+        if not driver_error(exc):
+            raise
         raise translate(exc, cfg) from None
     if cfg.allowed_tables is None:
         return sorted(set(names))

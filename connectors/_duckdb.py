@@ -4,8 +4,9 @@ A DuckDB source is a file the server reads and never writes. Each connection ope
 `access_mode = read_only` (a write of any kind fails in the database itself) and with external
 access off (`read_csv`, `read_parquet`, `glob`, `COPY`, `ATTACH`, `INSTALL`/`LOAD`, `EXPORT`, a
 string as a table: all refused by DuckDB, whatever got past the guard), extensions never loaded or
-installed, no spilling beside the file (`temp_directory` empty) and the configuration locked, so
-no `SET` can lift any of it. The statement timeout is an interrupt from a timer.
+installed, no spilling beside the file (`temp_directory` empty), memory capped (the source's
+`memory_limit_mb`: past it a query fails with OutOfMemory, TOO_LARGE) and the configuration locked,
+so no `SET` can lift any of it. The statement timeout is an interrupt from a timer.
 
 Connections are not pooled: DuckDB lets one process write a file while no other holds it, so
 the server opens the file for each query and lets go after it; whoever owns the file can write it
@@ -53,7 +54,7 @@ class OpenFailed(Exception):
         self.reason = reason
 
 
-def _open(path: str) -> Any:
+def _open(path: str, memory_limit_mb: int) -> Any:
     import duckdb
     from duckdb_engine import ConnectionWrapper
 
@@ -62,7 +63,8 @@ def _open(path: str) -> Any:
     if not os.path.isfile(path):
         raise OpenFailed("its path is not a file")
     try:
-        conn = duckdb.connect(path, read_only=True, config=dict(CONFIG))
+        config: dict[str, str | bool | int | float | list[str]] = {**CONFIG, "memory_limit": f"{memory_limit_mb}MB"}
+        conn = duckdb.connect(path, read_only=True, config=config)
     except duckdb.Error as exc:
         text = str(exc).replace(path, "")  # what DuckDB says, without the path (which may hold any word)
         if "could not set lock" in text.lower():
@@ -75,10 +77,10 @@ def _open(path: str) -> Any:
     return ConnectionWrapper(conn)
 
 
-def create_engine(url: str) -> sa.Engine:
+def create_engine(url: str, memory_limit_mb: int = 2048) -> sa.Engine:
     """An engine that opens the file of `url` (duckdb:///path) read-only for each connection."""
     path = url.removeprefix("duckdb:///")
-    return sa.create_engine("duckdb://", creator=lambda: _open(path), poolclass=sa.pool.NullPool)
+    return sa.create_engine("duckdb://", creator=lambda: _open(path, memory_limit_mb), poolclass=sa.pool.NullPool)
 
 
 @contextmanager

@@ -64,7 +64,7 @@ def _engine(cfg: DatabaseConfig) -> Engine:
 
 def _create(cfg: DatabaseConfig) -> Engine:
     if cfg.kind == "duckdb":
-        return _duckdb.create_engine(cfg.url)
+        return _duckdb.create_engine(cfg.url, cfg.memory_limit_mb)
     if cfg.kind == "sqlite":
         path = cfg.url.removeprefix("sqlite:///")
         return sa.create_engine(

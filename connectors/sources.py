@@ -8,6 +8,7 @@
         tables: [orders, customers]  # optional allowlist
         statement_timeout_s: 60      # optional
         pool_size: 5                 # optional
+        memory_limit_mb: 2048        # optional, duckdb only: memory for one query
 
 `${VAR}` is replaced from the environment (a missing variable is an error naming it). A relative
 SQLite or DuckDB path (`duckdb:///data/shop.duckdb`) is relative to the file. A bad file raises
@@ -61,6 +62,7 @@ class DatabaseConfig:
     tables: tuple[str, ...] | None  # the allowlist as written, or None for every table in `schema`
     statement_timeout_s: float
     pool_size: int
+    memory_limit_mb: int = 2048  # DuckDB's memory for one query (it never spills to disk here)
 
     @property
     def dialect(self) -> str:
@@ -100,6 +102,7 @@ class _Source(BaseModel):
     tables: list[str] | None = None
     statement_timeout_s: float = Field(60, gt=0, le=3600)
     pool_size: int = Field(5, ge=1, le=50)
+    memory_limit_mb: int | None = Field(None, ge=64, le=1_048_576)
 
 
 def _expand(value: Any, where: str, env: Mapping[str, str], missing: list[str]) -> Any:
@@ -200,6 +203,9 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:
             continue
         if missing:
             continue  # its URL is incomplete: any other complaint about it would mislead
+        if spec.memory_limit_mb is not None and spec.kind != "duckdb":
+            problems.append(f"{where}.memory_limit_mb: only a duckdb source takes it")
+            continue
         try:
             url = _driver_url(str(source_id), spec, path.parent)
             schema = _schema(str(source_id), spec, url)
@@ -216,6 +222,7 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:
                 tables=tuple(spec.tables) if spec.tables is not None else None,
                 statement_timeout_s=spec.statement_timeout_s,
                 pool_size=spec.pool_size,
+                **({"memory_limit_mb": spec.memory_limit_mb} if spec.memory_limit_mb is not None else {}),
             )
         )
     if len(problems) == 1:

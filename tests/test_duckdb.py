@@ -22,7 +22,7 @@ from connectors import databases
 from connectors.linked import LinkedTable
 from connectors.sources import DatabaseConfig, SourcesError, load_sources
 from connectors.sqlguard import check_select
-from datagraph.errors import BadInput, DatagraphError, ReadOnly, SourceUnavailable
+from datagraph.errors import BadInput, DatagraphError, ReadOnly, SourceUnavailable, TooLarge
 from engine import Aggregation, Condition, Filter, GroupBy, Sort, SortKey
 
 SQL = "query($s: ID!, $q: String!) { sql(source: $s, query: $q) { success data error { code message } } }"
@@ -50,13 +50,16 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "CREATE TABLE odd (h HUGEINT, m mood, ns TIMESTAMP_NS, f FLOAT, l INTEGER[], s STRUCT(a INTEGER))",
         "INSERT INTO odd VALUES (170141183460469231731687303715884105727, 'happy', '2024-01-01 00:00:00.123456789',"
         " 0.1, [1, 2], {'a': 1}), (1, 'sad', NULL, NULL, NULL, NULL)",
+        "CREATE TABLE big AS SELECT range AS n, repeat('x', 100) AS s FROM range(1000)",
     )
 
 
-def _config(path: Path | str, source_id: str = "duck", tables: tuple[str, ...] | None = None) -> DatabaseConfig:
+def _config(
+    path: Path | str, source_id: str = "duck", tables: tuple[str, ...] | None = None, **more: Any
+) -> DatabaseConfig:
     return DatabaseConfig(
         id=source_id, name=source_id, kind="duckdb", url=f"duckdb:///{path}", schema="main", tables=tables,
-        statement_timeout_s=5, pool_size=1,
+        **{"statement_timeout_s": 5, "pool_size": 1, **more},
     )  # fmt: skip
 
 
@@ -92,6 +95,17 @@ def test_a_duckdb_url_must_name_a_file_and_nothing_else(tmp_path: Path, url: str
     path = tmp_path / "sources.yaml"
     path.write_text(f"sources:\n  shop: {{kind: duckdb, url: '{url}'}}\n")
     with pytest.raises(SourcesError, match=r"sources\.shop\.url"):
+        load_sources(path, {})
+
+
+def test_memory_limit_is_a_duckdb_key(tmp_path: Path) -> None:
+    path = tmp_path / "sources.yaml"
+    path.write_text(
+        "sources:\n  a: {kind: duckdb, url: 'duckdb:///a.duckdb', memory_limit_mb: 256}\n  b: {kind: duckdb, url: 'duckdb:///b.duckdb'}\n"
+    )
+    assert [s.memory_limit_mb for s in load_sources(path, {})] == [256, 2048]
+    path.write_text("sources:\n  pg: {kind: postgresql, url: 'postgresql://u@h/db', memory_limit_mb: 256}\n")
+    with pytest.raises(SourcesError, match=r"sources\.pg\.memory_limit_mb: only a duckdb source"):
         load_sources(path, {})
 
 
@@ -138,9 +152,27 @@ def test_a_hand_crafted_write_or_read_outside_is_refused_by_the_guard_and_by_the
     assert databases.query_rows(cfg, "SELECT count(*) AS n FROM main.orders", 10).records == [{"n": 3}]
 
 
+def test_a_query_past_the_memory_limit_is_too_large_and_the_next_one_runs(shop: Path) -> None:
+    """One hostile query cannot take the worker's memory: DuckDB stops at the source's limit (and
+    spills nothing to disk beside the file)."""
+    cfg = _config(shop, "tight", memory_limit_mb=128, statement_timeout_s=60)
+    before = _state(shop.parent)
+    hog = check_select(
+        "SELECT list(a.s || b.s) AS l FROM big a, big b, big c", dialect="duckdb", default_schema="main",
+        allowed_tables=None, limit=10,
+    ).sql  # fmt: skip
+    try:
+        with pytest.raises(TooLarge, match="ran out of memory"):
+            databases.query_rows(cfg, hog, 10)
+        assert databases.query_rows(cfg, "SELECT count(*) AS n FROM main.big", 10).records == [{"n": 1000}]
+    finally:
+        databases.dispose_engines()
+    assert _state(shop.parent) == before
+
+
 def test_tables_views_snapshot_and_odd_types(cfg: DatabaseConfig, tmp_path: Path) -> None:
     # The file's own tables and views, not DuckDB's catalogue views.
-    assert databases.list_tables(cfg) == ["odd", "orders", "tea"]
+    assert databases.list_tables(cfg) == ["big", "odd", "orders", "tea"]
     assert databases.list_tables(_config(cfg.url.removeprefix("duckdb:///"), tables=("ORDERS",))) == ["orders"]
     rows, columns = databases.snapshot(
         cfg, "SELECT * FROM main.orders ORDER BY id", tmp_path / "o.parquet", batch_rows=2, max_rows=100

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import pytest
-from support import make_settings, serving
+from support import make_settings, running_server, serving
 
 from connectors import databases
 from connectors.linked import LinkedTable
@@ -300,6 +301,39 @@ def test_another_process_reads_the_file_at_the_same_time_and_a_writer_gets_it_be
     )  # fmt: skip
     assert write.returncode == 0, write.stderr[-500:]
     assert databases.query_rows(cfg, "SELECT count(*) AS n FROM main.orders", 10).records == [{"n": 3}]
+
+
+@pytest.mark.slow  # two real servers
+def test_two_server_processes_read_one_file_at_the_same_time(tmp_path: Path, shop: Path) -> None:
+    """Two `datagraph serve` processes on one sources.yaml (each its own data directory) query the
+    file at once, in turn and together; each links and snapshots it; the file stays as it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(f"sources:\n  shop: {{kind: duckdb, url: 'duckdb:///{shop}', tables: [orders, big]}}\n")
+    before = _state(shop.parent)
+    query = {"query": SQL, "variables": {"s": "shop", "q": "SELECT count(*) AS n FROM big a, big b"}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        running_server(tmp_path / "a", "--sources", str(sources)) as a,
+        running_server(tmp_path / "b", "--sources", str(sources)) as b,
+    ):
+
+        def ask(base: str) -> Any:
+            return httpx.post(base + "/graphql", json=query, timeout=60).json()["data"]["sql"]
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(ask, [a, b] * 3))
+        assert all(x["data"] == [{"n": 1_000_000}] for x in answers), answers
+        imports = 'mutation($m: ImportMode!) { importTable(source: "shop", table: "orders", mode: $m) {'
+        imports += " success dataset { rowCount } } }"
+        for base in (a, b):
+            for mode in ("LINK", "SNAPSHOT"):
+                body = {"query": imports, "variables": {"m": mode}}
+                made = httpx.post(base + "/graphql", json=body, timeout=60).json()["data"]["importTable"]
+                assert made == {"success": True, "dataset": {"rowCount": 3}}, made
+    assert _state(shop.parent) == before
 
 
 def test_an_unopenable_file_is_source_unavailable_for_the_connector_too(tmp_path: Path) -> None:

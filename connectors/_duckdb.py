@@ -115,7 +115,7 @@ def problem(orig: BaseException) -> tuple[str, str] | None:
     if isinstance(orig, duckdb.InterruptException):
         return "timeout", ""
     if isinstance(orig, duckdb.OutOfMemoryException):
-        return "too_large", "The source ran out of memory for the query."
+        return "too_large", ""
     if isinstance(orig, duckdb.PermissionException):
         return "read_only", "The query tried to read files, the network or extensions; the source may not."
     text = str(orig)

@@ -180,7 +180,10 @@ def _duck_error(kind: str, message: str, cfg: DatabaseConfig, orig: BaseExceptio
     if kind == "read_only":
         return ReadOnly(message)
     if kind == "too_large":
-        return TooLarge(message)
+        return TooLarge(
+            f"The query needed more memory than the source allows ({cfg.memory_limit_mb:,} MiB, memory_limit_mb in"
+            " sources.yaml); filter or group it first."
+        )
     return BadInput(message or f'The source "{cfg.id}" refused the query as written.')
 
 

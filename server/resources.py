@@ -137,11 +137,16 @@ async def _beat_forever(processes: Processes, every_s: float) -> None:
             log.exception("heartbeat failed")
 
 
-async def _hold_forever(leases: list[Lease], metrics: Metrics, every_s: float) -> None:
-    """Take or renew this process's leases every `every_s` (a third of lease_s), and say which it holds."""
+async def _hold_forever(duties: Duties, metrics: Metrics, every_s: float, stale_s: float) -> None:
+    """Take or renew this process's leases every `every_s` (a third of lease_s), from dead holders too,
+    and say which it holds."""
     while True:
-        for lease in leases:
-            held = await asyncio.to_thread(lease.renew)
+        try:
+            dead = await asyncio.to_thread(duties.processes.dead, stale_s)
+        except Exception:  # the database is away: the renewals say so
+            dead = []
+        for lease in duties.leases:
+            held = await asyncio.to_thread(lease.renew, dead=dead)
             metrics.lease_held.labels(lease.name).set(1 if held else 0)
         await asyncio.sleep(every_s)
 
@@ -220,7 +225,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
     processes.join()
     leases = Leases(metadata.engine, process_id)
     duties = Duties(processes, Lease(leases, SCHEDULER, settings.lease_s), Lease(leases, SWEEP, settings.lease_s))
-    if duties.sweep.renew():
+    if duties.sweep.renew(dead=processes.dead(settings.heartbeat_s * STALE_BEATS)):
         _sweep_leftovers(settings, metadata, files, processes, starting=True)
     metadata.backfill_versions(files.version_bytes)  # datasets made before versions were recorded
     executor = Executor(
@@ -289,7 +294,7 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[R
     stale_s = settings.heartbeat_s * STALE_BEATS
     tasks = [
         asyncio.create_task(_beat_forever(processes, settings.heartbeat_s)),
-        asyncio.create_task(_hold_forever(duties.leases, res.metrics, settings.lease_s / 3)),
+        asyncio.create_task(_hold_forever(duties, res.metrics, settings.lease_s / 3, stale_s)),
         asyncio.create_task(_sweep_forever(res, processes, duties.sweep, 60)),
         asyncio.create_task(schedule_forever(Context(res), duties.scheduler, lambda: _live(processes, stale_s))),
         # In every process: each loads its own plugin code and documents, which it serves with.

@@ -3,9 +3,10 @@ sharing the metadata database (the scheduler, the sweeps).
 
 A lease is a row of the `leases` table: its holder (a process id) and when it expires, by the
 database's clock. It is taken, or renewed by its holder, with one compare-and-set statement (an
-UPDATE that matches only when the lease is this process's or has expired, else an INSERT that fails
-when another process made the row first), the same on SQLite and PostgreSQL; with SQLite metadata
-the one process sharing the file that renews first ends up holding every lease.
+UPDATE that matches only when the lease is this process's, has expired or is held by a dead
+process, else an INSERT that fails when another process made the row first), the same on SQLite and
+PostgreSQL; with SQLite metadata the one process sharing the file that renews first ends up holding
+every lease.
 
 A holder may lose the database (it restarts, the network goes) and not know whether its lease still
 stands, so `Lease.held` is judged by this process's own monotonic clock: held until `lease_s` less a
@@ -19,12 +20,12 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from storage._tables import aware, leases
+from storage._tables import aware, leases, processes
 
 __all__ = ["LEASE_MARGIN", "Lease", "Leases", "db_now"]
 
@@ -56,15 +57,21 @@ class Leases:
         self.engine = engine
         self.holder = holder
 
-    def take(self, name: str, lease_s: float) -> bool:
-        """Take or renew the lease `name` for `lease_s` seconds; False when another process holds it."""
+    def take(self, name: str, lease_s: float, *, dead: Collection[str] = ()) -> bool:
+        """Take or renew the lease `name` for `lease_s` seconds; False when another process holds it.
+        A holder that is no registered process, or one of `dead` (`storage.Processes.dead`), holds
+        nothing: a server restarted after a crash takes its duties back at once."""
+        takeable = [
+            leases.c.holder == self.holder,
+            leases.c.expires_at < db_now(self.engine),
+            leases.c.holder.not_in(sa.select(processes.c.id)),
+        ]
+        if dead:
+            takeable.append(leases.c.holder.in_(list(dead)))
         with self.engine.begin() as conn:
             updated = conn.execute(
                 leases.update()
-                .where(
-                    leases.c.name == name,
-                    sa.or_(leases.c.holder == self.holder, leases.c.expires_at < db_now(self.engine)),
-                )
+                .where(leases.c.name == name, sa.or_(*takeable))
                 .values(holder=self.holder, expires_at=db_now(self.engine, lease_s))
             ).rowcount
         if updated == 1:
@@ -112,12 +119,13 @@ class Lease:
     def held(self) -> bool:
         return self.clock() < self._until
 
-    def renew(self) -> bool:
-        """Take or renew the lease; return whether it is held now. A database that does not answer
-        leaves the lease held until it may have expired (by this process's clock), no longer."""
+    def renew(self, *, dead: Collection[str] = ()) -> bool:
+        """Take or renew the lease (from a holder among `dead` too); return whether it is held now. A
+        database that does not answer leaves the lease held until it may have expired (by this
+        process's clock), no longer."""
         started = self.clock()
         try:
-            taken = self.leases.take(self.name, self.lease_s)
+            taken = self.leases.take(self.name, self.lease_s, dead=dead)
         except sa.exc.SQLAlchemyError:
             if not self.failing:
                 log.warning("could not renew the lease %r: the metadata database does not answer", self.name)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from support import scratch_postgres_database, wait_for
 from tcpproxy import TcpProxy
 
-from storage import Lease, Leases, MetadataStore, ScheduleRecord, Schedules
+from storage import Lease, Leases, MetadataStore, Processes, ScheduleRecord, Schedules
 from storage._leases import LEASE_MARGIN, db_now
 from storage._tables import schedules
 
@@ -38,6 +38,8 @@ def stores(url: str) -> Iterator[list[MetadataStore]]:
     """Two metadata stores on the same database, as two server processes have (shared by the module's
     tests: opening one on PostgreSQL takes a second or two)."""
     opened = [MetadataStore(url, owner=f"p{i}") for i in range(2)]
+    for store in opened:  # registered, as a server process registers (a lease's holder must be one)
+        Processes(store.engine, store.owner or "").join()
     yield opened
     for store in opened:
         store.close()
@@ -89,6 +91,18 @@ def test_one_process_holds_a_lease_renews_it_and_another_takes_it_over_once_it_e
     assert not b.held and a.renew() and a.held
     other = Lease(Leases(stores[1].engine, "p1"), "takeover-2", 1.0)
     assert other.renew()  # leases are independent of each other
+
+
+def test_a_lease_held_by_a_dead_process_is_taken_at_once(stores: list[MetadataStore]) -> None:
+    ghost = Lease(Leases(stores[0].engine, "ghost"), "restart", 60.0)  # a process that never registered, or left
+    assert ghost.renew()
+    alive = Lease(Leases(stores[1].engine, "p1"), "restart", 60.0)
+    assert alive.renew() and Leases(stores[1].engine, "p1").holder_of("restart") == "p1"
+    # A registered holder judged dead (Processes.dead: silent, or its pid gone on this host) is passed in.
+    crashed = Lease(Leases(stores[0].engine, "p0"), "restart-2", 60.0)
+    assert crashed.renew()
+    successor = Lease(Leases(stores[1].engine, "p1"), "restart-2", 60.0)
+    assert not successor.renew() and successor.renew(dead=["p0"])
 
 
 def test_a_holder_judges_its_lease_by_its_own_clock_and_stops_before_it_may_have_expired(
@@ -180,6 +194,8 @@ def test_a_holder_cut_off_from_postgres_stops_acting_before_another_takes_over_a
     proxy.start()
     cut_off = MetadataStore(url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), owner="p0")
     other = MetadataStore(url, owner="p1")
+    Processes(other.engine, "p0").join()
+    Processes(other.engine, "p1").join()
     try:
         dataset = _scheduled(other, "cut-off")
         a = Lease(Leases(cut_off.engine, "p0"), "cut-off", 1.5)

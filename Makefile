@@ -30,12 +30,14 @@ run: .venv/.runtime
 # The everyday tier on two pytest-xdist workers, a test module each at a time (module-scoped apps stay
 # shared; each module has its own Redis database, ports and data directories). XDIST=0: in one process.
 XDIST ?= 2
+# -p no:schemathesis: its pytest plugin (unused: tests/test_schemathesis.py drives it with hypothesis) imports
+# schemathesis and hypothesis into every pytest process at start, some seconds of CPU each.
 test: lint
-	.venv/bin/python -m pytest -m "not slow" -n $(XDIST) --dist loadfile $(PYTEST_ARGS)
+	.venv/bin/python -m pytest -p no:schemathesis -m "not slow" -n $(XDIST) --dist loadfile $(PYTEST_ARGS)
 
 # pytest exits 5 when it selects no test (say, PYTEST_ARGS naming a file with no slow test): not a failure.
 test-slow: .venv/.synced
-	.venv/bin/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	.venv/bin/python -m pytest -p no:schemathesis -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-all: test test-slow
 

@@ -1,13 +1,16 @@
-"""The result cache: aiocache backends behind one small class.
+"""The result cache: memory, and Redis through aiocache, behind one small class.
 
 Values are opaque bytes under keys that already carry every dataset version a result read, so
 an entry is never stale, only unused; the LRU drops it when memory is needed.
 
-- Memory (always): `LruMemoryCache`, an aiocache backend bounded by bytes (aiocache's own memory
-  cache has no bound), least recently used out first.
+- Memory (always): `LruMemoryCache`, bounded by bytes (aiocache's own memory cache has no bound),
+  least recently used out first; a dict of ours, with aiocache's get/set/delete calls.
 - Redis (when a `redis://` URL is set): aiocache's `RedisCache` with a short per-operation timeout,
   in front of which memory still answers first. A Redis error or timeout is logged once, Redis is
   left alone for a few seconds, and the memory cache carries on: never a user-visible error.
+
+aiocache is imported only when Redis is configured: importing it imports redis-py (and through it
+OpenTelemetry), about a second of every server start and CLI run otherwise.
 """
 
 from __future__ import annotations
@@ -19,13 +22,11 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from aiocache import RedisCache
-from aiocache.base import BaseCache
-from aiocache.serializers import BaseSerializer
-
 from datagraph import tracing
 
 if TYPE_CHECKING:
+    from aiocache import RedisCache
+
     from datagraph.metrics import Metrics
 
 __all__ = ["CacheStats", "LruMemoryCache", "ResultCache"]
@@ -35,40 +36,29 @@ _PREFIX = "datagraph:result:"
 _RETRY_REDIS_S = 5.0
 
 
-class _Bytes(BaseSerializer):  # type: ignore[misc]
-    """Values are bytes already: store them as they are."""
+class LruMemoryCache:
+    """Values of at most `max_bytes` in all (keys counted too), least recently used out first; each
+    entry may expire `ttl` seconds after it was set. The calls are aiocache's (`get`, `set`,
+    `delete`, `exists`, `clear`, `close`); `timeout` is accepted as aiocache's, and moot: nothing here
+    waits."""
 
-    DEFAULT_ENCODING = None
-
-    def dumps(self, value: Any) -> Any:
-        return value
-
-    def loads(self, value: Any) -> Any:
-        return value
-
-
-class LruMemoryCache(BaseCache):  # type: ignore[misc]
-    """An aiocache backend holding at most `max_bytes` of values; least recently used out first."""
-
-    NAME = "lru-memory"
-
-    def __init__(self, max_bytes: int, **kwargs: Any) -> None:
-        super().__init__(serializer=_Bytes(), **kwargs)
+    def __init__(self, max_bytes: int, *, timeout: float | None = None) -> None:
         self.max_bytes = max_bytes
+        self.timeout = timeout
         self.used = 0
         self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key -> (value, expires at)
 
-    async def _get(self, key: str, encoding: Any = None, _conn: Any = None) -> bytes | None:
+    async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         entry = self._data.get(key)
         if entry is None:
-            return None
+            return default
         if entry[1] and entry[1] < time.monotonic():
             self._drop(key)
-            return None
+            return default
         self._data.move_to_end(key)
         return entry[0]
 
-    async def _set(self, key: str, value: bytes, ttl: Any = None, _cas_token: Any = None, _conn: Any = None) -> bool:
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> bool:
         size = len(value) + len(key)
         if size > self.max_bytes:
             return False  # larger than the whole budget: not worth evicting everything for
@@ -79,18 +69,18 @@ class LruMemoryCache(BaseCache):  # type: ignore[misc]
         self.used += size
         return True
 
-    async def _exists(self, key: str, _conn: Any = None) -> bool:
-        return await self._get(key) is not None
+    async def exists(self, key: str) -> bool:
+        return await self.get(key) is not None
 
-    async def _delete(self, key: str, _conn: Any = None) -> int:
+    async def delete(self, key: str) -> int:
         return 1 if self._drop(key) else 0
 
-    async def _clear(self, namespace: Any = None, _conn: Any = None) -> bool:
+    async def clear(self) -> bool:
         self._data.clear()
         self.used = 0
         return True
 
-    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
+    async def close(self) -> None:
         return None
 
     def _drop(self, key: str) -> bool:
@@ -210,6 +200,20 @@ def _redis(url: str, timeout_s: float) -> RedisCache:
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError("cache_url must be empty (memory) or a redis:// URL")
     db = int(parts.path.strip("/") or 0)
+    from aiocache import RedisCache
+    from aiocache.serializers import BaseSerializer
+
+    class _Bytes(BaseSerializer):  # type: ignore[misc]
+        """Values are bytes already: store them as they are."""
+
+        DEFAULT_ENCODING = None
+
+        def dumps(self, value: Any) -> Any:
+            return value
+
+        def loads(self, value: Any) -> Any:
+            return value
+
     return RedisCache(
         serializer=_Bytes(),
         endpoint=parts.hostname or "127.0.0.1",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,12 +20,12 @@ from datagraph.errors import BadInput, DatagraphError, NotFound
 from engine._clean import Clean, apply_clean, clean_key
 from engine._columns import check_columns, dtype_name, show_value, value_kind
 from engine._reshape import (
-    JOIN_MAX_ROWS,
     JoinAsof,
     Pivot,
     Unpivot,
     check_join_size,
     join_asof,
+    join_max_rows_default,
     pivot,
     reshape_key,
     right_renames,
@@ -183,7 +183,8 @@ class Join:
     right: Source
     on: tuple[str, ...]
     how: str = "INNER"
-    max_rows: int = JOIN_MAX_ROWS  # the server's join_max_rows when the step was made (0: no guard)
+    # The server's join_max_rows when the step was made (0: no guard).
+    max_rows: int = field(default_factory=join_max_rows_default)
 
 
 JOIN_HOWS = ("INNER", "LEFT")

@@ -18,26 +18,25 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import polars as pl
 
 from datagraph.errors import BadInput, NotFound, TooLarge
-from datagraph.settings import Settings
 from engine._columns import check_columns, dtype_name, show_value, value_kind
 
 __all__ = [
     "ASOF_STRATEGIES",
-    "JOIN_MAX_ROWS",
-    "PIVOT_MAX_COLUMNS",
     "JoinAsof",
     "Pivot",
     "Unpivot",
     "asof_right_side",
     "check_join_size",
     "join_asof",
+    "join_max_rows_default",
     "pivot",
+    "pivot_max_columns_default",
     "pivot_names",
     "reshape_key",
     "right_renames",
@@ -46,8 +45,24 @@ __all__ = [
     "unpivot_columns",
 ]
 
-JOIN_MAX_ROWS: int = Settings.model_fields["join_max_rows"].default
-PIVOT_MAX_COLUMNS: int = Settings.model_fields["pivot_max_columns"].default
+
+def _setting_default(name: str) -> int:
+    """The product default of setting `name`, read when a step is made without the server's value: the
+    settings (pydantic) are imported then, never in a worker process, which receives its steps made."""
+    from datagraph.settings import Settings
+
+    value: int = Settings.model_fields[name].default
+    return value
+
+
+def join_max_rows_default() -> int:
+    return _setting_default("join_max_rows")
+
+
+def pivot_max_columns_default() -> int:
+    return _setting_default("pivot_max_columns")
+
+
 ASOF_STRATEGIES = ("BACKWARD", "FORWARD", "NEAREST")
 # A duration pandas' Timedelta and Polars read alike: whole numbers of weeks, days, hours, minutes,
 # seconds, milli-, micro- or nanoseconds ("5m", "2d", "1h30m"); months and years have no fixed length.
@@ -117,7 +132,7 @@ class JoinAsof:
     by: tuple[str, ...] = ()
     strategy: str = "BACKWARD"
     tolerance: Any = None  # a number, a duration string, or (wrong) anything a client sent, frozen
-    max_rows: int = JOIN_MAX_ROWS
+    max_rows: int = field(default_factory=join_max_rows_default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,10 +143,10 @@ class Pivot:
     columns: str
     values: str
     fn: str = "FIRST"
-    max_columns: int = PIVOT_MAX_COLUMNS
+    max_columns: int = field(default_factory=pivot_max_columns_default)
     # With two or more index columns a pivot has a row for every combination of their values (as
     # pandas' dropna=False): more than join_max_rows of them is refused as a join would be.
-    max_rows: int = JOIN_MAX_ROWS
+    max_rows: int = field(default_factory=join_max_rows_default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +158,7 @@ class Unpivot:
     variable_name: str = "variable"
     value_name: str = "value"
     # It makes rows x len(on) rows: more than join_max_rows of them is refused as a join would be.
-    max_rows: int = JOIN_MAX_ROWS
+    max_rows: int = field(default_factory=join_max_rows_default)
 
 
 def reshape_key(step: JoinAsof | Pivot | Unpivot) -> dict[str, Any]:

@@ -3,6 +3,7 @@ directory, per test or shared by a module's tests that only read, and the script
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,25 @@ from engine import Source
 
 def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(SWEEP, "leak-sweep")
+
+
+_SLOW_MODULE = re.compile(r"^pytestmark = .*\bpytest\.mark\.slow\b", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """A tier does not import the test modules it would deselect whole: each xdist worker imports
+    every module it collects (schemathesis, Playwright, pandas, ... some seconds of CPU apiece). Under
+    `-m "not slow"` a module marked slow as a whole is left out, under `-m slow` a module with no slow
+    mark at all; any other selection collects everything, as pytest does."""
+    if collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    tier = (config.option.markexpr or "").strip()
+    if tier not in ("slow", "not slow"):
+        return None
+    text = collection_path.read_text(encoding="utf-8")
+    if tier == "not slow":
+        return True if _SLOW_MODULE.search(text) else None
+    return None if "mark.slow" in text else True
 
 
 @pytest.fixture

@@ -340,8 +340,10 @@ def wait_for(check: Callable[[], Any], seconds: float, what: str, *, every: floa
     return value
 
 
-def wait_until_serving(base: str, log: Path, seconds: float = 15) -> None:
-    """Return once the server at `base` answers /healthz; fail with its log after `seconds`."""
+def wait_until_serving(base: str, log: Path, seconds: float = 60) -> None:
+    """Return once the server at `base` answers /healthz; fail with its log after `seconds` (a bound
+    for a machine whose cores other work shares: a start is some seconds of imports, many times that
+    when the machine is busy)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:

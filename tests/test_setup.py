@@ -83,7 +83,7 @@ def _serve(cwd: Path, *args: str) -> str:
             cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:
-            wait_until_serving(f"http://127.0.0.1:{port}", cwd / "server.log", 30)
+            wait_until_serving(f"http://127.0.0.1:{port}", cwd / "server.log")
         finally:
             proc.terminate()
             proc.wait(20)
@@ -142,7 +142,7 @@ def test_serving_needs_only_the_runtime_dependencies(tmp_path: Path) -> None:
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(base, tmp_path / "server.log", 30)
+        wait_until_serving(base, tmp_path / "server.log")
         made = httpx.post(base + "/graphql", timeout=60, **upload_request((DATA / "tips.csv").read_bytes(), "tips.csv"))
         assert made.json()["data"]["uploadDataset"]["success"], made.text
         query = """{ dataset(id: "tips") { describe { success } export(format: XLSX) { success }

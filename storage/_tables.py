@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from datagraph import jsonutil
+from storage._columninfo import ColumnInfo
 
 __all__ = [
     "VERSION_ORIGINS",
@@ -41,16 +42,6 @@ __all__ = [
 
 # What a version of a dataset was made by (VersionOrigin in the API).
 VERSION_ORIGINS = ("UPLOAD", "REPLACE", "APPEND", "IMPORT", "REFRESH", "FETCH", "SAVE", "RESTORE")
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnInfo:
-    """A column as the API reports it: name, dtype name, null count and missing rate."""
-
-    name: str
-    dtype: str
-    null_count: int
-    missing_rate: float
 
 
 tables = sa.MetaData()

@@ -1,4 +1,5 @@
-"""What starting costs: a worker process imports `engine` and nothing of the settings (pydantic),
+"""What starting costs: a worker process imports `engine` and nothing of the settings (pydantic) or
+the metadata database (SQLAlchemy: `storage` loads its parts when used),
 and a server process imports aiocache (redis-py, OpenTelemetry) only when Redis caches results.
 Each of those is most of a second of CPU at every worker start, server start and CLI run."""
 
@@ -12,7 +13,7 @@ from support import ROOT
 
 PROBE = """
 import json, sys
-heavy = ("pydantic", "aiocache", "redis", "opentelemetry", "sqlglot", "strawberry")
+heavy = ("pydantic", "aiocache", "redis", "opentelemetry", "sqlglot", "strawberry", "sqlalchemy")
 import engine, engine._worker, connectors
 worker = sorted(m for m in heavy if m in sys.modules)
 import server.app
@@ -28,4 +29,4 @@ def test_a_worker_imports_no_settings_and_a_server_no_redis_client() -> None:
     assert loaded["worker"] == [], loaded  # what engine._worker's start imports
     # The server needs pydantic, sqlglot and strawberry; aiocache, redis and OpenTelemetry wait for their settings.
     assert not {"aiocache", "redis", "opentelemetry"} & set(loaded["server"]), loaded
-    assert {"pydantic", "strawberry"} <= set(loaded["server"]), loaded
+    assert {"pydantic", "strawberry", "sqlalchemy"} <= set(loaded["server"]), loaded

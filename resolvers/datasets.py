@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import logging
 import re
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -538,13 +539,47 @@ async def commit_version(
     res = ctx.resources
     version = record.version + 1
     changed = BadInput(f'The dataset "{record.id}" changed meanwhile (another change came first); try again.')
-    if appended:
-        won = await res.executor.run_io(res.files.commit_appended, staged, record.id, version) is not None
-    else:
-        won = await res.executor.run_io(res.files.commit_version, staged, record.id, version)
+    won = await _commit_files(res, staged, record.id, version, appended=appended)
+    if not won and await asyncio.to_thread(clear_leftover_version, res, record.id, version):
+        won = await _commit_files(res, staged, record.id, version, appended=appended)  # once more, in its place
     if not won:
         raise changed  # another writer (another server process) made this version first
     return _record_next(ctx, record, rows=rows, columns=columns, origin=origin, made_by=made_by)
+
+
+async def _commit_files(res: Resources, staged: Path, dataset_id: str, version: int, *, appended: bool) -> bool:
+    """Put the staged file (or appended part) in place as `version`; False when that number is taken."""
+    if appended:
+        return await res.executor.run_io(res.files.commit_appended, staged, dataset_id, version) is not None
+    return bool(await res.executor.run_io(res.files.commit_version, staged, dataset_id, version))
+
+
+# A next version's files that no metadata row names this long after they were put in place were left
+# by a writer that died between its files and its row (a server killed mid-append or mid-refresh):
+# they would refuse every later version of the dataset, so the next writer removes them. A live
+# writer records its row at once after putting its files in place (which sets their time).
+LEFTOVER_GRACE_S = 10.0
+
+
+def clear_leftover_version(res: Resources, dataset_id: str, version: int) -> bool:
+    """Remove the files of `version` of the dataset when no row names them (the dataset's current
+    version is below it) and they were put in place long enough ago; whether they were removed."""
+    record = res.metadata.get_dataset(dataset_id)
+    if record is None or record.version >= version:
+        return False
+    files = res.files
+    entries = [
+        p for p in (files.dataset_file(dataset_id, version), files.parts_folder(dataset_id, version)) if p.exists()
+    ]
+    cutoff = time.time() - LEFTOVER_GRACE_S
+    try:
+        if not entries or any(p.stat().st_mtime >= cutoff for p in entries):
+            return False
+    except OSError:
+        return False
+    log.warning("removing version %d of dataset %s, which a dead writer left unrecorded", version, dataset_id)
+    files.remove_version(dataset_id, version)
+    return True
 
 
 def _record_next(

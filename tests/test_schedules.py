@@ -327,12 +327,25 @@ def test_a_refresh_clears_a_next_version_that_a_killed_writer_left_unrecorded(ap
     files = app.client.app.state.resources.files  # type: ignore[attr-defined]
     stray = files.dataset_file(dataset, 2)  # a server killed between its files and its row left these
     stray.write_bytes(b"PAR1")
-    claim = files.parts_folder(dataset, 3)
-    claim.mkdir()
     young = _refresh(app, dataset)  # written a moment ago: maybe a live writer's, so left alone
     assert young["error"]["code"] == "BAD_INPUT" and "changed meanwhile" in young["error"]["message"], young
-    for path in (stray, claim):
-        os.utime(path, (time.time() - 60, time.time() - 60))
+    os.utime(stray, (time.time() - 60, time.time() - 60))
     done = _refresh(app, dataset)
     assert done["success"] and done["dataset"]["version"] == 2, done
-    assert not claim.exists() and _dataset(app, dataset)["rowCount"] == 1
+    assert _dataset(app, dataset)["rowCount"] == 1
+
+
+def test_an_append_clears_a_next_version_that_a_killed_writer_left_unrecorded(app: Api) -> None:
+    """Not only refreshes: any writer of a next version (here appendRows) removes the files a writer
+    killed between its files and its row left, once they are old enough, and leaves young ones."""
+    dataset = app.upload_ok(b"dish,score\nsoup,4\n", "left.csv")
+    files = app.client.app.state.resources.files  # type: ignore[attr-defined]
+    stray = files.dataset_file(dataset, 2)
+    stray.write_bytes(b"PAR1")
+    append = 'mutation { appendRows(dataset: "%s", rows: [{dish: "pie", score: 5}]) { success error { message } } }'
+    young = app.data(append % dataset)["appendRows"]
+    assert not young["success"] and "changed meanwhile" in young["error"]["message"], young
+    os.utime(stray, (time.time() - 60, time.time() - 60))
+    done = app.data(append % dataset)["appendRows"]
+    assert done["success"], done
+    assert _dataset(app, dataset)["version"] == 2 and _dataset(app, dataset)["rowCount"] == 2

@@ -148,7 +148,9 @@ def test_a_full_queue_drops_the_oldest_and_holds_one_task(
         assert _deliveries(hooked, "dropped") >= dropped + 3
     assert any("dropped the oldest" in r.getMessage() for r in caplog.records)
     wait_for(lambda: receiver.count(HOOK), 10, "the first delivery under way")
-    assert receiver.count(HOOK) == 1  # one delivery at a time, whatever is queued
+    # One delivery at a time, whatever is queued: only the first one's tries (it may be retried after a
+    # read timeout on a busy machine), never one request per queued event.
+    assert receiver.count(HOOK) <= hooked.settings.http_attempts < size + 4
 
 
 def test_a_webhook_on_a_blocked_network_stops_the_server_at_start_saying_so(tmp_path: Path) -> None:

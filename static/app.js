@@ -101,4 +101,28 @@ window.addEventListener("pagehide", () => live.close());
 window.addEventListener("pageshow", (event) => {
   if (event.persisted) live.connect(); // back from the back/forward cache
 });
-refresh();
+
+/** A view the address names: `/?steps=[...]&chart={...}#dataset` (as `make demo` prints it) opens
+ * the dataset with these steps applied and their chart drawn, kept live like any result. Null when
+ * there is none, or it is not JSON of that shape (the page then opens as usual). */
+function viewInAddress() {
+  const params = new URLSearchParams(location.search);
+  if (!params.has("steps") && !params.has("chart")) return null;
+  try {
+    const steps = JSON.parse(params.get("steps") ?? "[]");
+    const spec = JSON.parse(params.get("chart") ?? "null");
+    const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+    if (!Array.isArray(steps) || !steps.every(isObject) || (spec !== null && !isObject(spec))) return null;
+    return { steps, spec };
+  } catch {
+    return null;
+  }
+}
+
+async function start() {
+  await refresh();
+  const view = viewInAddress();
+  if (!view || !app.state.current) return;
+  if ((await result.run(view.steps)) && view.spec) await chart.show(view.spec);
+}
+start();

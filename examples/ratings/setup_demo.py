@@ -5,8 +5,8 @@
 1. fetch the `ratings` plugin's dataset (the appender's CSV file), as the dataset `ratings`;
 2. refresh it every 10 seconds (setSchedule): each refresh that finds new ratings is a new version;
 3. check every version: the score between 1 and 5 (range), a dish on every rating (notNull);
-4. save the mean rating per dish over the last hour as the dataset `mean-rating-per-dish`
-   (saveFrame), and print the web page's address that charts the same mean live.
+4. save the mean rating per dish over the last hour (the wrong ratings left out) as the dataset
+   `mean-rating-per-dish` (saveFrame), and print the web page's address that charts it live.
 
 The API's filters compare with fixed values: nothing in a step says "an hour before now". So
 "the last hour" is fixed when this runs: the ratings since an hour before the demo started (all
@@ -47,9 +47,17 @@ class Refused(Exception):
 
 
 def steps_since(since: dt.datetime) -> list[dict[str, Any]]:
-    """The mean score per dish of the ratings from `since` on, sorted by dish."""
+    """The mean score per dish of the ratings from `since` on, sorted by dish. The wrong ratings
+    (no dish, a score out of 1-5) are left out of the mean: the checks are where they show."""
+    when = since.isoformat(timespec="seconds")
     return [
-        {"filter": [{"column": "time", "op": "GE", "value": since.isoformat(timespec="seconds")}]},
+        {
+            "filter": [
+                {"column": "time", "op": "GE", "value": when},
+                {"column": "dish", "op": "NOT_NULL"},
+                {"column": "score", "op": "BETWEEN", "value": [1, 5]},
+            ]
+        },
         {"groupBy": {"by": ["dish"], "aggregations": [{"column": "score", "fn": fn} for fn in ("MEAN", "COUNT")]}},
         {"sort": [{"column": "dish"}]},
     ]

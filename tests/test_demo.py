@@ -259,6 +259,21 @@ def test_the_printed_address_opens_the_chart_that_moves_as_ratings_arrive(demo: 
             browser.close()
 
 
+@pytest.mark.parametrize("same", ["data", "port"])
+def test_a_second_demo_on_the_same_data_or_port_stops_at_once_saying_why(demo: Demo, tmp_path: Path, same: str) -> None:
+    port = urlsplit(demo.base).port
+    env = {**os.environ, "RATINGS_DEMO_VAR": str(demo.var), "RATINGS_DEMO_PORT": str(free_port())}
+    if same == "port":
+        env.update(RATINGS_DEMO_VAR=str(tmp_path / "var"), RATINGS_DEMO_PORT=str(port))
+    rows = demo.ask('{ dataset(id: "ratings") { rowCount } }')["dataset"]["rowCount"]
+    second = subprocess.run([sys.executable, str(DEMO)], env=env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1
+    said = {"data": f"Another demo is running on {demo.var}", "port": f"Port {port} is taken"}[same]
+    assert said in second.stderr, second.stderr
+    assert "Started" not in second.stdout  # no second appender, no second server
+    assert demo.ask('{ dataset(id: "ratings") { rowCount } }')["dataset"]["rowCount"] >= rows  # the first one serves on
+
+
 def test_ctrl_c_stops_everything_the_demo_started(demo: Demo) -> None:
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", "\n".join(demo.lines))]
     assert len(pids) == 2  # the appender and the server

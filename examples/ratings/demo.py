@@ -12,8 +12,10 @@ Nth rating wrong on purpose). DATAGRAPH_* variables reach the server as usual.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +35,7 @@ changed between two:  .venv/bin/datagraph versions ratings --data-dir {data}
 Ctrl-C stops it all."""
 
 
-class Stop(Exception):
+class Stop(BaseException):  # as KeyboardInterrupt: no `except Exception` on the way swallows it
     """Ctrl-C, or SIGTERM / SIGHUP: time to stop everything."""
 
 
@@ -86,6 +88,17 @@ def main() -> None:
     append_s = os.environ.get("RATINGS_DEMO_APPEND_S", "1")
     bad_every = os.environ.get("RATINGS_DEMO_BAD_EVERY", "15")
     var.mkdir(parents=True, exist_ok=True)
+    lock = (var / "demo.lock").open("w")  # held while this demo runs; the system drops it when it ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"Another demo is running on {var} (stop it first, or give it RATINGS_DEMO_VAR).") from None
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server: only a listener is in the way
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise SystemExit(f"Port {port} is taken (another server?); RATINGS_DEMO_PORT picks another.") from None
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "DATAGRAPH_PLUGIN_RATINGS_DIR": str(var)}
     bin_dir = Path(sys.executable).parent

@@ -123,6 +123,15 @@ async function start() {
   await refresh();
   const view = viewInAddress();
   if (!view || !app.state.current) return;
-  if ((await result.run(view.steps)) && view.spec) await chart.show(view.spec);
+  // The chart is drawn on the first result of these steps: this run's, or that of a rerun after a
+  // change of the data that overtook it (which runs the steps set here).
+  let chartWanted = Boolean(view.spec);
+  app.on("result", () => {
+    if (!chartWanted || app.state.base !== view.steps) return;
+    chartWanted = false;
+    chart.show(view.spec);
+  });
+  Object.assign(app.state, { base: view.steps, picked: null });
+  await result.run(view.steps);
 }
 start();

@@ -88,6 +88,22 @@ class HttpStats:
             self.retried[code] = self.retried.get(code, 0) + count
 
 
+class _HostOnly(logging.Filter):
+    """httpx logs every request's whole URL at INFO: its user info, path or query may carry a key
+    (a plugin's API key, a webhook's secret path). Keep the scheme and host of each URL only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(f"{a.scheme}://{a.host}/..." if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+def _quiet_httpx() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _HostOnly) for f in logger.filters):
+        logger.addFilter(_HostOnly())
+
+
 class HttpClient:
     """One per process: owns the pooled httpx.AsyncClient (limits, timeouts, follow_redirects=False).
 
@@ -97,6 +113,7 @@ class HttpClient:
 
     def __init__(self, settings: HttpSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
+        _quiet_httpx()
         limits = httpx.Limits(
             max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
         )

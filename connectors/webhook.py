@@ -86,6 +86,7 @@ class Webhook:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.delivered = 0
+        self._sending = False
 
     def start(self) -> None:
         if self._task is None:
@@ -101,6 +102,11 @@ class Webhook:
     @property
     def waiting(self) -> int:
         return len(self._queue)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and no delivery under way."""
+        return not self._queue and not self._sending
 
     def send(self, payload: dict[str, Any]) -> None:
         """Queue `payload` for delivery and return at once."""
@@ -122,7 +128,11 @@ class Webhook:
             await self._ready.wait()
             self._ready.clear()
             while self._queue:
-                await self._deliver(self._queue.popleft())
+                self._sending = True
+                try:
+                    await self._deliver(self._queue.popleft())
+                finally:
+                    self._sending = False
 
     async def _deliver(self, body: bytes) -> None:
         session = self._client.session(deadline_s=self.deadline_s)

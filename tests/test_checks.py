@@ -23,6 +23,7 @@ from datagraph.durations import parse_duration
 from datagraph.errors import BadInput
 from engine import Source
 from engine._checks import plan_text
+from storage import CheckStore, MetadataStore
 
 SET = """mutation($d: ID!, $c: [CheckInput!]!) { setChecks(dataset: $d, checks: $c) {
   success error { code message } dataset { checks { name rule passed message version } } } }"""
@@ -363,17 +364,36 @@ def test_a_unique_check_on_a_million_rows_stays_under_the_worker_memory_cap(tmp_
         assert len(found) == 50
 
 
-def test_checks_of_another_process_are_seen_here(tmp_path: Path) -> None:
+def test_checks_of_another_process_are_seen_here(app: Api) -> None:
     """Rules and results live in the metadata database: a second app on it shows what the first set."""
-    settings = make_settings(tmp_path)
-    with serving(settings) as first:
-        dataset = _ratings(first)
-        with serving(settings) as second:
-            assert results(second, dataset) == {"notNull(dish)": (True, 1), "range(score, 1..5)": (True, 1)}
-            refused = set_checks(second, dataset, [{"notNull": ["gone"]}])
-            assert refused["error"]["code"] == "BAD_INPUT"
+    dataset = _ratings(app)
+    with serving(app.settings) as second:
+        assert results(second, dataset) == {"notNull(dish)": (True, 1), "range(score, 1..5)": (True, 1)}
+        refused = set_checks(second, dataset, [{"notNull": ["gone"]}])
+        assert refused["error"]["code"] == "BAD_INPUT"
+    assert list(results(app, dataset)) == ["notNull(dish)", "range(score, 1..5)"]
 
 
 def test_validation_is_pure_and_names_the_columns() -> None:
     with pytest.raises(BadInput, match=r'no column "x"\. Columns: a, b'):
         engine.checked_rules([{"notNull": ["x"]}], {"a": "Int64", "b": "String"}, max_rules=5, max_values=5)
+
+
+def test_a_late_run_never_overwrites_newer_results_or_other_rules(tmp_path: Path) -> None:
+    """Two processes may run checks at once (a slow run of version 2, a fresh one of version 3; a run
+    overtaken by setChecks): the stored results always belong to the rules and version beside them."""
+    metadata = MetadataStore(f"sqlite:///{tmp_path / 'meta.sqlite3'}")
+    store = CheckStore(metadata.engine)
+    try:
+        old, new = [{"notNull": ["a"]}], [{"notNull": ["b"]}]
+        store.set_rules("d", old)
+        assert store.set_results("d", rules=old, version=3, results={"notNull(a)": {"passed": True, "message": "3"}})
+        assert not store.set_results("d", rules=old, version=2, results={"notNull(a)": {"passed": False}})
+        store.set_rules("d", new)
+        assert not store.set_results("d", rules=old, version=4, results={"notNull(a)": {"passed": False}})
+        kept = store.get("d")
+        assert kept is not None and kept.rules == new and kept.results == {} and kept.version is None
+        store.set_rules("d", [])
+        assert store.get("d") is None
+    finally:
+        metadata.close()

@@ -6,18 +6,17 @@
 2. refresh it every 10 seconds (setSchedule): each refresh that finds new ratings is a new version;
 3. check every version: the score between 1 and 5 (range), a dish on every rating (notNull);
 4. save the mean rating per dish over the last hour (the wrong ratings left out) as the dataset
-   `mean-rating-per-dish` (saveFrame), and print the web page's address that charts it live.
+   `mean-rating-per-dish-last-hour` (saveFrame), and print the web page's address that charts it live.
 
-The API's filters compare with fixed values: nothing in a step says "an hour before now". So
-"the last hour" is fixed when this runs: the ratings since an hour before the demo started (all
-of them, in a demo's first hour). The saved frame is the mean at that moment; the chart on the
-page is the same pipeline over the current version, redrawn at each new one.
+No filter compares with "now" (a filter's value is fixed when it is written), so "the last hour"
+is a rolling one-hour window over the ratings' time: each dish's mean over the hour up to its
+latest rating, which, with ratings arriving every second, is the last hour. The saved frame is
+that mean when the set-up ran; the chart on the page is the same steps over each new version.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from typing import Any
@@ -26,8 +25,10 @@ from urllib.parse import quote
 import httpx
 
 DATASET = "ratings"
-FRAME_NAME = "Mean rating per dish"
-FRAME = "mean-rating-per-dish"
+FRAME_NAME = "Mean rating per dish, last hour"
+FRAME = "mean-rating-per-dish-last-hour"
+LAST_HOUR = "mean_last_hour"  # the column of the means
+ROLLED = "score_rolling_mean"  # the window's column: each rating's dish's mean over the hour up to it
 CHECKS = [{"range": {"column": "score", "min": 1, "max": 5}}, {"notNull": ["dish"]}]
 PAYLOAD = "success error { code message } dataset { id version rowCount }"
 FETCH = f'mutation {{ fetchPlugin(plugin: "ratings", name: "{DATASET}") {{ {PAYLOAD} }} }}'
@@ -46,26 +47,25 @@ class Refused(Exception):
     """The API answered a problem (or a GraphQL error) for a step of the set-up."""
 
 
-def steps_since(since: dt.datetime) -> list[dict[str, Any]]:
-    """The mean score per dish of the ratings from `since` on, sorted by dish. The wrong ratings
-    (no dish, a score out of 1-5) are left out of the mean: the checks are where they show."""
-    when = since.isoformat(timespec="seconds")
+def mean_last_hour() -> list[dict[str, Any]]:
+    """The mean score of each dish over the hour up to its latest rating, sorted by dish. The wrong
+    ratings (no dish, a score out of 1-5) are left out of the mean: the checks are where they show."""
     return [
         {
             "filter": [
-                {"column": "time", "op": "GE", "value": when},
                 {"column": "dish", "op": "NOT_NULL"},
                 {"column": "score", "op": "BETWEEN", "value": [1, 5]},
             ]
         },
-        {"groupBy": {"by": ["dish"], "aggregations": [{"column": "score", "fn": fn} for fn in ("MEAN", "COUNT")]}},
+        {"window": [{"column": "score", "fn": "ROLLING_MEAN", "period": "1h", "orderBy": "time", "by": ["dish"]}]},
+        {"groupBy": {"by": ["dish"], "aggregations": [{"column": ROLLED, "fn": "LAST", "alias": LAST_HOUR}]}},
         {"sort": [{"column": "dish"}]},
     ]
 
 
 def page_address(base: str, steps: list[dict[str, Any]]) -> str:
     """The web page opened on `ratings` with `steps` applied and their bar chart drawn."""
-    chart = {"kind": "BAR", "x": "dish", "y": "score_mean"}
+    chart = {"kind": "BAR", "x": "dish", "y": LAST_HOUR}
     compact = {"separators": (",", ":")}
     return (
         f"{base}/?steps={quote(json.dumps(steps, **compact))}"  # type: ignore[arg-type]
@@ -101,7 +101,6 @@ def missing_field(error: Refused, field: str) -> bool:
 def configure(base: str, every: str = "10s", say: Any = print) -> str:
     """Set the demo up on the server at `base`; answers the page's address."""
     api = Api(base)
-    started = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
     fetched = api.mutate("fetchPlugin", FETCH)
     say(f"Fetched the ratings: dataset {DATASET!r}, version {fetched['dataset']['version']}, "
         f"{fetched['dataset']['rowCount']} ratings.")  # fmt: skip
@@ -119,12 +118,11 @@ def configure(base: str, every: str = "10s", say: Any = print) -> str:
         if not missing_field(error, "setChecks"):
             raise
         say("SKIPPED the checks: this server has no setChecks yet.")
-    since = started - dt.timedelta(hours=1)
-    steps = steps_since(since)
-    if api.run(EXISTS, id=FRAME)["dataset"]:  # from an earlier run of the demo: saved again, over this run's hour
+    steps = mean_last_hour()
+    if api.run(EXISTS, id=FRAME)["dataset"]:  # from an earlier run of the demo: saved again, now
         api.mutate("deleteDataset", DELETE, id=FRAME)
     saved = api.mutate("saveFrame", SAVE, id=DATASET, steps=steps, name=FRAME_NAME)
-    say(f"Saved the mean rating per dish since {since:%H:%M} UTC as the dataset {saved['dataset']['id']!r}.")
+    say(f"Saved the mean rating per dish, last hour, as the dataset {saved['dataset']['id']!r}.")
     return page_address(base, steps)
 
 

@@ -29,10 +29,8 @@ run: .venv/.runtime
 
 # The live example (examples/ratings/): a server on its plugins folder with a data directory of its own
 # (examples/ratings/var/), a rating appended every second, a 10 s schedule, checks and a saved frame set
-# through the API; it prints the page's address. Ctrl-C stops it all. It needs .venv/.synced, not only
-# .venv/.runtime: a plugin fetch hashes its rows with Series.to_numpy() (connectors/plugins.py), and numpy
-# comes with the dev group only (with the runtime packages alone the fetch fails on an internal error).
-demo: .venv/.synced
+# through the API; it prints the page's address. Ctrl-C stops it all.
+demo: .venv/.runtime
 	.venv/bin/python examples/ratings/demo.py
 
 # The everyday tier on two pytest-xdist workers, a test module each at a time (module-scoped apps stay

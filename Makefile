@@ -8,7 +8,7 @@ UV_VERSION := 0.13.8
 UV := .tools/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test test-slow test-all lint coverage schema bench bench-all clean
+.PHONY: run demo test test-slow test-all lint coverage schema bench bench-all clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -26,6 +26,12 @@ $(UV):
 
 run: .venv/.runtime
 	.venv/bin/datagraph serve $(ARGS)
+
+# The live example (examples/ratings/): a server on its plugins folder with a data directory of its own
+# (examples/ratings/var/), a rating appended every second, a 10 s schedule, checks and a saved frame set
+# through the API; it prints the page's address. Ctrl-C stops it all.
+demo: .venv/.runtime
+	.venv/bin/python examples/ratings/demo.py
 
 # The everyday tier on two pytest-xdist workers, a test module each at a time (module-scoped apps stay
 # shared; each module has its own Redis database, ports and data directories). XDIST=0: in one process.

@@ -101,4 +101,37 @@ window.addEventListener("pagehide", () => live.close());
 window.addEventListener("pageshow", (event) => {
   if (event.persisted) live.connect(); // back from the back/forward cache
 });
-refresh();
+
+/** A view the address names: `/?steps=[...]&chart={...}#dataset` (as `make demo` prints it) opens
+ * the dataset with these steps applied and their chart drawn, kept live like any result. Null when
+ * there is none, or it is not JSON of that shape (the page then opens as usual). */
+function viewInAddress() {
+  const params = new URLSearchParams(location.search);
+  if (!params.has("steps") && !params.has("chart")) return null;
+  try {
+    const steps = JSON.parse(params.get("steps") ?? "[]");
+    const spec = JSON.parse(params.get("chart") ?? "null");
+    const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+    if (!Array.isArray(steps) || !steps.every(isObject) || (spec !== null && !isObject(spec))) return null;
+    return { steps, spec };
+  } catch {
+    return null;
+  }
+}
+
+async function start() {
+  await refresh();
+  const view = viewInAddress();
+  if (!view || !app.state.current) return;
+  // The chart is drawn on the first result of these steps: this run's, or that of a rerun after a
+  // change of the data that overtook it (which runs the steps set here).
+  let chartWanted = Boolean(view.spec);
+  app.on("result", () => {
+    if (!chartWanted || app.state.base !== view.steps) return;
+    chartWanted = false;
+    chart.show(view.spec);
+  });
+  Object.assign(app.state, { base: view.steps, picked: null });
+  await result.run(view.steps);
+}
+start();

@@ -186,6 +186,18 @@ export function initChart(app) {
       note.textContent = "";
     }
   });
+  /** Draw the chart `wanted` asks for ({kind, x, y, color, aggregate, bins}, as the API's chart
+   * takes it) and bring it into view: a chart named by the page's address. */
+  async function show(wanted) {
+    if (FIELDS[wanted.kind]) kind.value = wanted.kind;
+    showFields();
+    for (const [name, control] of Object.entries(controls)) {
+      if (wanted[name] !== undefined && wanted[name] !== null) control.value = String(wanted[name]);
+    }
+    section.scrollIntoView();
+    await busy($("#chart-draw"), draw);
+  }
+
   showFields();
-  return { redraw: () => drawn && draw() };
+  return { redraw: () => drawn && draw(), show };
 }

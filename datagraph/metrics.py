@@ -90,6 +90,16 @@ class Metrics:
         )
         self.subscriptions = gauge("datagraph_subscriptions_open", "GraphQL subscriptions running.")
         self.rate_limited = counter("datagraph_rate_limited", "Requests refused with RATE_LIMITED.")
+        self.lease_held = gauge(
+            "datagraph_lease_held",
+            "1 while this server process holds the lease on a background duty, by lease.",
+            ("name",),
+        )
+        self.scheduled_refreshes = counter(
+            "datagraph_scheduled_refreshes",
+            "Refreshes run by a dataset's schedule, by outcome (ok or the problem code).",
+            ("outcome",),
+        )
 
     def exposition(self) -> bytes:
         """The metrics in Prometheus text format: this process's, or all processes' with `metrics_dir`."""

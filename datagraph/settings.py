@@ -34,6 +34,20 @@ class Settings(BaseSettings):
         description="How often a server process records in the metadata database that it is alive, in seconds;"
         " one silent for 3 times this is dead, and sweeps remove what it left.",
     )
+    lease_s: float = Field(
+        10,
+        gt=0,
+        description="How long a lease on a background duty (the scheduler, the sweeps) lasts, in seconds: its"
+        " holder renews it every third of this, and another server process takes the duty over within about"
+        " this long after the holder dies.",
+    )
+    schedule_min_s: int = Field(10, ge=1, description="The shortest refresh schedule setSchedule accepts, in seconds.")
+    schedule_retry_s: float = Field(
+        5,
+        gt=0,
+        description="After a failed scheduled refresh, wait this long before trying again, doubled after each"
+        " further failure, at most the schedule's interval; in seconds.",
+    )
     shutdown_grace_s: int = Field(
         5,
         ge=0,

@@ -21,7 +21,7 @@ from gql.frames import CacheMode, Frame, StepInput, View, pipeline_plan, sql_pip
 from gql.jobs import Job
 from gql.recipe import read_recipe
 from gql.results import Column, Meta, Problem, ProblemCode, Result, column, result
-from resolvers import Options, Outcome, dataset_sql, frames, sources
+from resolvers import Options, Outcome, dataset_sql, frames, freshness, sources
 from resolvers import Problem as PlainProblem
 from resolvers import datasets as ds
 from resolvers import recipe as recipes
@@ -230,6 +230,13 @@ class Dataset(Frame):
     @strawberry.field
     def columns(self) -> list[Column]:
         return [column(c) for c in self.record.columns]
+
+    @strawberry.field(
+        description='The refresh interval of an imported table or plugin dataset ("15m"; setSchedule, or the'
+        " plugin's refresh_s), null when none."
+    )
+    def schedule(self, info: strawberry.Info[Context, None]) -> str | None:
+        return freshness.schedule_of(info.context, self.record)
 
     @strawberry.field
     def source(self, info: strawberry.Info[Context, None]) -> Source:
@@ -468,6 +475,8 @@ class DatasetMutation:
     @strawberry.mutation(description="Delete a dataset and its files; the payload names what was deleted.")
     async def delete_dataset(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> DatasetPayload:
         async def work() -> DatasetRecord:
-            return await ds.delete_dataset(info.context, str(id))
+            deleted = await ds.delete_dataset(info.context, str(id))
+            await freshness.forget_schedule(info.context, deleted.id)
+            return deleted
 
         return dataset_payload(info.context, await changed("deleteDataset", work()))

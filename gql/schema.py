@@ -25,6 +25,7 @@ from datagraph.settings import Settings, production_mode
 from gql.datasets import Dataset, DatasetMutation, DatasetQuery
 from gql.extensions import BoundVariables, CountOperations, MaskUnexpectedErrors, field_repeats_rule, value_depth_rule
 from gql.frames import View
+from gql.freshness import FreshnessMutation
 from gql.jobs import JobQuery
 from gql.plugins import PluginMutation, PluginQuery
 from gql.sources import SourceMutation, SourceQuery
@@ -62,7 +63,7 @@ def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     if s.otel_endpoint:  # only then: a resolve hook costs every field of every query
         extensions.append(TraceOperations)
     query = merge_types("Query", (DatasetQuery, SourceQuery, PluginQuery, JobQuery))
-    mutation = merge_types("Mutation", (DatasetMutation, SourceMutation, PluginMutation))
+    mutation = merge_types("Mutation", (DatasetMutation, SourceMutation, PluginMutation, FreshnessMutation))
     return strawberry.Schema(
         query=query,
         mutation=mutation,

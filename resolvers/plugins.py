@@ -5,17 +5,16 @@ The registry of plugin files (the folder, watched) is `connectors.registry`.
 `fetch_plugin` runs the plugin in a worker under `plugin_timeout_s` and the worker memory cap.
 The same plugin with the same parameters always lands in the same dataset: the first fetch makes
 it, each later one adds a version, unless the upstream answered "not modified" or the data is the
-same as the current version's, in which case the version stays.
+same as the current version's, in which case the version stays. A plugin's `refresh_s` is the
+default schedule of its datasets (`refresh_defaults`), run by the one scheduler
+(`resolvers.freshness`) with the schedules set by setSchedule.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime as dt
 import logging
 import re
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from resolvers.context import Context, Resources
 from resolvers.datasets import Produced, dataset_job, display_name
 from storage import DatasetRecord
 
-__all__ = ["PLUGINS", "fetch_plugin", "http_settings", "refresh_forever"]
+__all__ = ["PLUGINS", "fetch_plugin", "http_settings", "refresh_defaults"]
 
 PLUGINS = "plugins"  # the source id of datasets plugins make
 log = logging.getLogger("datagraph.plugins")
@@ -53,32 +52,18 @@ def http_settings(settings: Settings) -> HttpSettings:
     )
 
 
-async def refresh_forever(ctx: Context, every_s: float = 1.0) -> None:
-    """Re-fetch each plugin dataset whose plugin declares `refresh_s`, once it is that old."""
-    while True:
-        await asyncio.sleep(every_s)
-        available = ctx.resources.plugins.available()
-        if not any(info.refresh_s for _, info in available.values()):
-            continue  # nothing asks to be refreshed: no need to read the datasets every second
-        for record in ctx.resources.metadata.list_datasets(source_id=PLUGINS):
-            plugin = str(record.origin.get("plugin", ""))
-            if record.source_id != PLUGINS or plugin not in available:
-                continue
-            refresh = available[plugin][1].refresh_s
-            if not refresh or _age_s(record) < refresh:
-                continue
-            try:
-                params = record.origin.get("params") or {}
-                await fetch_plugin(ctx, plugin=plugin, params=params, name=None, job_id=uuid.uuid4().hex)
-            except Exception as exc:  # a failed refresh is logged and tried again after refresh_s
-                with contextlib.suppress(Exception):
-                    ctx.resources.metadata.set_origin(record.id, {**record.origin, "fetched_at": _now_iso()})
-                log.warning(
-                    "refreshing dataset %s from plugin %s failed: %s",
-                    record.id,
-                    plugin,
-                    getattr(exc, "message", type(exc).__name__),
-                )
+def refresh_defaults(ctx: Context) -> dict[str, int]:
+    """The schedule each plugin dataset has from its plugin's `refresh_s` (dataset id: seconds), for
+    the plugins this process has loaded; `resolvers.freshness` runs them."""
+    available = ctx.resources.plugins.available()
+    if not any(info.refresh_s for _, info in available.values()):
+        return {}  # nothing asks to be refreshed: no need to read the datasets
+    found: dict[str, int] = {}
+    for record in ctx.resources.metadata.list_datasets(source_id=PLUGINS):
+        entry = available.get(str(record.origin.get("plugin", "")))
+        if entry is not None and entry[1].refresh_s:
+            found[record.id] = max(1, int(entry[1].refresh_s))
+    return found
 
 
 def _key(info: PluginInfo, params: dict[str, Any] | None) -> str:
@@ -130,10 +115,17 @@ def _find(ctx: Context, key: str) -> DatasetRecord | None:
 
 
 async def fetch_plugin(
-    ctx: Context, *, plugin: str, params: dict[str, Any] | None, name: str | None, job_id: str
+    ctx: Context,
+    *,
+    plugin: str,
+    params: dict[str, Any] | None,
+    name: str | None,
+    job_id: str,
+    into: DatasetRecord | None = None,
 ) -> DatasetRecord:
     """Run a plugin's fetch and store the result: a new dataset, or a new version of the dataset the
-    same plugin and parameters made before (the same version when nothing changed)."""
+    same plugin and parameters made before (the same version when nothing changed). With `into` (a
+    refresh), the dataset to refresh, whatever the plugin's parameters have become since."""
     res = ctx.resources
     registry = res.plugins
     if params is not None and not isinstance(params, dict):
@@ -147,8 +139,10 @@ async def fetch_plugin(
         raise NotFound(f'There is no plugin "{plugin[:80]}"; available: {names}.')
     file, info = entry
     key = _key(info, params)
-    async with registry.locks.hold(key):
-        existing = _find(ctx, key)
+    async with registry.locks.hold(str(into.origin.get("key", key)) if into is not None else key):
+        existing = ctx.resources.metadata.get_dataset(into.id) if into is not None else _find(ctx, key)
+        if into is not None and existing is None:
+            raise NotFound(f'There is no dataset "{into.id}" any more (it was deleted).')
         if existing is not None and info.cache_ttl_s and _age_s(existing) < info.cache_ttl_s:
             return existing  # fetched moments ago: the plugin asks not to call its upstream again yet
         validators = dict(existing.origin.get("validators") or {}) if existing else {}
@@ -160,7 +154,10 @@ async def fetch_plugin(
         )
         steps = {"plugin": plugin, "version": info.version, "params": _redacted(params or {})}
         # The origin keeps the parameters as given (a refresh needs them); jobs show them redacted.
-        origin = {"key": key, **steps, "params": params or {}, "fetched_at": _now_iso()}
+        origin = {"key": existing.origin.get("key", key) if into and existing else key, **steps, "params": params or {}}
+        origin["fetched_at"] = _now_iso()
+        if into is not None:
+            steps["refresh"] = into.id
 
         async def produce(parquet: Path) -> Produced | None:
             try:

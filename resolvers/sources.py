@@ -26,7 +26,7 @@ from resolvers._outcome import Outcome, timeout_seconds
 from resolvers.context import Context
 from resolvers.datasets import Produced, dataset_job, dataset_slug, display_name, import_timeout_message
 from resolvers.jobs import recorded_job
-from storage import DatasetRecord
+from storage import DatasetRecord, data_digest
 
 __all__ = [
     "import_table",
@@ -135,9 +135,12 @@ async def import_table(
     name: str | None,
     job_id: str,
     mode: str = "SNAPSHOT",
+    into: DatasetRecord | None = None,
 ) -> DatasetRecord:
     """Snapshot a table, or the rows of one read-only SELECT, into a new dataset (Parquet), streamed
-    in batches; recorded as a job. Nothing is visible unless all of it worked. LINK: see link_table."""
+    in batches; recorded as a job. Nothing is visible unless all of it worked. LINK: see link_table.
+    With `into` (a snapshot imported before), the rows become its next version (a refresh), or the
+    version stays when they are the same rows."""
     cfg = require_database(ctx, source_id)
     if mode == "LINK":
         async with recorded_job(ctx, job_id, "importTable", {"source": cfg.id, "mode": "LINK", "table": table}) as done:
@@ -156,8 +159,9 @@ async def import_table(
         what = {"query": sql}
     title = display_name(name or table or f"{cfg.id} query")
     steps = {"source": cfg.id, "mode": "SNAPSHOT", **what}
+    origin: dict[str, Any] = dict(steps)
 
-    async def produce(parquet: Path) -> Produced:
+    async def produce(parquet: Path) -> Produced | None:
         with ctx.resources.jobs.following(job_id, "reading", parquet) as progress:
             rows, columns = await _in_worker(
                 ctx, cfg, db.snapshot, cfg, sql, parquet,
@@ -166,11 +170,16 @@ async def import_table(
             )  # fmt: skip
         if len(columns) > ctx.settings.max_columns:
             raise TooLarge(f"The import has {len(columns):,} columns, more than {ctx.settings.max_columns:,}.")
+        # The same rows in any order give the same digest: a refresh that reads them again keeps its version.
+        digest = await ctx.resources.executor.run(data_digest, parquet, deadline_s=ctx.settings.import_timeout_s)
+        if into is not None and digest == into.origin.get("data_hash"):
+            return None  # the same rows: the version stays
+        origin["data_hash"] = digest
         return Produced(rows, rows, columns)
 
     return await dataset_job(
-        ctx, job_id=job_id, kind="importTable", steps=steps, title=title, source_id=cfg.id, origin=steps,
-        produce=produce,
+        ctx, job_id=job_id, kind="importTable", steps={**steps, **({"refresh": into.id} if into else {})},
+        title=title, source_id=cfg.id, origin=origin, produce=produce, into=into,
     )  # fmt: skip
 
 

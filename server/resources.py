@@ -1,9 +1,17 @@
 """What the server starts once and stops on shutdown: the resolvers' resources (metadata, files,
 pool, cache, sources, plugins, events, jobs), the web state (API keys, rate limits), and the
-background duties (the heartbeat, sweeps, the plugin folder's watch, plugin refreshes).
+background duties (the heartbeat, leases, sweeps, the scheduler, the folder watches).
 
 Each server process registers under an id of its own in the metadata database and keeps a
-heartbeat there; sweeps remove only what dead processes left (`storage.sweep_leftovers`)."""
+heartbeat there; sweeps remove only what dead processes left (`storage.sweep_leftovers`).
+
+Duties that write shared state run once across the processes sharing the metadata database: each
+only while this process holds its lease (`storage.Lease`, renewed every `lease_s / 3`): the
+scheduler (schedules and plugins' refresh_s, lease "scheduler"), the minute sweep (exports, version
+pruning, compaction kicks, dead processes' leftovers) and the start-up sweep (lease "sweep": a
+process starting while another holds it leaves the sweep to that one). The heartbeat and the
+per-process loaders run in every process: each loads its own plugin code (the plugins folder's
+watch) and its own persisted documents (the documents watch), which it needs to serve requests."""
 
 from __future__ import annotations
 
@@ -27,19 +35,20 @@ from datagraph.settings import Settings, keys_required
 from engine.runtime import Executor, JobTracker, ResultCache
 from resolvers.context import Context, Resources
 from resolvers.datasets import compact_soon
-from resolvers.plugins import refresh_forever
+from resolvers.freshness import schedule_forever
 from server.auth import NO_KEYS_MESSAGE, KeyRing
 from server.documents import DocumentRegistry
 from server.observe import count_job, count_stop
 from server.ratelimit import Limiter, SocketCounts
-from storage import DataDir, Documents, MetadataStore, Processes, sweep_leftovers
+from storage import DataDir, Documents, Lease, Leases, MetadataStore, Processes, sweep_leftovers
 
-__all__ = ["WebState", "open_resources", "running"]
+__all__ = ["SCHEDULER", "SWEEP", "Duties", "WebState", "open_resources", "running"]
 
 log = logging.getLogger("datagraph")
 
 PLUGINS_DEFAULT = Settings.model_fields["plugins"].default  # a folder beside where the server starts
 STALE_BEATS = 3  # a process whose heartbeat is this many periods old is dead
+SCHEDULER, SWEEP = "scheduler", "sweep"  # the leases on background duties
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +106,11 @@ def _sweep_leftovers(settings: Settings, metadata: MetadataStore, files: DataDir
         )  # fmt: skip
 
 
-async def _sweep_forever(res: Resources, processes: Processes, every_s: float) -> None:
+async def _sweep_forever(res: Resources, processes: Processes, lease: Lease, every_s: float) -> None:
     while True:
         await asyncio.sleep(every_s)
+        if not lease.held:
+            continue  # another process sweeps
         try:
             waiting, pruned = await asyncio.to_thread(_sweep_exports, res)
             for dataset_id in waiting:
@@ -124,6 +135,25 @@ async def _beat_forever(processes: Processes, every_s: float) -> None:
                 )
         except Exception:  # the database is away: try again next time
             log.exception("heartbeat failed")
+
+
+async def _hold_forever(duties: Duties, metrics: Metrics, every_s: float, stale_s: float) -> None:
+    """Take or renew this process's leases every `every_s` (a third of lease_s), from dead holders too,
+    and say which it holds."""
+    while True:
+        try:
+            dead = await asyncio.to_thread(duties.processes.dead, stale_s)
+        except Exception:  # the database is away: the renewals say so
+            dead = []
+        for lease in duties.leases:
+            held = await asyncio.to_thread(lease.renew, dead=dead)
+            metrics.lease_held.labels(lease.name).set(1 if held else 0)
+        await asyncio.sleep(every_s)
+
+
+def _live(processes: Processes, stale_s: float) -> set[str]:
+    """The ids of the server processes alive now (whose schedule claims stand)."""
+    return processes.known() - set(processes.dead(stale_s))
 
 
 def _leave(files: DataDir, processes: Processes) -> None:
@@ -170,16 +200,33 @@ def _report_start(settings: Settings, *, created: bool, sources: list[str], plug
         log.info("plugins folder: %s (%s)", plugins.folder.resolve(), names)
 
 
-async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resources, WebState, Processes]:
+@dataclass(frozen=True, slots=True)
+class Duties:
+    """This process's registration and its leases on the background duties."""
+
+    processes: Processes
+    scheduler: Lease
+    sweep: Lease
+
+    @property
+    def leases(self) -> list[Lease]:
+        return [self.scheduler, self.sweep]
+
+
+async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resources, WebState, Duties]:
     """Create the data directory, metadata store, cache and worker pool; register this process
-    (its heartbeat starts with `running`) and clear what dead ones left behind."""
+    (its heartbeat starts with `running`) and, unless another process holds the sweep's lease, clear
+    what dead ones left behind."""
     process_id = uuid.uuid4().hex
     data_dir_existed = settings.data_dir.is_dir()
     files = DataDir(settings.data_dir, process_id)
     metadata = MetadataStore(settings.resolved_metadata_url, owner=process_id)
     processes = Processes(metadata.engine, process_id)
     processes.join()
-    _sweep_leftovers(settings, metadata, files, processes, starting=True)
+    leases = Leases(metadata.engine, process_id)
+    duties = Duties(processes, Lease(leases, SCHEDULER, settings.lease_s), Lease(leases, SWEEP, settings.lease_s))
+    if duties.sweep.renew(dead=processes.dead(settings.heartbeat_s * STALE_BEATS)):
+        _sweep_leftovers(settings, metadata, files, processes, starting=True)
     metadata.backfill_versions(files.version_bytes)  # datasets made before versions were recorded
     executor = Executor(
         settings.workers,
@@ -219,15 +266,17 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
     await asyncio.to_thread(web.documents.load_folder)
     if keys_required(settings) and web.keys.count() == 0:
         await web.close()
+        duties.sweep.release()
         _leave(files, processes)
         await res.close()
         raise RuntimeError(NO_KEYS_MESSAGE)
     await plugins.scan(executor)
     executor.release_idle()  # the plugin inspections' workers go: an idle server is one process
     _report_start(settings, created=not data_dir_existed, sources=[c.id for c in sources], plugins=plugins)
-    for dataset_id in _sweep_exports(res)[0]:
-        compact_soon(res, dataset_id)
-    return res, web, processes
+    if duties.sweep.held:
+        for dataset_id in _sweep_exports(res)[0]:
+            compact_soon(res, dataset_id)
+    return res, web, duties
 
 
 @contextlib.asynccontextmanager
@@ -236,25 +285,31 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[R
     `otel_endpoint` collector when it is set)."""
     traced = tracing.configure(settings.otel_endpoint)  # before the pool starts: its workers trace too
     try:
-        res, web, processes = await open_resources(settings, metrics)
+        res, web, duties = await open_resources(settings, metrics)
     except BaseException:
         if traced is not None:
             await asyncio.to_thread(traced.close)
         raise
-    duties = [
+    processes = duties.processes
+    stale_s = settings.heartbeat_s * STALE_BEATS
+    tasks = [
         asyncio.create_task(_beat_forever(processes, settings.heartbeat_s)),
-        asyncio.create_task(_sweep_forever(res, processes, 60)),
+        asyncio.create_task(_hold_forever(duties, res.metrics, settings.lease_s / 3, stale_s)),
+        asyncio.create_task(_sweep_forever(res, processes, duties.sweep, 60)),
+        asyncio.create_task(schedule_forever(Context(res), duties.scheduler, lambda: _live(processes, stale_s))),
+        # In every process: each loads its own plugin code and documents, which it serves with.
         asyncio.create_task(res.plugins.watch(res.executor)),
-        asyncio.create_task(refresh_forever(Context(res))),
         asyncio.create_task(web.documents.watch()),
     ]
     try:
         yield res, web
     finally:
-        for task in duties:
+        for task in tasks:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*duties)
+            await asyncio.gather(*tasks)
+        for lease in duties.leases:  # another process takes the duties over at once
+            await asyncio.to_thread(lease.release)
         await web.close()
         await asyncio.to_thread(_leave, res.files, processes)
         await res.close()

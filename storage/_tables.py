@@ -29,9 +29,11 @@ __all__ = [
     "exports",
     "job_record",
     "jobs",
+    "leases",
     "now",
     "persisted_documents",
     "processes",
+    "schedules",
     "tables",
     "version_record",
 ]
@@ -147,6 +149,37 @@ persisted_documents = sa.Table(
     sa.Column("text", sa.Text, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_persisted_documents_eviction", "kind", "created_at", "id"),
+)
+
+# Background duties that must run once across the server processes sharing this database (the
+# scheduler, the sweeps) run in the process holding their lease: `holder` is its process id, and the
+# lease is its until `expires_at` (the database's clock), renewed well before (`storage._leases`).
+leases = sa.Table(
+    "leases",
+    tables,
+    sa.Column("name", sa.String(80), primary_key=True),
+    sa.Column("holder", sa.String(40), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Refresh schedules of datasets (`storage._schedules`): one row per dataset with a schedule, set by
+# setSchedule (`chosen`) or taken from its plugin's refresh_s. A due row is claimed (claimed_by, claim)
+# by a compare-and-set UPDATE before its refresh runs, and moved on to its next due time when it ends.
+schedules = sa.Table(
+    "schedules",
+    tables,
+    sa.Column("dataset_id", sa.String(80), primary_key=True),
+    sa.Column("every_s", sa.Integer, nullable=True),  # null: none, set so over a plugin's refresh_s
+    sa.Column("chosen", sa.Boolean, nullable=False),  # set by setSchedule, not the plugin's refresh_s
+    sa.Column("next_due", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("claimed_by", sa.String(40), nullable=True),  # the server process running it
+    sa.Column("claim", sa.String(40), nullable=True),  # that run's own token
+    sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),  # consecutive failed runs
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("runs", sa.BigInteger, nullable=False, default=0),
+    sa.Column("last_run_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Index("ix_schedules_due", "next_due"),
 )
 
 

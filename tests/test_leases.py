@@ -1,0 +1,238 @@
+"""Leases and schedule claims, in-process, on one shared SQLite file and on PostgreSQL metadata: two
+(or eight) MetadataStores stand for server processes sharing the database. One holder at a time,
+renewal, expiry and takeover, a holder that loses the database (a TcpProxy cut in front of
+PostgreSQL), and compare-and-set claims that never run a period twice, even when claimers race in
+threads."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from support import scratch_postgres_database, wait_for
+from tcpproxy import TcpProxy
+
+from storage import Lease, Leases, MetadataStore, Processes, ScheduleRecord, Schedules
+from storage._leases import LEASE_MARGIN, db_now
+from storage._tables import schedules
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a metadata database for the module (each test names its leases and datasets its
+    own way): a SQLite file, or a scratch PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('leases') / 'metadata.sqlite'}"
+        return
+    with scratch_postgres_database() as found:
+        yield found
+
+
+@pytest.fixture(scope="module")
+def stores(url: str) -> Iterator[list[MetadataStore]]:
+    """Two metadata stores on the same database, as two server processes have (shared by the module's
+    tests: opening one on PostgreSQL takes a second or two)."""
+    opened = [MetadataStore(url, owner=f"p{i}") for i in range(2)]
+    for store in opened:  # registered, as a server process registers (a lease's holder must be one)
+        Processes(store.engine, store.owner or "").join()
+    yield opened
+    for store in opened:
+        store.close()
+
+
+def _due(schedules_: Schedules, dataset: str) -> list[ScheduleRecord]:
+    return [r for r in schedules_.due(100) if r.dataset_id == dataset]
+
+
+def _scheduled(store: MetadataStore, wanted: str, every_s: int = 60) -> str:
+    """A ready dataset with a schedule that is due now."""
+    dataset = store.reserve_dataset(wanted_id=wanted, name=wanted, source_id="pg", origin={})
+    store.mark_ready(dataset, version=1, row_count=0, columns=[], origin={}, made_by="IMPORT")
+    Schedules(store.engine).assign(dataset, every_s)
+    _make_due(store, dataset)
+    return dataset
+
+
+def _make_due(store: MetadataStore, dataset: str) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(
+            schedules.update().where(schedules.c.dataset_id == dataset).values(next_due=db_now(store.engine, -0.5))
+        )
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_one_process_holds_a_lease_renews_it_and_another_takes_it_over_once_it_expires(
+    stores: list[MetadataStore],
+) -> None:
+    a, b = (Lease(Leases(s.engine, s.owner or ""), "takeover", 1.0) for s in stores)
+    assert a.renew() and a.held
+    assert not b.renew() and not b.held  # held by a, not expired
+    assert Leases(stores[1].engine, "p1").holder_of("takeover") == "p0"
+    assert a.renew() and not b.renew()  # renewing keeps it
+    # a stops renewing (it hangs, or died): b takes over once the lease has expired by the database's clock.
+    wait_for(b.renew, 10, "b takes the lease over after it expired", every=0.1)
+    assert b.held and Leases(stores[0].engine, "p0").holder_of("takeover") == "p1"
+    assert not a.renew() and not a.held  # a learns it lost it, and stops acting
+    b.release()  # a clean shutdown hands it over at once
+    assert not b.held and a.renew() and a.held
+    other = Lease(Leases(stores[1].engine, "p1"), "takeover-2", 1.0)
+    assert other.renew()  # leases are independent of each other
+
+
+def test_a_lease_held_by_a_dead_process_is_taken_at_once(stores: list[MetadataStore]) -> None:
+    ghost = Lease(Leases(stores[0].engine, "ghost"), "restart", 60.0)  # a process that never registered, or left
+    assert ghost.renew()
+    alive = Lease(Leases(stores[1].engine, "p1"), "restart", 60.0)
+    assert alive.renew() and Leases(stores[1].engine, "p1").holder_of("restart") == "p1"
+    # A registered holder judged dead (Processes.dead: silent, or its pid gone on this host) is passed in.
+    crashed = Lease(Leases(stores[0].engine, "p0"), "restart-2", 60.0)
+    assert crashed.renew()
+    successor = Lease(Leases(stores[1].engine, "p1"), "restart-2", 60.0)
+    assert not successor.renew() and successor.renew(dead=["p0"])
+
+
+def test_a_holder_judges_its_lease_by_its_own_clock_and_stops_before_it_may_have_expired(
+    stores: list[MetadataStore], tmp_path: Path
+) -> None:
+    clock = Clock()
+    lease = Lease(Leases(stores[0].engine, "p0"), "own-clock", 10.0, clock=clock)
+    assert lease.renew()
+    clock.now += 10 * (1 - LEASE_MARGIN) - 0.01
+    assert lease.held
+    clock.now += 0.02
+    assert not lease.held  # past lease_s less the margin since the renewal began: no longer acting
+    # A renewal that cannot reach the database keeps the lease only as long as it may still stand.
+    away = Lease(
+        Leases(sa.create_engine(f"sqlite:///{tmp_path / 'nowhere' / 'x.sqlite'}"), "p0"), "x", 10.0, clock=clock
+    )
+    assert not away.renew() and away.failing and not away.held
+
+
+def test_claims_never_run_a_period_twice_even_when_claimers_race_in_threads(stores: list[MetadataStore]) -> None:
+    claimers = [(stores[i % 2], f"p{i}") for i in range(6)]  # six claimers, each on a connection of its own
+    first = stores[0]
+    dataset = _scheduled(first, "race")
+    barrier = threading.Barrier(len(claimers))
+    runs: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def claimer(claiming: tuple[MetadataStore, str], period: int) -> None:
+        store, owner = claiming
+        mine = Schedules(store.engine)
+        barrier.wait()
+        for found in _due(mine, dataset):
+            token = mine.claim(found, owner)
+            if token is not None:
+                with lock:
+                    runs.append((period, owner))
+                assert mine.finish(found.dataset_id, token, error=None, retry_s=5) is not None
+
+    for period in range(5):
+        if period:
+            _make_due(first, dataset)
+        with concurrent.futures.ThreadPoolExecutor(len(claimers)) as pool:
+            list(pool.map(claimer, claimers, [period] * len(claimers)))
+        row = Schedules(first.engine).get(dataset)
+        assert row is not None and row.claimed_by is None and row.runs == period + 1
+    assert [p for p, _ in runs] == [0, 1, 2, 3, 4], runs  # each period once, by whoever came first
+    assert _due(Schedules(first.engine), dataset) == []  # the next period is not due: nobody claims it
+
+
+def test_a_dead_processes_claim_is_released_and_its_period_runs_again_once(stores: list[MetadataStore]) -> None:
+    a, b = stores
+    dataset = _scheduled(a, "dead-claim")
+    (due,) = _due(Schedules(a.engine), dataset)
+    token = Schedules(a.engine).claim(due, "p0")
+    assert token is not None
+    assert _due(Schedules(b.engine), dataset) == []  # claimed: b leaves it while p0 lives
+    assert Schedules(b.engine).release_dead({"p0", "p1"}) == []
+    assert Schedules(b.engine).release_dead({"p1"}) == [dataset]  # p0 died mid-run, having committed nothing
+    (again,) = _due(Schedules(b.engine), dataset)
+    second = Schedules(b.engine).claim(again, "p1")
+    assert second is not None and Schedules(b.engine).finish(dataset, second, error=None, retry_s=5) is not None
+    # The dead claimer's end, should it come after all, changes nothing: the claim is no longer its.
+    assert Schedules(a.engine).finish(dataset, token, error="late", retry_s=5) is None
+    row = Schedules(a.engine).get(dataset)
+    assert row is not None and row.runs == 1 and row.last_error is None and row.failures == 0
+    # Deleting the dataset forgets its schedule.
+    a.delete_dataset(dataset)
+    assert Schedules(a.engine).forget_orphans() == [dataset] and Schedules(a.engine).get(dataset) is None
+
+
+def test_plugin_defaults_are_kept_in_step_and_never_override_a_chosen_schedule(stores: list[MetadataStore]) -> None:
+    a, b = stores
+    mine, theirs = Schedules(a.engine), Schedules(b.engine)
+    assert sorted(mine.sync_defaults({"dx": 5, "dy": 5})) == ["dx", "dy"]
+    assert theirs.sync_defaults({"dx": 5, "dy": 5}) == []  # a second process adds nothing
+    mine.assign("dy", None)  # turned off over the plugin's default
+    assert sorted(mine.sync_defaults({"dx": 7, "dy": 7})) == ["dx"]
+    assert theirs.get("dx").every_s == 7 and theirs.get("dy").every_s is None  # type: ignore[union-attr]
+    assert mine.sync_defaults({}) == ["dx"] and mine.get("dx") is None and mine.get("dy") is not None
+    mine.remove("dy")
+
+
+def test_a_holder_cut_off_from_postgres_stops_acting_before_another_takes_over_and_nothing_runs_twice(
+    url: str,
+) -> None:
+    if not url.startswith("postgresql"):
+        pytest.skip("the PostgreSQL variant (a TcpProxy in front of it)")
+    proxy = TcpProxy(5432)
+    proxy.start()
+    cut_off = MetadataStore(url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}"), owner="p0")
+    other = MetadataStore(url, owner="p1")
+    Processes(other.engine, "p0").join()
+    Processes(other.engine, "p1").join()
+    try:
+        dataset = _scheduled(other, "cut-off")
+        a = Lease(Leases(cut_off.engine, "p0"), "cut-off", 1.5)
+        b = Lease(Leases(other.engine, "p1"), "cut-off", 1.5)
+        assert a.renew() and not b.renew()
+        (due,) = _due(Schedules(cut_off.engine), dataset)
+        token = Schedules(cut_off.engine).claim(due, "p0")  # the holder starts this period's run ...
+        assert token is not None
+        proxy.cut()  # ... and PostgreSQL goes away under it
+        both = False
+        deadline = time.monotonic() + 15
+        while not b.held:
+            assert time.monotonic() < deadline, "the other process did not take the lease over"
+            a.renew()
+            b.renew()
+            both = both or (a.held and b.held)
+            time.sleep(0.05)
+        assert not both and not a.held and a.failing  # never two holders at once
+        assert _due(Schedules(other.engine), dataset) == []  # p0's claim stands while p0 is alive
+        assert Schedules(other.engine).release_dead({"p1"}) == [dataset]  # p0 taken for dead (silent)
+        (again,) = _due(Schedules(other.engine), dataset)
+        rerun = Schedules(other.engine).claim(again, "p1")
+        assert rerun is not None and Schedules(other.engine).finish(dataset, rerun, error=None, retry_s=5)
+        proxy.start()  # PostgreSQL is back for p0: its late end of the run it lost records nothing
+        assert wait_for(lambda: _quietly(lambda: Schedules(cut_off.engine).get(dataset)), 10, "reconnected")
+        assert Schedules(cut_off.engine).finish(dataset, token, error=None, retry_s=5) is None
+        row = Schedules(other.engine).get(dataset)
+        assert row is not None and row.runs == 1 and row.claimed_by is None
+        assert not a.renew() and not a.held  # and it does not take the lease back from the live holder
+    finally:
+        proxy.cut()
+        cut_off.close()
+        other.close()
+
+
+def _quietly(read: object) -> object:
+    try:
+        return read()  # type: ignore[operator]
+    except sa.exc.SQLAlchemyError:
+        return None

@@ -12,8 +12,11 @@ come last, each killing one node (the proxy skips a dead one)."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -28,6 +31,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+import uvicorn
 from rrproxy import RoundRobin
 from support import (
     DATA,
@@ -44,11 +48,10 @@ from support import (
 from upstream import Reply, Upstream
 from wsclient import Ws
 
+from datagraph.settings import Settings
 from server.auth import KEYS_TTL_S, hash_key, new_key
 from server.ratelimit import UPLOAD_COST
 from storage import MetadataStore
-
-pytestmark = pytest.mark.slow  # three real server processes and a proxy
 
 NODES = 3
 REDIS = "redis://127.0.0.1:6379/14"  # this module's own Redis database
@@ -137,6 +140,23 @@ class Cluster:
         with self.engine.connect() as conn:
             return {str(row[0]) for row in conn.execute(sa.text("SELECT id FROM processes"))}
 
+    def lease_holder(self, name: str) -> str:
+        with self.engine.connect() as conn:
+            return str(conn.execute(sa.text("SELECT holder FROM leases WHERE name = :n"), {"n": name}).scalar_one())
+
+    def next_due(self, dataset: str) -> float:
+        """When the dataset's schedule is next due (seconds since the epoch, by the database's clock)."""
+        with self.engine.connect() as conn:
+            due = conn.execute(sa.text("SELECT next_due FROM schedules WHERE dataset_id = :d"), {"d": dataset})
+            return float(due.scalar_one().timestamp())
+
+    def claimed_by(self, dataset: str) -> str | None:
+        """The process running a refresh of the dataset's schedule now, if any (or the schedule is gone)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.text("SELECT claimed_by FROM schedules WHERE dataset_id = :d"), {"d": dataset})
+            row = found.first()
+        return None if row is None or row[0] is None else str(row[0])
+
     def job_status(self, job_id: str) -> str | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.text("SELECT status FROM jobs WHERE id = :j"), {"j": job_id}).first()
@@ -182,8 +202,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         stack.callback(upstream.close)
         metadata_url = stack.enter_context(scratch_postgres_database())
         stack.enter_context(fresh_redis(REDIS))
-        with _store(metadata_url) as store:  # the tables, made once; and a key, so that keys-on nodes start
-            store.add_key("operator", hash_key(new_key()))
+        operator = new_key()  # a key, so that nodes requiring keys start
+        with _store(metadata_url) as store:  # the tables, made once
+            store.add_key("operator", hash_key(operator))
         env = {
             "DATAGRAPH_METADATA_URL": metadata_url,
             "DATAGRAPH_CACHE_URL": REDIS,
@@ -195,13 +216,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             "DATAGRAPH_SOURCES": "",
             "DATAGRAPH_WORKERS": "1",
             "DATAGRAPH_WORKER_IDLE_S": "0",  # the worker starts with the node: the fault tests count on it
+            "DATAGRAPH_LEASE_S": "4",  # a dead holder's duties are taken over within seconds
+            "DATAGRAPH_SCHEDULE_MIN_S": "1",
+            "DATAGRAPH_KEEP_VERSIONS": "100",  # every version a schedule made stays listed
         }
         (work / "metrics").mkdir()
         nodes = [_start(i, work, env) for i in range(NODES)]
         for node in nodes:
             stack.callback(node.stop)
-        for node in nodes:
-            wait_until_serving(node.base, node.log, seconds=60)
+        for node in nodes:  # three starting at once on a busy machine: imports alone may take a minute
+            wait_until_serving(node.base, node.log, seconds=150)
+        _plugins_loaded(nodes, plugins / "http_json.py", operator)
         proxy = stack.enter_context(RoundRobin([n.port for n in nodes]))
         SWEEP.serving(proxy.url)  # every answer through the proxy is scanned for leaks
         for node in nodes:
@@ -210,6 +235,22 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         stack.callback(engine.dispose)
         http = stack.enter_context(httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), timeout=60))
         yield Cluster(nodes, proxy, data, metadata_url, engine, upstream, work, http)
+
+
+def _has_plugin(node: Node, key: str) -> bool:
+    ready = httpx.get(node.base + "/readyz", headers={"X-API-Key": key}, timeout=30).json()
+    return bool(ready["sources"].get("plugin:http_json") == "OK")
+
+
+def _plugins_loaded(nodes: list[Node], plugin: Path, key: str) -> None:
+    """Every node has loaded the plugin. Its start-up inspection in a worker can fail when the machine
+    is short of CPU (the worker is lost: WorkerCrashed in the log); the file then stays unavailable
+    until it changes, so, as an operator would, change it (a comment) and let each node's folder
+    watch load it again."""
+    if all(_has_plugin(node, key) for node in nodes):
+        return
+    plugin.write_text(plugin.read_text() + "\n# loaded again after a failed inspection\n")
+    wait_for(lambda: all(_has_plugin(node, key) for node in nodes), 60, "the plugin did not load on every node")
 
 
 # ---- talking to the cluster through the proxy ---------------------------------------------------------------
@@ -268,6 +309,7 @@ def _subscribers(cluster: Cluster, node: Node, key: str) -> int:
 # ---- the journey -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # three real server processes and a proxy
 def test_the_whole_journey_through_a_round_robin_proxy(cluster: Cluster) -> None:
     key = cluster.key("journey")
     (tips, days), nodes = _landed(
@@ -369,6 +411,7 @@ def _next_sse(lines: Iterator[str]) -> dict[str, Any]:
 # ---- API keys and the rate limit -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # three real server processes and a proxy
 def test_a_key_made_once_works_on_every_node_and_revoked_stops_on_all(cluster: Cluster) -> None:
     metadata = ("--metadata-url", cluster.metadata_url, "--data-dir", str(cluster.data))
     made = datagraph_main("keys", "create", "--name", "laptop", *metadata).stdout
@@ -392,6 +435,7 @@ def test_a_key_made_once_works_on_every_node_and_revoked_stops_on_all(cluster: C
         assert closed == 4403
 
 
+@pytest.mark.slow  # three real server processes and a proxy
 def test_the_rate_limit_is_one_budget_across_the_nodes(cluster: Cluster) -> None:
     """Multipart requests cost 1 + UPLOAD_COST each, whatever they carry: the budget is BUDGET_UPLOADS
     of them per key. Sent one a connection, round the nodes, half as many again: if each node kept its
@@ -428,17 +472,20 @@ def _big_csv(rows: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+@pytest.mark.slow  # three real server processes and a proxy
 def test_a_node_killed_mid_upload_leaves_nothing_half_made_and_a_retry_lands_once(cluster: Cluster) -> None:
     """Node A (one worker) holds a plugin fetch whose upstream has not answered; an upload through
     the proxy reaches A, is staged and waits for A's worker; a second large upload is half-way
-    through its body into A. A is SIGKILLed (server and workers). Neither upload becomes visible;
+    through its body into A. A, the holder of the sweep's lease, is SIGKILLed (server and workers).
+    Neither upload becomes visible;
     retried through the proxy, each lands on a survivor once, under its own id; the survivors'
     sweep takes what A left: its staging area with the staged file, its registration, its jobs."""
     alive = [n for n in cluster.nodes if n.alive()]
     assert len(alive) >= 2, "the fault tests need two live nodes"
     key = cluster.key("faults")
-    victim = alive[0]
-    victim_id = cluster.process_id(victim)
+    sweeper = cluster.lease_holder("sweep")  # the victim is the node that sweeps: another must take that over
+    (victim,) = [n for n in alive if cluster.process_id(n) == sweeper]
+    victim_id = sweeper
     staged_csv, streamed_csv = _big_csv(120_000), _big_csv(200_000)
     release = threading.Event()
     cluster.upstream.script("/held", lambda _: (release.wait(120), Reply(200, b'[{"a": 1}]'))[1])
@@ -515,7 +562,8 @@ def test_a_node_killed_mid_upload_leaves_nothing_half_made_and_a_retry_lands_onc
         made = sorted((d["id"], d["rowCount"]) for d in _data(cluster, key, LISTED, {"s": "big"})["datasets"])
         assert made == [("big-staged", 120_000), ("big-streamed", 200_000)]
 
-        # A survivor's sweep (it runs every minute) takes what the dead node left, and only that.
+        # A survivor takes the sweep's lease over, and its sweep (every minute) takes what the dead node
+        # left, and only that.
         survivors = {cluster.process_id(n) for n in cluster.nodes if n.alive()}
 
         def swept() -> bool:
@@ -573,6 +621,99 @@ def _streamed_upload(cluster: Cluster, key: str, content: bytes, name: str, gate
     return payload
 
 
-@pytest.mark.skip(reason="waits for schedules and leases (setSchedule, refreshDataset; branch sched)")
+@pytest.mark.slow  # three real server processes and a proxy
 def test_the_scheduler_s_node_killed_mid_refresh_runs_each_period_exactly_once(cluster: Cluster) -> None:
-    raise NotImplementedError
+    """A plugin dataset on a schedule of EVERY_S, its upstream answering fetch n with n rows (so each
+    version's row count names the fetch it holds). The node holding the scheduler's lease is SIGKILLed
+    while its fetch of one period waits on the upstream. Another node takes the lease over and runs
+    that period again; every completed fetch made exactly one version, none twice, one per period."""
+    alive = [n for n in cluster.nodes if n.alive()]
+    assert len(alive) >= 2, "the fault tests need two live nodes"
+    key = cluster.key("schedules")
+    arrivals: list[float] = []  # when fetch n + 1 reached the upstream (time.time(): the database's clock too)
+    lock = threading.Lock()
+    slow_came, release = threading.Event(), threading.Event()
+
+    def answer(_: Any) -> Reply:
+        with lock:
+            arrivals.append(time.time())
+            serial = len(arrivals)
+        if serial == SLOW:  # the period the scheduler's node dies in
+            slow_came.set()
+            release.wait(120)
+        return Reply(200, json.dumps([{"fetch": serial, "row": i} for i in range(serial)]).encode())
+
+    cluster.upstream.always["/ratings"] = answer
+    try:
+        made = _data(cluster, key, FETCH_NEW, {"p": {"url": cluster.upstream.url("/ratings")}})["fetchPlugin"]
+        assert made["success"], made
+        dataset = made["dataset"]["id"]
+        scheduled = _data(cluster, key, SCHEDULE, {"d": dataset, "e": f"{EVERY_S}s"})["setSchedule"]
+        assert scheduled["success"] and scheduled["dataset"]["schedule"] == f"{EVERY_S}s", scheduled
+        first_due = cluster.next_due(dataset)
+
+        assert slow_came.wait(60 + SLOW * EVERY_S), "the schedule did not run"
+        holder = cluster.lease_holder("scheduler")
+        (victim,) = [n for n in cluster.nodes if n.alive() and cluster.process_id(n) == holder]
+        assert cluster.claimed_by(dataset) == holder  # the refresh under way is the lease holder's
+        victim.kill()
+        release.set()  # the upstream answers a node that is gone
+
+        # The killed period runs again on a survivor, and the schedule goes on there.
+        last = SLOW + 2
+        wait_for(lambda: len(arrivals) >= last, 60 + 3 * EVERY_S, "the schedule did not go on after the kill")
+        _data(cluster, key, SCHEDULE, {"d": dataset, "e": None})  # no more periods; a run under way finishes
+        wait_for(lambda: cluster.claimed_by(dataset) is None, 60, "the last run did not finish")
+        versions = _data(cluster, key, VERSIONS, {"d": dataset})["dataset"]["versions"]
+        with lock:
+            times = list(arrivals)
+        fetches = [v["rowCount"] for v in sorted(versions, key=lambda v: v["number"])]
+        completed = [n for n in range(1, len(times) + 1) if n != SLOW]
+        assert fetches == completed, f"versions hold fetches {fetches}; the upstream answered {completed} (not {SLOW})"
+
+        # One completed fetch a period: the period a fetch ran in is the schedule's cadence at its arrival.
+        periods = {n: math.floor((times[n - 1] - first_due) / EVERY_S) for n in completed if n > 1}
+        before = [periods[n] for n in completed if 1 < n < SLOW]
+        after = [periods[n] for n in completed if n > SLOW]
+        slow_period = math.floor((times[SLOW - 1] - first_due) / EVERY_S)
+        assert before == list(range(slow_period)), f"before the kill, periods {before} ran (not 0..{slow_period - 1})"
+        assert after == list(range(after[0], after[0] + len(after))), f"after the kill, periods {after} ran"
+        assert after[0] >= slow_period, "a fetch after the kill ran in a period before the killed one"
+        assert len(set(periods.values())) == len(periods), f"a period ran twice: {periods}"
+    finally:
+        release.set()
+
+
+EVERY_S = 5  # the schedule: long enough for a fetch to start within its period on a busy machine
+SLOW = 3  # fetch 1 is the first one, by hand; 2 the schedule's first period; 3 its second, killed
+FETCH_NEW = """mutation($p: JSON!) { fetchPlugin(plugin: "http_json", params: $p) {
+  success error { code message } dataset { id rowCount } } }"""
+SCHEDULE = """mutation($d: ID!, $e: String) { setSchedule(dataset: $d, every: $e) {
+  success error { code message } dataset { id schedule } } }"""
+VERSIONS = "query($d: ID!) { dataset(id: $d) { versions(limit: 100) { number rowCount } } }"
+
+
+# ---- the README's deployment section ------------------------------------------------------------------------
+
+
+def test_the_readme_deployment_section_names_real_settings_and_their_defaults() -> None:
+    """What "Several servers" says of settings holds: each variable it sets is a setting, each
+    default it quotes is the setting's default, and the websocket pings it promises are uvicorn's."""
+    section = _readme_section("Several servers")
+    names = set(re.findall(r"DATAGRAPH_([A-Z_]+)=", section))
+    assert {"METADATA_URL", "CACHE_URL", "DATA_DIR", "HOST"} <= names
+    for name in names:
+        assert name.lower() in Settings.model_fields, f"README: DATAGRAPH_{name} is no setting"
+    quoted = re.findall(r"`([a-z_]+)`,? \(?(\d+) (s|MiB)\b", section)
+    assert len(quoted) >= 4, quoted
+    for name, value, _ in quoted:
+        assert float(Settings.model_fields[name].default) == float(value), f"README: {name} is not {value} by default"
+    assert "20 s" in section and inspect.signature(uvicorn.Config).parameters["ws_ping_interval"].default == 20
+    assert KEYS_TTL_S <= 1  # "a key made or revoked once counts on all within a second"
+
+
+def _readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text("utf-8")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]

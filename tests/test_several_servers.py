@@ -3,8 +3,8 @@ directory, behind a round-robin TCP proxy (tests/rrproxy.py), as the README's "S
 deploys them. Every request goes through the proxy on a connection of its own, so consecutive
 requests land on consecutive nodes, and the proxy says which node took each: the journey (upload,
 describe, filter, group-by, join, export and its download, subscriptions seeing an append made
-through another node), API keys, the shared rate limit; then faults: a node SIGKILLed in the middle
-of uploads, and (with schedules) the scheduler's node SIGKILLed mid-refresh.
+through another node), API keys, the shared rate limit; then faults: the scheduler's node SIGKILLed
+mid-refresh, and the sweeper's node SIGKILLed in the middle of uploads.
 
 The nodes start side by side once for the module; the tests run in file order and the fault tests
 come last, each killing one node (the proxy skips a dead one)."""
@@ -467,6 +467,83 @@ def test_the_rate_limit_is_one_budget_across_the_nodes(cluster: Cluster) -> None
 # ---- faults ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # three real server processes and a proxy
+def test_the_scheduler_s_node_killed_mid_refresh_runs_each_period_exactly_once(cluster: Cluster) -> None:
+    """A plugin dataset on a schedule of EVERY_S, its upstream answering fetch n with n rows (so each
+    version's row count names the fetch it holds). The node holding the scheduler's lease is SIGKILLed
+    while its fetch of one period waits on the upstream. Another node takes the lease over and runs
+    that period again; every completed fetch made exactly one version, none twice, one per period."""
+    alive = [n for n in cluster.nodes if n.alive()]
+    assert len(alive) >= 2, "the fault tests need two live nodes"
+    key = cluster.key("schedules")
+    arrivals: list[float] = []  # when fetch n + 1 reached the upstream (time.time(): the database's clock too)
+    lock = threading.Lock()
+    slow_came, release = threading.Event(), threading.Event()
+
+    def answer(_: Any) -> Reply:
+        with lock:
+            arrivals.append(time.time())
+            serial = len(arrivals)
+        if serial == SLOW:  # the period the scheduler's node dies in
+            slow_came.set()
+            release.wait(120)
+        return Reply(200, json.dumps([{"fetch": serial, "row": i} for i in range(serial)]).encode())
+
+    cluster.upstream.always["/ratings"] = answer
+    try:
+        made = _data(cluster, key, FETCH_NEW, {"p": {"url": cluster.upstream.url("/ratings")}})["fetchPlugin"]
+        assert made["success"], made
+        dataset = made["dataset"]["id"]
+        scheduled = _data(cluster, key, SCHEDULE, {"d": dataset, "e": f"{EVERY_S}s"})["setSchedule"]
+        assert scheduled["success"] and scheduled["dataset"]["schedule"] == f"{EVERY_S}s", scheduled
+        first_due = cluster.next_due(dataset)
+
+        assert slow_came.wait(60 + SLOW * EVERY_S), "the schedule did not run"
+        holder = cluster.lease_holder("scheduler")
+        (victim,) = [n for n in cluster.nodes if n.alive() and cluster.process_id(n) == holder]
+        assert cluster.claimed_by(dataset) == holder  # the refresh under way is the lease holder's
+        victim.kill()
+        release.set()  # the upstream answers a node that is gone
+
+        # The killed period runs again on a survivor, and the schedule goes on there.
+        last = SLOW + 2
+        wait_for(lambda: len(arrivals) >= last, 60 + 3 * EVERY_S, "the schedule did not go on after the kill")
+        _data(cluster, key, SCHEDULE, {"d": dataset, "e": None})  # no more periods; a run under way finishes
+
+        def settled() -> tuple[list[float], list[int]] | None:
+            """The fetches so far and the versions' fetches, once the last fetch made its version."""
+            with lock:
+                times = list(arrivals)
+            versions = _data(cluster, key, VERSIONS, {"d": dataset})["dataset"]["versions"]
+            fetches = [v["rowCount"] for v in sorted(versions, key=lambda v: v["number"])]
+            return (times, fetches) if fetches[-1] == len(times) else None
+
+        times, fetches = wait_for(settled, 60, "the last fetch made no version", every=0.5)
+        completed = [n for n in range(1, len(times) + 1) if n != SLOW]
+        assert fetches == completed, f"versions hold fetches {fetches}; the upstream answered {completed} (not {SLOW})"
+
+        # One completed fetch a period: the period a fetch ran in is the schedule's cadence at its arrival.
+        periods = {n: math.floor((times[n - 1] - first_due) / EVERY_S) for n in completed if n > 1}
+        before = [periods[n] for n in completed if 1 < n < SLOW]
+        after = [periods[n] for n in completed if n > SLOW]
+        slow_period = math.floor((times[SLOW - 1] - first_due) / EVERY_S)
+        assert before == list(range(slow_period)), f"before the kill, periods {before} ran (not 0..{slow_period - 1})"
+        assert after == list(range(after[0], after[0] + len(after))), f"after the kill, periods {after} ran"
+        assert after[0] >= slow_period, "a fetch after the kill ran in a period before the killed one"
+        assert len(set(periods.values())) == len(periods), f"a period ran twice: {periods}"
+    finally:
+        release.set()
+
+
+EVERY_S = 5  # the schedule: long enough for a fetch to start within its period on a busy machine
+SLOW = 3  # fetch 1 is the first one, by hand; 2 the schedule's first period; 3 its second, killed
+FETCH_NEW = """mutation($p: JSON!) { fetchPlugin(plugin: "http_json", params: $p) {
+  success error { code message } dataset { id rowCount } } }"""
+SCHEDULE = """mutation($d: ID!, $e: String) { setSchedule(dataset: $d, every: $e) {
+  success error { code message } dataset { id schedule } } }"""
+VERSIONS = "query($d: ID!) { dataset(id: $d) { versions(limit: 100) { number rowCount } } }"
+
+
 def _big_csv(rows: int) -> bytes:
     lines = ["id,city,amount,note"] + [f"{i},city{i % 97},{i * 0.25:.2f},row number {i}" for i in range(rows)]
     return ("\n".join(lines) + "\n").encode()
@@ -483,7 +560,11 @@ def test_a_node_killed_mid_upload_leaves_nothing_half_made_and_a_retry_lands_onc
     alive = [n for n in cluster.nodes if n.alive()]
     assert len(alive) >= 2, "the fault tests need two live nodes"
     key = cluster.key("faults")
-    sweeper = cluster.lease_holder("sweep")  # the victim is the node that sweeps: another must take that over
+    live = {cluster.process_id(n) for n in alive}
+    # The victim is the node that sweeps (once a live one holds that lease): another must take it over.
+    sweeper = wait_for(
+        lambda: cluster.lease_holder("sweep") in live and cluster.lease_holder("sweep"), 30, "no sweeper"
+    )
     (victim,) = [n for n in alive if cluster.process_id(n) == sweeper]
     victim_id = sweeper
     staged_csv, streamed_csv = _big_csv(120_000), _big_csv(200_000)
@@ -619,78 +700,6 @@ def _streamed_upload(cluster: Cluster, key: str, content: bytes, name: str, gate
     response = cluster.http.post(cluster.url + "/graphql", content=body(), headers=headers, timeout=120)
     payload: dict[str, Any] = response.json()["data"]["uploadDataset"]
     return payload
-
-
-@pytest.mark.slow  # three real server processes and a proxy
-def test_the_scheduler_s_node_killed_mid_refresh_runs_each_period_exactly_once(cluster: Cluster) -> None:
-    """A plugin dataset on a schedule of EVERY_S, its upstream answering fetch n with n rows (so each
-    version's row count names the fetch it holds). The node holding the scheduler's lease is SIGKILLed
-    while its fetch of one period waits on the upstream. Another node takes the lease over and runs
-    that period again; every completed fetch made exactly one version, none twice, one per period."""
-    alive = [n for n in cluster.nodes if n.alive()]
-    assert len(alive) >= 2, "the fault tests need two live nodes"
-    key = cluster.key("schedules")
-    arrivals: list[float] = []  # when fetch n + 1 reached the upstream (time.time(): the database's clock too)
-    lock = threading.Lock()
-    slow_came, release = threading.Event(), threading.Event()
-
-    def answer(_: Any) -> Reply:
-        with lock:
-            arrivals.append(time.time())
-            serial = len(arrivals)
-        if serial == SLOW:  # the period the scheduler's node dies in
-            slow_came.set()
-            release.wait(120)
-        return Reply(200, json.dumps([{"fetch": serial, "row": i} for i in range(serial)]).encode())
-
-    cluster.upstream.always["/ratings"] = answer
-    try:
-        made = _data(cluster, key, FETCH_NEW, {"p": {"url": cluster.upstream.url("/ratings")}})["fetchPlugin"]
-        assert made["success"], made
-        dataset = made["dataset"]["id"]
-        scheduled = _data(cluster, key, SCHEDULE, {"d": dataset, "e": f"{EVERY_S}s"})["setSchedule"]
-        assert scheduled["success"] and scheduled["dataset"]["schedule"] == f"{EVERY_S}s", scheduled
-        first_due = cluster.next_due(dataset)
-
-        assert slow_came.wait(60 + SLOW * EVERY_S), "the schedule did not run"
-        holder = cluster.lease_holder("scheduler")
-        (victim,) = [n for n in cluster.nodes if n.alive() and cluster.process_id(n) == holder]
-        assert cluster.claimed_by(dataset) == holder  # the refresh under way is the lease holder's
-        victim.kill()
-        release.set()  # the upstream answers a node that is gone
-
-        # The killed period runs again on a survivor, and the schedule goes on there.
-        last = SLOW + 2
-        wait_for(lambda: len(arrivals) >= last, 60 + 3 * EVERY_S, "the schedule did not go on after the kill")
-        _data(cluster, key, SCHEDULE, {"d": dataset, "e": None})  # no more periods; a run under way finishes
-        wait_for(lambda: cluster.claimed_by(dataset) is None, 60, "the last run did not finish")
-        versions = _data(cluster, key, VERSIONS, {"d": dataset})["dataset"]["versions"]
-        with lock:
-            times = list(arrivals)
-        fetches = [v["rowCount"] for v in sorted(versions, key=lambda v: v["number"])]
-        completed = [n for n in range(1, len(times) + 1) if n != SLOW]
-        assert fetches == completed, f"versions hold fetches {fetches}; the upstream answered {completed} (not {SLOW})"
-
-        # One completed fetch a period: the period a fetch ran in is the schedule's cadence at its arrival.
-        periods = {n: math.floor((times[n - 1] - first_due) / EVERY_S) for n in completed if n > 1}
-        before = [periods[n] for n in completed if 1 < n < SLOW]
-        after = [periods[n] for n in completed if n > SLOW]
-        slow_period = math.floor((times[SLOW - 1] - first_due) / EVERY_S)
-        assert before == list(range(slow_period)), f"before the kill, periods {before} ran (not 0..{slow_period - 1})"
-        assert after == list(range(after[0], after[0] + len(after))), f"after the kill, periods {after} ran"
-        assert after[0] >= slow_period, "a fetch after the kill ran in a period before the killed one"
-        assert len(set(periods.values())) == len(periods), f"a period ran twice: {periods}"
-    finally:
-        release.set()
-
-
-EVERY_S = 5  # the schedule: long enough for a fetch to start within its period on a busy machine
-SLOW = 3  # fetch 1 is the first one, by hand; 2 the schedule's first period; 3 its second, killed
-FETCH_NEW = """mutation($p: JSON!) { fetchPlugin(plugin: "http_json", params: $p) {
-  success error { code message } dataset { id rowCount } } }"""
-SCHEDULE = """mutation($d: ID!, $e: String) { setSchedule(dataset: $d, every: $e) {
-  success error { code message } dataset { id schedule } } }"""
-VERSIONS = "query($d: ID!) { dataset(id: $d) { versions(limit: 100) { number rowCount } } }"
 
 
 # ---- the README's deployment section ------------------------------------------------------------------------

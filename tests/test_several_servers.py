@@ -226,7 +226,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             stack.callback(node.stop)
         for node in nodes:  # three starting at once on a busy machine: imports alone may take a minute
             wait_until_serving(node.base, node.log, seconds=150)
-        _plugins_loaded(nodes, plugins / "http_json.py", operator)
+        _plugins_loaded(nodes, operator)
         proxy = stack.enter_context(RoundRobin([n.port for n in nodes]))
         SWEEP.serving(proxy.url)  # every answer through the proxy is scanned for leaks
         for node in nodes:
@@ -242,15 +242,10 @@ def _has_plugin(node: Node, key: str) -> bool:
     return bool(ready["sources"].get("plugin:http_json") == "OK")
 
 
-def _plugins_loaded(nodes: list[Node], plugin: Path, key: str) -> None:
-    """Every node has loaded the plugin. Its start-up inspection in a worker can fail when the machine
-    is short of CPU (the worker is lost: WorkerCrashed in the log); the file then stays unavailable
-    until it changes, so, as an operator would, change it (a comment) and let each node's folder
-    watch load it again."""
-    if all(_has_plugin(node, key) for node in nodes):
-        return
-    plugin.write_text(plugin.read_text() + "\n# loaded again after a failed inspection\n")
-    wait_for(lambda: all(_has_plugin(node, key) for node in nodes), 60, "the plugin did not load on every node")
+def _plugins_loaded(nodes: list[Node], key: str) -> None:
+    """Every node has loaded the plugin the tests fetch with (at start-up, in a worker)."""
+    for node in nodes:
+        assert _has_plugin(node, key), f"node {node.index} did not load http_json:\n" + node.log.read_text()[-4000:]
 
 
 # ---- talking to the cluster through the proxy ---------------------------------------------------------------

@@ -52,6 +52,10 @@ log = logging.getLogger("datagraph.schedules")
 MAX_EVERY_S = 365 * 86_400  # a schedule longer than a year is a mistake, not a schedule
 TICK_S = 0.5  # how often the lease holder looks for due schedules
 TIDY_S = 2.0  # how often it syncs plugins' refresh_s, forgets deleted datasets' schedules, frees dead claims
+# A next version's files that no row names this long after they were written were left by a writer
+# that died between its files and its row (a server killed mid-refresh): they would block every
+# later version of the dataset, so a refresh removes them. A live writer moves the row on at once.
+LEFTOVER_GRACE_S = 10.0
 _UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
 _DURATION = re.compile(r"(?:(\d{1,9})d)?(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?")
 ACCEPTED = (
@@ -169,6 +173,7 @@ async def refresh_once(ctx: Context, record: DatasetRecord, job_id: str) -> Data
     version when the data is the same. A failure that comes before the job could start (the plugin or
     the source is gone) is recorded as a failed job of kind `refresh`."""
     try:
+        await asyncio.to_thread(_clear_leftovers, ctx, record.id)
         origin = record.origin
         if _refreshable(record) == "plugin":
             params = origin.get("params")
@@ -188,6 +193,24 @@ async def refresh_once(ctx: Context, record: DatasetRecord, job_id: str) -> Data
         ):  # fmt: skip
             metadata.finish_job(job_id, error=exc.message)
         raise
+
+
+def _clear_leftovers(ctx: Context, dataset_id: str) -> None:
+    """Remove the files of the dataset's next version(s) that no row names, written long enough ago
+    that their writer must have died before recording them."""
+    files = ctx.resources.files
+    record = ctx.resources.metadata.get_dataset(dataset_id)
+    if record is None:
+        return
+    cutoff = time.time() - LEFTOVER_GRACE_S
+    for number in (record.version + 1, record.version + 2):
+        entries = [
+            p for p in (files.dataset_file(record.id, number), files.parts_folder(record.id, number)) if p.exists()
+        ]
+        with contextlib.suppress(OSError):
+            if entries and all(p.stat().st_mtime < cutoff for p in entries):
+                log.warning("removing version %d of dataset %s, which a dead writer left unrecorded", number, record.id)
+                files.remove_version(record.id, number)
 
 
 async def refresh_dataset(ctx: Context, dataset_id: str, *, job_id: str) -> DatasetRecord:

@@ -7,15 +7,25 @@ threads."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import itertools
+import json
+import os
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
-from support import scratch_postgres_database, wait_for
+from promtext import sample
+from support import ROOT, entered_together, free_port, scratch_postgres_database, wait_for, wait_until_serving
 from tcpproxy import TcpProxy
+from upstream import Reply, Upstream
 
 from storage import Lease, Leases, MetadataStore, Processes, ScheduleRecord, Schedules
 from storage._leases import LEASE_MARGIN, db_now
@@ -236,3 +246,99 @@ def _quietly(read: object) -> object:
         return read()  # type: ignore[operator]
     except sa.exc.SQLAlchemyError:
         return None
+
+
+TICKS = """
+import polars as pl
+from datagraph.plugin import DataSourcePlugin, Param
+
+class Ticks(DataSourcePlugin):
+    name = "ticks"
+    params = (Param("url", str),)
+    async def fetch(self, params, http):
+        return pl.DataFrame(await http.get_json(params["url"]))
+"""
+
+
+def _post(base: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = httpx.post(base + "/graphql", json={"query": query, "variables": variables or {}}, timeout=60).json()
+    assert "errors" not in body, body
+    data: dict[str, Any] = body["data"]
+    return data
+
+
+def _holds(base: str, name: str = "scheduler") -> bool:
+    try:
+        return sample(httpx.get(base + "/metrics", timeout=10).text, "datagraph_lease_held", name=name) == 1
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def _serving(work: Path, args: tuple[str, ...], env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    """`datagraph serve` as support.running_server starts it, with a longer wait for it to answer (two
+    servers importing at once on a busy machine took over 20 s), its process group stopped after; its
+    base URL and pid."""
+    port = free_port()
+    command = [str(ROOT / ".venv/bin/datagraph"), "serve", "--port", str(port), "--workers", "1", *args]
+    with open(work / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=work, env={**os.environ, **env}
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_serving(base, work / "server.log", seconds=90)
+            yield base, proc.pid
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
+@pytest.mark.slow  # two real server processes, one SIGKILLed
+def test_when_the_lease_holder_is_killed_another_server_takes_over_and_each_period_runs_once(
+    tmp_path: Path, upstream: Upstream, scratch_postgres: str
+) -> None:
+    ticks = itertools.count()
+    upstream.always["/ticks"] = lambda _: Reply(200, json.dumps([{"n": next(ticks)}]).encode())
+    shared, plugins = tmp_path / "shared-data", tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "ticks.py").write_text(TICKS)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    env = {"DATAGRAPH_METADATA_URL": scratch_postgres}
+    args = ("--data-dir", str(shared), "--plugins", str(plugins), "--schedule-min-s", "1", "--lease-s", "3",
+            "--heartbeat-s", "1", "--http-attempts", "1")  # fmt: skip
+    with entered_together(_serving(tmp_path / "a", args, env), _serving(tmp_path / "b", args, env)) as started:
+        bases = [base for base, _ in started]
+        pids = dict(started)
+        fetched = _post(
+            bases[0], 'mutation($u: JSON) { fetchPlugin(plugin: "ticks", params: $u) { success dataset { id } } }',
+            {"u": {"url": upstream.url("/ticks")}},
+        )["fetchPlugin"]  # fmt: skip
+        dataset = fetched["dataset"]["id"]
+        set_ = 'mutation { setSchedule(dataset: "%s", every: "2s") { success dataset { schedule } } }' % dataset
+        assert _post(bases[1], set_)["setSchedule"] == {"success": True, "dataset": {"schedule": "2s"}}
+        holder = wait_for(lambda: [b for b in bases if _holds(b)], 20, "a server holds the scheduler's lease")
+        assert len(holder) == 1, holder
+        (killed,) = holder
+        (survivor,) = [b for b in bases if b != killed]
+        wait_for(lambda: upstream.count("/ticks") >= 3, 30, "two scheduled refreshes by the first holder")
+        os.kill(pids[killed], signal.SIGKILL)
+        at_kill = upstream.count("/ticks")
+        wait_for(lambda: _holds(survivor), 15, "the surviving server takes the lease over")
+        wait_for(lambda: upstream.count("/ticks") >= at_kill + 3, 30, "scheduled refreshes go on after the kill")
+        store = MetadataStore(scratch_postgres)
+        try:
+            row = Schedules(store.engine).get(dataset)
+        finally:
+            store.close()
+        assert row is not None and row.failures == 0, row
+        scheduled = upstream.count("/ticks") - 1  # the first fetch was not scheduled
+        # Every scheduled request is a recorded run, but a run killed midway (then run again) or one under way now.
+        assert row.runs <= scheduled <= row.runs + 2, (row.runs, scheduled)
+        times = sorted(upstream.times("/ticks"))[1:]
+        close = [b - a for a, b in itertools.pairwise(times) if b - a < 1.0]  # two runs of one 2 s period
+        assert len(close) <= 1, times  # at most the period whose run the kill cut short
+        versions = _post(survivor, '{ dataset(id: "%s") { version } }' % dataset)["dataset"]["version"]
+        assert versions >= 5

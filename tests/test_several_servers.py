@@ -46,6 +46,7 @@ from support import (
     wait_until_serving,
 )
 from upstream import Reply, Upstream
+from websockets.exceptions import ConnectionClosed
 from wsclient import Ws
 
 from datagraph.settings import Settings
@@ -549,9 +550,10 @@ def test_a_node_killed_mid_upload_leaves_nothing_half_made_and_a_retry_lands_onc
     """Node A (one worker) holds a plugin fetch whose upstream has not answered; an upload through
     the proxy reaches A, is staged and waits for A's worker; a second large upload is half-way
     through its body into A. A, the holder of the sweep's lease, is SIGKILLed (server and workers).
-    Neither upload becomes visible;
-    retried through the proxy, each lands on a survivor once, under its own id; the survivors'
-    sweep takes what A left: its staging area with the staged file, its registration, its jobs."""
+    Neither upload becomes visible; a subscriber on A sees its socket close and subscribes again
+    through the proxy; retried through the proxy, each upload lands on a survivor once, under its own
+    id, and the subscriber hears of both; the survivors' sweep takes what A left: its staging area
+    with the staged file, its registration, its jobs."""
     alive = [n for n in cluster.nodes if n.alive()]
     assert len(alive) >= 2, "the fault tests need two live nodes"
     key = cluster.key("faults")
@@ -578,7 +580,11 @@ def test_a_node_killed_mid_upload_leaves_nothing_half_made_and_a_retry_lands_onc
         thread.start()
         return thread
 
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(release.set)
+        cluster.proxy.aim(victim.index)  # a subscriber on the victim too
+        watcher = stack.enter_context(Ws(cluster.url, {"apiKey": key}))
+        watcher.subscribe(EVENTS, {"d": None})
         cluster.proxy.aim(victim.index)
         fetch_job = uuid.uuid4().hex
         fetch = {"p": {"url": cluster.upstream.url("/held")}, "j": fetch_job}
@@ -618,6 +624,14 @@ def test_a_node_killed_mid_upload_leaves_nothing_half_made_and_a_retry_lands_onc
             thread.join(60)
         for name in ("fetch", "staged", "streamed"):
             assert isinstance(answers[name], httpx.HTTPError), f"{name} answered through a killed node: {answers[name]}"
+        with pytest.raises(ConnectionClosed):  # the victim's subscriber sees its socket close ...
+            watcher.next_message(30)
+        first = cluster.proxy.count()
+        watcher = stack.enter_context(Ws(cluster.url, {"apiKey": key}))  # ... and subscribes again elsewhere
+        (rewatched,) = cluster.proxy.nodes_of(first)
+        assert rewatched is not None and rewatched != victim.index
+        watcher.subscribe(EVENTS, {"d": None})
+        wait_for(lambda: _subscribers(cluster, cluster.nodes[rewatched], key) >= 1, 30, "no subscriber")
 
         # Nothing half-made is visible on any survivor.
         listed, nodes = _landed(
@@ -637,6 +651,11 @@ def test_a_node_killed_mid_upload_leaves_nothing_half_made_and_a_retry_lands_onc
         assert retried_staged["success"] and retried_streamed["success"], (retried_staged, retried_streamed)
         made = sorted((d["id"], d["rowCount"]) for d in _data(cluster, key, LISTED, {"s": "big"})["datasets"])
         assert made == [("big-staged", 120_000), ("big-streamed", 200_000)]
+        created: set[str] = set()
+        while created < {"big-staged", "big-streamed"}:  # the subscriber that moved hears of both
+            event = watcher.next_data(30)["datasetEvents"]
+            if event["kind"] == "CREATED":
+                created.add(event["dataset"])
 
         # A survivor takes the sweep's lease over, and its sweep (every minute) takes what the dead node
         # left, and only that.
@@ -653,8 +672,6 @@ def test_a_node_killed_mid_upload_leaves_nothing_half_made_and_a_retry_lands_onc
         assert not list((cluster.data / "staging").rglob("*.upload"))
         rows = _data(cluster, key, '{ dataset(id: "big-streamed") { count(cache: BYPASS) { data } } }')
         assert rows["dataset"]["count"]["data"] == {"count": 200_000}
-    finally:
-        release.set()
 
 
 FETCH = """mutation($p: JSON!, $j: ID!) { fetchPlugin(plugin: "http_json", params: $p, jobId: $j) {

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import itertools
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -318,3 +319,20 @@ def test_an_imported_postgres_table_picks_up_new_rows_by_refresh_and_by_schedule
         with engine.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {PG_SCHEMA} CASCADE")
         engine.dispose()
+
+
+def test_a_refresh_clears_a_next_version_that_a_killed_writer_left_unrecorded(app: Api, remote: Upstream) -> None:
+    _counting(remote, "/left")
+    dataset = _fetch(app, "ticks", remote.url("/left"))["dataset"]["id"]
+    files = app.client.app.state.resources.files  # type: ignore[attr-defined]
+    stray = files.dataset_file(dataset, 2)  # a server killed between its files and its row left these
+    stray.write_bytes(b"PAR1")
+    claim = files.parts_folder(dataset, 3)
+    claim.mkdir()
+    young = _refresh(app, dataset)  # written a moment ago: maybe a live writer's, so left alone
+    assert young["error"]["code"] == "BAD_INPUT" and "changed meanwhile" in young["error"]["message"], young
+    for path in (stray, claim):
+        os.utime(path, (time.time() - 60, time.time() - 60))
+    done = _refresh(app, dataset)
+    assert done["success"] and done["dataset"]["version"] == 2, done
+    assert not claim.exists() and _dataset(app, dataset)["rowCount"] == 1

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -714,6 +715,54 @@ def _streamed_upload(cluster: Cluster, key: str, content: bytes, name: str, gate
     response = cluster.http.post(cluster.url + "/graphql", content=body(), headers=headers, timeout=120)
     payload: dict[str, Any] = response.json()["data"]["uploadDataset"]
     return payload
+
+
+# ---- the proxy itself -------------------------------------------------------------------------------------------
+
+
+class _Named:
+    """A loopback TCP server that answers each connection with its name, then echoes what it gets."""
+
+    def __init__(self, name: bytes) -> None:
+        self.name = name
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.sock.accept()
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(self.name)
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+
+def test_the_proxy_takes_turns_skips_a_node_that_refuses_and_pipes_both_ways() -> None:
+    named = [_Named(b"a"), _Named(b"b")]
+    with RoundRobin([named[0].port, named[1].port, free_port()]) as proxy:  # nothing listens on the third
+
+        def connect() -> bytes:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as conn:
+                first = conn.recv(1)
+                conn.sendall(b"x" * 100_000)
+                echoed = b""
+                while len(echoed) < 100_000:
+                    echoed += conn.recv(65536)
+                assert echoed == b"x" * 100_000
+                return first
+
+        assert [connect() for _ in range(5)] == [b"a", b"b", b"a", b"b", b"a"]
+        assert proxy.nodes_of(0) == [0, 1, 0, 1, 0]
+        wait_for(lambda: [c.sent for c in proxy.connections] == [100_000] * 5, 10, "the bytes sent were miscounted")
+        proxy.aim(1)
+        assert connect() == b"b"
+    for server in named:
+        server.sock.close()
 
 
 # ---- the README's deployment section ------------------------------------------------------------------------

@@ -6,8 +6,9 @@ describe, filter, group-by, join, export and its download, subscriptions seeing 
 through another node), API keys, the shared rate limit; then faults: the scheduler's node SIGKILLed
 mid-refresh, and the sweeper's node SIGKILLed in the middle of uploads.
 
-The nodes start side by side once for the module; the tests run in file order and the fault tests
-come last, each killing one node (the proxy skips a dead one)."""
+The nodes start side by side once for the module (slow tier); the tests run in file order and the
+fault tests come last, each killing one node (the proxy skips a dead one). Two tests need no node
+(everyday tier): the proxy's own, and one that keeps the README section's settings true."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ from server.ratelimit import UPLOAD_COST
 from storage import MetadataStore
 
 NODES = 3
-REDIS = "redis://127.0.0.1:6379/14"  # this module's own Redis database
+REDIS = "redis://127.0.0.1:6379/12"  # this module's own Redis database (test_webhook has 14)
 BUDGET_UPLOADS = 50  # the rate limit in multipart requests (each costs 1 + UPLOAD_COST)
 RATE_LIMIT = f"{BUDGET_UPLOADS * (1 + UPLOAD_COST)}/hour"  # per hour: no window edge within a test
 SWEEP_EVERY_S = 60  # the servers' periodic sweep (server/resources.py)

@@ -8,7 +8,8 @@ source (its own pool; `pool_pre_ping`, so a connection the database dropped is r
 A query runs inside a read-only transaction with a statement timeout set for that transaction:
 PostgreSQL `BEGIN; SET TRANSACTION READ ONLY` + `SET LOCAL statement_timeout`; MySQL `START TRANSACTION READ ONLY`
 + `max_execution_time`, MariaDB `max_statement_time`; SQLite opened `mode=ro` with
-`PRAGMA query_only`. The caller's deadline (the worker kill) sits a few seconds past it.
+`PRAGMA query_only`; DuckDB opened `read_only` with external access off (connectors._duckdb), its
+timeout an interrupt. The caller's deadline (the worker kill) sits a few seconds past it.
 
 Failures become datagraph errors with messages of our own: the driver's text can carry a host, a
 user or a statement, so it is never passed on, and only the exception's class is logged.
@@ -30,6 +31,7 @@ import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from connectors import _duckdb
 from connectors._tracing import sql_attributes, trace_statements
 from connectors.sources import DatabaseConfig
 from datagraph import tracing
@@ -61,6 +63,8 @@ def _engine(cfg: DatabaseConfig) -> Engine:
 
 
 def _create(cfg: DatabaseConfig) -> Engine:
+    if cfg.kind == "duckdb":
+        return _duckdb.create_engine(cfg.url, cfg.memory_limit_mb)
     if cfg.kind == "sqlite":
         path = cfg.url.removeprefix("sqlite:///")
         return sa.create_engine(
@@ -141,6 +145,8 @@ def translate(exc: BaseException, cfg: DatabaseConfig) -> DatagraphError:
     if isinstance(exc, DatagraphError):
         return exc
     orig = getattr(exc, "orig", None) or exc
+    if (duck := _duckdb.problem(orig)) is not None:
+        return _duck_error(*duck, cfg, orig)
     state = getattr(orig, "sqlstate", None)
     args = getattr(orig, "args", None)
     number = args[0] if isinstance(args, tuple) and args and isinstance(args[0], int) else None
@@ -161,6 +167,24 @@ def translate(exc: BaseException, cfg: DatabaseConfig) -> DatagraphError:
     if number in (None, 0) and state is None and (isinstance(exc, _LOST) or isinstance(orig, _LOST)):
         return SourceUnavailable(f'The source "{cfg.id}" did not answer; it may be down. Try again shortly.')
     return BadInput(f'The source "{cfg.id}" refused the query as written.')
+
+
+def _duck_error(kind: str, message: str, cfg: DatabaseConfig, orig: BaseException) -> DatagraphError:
+    log.warning("source %s: %s", cfg.id, type(orig).__name__)  # the class only: the text names the file
+    if kind == "timeout":
+        return Timeout(
+            f"The query ran past the source's statement timeout of {cfg.statement_timeout_s:g} s and was stopped."
+        )
+    if kind == "unavailable":
+        return SourceUnavailable(f'The source "{cfg.id}" cannot be opened: {message}.')
+    if kind == "read_only":
+        return ReadOnly(message)
+    if kind == "too_large":
+        return TooLarge(
+            f"The query needed more memory than the source allows ({cfg.memory_limit_mb:,} MiB, memory_limit_mb in"
+            " sources.yaml); filter or group it first."
+        )
+    return BadInput(message or f'The source "{cfg.id}" refused the query as written.')
 
 
 @contextmanager
@@ -186,7 +210,11 @@ def read_only(cfg: DatabaseConfig) -> Iterator[Connection]:
                     conn.exec_driver_sql(f"SET SESSION max_execution_time = {int(cfg.statement_timeout_s * 1000)}")
                 conn.exec_driver_sql("START TRANSACTION READ ONLY")
             try:
-                yield conn
+                if cfg.kind == "duckdb":  # read-only by the way the file is opened
+                    with _duckdb.interrupt_after(conn, cfg.statement_timeout_s):
+                        yield conn
+                else:
+                    yield conn
             except BaseException:
                 # On a lost connection the rollback fails too (PyMySQL: InterfaceError(0, "")); the first
                 # error says what happened, so it is the one translated.
@@ -194,7 +222,9 @@ def read_only(cfg: DatabaseConfig) -> Iterator[Connection]:
                     conn.rollback()
                 raise
             conn.rollback()
-    except DRIVER_ERRORS as exc:  # the caller's own failures (a full disk, ...) pass through as they are
+    except Exception as exc:  # the caller's own failures (a full disk, ...) pass through as they are
+        if not driver_error(exc):
+            raise
         raise translate(exc, cfg) from None
 
 
@@ -208,6 +238,11 @@ def _driver_errors() -> tuple[type[BaseException], ...]:
 
 
 DRIVER_ERRORS = _driver_errors()
+
+
+def driver_error(exc: BaseException) -> bool:
+    """Whether `exc` is a driver's or SQLAlchemy's failure (DuckDB's included, once it is loaded)."""
+    return isinstance(exc, DRIVER_ERRORS) or _duckdb.is_duckdb_error(exc)
 
 
 def _lost_connection_errors() -> tuple[type[BaseException], ...]:
@@ -231,7 +266,9 @@ def ping(cfg: DatabaseConfig) -> None:
     try:
         with _engine(cfg).connect() as conn:
             conn.exec_driver_sql("SELECT 1").scalar()
-    except DRIVER_ERRORS as exc:
+    except Exception as exc:
+        if not driver_error(exc):
+            raise
         raise translate(exc, cfg) from None
 
 
@@ -239,15 +276,20 @@ def list_tables(cfg: DatabaseConfig) -> list[str]:
     """Tables and views in the source's schema, limited to its allowlist when it has one."""
     try:
         with _engine(cfg).connect() as conn:
-            inspector = sa.inspect(conn)
-            schema = cfg.sql_schema
-            names = inspector.get_table_names(schema=schema) + inspector.get_view_names(schema=schema)
-    except DRIVER_ERRORS as exc:
+            if cfg.kind == "duckdb":
+                names = _duckdb.table_names(conn, cfg.schema)
+            else:
+                inspector = sa.inspect(conn)
+                schema = cfg.sql_schema
+                names = inspector.get_table_names(schema=schema) + inspector.get_view_names(schema=schema)
+    except Exception as exc:
+        if not driver_error(exc):
+            raise
         raise translate(exc, cfg) from None
     if cfg.allowed_tables is None:
         return sorted(set(names))
     # Exactly as the database spells them: in PostgreSQL "ALLOWED_T" and allowed_t are two tables.
-    return sorted({n for n in names if f"{cfg.schema}.{n}" in cfg.allowed_tables})
+    return sorted({n for n in names if cfg.allows(n)})
 
 
 _COLUMNS_SQL = sa.text(

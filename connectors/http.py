@@ -1,4 +1,5 @@
-"""The outbound HTTP client of the API-pull plugins: guarded, bounded GETs with retries.
+"""The outbound HTTP client of the API-pull plugins (guarded, bounded GETs with retries) and of the
+webhook (a POST with the same guards, retries and deadline).
 
 One `HttpClient` per process owns the connection pool; each plugin run gets an `HttpSession`
 (`client.session(deadline_s=...)`) that counts what it did in `HttpStats`. A GET through a session:
@@ -87,6 +88,22 @@ class HttpStats:
             self.retried[code] = self.retried.get(code, 0) + count
 
 
+class _HostOnly(logging.Filter):
+    """httpx logs every request's whole URL at INFO: its user info, path or query may carry a key
+    (a plugin's API key, a webhook's secret path). Keep the scheme and host of each URL only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(f"{a.scheme}://{a.host}/..." if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+def _quiet_httpx() -> None:
+    logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _HostOnly) for f in logger.filters):
+        logger.addFilter(_HostOnly())
+
+
 class HttpClient:
     """One per process: owns the pooled httpx.AsyncClient (limits, timeouts, follow_redirects=False).
 
@@ -96,6 +113,7 @@ class HttpClient:
 
     def __init__(self, settings: HttpSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
+        _quiet_httpx()
         limits = httpx.Limits(
             max_connections=settings.max_connections, max_keepalive_connections=settings.max_connections
         )
@@ -217,12 +235,43 @@ class HttpSession:
             url = hop
         raise BadInput(f"The upstream {url.host} redirected more than {self._settings.max_redirects} times.")
 
-    async def _fetch(self, url: httpx.URL, headers: dict[str, str]) -> httpx.Response:
+    async def post_json(self, url: str, body: bytes, *, retry: frozenset[int] = RETRY_STATUSES) -> int:
+        """POST `body` (JSON) to `url` with the guards, retries and deadline of a GET, retrying the
+        statuses in `retry` too; no redirect is followed. The 2xx status; a problem otherwise."""
+        target = _checked_url(url, None)
+        remaining = None if self._deadline is None else self._deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise self._timeout(target.host)
+        timer = asyncio.timeout(remaining)
+        headers = {"Content-Type": "application/json"}
+        try:
+            async with timer:
+                response = await self._fetch(target, headers, method="POST", content=body, retry=retry)
+        except TimeoutError:
+            if timer.expired():
+                raise self._timeout(target.host) from None
+            raise
+        code = response.status_code
+        if 200 <= code < 300:
+            return code
+        if code >= 500:
+            raise SourceUnavailable(f"The upstream {target.host} answered {_status(code)}; try again later.")
+        raise BadInput(f"The upstream {target.host} answered {_status(code)} to a POST.")
+
+    async def _fetch(
+        self,
+        url: httpx.URL,
+        headers: dict[str, str],
+        *,
+        method: str = "GET",
+        content: bytes | None = None,
+        retry: frozenset[int] = RETRY_STATUSES,
+    ) -> httpx.Response:
         """One hop: send, retrying what is worth retrying; a non-retryable answer is returned."""
         settings, host = self._settings, url.host
         tries = max(1, settings.attempts)
         for attempt in range(1, tries + 1):
-            request = self._client.build_request("GET", url, headers=headers)
+            request = self._client.build_request(method, url, headers=headers, content=content)
             wait: float | None = None
             answered = 0  # the status that makes this try fail, if it got one
             try:
@@ -232,7 +281,7 @@ class HttpSession:
                 self.stats.blocked += 1
                 raise BadInput(
                     f"The host {host} resolves to an address in a blocked network (http_blocked_networks); "
-                    "plugins may not fetch from it."
+                    "it may not be reached."
                 ) from None
             except httpx.TimeoutException:
                 failure = f"did not answer within {settings.read_timeout_s:g} s"
@@ -246,7 +295,7 @@ class HttpSession:
             except httpx.DecodingError:
                 raise SourceUnavailable(f"The upstream {host} sent a body that could not be decoded.") from None
             else:
-                if response.status_code not in RETRY_STATUSES:
+                if response.status_code not in retry:
                     return response
                 answered = response.status_code
                 failure = f"answered {_status(answered)}"

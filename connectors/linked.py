@@ -23,6 +23,7 @@ from typing import Any
 import polars as pl
 import sqlalchemy as sa
 
+from connectors._duckdb import reflect_table
 from connectors.databases import read_only
 from connectors.pushdown import Pushed, count_query, push_down
 from connectors.sources import DatabaseConfig
@@ -104,7 +105,10 @@ def _table(conn: sa.Connection, cfg: DatabaseConfig, name: str) -> sa.Table:
         known = _tables.get(key)
     if known is not None and time.monotonic() - known[0] < _REFLECTION_TTL_S:
         return known[1]
-    table = sa.Table(name, sa.MetaData(), schema=cfg.sql_schema, autoload_with=conn)
+    if cfg.kind == "duckdb":
+        table = reflect_table(conn, cfg.schema, name)
+    else:
+        table = sa.Table(name, sa.MetaData(), schema=cfg.sql_schema, autoload_with=conn)
     with _tables_lock:
         _tables[key] = (time.monotonic(), table)
     return table
@@ -132,8 +136,7 @@ class LinkedTable:
             raise SourceUnavailable(
                 f'The dataset is linked to the source "{self.source_id}", which is no longer in sources.yaml.'
             )
-        allowed = cfg.allowed_tables
-        if allowed is not None and f"{cfg.schema}.{self.table}" not in allowed:
+        if not cfg.allows(self.table):
             raise ReadOnly(
                 f'The dataset is linked to the table "{self.table}", which the source "{self.source_id}" no longer'
                 " allows (its tables list in sources.yaml)."

@@ -11,7 +11,8 @@ the fetched rows. User values only ever travel as bound parameters. What is deci
   Engine sorts put nulls last in both directions: `ORDER BY (c IS NULL), c [DESC]` on every dialect.
   A sort after a sort is stable in Polars, so the earlier order stays as the tie-breaker.
 - Text compares by bytes, as Polars does: PostgreSQL `CAST(c AS TEXT) COLLATE "C"` (enums and citext
-  too), SQLite `COLLATE BINARY`, MySQL/MariaDB `CAST(CAST(c AS CHAR CHARACTER SET utf8mb4) AS BINARY)`
+  too), DuckDB `c COLLATE "C"` (a column may be declared NOCASE), SQLite `COLLATE BINARY`,
+  MySQL/MariaDB `CAST(CAST(c AS CHAR CHARACTER SET utf8mb4) AS BINARY)`
   against UTF-8 byte parameters, because their usual collations ignore case and trailing spaces.
   This applies to filters, sort keys, group keys, MIN/MAX and N_UNIQUE, at the cost of indexes on
   text columns. CONTAINS/STARTS_WITH/ENDS_WITH use strpos/instr and substr rather than LIKE
@@ -19,7 +20,7 @@ the fetched rows. User values only ever travel as bound parameters. What is deci
 - Group-by works as the engine does: output `<column>_<fn>` or the alias, sorted by the keys, nulls
   last. SUM of nothing is 0 (COALESCE), integer sums come back as BIGINT, and MEAN/STD/VAR/MEDIAN
   are computed on doubles. Counts come back as the database's BIGINT where Polars gives UInt32.
-  MEDIAN (`percentile_cont`) is pushed to PostgreSQL only, STD/VAR to PostgreSQL and MySQL only.
+  MEDIAN (`percentile_cont`) is pushed to PostgreSQL and DuckDB only, STD/VAR to all but SQLite.
   FIRST/LAST depend on file order, which a table lacks: never pushed.
 - Not pushed: Join and Clean; conditions, keys or aggregations on columns whose values the fetch
   changes or whose SQL comparison differs: single-precision floats (MySQL sends FLOAT rounded to
@@ -33,7 +34,7 @@ the fetched rows. User values only ever travel as bound parameters. What is deci
 - A step that needs a finished SELECT (a filter or group-by after a group-by or slice, a sort after
   a slice, anything but a select or slice after a window) wraps it as a subquery; the pushed order
   is re-applied outside, and a step whose order no longer exists as an output column is not pushed.
-- Window (PostgreSQL, MySQL/MariaDB; not SQLite): every fn but RANK reads rows in order, and a
+- Window (PostgreSQL, MySQL/MariaDB, DuckDB; not SQLite): every fn but RANK reads rows in order, and a
   table has none, so a window is pushed only when the rows have one: the spec's `orderBy` (nulls last), then the
   order an earlier sort or group-by gave. Ties are broken by columns that tell rows apart (the
   table's primary key, or the group keys; no such key: not pushed), in each window's ORDER BY and
@@ -47,17 +48,17 @@ the fetched rows. User values only ever travel as bound parameters. What is deci
   PRECEDING AND CURRENT ROW`, nulls unless `COUNT(x)` reaches minPeriods) work on doubles, as
   the engine casts, of integer and decimal columns only: float columns may hold NaN or
   infinities, which order, compare and overflow differently in SQL. PCT_CHANGE is pushed to
-  PostgreSQL only, told to give Polars' infinities and NaN for a zero before (MySQL has neither).
+  PostgreSQL and DuckDB only, told to give Polars' infinities and NaN for a zero before (MySQL has neither).
   Period rollings: a `RANGE` frame from (period - 1 µs) to 1 µs before the row's time (times are
   whole microseconds; MariaDB's RANGE takes numbers, so microseconds since 1970), plus a running
   total over the rows of the same time so far: pandas' (t - period, t], ties counted up to this
   row. ROLLING_STD (another summation) is never pushed.
-- Resample (PostgreSQL, MySQL/MariaDB; not SQLite) is a WHERE time IS NOT NULL, a GROUP BY of the
+- Resample (PostgreSQL, MySQL/MariaDB, DuckDB; not SQLite) is a WHERE time IS NOT NULL, a GROUP BY of the
   keys (as group-by) and the period's start, sorted by the keys then the time. Only periods that
   start on the same boundaries whatever the data's first day are pushed: "1mo" (`date_trunc('month')`, or
   the day of the month subtracted) and fixed lengths that divide a day ("1d", "6h", "15m", "90s"),
   which the engine, like pandas' origin "start_day", counts from midnight (`date_bin` from a
-  midnight; MySQL: whole periods of microseconds since midnight, `DIV`). Several days, weeks and
+  midnight, DuckDB's `time_bucket`; MySQL: whole periods of microseconds since midnight, `DIV`). Several days, weeks and
   several months or years count from the data's first day or month: not pushed, nor FIRST/LAST.
 - A window is pushed only when a later step that cuts rows (filter, group-by, resample, slice) is
   pushed too: it adds columns to as many rows as it reads, and SQL windows ran slower than Polars'.
@@ -98,7 +99,7 @@ from engine._timeseries import Period, parse_period
 
 __all__ = ["DIALECTS", "Pushed", "count_query", "push_down"]
 
-DIALECTS = ("postgresql", "mysql", "sqlite")
+DIALECTS = ("postgresql", "mysql", "sqlite", "duckdb")
 _NUMBER = ("integer", "float", "decimal")
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "EQ": operator.eq, "NE": operator.ne, "GT": operator.gt, "GE": operator.ge, "LT": operator.lt, "LE": operator.le,
@@ -146,7 +147,7 @@ class _Query:
 
 def push_down(table: sa.Table, steps: Sequence[Step], dialect: str) -> Pushed:
     """Compile as many leading `steps` as give identical results into one SELECT on `table`
-    (`dialect`: postgresql, mysql or sqlite); raise `BadInput` for a column the table lacks."""
+    (`dialect`: postgresql, mysql, sqlite or duckdb); raise `BadInput` for a column the table lacks."""
     if dialect not in DIALECTS:
         raise ValueError(f"push_down: unknown dialect {dialect!r}; use one of {', '.join(DIALECTS)}")
     query = _Query(dialect, table, {c.name: c for c in table.columns}, tuple(c.name for c in table.columns))
@@ -282,6 +283,8 @@ def _exact(value: Expr, kind: str | None, dialect: str) -> Expr:
         return value
     if dialect == "postgresql":
         return sa.cast(value, sa.Text()).collate("C")
+    if dialect == "duckdb":
+        return value.collate("C")
     if dialect == "mysql":
         return sa.cast(sa.cast(value, mysql.CHAR(charset="utf8mb4")), sa.LargeBinary())
     return value.collate("BINARY")
@@ -367,7 +370,7 @@ def _condition(q: _Query, cond: Condition) -> Expr:
     start = 1 if op == "STARTS_WITH" else sa.func.length(exact) - size + 1
     part = sa.func.substr(exact, start, size)
     # substr's result collation is implicit on PostgreSQL: say "C" again so it wins over the parameter's.
-    return (part.collate("C") if q.dialect == "postgresql" else part) == needle
+    return (part.collate("C") if q.dialect in ("postgresql", "duckdb") else part) == needle
 
 
 def _sort(q: _Query, step: Sort) -> _Query:
@@ -422,7 +425,7 @@ def _aggregate(q: _Query, agg: Aggregated) -> Expr:
     if fn == "N_UNIQUE":
         return sa.func.count(sa.distinct(_exact(column, kind, dialect)))
     if fn in ("MIN", "MAX"):
-        if kind == "boolean" and dialect == "postgresql":
+        if kind == "boolean" and dialect in ("postgresql", "duckdb"):
             return (sa.func.bool_and if fn == "MIN" else sa.func.bool_or)(column, type_=sa.Boolean())
         extreme = (sa.func.min if fn == "MIN" else sa.func.max)(_exact(column, kind, dialect))
         if kind == "text" and dialect == "mysql":
@@ -436,7 +439,7 @@ def _aggregate(q: _Query, agg: Aggregated) -> Expr:
     if fn in ("STD", "VAR") and dialect != "sqlite":
         spread = sa.func.stddev_samp if fn == "STD" else sa.func.var_samp
         return spread(_double(column, dialect), type_=sa.Double())
-    if fn == "MEDIAN" and dialect == "postgresql":
+    if fn == "MEDIAN" and dialect in ("postgresql", "duckdb"):
         return sa.func.percentile_cont(0.5).within_group(_double(column, dialect))
     raise _Stop  # FIRST, LAST; MEDIAN, STD, VAR where the database lacks them
 
@@ -552,7 +555,7 @@ def _window_fn(q: _Query, spec: WindowSpec, keys: list[tuple[str, bool]]) -> Exp
     if fn == "DIFF":
         return x - over(sa.func.lag(x, offset, type_=sa.Double()))
     if fn == "PCT_CHANGE":
-        if dialect != "postgresql":
+        if dialect not in ("postgresql", "duckdb"):
             raise _Stop  # Polars divides by zero to an infinity; MySQL gives NULL and has no infinities
         before = over(sa.func.lag(x, offset, type_=sa.Double()))
         infinity = sa.case((x > 0, "Infinity"), (x < 0, "-Infinity"), else_="NaN")
@@ -593,7 +596,7 @@ def _period_window(q: _Query, spec: WindowSpec, partition: list[Expr], keys: lis
         time = sa.cast(time, sa.DateTime())
     x = _double(column, q.dialect)
     inside: FrameClause | tuple[int, int]
-    if q.dialect == "postgresql":
+    if q.dialect in ("postgresql", "duckdb"):
         key: Expr = time.asc().nulls_last()
         inside = FrameClause(
             dt.timedelta(microseconds=period.micros - 1),
@@ -666,7 +669,7 @@ def _period_start(time: Expr, kind: str, period: Period, dialect: str) -> Expr:
     a fixed length that divides a day (the engine, as pandas, counts those from midnight of the
     first day, so they fall on the same boundaries every day). Longer periods, weeks and several
     months start from the data's first day or month: `_Stop`."""
-    pg = dialect == "postgresql"
+    pg = dialect in ("postgresql", "duckdb")  # date_trunc
     if period.months == 1:
         if kind == "date":
             if pg:
@@ -687,6 +690,9 @@ def _period_start(time: Expr, kind: str, period: Period, dialect: str) -> Expr:
     every: Expr = sa.literal_column(str(n))  # a whole number of microseconds, made here
     if pg:
         length: Expr = sa.literal_column(f"INTERVAL '{n} microseconds'")
+        if dialect == "duckdb":  # no date_bin: time_bucket(width, time, origin)
+            origin: Expr = sa.literal_column("TIMESTAMP '2000-01-01 00:00:00'")
+            return sa.func.time_bucket(length, time, origin, type_=sa.DateTime())
         return sa.func.date_bin(length, time, sa.literal_column("TIMESTAMP '2000-01-01 00:00:00'"), type_=sa.DateTime())
     midnight = sa.func.date(time)
     since = sa.func.timestampdiff(sa.literal_column("MICROSECOND"), midnight, time)

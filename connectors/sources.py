@@ -2,16 +2,18 @@
 
     sources:
       shop:                          # the source id used in the API
-        kind: postgresql             # postgresql | mysql | sqlite
+        kind: postgresql             # postgresql | mysql | sqlite | duckdb
         url: postgresql://${SHOP_USER}:${SHOP_PASSWORD}@127.0.0.1:5432/shop
         schema: public               # optional: where unqualified table names live
         tables: [orders, customers]  # optional allowlist
         statement_timeout_s: 60      # optional
         pool_size: 5                 # optional
+        memory_limit_mb: 2048        # optional, duckdb only: memory for one query
 
 `${VAR}` is replaced from the environment (a missing variable is an error naming it). A relative
-SQLite path is relative to the file. A bad file raises `SourcesError` with a message naming the
-key, never a value: the URL carries secrets, so it is kept out of every repr, message and log.
+SQLite or DuckDB path (`duckdb:///data/shop.duckdb`) is relative to the file. A bad file raises
+`SourcesError` with a message naming the key, never a value: the URL carries secrets, so it is
+kept out of every repr, message and log.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ _SCHEMES = {
     "postgresql": ({"postgresql", "postgres", "postgresql+psycopg"}, "postgresql+psycopg"),
     "mysql": ({"mysql", "mariadb", "mysql+pymysql"}, "mysql+pymysql"),
     "sqlite": ({"sqlite"}, "sqlite"),
+    "duckdb": ({"duckdb"}, "duckdb"),
 }
-_DEFAULT_SCHEMA = {"postgresql": "public", "sqlite": "main"}
+_DEFAULT_SCHEMA = {"postgresql": "public", "sqlite": "main", "duckdb": "main"}
+_FILE_KINDS = ("sqlite", "duckdb")  # a database in one file, named by its path
 
 
 class SourcesError(Exception):
@@ -52,17 +56,18 @@ class SourcesError(Exception):
 class DatabaseConfig:
     id: str
     name: str
-    kind: str  # postgresql | mysql | sqlite
+    kind: str  # postgresql | mysql | sqlite | duckdb
     url: str = field(repr=False)  # SQLAlchemy URL with its driver; holds secrets
     schema: str  # where unqualified table names live
     tables: tuple[str, ...] | None  # the allowlist as written, or None for every table in `schema`
     statement_timeout_s: float
     pool_size: int
+    memory_limit_mb: int = 2048  # DuckDB's memory for one query (it never spills to disk here)
 
     @property
     def dialect(self) -> str:
         """The sqlglot dialect of this source."""
-        return {"postgresql": "postgres", "mysql": "mysql", "sqlite": "sqlite"}[self.kind]
+        return {"postgresql": "postgres", "mysql": "mysql", "sqlite": "sqlite", "duckdb": "duckdb"}[self.kind]
 
     @property
     def sql_schema(self) -> str | None:
@@ -76,19 +81,28 @@ class DatabaseConfig:
         linked tables alike."""
         if self.tables is None:
             return None
-        return frozenset(t if "." in t else f"{self.schema}.{t}" for t in self.tables)
+        qualified = (t if "." in t else f"{self.schema}.{t}" for t in self.tables)
+        # DuckDB's names are case-blind, quoted or not: the guard folds them, and so does the list.
+        return frozenset(t.lower() for t in qualified) if self.kind == "duckdb" else frozenset(qualified)
+
+    def allows(self, table: str) -> bool:
+        """Whether the table `table` of `schema`, as the database spells it, is one this source serves."""
+        allowed = self.allowed_tables
+        key = f"{self.schema}.{table}"
+        return allowed is None or (key.lower() if self.kind == "duckdb" else key) in allowed
 
 
 class _Source(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["postgresql", "mysql", "sqlite"]
+    kind: Literal["postgresql", "mysql", "sqlite", "duckdb"]
     url: str = Field(min_length=1)
     name: str | None = Field(None, min_length=1, max_length=100)
     schema_: str | None = Field(None, alias="schema", min_length=1, max_length=63)
     tables: list[str] | None = None
     statement_timeout_s: float = Field(60, gt=0, le=3600)
     pool_size: int = Field(5, ge=1, le=50)
+    memory_limit_mb: int | None = Field(None, ge=64, le=1_048_576)
 
 
 def _expand(value: Any, where: str, env: Mapping[str, str], missing: list[str]) -> Any:
@@ -116,12 +130,14 @@ def _driver_url(source_id: str, spec: _Source, base: Path) -> str:
     scheme, sep, rest = spec.url.partition("://")
     if not sep or scheme.lower() not in accepted:
         raise SourcesError(f"sources.{source_id}.url: a {spec.kind} source needs a {spec.kind}:// URL")
-    if spec.kind != "sqlite":
+    if spec.kind not in _FILE_KINDS:
         return f"{driver}://{rest}"
     path = rest[1:] if rest.startswith("/") else rest  # sqlite:///relative, sqlite:////absolute
-    if not path or path == ":memory:":
-        raise SourcesError(f"sources.{source_id}.url: a sqlite source needs a database file")
-    return f"sqlite:///{(base / path).resolve()}"
+    if spec.kind == "duckdb" and "?" in path:  # the connector opens the file read-only its own way
+        raise SourcesError(f"sources.{source_id}.url: a duckdb URL names the file only, with no ?options")
+    if not path or path.startswith(":memory:") or path.startswith(("md:", "motherduck:")):
+        raise SourcesError(f"sources.{source_id}.url: a {spec.kind} source needs a database file")
+    return f"{driver}:///{(base / path).resolve()}"
 
 
 def _schema(source_id: str, spec: _Source, url: str) -> str:
@@ -187,6 +203,9 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:
             continue
         if missing:
             continue  # its URL is incomplete: any other complaint about it would mislead
+        if spec.memory_limit_mb is not None and spec.kind != "duckdb":
+            problems.append(f"{where}.memory_limit_mb: only a duckdb source takes it")
+            continue
         try:
             url = _driver_url(str(source_id), spec, path.parent)
             schema = _schema(str(source_id), spec, url)
@@ -203,6 +222,7 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:
                 tables=tuple(spec.tables) if spec.tables is not None else None,
                 statement_timeout_s=spec.statement_timeout_s,
                 pool_size=spec.pool_size,
+                **({"memory_limit_mb": spec.memory_limit_mb} if spec.memory_limit_mb is not None else {}),
             )
         )
     if len(problems) == 1:

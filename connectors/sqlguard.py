@@ -22,11 +22,14 @@ Every check fails closed:
 - every table is in the allowed set or, without one, in the default schema. An unqualified name is
   a CTE only where a WITH in scope defines it; any other is qualified with the default schema, so
   PostgreSQL's search_path cannot turn `pg_authid` into `pg_catalog.pg_authid`. Tables the engine
-  makes up (MariaDB's `seq_1_to_1000000000`, SQLite's `sqlite_schema` and `pragma_database_list`)
-  are refused wherever they are asked for;
+  makes up (MariaDB's `seq_1_to_1000000000`, SQLite's `sqlite_schema` and `pragma_database_list`,
+  DuckDB's `duckdb_tables`, `duckdb_settings`, ...) are refused wherever they are asked for;
 - on PostgreSQL, a qualified name `t.x` must be a column of t (`_pgnames`): otherwise PostgreSQL
   calls a function x on t's row.
-Under all of it the connector pins PostgreSQL's search_path to `pg_catalog, pg_temp`, so the bare
+DuckDB's file-reading functions (`read_csv`, `read_parquet`, `glob`, ...), `query(...)`,
+`COLUMNS(...)`, lambdas and PIVOT are refused by the same allowlists; under the guard the file is
+opened read-only with external access off (connectors._duckdb). Under all of it the connector pins
+PostgreSQL's search_path to `pg_catalog, pg_temp`, so the bare
 names resolve to the built-ins and nothing planted in a user schema can shadow one.
 """
 
@@ -45,7 +48,7 @@ from datagraph.errors import BadInput, ReadOnly, TooLarge
 
 __all__ = ["DIALECTS", "CheckedSql", "ColumnsOf", "check_select", "limited"]
 
-DIALECTS = ("postgres", "mysql", "sqlite")
+DIALECTS = ("postgres", "mysql", "sqlite", "duckdb")
 
 # MySQL runs /*! ... */ and MariaDB /*M! ... */ as code; sqlglot reads both as comments.
 _EXECUTABLE_COMMENT = re.compile(r"/\*m?!", re.IGNORECASE)
@@ -105,6 +108,12 @@ _MADE_UP_TABLES = {
         re.compile(r"sqlite_|pragma_|(dbstat|json_each|json_tree|generate_series)$", re.IGNORECASE),
         "SQLite makes it up: it is no table of the database's",
     ),
+    # DuckDB answers `main.duckdb_tables`, `main.sqlite_master`, ... from its system catalogue
+    # (measured on 2.0: every internal view of `system.main`), whatever the file holds.
+    "duckdb": (
+        re.compile(r"duckdb_|sqlite_|pragma_", re.IGNORECASE),
+        "DuckDB makes it up from its catalogue: it is no table of the file's",
+    ),
 }
 
 # Bare words the databases answer with the session's user or role rather than a column.
@@ -124,6 +133,10 @@ _ALLOWED_NAMES: dict[str, frozenset[str]] = {
         "regexp_match", "cardinality", "every", "isfinite",
     }),
     "sqlite": frozenset({"strftime", "julianday", "unixepoch", "ifnull", "instr", "printf", "total"}),
+    "duckdb": frozenset({
+        "date_part", "datepart", "epoch_ms", "make_date", "make_time", "make_timestamp", "isfinite", "isnan",
+        "isinf", "ifnull", "strlen", "list_value", "dayname", "monthname", "yearweek", "nullif",
+    }),
 }  # fmt: skip
 
 # Exact classes, not subclasses: ExplodingGenerateSeries, say, must not ride in on a parent's entry.
@@ -325,6 +338,9 @@ def _inspect(tree: exp.Expr, dialect: Dialect, default_schema: str, allowed: fro
         key = f"{schema}.{name}"
         if "." in schema or "." in name:  # "a.b".c and a."b.c" would share one key
             raise ReadOnly(f"Table {_short(key)} is not one this source allows.")
+        if dialect_name == "duckdb" and any(c in name for c in "/\\:"):
+            # DuckDB reads `FROM 'file'` (a string, parsed as a quoted name) as a file or URL to scan.
+            raise ReadOnly(f"Table {_short(key)} is not one this source allows: it names a file or URL.")
         if (key not in allowed) if allowed is not None else schema != default:
             raise ReadOnly(f"Table {key} is not one this source allows.")
         made_up, why = _MADE_UP_TABLES.get(dialect_name, (None, ""))

@@ -21,9 +21,12 @@ from typing import Any
 from datagraph import jsonutil
 from datagraph.answers import ANY_DATASET, DatasetVersions
 
-__all__ = ["ANY_DATASET", "CHANNEL", "RESYNC", "DatasetEvent", "EventBus", "JobUpdate"]
+__all__ = ["ANY_DATASET", "CHANNEL", "NOTICES", "RESYNC", "DatasetEvent", "EventBus", "JobUpdate"]
 
 CHANNEL = "datagraph:events"
+# Events that tell of a version already announced (by CREATED, APPENDED, ...): what its checks found,
+# how its columns changed. Nothing that depends on the dataset's rows needs to look again for them.
+NOTICES = frozenset({"CHECK_FAILED", "SCHEMA_CHANGED"})
 # Delivered locally after the Redis reader reconnects: events may have been missed, so anything that
 # depends on a dataset (a watch) must look again. Never shown to datasetEvents subscribers.
 RESYNC = "RESYNC"
@@ -36,11 +39,13 @@ log = logging.getLogger("datagraph.events")
 
 @dataclass(frozen=True, slots=True)
 class DatasetEvent:
-    kind: str  # CREATED | APPENDED | REFRESHED | REPLACED | DELETED, or RESYNC (local only)
+    kind: str  # CREATED | APPENDED | REFRESHED | REPLACED | DELETED | CHECK_FAILED | SCHEMA_CHANGED, or RESYNC
     dataset: str
     version: int
     row_count: int
     at: float = 0.0  # time.time() when published
+    # What CHECK_FAILED and SCHEMA_CHANGED found (plain JSON: it crosses Redis between processes).
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +112,10 @@ class EventBus:
                     queue.get_nowait()
             queue.put_nowait(event)
 
-    async def publish(self, kind: str, dataset: str, version: int, row_count: int) -> DatasetEvent:
-        event = DatasetEvent(kind, dataset, version, row_count, time.time())
+    async def publish(
+        self, kind: str, dataset: str, version: int, row_count: int, *, details: dict[str, Any] | None = None
+    ) -> DatasetEvent:
+        event = DatasetEvent(kind, dataset, version, row_count, time.time(), details)
         self.published += 1
         self._deliver(event)
         await self._send("dataset", event)

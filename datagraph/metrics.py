@@ -88,6 +88,16 @@ class Metrics:
             "Retried upstream HTTP requests, by the status that caused the retry (none: no answer).",
             ("status",),
         )
+        self.webhook_deliveries = counter(
+            "datagraph_webhook_deliveries",
+            "Webhook deliveries, by outcome: delivered, failed (given up after retries), blocked, dropped.",
+            ("outcome",),
+        )
+        self.check_runs = counter(
+            "datagraph_check_runs",
+            "Data-check runs on a dataset version, by outcome: passed, failed, error (the run itself failed).",
+            ("outcome",),
+        )
         self.subscriptions = gauge("datagraph_subscriptions_open", "GraphQL subscriptions running.")
         self.rate_limited = counter("datagraph_rate_limited", "Requests refused with RATE_LIMITED.")
         self.lease_held = gauge(

@@ -78,6 +78,21 @@ class Settings(BaseSettings):
         "169.254.0.0/16,fe80::/10,fd00:ec2::254/128,100.100.100.200/32",
         description="Outbound HTTP: networks never connected to (comma-separated CIDRs): link-local, cloud metadata.",
     )
+    webhook_url: str = Field(
+        "",
+        description="Where each CHECK_FAILED and SCHEMA_CHANGED dataset event is POSTed as JSON (through the"
+        " outbound HTTP client: its timeouts, retries and http_blocked_networks); empty: none.",
+    )
+    webhook_queue: int = Field(
+        100, gt=0, description="Most webhook deliveries waiting to be sent; past it the oldest is dropped (logged)."
+    )
+    webhook_deadline_s: float = Field(
+        60, gt=0, description="Longest one webhook delivery may take, all its tries and waits included, in seconds."
+    )
+    checks_max_rules: int = Field(50, gt=0, description="Most data-check rules one dataset may have (setChecks).")
+    checks_max_values: int = Field(
+        1_000, gt=0, description="Most values one data check may list (allowed values, notNull and unique columns)."
+    )
     max_upload_mb: float = Field(20, gt=0, description="Largest file an upload may carry, in MiB.")
     max_request_kb: int = Field(256, gt=0, description="Largest JSON request body, in KiB.")
     max_query_chars: int = Field(20_000, gt=0, description="Longest GraphQL query text, in characters.")
@@ -300,6 +315,19 @@ class Settings(BaseSettings):
         """Refused at start-up, not at the first plugin fetch (where a typo would fail every fetch)."""
         for cidr in filter(None, map(str.strip, value.split(","))):
             ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str) -> str:
+        """Refused at start-up, not at the first event (a typo would lose every delivery)."""
+        value = value.strip()
+        if value:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("webhook_url must be an http:// or https:// URL with a host, or empty")
         return value
 
     @field_validator("rate_limit")

@@ -7,6 +7,16 @@ The pool that runs the operations, the result cache and the job tracker are in `
 
 from engine._blocks import Window, block_page, page_window, write_page_blocks
 from engine._chart import CHART_KINDS, chart
+from engine._checks import (
+    ROW_RULES,
+    Shape,
+    check_name,
+    checked_rules,
+    compare_shapes,
+    evaluate,
+    inapplicable,
+    schema_changes,
+)
 from engine._clean import Cast, Clean, CleanStep, DropDuplicates, DropNulls, FillNulls, ParseDates, Rename, Trim
 from engine._columns import ColumnInfo, check_columns, column_infos, dtype_name
 from engine._diff import diff, paired_stats
@@ -59,6 +69,7 @@ __all__ = [
     "CHART_KINDS",
     "EXPORT_FORMATS",
     "OPS",
+    "ROW_RULES",
     "WINDOW_FNS",
     "Aggregation",
     "Cast",
@@ -81,6 +92,7 @@ __all__ = [
     "Resample",
     "Rows",
     "Select",
+    "Shape",
     "Slice",
     "Sort",
     "SortKey",
@@ -98,14 +110,19 @@ __all__ = [
     "build",
     "chart",
     "check_columns",
+    "check_name",
+    "checked_rules",
     "column_infos",
     "compact",
+    "compare_shapes",
     "count",
     "describe",
     "diff",
     "dtype_name",
+    "evaluate",
     "explain",
     "export",
+    "inapplicable",
     "lazy_column_infos",
     "materialise",
     "page",
@@ -114,6 +131,7 @@ __all__ = [
     "recipe",
     "records_json",
     "rows",
+    "schema_changes",
     "step_json",
     "step_size",
     "summary",

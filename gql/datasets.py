@@ -17,12 +17,14 @@ from strawberry.scalars import JSON
 from connectors.database_sources import SourceCheck
 from datagraph.errors import BadInput, DatagraphError
 from engine import Plan
+from gql.checks import Check, CheckInput, check_rules
 from gql.frames import CacheMode, Frame, StepInput, View, pipeline_plan, sql_pipeline_plan, to_steps
 from gql.jobs import Job
 from gql.recipe import read_recipe
 from gql.results import Column, Meta, Problem, ProblemCode, Result, column, result
 from resolvers import Options, Outcome, dataset_sql, frames, freshness, sources
 from resolvers import Problem as PlainProblem
+from resolvers import checks as _checks
 from resolvers import datasets as ds
 from resolvers import recipe as recipes
 from resolvers.context import Context
@@ -243,6 +245,10 @@ class Dataset(Frame):
         found = ds.find_source(info.context, self.record.source_id)
         # A dataset imported from a database later removed from sources.yaml keeps its data.
         return source_type(found or ds.SourceInfo(self.record.source_id, self.record.source_id, "DATABASE"))
+
+    @strawberry.field(description="Its data checks (setChecks), each with its result on the latest version checked.")
+    def checks(self, info: strawberry.Info[Context, None]) -> list[Check]:
+        return [Check.of(view) for view in _checks.list_checks(info.context, self.record)]
 
     @strawberry.field(
         description="The kept versions of this dataset, newest first (pruned ones are not listed; setting"
@@ -471,6 +477,18 @@ class DatasetMutation:
             return await ds.rename_dataset(info.context, str(id), name)
 
         return dataset_payload(info.context, await changed("renameDataset", work()))
+
+    @strawberry.mutation(
+        description="Replace the dataset's data checks ([] removes them) and run them on its current version now;"
+        " they run again on every new version, and a failure is told as a CHECK_FAILED event. A check naming a"
+        " missing column, or values that do not fit the column, is a problem, and nothing changes."
+    )
+    async def set_checks(
+        self, info: strawberry.Info[Context, None], dataset: strawberry.ID, checks: list[CheckInput]
+    ) -> DatasetPayload:
+        rules = check_rules(checks)
+        done = await changed("setChecks", _checks.set_checks(info.context, str(dataset), rules))
+        return dataset_payload(info.context, done)
 
     @strawberry.mutation(description="Delete a dataset and its files; the payload names what was deleted.")
     async def delete_dataset(self, info: strawberry.Info[Context, None], id: strawberry.ID) -> DatasetPayload:

@@ -6,11 +6,13 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator
 from enum import Enum
+from typing import cast
 
 import strawberry
+from strawberry.scalars import JSON
 
 from datagraph.errors import BadInput
-from datagraph.events import ANY_DATASET, RESYNC, DatasetEvent, JobUpdate
+from datagraph.events import ANY_DATASET, NOTICES, RESYNC, DatasetEvent, JobUpdate
 from engine import Plan
 from gql.frames import ChartInput, StepInput, chart_spec, pipeline_plan
 from gql.results import Result
@@ -35,6 +37,8 @@ class DatasetEventKind(Enum):
     REFRESHED = "REFRESHED"
     REPLACED = "REPLACED"
     DELETED = "DELETED"
+    CHECK_FAILED = "CHECK_FAILED"
+    SCHEMA_CHANGED = "SCHEMA_CHANGED"
 
 
 @strawberry.type(name="DatasetEvent", description="A dataset changed: its new version and row count.")
@@ -43,12 +47,17 @@ class DatasetEventType:
     dataset: strawberry.ID
     version: int
     row_count: int
+    details: JSON | None = strawberry.field(
+        default=None,
+        description="CHECK_FAILED: {failed: [{name, rule, passed, message, version}]}; SCHEMA_CHANGED: {added, removed,"
+        " retyped, frames: the saved frames whose steps use a removed or retyped column}; null for the others.",
+    )
 
     @classmethod
     def of(cls, event: DatasetEvent) -> DatasetEventType:
         return cls(
             kind=DatasetEventKind(event.kind), dataset=strawberry.ID(event.dataset), version=event.version,
-            row_count=event.row_count,
+            row_count=event.row_count, details=cast(JSON, event.details),
         )  # fmt: skip
 
 
@@ -129,7 +138,8 @@ async def _result(
 @strawberry.type
 class Subscription:
     @strawberry.subscription(
-        description="Dataset events (all datasets, or one): created, appended, refreshed, deleted."
+        description="Dataset events (all datasets, or one): created, appended, refreshed, replaced, deleted; a check"
+        " failed on a new version, or its columns changed (with details)."
     )
     async def dataset_events(
         self, info: strawberry.Info[Context, None], dataset: strawberry.ID | None = None
@@ -164,8 +174,10 @@ class Subscription:
                 while True:
                     outcome, reads, versions = await _watched(ctx, str(dataset), steps, wanted, limit, chart)
                     yield to_result(outcome, versions)
-                    while (await queue.get()).dataset not in reads:  # RESYNC's "*" is in every watch's reads
-                        pass
+                    while True:  # RESYNC's "*" is in every watch's reads; notices change no rows
+                        event = await queue.get()
+                        if event.dataset in reads and event.kind not in NOTICES:
+                            break
                     while not queue.empty():  # a burst becomes one recompute, on the latest versions
                         queue.get_nowait()
 

@@ -13,6 +13,7 @@ from typing import Any
 from connectors import IngestLimits
 from connectors.database_sources import DatabaseSources
 from connectors.registry import PluginRegistry
+from connectors.webhook import Webhook
 from datagraph.answers import ReadLog
 from datagraph.errors import BadInput
 from datagraph.events import EventBus
@@ -43,6 +44,8 @@ class Resources:
     dataset_locks: KeyedLocks = field(default_factory=KeyedLocks)
     # Background compactions of appended parts under way, by dataset id (at most one each).
     compactions: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
+    # Where CHECK_FAILED and SCHEMA_CHANGED events are POSTed (setting webhook_url), when set.
+    webhook: Webhook | None = None
 
     @property
     def ingest_limits(self) -> IngestLimits:
@@ -59,6 +62,8 @@ class Resources:
         for task in list(self.compactions.values()):
             task.cancel()
         await asyncio.gather(*self.compactions.values(), return_exceptions=True)
+        if self.webhook is not None:
+            await self.webhook.close()
         await self.executor.close()
         await self.cache.close()
         await self.databases.close()

@@ -20,6 +20,7 @@ from connectors.linked import LinkedTable
 from datagraph.answers import ANY_DATASET
 from datagraph.errors import BadInput, NotFound, TooLarge
 from engine import ColumnInfo, Join, Plan, Source
+from resolvers import checks
 from resolvers.context import Context, Resources
 from resolvers.jobs import recorded_job
 from storage import DatasetRecord, VersionRecord, storage_guard
@@ -300,6 +301,7 @@ async def delete_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
         res.files.export_file(export.token, export.filename.rsplit(".", 1)[-1]).unlink(missing_ok=True)
     res.files.remove_dataset(record.id)
     res.files.remove_upload(str(record.origin.get("stored_as", "")))
+    checks.forget(ctx, record.id)
     await res.events.publish("DELETED", record.id, record.version, 0)
     return record
 
@@ -452,6 +454,7 @@ async def dataset_job(
             for path in (parquet, *staged):
                 res.files.discard_staged(path)
     await res.events.publish(event, record.id, record.version, record.row_count)
+    await checks.after_commit(ctx, record)
     return record
 
 
@@ -606,6 +609,7 @@ async def restore_version(ctx: Context, dataset_id: str, version: int) -> Datase
             ctx, record, rows=found.row_count, columns=list(found.columns), origin=record.origin, made_by="RESTORE"
         )
     await res.events.publish("REPLACED", new.id, new.version, new.row_count)
+    await checks.after_commit(ctx, new)
     return new
 
 
@@ -660,4 +664,5 @@ async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord
     if parts + 1 >= ctx.settings.compact_parts:
         compact_soon(res, new.id)
     await res.events.publish("APPENDED", new.id, new.version, new.row_count)
+    await checks.after_commit(ctx, new)
     return new

@@ -25,6 +25,7 @@ import re
 import time
 from collections.abc import Callable
 
+from datagraph.durations import parse_duration
 from datagraph.errors import BadInput, DatagraphError
 from resolvers.context import Context
 from resolvers.datasets import FRAMES, UPLOADS, require_dataset
@@ -57,7 +58,7 @@ TIDY_S = 2.0  # how often it syncs plugins' refresh_s, forgets deleted datasets'
 # later version of the dataset, so a refresh removes them. A live writer moves the row on at once.
 LEFTOVER_GRACE_S = 10.0
 _UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
-_DURATION = re.compile(r"(?:(\d{1,9})d)?(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9})s)?")
+_ZERO = re.compile(r"(?:0{1,9}[wdhms]){1,5}")  # parses, but is no time at all
 ACCEPTED = (
     'a duration in whole days, hours, minutes and seconds, such as "30s", "15m", "1h", "1d" or "1h30m"'
     " (null removes the schedule)"
@@ -65,14 +66,16 @@ ACCEPTED = (
 
 
 def parse_every(text: str, *, min_s: int) -> int:
-    """Seconds of a schedule written as "30s", "15m", "1h", "1d", "1h30m" (any case, spaces allowed);
-    BAD_INPUT naming the accepted forms for anything else, zero, under `min_s` or over a year."""
+    """Seconds of a schedule written as "30s", "15m", "1h", "1d", "1h30m" (`datagraph.durations`, any
+    case, spaces allowed); BAD_INPUT naming the accepted forms for anything else, zero, under `min_s`
+    or over a year."""
     compact = "".join(str(text).split()).lower()
-    match = _DURATION.fullmatch(compact) if 0 < len(compact) <= 40 else None
-    if match is None or not any(match.groups()):
-        shown = str(text)[:40]
-        raise BadInput(f'setSchedule: "{shown}" is not a schedule; every takes {ACCEPTED}.')
-    seconds = sum(int(n) * size for n, (_, size) in zip(match.groups(), _UNITS, strict=True) if n)
+    try:
+        seconds = int(parse_duration(compact)) if len(compact) <= 40 else None
+    except ValueError:
+        seconds = 0 if _ZERO.fullmatch(compact) else None
+    if seconds is None:
+        raise BadInput(f'setSchedule: "{str(text)[:40]}" is not a schedule; every takes {ACCEPTED}.')
     if seconds > MAX_EVERY_S:
         raise BadInput(f'setSchedule: "{compact}" is longer than a year; every takes {ACCEPTED}, at most 365d.')
     if seconds < min_s:

@@ -115,6 +115,8 @@ def _main(argv: list[str] | None) -> None:
             configured_sources(settings.sources)  # a bad sources file stops here, naming the key
         except SourcesError as exc:
             sys.exit(f"datagraph: {exc}")
+        if settings.webhook_url:  # a webhook on a blocked network stops here, saying so
+            _check_webhook(settings)
         if keys_required(settings):
             with _store(settings) as store:
                 if not store.key_hashes():
@@ -154,6 +156,16 @@ def _store(settings: Settings) -> Iterator[MetadataStore]:
         yield store
     finally:
         store.close()
+
+
+def _check_webhook(settings: Settings) -> None:
+    import asyncio
+
+    from connectors.webhook import blocked_webhook
+
+    refused = asyncio.run(blocked_webhook(settings.webhook_url, tuple(settings.http_blocked_networks.split(","))))
+    if refused:
+        sys.exit(f"datagraph: {refused}")
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> None:

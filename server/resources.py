@@ -28,6 +28,7 @@ from connectors.database_sources import DatabaseSources
 from connectors.registry import PluginRegistry
 from connectors.sources import DEFAULT_FILE as SOURCES_DEFAULT
 from connectors.sources import configured_sources
+from connectors.webhook import Webhook, blocked_webhook
 from datagraph import tracing
 from datagraph.events import EventBus
 from datagraph.metrics import Metrics
@@ -36,6 +37,7 @@ from engine.runtime import Executor, JobTracker, ResultCache
 from resolvers.context import Context, Resources
 from resolvers.datasets import compact_soon
 from resolvers.freshness import schedule_forever
+from resolvers.plugins import http_settings
 from server.auth import NO_KEYS_MESSAGE, KeyRing
 from server.documents import DocumentRegistry
 from server.observe import count_job, count_stop
@@ -217,6 +219,10 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
     """Create the data directory, metadata store, cache and worker pool; register this process
     (its heartbeat starts with `running`) and, unless another process holds the sweep's lease, clear
     what dead ones left behind."""
+    if settings.webhook_url:  # refused before anything starts: every delivery would be refused
+        refused = await blocked_webhook(settings.webhook_url, http_settings(settings).blocked_networks)
+        if refused:
+            raise RuntimeError(refused)
     process_id = uuid.uuid4().hex
     data_dir_existed = settings.data_dir.is_dir()
     files = DataDir(settings.data_dir, process_id)
@@ -255,7 +261,7 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
     await events.start()
     res = Resources(
         settings=settings, metadata=metadata, files=files, executor=executor, cache=cache, databases=databases,
-        plugins=plugins, events=events, jobs=JobTracker(events), metrics=metrics,
+        plugins=plugins, events=events, jobs=JobTracker(events), metrics=metrics, webhook=_webhook(settings, metrics),
     )  # fmt: skip
     web = WebState(
         keys=KeyRing(metadata),
@@ -277,6 +283,17 @@ async def open_resources(settings: Settings, metrics: Metrics) -> tuple[Resource
         for dataset_id in _sweep_exports(res)[0]:
             compact_soon(res, dataset_id)
     return res, web, duties
+
+
+def _webhook(settings: Settings, metrics: Metrics) -> Webhook | None:
+    if not settings.webhook_url:
+        return None
+    webhook = Webhook(
+        settings.webhook_url, http_settings(settings), metrics, queue_size=settings.webhook_queue,
+        deadline_s=settings.webhook_deadline_s,
+    )  # fmt: skip
+    webhook.start()
+    return webhook
 
 
 @contextlib.asynccontextmanager

@@ -7,6 +7,7 @@ Layer: the lowest above `datagraph`; it imports nothing else of the project
 """
 
 from storage._blocks import BlockIndex
+from storage._checks import CheckStore, StoredChecks
 from storage._documents import Documents, StoredDocument, document_hash
 from storage._files import DataDir, storage_guard
 from storage._leases import Lease, Leases
@@ -19,6 +20,7 @@ from storage._tables import VERSION_ORIGINS, ColumnInfo, DatasetRecord, ExportRe
 __all__ = [
     "VERSION_ORIGINS",
     "BlockIndex",
+    "CheckStore",
     "ColumnInfo",
     "DataDir",
     "DatasetRecord",
@@ -31,6 +33,7 @@ __all__ = [
     "Processes",
     "ScheduleRecord",
     "Schedules",
+    "StoredChecks",
     "StoredDocument",
     "Swept",
     "VersionRecord",

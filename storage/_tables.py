@@ -22,6 +22,7 @@ __all__ = [
     "add_missing_indexes",
     "api_keys",
     "aware",
+    "dataset_checks",
     "dataset_record",
     "dataset_versions",
     "datasets",
@@ -356,3 +357,16 @@ def export_record(row: Any) -> ExportRecord:
         created_at=aware(row.created_at),
         expires_at=aware(row.expires_at),
     )
+
+
+# The data checks of a dataset (setChecks): its rules, and their results on the version they were
+# computed on (null until a run finishes). Deleted with the dataset.
+dataset_checks = sa.Table(
+    "dataset_checks",
+    tables,
+    sa.Column("dataset_id", sa.String(80), primary_key=True),
+    sa.Column("rules", sa.Text, nullable=False),  # JSON list of rules, in the order given
+    sa.Column("results", sa.Text, nullable=True),  # JSON {check name: {passed, message}}
+    sa.Column("version", sa.Integer, nullable=True),  # the dataset version the results are of
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -1,4 +1,4 @@
-"""Window and resample steps pushed down to linked PostgreSQL and MariaDB tables: each pushed form
+"""Window and resample steps pushed down to linked PostgreSQL, MariaDB and DuckDB tables: each pushed form
 gives exactly the frame the engine gives on the table's rows (fetched in primary-key order, one of
 the orders a table may come in), with missing values and ties; steps the database cannot do exactly
 stay in Polars, and the push stops before them."""
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckfiles
 import pandas as pd
 import polars as pl
 import pytest
@@ -119,20 +120,33 @@ def _columns() -> list[sa.Column[Any]]:
     ]
 
 
-@pytest.fixture(scope="module", params=["postgresql", "mysql"])
-def db(request: pytest.FixtureRequest) -> Iterator[Db]:
+def _fill(conn: sa.Connection, schema: str | None) -> None:
+    meta = sa.MetaData(schema=schema)
+    keyed = sa.Table(
+        "series", meta, sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False), *_columns()
+    )
+    bare = sa.Table("bare", meta, sa.Column("id", sa.BigInteger()), *_columns())
+    meta.create_all(conn)
+    rows = SERIES.to_dicts()
+    conn.execute(keyed.insert(), rows)
+    conn.execute(bare.insert(), rows[::-1])
+
+
+def _pushes(by_dialect: tuple[int, int], dialect: str) -> int:
+    """Steps pushed on `dialect`: DuckDB pushes what PostgreSQL pushes."""
+    return dict(zip(("postgresql", "mysql"), by_dialect, strict=True))["postgresql" if dialect == "duckdb" else dialect]
+
+
+@pytest.fixture(scope="module", params=["postgresql", "mysql", "duckdb"])
+def db(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Db]:
     dialect: str = request.param
+    if dialect == "duckdb":  # a file read through the server's read-only engine, reflected as it reflects
+        engine = duckfiles.build(tmp_path_factory.mktemp("pushts") / "series.duckdb", lambda conn: _fill(conn, None))
+        yield Db(dialect, engine, *duckfiles.reflect(engine, ["series", "bare"]).values())
+        return
     with scratch_schema(dialect, "pushts") as (engine, name):
-        meta = sa.MetaData(schema=name)
-        keyed = sa.Table(
-            "series", meta, sa.Column("id", sa.BigInteger(), primary_key=True, autoincrement=False), *_columns()
-        )
-        bare = sa.Table("bare", meta, sa.Column("id", sa.BigInteger()), *_columns())
         with engine.begin() as conn:
-            meta.create_all(conn)
-            rows = SERIES.to_dicts()
-            conn.execute(keyed.insert(), rows)
-            conn.execute(bare.insert(), rows[::-1])
+            _fill(conn, name)
         reflected = sa.MetaData(schema=name)
         with engine.connect() as conn:
             tables = [sa.Table(t, reflected, autoload_with=conn) for t in ("series", "bare")]
@@ -308,7 +322,7 @@ WINDOWS: dict[str, tuple[list[Step], tuple[int, int]]] = {
 @pytest.mark.parametrize("name", list(WINDOWS))
 def test_a_pushed_window_gives_what_the_engine_gives(db: Db, name: str, tmp_path: Path) -> None:
     steps, by_dialect = WINDOWS[name]
-    want = dict(zip(("postgresql", "mysql"), by_dialect, strict=True))[db.dialect]
+    want = _pushes(by_dialect, db.dialect)
     # A window is pushed only with a later step that cuts rows: a slice longer than the table.
     steps, want = [*steps, Slice(0, 100)], want + (want == len(steps))
     actual, expected, pushed = _runs(db, steps, tmp_path)
@@ -385,7 +399,7 @@ RESAMPLES: dict[str, tuple[list[Step], tuple[int, int]]] = {
 def test_a_pushed_resample_gives_what_the_engine_gives(db: Db, name: str, tmp_path: Path) -> None:
     steps, by_dialect = RESAMPLES[name]
     actual, expected, pushed = _runs(db, steps, tmp_path)
-    assert pushed == dict(zip(("postgresql", "mysql"), by_dialect, strict=True))[db.dialect]
+    assert pushed == _pushes(by_dialect, db.dialect)
     _assert_same(actual, expected)
 
 

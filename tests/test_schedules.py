@@ -56,7 +56,7 @@ ACCEPTED = '"30s", "15m", "1h", "1d" or "1h30m"'
     ("text", "seconds", "shown"),
     [("30s", 30, "30s"), ("15m", 900, "15m"), ("1h", 3600, "1h"), ("1d", 86400, "1d"), ("1h30m", 5400, "1h30m"),
      (" 1H 30M ", 5400, "1h30m"), ("90m", 5400, "1h30m"), ("10S", 10, "10s"), ("365d", 365 * 86400, "365d"),
-     ("1d0h5s", 86405, "1d5s")],
+     ("1d0h5s", 86405, "1d5s"), ("2w", 14 * 86400, "14d")],
 )  # fmt: skip
 def test_every_parses_durations_and_is_shown_normalised(text: str, seconds: int, shown: str) -> None:
     assert parse_every(text, min_s=10) == seconds

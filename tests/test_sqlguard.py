@@ -19,7 +19,7 @@ from connectors.sources import DatabaseConfig
 from connectors.sqlguard import CheckedSql, check_select, limited
 from datagraph.errors import BadInput, DatagraphError, ReadOnly, TooLarge
 
-DEFAULT_SCHEMA = {"postgres": "public", "mysql": "shop", "sqlite": "main"}
+DEFAULT_SCHEMA = {"postgres": "public", "mysql": "shop", "sqlite": "main", "duckdb": "main"}
 ORDERS = ("id", "customer_id", "total", "note", "data", "tags", "created_at", "ordered_at", "status")
 # The columns of the tables these queries read (PostgreSQL checks a qualified name `t.x` against them).
 COLUMNS = {"public.orders": ORDERS, "public.customers": ("id", "name"), "public.archived_orders": ORDERS}
@@ -83,6 +83,31 @@ WRITES_AND_COMMANDS = [
     ("mysql", "SELECT @@secure_file_priv", "server variable"),
     ("postgres", "SELECT * FROM orders WHERE id = $1", "parameter"),
     ("postgres", "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r) SELECT * FROM r", "recursive"),
+    ("duckdb", "SELECT 1; DROP TABLE t", "one statement"),
+    ("duckdb", "DELETE FROM orders", "delete"),
+    ("duckdb", "WITH x AS (DELETE FROM orders RETURNING *) SELECT * FROM x", "delete"),
+    ("duckdb", "INSERT INTO orders SELECT * FROM orders", "insert"),
+    ("duckdb", "CREATE TABLE stolen AS SELECT * FROM orders", "create"),
+    ("duckdb", "SELECT * INTO stolen FROM orders", "into"),
+    ("duckdb", "COPY orders TO '/tmp/orders.csv'", "copy"),
+    ("duckdb", "COPY (SELECT * FROM orders) TO '/tmp/orders.parquet' (FORMAT parquet)", "copy"),
+    ("duckdb", "ATTACH '/tmp/other.duckdb' AS other", "attach"),
+    ("duckdb", "DETACH other", "detach"),
+    ("duckdb", "INSTALL httpfs", "install"),
+    ("duckdb", "LOAD httpfs", "load"),
+    ("duckdb", "PRAGMA enable_external_access", "pragma"),
+    ("duckdb", "SET enable_external_access = true", "set"),
+    ("duckdb", "RESET threads", "reset"),
+    ("duckdb", "USE other", "use"),
+    ("duckdb", "CALL pragma_version()", "call"),
+    ("duckdb", "SUMMARIZE orders", "summarize"),
+    ("duckdb", "DESCRIBE orders", "describe"),
+    ("duckdb", "SHOW TABLES", "show"),
+    ("duckdb", "PIVOT orders ON status USING sum(total)", "pivot"),
+    ("duckdb", "VACUUM", "vacuum"),
+    ("duckdb", "SELECT * FROM orders WHERE id = $1", "parameter"),
+    ("duckdb", "SELECT * FROM orders WHERE id = ?", "placeholder"),
+    ("duckdb", "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r) SELECT * FROM r", "recursive"),
 ]
 
 
@@ -114,6 +139,37 @@ FUNCTIONS = [
     ("postgres", "WITH x AS (SELECT pg_sleep(10)) SELECT * FROM x", "pg_sleep"),
     # Posexplode subclasses the allowed Explode: classes are allowed exactly, not by inheritance.
     ("postgres", "SELECT posexplode(tags) FROM orders", "posexplode"),
+    # DuckDB: everything that reads files, the network, the catalogue or the settings.
+    ("duckdb", "SELECT * FROM read_csv('/etc/passwd')", "read_csv"),
+    ("duckdb", "SELECT * FROM read_csv_auto('/etc/passwd')", "read_csv_auto"),
+    ("duckdb", "SELECT * FROM read_parquet('s3://bucket/x.parquet')", "read_parquet"),
+    ("duckdb", "SELECT * FROM read_json('/etc/x.json')", "read_json"),
+    ("duckdb", "SELECT * FROM read_json_auto('/etc/x.json')", "read_json_auto"),
+    ("duckdb", "SELECT * FROM read_text('/etc/passwd')", "read_text"),
+    ("duckdb", "SELECT * FROM read_blob('/etc/passwd')", "read_blob"),
+    ("duckdb", "SELECT read_text('/etc/passwd')", "read_text"),
+    ("duckdb", "SELECT * FROM glob('/etc/*')", "glob"),
+    ("duckdb", "SELECT * FROM sniff_csv('/etc/passwd')", "sniff_csv"),
+    ("duckdb", "SELECT * FROM parquet_metadata('/tmp/x.parquet')", "parquet_metadata"),
+    ("duckdb", "SELECT * FROM sqlite_scan('/tmp/x.db', 't')", "sqlite_scan"),
+    ("duckdb", "SELECT * FROM postgres_scan('host=10.0.0.1', 'public', 't')", "postgres_scan"),
+    ("duckdb", "SELECT * FROM iceberg_scan('s3://b/t')", "iceberg_scan"),
+    ("duckdb", "SELECT * FROM duckdb_settings()", "duckdb_settings"),
+    ("duckdb", "SELECT * FROM duckdb_databases()", "duckdb_databases"),
+    ("duckdb", "SELECT * FROM duckdb_extensions()", "duckdb_extensions"),
+    ("duckdb", "SELECT * FROM pragma_database_list()", "pragma_database_list"),
+    ("duckdb", "SELECT current_setting('temp_directory')", "current_setting"),
+    ("duckdb", "SELECT getvariable('secret')", "getvariable"),
+    ("duckdb", "SELECT query('SELECT 1')", "query"),
+    ("duckdb", "SELECT * FROM query_table('orders')", "query_table"),
+    ("duckdb", "SELECT * FROM range(1000000000000)", "range"),
+    ("duckdb", "SELECT * FROM generate_series(1, 1000000000000)", "generate_series"),
+    ("duckdb", "SELECT repeat('x', 1000000000)", "repeat"),
+    ("duckdb", "SELECT list_transform(tags, x -> x || '!') FROM orders", "list_transform"),
+    ("duckdb", "SELECT COLUMNS('.*') FROM orders", "columns"),
+    ("duckdb", "SELECT main.upper(note) FROM orders", "upper"),
+    ("duckdb", "WITH x AS (SELECT * FROM read_csv('/etc/passwd')) SELECT * FROM x", "read_csv"),
+    ("duckdb", "SELECT id FROM orders WHERE id IN (SELECT 1 FROM glob('/etc/*'))", "glob"),
 ]
 
 
@@ -148,7 +204,28 @@ TABLES = [
     ("mysql", "SELECT * FROM performance_schema.threads", "performance_schema.threads"),
     ("mysql", "SELECT * FROM otherdb.orders", "otherdb.orders"),
     ("sqlite", "SELECT * FROM temp.scratch", "temp.scratch"),
+    ("duckdb", "SELECT * FROM information_schema.tables", "information_schema.tables"),
+    ("duckdb", "SELECT * FROM pg_catalog.pg_settings", "pg_catalog.pg_settings"),
+    ("duckdb", "SELECT * FROM temp.scratch", "temp.scratch"),
+    ("duckdb", "SELECT * FROM other.orders", "other.orders"),
 ]
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM '/etc/passwd'",
+        'SELECT * FROM "/etc/passwd"',
+        "SELECT * FROM 'https://example.com/x'",
+        "SELECT * FROM 's3://bucket/key'",
+        "SELECT * FROM '..\\secret'",
+        "SELECT * FROM 'data.csv'",
+        "SELECT * FROM orders JOIN 'C:/x' ON true",
+    ],
+)
+def test_duckdb_refuses_a_file_or_url_as_a_table(sql: str) -> None:
+    message = refused(sql, "duckdb", ReadOnly)
+    assert message.startswith("Table main.") and ("file or URL" in message or "is not one" in message)
 
 
 @pytest.mark.parametrize(("dialect", "sql", "table"), TABLES)
@@ -158,6 +235,7 @@ def test_guard_refuses_tables_outside_the_default_schema(dialect: str, sql: str,
 
 def test_guard_refuses_names_with_a_database_part() -> None:
     assert "otherdb.public.orders" in refused("SELECT * FROM otherdb.public.orders", "postgres", ReadOnly)
+    assert "system.main.duckdb_tables" in refused("SELECT * FROM system.main.duckdb_tables", "duckdb", ReadOnly)
 
 
 def test_allowlist_permits_orders_and_refuses_customers() -> None:
@@ -266,7 +344,9 @@ def test_unknown_dialect_is_a_programming_error() -> None:
 JOIN = "SELECT o.id, c.name FROM orders AS o JOIN customers AS c ON c.id = o.customer_id WHERE o.total > 10"
 
 
-@pytest.mark.parametrize(("dialect", "schema"), [("postgres", "public"), ("mysql", "shop"), ("sqlite", "main")])
+@pytest.mark.parametrize(
+    ("dialect", "schema"), [("postgres", "public"), ("mysql", "shop"), ("sqlite", "main"), ("duckdb", "main")]
+)
 def test_join_reads_both_tables_qualified(dialect: str, schema: str) -> None:
     checked = check(JOIN, dialect)
     assert checked.tables == (f"{schema}.customers", f"{schema}.orders")
@@ -330,6 +410,30 @@ ALLOWED_QUERIES = [
     ("postgres", "(SELECT id FROM orders)"),
     ("mysql", "SELECT `id` FROM `orders` WHERE `total` BETWEEN 1 AND 2 AND id IN (1, 2, 3)"),
     ("sqlite", "SELECT id, total FROM orders ORDER BY total DESC LIMIT 3"),
+    (
+        "duckdb",
+        "WITH big AS (SELECT customer_id, SUM(total) AS spent FROM orders GROUP BY ALL) "
+        "SELECT c.name, big.spent FROM big JOIN customers c ON c.id = big.customer_id ORDER BY ALL",
+    ),
+    (
+        "duckdb",
+        "SELECT customer_id, COUNT(*) AS n, AVG(total), MEDIAN(total), STDDEV(total), quantile_cont(total, 0.9) "
+        "FROM orders GROUP BY customer_id HAVING COUNT(*) > 2 ORDER BY n DESC LIMIT 10 OFFSET 5",
+    ),
+    (
+        "duckdb",
+        "SELECT id, ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY created_at), LAG(total) OVER w "
+        "FROM orders WINDOW w AS (ORDER BY total) QUALIFY ROW_NUMBER() OVER (ORDER BY total) <= 3",
+    ),
+    (
+        "duckdb",
+        "SELECT date_trunc('month', created_at), EXTRACT(YEAR FROM created_at), date_part('dow', created_at), "
+        "created_at + INTERVAL 1 DAY, strftime(created_at, '%Y-%m'), epoch_ms(created_at), time_bucket(INTERVAL '1 hour', created_at) "
+        "FROM orders",
+    ),
+    ("duckdb", "FROM orders SELECT id, total WHERE total > 1"),
+    ("duckdb", "SELECT * EXCLUDE (data) FROM orders USING SAMPLE 10"),
+    ("duckdb", "SELECT lower(note), regexp_matches(note, '^a'), note ILIKE 'a%', list_contains(tags, 'x') FROM orders"),
 ]
 
 
@@ -428,6 +532,7 @@ def test_session_names_catalogue_casts_and_padding_bombs_are_refused(dialect: st
         ("mysql", "SELECT NOW() AS at, UNIX_TIMESTAMP(ordered_at) AS ts, WEEKDAY(ordered_at) AS wd FROM orders"),
         ("postgres", "SELECT age(ordered_at) AS a, date_part('dow', ordered_at) AS d FROM orders"),
         ("sqlite", "SELECT strftime('%Y', ordered_at) AS y FROM orders"),
+        ("duckdb", "SELECT date_part('dow', ordered_at) AS d, epoch_ms(ordered_at) AS ms FROM orders"),
     ],
 )
 def test_ordinary_builtins_sqlglot_does_not_know_are_allowed_by_name(dialect: str, sql: str) -> None:
@@ -439,6 +544,8 @@ def test_ordinary_builtins_sqlglot_does_not_know_are_allowed_by_name(dialect: st
     [
         ("postgres", "SELECT pg_catalog.age(ordered_at) FROM orders", "age"),  # only the bare name
         ("mysql", "SELECT age(ordered_at) FROM orders", "age"),  # only on its own dialect
+        ("duckdb", "SELECT julianday(ordered_at) FROM orders", "julianday"),  # SQLite's, not DuckDB's
+        ("duckdb", "SELECT main.epoch_ms(ordered_at) FROM orders", "epoch_ms"),
         ("postgres", "SELECT now_or_never() FROM orders", "now_or_never"),
     ],
 )
@@ -580,6 +687,27 @@ def test_sqlite_tables_the_engine_makes_up_are_refused(sql: str, tmp_path: Path)
     assert "makes it up" in refused(
         "SELECT * FROM sqlite_schema", "sqlite", ReadOnly, frozenset({"main.sqlite_schema"})
     )
+
+
+def test_duckdb_views_the_engine_makes_up_are_refused(tmp_path: Path) -> None:
+    """DuckDB answers `main.duckdb_tables`, `main.sqlite_master`, ... in any file from its system
+    catalogue: every such view it has is refused, allowlisted or not, while a CTE of the name is fine."""
+    import duckdb
+
+    path = tmp_path / "shop.duckdb"
+    with duckdb.connect(str(path)) as connection:
+        connection.execute("CREATE TABLE numbers (n INTEGER)")
+    with duckdb.connect(str(path), read_only=True) as connection:
+        internal = "SELECT view_name FROM duckdb_views() WHERE internal AND schema_name = 'main'"
+        made_up = [v for (v,) in connection.execute(internal).fetchall()]
+        for view in made_up:  # each one answers as a table of the file's
+            assert connection.execute(f"SELECT count(*) FROM main.{view}").fetchone() is not None
+    assert {"duckdb_tables", "duckdb_columns", "sqlite_master", "pragma_database_list"} <= set(made_up)
+    for view in made_up:
+        assert "DuckDB makes it up" in refused(f"SELECT * FROM {view}", "duckdb", ReadOnly)
+        assert "DuckDB makes it up" in refused(f"SELECT * FROM main.{view.upper()}", "duckdb", ReadOnly)
+        assert "makes it up" in refused(f"SELECT * FROM {view}", "duckdb", ReadOnly, frozenset({f"main.{view}"}))
+    assert check("WITH duckdb_tables AS (SELECT 1 AS n) SELECT n FROM duckdb_tables", "duckdb").tables == ()
 
 
 # ---- the same gaps against the real databases ---------------------------------------------------------------------

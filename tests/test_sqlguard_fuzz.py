@@ -51,6 +51,11 @@ REFUSED_CALLS = {
         "SLEEP(0)", "BENCHMARK(10, MD5('a'))", "LOAD_FILE('/etc/passwd')", "DATABASE()", "USER()", "VERSION()",
         "{schema}.f({})", "mysql.lower({})",
     ),
+    "duckdb": (
+        "read_text('/etc/passwd')", "current_setting('threads')", "getvariable('x')", "version()",
+        "query('SELECT 1')", "{schema}.lower({})", "system.main.lower({})", "repeat('x', 1000000000)",
+        "list_transform([1], y -> y + 1)",
+    ),
 }  # fmt: skip
 CASTS = {
     "postgres": (
@@ -59,6 +64,10 @@ CASTS = {
         "{}::pg_catalog.text", '{}::"regtype"', "CAST({} AS pg_catalog.regproc)",
     ),
     "mysql": ("CAST({} AS SIGNED)", "CAST({} AS CHAR)", "CAST({} AS DECIMAL(10, 2))", "CAST({} AS DATE)"),
+    "duckdb": (
+        "{}::INTEGER", "CAST({} AS VARCHAR)", "{}::DECIMAL(10, 2)", "{}::DATE", "CAST({} AS BIGINT)",
+        "{}::HUGEINT", "{}::{schema}.mood", "CAST({} AS STRUCT(a INTEGER))", "{}::MAP(INTEGER, INTEGER)",
+    ),
 }  # fmt: skip
 OUTSIDE = {
     "postgres": (
@@ -69,6 +78,10 @@ OUTSIDE = {
         "secrets", "mysql.user", "information_schema.tables", "performance_schema.threads", "seq_1_to_1000000",
         "{schema}.seq_1_to_9_step_2", "SEQ_1_TO_3", "otherdb.orders",
     ),
+    "duckdb": (
+        "secrets", "duckdb_tables", "{schema}.sqlite_master", "DUCKDB_SETTINGS", "information_schema.tables",
+        "pg_catalog.pg_class", "system.main.duckdb_databases", "'/etc/passwd'", "'secrets.csv'", "other.orders",
+    ),
 }  # fmt: skip
 TABLE_FUNCTIONS = {
     "postgres": (
@@ -76,6 +89,10 @@ TABLE_FUNCTIONS = {
         "generate_series(1, 3)", "pg_catalog.generate_series(1, 3)",
     ),
     "mysql": (),
+    "duckdb": (
+        "unnest([1, 2])", "{schema}.unnest([1, 2])", "range(3)", "read_csv('/etc/passwd')", "glob('/etc/*')",
+        "duckdb_settings()",
+    ),
 }  # fmt: skip
 SEPARATORS = (" ", " ", " ", "\n", " /* c */ ", " -- c\n", "\t")
 
@@ -119,7 +136,7 @@ def items(draw: st.DrawFn, g: Grammar, depth: int, taken: str = "") -> Item:
     if kind == "allowed":
         table = draw(st.sampled_from(sorted(COLUMNS)))
         spellings = [table, g.quote(table), f"{g.schema}.{table}", f"{g.quote(g.schema)}.{g.quote(table)}"]
-        if g.dialect == "postgres":  # MariaDB's table names are case-sensitive: ORDERS is another table there
+        if g.dialect != "mysql":  # MariaDB's table names are case-sensitive: ORDERS is another table there
             spellings.append(table.upper())
         spelled = draw(st.sampled_from(spellings))
         return Item(f"{spelled} AS {alias}" if alias else spelled, alias or table, COLUMNS[table])
@@ -313,6 +330,57 @@ def test_what_the_guard_accepts_on_mariadb_reads_only_the_allowlist(sql: str) ->
     checked = guard(sql, "mysql", "shop", _allowed("shop"))
     if checked is not None:
         allowlisted(checked, "mysql", _allowed("shop"))
+
+
+@fuzz(budget(60, 300))
+@given(queries("duckdb", "main"))
+def test_what_the_guard_accepts_on_duckdb_reads_only_the_allowlist(sql: str) -> None:
+    checked = guard(sql, "duckdb", "main", _allowed("main"))
+    if checked is not None:
+        allowlisted(checked, "duckdb", _allowed("main"))
+
+
+def test_what_the_guard_accepts_runs_on_a_duckdb_file_without_reading_anything_else(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """In-process and quick: what the guard accepts runs through the connector on a file beside a
+    secrets table; each answers rows or a Problem, and no row holds the secret."""
+    import duckdb
+
+    path = tmp_path_factory.mktemp("fuzz") / "shop.duckdb"
+    with duckdb.connect(str(path)) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER, customer_id INTEGER, total DOUBLE, note VARCHAR)")
+        conn.execute("CREATE TABLE customers (id INTEGER, name VARCHAR)")
+        conn.execute("CREATE TABLE secrets (id INTEGER, secret VARCHAR)")
+        conn.execute("INSERT INTO orders VALUES (1, 1, 9.5, 'n'), (2, 2, 20.0, NULL)")
+        conn.execute("INSERT INTO customers VALUES (1, 'ann'), (2, 'bob')")
+        conn.execute("INSERT INTO secrets VALUES (1, 'TOPSECRET')")
+    cfg = DatabaseConfig(
+        id="fuzz_duck", name="fuzz", kind="duckdb", url=f"duckdb:///{path}", schema="main", tables=None,
+        statement_timeout_s=5, pool_size=1,
+    )  # fmt: skip
+    ran = {"rows": 0, "problems": 0, "refused": 0}
+
+    @fuzz(budget(25, 200))
+    @given(queries("duckdb", "main"))
+    def each(sql: str) -> None:
+        checked = guard(sql, "duckdb", "main", _allowed("main"))
+        if checked is None:
+            ran["refused"] += 1
+            return
+        try:
+            rows = databases.query_rows(cfg, checked, 20)
+        except DatagraphError:
+            ran["problems"] += 1
+            return
+        ran["rows"] += 1
+        assert "TOPSECRET" not in repr(rows.records), sql
+
+    try:
+        each()
+    finally:
+        databases.dispose_engines()
+    assert ran["rows"] >= 3 and ran["refused"] >= 5, ran
 
 
 # ---- the slow tier: what is accepted, run on PostgreSQL ---------------------------------------------------------------

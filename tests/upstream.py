@@ -45,6 +45,8 @@ class Hit:
     target: str
     at: float
     headers: dict[str, str]
+    method: str = "GET"
+    body: bytes = b""
 
 
 class Upstream:
@@ -60,6 +62,9 @@ class Upstream:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                upstream.handle(self)
+
+            def do_POST(self) -> None:
                 upstream.handle(self)
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -81,14 +86,22 @@ class Upstream:
         with self.lock:
             return sum(1 for hit in self.hits if hit.path == path)
 
+    def bodies(self, path: str) -> list[bytes]:
+        """The bodies of the requests to `path` so far (POSTs), in order."""
+        with self.lock:
+            return [hit.body for hit in self.hits if hit.path == path]
+
     def times(self, path: str) -> list[float]:
         with self.lock:
             return [hit.at for hit in self.hits if hit.path == path]
 
     def handle(self, handler: BaseHTTPRequestHandler) -> None:
         path = handler.path.split("?")[0]
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(min(length, 1 << 20)) if length else b""
+        hit = Hit(path, handler.path, time.monotonic(), dict(handler.headers.items()), handler.command, body)
         with self.lock:
-            self.hits.append(Hit(path, handler.path, time.monotonic(), dict(handler.headers.items())))
+            self.hits.append(hit)
         queue = self.scripts.get(path)
         action = queue.popleft() if queue else self.always.get(path, Reply(500, b"unscripted"))
         if callable(action):

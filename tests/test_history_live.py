@@ -84,9 +84,13 @@ def test_dataset_events_name_the_version_each_change_made(server: str) -> None:
         assert upload(server, V2, "scores.csv", replace=dataset)["dataset"]["version"] == 3
         event = next_of(ws, "events")["datasetEvents"]
         assert event == {"kind": "REPLACED", "dataset": dataset, "version": 3, "rowCount": 2}
+        event = next_of(ws, "events")["datasetEvents"]  # V2 adds a column: the drift follows its version's event
+        assert event == {"kind": "SCHEMA_CHANGED", "dataset": dataset, "version": 3, "rowCount": 2}
         assert changed(server, RESTORE, {"d": dataset, "v": 2}, "restoreVersion") == 4
         event = next_of(ws, "events")["datasetEvents"]
         assert event == {"kind": "REPLACED", "dataset": dataset, "version": 4, "rowCount": 4}
+        event = next_of(ws, "events")["datasetEvents"]  # and the restore takes it away again
+        assert event == {"kind": "SCHEMA_CHANGED", "dataset": dataset, "version": 4, "rowCount": 4}
 
 
 def test_a_watch_result_names_the_versions_it_was_computed_on(server: str) -> None:

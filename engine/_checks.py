@@ -328,6 +328,8 @@ def _judged(rule: dict[str, Any], i: int, row: dict[str, Any], rows: int, now: f
         return False, f"{column} has no values"
     if isinstance(newest, dt.datetime):
         moment = newest if newest.tzinfo else newest.replace(tzinfo=dt.UTC)
+    elif newest >= dt.date.max:  # the last day there is ("never expires") never ends
+        return True, f"the newest {column} is {newest.isoformat()}, within {max_age}"
     else:  # a date is current until its day ends
         moment = dt.datetime.combine(newest + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
     age = now - moment.timestamp()

@@ -39,6 +39,7 @@ __all__ = [
 CHECK_KINDS = ("notNull", "unique", "range", "allowed", "rowCountChange", "freshness", "sameSchema")
 ROW_RULES = frozenset({"notNull", "unique", "range", "allowed", "freshness"})  # those that read rows
 _SHOWN = 3  # offending values a message quotes
+_INT64, _UINT64 = -(2**63), 2**64  # the integers a rule may hold: those a column (and the metadata's JSON) can
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,9 @@ def _checked(kind: str, value: Any, columns: Mapping[str, str], where: str, max_
 def _value(value: Any, dtype: str, where: str) -> Any:
     """A rule's value for a column of `dtype`, as JSON keeps it; BAD_INPUT when it is of another kind."""
     kind = _kind(dtype)
+    if kind == "number" and isinstance(value, int) and not isinstance(value, bool) and not _INT64 <= value < _UINT64:
+        bits = value.bit_length() + (value < 0)  # its digits are not shown: there may be thousands
+        raise BadInput(f"{where}: a {bits}-bit integer is not a number of at most 64 bits, as a column's values are.")
     ok = {
         "number": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
         "text": isinstance(value, str),

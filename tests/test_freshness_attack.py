@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 import engine
+from datagraph.errors import BadInput
 
 
 def _evaluated(tmp_path: Path, frame: pl.DataFrame, rules: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -35,3 +37,17 @@ def test_freshness_on_a_date_at_the_end_of_the_calendar_does_not_void_every_chec
     found = _evaluated(tmp_path, frame, [{"freshness": {"column": "until", "maxAge": "1d"}}, {"notNull": ["n"]}])
     assert found["freshness(until, 1d)"] == {"passed": True, "message": "the newest until is 9999-12-31, within 1d"}
     assert found["notNull(n)"] == {"passed": False, "message": "n has 1 null"}
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [{"range": {"column": "n", "min": 2**64}}, {"range": {"column": "n", "max": -(2**63) - 1}},
+     {"allowed": {"column": "n", "values": [1, 10**400]}}],
+)  # fmt: skip
+def test_a_number_past_64_bits_in_a_rule_is_refused_in_the_users_terms(rule: dict[str, Any]) -> None:
+    """A GraphQL literal may be any integer; one that no column can hold (and the metadata cannot
+    keep) is refused, where it made an internal error."""
+    with pytest.raises(BadInput, match=r"is not a number of at most 64 bits"):
+        engine.checked_rules([rule], {"n": "Int64"}, max_rules=5, max_values=5)
+    largest = {"range": {"column": "n", "min": -(2**63), "max": 2**64 - 1}}
+    assert engine.checked_rules([largest], {"n": "UInt64"}, max_rules=5, max_values=5) == [largest]

@@ -234,7 +234,8 @@ def _literal(value: Any, dtype: pl.DataType) -> Any:
             moment = moment.replace(tzinfo=dt.UTC)
         if dtype.time_zone is None:  # naive times are taken as UTC
             return moment.astimezone(dt.UTC).replace(tzinfo=None)
-        return moment
+        # The same instant in the column's own zone: Polars compares times of one zone only.
+        return pl.lit(moment.astimezone(dt.UTC)).dt.convert_time_zone(dtype.time_zone)
     return value
 
 

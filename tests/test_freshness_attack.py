@@ -51,3 +51,18 @@ def test_a_number_past_64_bits_in_a_rule_is_refused_in_the_users_terms(rule: dic
         engine.checked_rules([rule], {"n": "Int64"}, max_rules=5, max_values=5)
     largest = {"range": {"column": "n", "min": -(2**63), "max": 2**64 - 1}}
     assert engine.checked_rules([largest], {"n": "UInt64"}, max_rules=5, max_values=5) == [largest]
+
+
+def test_a_range_on_times_of_a_local_time_zone_runs(tmp_path: Path) -> None:
+    """A plugin may give times in a time zone of its own (Europe/Paris): a range on them compares
+    the same instants (the run failed whole, on a literal in UTC)."""
+    noon = pl.Series("at", [dt.datetime(2026, 1, 1, 12), dt.datetime(2026, 1, 1, 13)], dtype=pl.Datetime("ms"))
+    frame = pl.DataFrame([noon.dt.replace_time_zone("Europe/Paris")])  # 11:00 and 12:00 UTC
+    found = _evaluated(
+        tmp_path, frame,
+        [{"range": {"column": "at", "min": "2026-01-01T11:00:00Z", "max": "2026-01-01T12:30:00+01:00"}},
+         {"range": {"column": "at", "max": "2026-01-01T11:30:00"}}],
+    )  # fmt: skip
+    assert found["range(at, 2026-01-01T11:00:00Z..2026-01-01T12:30:00+01:00)"]["passed"] is False
+    assert "1 value of at outside" in found["range(at, 2026-01-01T11:00:00Z..2026-01-01T12:30:00+01:00)"]["message"]
+    assert found["range(at, ..2026-01-01T11:30:00)"]["passed"] is False  # naive: UTC; 12:00 UTC is past it

@@ -444,6 +444,9 @@ async def dataset_job(
                 else:
                     async with res.dataset_locks.hold(into.id):
                         current = require_dataset(ctx, into.id)  # the latest version, after any change before us
+                        digest = origin.get("data_hash")
+                        if digest and digest == current.origin.get("data_hash"):
+                            produced = None  # a refresh that ran beside ours committed these rows already
                         if produced is None:
                             record = res.metadata.set_origin(current.id, {**current.origin, **origin})
                             done.made(record, rows_in=current.row_count)

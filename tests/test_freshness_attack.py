@@ -6,13 +6,18 @@ the rest through one real app for the module."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import polars as pl
 import pytest
+from support import Api, make_settings, serving
 
 import engine
 from datagraph.errors import BadInput
@@ -66,3 +71,61 @@ def test_a_range_on_times_of_a_local_time_zone_runs(tmp_path: Path) -> None:
     assert found["range(at, 2026-01-01T11:00:00Z..2026-01-01T12:30:00+01:00)"]["passed"] is False
     assert "1 value of at outside" in found["range(at, 2026-01-01T11:00:00Z..2026-01-01T12:30:00+01:00)"]["message"]
     assert found["range(at, ..2026-01-01T11:30:00)"]["passed"] is False  # naive: UTC; 12:00 UTC is past it
+
+
+# --- through the app ---------------------------------------------------------------------------------
+
+PAYLOAD = "success error { code message } dataset { id version rowCount } job { kind status }"
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """One app for the module (each test uses datasets of its own), with a SQLite database source."""
+    work = tmp_path_factory.mktemp("attack")
+    with sqlite3.connect(work / "shop.db") as db:
+        db.execute("CREATE TABLE placeholder (n INTEGER)")
+    sources = work / "sources.yaml"
+    sources.write_text(f"sources:\n  shop:\n    kind: sqlite\n    url: sqlite:///{work / 'shop.db'}\n")
+    with serving(make_settings(work, sources=str(sources), schedule_min_s=1)) as api:
+        yield api
+
+
+def _at_once(api: Api, *queries: str) -> list[dict[str, Any]]:
+    """The bodies of `queries` POSTed to the app at the same moment (each its own request)."""
+    assert api.client.portal is not None
+
+    async def post_all() -> list[dict[str, Any]]:
+        transport = httpx.ASGITransport(app=api.client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            answers = await asyncio.gather(*(client.post("/graphql", json={"query": q}) for q in queries))
+        return [a.json() for a in answers]
+
+    bodies: list[dict[str, Any]] = api.client.portal.call(post_all)
+    return bodies
+
+
+def _shop_table(api: Api, table: str, rows: list[tuple[str, int]]) -> None:
+    path = api.settings.sources.replace("sources.yaml", "shop.db")
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE IF NOT EXISTS {table} (dish TEXT, score INTEGER)")
+        db.executemany(f"INSERT INTO {table} VALUES (?, ?)", rows)
+
+
+def _versions(api: Api, dataset: str) -> list[int]:
+    found = api.data('{ dataset(id: "%s") { versions { number } } }' % dataset)["dataset"]["versions"]
+    return sorted(v["number"] for v in found)
+
+
+def test_refreshes_asked_at_once_make_one_new_version_of_new_rows(app: Api) -> None:
+    """Refreshes under way together each read the table's new rows; the first makes the next version,
+    and the others find that version already holds those rows (they made a version each, of the
+    same rows, pushing real history out of keep_versions)."""
+    _shop_table(app, "ratings_at_once", [("soup", 4)])
+    imported = app.data('mutation { importTable(source: "shop", table: "ratings_at_once") { %s } }' % PAYLOAD)
+    dataset = imported["importTable"]["dataset"]["id"]
+    _shop_table(app, "ratings_at_once", [("pie", 5)])
+    refresh = 'mutation { refreshDataset(id: "%s") { %s } }' % (dataset, PAYLOAD)
+    answers = [b["data"]["refreshDataset"] for b in _at_once(app, *[refresh] * 4)]
+    assert all(a["success"] for a in answers), answers
+    assert sorted(a["dataset"]["version"] for a in answers) == [2, 2, 2, 2]
+    assert _versions(app, dataset) == [1, 2]

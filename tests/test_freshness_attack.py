@@ -21,6 +21,9 @@ from support import Api, make_settings, serving
 
 import engine
 from datagraph.errors import BadInput
+from resolvers import freshness
+from resolvers.context import Context
+from resolvers.jobs import new_job_id
 
 
 def _evaluated(tmp_path: Path, frame: pl.DataFrame, rules: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -116,16 +119,45 @@ def _versions(api: Api, dataset: str) -> list[int]:
     return sorted(v["number"] for v in found)
 
 
-def test_refreshes_asked_at_once_make_one_new_version_of_new_rows(app: Api) -> None:
-    """Refreshes under way together each read the table's new rows; the first makes the next version,
-    and the others find that version already holds those rows (they made a version each, of the
-    same rows, pushing real history out of keep_versions)."""
-    _shop_table(app, "ratings_at_once", [("soup", 4)])
-    imported = app.data('mutation { importTable(source: "shop", table: "ratings_at_once") { %s } }' % PAYLOAD)
-    dataset = imported["importTable"]["dataset"]["id"]
-    _shop_table(app, "ratings_at_once", [("pie", 5)])
-    refresh = 'mutation { refreshDataset(id: "%s") { %s } }' % (dataset, PAYLOAD)
-    answers = [b["data"]["refreshDataset"] for b in _at_once(app, *[refresh] * 4)]
-    assert all(a["success"] for a in answers), answers
-    assert sorted(a["dataset"]["version"] for a in answers) == [2, 2, 2, 2]
+def _import(api: Api, table: str, rows: list[tuple[str, int]]) -> str:
+    _shop_table(api, table, rows)
+    imported = api.data('mutation { importTable(source: "shop", table: "%s") { %s } }' % (table, PAYLOAD))
+    dataset: str = imported["importTable"]["dataset"]["id"]
+    return dataset
+
+
+def test_refreshes_run_together_make_one_new_version_of_new_rows(app: Api) -> None:
+    """Two server processes may refresh one dataset at once (refreshDataset on each, no schedule to
+    claim): each reads the table's new rows, the first makes the next version and the others find
+    that version holds those rows already (each made a version of the same rows, pushing real history
+    out of keep_versions). Here the refreshes run side by side in one process, as on two."""
+    dataset = _import(app, "ratings_together", [("soup", 4)])
+    _shop_table(app, "ratings_together", [("pie", 5)])
+    res = app.client.app.state.resources  # type: ignore[attr-defined]
+    record = res.metadata.get_dataset(dataset)
+
+    async def refresh_together() -> list[int]:
+        ctx = Context(res)
+        done = await asyncio.gather(*(freshness.refresh_once(ctx, record, new_job_id()) for _ in range(3)))
+        return [r.version for r in done]
+
+    assert app.client.portal is not None
+    assert app.client.portal.call(refresh_together) == [2, 2, 2]
     assert _versions(app, dataset) == [1, 2]
+
+
+def test_refresh_dataset_asked_many_times_at_once_runs_once(app: Api) -> None:
+    """A client hammering refreshDataset starts one refresh: the others are told one is under way
+    (each ran an import of its own: a database query and a worker job apiece)."""
+    dataset = _import(app, "ratings_hammered", [("soup", 4)])
+    _shop_table(app, "ratings_hammered", [("pie", 5)])
+    refresh = 'mutation { refreshDataset(id: "%s") { %s } }' % (dataset, PAYLOAD)
+    answers = [b["data"]["refreshDataset"] for b in _at_once(app, *[refresh] * 6)]
+    done = [a for a in answers if a["success"]]
+    assert len(done) == 1 and done[0]["dataset"]["version"] == 2, answers
+    refused = [a["error"] for a in answers if not a["success"]]
+    assert all(e["code"] == "BAD_INPUT" and "already running" in e["message"] for e in refused), refused
+    jobs = app.data("{ jobs(limit: 500) { steps } }")["jobs"]
+    assert sum(j["steps"].get("refresh") == dataset for j in jobs) == 1
+    assert _versions(app, dataset) == [1, 2]
+    assert app.data(refresh)["refreshDataset"]["success"]  # once it ended, the next one runs

@@ -161,3 +161,27 @@ def test_refresh_dataset_asked_many_times_at_once_runs_once(app: Api) -> None:
     assert sum(j["steps"].get("refresh") == dataset for j in jobs) == 1
     assert _versions(app, dataset) == [1, 2]
     assert app.data(refresh)["refreshDataset"]["success"]  # once it ended, the next one runs
+
+
+def _rows(api: Api, dataset: str) -> list[tuple[str, int]]:
+    found = api.data('{ dataset(id: "%s") { sort(by: [{column: "dish"}]) { rows { data } } } }' % dataset)
+    return [(r["dish"], r["score"]) for r in found["dataset"]["sort"]["rows"]["data"]]
+
+
+def test_a_refresh_after_a_restore_or_an_append_brings_the_tables_rows_back(app: Api) -> None:
+    """restoreVersion and appendRows make versions whose rows are not the table's; the refresh after
+    them imports the table again (it took the digest they kept from the version before for theirs,
+    said "the same rows" and kept the restored or appended rows until the table changed)."""
+    dataset = _import(app, "ratings_restored", [("soup", 4)])
+    _shop_table(app, "ratings_restored", [("pie", 5)])
+    refresh = 'mutation { refreshDataset(id: "%s") { %s } }' % (dataset, PAYLOAD)
+    assert app.data(refresh)["refreshDataset"]["dataset"]["version"] == 2
+    restored = app.data('mutation { restoreVersion(dataset: "%s", version: 1) { success } }' % dataset)
+    assert restored["restoreVersion"]["success"] and _rows(app, dataset) == [("soup", 4)]
+    again = app.data(refresh)["refreshDataset"]
+    assert again["success"] and again["dataset"]["version"] == 4, again
+    assert _rows(app, dataset) == [("pie", 5), ("soup", 4)]
+    append = 'mutation { appendRows(dataset: "%s", rows: [{dish: "tart", score: 3}]) { success } }' % dataset
+    assert app.data(append)["appendRows"]["success"] and len(_rows(app, dataset)) == 3
+    assert app.data(refresh)["refreshDataset"]["dataset"]["version"] == 6
+    assert _rows(app, dataset) == [("pie", 5), ("soup", 4)]

@@ -39,6 +39,7 @@ __all__ = [
 CHECK_KINDS = ("notNull", "unique", "range", "allowed", "rowCountChange", "freshness", "sameSchema")
 ROW_RULES = frozenset({"notNull", "unique", "range", "allowed", "freshness"})  # those that read rows
 _SHOWN = 3  # offending values a message quotes
+_INT64, _UINT64 = -(2**63), 2**64  # the integers a rule may hold: those a column (and the metadata's JSON) can
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +164,9 @@ def _checked(kind: str, value: Any, columns: Mapping[str, str], where: str, max_
 def _value(value: Any, dtype: str, where: str) -> Any:
     """A rule's value for a column of `dtype`, as JSON keeps it; BAD_INPUT when it is of another kind."""
     kind = _kind(dtype)
+    if kind == "number" and isinstance(value, int) and not isinstance(value, bool) and not _INT64 <= value < _UINT64:
+        bits = value.bit_length() + (value < 0)  # its digits are not shown: there may be thousands
+        raise BadInput(f"{where}: a {bits}-bit integer is not a number of at most 64 bits, as a column's values are.")
     ok = {
         "number": isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
         "text": isinstance(value, str),
@@ -230,7 +234,8 @@ def _literal(value: Any, dtype: pl.DataType) -> Any:
             moment = moment.replace(tzinfo=dt.UTC)
         if dtype.time_zone is None:  # naive times are taken as UTC
             return moment.astimezone(dt.UTC).replace(tzinfo=None)
-        return moment
+        # The same instant in the column's own zone: Polars compares times of one zone only.
+        return pl.lit(moment.astimezone(dt.UTC)).dt.convert_time_zone(dtype.time_zone)
     return value
 
 
@@ -328,6 +333,8 @@ def _judged(rule: dict[str, Any], i: int, row: dict[str, Any], rows: int, now: f
         return False, f"{column} has no values"
     if isinstance(newest, dt.datetime):
         moment = newest if newest.tzinfo else newest.replace(tzinfo=dt.UTC)
+    elif newest >= dt.date.max:  # the last day there is ("never expires") never ends
+        return True, f"the newest {column} is {newest.isoformat()}, within {max_age}"
     else:  # a date is current until its day ends
         moment = dt.datetime.combine(newest + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
     age = now - moment.timestamp()

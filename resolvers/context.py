@@ -44,6 +44,8 @@ class Resources:
     dataset_locks: KeyedLocks = field(default_factory=KeyedLocks)
     # Background compactions of appended parts under way, by dataset id (at most one each).
     compactions: dict[str, asyncio.Task[bool]] = field(default_factory=dict)
+    # The datasets refreshDataset is refreshing now in this process (at most one refresh each).
+    refreshing: set[str] = field(default_factory=set)
     # Where CHECK_FAILED and SCHEMA_CHANGED events are POSTed (setting webhook_url), when set.
     webhook: Webhook | None = None
 

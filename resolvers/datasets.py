@@ -444,6 +444,9 @@ async def dataset_job(
                 else:
                     async with res.dataset_locks.hold(into.id):
                         current = require_dataset(ctx, into.id)  # the latest version, after any change before us
+                        digest = origin.get("data_hash")
+                        if digest and digest == current.origin.get("data_hash"):
+                            produced = None  # a refresh that ran beside ours committed these rows already
                         if produced is None:
                             record = res.metadata.set_origin(current.id, {**current.origin, **origin})
                             done.made(record, rows_in=current.row_count)
@@ -613,6 +616,13 @@ def _record_next(
         raise
 
 
+def _not_fetched(origin: dict[str, Any]) -> dict[str, Any]:
+    """The origin of a version whose rows were not fetched or imported (restored, appended to): without
+    the digest and validators of the rows fetched before, so the next refresh does not take the
+    upstream's rows for this version's and keep it."""
+    return {k: v for k, v in origin.items() if k not in ("data_hash", "validators")}
+
+
 async def restore_version(ctx: Context, dataset_id: str, version: int) -> DatasetRecord:
     """Make a new version of the dataset equal to its kept version `version` (its files linked, not
     copied) and publish REPLACED; BAD_INPUT naming the version when it is unknown or pruned. When the
@@ -640,8 +650,9 @@ async def restore_version(ctx: Context, dataset_id: str, version: int) -> Datase
             raise missing from None
         if not won:
             raise BadInput(f'The dataset "{record.id}" changed meanwhile (another change came first); try again.')
+        origin = _not_fetched(record.origin)
         new = _record_next(
-            ctx, record, rows=found.row_count, columns=list(found.columns), origin=record.origin, made_by="RESTORE"
+            ctx, record, rows=found.row_count, columns=list(found.columns), origin=origin, made_by="RESTORE"
         )
     await res.events.publish("REPLACED", new.id, new.version, new.row_count)
     await checks.after_commit(ctx, new)
@@ -686,13 +697,14 @@ async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord
                     added = await res.executor.run(engine.append_part, current[0], rows, out=staged)
                     columns = _merged_columns(record.columns, added, total)
                     new = await commit_version(
-                        ctx, record, staged, rows=total, columns=columns, origin=record.origin, made_by="APPEND",
-                        appended=True,
+                        ctx, record, staged, rows=total, columns=columns, origin=_not_fetched(record.origin),
+                        made_by="APPEND", appended=True,
                     )  # fmt: skip
                 else:  # compaction has fallen far behind (it failed, or is slow): rewrite it whole
                     total, columns = await res.executor.run(engine.append_rows, current, rows, out=staged)
+                    origin = _not_fetched(record.origin)
                     new = await commit_version(
-                        ctx, record, staged, rows=total, columns=columns, origin=record.origin, made_by="APPEND"
+                        ctx, record, staged, rows=total, columns=columns, origin=origin, made_by="APPEND"
                     )
         finally:
             res.files.discard_staged(staged)

@@ -195,10 +195,24 @@ async def refresh_once(ctx: Context, record: DatasetRecord, job_id: str) -> Data
 
 async def refresh_dataset(ctx: Context, dataset_id: str, *, job_id: str) -> DatasetRecord:
     """refreshDataset: refresh now, whatever the schedule says. BAD_INPUT when a run of the dataset's
-    schedule is under way (its version comes when it ends). A scheduled dataset's next run stays
-    when it was due; after a failure its back-off applies."""
+    schedule, or another refreshDataset of it in this process, is under way (its version comes when
+    it ends). A scheduled dataset's next run stays when it was due; after a failure its back-off applies."""
     record = require_dataset(ctx, dataset_id)
     _refreshable(record)
+    refreshing = ctx.resources.refreshing
+    if record.id in refreshing:  # a client asking again (or many at once) does not start another import
+        raise BadInput(
+            f'A refresh of "{record.id}" is already running (refreshDataset started it); its new version is'
+            " published when it ends."
+        )
+    refreshing.add(record.id)
+    try:
+        return await _refresh_claimed(ctx, record, job_id)
+    finally:
+        refreshing.discard(record.id)
+
+
+async def _refresh_claimed(ctx: Context, record: DatasetRecord, job_id: str) -> DatasetRecord:
     schedules = _schedules(ctx)
     token, scheduled = await asyncio.to_thread(schedules.claim_now, record.id, _process_id(ctx))
     if scheduled and token is None:

@@ -32,7 +32,7 @@ from resolvers.datasets import FRAMES, UPLOADS, require_dataset
 from resolvers.jobs import new_job_id
 from resolvers.plugins import PLUGINS, fetch_plugin, refresh_defaults
 from resolvers.sources import import_table
-from storage import DatasetRecord, Lease, ScheduleRecord, Schedules
+from storage import CheckStore, DatasetRecord, Lease, ScheduleRecord, Schedules
 
 __all__ = [
     "MAX_EVERY_S",
@@ -267,11 +267,12 @@ async def _run_claimed(ctx: Context, found: ScheduleRecord, token: str) -> None:
 
 def _tidy(ctx: Context, live: Callable[[], set[str]]) -> list[str]:
     """Bring plugin datasets' default schedules in step with their plugins' refresh_s, forget the
-    schedules of deleted datasets, and free the claims of dead processes; return the datasets whose
+    schedules (and checks) of deleted datasets, and free the claims of dead processes; return the datasets whose
     schedule changed."""
     schedules = _schedules(ctx)
     changed = schedules.sync_defaults(refresh_defaults(ctx))
     schedules.forget_orphans()
+    CheckStore(ctx.resources.metadata.engine).forget_orphans()  # the same race, with setChecks
     freed = schedules.release_dead(live())
     if freed:
         log.warning("schedules claimed by dead server processes run again: %s", ", ".join(freed))

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import polars as pl
 import pytest
-from support import Api, make_settings, serving
+from support import Api, make_settings, serving, wait_for
 
 import engine
 from datagraph.errors import BadInput
@@ -185,3 +185,14 @@ def test_a_refresh_after_a_restore_or_an_append_brings_the_tables_rows_back(app:
     assert app.data(append)["appendRows"]["success"] and len(_rows(app, dataset)) == 3
     assert app.data(refresh)["refreshDataset"]["dataset"]["version"] == 6
     assert _rows(app, dataset) == [("pie", 5), ("soup", 4)]
+
+
+def test_checks_set_as_their_dataset_was_deleted_do_not_outlive_it(app: Api) -> None:
+    """setChecks in one process and deleteDataset in another, at the same moment, can leave a row of
+    checks naming no dataset: the scheduler's tidy-up removes it, so a later dataset uploaded under
+    that id does not inherit rules it never had."""
+    from storage import CheckStore
+
+    store = CheckStore(app.client.app.state.resources.metadata.engine)  # type: ignore[attr-defined]
+    store.set_rules("gone-meanwhile", [{"notNull": ["x"]}])  # as the losing side of the race leaves it
+    wait_for(lambda: store.get("gone-meanwhile") is None, 20, "the orphaned checks removed")

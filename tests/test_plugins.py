@@ -373,7 +373,7 @@ class Slow(DataSourcePlugin):
     params = (Param("tag", str),)
     async def fetch(self, params, http):
         started = time.time()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(2.0)
         return pl.DataFrame({"tag": [params["tag"]], "started": [started], "ended": [time.time()]})
 """
 
@@ -385,17 +385,19 @@ def misbehaving(tmp_path: Path) -> Iterator[Api]:
     (folder / "misbehaving.py").write_text(MISBEHAVING)
     # Two workers, as the tests are about the pool: fetches run side by side, and one that is killed
     # at its deadline leaves the other worker ready for the next fetch.
-    with _app(tmp_path, folder, plugin_timeout_s=2, worker_memory_mb=2048, workers=2, worker_idle_s=0) as client:
+    with _app(tmp_path, folder, plugin_timeout_s=4, worker_memory_mb=2048, workers=2, worker_idle_s=0) as client:
         api = _api(client)
-        api.warm_workers()  # the 2 s deadlines are the plugins' own, not the workers' start-up
+        # The 4 s deadlines are the plugins' own, not the workers' start-up; roomy, so that a loaded
+        # machine does not turn the 2 s fetches into timeouts.
+        api.warm_workers()
         yield api
 
 
 @pytest.mark.parametrize(
     ("plugin", "code", "words"),
     [
-        ("hangs", "TIMEOUT", "within 2 s"),
-        ("blocks", "TIMEOUT", "within 2 s"),
+        ("hangs", "TIMEOUT", "within 4 s"),
+        ("blocks", "TIMEOUT", "within 4 s"),
         ("eats", "TOO_LARGE", "memory"),
         ("garbage", "BAD_INPUT", "returned list, not a DataFrame"),
         ("fails", "BAD_INPUT", "ValueError: the upstream changed its format"),
@@ -408,11 +410,11 @@ def test_a_misbehaving_plugin_answers_a_clear_problem_and_stores_nothing(
     started = time.monotonic()
     payload = _fetch(misbehaving, plugin, {})
     assert payload["error"]["code"] == code and words in payload["error"]["message"], payload["error"]
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 20
     assert misbehaving.data("{ datasets { id } }")["datasets"] == []
     jobs = misbehaving.data("{ jobs { kind status } }")["jobs"]
     assert jobs == [{"kind": "fetchPlugin", "status": "FAILED"}]
-    # The server and its workers carry on (a fetch with no wait of its own: the 2 s deadline is the
+    # The server and its workers carry on (a fetch with no wait of its own: the 4 s deadline is the
     # misbehaving plugins', and a loaded machine must not make the check itself time out).
     after = _fetch(misbehaving, "quick", {})
     assert after["success"], after["error"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -151,6 +152,40 @@ def _record_version(
     )
 
 
+# The key of the PostgreSQL advisory lock under which a starting process makes or completes the tables.
+_SCHEMA_LOCK = 0x6461_7461_6772  # "datagr"
+
+
+def _make_tables(engine: Engine) -> None:
+    """Make the tables, columns and indexes an empty or older database lacks. Several processes
+    starting at once on a new database would race to make them (PostgreSQL refuses the second
+    CREATE TABLE even after its own check found none): on PostgreSQL one at a time, under an
+    advisory lock; elsewhere a race lost is tried again, when the winner's tables are there."""
+
+    def make() -> None:
+        tables.create_all(engine)
+        add_missing_columns(engine)
+        add_missing_indexes(engine)
+
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as lock:
+            lock.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK})
+            try:
+                make()
+            finally:
+                lock.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _SCHEMA_LOCK})
+                lock.commit()
+        return
+    for attempt in range(3):
+        try:
+            make()
+            return
+        except sa.exc.DBAPIError:
+            if attempt == 2:
+                raise
+            time.sleep(0.1)
+
+
 class MetadataStore:
     """Datasets and exports, kept in a SQL database through SQLAlchemy Core. `owner` (the server
     process's id) is recorded on the pending rows and running jobs this store writes."""
@@ -159,9 +194,7 @@ class MetadataStore:
         self.engine: Engine = sa.create_engine(url, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        tables.create_all(self.engine)
-        add_missing_columns(self.engine)
-        add_missing_indexes(self.engine)
+        _make_tables(self.engine)
         self.owner = owner
         self._stamp = _ChangeStamp(self.engine)
         self._records: dict[str, DatasetRecord] = {}

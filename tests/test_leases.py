@@ -342,3 +342,25 @@ def test_when_the_lease_holder_is_killed_another_server_takes_over_and_each_peri
         assert len(close) <= 1, times  # at most the period whose run the kill cut short
         versions = _post(survivor, '{ dataset(id: "%s") { version } }' % dataset)["dataset"]["version"]
         assert versions >= 5
+
+
+def test_processes_starting_at_once_on_a_new_postgres_database_all_make_it_there() -> None:
+    """Several servers started together on an empty metadata database: each makes the tables it finds
+    missing, and PostgreSQL refuses a second CREATE TABLE even after its own check found none (a
+    server once failed to start so). One at a time, under an advisory lock, every one starts."""
+    from storage import MetadataStore
+
+    for _ in range(3):  # a race lost only now and then: a few fresh databases
+        with scratch_postgres_database() as url:
+            barrier = threading.Barrier(4)
+
+            def start() -> int:
+                barrier.wait()
+                store = MetadataStore(url)
+                try:
+                    return len(store.list_datasets())
+                finally:
+                    store.close()
+
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                assert [f.result() for f in [pool.submit(start) for _ in range(4)]] == [0, 0, 0, 0]

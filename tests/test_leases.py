@@ -354,7 +354,7 @@ def test_processes_starting_at_once_on_a_new_postgres_database_all_make_it_there
         with scratch_postgres_database() as url:
             barrier = threading.Barrier(4)
 
-            def start() -> int:
+            def start(barrier: threading.Barrier = barrier, url: str = url) -> int:
                 barrier.wait()
                 store = MetadataStore(url)
                 try:

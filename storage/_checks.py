@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from datagraph import jsonutil
-from storage._tables import aware, dataset_checks, datasets, now
+from storage._tables import aware, dataset_checks, forget_orphans, now
 
 __all__ = ["CheckStore", "StoredChecks"]
 
@@ -92,9 +92,4 @@ class CheckStore:
     def forget_orphans(self) -> list[str]:
         """Remove the checks of datasets that are gone (set in the moment a dataset was deleted, by
         another process); return their ids. Left, they would apply to a later dataset of that id."""
-        orphaned = dataset_checks.c.dataset_id.not_in(sa.select(datasets.c.id))
-        with self.engine.begin() as conn:
-            ids = list(conn.execute(sa.select(dataset_checks.c.dataset_id).where(orphaned)).scalars())
-            if ids:
-                conn.execute(dataset_checks.delete().where(dataset_checks.c.dataset_id.in_(ids), orphaned))
-        return ids
+        return forget_orphans(self.engine, dataset_checks)

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from storage._leases import db_now
-from storage._tables import aware, datasets, schedules
+from storage._tables import aware, datasets, forget_orphans, schedules
 
 __all__ = ["ScheduleRecord", "Schedules", "data_digest", "next_due", "retry_delay_s"]
 
@@ -176,12 +176,7 @@ class Schedules:
 
     def forget_orphans(self) -> list[str]:
         """Remove the schedules of datasets that are gone; return their ids."""
-        orphaned = schedules.c.dataset_id.not_in(sa.select(datasets.c.id))
-        with self.engine.begin() as conn:
-            ids = list(conn.execute(sa.select(schedules.c.dataset_id).where(orphaned)).scalars())
-            if ids:
-                conn.execute(schedules.delete().where(schedules.c.dataset_id.in_(ids), orphaned))
-        return ids
+        return forget_orphans(self.engine, schedules)
 
     def due(self, limit: int) -> list[ScheduleRecord]:
         """Up to `limit` unclaimed schedules of ready datasets that are due now, the longest overdue first."""

@@ -29,6 +29,7 @@ __all__ = [
     "datasets",
     "export_record",
     "exports",
+    "forget_orphans",
     "job_record",
     "jobs",
     "leases",
@@ -361,3 +362,14 @@ dataset_checks = sa.Table(
     sa.Column("version", sa.Integer, nullable=True),  # the dataset version the results are of
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+def forget_orphans(engine: Engine, table: sa.Table) -> list[str]:
+    """Remove the rows of `table` (keyed by `dataset_id`) whose dataset is gone: written in the moment
+    the dataset was deleted, by another process. Return their dataset ids."""
+    orphaned = table.c.dataset_id.not_in(sa.select(datasets.c.id))
+    with engine.begin() as conn:
+        ids = list(conn.execute(sa.select(table.c.dataset_id).where(orphaned)).scalars())
+        if ids:
+            conn.execute(table.delete().where(table.c.dataset_id.in_(ids), orphaned))
+    return ids

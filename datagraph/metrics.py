@@ -19,6 +19,7 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 def operation_label(name: str | None) -> str:
@@ -104,6 +105,13 @@ class Metrics:
             "datagraph_lease_held",
             "1 while this server process holds the lease on a background duty, by lease.",
             ("name",),
+        )
+        self.loop_lag = Histogram(
+            "datagraph_event_loop_lag_seconds",
+            "How late the server's event loop ran a timer set every 50 ms: how long any request waited"
+            " behind work that held the loop.",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
         )
         self.scheduled_refreshes = counter(
             "datagraph_scheduled_refreshes",

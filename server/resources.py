@@ -19,10 +19,13 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import anyio.to_thread
 
 from connectors.database_sources import DatabaseSources
 from connectors.registry import PluginRegistry
@@ -137,6 +140,22 @@ async def _beat_forever(processes: Processes, every_s: float) -> None:
                 )
         except Exception:  # the database is away: try again next time
             log.exception("heartbeat failed")
+
+
+# How often the event loop's lag is sampled, and from what lag a sample is also logged.
+LAG_EVERY_S, LAG_LOGGED_S = 0.05, 1.0
+
+
+async def _watch_loop_forever(metrics: Metrics) -> None:
+    """Sample how late the event loop runs a timer (datagraph_event_loop_lag_seconds): every request
+    waits that long behind whatever held the loop. A hold of a second or more is logged too."""
+    while True:
+        due = time.monotonic() + LAG_EVERY_S
+        await asyncio.sleep(LAG_EVERY_S)
+        lag = max(0.0, time.monotonic() - due)
+        metrics.loop_lag.observe(lag)
+        if lag >= LAG_LOGGED_S:
+            log.warning("the event loop was held for %.1f s: every request waited that long", lag)
 
 
 async def _hold_forever(duties: Duties, metrics: Metrics, every_s: float, stale_s: float) -> None:
@@ -309,7 +328,11 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[R
         raise
     processes = duties.processes
     stale_s = settings.heartbeat_s * STALE_BEATS
+    # Starlette hands blocking work (an upload's file writes) to AnyIO's threads, whose backend AnyIO
+    # imports on first use: on the event loop, a quarter of a second during the first upload. Now instead.
+    await anyio.to_thread.run_sync(int)
     tasks = [
+        asyncio.create_task(_watch_loop_forever(res.metrics)),
         asyncio.create_task(_beat_forever(processes, settings.heartbeat_s)),
         asyncio.create_task(_hold_forever(duties, res.metrics, settings.lease_s / 3, stale_s)),
         asyncio.create_task(_sweep_forever(res, processes, duties.sweep, 60)),

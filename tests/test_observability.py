@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -57,6 +58,33 @@ def test_a_deadline_kill_is_counted(tmp_path: Path) -> None:
         text = client.get("/metrics").text
         assert sample(text, "datagraph_worker_kills_total", reason="deadline") == 1
         assert sample(text, "datagraph_worker_kills_total", reason="crashed") == 0
+
+
+def test_a_held_event_loop_shows_in_its_lag_metric_and_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+
+        def lag() -> tuple[float, float]:  # samples so far, and those a quarter of a second late or more
+            text = client.get("/metrics").text
+            count = sample(text, "datagraph_event_loop_lag_seconds_count")
+            return count, count - sample(text, "datagraph_event_loop_lag_seconds_bucket", le="0.25")
+
+        def samples_past(count: float) -> tuple[float, float]:
+            for _ in range(200):
+                now = lag()
+                if now[0] > count:
+                    return now
+                time.sleep(0.02)
+            raise AssertionError("the event loop's lag is no longer sampled")
+
+        count, late_before = samples_past(0)
+        # Work that holds the loop, as a blocking call in an async resolver would: run on the loop's thread.
+        assert client.portal is not None
+        client.portal.call(time.sleep, 1.1)
+        _, late = samples_past(count + 1)
+        assert late > late_before
+    assert any("event loop was held for 1." in r.getMessage() for r in caplog.records), caplog.records
 
 
 def test_every_request_gets_an_id_and_a_plain_client_id_is_kept(api: Api) -> None:

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         " holder renews it every third of this, and another server process takes the duty over within about"
         " this long after the holder dies.",
     )
+    sweep_s: float = Field(
+        60,
+        ge=1,
+        description="How often the server process holding the sweep lease sweeps, in seconds: versions past"
+        " keep_versions and keep_versions_days, expired exports, and what stopped processes left in staging.",
+    )
     schedule_min_s: int = Field(10, ge=1, description="The shortest refresh schedule setSchedule accepts, in seconds.")
     schedule_retry_s: float = Field(
         5,

@@ -32,7 +32,7 @@ from engine._reshape import (
     unpivot,
 )
 from engine._sql import run_sql
-from engine._timeseries import Resample, WindowStep, apply_resample, apply_window, timeseries_key
+from engine._timeseries import Resample, WindowStep, apply_resample, apply_window, joins_itself, timeseries_key
 
 __all__ = [
     "AGG_FNS",
@@ -290,6 +290,7 @@ def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[st
         raise plan.refused_as(plan.refused)
     frame, steps = plan.source.scan(plan.steps, head=head)
     schema: dict[str, pl.DataType] = dict(frame.collect_schema())
+    joined = False  # a window step joined the frame with itself already (allowed once: see apply_window)
     for step in steps:
         if isinstance(step, Filter):
             frame = frame.filter(*[_condition(c, schema) for c in step.conditions]) if step.conditions else frame
@@ -318,7 +319,8 @@ def build(plan: Plan, *, head: int | None = None) -> tuple[pl.LazyFrame, dict[st
         elif isinstance(step, Clean):
             frame, schema = apply_clean(frame, schema, step)
         elif isinstance(step, WindowStep):
-            frame, schema = apply_window(frame, schema, step)
+            frame, schema = apply_window(frame, schema, step, join_ties=not joined)
+            joined = joined or joins_itself(step)
         elif isinstance(step, Resample):
             frame, schema = apply_resample(frame, schema, step, aggregate_expr)
         elif isinstance(step, JoinAsof):

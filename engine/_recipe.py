@@ -50,7 +50,7 @@ from engine._pysource import call, col, dtype_source, indented, py
 from engine._recipe_clean import clean_statements
 from engine._recipe_reshape import reshape_json, reshape_statements
 from engine._reshape import JoinAsof, Pivot, Unpivot
-from engine._timeseries import AGGREGATE_METHODS, Resample, WindowStep, timeseries_json, timeseries_script
+from engine._timeseries import AGGREGATE_METHODS, Resample, WindowStep, joins_itself, timeseries_json, timeseries_script
 
 __all__ = ["recipe", "step_json"]
 
@@ -134,6 +134,7 @@ class _Script:
 
     options: dict[tuple[str, int], tuple[str, str]]  # (dataset, version) -> (--option, dest)
     lines: list[str]
+    joined: bool = False  # a window step joined the frame with itself already (as `build` tracks it)
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -305,7 +306,9 @@ def _write_step(script: _Script, number: int, step: Step, schema: dict[str, pl.D
     elif isinstance(step, Join):
         _join(script, number, step, schema)
     elif isinstance(step, WindowStep | Resample):
-        script.add(*timeseries_script(step, number, schema, aggregate_expr))
+        join_ties = isinstance(step, WindowStep) and not script.joined  # as `build` writes it
+        script.add(*timeseries_script(step, number, schema, aggregate_expr, join_ties=join_ties))
+        script.joined = script.joined or (isinstance(step, WindowStep) and joins_itself(step))
     elif isinstance(step, (JoinAsof, Pivot, Unpivot)):
         right = script.arg(step.right) if isinstance(step, JoinAsof) and isinstance(step.right, Source) else ""
         light = _light(step) if isinstance(step, JoinAsof) else None

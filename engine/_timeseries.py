@@ -47,6 +47,7 @@ __all__ = [
     "WindowStep",
     "apply_resample",
     "apply_window",
+    "joins_itself",
     "parse_period",
     "resample_statements",
     "timeseries_json",
@@ -241,7 +242,7 @@ def _spec_expr(spec: WindowSpec, period: Period | None, schema: Mapping[str, pl.
 
 
 def _period_statements(
-    spec: WindowSpec, period: Period, schema: Mapping[str, pl.DataType], temp: str
+    spec: WindowSpec, period: Period, schema: Mapping[str, pl.DataType], temp: str, *, join: bool
 ) -> tuple[list[str], str, list[str]]:
     """A rolling fn over (t - period, t], as pandas counts it: rows of the same time as this one are
     in its window only up to this row. Polars' window takes every row of time t, so the window is
@@ -262,35 +263,46 @@ def _period_statements(
         parts[s] = f"{x}.fill_null(0)"
     if spec.fn == "ROLLING_STD":
         parts[q] = f"({x}.fill_null(0) ** 2)"
-    # The running totals over the rows of one time, on every row (a row alone at its time is its own
-    # total). Not by a join of the rows whose time occurs more than once, as it once was: a frame joined
-    # with itself is a plan that reads its input twice, so a pipeline of n such windows read it 2^n
-    # times (12 window steps on 2,400 rows passed a minute; tests/test_timeseries.py).
-    tied = {name: f"{temp}_t{name[-1]}" for name in (*parts, m)}
+    # The running totals over the rows of one time. With `join`, made only for the rows whose time occurs
+    # more than once and joined back by row (on a large frame, a group-by over by and time on every row
+    # costs more than the window itself); else on every row (a row alone at its time is its own total).
+    # A frame joined with itself reads its input twice, so a plan joins at most once: n such windows
+    # read it 2^n times (12 window steps on 2,400 rows passed a minute; tests/test_timeseries.py).
+    r, tied = f"{temp}_r", {name: f"{temp}_t{name[-1]}" for name in (*parts, m)}
     running = [f"{col(name)}.cum_sum().over({tie}).alias({tied[name]!r})" for name in parts]
+
+    def so_far(name: str, alone: str) -> str:
+        return f"pl.coalesce({col(tied[name])}, {alone})" if join else col(tied[name])
+
     totals = [
         f"({_over(f'{col(name)}.rolling_sum_by({key}, {period.polars!r}, closed={chr(39)}none{chr(39)})', spec.by)}"
-        f".fill_null(0) + {col(tied[name])}).alias({name!r})"
+        f".fill_null(0) + {so_far(name, col(name))}).alias({name!r})"
         for name in parts
     ]
-    helpers = [k, *parts, *(tied[name] for name in parts)]
+    helpers = [k, *([r] if join else []), *parts, *(tied[name] for name in parts)]
     if spec.fn in ("ROLLING_MIN", "ROLLING_MAX"):
         fn = spec.fn.removeprefix("ROLLING_").lower()
         inside = _over(f"{x}.rolling_{fn}_by({key}, {period.polars!r}, closed='none')", spec.by)
         running.append(f"{x}.cum_{fn}().fill_null(strategy='forward').over({tie}).alias({tied[m]!r})")
-        totals.append(f"pl.{fn}_horizontal({inside}, {col(tied[m])}).alias({m!r})")
+        totals.append(f"pl.{fn}_horizontal({inside}, {so_far(m, x)}).alias({m!r})")
         helpers += [tied[m], m]
-    statements = [
-        call(
-            "frame = frame.with_columns",
-            [
-                f"{time}.fill_null({time}.max()).alias({k!r})",  # missing times last; their results are null
-                *(f"{e}.alias({name!r})" for name, e in parts.items()),
-            ],
-        ),
-        call("frame = frame.with_columns", running),
-        call("frame = frame.with_columns", totals),
-    ]
+    made = call(
+        "frame = frame.with_columns",
+        [
+            f"{time}.fill_null({time}.max()).alias({k!r})",  # missing times last; their results are null
+            *(f"{e}.alias({name!r})" for name, e in parts.items()),
+        ],
+    )
+    if join:
+        statements = [
+            f"frame = frame.with_row_index({r!r})",
+            made,
+            f"frame = frame.join(frame.filter({col(order)}.is_duplicated()).select({r!r}, {', '.join(running)}),"
+            f" on={r!r}, how='left', maintain_order='left')",
+        ]
+    else:
+        statements = [made, call("frame = frame.with_columns", running)]
+    statements.append(call("frame = frame.with_columns", totals))
     values = {
         "ROLLING_SUM": col(s),
         "ROLLING_MEAN": f"{col(s)} / {col(n)}",
@@ -303,8 +315,16 @@ def _period_statements(
     return statements, result, helpers
 
 
-def window_statements(step: WindowStep, schema: Mapping[str, pl.DataType]) -> list[str]:
-    """The step as `frame = ...` statements; `BadInput` naming the argument that is wrong."""
+def joins_itself(step: WindowStep) -> bool:
+    """Whether the step's statements join the frame with itself when allowed to (`join_ties`): it
+    has a period window."""
+    return any(spec.period is not None for spec in step.specs)
+
+
+def window_statements(step: WindowStep, schema: Mapping[str, pl.DataType], *, join_ties: bool = False) -> list[str]:
+    """The step as `frame = ...` statements; `BadInput` naming the argument that is wrong. `join_ties`:
+    its first period window may join the frame with itself (the faster way on a large frame; allowed
+    once in a plan, see `_period_statements`)."""
     if not step.specs:
         raise BadInput("window needs at least one spec.")
     periods = [_check_spec(spec, schema) for spec in step.specs]
@@ -318,12 +338,13 @@ def window_statements(step: WindowStep, schema: Mapping[str, pl.DataType]) -> li
     # the rows of time t needs no sort (the rows of one time keep the file's order), and sorting a large
     # frame and back costs more than the windows themselves.
     timed = [(n, s, p) for n, (s, p) in enumerate(zip(step.specs, periods, strict=True)) if p is not None]
-    exprs, helpers = [], []
+    exprs: list[str] = []
+    helpers: list[str] = []
     for number, spec, period in timed:
         temp = f"__w{number}"
         while any(f"{temp}_{part}" in taken for part in ("n", "s", "q", "m", "k", "r", "tn", "ts", "tq", "tm")):
             temp += "_"
-        statements, result, made = _period_statements(spec, period, schema, temp)
+        statements, result, made = _period_statements(spec, period, schema, temp, join=join_ties and not exprs)
         lines.append(
             f"# {spec.output!r}: {spec.fn} over ({spec.order_by!r} - {period.text!r}, {spec.order_by!r}];"
             " rows at the same time count up to this one, as in pandas."
@@ -355,9 +376,9 @@ def window_statements(step: WindowStep, schema: Mapping[str, pl.DataType]) -> li
 
 
 def apply_window(
-    frame: pl.LazyFrame, schema: dict[str, pl.DataType], step: WindowStep
+    frame: pl.LazyFrame, schema: dict[str, pl.DataType], step: WindowStep, *, join_ties: bool = False
 ) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
-    out = _run(frame, window_statements(step, schema))
+    out = _run(frame, window_statements(step, schema, join_ties=join_ties))
     return out, dict(out.collect_schema())
 
 
@@ -514,7 +535,12 @@ def timeseries_json(step: WindowStep | Resample) -> dict[str, Any]:
 
 
 def timeseries_script(
-    step: WindowStep | Resample, number: int, schema: Mapping[str, pl.DataType], check: CheckAggregation
+    step: WindowStep | Resample,
+    number: int,
+    schema: Mapping[str, pl.DataType],
+    check: CheckAggregation,
+    *,
+    join_ties: bool = False,
 ) -> list[str]:
     """The step as recipe script lines: a comment, then the statements the server runs."""
     if isinstance(step, Resample):
@@ -524,4 +550,4 @@ def timeseries_script(
         )
         return [head, *resample_statements(step, schema, check)]
     head = f"# Step {number}: window, one added column per spec; rows keep their order."
-    return [head, *window_statements(step, schema)]
+    return [head, *window_statements(step, schema, join_ties=join_ties)]

@@ -7,7 +7,7 @@ heartbeat there; sweeps remove only what dead processes left (`storage.sweep_lef
 
 Duties that write shared state run once across the processes sharing the metadata database: each
 only while this process holds its lease (`storage.Lease`, renewed every `lease_s / 3`): the
-scheduler (schedules and plugins' refresh_s, lease "scheduler"), the minute sweep (exports, version
+scheduler (schedules and plugins' refresh_s, lease "scheduler"), the periodic sweep (every `sweep_s`: exports, version
 pruning, compaction kicks, dead processes' leftovers) and the start-up sweep (lease "sweep": a
 process starting while another holds it leaves the sweep to that one). The heartbeat and the
 per-process loaders run in every process: each loads its own plugin code (the plugins folder's
@@ -335,7 +335,7 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[R
         asyncio.create_task(_watch_loop_forever(res.metrics)),
         asyncio.create_task(_beat_forever(processes, settings.heartbeat_s)),
         asyncio.create_task(_hold_forever(duties, res.metrics, settings.lease_s / 3, stale_s)),
-        asyncio.create_task(_sweep_forever(res, processes, duties.sweep, 60)),
+        asyncio.create_task(_sweep_forever(res, processes, duties.sweep, settings.sweep_s)),
         asyncio.create_task(schedule_forever(Context(res), duties.scheduler, lambda: _live(processes, stale_s))),
         # In every process: each loads its own plugin code and documents, which it serves with.
         asyncio.create_task(res.plugins.watch(res.executor)),

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from promtext import sample
 from support import running_server, upload_over_http
 
 pytestmark = pytest.mark.slow  # two or three server processes each
@@ -167,28 +168,39 @@ def _age(folder: Path, seconds: float) -> None:
         os.utime(path, (moment, moment), follow_symlinks=False)
 
 
-@pytest.mark.skip(
-    reason="its third process, started with keep_versions 1, no longer sweeps: the sweeps run under a lease the"
-    " first two hold (issue 22); to be rewritten with the sweep holder pruning"
-)
-def test_pruning_by_one_process_keeps_what_another_serves(tmp_path: Path, two: Any) -> None:
-    a, b, shared, env = two
-    csv = tmp_path / "scores.csv"
-    csv.write_bytes(V1)
-    dataset = upload_over_http(a, csv)
-    for i in range(4):  # v2 .. v5, alternately on B and A
-        assert append(b if i % 2 == 0 else a, dataset, {"id": 10 + i, "name": "x", "score": 0.0}) == 0
-    _age(shared / "datasets" / dataset, 3600)  # v1 .. v5 made an hour ago
-    assert append(a, dataset, {"id": 20, "name": "y", "score": 1.0}) == 0  # v6 now: v5 stopped being current now
-    (tmp_path / "c").mkdir()
-    # C keeps one version; its start-up sweep prunes while A and B serve.
-    with running_server(tmp_path / "c", "--data-dir", str(shared), env={**env, "DATAGRAPH_KEEP_VERSIONS": "1"}) as c:
-        for base in (a, b, c):
+def test_pruning_by_one_process_keeps_what_another_serves(tmp_path: Path, scratch_postgres: str) -> None:
+    shared = tmp_path / "shared-data"
+    env = {"DATAGRAPH_METADATA_URL": scratch_postgres}
+    for name in "pq":
+        (tmp_path / name).mkdir()
+    # P keeps one version and sweeps every second: started first, it holds the sweep lease; Q keeps ten.
+    pruner = {**env, "DATAGRAPH_KEEP_VERSIONS": "1", "DATAGRAPH_SWEEP_S": "1"}
+    with (
+        running_server(tmp_path / "p", "--data-dir", str(shared), env=pruner) as p,
+        running_server(tmp_path / "q", "--data-dir", str(shared), env=env) as q,
+    ):
+        held = [
+            sample(httpx.get(base + "/metrics", timeout=10).text, "datagraph_lease_held", name="sweep")
+            for base in (p, q)
+        ]
+        assert held == [1, 0], held
+        csv = tmp_path / "scores.csv"
+        csv.write_bytes(V1)
+        dataset = upload_over_http(q, csv)
+        for i in range(4):  # v2 .. v5, alternately on Q and P
+            assert append(q if i % 2 == 0 else p, dataset, {"id": 10 + i, "name": "x", "score": 0.0}) == 0
+        _age(shared / "datasets" / dataset, 3600)  # v1 .. v5 made an hour ago
+        assert append(q, dataset, {"id": 20, "name": "y", "score": 1.0}) == 0  # v6 now: v5 stopped being current now
+        # P's next sweep prunes v1 .. v4 while both serve; v5 stays for the queries still reading it.
+        deadline = time.monotonic() + 30
+        while [n for n, _, _ in versions(q, dataset)] != [6, 5] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for base in (p, q):
             assert [n for n, _, _ in versions(base, dataset)] == [6, 5], base
             assert gql(base, AT, {"d": dataset, "v": 6})["dataset"]["at"]["count"]["data"] == {"count": 8}
             assert gql(base, AT, {"d": dataset, "v": 5})["dataset"]["at"]["count"]["data"] == {"count": 7}
             assert gql(base, AT, {"d": dataset, "v": 4})["dataset"]["at"] is None
-        # A makes the next version while C runs; all three read it.
-        assert append(a, dataset, {"id": 21, "name": "z", "score": 2.0}) == 0
-        for base in (a, b, c):
+        # Q makes the next version while P sweeps; both read it.
+        assert append(q, dataset, {"id": 21, "name": "z", "score": 2.0}) == 0
+        for base in (p, q):
             assert gql(base, AT, {"d": dataset, "v": 7})["dataset"]["at"]["count"]["data"] == {"count": 9}

@@ -544,13 +544,14 @@ def test_a_linked_table_leaves_window_and_resample_to_polars() -> None:
         assert pushed.pushed == 1 and pushed.remaining == steps[1:]
 
 
-def test_a_chain_of_period_windows_reads_its_input_once(events: Source) -> None:
-    """A period window once joined the frame with itself, so n of them in a pipeline read the input 2^n
-    times (twelve passed a minute on 400 rows). Each reads it once now, and each still counts the ties."""
+def test_a_chain_of_period_windows_reads_its_input_at_most_twice(events: Source) -> None:
+    """Every period window once joined the frame with itself, so n of them in a pipeline read the input
+    2^n times (twelve passed a minute on 400 rows). Only the first joins now (the faster way for one
+    window on a large frame), the others total the ties on every row; each still counts them."""
     spec = WindowSpec("v", "ROLLING_SUM", period="2d", by=("g",), order_by="t")
     chain = tuple(WindowStep((replace(spec, alias=f"w{i}"),)) for i in range(12))
     frame, _ = build(Plan(events, chain))
-    assert frame.explain(optimized=False).count("SCAN") == 1, frame.explain(optimized=False)[:2000]
+    assert frame.explain(optimized=False).count("SCAN") == 2, frame.explain(optimized=False)[:2000]
     rows = engine.rows(Plan(events, chain), limit=100_000, offset=0).records
     alone = _here(events, WindowStep((spec,)))
     assert [r["w0"] for r in rows] == [r["w11"] for r in rows] == [r["v_rolling_sum"] for r in alone]

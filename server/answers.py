@@ -58,7 +58,9 @@ READS_SCOPE_KEY = "datagraph.reads"
 # and nothing else. Anything else (a type not listed, an introspection field) keeps it out.
 _QUERY_FIELDS = frozenset({"datasets", "dataset", "datasetSql"})
 _DATASET_TYPES = frozenset({"Dataset", "Frame", "View", "Result", "Meta", "Column", "Problem"})
-_NEVER = frozenset({"export", "source"})  # a link that must stay valid; a database source's live status
+# A link that must stay valid; a database source's live status; a schedule (setSchedule changes no version,
+# so a persisted GET's ETag, made of the versions read, would vouch for the old one).
+_NEVER = frozenset({"export", "source", "schedule"})
 _CACHE_MODES = (b"BYPASS", b"REFRESH")
 _ENTRY_OVERHEAD = 400  # bytes an entry costs beyond its key's text and its body, about
 
@@ -176,7 +178,7 @@ class AnswerCache:
 
     def _others_heard(self, resources: Any) -> bool:
         """Whether changes made by other processes have reached `versions`. A SQLite metadata file
-        says cheaply when anything was committed; then the datasets' stamps show which changed.
+        says cheaply when any dataset was written; then the datasets' stamps show which changed.
         Without one, only Redis events carry them: without Redis, nothing is served."""
         stamp = resources.metadata.change_stamp()
         if stamp is None:

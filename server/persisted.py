@@ -13,7 +13,7 @@ variables, the operation, the caller's scope (its API key's name) and the versio
 the answer read (`READS_SCOPE_KEY`), taken from the metadata database, so every server process
 sharing it gives the same tag; `If-None-Match` with the current tag answers 304 with no body. The
 tag is given only when nothing could have changed unseen while the query ran: with a SQLite
-metadata file, no commit at all in between; elsewhere, no change heard of, and only with Redis
+metadata file, no write to the datasets or their versions in between; elsewhere, no change heard of, and only with Redis
 carrying other processes' changes (as for the answer cache).
 """
 
@@ -179,7 +179,7 @@ class PersistedDocuments:
             versions.append([dataset, *((record.version, record.updated_at) if record else ())])
         if stamp is not None:
             if metadata.change_stamp() != stamp:
-                return None  # a commit landed while it ran: the versions read may not be those
+                return None  # a dataset was written while it ran: the versions read may not be those
         elif not resources.events.redis_url or not resources.events.versions.unchanged(
             tuple(reads.reads.items()), reads.resets
         ):

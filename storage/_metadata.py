@@ -35,6 +35,7 @@ from storage._tables import (
     ExportRecord,
     JobRecord,
     VersionRecord,
+    add_change_triggers,
     add_missing_columns,
     add_missing_indexes,
     api_keys,
@@ -64,17 +65,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class _ChangeStamp:
-    """A value that differs whenever the database may have changed since it was last read.
+    """A value that differs whenever the datasets may have changed since it was last read.
 
-    Every query asks for the dataset record, so ready records are kept in memory and trusted
-    while this stamp holds. Writes through this store bump a local counter; for a SQLite file,
-    `PRAGMA data_version` on a connection of its own also moves when any other connection, in
-    this process or another, commits. For other databases there is no cheap signal, so the stamp
-    is None and nothing is kept.
+    Every query asks for the dataset record, so ready records are kept in memory and trusted while
+    this stamp holds; the answer cache and persisted GETs' ETags check it too. For a SQLite file it is
+    the counter the file's own triggers move on every write to the datasets and their versions, by
+    any connection of any process (`storage._tables.add_change_triggers`), read on a connection of
+    its own. Not `PRAGMA data_version`, as it was: that moves on every commit, and heartbeats and
+    leases commit every few seconds, so a persisted GET overlapping one got no ETag. For other
+    databases there is no cheap signal, so the stamp is None and nothing is kept.
     """
 
     def __init__(self, engine: Engine) -> None:
-        self.local = 0
         self._lock = threading.Lock()
         self._watch: sqlite3.Connection | None = None
         database = engine.url.database
@@ -85,12 +87,8 @@ class _ChangeStamp:
         if self._watch is None:
             return None
         with self._lock:
-            (version,) = self._watch.execute("PRAGMA data_version").fetchone()
-        return (self.local, int(version))
-
-    def bump(self) -> None:
-        with self._lock:
-            self.local += 1
+            (count,) = self._watch.execute("SELECT n FROM dataset_changes WHERE id = 1").fetchone()
+        return (0, int(count))
 
     def close(self) -> None:
         if self._watch is not None:
@@ -166,6 +164,7 @@ def _make_tables(engine: Engine) -> None:
         tables.create_all(engine)
         add_missing_columns(engine)
         add_missing_indexes(engine)
+        add_change_triggers(engine)
 
     if engine.dialect.name == "postgresql":
         with engine.connect() as lock:
@@ -211,11 +210,8 @@ class MetadataStore:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        try:
-            with storage_guard(), self.engine.begin() as conn:  # a full disk is STORAGE_FULL
-                yield conn
-        finally:
-            self._stamp.bump()  # also on failure: a commit may have happened before the error
+        with storage_guard(), self.engine.begin() as conn:  # a full disk is STORAGE_FULL
+            yield conn
 
     # datasets
 

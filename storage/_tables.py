@@ -19,6 +19,7 @@ __all__ = [
     "ExportRecord",
     "JobRecord",
     "VersionRecord",
+    "add_change_triggers",
     "add_missing_columns",
     "add_missing_indexes",
     "api_keys",
@@ -208,6 +209,30 @@ def add_missing_indexes(engine: Engine) -> None:
             except sa.exc.DBAPIError:
                 if index.name not in {i["name"] for i in sa.inspect(engine).get_indexes(table.name)}:
                     raise  # not another process making it at the same moment
+
+
+# SQLite only: a counter that the metadata file's own triggers move on every write to the datasets and
+# their versions, whichever process (or program) makes it (`storage._metadata._ChangeStamp`). The
+# heartbeats, leases, jobs and schedules written every few seconds leave it alone.
+_COUNTED = ("datasets", "dataset_versions")
+
+
+def add_change_triggers(engine: Engine) -> None:
+    """Make the SQLite change counter and its triggers when missing (idempotent; nothing elsewhere)."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS dataset_changes (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
+        conn.execute(sa.text("INSERT OR IGNORE INTO dataset_changes (id, n) VALUES (1, 0)"))
+        for table in _COUNTED:  # our own table names, not input
+            for change in ("INSERT", "UPDATE", "DELETE"):
+                trigger = f"{table}_{change.lower()}_counted"
+                conn.execute(
+                    sa.text(
+                        f"CREATE TRIGGER IF NOT EXISTS {trigger} AFTER {change} ON {table}"  # noqa: S608
+                        " BEGIN UPDATE dataset_changes SET n = n + 1 WHERE id = 1; END"
+                    )
+                )
 
 
 def now() -> dt.datetime:

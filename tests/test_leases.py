@@ -364,3 +364,32 @@ def test_processes_starting_at_once_on_a_new_postgres_database_all_make_it_there
 
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 assert [f.result() for f in [pool.submit(start) for _ in range(4)]] == [0, 0, 0, 0]
+
+
+def test_on_sqlite_the_change_stamp_moves_with_dataset_writes_not_with_heartbeats_leases_or_jobs(
+    tmp_path: Path,
+) -> None:
+    """The stamp that the record cache, the answer cache and persisted GETs' ETags trust: a heartbeat,
+    a lease renewal or a job recorded by another process (every few seconds) leaves it; a dataset
+    written by another process moves it, and the record kept in memory is read again."""
+    url = f"sqlite:///{tmp_path / 'metadata.sqlite'}"
+    a, b = (MetadataStore(url, owner=f"p{i}") for i in range(2))
+    try:
+        theirs = Processes(b.engine, "p1")
+        theirs.join()
+        dataset = b.reserve_dataset(wanted_id="kept", name="kept", source_id="uploads", origin={})
+        b.mark_ready(dataset, version=1, row_count=3, columns=[], origin={}, made_by="UPLOAD")
+        assert a.get_dataset(dataset).version == 1  # type: ignore[union-attr]
+        stamp = a.change_stamp()
+        assert stamp is not None
+        assert theirs.beat()
+        assert Lease(Leases(b.engine, "p1"), "sweep", 10).renew()
+        assert b.start_job("job-1", kind="upload", steps={})
+        assert a.change_stamp() == stamp
+        renamed = b.rename_dataset(dataset, "renamed")
+        assert renamed is not None
+        assert a.change_stamp() != stamp
+        assert a.get_dataset(dataset).name == "renamed"  # type: ignore[union-attr]
+    finally:
+        a.close()
+        b.close()

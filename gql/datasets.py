@@ -27,7 +27,7 @@ from resolvers import Problem as PlainProblem
 from resolvers import checks as _checks
 from resolvers import datasets as ds
 from resolvers import recipe as recipes
-from resolvers.context import Context
+from resolvers.context import Context, Listing
 from resolvers.jobs import DatasetOutcome, changed, run_job
 from storage import DatasetRecord, VersionRecord
 
@@ -114,7 +114,8 @@ def listed(
     """A page of datasets; a limit or offset out of bounds is a BAD_INPUT error (a list has no payload)."""
     with _as_graphql_error():
         records = ds.list_datasets(ctx, limit=limit, offset=offset, search=search, source_id=source_id)
-    return [Dataset.of(ctx, r) for r in records]
+    listing = Listing([r.id for r in records])  # their checks, schedules, versions: one query for the page
+    return [Dataset.of(ctx, r, listing) for r in records]
 
 
 @contextlib.contextmanager
@@ -188,10 +189,11 @@ class Dataset(Frame):
     record: strawberry.Private[DatasetRecord]
     context: strawberry.Private[Context]
     _plan: strawberry.Private[Plan | None] = None
+    listing: strawberry.Private[Listing | None] = None  # the `datasets` page it came in, if any
 
     @classmethod
-    def of(cls, ctx: Context, record: DatasetRecord) -> Dataset:
-        return cls(plan=None, label=record.name, record=record, context=ctx)  # type: ignore[arg-type]  # made on use
+    def of(cls, ctx: Context, record: DatasetRecord, listing: Listing | None = None) -> Dataset:
+        return cls(plan=None, label=record.name, record=record, context=ctx, listing=listing)  # type: ignore[arg-type]  # made on use
 
     # The plan is made when a Frame field asks for it, not for each dataset of a list: making it looks
     # for the version's files on disk, which was most of what listing cost per dataset (issue 18).
@@ -238,7 +240,7 @@ class Dataset(Frame):
         " plugin's refresh_s), null when none."
     )
     def schedule(self, info: strawberry.Info[Context, None]) -> str | None:
-        return freshness.schedule_of(info.context, self.record)
+        return freshness.schedule_of(info.context, self.record, self.listing)
 
     @strawberry.field
     def source(self, info: strawberry.Info[Context, None]) -> Source:
@@ -248,7 +250,7 @@ class Dataset(Frame):
 
     @strawberry.field(description="Its data checks (setChecks), each with its result on the latest version checked.")
     def checks(self, info: strawberry.Info[Context, None]) -> list[Check]:
-        return [Check.of(view) for view in _checks.list_checks(info.context, self.record)]
+        return [Check.of(view) for view in _checks.list_checks(info.context, self.record, self.listing)]
 
     @strawberry.field(
         description="The kept versions of this dataset, newest first (pruned ones are not listed; setting"
@@ -256,7 +258,7 @@ class Dataset(Frame):
     )
     def versions(self, info: strawberry.Info[Context, None], limit: int | None = 50) -> list[DatasetVersion]:
         with _as_graphql_error():
-            return [DatasetVersion(record=v) for v in ds.list_versions(info.context, self.record, limit)]
+            return [DatasetVersion(record=v) for v in ds.list_versions(info.context, self.record, limit, self.listing)]
 
     @strawberry.field(
         description="The dataset as it was: at a version number, or at the newest version made at or before"

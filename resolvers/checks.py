@@ -19,7 +19,7 @@ from typing import Any
 import engine
 from datagraph.errors import BadInput, DatagraphError, NotFound
 from engine import Shape
-from resolvers.context import Context
+from resolvers.context import Context, Listing
 from storage import CheckStore, DatasetRecord
 
 __all__ = ["CheckView", "after_commit", "forget", "list_checks", "set_checks"]
@@ -43,11 +43,13 @@ def _store(ctx: Context) -> CheckStore:
     return CheckStore(ctx.resources.metadata.engine)
 
 
-def list_checks(ctx: Context, record: DatasetRecord) -> list[CheckView]:
-    """The dataset's rules, in the order set, each with its latest result."""
+def list_checks(ctx: Context, record: DatasetRecord, listing: Listing | None = None) -> list[CheckView]:
+    """The dataset's rules, in the order set, each with its latest result (read for the whole of its
+    `listing` page at once, when it was listed)."""
     if ctx.reads is not None:  # a new run's results change this answer (the run touches the dataset)
         ctx.reads.dataset(record.id)
-    stored = _store(ctx).get(record.id)
+    store = _store(ctx)
+    stored = listing.one("checks", store.get_many, record.id) if listing is not None else store.get(record.id)
     if stored is None:
         return []
     views = []

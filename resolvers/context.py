@@ -7,8 +7,9 @@ knows about HTTP. Web state (API keys, rate limits) stays on the web application
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from connectors import IngestLimits
 from connectors.database_sources import DatabaseSources
@@ -23,7 +24,7 @@ from datagraph.settings import Settings
 from engine.runtime import Executor, JobTracker, ResultCache
 from storage import DataDir, MetadataStore
 
-__all__ = ["Context", "Resources", "read_only_message"]
+__all__ = ["Context", "Listing", "Resources", "read_only_message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,29 @@ class Context:
     @property
     def settings(self) -> Settings:
         return self.resources.settings
+
+
+T = TypeVar("T")
+
+
+class Listing:
+    """The datasets of one `datasets` page. What a field asks of one of them (its checks, schedule or
+    versions) is read for all of them at once, the first time one asks: one query for the page, not one
+    per dataset. A dataset not on the page is read alone."""
+
+    def __init__(self, dataset_ids: list[str]) -> None:
+        self.ids = dataset_ids
+        self._on_page = set(dataset_ids)
+        self._loaded: dict[Hashable, dict[str, Any]] = {}
+
+    def one(self, what: Hashable, load: Callable[[list[str]], dict[str, T]], dataset_id: str) -> T | None:
+        """`load(ids)[dataset_id]` (None when absent), `load` run once per `what` for the whole page."""
+        if dataset_id not in self._on_page:
+            return load([dataset_id]).get(dataset_id)
+        if what not in self._loaded:
+            self._loaded[what] = load(self.ids)
+        found: T | None = self._loaded[what].get(dataset_id)
+        return found
 
 
 def read_only_message(what: str) -> str:

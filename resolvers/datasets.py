@@ -22,7 +22,7 @@ from datagraph.answers import ANY_DATASET
 from datagraph.errors import BadInput, NotFound, TooLarge
 from engine import ColumnInfo, Join, Plan, Source
 from resolvers import checks
-from resolvers.context import Context, Resources
+from resolvers.context import Context, Listing, Resources
 from resolvers.jobs import recorded_job
 from storage import DatasetRecord, VersionRecord, storage_guard
 
@@ -138,14 +138,22 @@ def require_dataset(ctx: Context, dataset_id: str) -> DatasetRecord:
 VERSIONS_MAX_PAGE = 1_000
 
 
-def list_versions(ctx: Context, record: DatasetRecord, limit: int | None) -> list[VersionRecord]:
-    """The kept versions of a dataset, newest first, at most `limit`; BAD_INPUT for a limit out of bounds."""
+def list_versions(
+    ctx: Context, record: DatasetRecord, limit: int | None, listing: Listing | None = None
+) -> list[VersionRecord]:
+    """The kept versions of a dataset, newest first, at most `limit`; BAD_INPUT for a limit out of bounds
+    (read for the whole of its `listing` page at once, when it was listed)."""
     if limit is not None and not 1 <= limit <= VERSIONS_MAX_PAGE:
         raise BadInput(f"versions takes a limit between 1 and {VERSIONS_MAX_PAGE:,}.")
     if ctx.reads is not None:  # a new version, or one pruned, changes the list
         ctx.reads.dataset(record.id)
     # An explicit null is not "all": the page stays bounded however many versions retention keeps.
-    return ctx.resources.metadata.list_versions(record.id, limit=limit or VERSIONS_MAX_PAGE)
+    most = limit or VERSIONS_MAX_PAGE
+    metadata = ctx.resources.metadata
+    if listing is None:
+        return metadata.list_versions(record.id, limit=most)
+    found = listing.one(("versions", most), lambda ids: metadata.list_versions_many(ids, limit=most), record.id)
+    return found or []
 
 
 def dataset_at(

@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 from datagraph.durations import parse_duration
 from datagraph.errors import BadInput, DatagraphError
-from resolvers.context import Context
+from resolvers.context import Context, Listing
 from resolvers.datasets import FRAMES, UPLOADS, require_dataset
 from resolvers.jobs import new_job_id
 from resolvers.plugins import PLUGINS, fetch_plugin, refresh_defaults
@@ -137,10 +137,11 @@ def _refreshable(record: DatasetRecord) -> str:
     )
 
 
-def schedule_of(ctx: Context, record: DatasetRecord) -> str | None:
+def schedule_of(ctx: Context, record: DatasetRecord, listing: Listing | None = None) -> str | None:
     """Dataset.schedule: the dataset's refresh interval ("15m"), its plugin's refresh_s when setSchedule
-    did not set one, or None."""
-    found = _schedules(ctx).get(record.id)
+    did not set one, or None (read for the whole of its `listing` page at once, when it was listed)."""
+    store = _schedules(ctx)
+    found = listing.one("schedule", store.get_many, record.id) if listing is not None else store.get(record.id)
     if found is not None:
         return format_every(found.every_s) if found.every_s else None
     default = _plugin_default(ctx, record)

@@ -319,6 +319,9 @@ def _webhook(settings: Settings, metrics: Metrics) -> Webhook | None:
 async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[Resources, WebState]]:
     """The resources and web state, with the background duties running, for the block (traced to the
     `otel_endpoint` collector when it is set)."""
+    # Starlette hands blocking work (an upload's file writes) to AnyIO's threads, whose backend AnyIO
+    # imports on first use: on the event loop, a quarter of a second during the first upload. Now instead.
+    await anyio.to_thread.run_sync(int)
     traced = tracing.configure(settings.otel_endpoint)  # before the pool starts: its workers trace too
     try:
         res, web, duties = await open_resources(settings, metrics)
@@ -328,9 +331,6 @@ async def running(settings: Settings, metrics: Metrics) -> AsyncIterator[tuple[R
         raise
     processes = duties.processes
     stale_s = settings.heartbeat_s * STALE_BEATS
-    # Starlette hands blocking work (an upload's file writes) to AnyIO's threads, whose backend AnyIO
-    # imports on first use: on the event loop, a quarter of a second during the first upload. Now instead.
-    await anyio.to_thread.run_sync(int)
     tasks = [
         asyncio.create_task(_watch_loop_forever(res.metrics)),
         asyncio.create_task(_beat_forever(processes, settings.heartbeat_s)),

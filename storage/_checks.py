@@ -43,17 +43,22 @@ class CheckStore:
         self.engine = engine
 
     def get(self, dataset_id: str) -> StoredChecks | None:
+        return self.get_many([dataset_id]).get(dataset_id)
+
+    def get_many(self, dataset_ids: list[str]) -> dict[str, StoredChecks]:
+        """The checks of each of the datasets that has some, in one query."""
         with self.engine.connect() as conn:
-            row = conn.execute(dataset_checks.select().where(dataset_checks.c.dataset_id == dataset_id)).first()
-        if row is None:
-            return None
-        return StoredChecks(
-            dataset_id=row.dataset_id,
-            rules=jsonutil.loads(row.rules),
-            results=jsonutil.loads(row.results) if row.results else {},
-            version=row.version,
-            updated_at=aware(row.updated_at),
-        )
+            rows = conn.execute(dataset_checks.select().where(dataset_checks.c.dataset_id.in_(dataset_ids))).all()
+        return {
+            row.dataset_id: StoredChecks(
+                dataset_id=row.dataset_id,
+                rules=jsonutil.loads(row.rules),
+                results=jsonutil.loads(row.results) if row.results else {},
+                version=row.version,
+                updated_at=aware(row.updated_at),
+            )
+            for row in rows
+        }
 
     def set_rules(self, dataset_id: str, rules: list[dict[str, Any]]) -> None:
         """Replace the dataset's rules (no rules: forget them), dropping the results of the old ones."""

@@ -332,6 +332,27 @@ class MetadataStore:
         with self.engine.connect() as conn:
             return [_version(r) for r in conn.execute(query)]
 
+    def list_versions_many(self, dataset_ids: list[str], *, limit: int) -> dict[str, list[VersionRecord]]:
+        """`list_versions` of each of the datasets, in one query (every dataset named has a list)."""
+        number = sa.func.row_number().over(
+            partition_by=dataset_versions.c.dataset_id, order_by=dataset_versions.c.number.desc()
+        )
+        ranked = (
+            sa.select(*dataset_versions.c, number.label("nth"))
+            .where(dataset_versions.c.dataset_id.in_(dataset_ids))
+            .subquery()
+        )
+        query = (
+            sa.select(*(ranked.c[c.name] for c in dataset_versions.c))
+            .where(ranked.c.nth <= limit)
+            .order_by(ranked.c.dataset_id, ranked.c.number.desc())
+        )
+        found: dict[str, list[VersionRecord]] = {dataset_id: [] for dataset_id in dataset_ids}
+        with self.engine.connect() as conn:
+            for row in conn.execute(query):
+                found[row.dataset_id].append(_version(row))
+        return found
+
     def get_version(
         self, dataset_id: str, *, number: int | None = None, as_of: dt.datetime | None = None
     ) -> VersionRecord | None:
@@ -429,8 +450,8 @@ class MetadataStore:
             conn.execute(datasets.delete().where(datasets.c.id == dataset_id, datasets.c.status == "pending"))
 
     def change_stamp(self) -> tuple[int, int] | None:
-        """A value that moves whenever the database may have changed (any process's commit), or None
-        where there is no cheap way to tell (every database but a SQLite file)."""
+        """A value that moves whenever a dataset or its versions may have changed (any process's write to
+        them), or None where there is no cheap way to tell (every database but a SQLite file)."""
         return self._stamp.read()
 
     def dataset_stamps(self) -> dict[str, tuple[Any, ...]]:

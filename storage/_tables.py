@@ -215,24 +215,31 @@ def add_missing_indexes(engine: Engine) -> None:
 # their versions, whichever process (or program) makes it (`storage._metadata._ChangeStamp`). The
 # heartbeats, leases, jobs and schedules written every few seconds leave it alone.
 _COUNTED = ("datasets", "dataset_versions")
+_CHANGES = ("INSERT", "UPDATE", "DELETE")
 
 
 def add_change_triggers(engine: Engine) -> None:
-    """Make the SQLite change counter and its triggers when missing (idempotent; nothing elsewhere)."""
+    """Make the SQLite change counter and its triggers when missing (nothing elsewhere). Only what is
+    missing is written: opening a store (every CLI command) takes no write lock once they are there."""
     if engine.dialect.name != "sqlite":
+        return
+    wanted = [(f"{table}_{change.lower()}_counted", table, change) for table in _COUNTED for change in _CHANGES]
+    with engine.connect() as conn:
+        present = set(
+            conn.execute(sa.text("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")).scalars()
+        )
+    if "dataset_changes" in present and all(name in present for name, _, _ in wanted):
         return
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE IF NOT EXISTS dataset_changes (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"))
         conn.execute(sa.text("INSERT OR IGNORE INTO dataset_changes (id, n) VALUES (1, 0)"))
-        for table in _COUNTED:  # our own table names, not input
-            for change in ("INSERT", "UPDATE", "DELETE"):
-                trigger = f"{table}_{change.lower()}_counted"
-                conn.execute(
-                    sa.text(
-                        f"CREATE TRIGGER IF NOT EXISTS {trigger} AFTER {change} ON {table}"  # noqa: S608
-                        " BEGIN UPDATE dataset_changes SET n = n + 1 WHERE id = 1; END"
-                    )
+        for trigger, table, change in wanted:  # our own table names, not input
+            conn.execute(
+                sa.text(
+                    f"CREATE TRIGGER IF NOT EXISTS {trigger} AFTER {change} ON {table}"  # noqa: S608
+                    " BEGIN UPDATE dataset_changes SET n = n + 1 WHERE id = 1; END"
                 )
+            )
 
 
 def now() -> dt.datetime:

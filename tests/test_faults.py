@@ -538,9 +538,12 @@ def test_f11_fifty_concurrent_uploads_through_two_server_processes_on_one_data_d
         listed = first.gql(LIST)["datasets"]
         assert len(listed) == 50 and {d["rowCount"] for d in listed} == {TIPS_ROWS}
         assert len(first.gql(JOBS)["jobs"]) == 50
-    # Once both have stopped: each finishes the page blocks its uploads started in the background (in
-    # staging until they are whole) before it exits.
-    assert_nothing_left(data_dir)
+        # While both serve: the page blocks the uploads started in the background are in staging until
+        # they are whole, then nothing is left there.
+        deadline = time.monotonic() + 60
+        while staged_files(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert_nothing_left(data_dir)
 
 
 # ---- F1/F2: a database cut or black-holed in the middle of an import ------------------------------------------

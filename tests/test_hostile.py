@@ -440,11 +440,12 @@ def _hostile(base: str, kind: int, until: float, seen: dict[str, int]) -> None:
                 count(type(exc).__name__)
 
 
-def _loop_lag(base: str) -> tuple[float, float]:
-    """The server's event-loop lag samples so far, and how many of them were 100 ms late or more."""
+def _loop_lag(base: str) -> tuple[float, float, float]:
+    """The server's event-loop lag samples so far, and how many of them were over 100 ms and over 500 ms late."""
     text = httpx.get(base + "/metrics", timeout=10).text
     count = sample(text, "datagraph_event_loop_lag_seconds_count")
-    return count, count - sample(text, "datagraph_event_loop_lag_seconds_bucket", le="0.1")
+    late = (count - sample(text, "datagraph_event_loop_lag_seconds_bucket", le=le) for le in ("0.1", "0.5"))
+    return (count, *late)
 
 
 @pytest.mark.slow
@@ -468,21 +469,24 @@ def test_healthz_stays_fast_while_a_hostile_client_runs_items_1_to_3(tmp_path: P
         assert probe.returncode == 0
         latencies = sorted(float(line) for line in out.split())
         p95, p99 = (latencies[int(len(latencies) * q) - 1] for q in (0.95, 0.99))
-        samples, held = (a - b for a, b in zip(_loop_lag(base), lag_before, strict=True))
+        samples, held, stalled = (a - b for a, b in zip(_loop_lag(base), lag_before, strict=True))
         after = httpx.get(base + "/readyz").json()["workers"]
         kills = after["killed"] - before["killed"]
         print(
             f"healthz: {len(latencies)} probes, p50 {latencies[len(latencies) // 2]:.1f} ms, p95 {p95:.1f} ms,"
-            f" p99 {p99:.1f} ms; event loop late by 100 ms or more in {held:g} of {samples:g} samples;"
+            f" p99 {p99:.1f} ms; event loop late by over 100 ms in {held:g} of {samples:g} samples, over 500 ms in"
+            f" {stalled:g};"
             f" hostile answers {seen}; workers killed {kills}"
         )
         assert len(latencies) > 200 and samples > 100
-        # The server's own loop (its lag metric, sampled every 50 ms) ran late by 100 ms or more in at most
-        # 1% of samples, and the probe's answers took under 50 ms 95 times in 100. Not a p99 of 50 ms at
+        # The server's own loop (its lag metric, sampled every 50 ms) ran late by over 100 ms in at most 1%
+        # of samples and never by over 500 ms (a single long hold is one sample), and the probe's answers
+        # took under 50 ms 95 times in 100. Not a p99 of 50 ms at
         # the probe, as this test once asked: on two cores shared with five hostile clients, two workers
         # and their respawns, the top 1% is the kernel's scheduling (of the probe, and of the server) as
         # much as the server, and moved between 21 and 120 ms from run to run with the code unchanged.
-        assert held <= samples / 100, f"event loop late by 100 ms or more in {held:g} of {samples:g} samples"
+        assert held <= samples / 100, f"event loop late by over 100 ms in {held:g} of {samples:g} samples"
+        assert stalled == 0, f"event loop late by over 500 ms {stalled:g} times"
         assert p95 < 50, f"/healthz p95 {p95:.1f} ms under hostile load"
         # Every kind of hostile request was answered as the refusal it is, and nothing else: the
         # plan too long, the answer too large (or still queued behind the heavy work when the

@@ -77,7 +77,7 @@ def _open(path: str, memory_limit_mb: int) -> Any:
     return ConnectionWrapper(conn)
 
 
-def create_engine(url: str, memory_limit_mb: int = 2048) -> sa.Engine:
+def create_engine(url: str, memory_limit_mb: int) -> sa.Engine:
     """An engine that opens the file of `url` (duckdb:///path) read-only for each connection."""
     path = url.removeprefix("duckdb:///")
     return sa.create_engine("duckdb://", creator=lambda: _open(path, memory_limit_mb), poolclass=sa.pool.NullPool)
@@ -132,8 +132,8 @@ def problem(orig: BaseException) -> tuple[str, str] | None:
 
 # DuckDB type names (duckdb_columns().data_type) and the SQLAlchemy types the pushdown reasons about.
 # Types whose values the fetch changes (nanosecond timestamps, integers past 64 bits) or that
-# compare differently in SQL (ENUM by its order, FLOAT in single precision) get NullType: never
-# pushed, fetched as they come.
+# compare differently in SQL (ENUM by its order) get NullType: never pushed, fetched as they come.
+# FLOAT (single precision) is REAL, which the pushdown does not push either.
 _TYPES: dict[str, sa.types.TypeEngine[Any]] = {
     "BOOLEAN": sa.Boolean(),
     "TINYINT": sa.SmallInteger(), "SMALLINT": sa.SmallInteger(), "UTINYINT": sa.SmallInteger(),

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 import httpcore
 import httpx
 
-__all__ = ["Blocked", "GuardedTransport", "Network", "networks"]
+__all__ = ["Blocked", "GuardedTransport", "Network", "is_blocked", "networks"]
 
 # --- The guarded transport -------------------------------------------------------------------
 #
@@ -36,7 +36,9 @@ def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
         raise ValueError(f"http_blocked_networks: {exc}") from None
 
 
-def _is_blocked(address: str, networks: tuple[Network, ...]) -> bool:
+def is_blocked(address: str, networks: tuple[Network, ...]) -> bool:
+    """Whether a connection to `address` is refused: in a blocked network (IPv4 inside IPv6 too), this
+    host's own, or not an address at all."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -83,7 +85,7 @@ class _GuardedBackend(httpcore.AsyncNetworkBackend):
         except OSError as exc:
             raise httpcore.ConnectError(f"name resolution failed: {type(exc).__name__}") from None
         addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-        if not addresses or any(_is_blocked(address, self._networks) for address in addresses):
+        if not addresses or any(is_blocked(address, self._networks) for address in addresses):
             raise Blocked(host)
         failure: Exception | None = None
         for address in addresses:

@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -188,44 +188,50 @@ def _duck_error(kind: str, message: str, cfg: DatabaseConfig, orig: BaseExceptio
 
 
 @contextmanager
-def read_only(cfg: DatabaseConfig) -> Iterator[Connection]:
-    """A connection inside a read-only transaction with the statement timeout, rolled back after."""
+def _translated(cfg: DatabaseConfig) -> Iterator[None]:
+    """A driver's or SQLAlchemy's failure in the block raised as the problem it is (`translate`); the
+    caller's own failures (a full disk, ...) pass through as they are."""
     try:
-        with _engine(cfg).connect() as conn:
-            if cfg.kind == "postgresql":
-                # The driver has just opened the transaction (BEGIN); this is its first statement.
-                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                ms = int(cfg.statement_timeout_s * 1000)
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")  # an int we made, not user text
-                # The guard qualifies every table with its schema, so the path needs none of the user's
-                # schemas. Pinned to the built-ins, nothing planted in a schema someone can write to (a
-                # lower(varchar), an operator, a type) can shadow one (CVE-2018-1058). pg_temp goes last, as
-                # PostgreSQL's docs advise; functions and operators are never looked up there anyway.
-                conn.exec_driver_sql("SET LOCAL search_path = pg_catalog, pg_temp")
-            elif cfg.kind == "mysql":
-                conn.exec_driver_sql("ROLLBACK")  # SQLAlchemy's implicit transaction, if any
-                if getattr(conn.dialect, "is_mariadb", False):
-                    conn.exec_driver_sql(f"SET SESSION max_statement_time = {cfg.statement_timeout_s:.3f}")
-                else:
-                    conn.exec_driver_sql(f"SET SESSION max_execution_time = {int(cfg.statement_timeout_s * 1000)}")
-                conn.exec_driver_sql("START TRANSACTION READ ONLY")
-            try:
-                if cfg.kind == "duckdb":  # read-only by the way the file is opened
-                    with _duckdb.interrupt_after(conn, cfg.statement_timeout_s):
-                        yield conn
-                else:
-                    yield conn
-            except BaseException:
-                # On a lost connection the rollback fails too (PyMySQL: InterfaceError(0, "")); the first
-                # error says what happened, so it is the one translated.
-                with suppress(*DRIVER_ERRORS):
-                    conn.rollback()
-                raise
-            conn.rollback()
-    except Exception as exc:  # the caller's own failures (a full disk, ...) pass through as they are
+        yield
+    except Exception as exc:
         if not driver_error(exc):
             raise
         raise translate(exc, cfg) from None
+
+
+@contextmanager
+def read_only(cfg: DatabaseConfig) -> Iterator[Connection]:
+    """A connection inside a read-only transaction with the statement timeout, rolled back after."""
+    with _translated(cfg), _engine(cfg).connect() as conn:
+        if cfg.kind == "postgresql":
+            # The driver has just opened the transaction (BEGIN); this is its first statement.
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+            ms = int(cfg.statement_timeout_s * 1000)
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {ms}")  # an int we made, not user text
+            # The guard qualifies every table with its schema, so the path needs none of the user's
+            # schemas. Pinned to the built-ins, nothing planted in a schema someone can write to (a
+            # lower(varchar), an operator, a type) can shadow one (CVE-2018-1058). pg_temp goes last, as
+            # PostgreSQL's docs advise; functions and operators are never looked up there anyway.
+            conn.exec_driver_sql("SET LOCAL search_path = pg_catalog, pg_temp")
+        elif cfg.kind == "mysql":
+            conn.exec_driver_sql("ROLLBACK")  # SQLAlchemy's implicit transaction, if any
+            if getattr(conn.dialect, "is_mariadb", False):
+                conn.exec_driver_sql(f"SET SESSION max_statement_time = {cfg.statement_timeout_s:.3f}")
+            else:
+                conn.exec_driver_sql(f"SET SESSION max_execution_time = {int(cfg.statement_timeout_s * 1000)}")
+            conn.exec_driver_sql("START TRANSACTION READ ONLY")
+        try:
+            # DuckDB: read-only by the way the file is opened; its timeout is an interrupt.
+            timed = _duckdb.interrupt_after(conn, cfg.statement_timeout_s) if cfg.kind == "duckdb" else nullcontext()
+            with timed:
+                yield conn
+        except BaseException:
+            # On a lost connection the rollback fails too (PyMySQL: InterfaceError(0, "")); the first
+            # error says what happened, so it is the one translated.
+            with suppress(*DRIVER_ERRORS):
+                conn.rollback()
+            raise
+        conn.rollback()
 
 
 def _driver_errors() -> tuple[type[BaseException], ...]:
@@ -263,31 +269,19 @@ _LOST = _lost_connection_errors()
 
 def ping(cfg: DatabaseConfig) -> None:
     """`SELECT 1` on a pooled connection; SourceUnavailable when the source does not answer."""
-    try:
-        with _engine(cfg).connect() as conn:
-            conn.exec_driver_sql("SELECT 1").scalar()
-    except Exception as exc:
-        if not driver_error(exc):
-            raise
-        raise translate(exc, cfg) from None
+    with _translated(cfg), _engine(cfg).connect() as conn:
+        conn.exec_driver_sql("SELECT 1").scalar()
 
 
 def list_tables(cfg: DatabaseConfig) -> list[str]:
     """Tables and views in the source's schema, limited to its allowlist when it has one."""
-    try:
-        with _engine(cfg).connect() as conn:
-            if cfg.kind == "duckdb":
-                names = _duckdb.table_names(conn, cfg.schema)
-            else:
-                inspector = sa.inspect(conn)
-                schema = cfg.sql_schema
-                names = inspector.get_table_names(schema=schema) + inspector.get_view_names(schema=schema)
-    except Exception as exc:
-        if not driver_error(exc):
-            raise
-        raise translate(exc, cfg) from None
-    if cfg.allowed_tables is None:
-        return sorted(set(names))
+    with _translated(cfg), _engine(cfg).connect() as conn:
+        if cfg.kind == "duckdb":
+            names = _duckdb.table_names(conn, cfg.schema)
+        else:
+            inspector = sa.inspect(conn)
+            schema = cfg.sql_schema
+            names = inspector.get_table_names(schema=schema) + inspector.get_view_names(schema=schema)
     # Exactly as the database spells them: in PostgreSQL "ALLOWED_T" and allowed_t are two tables.
     return sorted({n for n in names if cfg.allows(n)})
 

@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -176,17 +177,7 @@ class HttpSession:
             conditional["If-None-Match"] = known["etag"]
         if "last_modified" in known:
             conditional["If-Modified-Since"] = known["last_modified"]
-        remaining = None if self._deadline is None else self._deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise self._timeout(target.host)
-        timer = asyncio.timeout(remaining)
-        try:
-            async with timer:
-                response = await self._follow(target, dict(headers or {}), conditional)
-        except TimeoutError:
-            if timer.expired():
-                raise self._timeout(target.host) from None
-            raise
+        response = await self._in_time(target.host, self._follow(target, dict(headers or {}), conditional))
         host, code = response.url.host, response.status_code
         if code == 304:
             raise NotModified(f"The upstream {host} answered 304 Not Modified.")
@@ -216,6 +207,21 @@ class HttpSession:
         """GET and return the body."""
         return (await self.get(url, **kw)).content
 
+    async def _in_time(self, host: str, request: Coroutine[Any, Any, httpx.Response]) -> httpx.Response:
+        """`request` awaited within what is left of the session's deadline; TIMEOUT naming `host` past it."""
+        remaining = None if self._deadline is None else self._deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            request.close()  # never started
+            raise self._timeout(host)
+        timer = asyncio.timeout(remaining)
+        try:
+            async with timer:
+                return await request
+        except TimeoutError:
+            if timer.expired():
+                raise self._timeout(host) from None
+            raise
+
     async def _follow(self, url: httpx.URL, headers: dict[str, str], conditional: dict[str, str]) -> httpx.Response:
         for _ in range(self._settings.max_redirects + 1):
             response = await self._fetch(url, {**headers, **conditional})
@@ -239,18 +245,9 @@ class HttpSession:
         """POST `body` (JSON) to `url` with the guards, retries and deadline of a GET, retrying the
         statuses in `retry` too; no redirect is followed. The 2xx status; a problem otherwise."""
         target = _checked_url(url, None)
-        remaining = None if self._deadline is None else self._deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise self._timeout(target.host)
-        timer = asyncio.timeout(remaining)
         headers = {"Content-Type": "application/json"}
-        try:
-            async with timer:
-                response = await self._fetch(target, headers, method="POST", content=body, retry=retry)
-        except TimeoutError:
-            if timer.expired():
-                raise self._timeout(target.host) from None
-            raise
+        fetched = self._fetch(target, headers, method="POST", content=body, retry=retry)
+        response = await self._in_time(target.host, fetched)
         code = response.status_code
         if 200 <= code < 300:
             return code

@@ -100,6 +100,9 @@ from engine._timeseries import Period, parse_period
 __all__ = ["DIALECTS", "Pushed", "count_query", "push_down"]
 
 DIALECTS = ("postgresql", "mysql", "sqlite", "duckdb")
+# DuckDB speaks PostgreSQL's SQL where pushdown needs it (collations, boolean and median aggregates, infinities,
+# date_trunc, window frames by interval); DuckDB's time_bucket stands for date_bin.
+_PG_LIKE = ("postgresql", "duckdb")
 _NUMBER = ("integer", "float", "decimal")
 _COMPARE: dict[str, Callable[[Any, Any], Any]] = {
     "EQ": operator.eq, "NE": operator.ne, "GT": operator.gt, "GE": operator.ge, "LT": operator.lt, "LE": operator.le,
@@ -370,7 +373,7 @@ def _condition(q: _Query, cond: Condition) -> Expr:
     start = 1 if op == "STARTS_WITH" else sa.func.length(exact) - size + 1
     part = sa.func.substr(exact, start, size)
     # substr's result collation is implicit on PostgreSQL: say "C" again so it wins over the parameter's.
-    return (part.collate("C") if q.dialect in ("postgresql", "duckdb") else part) == needle
+    return (part.collate("C") if q.dialect in _PG_LIKE else part) == needle
 
 
 def _sort(q: _Query, step: Sort) -> _Query:
@@ -425,7 +428,7 @@ def _aggregate(q: _Query, agg: Aggregated) -> Expr:
     if fn == "N_UNIQUE":
         return sa.func.count(sa.distinct(_exact(column, kind, dialect)))
     if fn in ("MIN", "MAX"):
-        if kind == "boolean" and dialect in ("postgresql", "duckdb"):
+        if kind == "boolean" and dialect in _PG_LIKE:
             return (sa.func.bool_and if fn == "MIN" else sa.func.bool_or)(column, type_=sa.Boolean())
         extreme = (sa.func.min if fn == "MIN" else sa.func.max)(_exact(column, kind, dialect))
         if kind == "text" and dialect == "mysql":
@@ -439,7 +442,7 @@ def _aggregate(q: _Query, agg: Aggregated) -> Expr:
     if fn in ("STD", "VAR") and dialect != "sqlite":
         spread = sa.func.stddev_samp if fn == "STD" else sa.func.var_samp
         return spread(_double(column, dialect), type_=sa.Double())
-    if fn == "MEDIAN" and dialect in ("postgresql", "duckdb"):
+    if fn == "MEDIAN" and dialect in _PG_LIKE:
         return sa.func.percentile_cont(0.5).within_group(_double(column, dialect))
     raise _Stop  # FIRST, LAST; MEDIAN, STD, VAR where the database lacks them
 
@@ -555,7 +558,7 @@ def _window_fn(q: _Query, spec: WindowSpec, keys: list[tuple[str, bool]]) -> Exp
     if fn == "DIFF":
         return x - over(sa.func.lag(x, offset, type_=sa.Double()))
     if fn == "PCT_CHANGE":
-        if dialect not in ("postgresql", "duckdb"):
+        if dialect not in _PG_LIKE:
             raise _Stop  # Polars divides by zero to an infinity; MySQL gives NULL and has no infinities
         before = over(sa.func.lag(x, offset, type_=sa.Double()))
         infinity = sa.case((x > 0, "Infinity"), (x < 0, "-Infinity"), else_="NaN")
@@ -596,7 +599,7 @@ def _period_window(q: _Query, spec: WindowSpec, partition: list[Expr], keys: lis
         time = sa.cast(time, sa.DateTime())
     x = _double(column, q.dialect)
     inside: FrameClause | tuple[int, int]
-    if q.dialect in ("postgresql", "duckdb"):
+    if q.dialect in _PG_LIKE:
         key: Expr = time.asc().nulls_last()
         inside = FrameClause(
             dt.timedelta(microseconds=period.micros - 1),
@@ -669,7 +672,7 @@ def _period_start(time: Expr, kind: str, period: Period, dialect: str) -> Expr:
     a fixed length that divides a day (the engine, as pandas, counts those from midnight of the
     first day, so they fall on the same boundaries every day). Longer periods, weeks and several
     months start from the data's first day or month: `_Stop`."""
-    pg = dialect in ("postgresql", "duckdb")  # date_trunc
+    pg = dialect in _PG_LIKE  # date_trunc
     if period.months == 1:
         if kind == "date":
             if pg:
@@ -690,10 +693,9 @@ def _period_start(time: Expr, kind: str, period: Period, dialect: str) -> Expr:
     every: Expr = sa.literal_column(str(n))  # a whole number of microseconds, made here
     if pg:
         length: Expr = sa.literal_column(f"INTERVAL '{n} microseconds'")
-        if dialect == "duckdb":  # no date_bin: time_bucket(width, time, origin)
-            origin: Expr = sa.literal_column("TIMESTAMP '2000-01-01 00:00:00'")
-            return sa.func.time_bucket(length, time, origin, type_=sa.DateTime())
-        return sa.func.date_bin(length, time, sa.literal_column("TIMESTAMP '2000-01-01 00:00:00'"), type_=sa.DateTime())
+        origin: Expr = sa.literal_column("TIMESTAMP '2000-01-01 00:00:00'")
+        bucket = sa.func.time_bucket if dialect == "duckdb" else sa.func.date_bin  # DuckDB has no date_bin
+        return bucket(length, time, origin, type_=sa.DateTime())
     midnight = sa.func.date(time)
     since = sa.func.timestampdiff(sa.literal_column("MICROSECOND"), midnight, time)
     return sa.func.timestampadd(

@@ -52,6 +52,9 @@ class SourcesError(Exception):
     """The sources file is unreadable or invalid; the message names the key."""
 
 
+DUCKDB_MEMORY_MB = 2048  # a DuckDB source's memory_limit_mb when sources.yaml gives none
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     id: str
@@ -62,7 +65,7 @@ class DatabaseConfig:
     tables: tuple[str, ...] | None  # the allowlist as written, or None for every table in `schema`
     statement_timeout_s: float
     pool_size: int
-    memory_limit_mb: int = 2048  # DuckDB's memory for one query (it never spills to disk here)
+    memory_limit_mb: int = DUCKDB_MEMORY_MB  # DuckDB's memory for one query (it never spills to disk here)
 
     @property
     def dialect(self) -> str:
@@ -222,7 +225,7 @@ def _load(path: Path, env: Mapping[str, str]) -> tuple[DatabaseConfig, ...]:
                 tables=tuple(spec.tables) if spec.tables is not None else None,
                 statement_timeout_s=spec.statement_timeout_s,
                 pool_size=spec.pool_size,
-                **({"memory_limit_mb": spec.memory_limit_mb} if spec.memory_limit_mb is not None else {}),
+                memory_limit_mb=spec.memory_limit_mb or DUCKDB_MEMORY_MB,
             )
         )
     if len(problems) == 1:

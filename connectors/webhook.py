@@ -15,17 +15,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ipaddress
 import logging
 import socket
 from typing import Any
 
 import httpx
 
-from connectors._guard import networks
+from connectors._guard import is_blocked, networks
 from connectors.http import HttpClient, HttpSettings
 from datagraph import jsonutil
-from datagraph.errors import BadInput, DatagraphError
+from datagraph.errors import DatagraphError
 from datagraph.metrics import Metrics
 
 __all__ = ["Webhook", "blocked_webhook"]
@@ -55,8 +54,8 @@ async def blocked_webhook(url: str, blocked: tuple[str, ...]) -> str | None:
         log.warning("the webhook's host %s does not resolve now; deliveries will try it again", host)
         return None
     for info in infos:
-        address = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-        if address.is_unspecified or any(address in network for network in guarded):
+        address = str(info[4][0]).split("%")[0]
+        if is_blocked(address, guarded):  # as the guard judges every connection
             return (
                 f"webhook_url: the host {host} resolves to {address}, in a blocked network (setting"
                 " http_blocked_networks); use another address or change that setting."
@@ -85,7 +84,6 @@ class Webhook:
         self._queue: collections.deque[bytes] = collections.deque(maxlen=queue_size)
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.delivered = 0
         self._sending = False
 
     def start(self) -> None:
@@ -139,13 +137,11 @@ class Webhook:
         try:
             await session.post_json(self.url, body, retry=_RETRY)
         except DatagraphError as exc:
-            blocked = isinstance(exc, BadInput) and "http_blocked_networks" in exc.message
-            self._count("blocked" if blocked else "failed")
+            self._count("blocked" if session.stats.blocked else "failed")
             tries = session.stats.requests
             log.warning("webhook %s: gave up on a delivery after %d tries: %s", self.host, tries, exc.message)
         except Exception as exc:  # never let one delivery end the task: later events still go
             self._count("failed")
             log.warning("webhook %s: a delivery failed (%s)", self.host, type(exc).__name__)
         else:
-            self.delivered += 1
             self._count("delivered")

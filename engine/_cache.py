@@ -38,23 +38,20 @@ _RETRY_REDIS_S = 5.0
 
 class LruMemoryCache:
     """Values of at most `max_bytes` in all (keys counted too), least recently used out first; each
-    entry may expire `ttl` seconds after it was set. The calls are aiocache's (`get`, `set`,
-    `delete`, `exists`, `clear`, `close`); `timeout` is accepted as aiocache's, and moot: nothing here
-    waits."""
+    entry may expire `ttl` seconds after it was set. `get`, `set` and `delete`, as aiocache names them."""
 
-    def __init__(self, max_bytes: int, *, timeout: float | None = None) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self.timeout = timeout
         self.used = 0
         self._data: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key -> (value, expires at)
 
-    async def get(self, key: str, default: bytes | None = None) -> bytes | None:
+    async def get(self, key: str) -> bytes | None:
         entry = self._data.get(key)
         if entry is None:
-            return default
+            return None
         if entry[1] and entry[1] < time.monotonic():
             self._drop(key)
-            return default
+            return None
         self._data.move_to_end(key)
         return entry[0]
 
@@ -69,19 +66,8 @@ class LruMemoryCache:
         self.used += size
         return True
 
-    async def exists(self, key: str) -> bool:
-        return await self.get(key) is not None
-
     async def delete(self, key: str) -> int:
         return 1 if self._drop(key) else 0
-
-    async def clear(self) -> bool:
-        self._data.clear()
-        self.used = 0
-        return True
-
-    async def close(self) -> None:
-        return None
 
     def _drop(self, key: str) -> bool:
         entry = self._data.pop(key, None)
@@ -113,7 +99,7 @@ class ResultCache:
         metrics: Metrics | None = None,
     ) -> None:
         self.metrics = metrics
-        self.memory = LruMemoryCache(memory_bytes, timeout=None)
+        self.memory = LruMemoryCache(memory_bytes)
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.redis: RedisCache | None = _redis(url, timeout_s) if url else None

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from datagraph.durations import DURATION_HELP, parse_duration
+from datagraph.durations import DURATION_HELP, format_duration, parse_duration
 from datagraph.errors import BadInput
 
 __all__ = [
@@ -227,11 +227,10 @@ def check_name(rule: dict[str, Any]) -> str:
 def _literal(value: Any, dtype: pl.DataType) -> Any:
     """A rule's JSON value as a literal comparable with a column of `dtype`."""
     if isinstance(dtype, pl.Date):
-        return dt.date.fromisoformat(value)
+        return _when(value, "date")
     if isinstance(dtype, pl.Datetime):
-        moment = dt.datetime.fromisoformat(value)
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=dt.UTC)
+        moment = _when(value, "datetime")  # checked when the rule was set: it parses
+        assert isinstance(moment, dt.datetime)
         if dtype.time_zone is None:  # naive times are taken as UTC
             return moment.astimezone(dt.UTC).replace(tzinfo=None)
         # The same instant in the column's own zone: Polars compares times of one zone only.
@@ -275,11 +274,6 @@ def _plan(frame: pl.LazyFrame, rules: list[dict[str, Any]]) -> pl.LazyFrame:
         elif kind == "freshness":
             exprs.append(pl.col(value["column"]).max().alias(f"r{i}_newest"))
     return frame.select(exprs)
-
-
-def plan_text(path: Path, rules: list[dict[str, Any]]) -> str:
-    """The plan `evaluate` runs, as Polars explains it (tests look for its one scan)."""
-    return _plan(pl.scan_parquet(path), rules).explain()
 
 
 def evaluate(path: Path, rules: list[dict[str, Any]], now: float) -> dict[str, dict[str, Any]]:
@@ -339,17 +333,9 @@ def _judged(rule: dict[str, Any], i: int, row: dict[str, Any], rows: int, now: f
         moment = dt.datetime.combine(newest + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
     age = now - moment.timestamp()
     if age > parse_duration(max_age):
-        return False, f"the newest {column} is {newest.isoformat()}, {_age(age)} old, older than {max_age}"
+        old = format_duration(age, parts=2)
+        return False, f"the newest {column} is {newest.isoformat()}, {old} old, older than {max_age}"
     return True, f"the newest {column} is {newest.isoformat()}, within {max_age}"
-
-
-def _age(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86_400)
-    hours, rest = divmod(rest, 3_600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{n}{u}" for n, u in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")) if n]
-    return "".join(parts[:2]) or "0s"
 
 
 # --- comparing with the version before ------------------------------------------------------------

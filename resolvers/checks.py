@@ -9,6 +9,7 @@ finish is recorded as such (passed null) and logged.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import re
@@ -19,13 +20,12 @@ from typing import Any
 import engine
 from datagraph.errors import BadInput, DatagraphError, NotFound
 from engine import Shape
-from resolvers.context import Context, Listing
+from resolvers.context import FRAMES, Context, Listing
 from storage import CheckStore, DatasetRecord
 
 __all__ = ["CheckView", "after_commit", "forget", "list_checks", "set_checks"]
 
 log = logging.getLogger("datagraph.checks")
-FRAMES = "frames"  # the source id of saved frames (as resolvers.datasets names it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +77,7 @@ async def set_checks(ctx: Context, dataset_id: str, checks: list[dict[str, Any]]
     rules = engine.checked_rules(checks, columns, max_rules=s.checks_max_rules, max_values=s.checks_max_values)
     _store(ctx).set_rules(record.id, rules)
     if rules:
-        await _run(ctx, record, rules)
+        await _run(ctx, record, rules, before=_shape_before(ctx, record))
     await res.events.touch(record.id)  # answers that showed the old checks are stale
     return record
 
@@ -122,12 +122,11 @@ def _shape_before(ctx: Context, record: DatasetRecord) -> Shape | None:
 
 
 async def _run(
-    ctx: Context, record: DatasetRecord, rules: list[dict[str, Any]], *, before: Shape | None = None
+    ctx: Context, record: DatasetRecord, rules: list[dict[str, Any]], *, before: Shape | None
 ) -> dict[str, dict[str, Any]]:
-    """Every rule's result on the record's version (row rules in one worker job), kept with it."""
+    """Every rule's result on the record's version (row rules in one worker job), kept with it;
+    `before`: the shape of the version before, None when there is none."""
     res = ctx.resources
-    if before is None:
-        before = _shape_before(ctx, record)
     now = _shape(record.row_count, record.columns)
     results = engine.compare_shapes(rules, now, before)
     results.update(engine.inapplicable(rules, now.columns))  # a rule on a column gone or retyped fails
@@ -155,7 +154,7 @@ async def _drift(ctx: Context, record: DatasetRecord, before: Shape) -> None:
     if not any(changes.values()):
         return
     gone = {c["name"] for c in changes["removed"]} | {c["name"] for c in changes["retyped"]}
-    frames = _frames_using(ctx, record.id, gone) if gone else []
+    frames = await asyncio.to_thread(_frames_using, ctx, record.id, gone) if gone else []  # reads every frame
     await _notify(ctx, "SCHEMA_CHANGED", record, {**changes, "frames": frames})
 
 

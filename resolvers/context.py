@@ -24,7 +24,10 @@ from datagraph.settings import Settings
 from engine.runtime import Executor, JobTracker, ResultCache
 from storage import DataDir, MetadataStore
 
-__all__ = ["Context", "Listing", "Resources", "read_only_message"]
+__all__ = ["FRAMES", "Context", "Listing", "Resources", "read_only_message"]
+
+
+FRAMES = "frames"  # the source id of saved frames (saveFrame's datasets)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from datagraph.answers import ANY_DATASET
 from datagraph.errors import BadInput, NotFound, TooLarge
 from engine import ColumnInfo, Join, Plan, Source
 from resolvers import checks
-from resolvers.context import Context, Listing, Resources
+from resolvers.context import FRAMES, Context, Listing, Resources
 from resolvers.jobs import recorded_job
 from storage import DatasetRecord, VersionRecord, storage_guard
 
@@ -59,7 +59,6 @@ __all__ = [
 log = logging.getLogger("datagraph")
 
 UPLOADS = "uploads"
-FRAMES = "frames"
 _CHUNK = 1 << 20
 
 
@@ -465,8 +464,7 @@ async def dataset_job(
         finally:
             for path in (parquet, *staged):
                 res.files.discard_staged(path)
-    await res.events.publish(event, record.id, record.version, record.row_count)
-    await checks.after_commit(ctx, record)
+    await _announce(ctx, event, record)
     return record
 
 
@@ -624,6 +622,13 @@ def _record_next(
         raise
 
 
+async def _announce(ctx: Context, kind: str, record: DatasetRecord) -> None:
+    """Publish the dataset's new version (`kind`: CREATED, REPLACED, APPENDED, ...), then check it:
+    schema drift and the dataset's rules (`checks.after_commit`)."""
+    await ctx.resources.events.publish(kind, record.id, record.version, record.row_count)
+    await checks.after_commit(ctx, record)
+
+
 def _not_fetched(origin: dict[str, Any]) -> dict[str, Any]:
     """The origin of a version whose rows were not fetched or imported (restored, appended to): without
     the digest and validators of the rows fetched before, so the next refresh does not take the
@@ -662,8 +667,7 @@ async def restore_version(ctx: Context, dataset_id: str, version: int) -> Datase
         new = _record_next(
             ctx, record, rows=found.row_count, columns=list(found.columns), origin=origin, made_by="RESTORE"
         )
-    await res.events.publish("REPLACED", new.id, new.version, new.row_count)
-    await checks.after_commit(ctx, new)
+    await _announce(ctx, "REPLACED", new)
     return new
 
 
@@ -718,6 +722,5 @@ async def append_rows(ctx: Context, dataset_id: str, rows: Any) -> DatasetRecord
             res.files.discard_staged(staged)
     if parts + 1 >= ctx.settings.compact_parts:
         compact_soon(res, new.id)
-    await res.events.publish("APPENDED", new.id, new.version, new.row_count)
-    await checks.after_commit(ctx, new)
+    await _announce(ctx, "APPENDED", new)
     return new

@@ -21,11 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable
 
-from datagraph.durations import parse_duration
+from datagraph.durations import format_duration, parse_duration
 from datagraph.errors import BadInput, DatagraphError
 from resolvers.context import Context, Listing
 from resolvers.datasets import FRAMES, UPLOADS, require_dataset
@@ -53,8 +52,6 @@ log = logging.getLogger("datagraph.schedules")
 MAX_EVERY_S = 365 * 86_400  # a schedule longer than a year is a mistake, not a schedule
 TICK_S = 0.5  # how often the lease holder looks for due schedules
 TIDY_S = 2.0  # how often it syncs plugins' refresh_s, forgets deleted datasets' schedules, frees dead claims
-_UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
-_ZERO = re.compile(r"(?:0{1,9}[wdhms]){1,5}")  # parses, but is no time at all
 ACCEPTED = (
     'a duration in whole days, hours, minutes and seconds, such as "30s", "15m", "1h", "1d" or "1h30m"'
     " (null removes the schedule)"
@@ -67,9 +64,9 @@ def parse_every(text: str, *, min_s: int) -> int:
     or over a year."""
     compact = "".join(str(text).split()).lower()
     try:
-        seconds = int(parse_duration(compact)) if len(compact) <= 40 else None
+        seconds = int(parse_duration(compact, zero=True)) if len(compact) <= 40 else None
     except ValueError:
-        seconds = 0 if _ZERO.fullmatch(compact) else None
+        seconds = None
     if seconds is None:
         raise BadInput(f'setSchedule: "{str(text)[:40]}" is not a schedule; every takes {ACCEPTED}.')
     if seconds > MAX_EVERY_S:
@@ -84,13 +81,7 @@ def parse_every(text: str, *, min_s: int) -> int:
 
 def format_every(seconds: int) -> str:
     """A schedule's interval as setSchedule takes it, normalised: 5400 -> "1h30m"."""
-    parts = []
-    rest = int(seconds)
-    for unit, size in _UNITS:
-        if rest >= size:
-            parts.append(f"{rest // size}{unit}")
-            rest %= size
-    return "".join(parts) or "0s"
+    return format_duration(seconds)
 
 
 def _schedules(ctx: Context) -> Schedules:

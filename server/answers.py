@@ -106,7 +106,7 @@ class AnswerCache:
         self.used = 0
         self.hits = 0
         self.stored = 0
-        self._stamp: tuple[int, int] | None = None  # the metadata's change stamp when last compared
+        self._stamp: int | None = None  # the metadata's change stamp when last compared
         self._stamps: dict[str, tuple[Any, ...]] = {}  # each dataset's stamp then
         # Stand-ins for the patched values while an answer is split into its template: a random
         # string no answer can contain by chance.

@@ -159,11 +159,14 @@ def _store(settings: Settings) -> Iterator[MetadataStore]:
 
 
 def _check_webhook(settings: Settings) -> None:
+    """The start-up check `open_resources` makes too, here before uvicorn starts: a plain exit message
+    rather than a failed lifespan's traceback."""
     import asyncio
 
     from connectors.webhook import blocked_webhook
+    from resolvers.plugins import http_settings
 
-    refused = asyncio.run(blocked_webhook(settings.webhook_url, tuple(settings.http_blocked_networks.split(","))))
+    refused = asyncio.run(blocked_webhook(settings.webhook_url, http_settings(settings).blocked_networks))
     if refused:
         sys.exit(f"datagraph: {refused}")
 

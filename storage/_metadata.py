@@ -83,12 +83,12 @@ class _ChangeStamp:
         if engine.dialect.name == "sqlite" and database and database != ":memory:" and "mode=memory" not in database:
             self._watch = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
 
-    def read(self) -> tuple[int, int] | None:
+    def read(self) -> int | None:
         if self._watch is None:
             return None
         with self._lock:
             (count,) = self._watch.execute("SELECT n FROM dataset_changes WHERE id = 1").fetchone()
-        return (0, int(count))
+        return int(count)
 
     def close(self) -> None:
         if self._watch is not None:
@@ -197,7 +197,7 @@ class MetadataStore:
         self.owner = owner
         self._stamp = _ChangeStamp(self.engine)
         self._records: dict[str, DatasetRecord] = {}
-        self._records_stamp: tuple[int, int] | None = None
+        self._records_stamp: int | None = None
 
     def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
@@ -449,7 +449,7 @@ class MetadataStore:
         with self._tx() as conn:
             conn.execute(datasets.delete().where(datasets.c.id == dataset_id, datasets.c.status == "pending"))
 
-    def change_stamp(self) -> tuple[int, int] | None:
+    def change_stamp(self) -> int | None:
         """A value that moves whenever a dataset or its versions may have changed (any process's write to
         them), or None where there is no cheap way to tell (every database but a SQLite file)."""
         return self._stamp.read()

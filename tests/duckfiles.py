@@ -13,6 +13,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from connectors._duckdb import create_engine, reflect_table
+from connectors.sources import DUCKDB_MEMORY_MB
 
 __all__ = ["build", "reflect"]
 
@@ -23,7 +24,7 @@ def build(path: Path, fill: Callable[[sa.Connection], None]) -> sa.Engine:
     with writer.begin() as conn:
         fill(conn)
     writer.dispose()
-    return create_engine(f"duckdb:///{path}")
+    return create_engine(f"duckdb:///{path}", DUCKDB_MEMORY_MB)
 
 
 def reflect(engine: sa.Engine, names: list[str], schema: str = "main") -> dict[str, sa.Table]:

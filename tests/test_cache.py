@@ -133,7 +133,7 @@ def test_a_repeated_export_reuses_its_file_while_the_link_is_valid(tips: Api) ->
 
 def test_the_memory_cache_is_bounded_by_bytes_and_drops_the_least_recently_used() -> None:
     async def scenario() -> None:
-        cache = LruMemoryCache(1000, timeout=None)
+        cache = LruMemoryCache(1000)
         for key in "abcd":
             await cache.set(key, b"x" * 299)
         assert len(cache) == 3 and cache.used <= 1000

@@ -137,20 +137,19 @@ def test_a_full_queue_drops_the_oldest_and_holds_one_task(
     hooked: Api, receiver: Upstream, caplog: pytest.LogCaptureFixture
 ) -> None:
     receiver.always[HOOK] = _hang(hooked)
-    webhook = hooked.client.app.state.resources.webhook  # type: ignore[attr-defined]
     size = hooked.settings.webhook_queue
     dropped = _deliveries(hooked, "dropped")
     dataset = _checked_ratings(hooked)
     with caplog.at_level(logging.WARNING, logger="datagraph.webhook"):
         for _ in range(size + 4):  # one delivery under way, `size` waiting, the rest dropped
             _fail_a_check(hooked, dataset)
-        assert webhook.waiting <= size
         assert _deliveries(hooked, "dropped") >= dropped + 3
     assert any("dropped the oldest" in r.getMessage() for r in caplog.records)
     wait_for(lambda: receiver.count(HOOK), 10, "the first delivery under way")
     # One delivery at a time, whatever is queued: only the first one's tries (it may be retried after a
     # read timeout on a busy machine), never one request per queued event.
-    assert receiver.count(HOOK) <= hooked.settings.http_attempts < size + 4
+    assert hooked.settings.http_attempts < size + 4  # else the bound below could not tell the two apart
+    assert receiver.count(HOOK) <= hooked.settings.http_attempts
 
 
 def test_a_webhook_on_a_blocked_network_stops_the_server_at_start_saying_so(tmp_path: Path) -> None:
@@ -191,5 +190,5 @@ def test_with_two_processes_the_event_reaches_both_and_only_the_committing_one_p
             assert seen[1]["details"]["failed"][0]["message"] == "1 value of score outside 1..5 (lowest 4, highest 9)"
             wait_for(lambda: receiver.count("/first") == 1, 10, "the first app's POST")
             webhook = second.client.app.state.resources.webhook  # type: ignore[attr-defined]
-            assert webhook.idle and webhook.delivered == 0
+            assert webhook.idle
             assert receiver.count("/second") == 0

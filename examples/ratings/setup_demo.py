@@ -93,31 +93,16 @@ class Api:
         return payload
 
 
-def missing_field(error: Refused, field: str) -> bool:
-    """Whether the server does not have `field` at all (an older server)."""
-    return f"Cannot query field '{field}'" in str(error) or f'Cannot query field "{field}"' in str(error)
-
-
 def configure(base: str, every: str = "10s", say: Any = print) -> str:
     """Set the demo up on the server at `base`; answers the page's address."""
     api = Api(base)
     fetched = api.mutate("fetchPlugin", FETCH)
     say(f"Fetched the ratings: dataset {DATASET!r}, version {fetched['dataset']['version']}, "
         f"{fetched['dataset']['rowCount']} ratings.")  # fmt: skip
-    try:
-        api.mutate("setSchedule", SCHEDULE, id=DATASET, every=every)
-        say(f"Scheduled: {DATASET!r} is refreshed every {every}.")
-    except Refused as error:
-        if not missing_field(error, "setSchedule"):
-            raise
-        say("SKIPPED the schedule: this server has no setSchedule yet, so nothing refreshes the ratings.")
-    try:
-        api.mutate("setChecks", SET_CHECKS, id=DATASET, checks=CHECKS)
-        say("Checks set: score between 1 and 5 (range), dish not null (notNull).")
-    except Refused as error:
-        if not missing_field(error, "setChecks"):
-            raise
-        say("SKIPPED the checks: this server has no setChecks yet.")
+    api.mutate("setSchedule", SCHEDULE, id=DATASET, every=every)
+    say(f"Scheduled: {DATASET!r} is refreshed every {every}.")
+    api.mutate("setChecks", SET_CHECKS, id=DATASET, checks=CHECKS)
+    say("Checks set: score between 1 and 5 (range), dish not null (notNull).")
     steps = mean_last_hour()
     if api.run(EXISTS, id=FRAME)["dataset"]:  # from an earlier run of the demo: saved again, now
         api.mutate("deleteDataset", DELETE, id=FRAME)
